@@ -1,0 +1,348 @@
+"""The run configuration: frozen dataclasses that own their command-line flags.
+
+Each dataclass declares its flags (`add_cli_args`) and builds itself from the parsed namespace
+(`from_cli_args`), so flags and configuration cannot drift. Nothing below `main.py` sees an argparse
+namespace: it receives a `RunConfig`. Flag names and meanings follow the reference (SPEC §1); our
+decided defaults are documented in each help string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from mlperf_llama2 import constants
+from mlperf_llama2.errors import UserError
+
+SCENARIOS = ("Offline", "Server")
+DTYPES = ("float16", "bfloat16", "float32")
+BACKENDS = ("reference", "engine", "api")
+REFERENCE_MODEL_NAME = "meta-llama/Llama-2-70b-chat-hf"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Knobs of the fast engine (`--backend engine`)."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    kv_cache_memory_fraction: float = 0.9
+    num_kv_blocks: Optional[int] = None
+    cuda_graphs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise UserError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < constants.INPUT_TOKEN_LIMIT:
+            raise UserError(
+                f"--max-num-batched-tokens must be >= {constants.INPUT_TOKEN_LIMIT} "
+                f"(one whole prompt), got {self.max_num_batched_tokens}"
+            )
+        if self.block_size < 1:
+            raise UserError(f"--block-size must be >= 1, got {self.block_size}")
+        if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
+            raise UserError(f"--kv-cache-memory-fraction must be in (0, 1], got {self.kv_cache_memory_fraction}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise UserError(f"--num-kv-blocks must be >= 1, got {self.num_kv_blocks}")
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("engine (--backend engine)")
+        g.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
+                       help="most sequences in flight at once (default %(default)s)")
+        g.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens,
+                       help="token budget of one engine step, prefill chunks plus decodes (default %(default)s)")
+        g.add_argument("--block-size", type=int, default=EngineConfig.block_size,
+                       help="tokens per KV-cache block (default %(default)s)")
+        g.add_argument("--kv-cache-memory-fraction", type=float, default=EngineConfig.kv_cache_memory_fraction,
+                       help="fraction of free GPU memory after loading the model given to the KV cache "
+                            "(default %(default)s)")
+        g.add_argument("--num-kv-blocks", type=int, default=None,
+                       help="fixed number of KV-cache blocks (overrides the memory fraction; CPU default 512)")
+        g.add_argument("--no-cuda-graphs", action="store_true",
+                       help="run decode eagerly instead of replaying CUDA graphs")
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "EngineConfig":
+        return cls(
+            max_num_seqs=ns.max_num_seqs,
+            max_num_batched_tokens=ns.max_num_batched_tokens,
+            block_size=ns.block_size,
+            kv_cache_memory_fraction=ns.kv_cache_memory_fraction,
+            num_kv_blocks=ns.num_kv_blocks,
+            cuda_graphs=not ns.no_cuda_graphs,
+        )
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Quantization: the fork's `--liteml-config` and how it is honoured (QUANT.md)."""
+
+    liteml_config: Optional[str] = None
+    quant_backend: str = "auto"  # auto | liteml | open
+    quant_mode: str = "simulate"  # simulate | int8
+    calibration_path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.liteml_config is not None and not os.path.isfile(self.liteml_config):
+            raise UserError(f"--liteml-config: file not found: {self.liteml_config}")
+        if self.calibration_path is not None and not os.path.isfile(self.calibration_path):
+            raise UserError(f"--calibration-path: file not found: {self.calibration_path}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.liteml_config is not None
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("quantization")
+        g.add_argument("--liteml-config", default=None,
+                       help="quantization YAML (liteml_configs/*.yaml); off when not given")
+        g.add_argument("--quant-backend", choices=("auto", "liteml", "open"), default="auto",
+                       help="auto: the real LiteML when installed, else our open backend (logged); "
+                            "liteml: require LiteML; open: our backend (default %(default)s)")
+        g.add_argument("--quant-mode", choices=("simulate", "int8"), default="simulate",
+                       help="open backend: simulate = exact fake-quant at every rule (CPU/GPU); "
+                            "int8 = real int8 weights and torch._int_mm Linears (CUDA) (default %(default)s)")
+        g.add_argument("--calibration-path", default=None,
+                       help="calibration pickle for static quantizers (default: the processorca "
+                            "calibration_*.pkl beside the dataset)")
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "QuantConfig":
+        return cls(
+            liteml_config=ns.liteml_config,
+            quant_backend=ns.quant_backend,
+            quant_mode=ns.quant_mode,
+            calibration_path=ns.calibration_path,
+        )
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The reference's OpenAI-API client path (`--vllm` / `--backend api`)."""
+
+    api_servers: tuple[str, ...] = ()
+    api_model_name: str = REFERENCE_MODEL_NAME
+    api_text_mode: bool = False
+    api_concurrency: int = 64
+    api_timeout_s: float = 600.0
+    api_retries: int = 3
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("OpenAI-compatible server (--vllm / --backend api)")
+        g.add_argument("--vllm", action="store_true",
+                       help="send prompts to an OpenAI-compatible server instead of a local model "
+                            "(alias of --backend api)")
+        g.add_argument("--api-server", action="append", default=None, metavar="URL",
+                       help="server base URL, e.g. http://127.0.0.1:8000; repeat or comma-separate for "
+                            "several servers (load is spread)")
+        g.add_argument("--api-model-name", default=REFERENCE_MODEL_NAME,
+                       help="model name the server serves, checked against /v1/models (default %(default)s)")
+        g.add_argument("--api-text-mode", action="store_true",
+                       help="send text prompts and re-tokenize outputs, for servers that take no token ids "
+                            "(loses fidelity; logged)")
+        g.add_argument("--api-concurrency", type=int, default=ApiConfig.api_concurrency,
+                       help="most requests in flight per server (default %(default)s)")
+        g.add_argument("--api-timeout", type=float, default=ApiConfig.api_timeout_s,
+                       help="seconds before a request is retried (default %(default)s)")
+        g.add_argument("--api-retries", type=int, default=ApiConfig.api_retries,
+                       help="retries with backoff on 5xx and timeouts before the run fails (default %(default)s)")
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "ApiConfig":
+        servers: list[str] = []
+        for item in ns.api_server or ():
+            servers.extend(s.strip().rstrip("/") for s in item.split(",") if s.strip())
+        return cls(
+            api_servers=tuple(servers),
+            api_model_name=ns.api_model_name,
+            api_text_mode=ns.api_text_mode,
+            api_concurrency=ns.api_concurrency,
+            api_timeout_s=ns.api_timeout,
+            api_retries=ns.api_retries,
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one `main.py` run needs, checked once at construction."""
+
+    scenario: str = "Offline"
+    model_path: Optional[str] = None
+    dataset_path: Optional[str] = None
+    accuracy: bool = False
+    dtype: str = "float32"
+    device: str = "cpu"
+    audit_conf: str = "audit.config"
+    user_conf: str = "user.conf"
+    total_sample_count: int = constants.TOTAL_SAMPLE_COUNT
+    batch_size: int = 1
+    output_log_dir: str = "output-logs"
+    enable_log_trace: bool = False
+    num_workers: int = 1
+    lg_model_name: str = constants.LG_MODEL_NAME
+    backend: str = "reference"
+    max_new_tokens: int = constants.MAX_NEW_TOKENS
+    save_outputs: Optional[str] = None
+    progress: bool = True
+    verbose: bool = False
+    tensor_parallel: int = 1
+    data_parallel: int = 1
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise UserError(f"--scenario must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.lg_model_name not in constants.LG_MODEL_NAMES:
+            raise UserError(
+                f"--lg-model-name must be one of {', '.join(constants.LG_MODEL_NAMES)}, got {self.lg_model_name!r}"
+            )
+        for name in ("total_sample_count", "batch_size", "num_workers", "tensor_parallel", "data_parallel"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.max_new_tokens <= constants.MAX_NEW_TOKENS:
+            raise UserError(f"--max-new-tokens must be in 1..{constants.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if self.backend == "api" and not self.api.api_servers:
+            raise UserError("--vllm/--backend api needs --api-server URL")
+
+    @property
+    def interactive(self) -> bool:
+        return self.lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE
+
+    @property
+    def output_cap_applied(self) -> bool:
+        """True when outputs are capped below the closed-division 1024 (demo runs only; not a valid run)."""
+        return self.max_new_tokens < constants.MAX_NEW_TOKENS
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        p = parser
+        p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default %(default)s)")
+        p.add_argument("--model-path", default=None,
+                       help="local Hugging Face checkpoint directory (never fetched from a hub); "
+                            "default: the embedded demo model prepared by `make demo`")
+        p.add_argument("--dataset-path", default=None,
+                       help="processed OpenOrca pickle (.pkl or .pkl.gz) from processorca.py; "
+                            "default: the demo dataset prepared by `make demo`")
+        p.add_argument("--accuracy", action="store_true", help="AccuracyOnly mode (default: PerformanceOnly)")
+        p.add_argument("--dtype", choices=DTYPES, default=None,
+                       help="model dtype (default: float16 on CUDA, float32 on CPU)")
+        p.add_argument("--device", default=None,
+                       help="cpu, cuda or cuda:N (default: cuda:0 when CUDA is available, else cpu)")
+        p.add_argument("--audit-conf", default="audit.config",
+                       help="LoadGen audit config, applied only if the file exists (default %(default)s)")
+        p.add_argument("--user-conf", default="user.conf", help="LoadGen user config (default %(default)s)")
+        p.add_argument("--total-sample-count", type=int, default=constants.TOTAL_SAMPLE_COUNT,
+                       help="samples of the dataset to use, capped by its rows (default %(default)s)")
+        p.add_argument("--batch-size", type=int, default=1,
+                       help="reference backend: batch per worker (default %(default)s)")
+        p.add_argument("--output-log-dir", default="output-logs",
+                       help="LoadGen log directory, created if missing (default %(default)s)")
+        p.add_argument("--enable-log-trace", action="store_true", help="write LoadGen's trace log")
+        p.add_argument("--num-workers", type=int, default=1,
+                       help="reference backend: worker threads (default %(default)s)")
+        p.add_argument("--lg-model-name", choices=constants.LG_MODEL_NAMES, default=constants.LG_MODEL_NAME,
+                       help="LoadGen model name; llama2-70b-interactive with --scenario Server is the "
+                            "Interactive setting (default %(default)s)")
+        p.add_argument("--backend", choices=BACKENDS, default=None,
+                       help="generation backend: reference (transformers generate), engine (continuous "
+                            "batching), api (OpenAI-compatible server) (default: reference)")
+        p.add_argument("--max-new-tokens", type=int, default=constants.MAX_NEW_TOKENS,
+                       help="cap on generated tokens; below 1024 the run is NOT a valid MLPerf run and the "
+                            "summary says so (demo only; default %(default)s)")
+        p.add_argument("--save-outputs", default=None, metavar="FILE",
+                       help="write every sample's output token ids to one JSON file at the end")
+        p.add_argument("--no-progress", action="store_true", help="no live progress bar on stderr")
+        p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on errors")
+        p.add_argument("--tensor-parallel", type=int, default=1,
+                       help="engine: GPUs per replica, splitting heads and MLP columns (default %(default)s)")
+        p.add_argument("--data-parallel", type=int, default=1,
+                       help="engine: independent replicas behind one SUT (default %(default)s)")
+        EngineConfig.add_cli_args(parser)
+        QuantConfig.add_cli_args(parser)
+        ApiConfig.add_cli_args(parser)
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "RunConfig":
+        api = ApiConfig.from_cli_args(ns)
+        backend = ns.backend
+        if ns.vllm:
+            if backend not in (None, "api"):
+                raise UserError(f"--vllm conflicts with --backend {backend}")
+            backend = "api"
+        device = resolve_device(ns.device) if backend != "api" else (ns.device or "cpu")
+        dtype = ns.dtype or ("float16" if device.startswith("cuda") else "float32")
+        return cls(
+            scenario=ns.scenario,
+            model_path=ns.model_path,
+            dataset_path=ns.dataset_path,
+            accuracy=ns.accuracy,
+            dtype=dtype,
+            device=device,
+            audit_conf=ns.audit_conf,
+            user_conf=ns.user_conf,
+            total_sample_count=ns.total_sample_count,
+            batch_size=ns.batch_size,
+            output_log_dir=ns.output_log_dir,
+            enable_log_trace=ns.enable_log_trace,
+            num_workers=ns.num_workers,
+            lg_model_name=ns.lg_model_name,
+            backend=backend or "reference",
+            max_new_tokens=ns.max_new_tokens,
+            save_outputs=ns.save_outputs,
+            progress=not ns.no_progress,
+            verbose=ns.verbose,
+            tensor_parallel=ns.tensor_parallel,
+            data_parallel=ns.data_parallel,
+            engine=EngineConfig.from_cli_args(ns),
+            quant=QuantConfig.from_cli_args(ns),
+            api=api,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="MLPerf Inference llama2-70b harness: runs LoadGen (Offline or Server) against a "
+                    "system under test that generates greedily.",
+    )
+    RunConfig.add_cli_args(parser)
+    return parser
+
+
+def resolve_device(requested: Optional[str]) -> str:
+    """cpu, cuda or cuda:N; default cuda:0 when CUDA is available, else cpu. Errors are one line."""
+    import torch  # deferred: parsing --help must not pay for torch
+
+    if requested is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
+        index = 0 if requested == "cuda" else requested.split(":", 1)[1]
+        if not str(index).isdigit():
+            raise UserError(f"--device {requested}: expected cuda:N with N a GPU index")
+        if int(index) >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {requested}: only {torch.cuda.device_count()} GPU(s) visible; use cuda:0..cuda:"
+                f"{torch.cuda.device_count() - 1}"
+            )
+        return f"cuda:{int(index)}"
+    raise UserError(f"--device must be cpu, cuda or cuda:N, got {requested!r}")

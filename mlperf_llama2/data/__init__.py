@@ -1,0 +1,1 @@
+"""The benchmark's data: OpenOrca preprocessing, the processed dataset, and ROUGE scoring."""

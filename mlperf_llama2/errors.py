@@ -1,0 +1,50 @@
+"""User-facing failures: one clear line on stderr, exit code 2, no traceback unless asked for.
+
+Code anywhere in the package raises `UserError` for bad input it can name; the entry points wrap
+their `main` in `run_cli`, which turns it (and Ctrl-C) into a single line and an exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """Bad input or environment the user can fix. The message is one line: what is wrong, what to do."""
+
+
+def _verbose_requested(argv: Sequence[str]) -> bool:
+    return "--verbose" in argv or os.environ.get("MLPERF_LLAMA2_VERBOSE") == "1"
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run an entry point's `main(argv)`; map UserError to one line + exit 2. Returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = main(args)
+        return 0 if code is None else int(code)
+    except UserError as exc:
+        if _verbose_requested(args):
+            traceback.print_exc()
+        prog = os.path.basename(sys.argv[0]) or "mlperf_llama2"
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: run stopped before completion (LoadGen logs so far are kept)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Entry points only: log to stderr, INFO by default, DEBUG with --verbose."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
