@@ -7,9 +7,10 @@ while the main thread waits on an event. On SIGINT or SIGTERM the main thread:
 1. answers every outstanding query, and every later one on arrival, with an empty response
    (`abort`), and stops the backend's generation. An Offline test (one query) then returns at once;
    a Server test returns once LoadGen's schedule has issued its last query;
-2. waits up to `grace_s` for StartTest to return. If it does, the normal teardown runs (backend
-   stopped, SUT and QSL destroyed, LoadGen's logs closed) and `Interrupted` is raised: the entry
-   point prints one line and exits 128 + signal number (130 for SIGINT, 143 for SIGTERM);
+2. waits up to `grace_s` for StartTest to return. If it does, it stops the backend (bounded wait),
+   terminates child processes and raises `Interrupted`; the caller's teardown (SUT and QSL
+   destroyed, LoadGen's logs closed) runs and the entry point prints one line and exits
+   128 + signal number (130 for SIGINT, 143 for SIGTERM);
 3. otherwise (a Server schedule with queries still to issue) stops the backend with a bounded wait,
    terminates child processes, prints the same one line and leaves with `os._exit`. LoadGen's log
    files keep everything its logging thread had written (its periodic flushes); the summary of an
@@ -81,6 +82,8 @@ def run_interruptibly(
             abort(f"interrupted by {interrupted.signal_name}")
             if not done.wait(grace_s):
                 hard_exit(interrupted, stop)
+            _stop_bounded(stop)  # idempotent: the caller's teardown stops it again, at no cost
+            terminate_children()
             raise interrupted
     finally:
         for sig, handler in previous.items():
@@ -91,9 +94,7 @@ def run_interruptibly(
 
 def hard_exit(interrupted: Interrupted, stop: Callable[[], None]) -> None:
     """LoadGen cannot be unblocked: stop the backend (bounded), end children, print the line, os._exit."""
-    stopper = threading.Thread(target=_quietly, args=(stop,), name="stop-backend", daemon=True)
-    stopper.start()
-    stopper.join(STOP_TIMEOUT_S)
+    _stop_bounded(stop)
     terminate_children()
     for handler in logging.getLogger().handlers:
         handler.flush()
@@ -102,6 +103,13 @@ def hard_exit(interrupted: Interrupted, stop: Callable[[], None]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(interrupted.exit_code)
+
+
+def _stop_bounded(stop: Callable[[], None]) -> None:
+    """Stop the backend, waiting at most STOP_TIMEOUT_S (a stuck device must not keep the process alive)."""
+    stopper = threading.Thread(target=_quietly, args=(stop,), name="stop-backend", daemon=True)
+    stopper.start()
+    stopper.join(STOP_TIMEOUT_S)
 
 
 def _quietly(fn: Callable[[], None]) -> None:
