@@ -295,6 +295,11 @@ def _read_or_build(path: str, build: Callable):
 
 def generate(config: ProcessConfig) -> dict:
     """Run every step and write every file; returns {part name: path}."""
+    # Checked even when cached files would make them unused: a wrong path should not pass silently.
+    if not os.path.isfile(config.dataset_pq_path):
+        raise UserError(f"OpenOrca parquet not found: {config.dataset_pq_path} (fix --dataset_pq_path)")
+    if not os.path.isdir(config.model_dir):
+        raise UserError(f"--model_dir is not a directory: {config.model_dir}")
     try:
         os.makedirs(config.export_dir, exist_ok=True)
     except OSError as exc:
