@@ -66,3 +66,13 @@ def test_numeric_only_abbreviations_of_the_package_are_not_used():
     data = importlib.import_module(PUNKT_DATA_MODULE)
     assert "no" not in data.ABBREV_TYPES
     assert split_sentences("Is it wrong? No. 5 people said so.") == ["Is it wrong?", "No.", "5 people said so."]
+
+
+def test_random_compositions_of_tricky_fragments_match_nltk(nltk_sent_tokenize):
+    import random
+
+    fragments = [f for text in TRICKY for f in text.split(" ") if f] + ["\n", "\n\n", "St.", "Inc.", "No.", "?!", "..."]
+    rng = random.Random(1)
+    for _ in range(300):
+        text = " ".join(rng.choice(fragments) for _ in range(rng.randrange(1, 30)))
+        assert split_sentences(text) == nltk_sent_tokenize(text), text
