@@ -28,8 +28,12 @@ DECODE_SENTENCEPIECE = "sentencepiece"
 DECODE_HF = "hf"
 
 
-def _hf_tokenizer(path: str):
+def load_hf_tokenizer(path: str):
+    """The Hugging Face (fast) tokenizer of a local directory, offline; a failure is one UserError line."""
     from transformers import AutoTokenizer
+
+    if not path or not os.path.isdir(path):
+        raise UserError(f"tokenizer directory not found: {path} (pass a local checkpoint directory)")
 
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -110,9 +114,7 @@ class TextTokenizer:
 
 def load_tokenizer(path: str, prefer_sentencepiece: bool = True) -> TextTokenizer:
     """Load the tokenizer of a local checkpoint directory; decode with its sentencepiece model if it has one."""
-    if not path or not os.path.isdir(path):
-        raise UserError(f"tokenizer directory not found: {path} (pass a local checkpoint directory)")
-    hf = _hf_tokenizer(path)
+    hf = load_hf_tokenizer(path)
     sp = _sentencepiece_processor(path) if prefer_sentencepiece else None
     if sp is not None and sp.get_piece_size() > len(hf):
         raise UserError(f"{path}: tokenizer.model has {sp.get_piece_size()} pieces, more than the tokenizer's {len(hf)}")

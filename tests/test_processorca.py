@@ -222,3 +222,17 @@ def test_cli_end_to_end_and_bad_inputs(parquet, tiny_tokenizer_dir, tmp_path):
 def test_chat_template_option(parquet, tiny_tokenizer_dir, tmp_path):
     with pytest.raises(UserError, match="has no chat template"):
         P.generate(P.ProcessConfig(parquet[0], str(tiny_tokenizer_dir), str(tmp_path), SEQLEN_LIMIT, 8, 2, True))
+
+
+def test_chat_template_prompts_carry_their_own_special_tokens(tiny_tokenizer_dir):
+    tok = P.load_tokenizer_for_preprocessing(str(tiny_tokenizer_dir))
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    prompt = P.chat_template_prompt(tok)
+    assert prompt("Be brief.", "Why?") == "<s><system>Be brief.<user>Why?<assistant>"
+    assert prompt("", "Why?") == "<s><user>Why?<assistant>"
+    frame = P.add_tokens(P.add_prompts(pd.DataFrame({"system_prompt": [""], "question": ["Why?"], "output": ["x"]}),
+                                       prompt), tok, None, add_special_tokens=False)
+    assert frame["tok_input"].iloc[0][:2] != [1, 1] and frame["tok_input"].iloc[0][0] == 1

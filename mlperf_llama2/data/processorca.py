@@ -253,15 +253,10 @@ def output_path(export_dir: str, part: str) -> str:
 
 
 def load_tokenizer_for_preprocessing(model_dir: str):
-    from transformers import AutoTokenizer
+    """The checkpoint's fast tokenizer, as the reference's LlamaTokenizerFast.from_pretrained(model_dir)."""
+    from mlperf_llama2.tokenization import load_hf_tokenizer
 
-    if not os.path.isdir(model_dir):
-        raise UserError(f"--model_dir is not a directory: {model_dir}")
-    try:
-        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        lines = str(exc).strip().splitlines()
-        raise UserError(f"cannot load a tokenizer from {model_dir}: {lines[0] if lines else type(exc).__name__}") from None
+    return load_hf_tokenizer(model_dir)
 
 
 def build_full_frame(config: ProcessConfig):
