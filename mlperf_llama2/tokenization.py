@@ -12,6 +12,7 @@ Offline only: nothing is fetched from a hub.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,21 +23,50 @@ from mlperf_llama2.errors import UserError
 log = logging.getLogger(__name__)
 
 SENTENCEPIECE_MODEL_FILE = "tokenizer.model"
+TOKENIZER_JSON_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 WORD_START = "\u2581"  # sentencepiece's "▁"
 
 DECODE_SENTENCEPIECE = "sentencepiece"
 DECODE_HF = "hf"
 
 
+def _tokenizer_config(path: str) -> dict:
+    config_file = os.path.join(path, TOKENIZER_CONFIG_FILE)
+    if not os.path.isfile(config_file):
+        return {}
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {config_file}: {exc}") from None
+    return config if isinstance(config, dict) else {}
+
+
 def load_hf_tokenizer(path: str):
-    """The Hugging Face (fast) tokenizer of a local directory, offline; a failure is one UserError line."""
+    """The Hugging Face fast tokenizer of a local directory, encoding as transformers 4.x's fast one did.
+
+    transformers 5.x rebuilds a `LlamaTokenizer` from tokenizer.json's vocabulary with its own Metaspace
+    pre-tokenizer (prepend "first" unless legacy), dropping Llama-2's published normalizer: "<s>[INST]"
+    then encodes "[" where the reference got "▁[" (518). So a directory with tokenizer.json is loaded as
+    `TokenizersBackend`, which keeps the file's whole pipeline, as 4.x's LlamaTokenizerFast did. Without
+    tokenizer.json, tokenizer.model is converted (needs protobuf), legacy unless the config says otherwise
+    (4.x's default). Offline; a failure is one UserError line.
+    """
     from transformers import AutoTokenizer
 
     if not path or not os.path.isdir(path):
         raise UserError(f"tokenizer directory not found: {path} (pass a local checkpoint directory)")
-
+    config = _tokenizer_config(path)
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if os.path.isfile(os.path.join(path, TOKENIZER_JSON_FILE)):
+            from transformers import TokenizersBackend
+
+            return TokenizersBackend.from_pretrained(path, local_files_only=True)
+        kwargs = {}
+        if str(config.get("tokenizer_class", "")).startswith("LlamaTokenizer") and "legacy" not in config:
+            kwargs["legacy"] = True
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any loading failure is the same user problem
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load a tokenizer from {path}: {first_line}") from None

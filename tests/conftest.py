@@ -56,3 +56,11 @@ def sp_tokenizer_dir(tmp_path_factory):
     from tiny_sentencepiece import build_sentencepiece_tokenizer
 
     return build_sentencepiece_tokenizer(tmp_path_factory.mktemp("sp_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_dir(tmp_path_factory):
+    """Like a published Llama-2 checkpoint: tokenizer.model + legacy-normalizer tokenizer.json + LlamaTokenizer config."""
+    from tiny_sentencepiece import build_llama2_style_tokenizer
+
+    return build_llama2_style_tokenizer(tmp_path_factory.mktemp("llama2_tokenizer"))

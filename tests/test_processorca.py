@@ -236,3 +236,16 @@ def test_chat_template_prompts_carry_their_own_special_tokens(tiny_tokenizer_dir
     frame = P.add_tokens(P.add_prompts(pd.DataFrame({"system_prompt": [""], "question": ["Why?"], "output": ["x"]}),
                                        prompt), tok, None, add_special_tokens=False)
     assert frame["tok_input"].iloc[0][:2] != [1, 1] and frame["tok_input"].iloc[0][0] == 1
+
+
+def test_llama2_style_checkpoint_prompts_tokenize_like_its_tokenizer_json(parquet, llama2_tokenizer_dir):
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(llama2_tokenizer_dir / "tokenizer.json"))
+    tok = P.load_tokenizer_for_preprocessing(str(llama2_tokenizer_dir))
+    init, _ = P.response_init_token(tok)
+    assert tok.convert_ids_to_tokens(init) == "\u2581"
+    frame = P.add_tokens(P.add_prompts(P.load_parquet(parquet[0])), tok, init)
+    for text, ids in zip(frame["input"], frame["tok_input"]):
+        assert ids == raw.encode(text).ids + [init]
+        assert ids[:3] == [1, 1, init]  # "<s>" text, then "▁" before "[INST]" as in the reference's 1, 1, 518

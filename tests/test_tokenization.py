@@ -83,3 +83,41 @@ def test_missing_directory_is_a_user_error(tmp_path):
         load_tokenizer(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="cannot load a tokenizer"):
         load_tokenizer(str(tmp_path))
+
+
+PROMPT = "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is  the capital of France? [/INST]"
+
+
+def test_llama2_checkpoint_encodes_with_its_tokenizer_json_pipeline(llama2_tokenizer_dir):
+    """transformers 5.x's AutoTokenizer drops the "▁" after "<s>" that the reference's fast tokenizer produced."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from mlperf_llama2.tokenization import load_hf_tokenizer
+
+    reference = Tokenizer.from_file(str(llama2_tokenizer_dir / "tokenizer.json")).encode(PROMPT).ids
+    ours = load_hf_tokenizer(str(llama2_tokenizer_dir))(PROMPT)["input_ids"]
+    assert ours == reference
+    word_start = ours[2]
+    assert ours[:2] == [1, 1] and load_hf_tokenizer(str(llama2_tokenizer_dir)).convert_ids_to_tokens(word_start) == "\u2581"
+    auto = AutoTokenizer.from_pretrained(str(llama2_tokenizer_dir))(PROMPT)["input_ids"]
+    assert auto != reference and auto[2] != word_start  # the 5.x rebuild this loader avoids
+
+
+def test_sentencepiece_only_checkpoint_encodes_like_sentencepiece(sp_tokenizer_dir, tmp_path):
+    """No tokenizer.json and no 'legacy' key: legacy encoding, i.e. sentencepiece's own per segment (4.x default)."""
+    import json
+    import shutil
+
+    import sentencepiece
+
+    from mlperf_llama2.tokenization import load_hf_tokenizer
+
+    d = tmp_path / "sp_only"
+    shutil.copytree(sp_tokenizer_dir, d)
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    config.pop("legacy")
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    segment = PROMPT[len("<s>"):]
+    assert load_hf_tokenizer(str(d))(PROMPT)["input_ids"] == [1, 1] + sp.encode(segment)

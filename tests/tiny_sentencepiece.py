@@ -42,3 +42,26 @@ def build_sentencepiece_tokenizer(out_dir, vocab_size: int = 420) -> Path:
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config))
     return out
+
+
+# Llama-2's published tokenizer.json: no pre-tokenizer, a normalizer that prepends "▁" to every text segment
+# (also the one after a leading "<s>") and turns spaces into "▁".
+LLAMA2_NORMALIZER = {
+    "type": "Sequence",
+    "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+    ],
+}
+
+
+def build_llama2_style_tokenizer(out_dir) -> Path:
+    """The sentencepiece tokenizer plus a Llama-2-style tokenizer.json, config `legacy: false`, as published."""
+    from transformers import AutoTokenizer
+
+    out = build_sentencepiece_tokenizer(out_dir)
+    converted = json.loads(AutoTokenizer.from_pretrained(str(out)).backend_tokenizer.to_str())
+    converted["normalizer"] = LLAMA2_NORMALIZER
+    converted["pre_tokenizer"] = None
+    (out / "tokenizer.json").write_text(json.dumps(converted))
+    return out
