@@ -147,7 +147,9 @@ def load_tokenizer(path: str, prefer_sentencepiece: bool = True) -> TextTokenize
     hf = load_hf_tokenizer(path)
     sp = _sentencepiece_processor(path) if prefer_sentencepiece else None
     if sp is not None and sp.get_piece_size() > len(hf):
-        raise UserError(f"{path}: tokenizer.model has {sp.get_piece_size()} pieces, more than the tokenizer's {len(hf)}")
+        raise UserError(
+            f"{path}: tokenizer.model has {sp.get_piece_size()} pieces, more than the tokenizer's {len(hf)}"
+        )
     tokenizer = TextTokenizer(path=path, hf=hf, sp=sp)
     log.info("tokenizer %s: %s, decoding with %s", path, type(hf).__name__, tokenizer.decode_backend)
     return tokenizer

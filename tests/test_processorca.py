@@ -9,7 +9,7 @@ import pytest
 
 from mlperf_llama2.data import processorca as P
 from mlperf_llama2.errors import UserError
-from openorca_fixture import SEQLEN_LIMIT, openorca_rows, write_openorca_parquet
+from openorca_fixture import SEQLEN_LIMIT, write_openorca_parquet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,6 +82,18 @@ def test_each_filter_keeps_exactly_the_expected_rows(parquet, tokenizer):
     assert dropped_prompts == set()  # the listed prompts survive in cot/flan rows ...
     gone = after_short[~after_short["id"].isin(final["id"])]
     assert set(gone["origin"]) == {"niv", "t0"} and set(gone["system_prompt"]) == set(P.DROPPED_SYSTEM_PROMPTS)
+
+
+def test_dropped_system_prompts_are_the_specs_exact_strings():
+    spec = [
+        "",
+        "You are an AI assistant that follows instruction extremely well. Help as much as you can.",
+        "You are an AI assistant. Provide a detailed answer so user don’t need to search outside to understand the answer.",
+        "You are an AI assistant. Provide a detailed answer so user don't need to search outside to understand the answer.",
+        "User will you give you a task with some instruction. Your job is follow the instructions as faithfully as you can. While answering think step-by-step and justify your answer.",  # noqa: E501
+        "Explain how you used the definition to come up with the answer.",
+    ]
+    assert list(P.DROPPED_SYSTEM_PROMPTS) == spec
 
 
 def test_both_apostrophe_variants_are_listed():

@@ -33,10 +33,12 @@ DROPPED_ORIGINS = ("niv", "t0")
 DROPPED_SYSTEM_PROMPTS = (
     "",
     "You are an AI assistant that follows instruction extremely well. Help as much as you can.",
-    "You are an AI assistant. Provide a detailed answer so user don\u2019t need to search outside to understand the answer.",
-    "You are an AI assistant. Provide a detailed answer so user don't need to search outside to understand the answer.",
-    "User will you give you a task with some instruction. Your job is follow the instructions as faithfully as you can. "
-    "While answering think step-by-step and justify your answer.",
+    "You are an AI assistant. Provide a detailed answer so user don\u2019t need to search outside "
+    "to understand the answer.",
+    "You are an AI assistant. Provide a detailed answer so user don't need to search outside "
+    "to understand the answer.",
+    "User will you give you a task with some instruction. Your job is follow the instructions as "
+    "faithfully as you can. While answering think step-by-step and justify your answer.",
     "Explain how you used the definition to come up with the answer.",
 )
 SAMPLE_SEED = 1337
@@ -128,7 +130,8 @@ def add_tokens(frame, tokenizer, init_token: Optional[int], add_special_tokens: 
     """Step 3: tok_input (+ the response-init token) and tok_output."""
     frame = frame.copy()
     suffix = [] if init_token is None else [init_token]
-    frame["tok_input"] = [ids + suffix for ids in tokenize_texts(tokenizer, frame["input"].tolist(), add_special_tokens)]
+    inputs = tokenize_texts(tokenizer, frame["input"].tolist(), add_special_tokens)
+    frame["tok_input"] = [ids + suffix for ids in inputs]
     frame["tok_output"] = tokenize_texts(tokenizer, frame["output"].tolist())
     return frame
 
