@@ -147,6 +147,8 @@ CASES = [
          ("missing column",)),
     Case("orca_model_dir_missing", "processorca.py", P(model_dir=lambda w: w / "no_such_model"),
          ("--model_dir",)),
+    Case("orca_model_dir_without_tokenizer", "processorca.py", P(model_dir=lambda w: w / "m_no_tokenizer"),
+         ("tokenizer",)),
     Case("orca_export_dir_unwritable", "processorca.py", P(export_dir=lambda w: w / "data.pkl" / "export"),
          ("--export_dir",)),
 ]
@@ -208,6 +210,9 @@ def build_workdir(w: Path, model_dir: Path, tokenizer_dir: Path) -> None:
     (acc / "odd.json").write_text(json.dumps([dict(entry, data="050000000200")]))
     (acc / "beyond.json").write_text(json.dumps([dict(entry, qsl_idx=99)]))
     pd.DataFrame({"id": ["cot.1"], "question": ["q"]}).to_parquet(w / "few_columns.parquet")
+    pd.DataFrame({"id": [f"cot.{i}" for i in range(4)], "system_prompt": [""] * 4,
+                  "question": [f"What is {i} + {i}?" for i in range(4)],
+                  "response": [f"The answer is {2 * i}." for i in range(4)]}).to_parquet(w / "orca.parquet")
 
 
 @pytest.fixture(scope="module")
