@@ -39,6 +39,8 @@ def check_inputs(config: RunConfig) -> Dataset:
         vocab_size = read_model_info(config.model_path).vocab_size
     if config.save_outputs is not None:
         parent = os.path.dirname(os.path.abspath(config.save_outputs))
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise UserError(f"--save-outputs {config.save_outputs}: {parent} is a file, not a directory")
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:

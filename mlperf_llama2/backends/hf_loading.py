@@ -51,7 +51,7 @@ def _read_json(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+        raise UserError(f"cannot read {path}: {exc} (a truncated or corrupt file? copy the checkpoint again)") from None
 
 
 def read_model_info(path: str) -> ModelInfo:
