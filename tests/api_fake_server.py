@@ -1,0 +1,150 @@
+"""A tiny vLLM-protocol server on 127.0.0.1 for the api backend tests (standard library only).
+
+`FakeVllmServer(generate=...)` answers GET /v1/models and POST /v1/completions like vLLM does in
+token-id mode: prompts as token-id lists (one list or a list of lists), outputs as
+"token_id:N" strings under `logprobs.tokens` (or as `token_ids`, `carrier="token_ids"`), SSE when
+`stream` is true. `generate(prompt_ids, max_tokens) -> ids` is the model: `model_generator` wraps
+a real checkpoint's greedy `generate`, so the fake is a real server of a real (tiny) model.
+`faults` is a script consumed one entry per POST: an int (HTTP status), ("sleep", seconds) before
+answering normally, or "drop" (close the connection without an answer).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Optional, Sequence
+
+Generator = Callable[[list[int], int], list[int]]
+
+
+def model_generator(model_dir) -> Generator:
+    """Greedy generate of the checkpoint at `model_dir`, one prompt at a time (min_new_tokens=1)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    lock = threading.Lock()
+    eos = model.config.eos_token_id
+
+    def generate(prompt: list[int], max_tokens: int) -> list[int]:
+        with lock, torch.no_grad():
+            ids = torch.tensor([prompt], dtype=torch.long)  # [1, L]
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                 min_new_tokens=1, do_sample=False, num_beams=1, pad_token_id=eos)
+        return out[0, len(prompt):].tolist()
+
+    return generate
+
+
+class FakeVllmServer:
+    def __init__(self, generate: Generator, *, model_name: str = "tiny", eos_token_id: int = 2,
+                 carrier: str = "logprobs", include_eos: bool = True, faults: Sequence = ()):
+        self.generate = generate
+        self.model_name = model_name
+        self.eos = eos_token_id
+        self.carrier = carrier
+        self.include_eos = include_eos
+        self.faults = list(faults)
+        self.bodies: list[dict] = []  # every POST body received, in order
+        self.lock = threading.Lock()
+        self._httpd: Optional[ThreadingHTTPServer] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def __enter__(self) -> "FakeVllmServer":
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path != "/v1/models":
+                    return self._json(404, {"error": "not found"})
+                self._json(200, {"object": "list", "data": [{"id": fake.model_name, "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    fake.bodies.append(body)
+                    fault = fake.faults.pop(0) if fake.faults else None
+                if fault == "drop":
+                    self.close_connection = True
+                    return
+                if isinstance(fault, int):
+                    return self._json(fault, {"error": f"injected {fault}"})
+                if isinstance(fault, tuple) and fault[0] == "sleep":
+                    time.sleep(fault[1])
+                fake._answer(self, body)
+
+            def _json(self, status, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        class QuietServer(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # a client that timed out and hung up is part of the tests
+
+        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # ----- answering -----
+
+    def _output(self, prompt: list[int], max_tokens: int) -> tuple[list[int], str]:
+        ids = self.generate(prompt, max_tokens)
+        finish = "stop" if self.eos in ids else "length"
+        if self.eos in ids:
+            ids = ids[: ids.index(self.eos) + (1 if self.include_eos else 0)]
+        return ids, finish
+
+    def _choice(self, index: int, ids: list[int], finish: Optional[str]) -> dict:
+        choice = {"index": index, "text": "".join(f"<{t}>" for t in ids), "finish_reason": finish}
+        if self.carrier == "token_ids":
+            choice["token_ids"] = ids
+        else:
+            choice["logprobs"] = {"tokens": [f"token_id:{t}" for t in ids],
+                                  "token_logprobs": [-0.1] * len(ids)}
+        return choice
+
+    def _answer(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        prompt = body["prompt"]
+        if isinstance(prompt, str) or not prompt:
+            return handler._json(400, {"error": "this fake takes token-id prompts only"})
+        prompts = [prompt] if isinstance(prompt[0], int) else prompt
+        outputs = [self._output(list(p), int(body["max_tokens"])) for p in prompts]
+        if not body.get("stream"):
+            return handler._json(200, {"object": "text_completion", "model": self.model_name, "choices": [
+                self._choice(i, ids, finish) for i, (ids, finish) in enumerate(outputs)]})
+        ids, finish = outputs[0]
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        for pos, token in enumerate(ids):
+            last = pos == len(ids) - 1
+            chunk = {"object": "text_completion", "choices": [self._choice(0, [token], finish if last else None)]}
+            handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            handler.wfile.flush()
+        if not ids:
+            chunk = {"choices": [self._choice(0, [], finish)]}
+            handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        handler.wfile.write(b"data: [DONE]\n\n")
+        handler.wfile.flush()
