@@ -7,6 +7,9 @@ token-id mode: prompts as token-id lists (one list or a list of lists), outputs 
 a real checkpoint's greedy `generate`, so the fake is a real server of a real (tiny) model.
 `faults` is a script consumed one entry per POST: an int (HTTP status), ("sleep", seconds) before
 answering normally, or "drop" (close the connection without an answer).
+
+Run alone, it serves a checkpoint until Ctrl-C:
+`python tests/api_fake_server.py --model-dir DIR [--model-name NAME] [--port 8000]`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def model_generator(model_dir) -> Generator:
 
 class FakeVllmServer:
     def __init__(self, generate: Generator, *, model_name: str = "tiny", eos_token_id: int = 2,
-                 carrier: str = "logprobs", include_eos: bool = True, faults: Sequence = ()):
+                 carrier: str = "logprobs", include_eos: bool = True, faults: Sequence = (), port: int = 0):
         self.generate = generate
         self.model_name = model_name
         self.eos = eos_token_id
@@ -50,6 +53,7 @@ class FakeVllmServer:
         self.faults = list(faults)
         self.bodies: list[dict] = []  # every POST body received, in order
         self.lock = threading.Lock()
+        self._port = port  # 0: any free loopback port
         self._httpd: Optional[ThreadingHTTPServer] = None
 
     @property
@@ -96,7 +100,7 @@ class FakeVllmServer:
             def handle_error(self, request, client_address):
                 pass  # a client that timed out and hung up is part of the tests
 
-        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self._httpd = QuietServer(("127.0.0.1", self._port), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
@@ -148,3 +152,24 @@ class FakeVllmServer:
             handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
         handler.wfile.write(b"data: [DONE]\n\n")
         handler.wfile.flush()
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="serve a checkpoint's greedy generate with vLLM's token-id protocol")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--model-name", default="tiny")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    server = FakeVllmServer(model_generator(args.model_dir), model_name=args.model_name, port=args.port)
+    with server:
+        print(f"serving {args.model_dir} as {args.model_name!r} at {server.url}", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

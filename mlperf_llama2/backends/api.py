@@ -53,6 +53,7 @@ class ApiBackend(Backend):
         self._workers: list[threading.Thread] = []
         self._sink: Optional[ResultSink] = None
         self._checked = False
+        self._tokenizer_lock = threading.Lock()  # one fast tokenizer shared by the worker threads
 
     @property
     def eos_token_id(self) -> int:
@@ -138,10 +139,12 @@ class ApiBackend(Backend):
     def _prompt(self, request: GenerationRequest) -> str | list[int]:
         if not self._text:
             return list(request.prompt)
-        return prompt_text(self._tokenizer, request.prompt)
+        with self._tokenizer_lock:
+            return prompt_text(self._tokenizer, request.prompt)
 
     def _retokenize(self, text: str) -> list[int]:
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:
+            return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _finish(self, result: proto.ChoiceResult) -> list[int]:
         ids = result.token_ids if not self._text else self._retokenize(result.text)
