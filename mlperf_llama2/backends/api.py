@@ -234,16 +234,28 @@ def prompt_text(tokenizer: Any, prompt: Sequence[int]) -> str:
 
 
 def create_api_backend(config: "RunConfig") -> ApiBackend:
-    """The registry's factory: reads EOS/vocabulary from --model-path, checks the servers, builds the backend."""
-    from mlperf_llama2.backends.hf_loading import read_model_info
+    """The registry's factory: EOS/vocabulary from --model-path, the servers checked, the backend built.
 
-    info = read_model_info(config.model_path)
-    tokenizer = None
+    Without --model-path (token-id mode only) EOS is Llama-2's and the vocabulary is unknown.
+    """
+    from mlperf_llama2 import constants
+    from mlperf_llama2.errors import UserError
+
+    eos, vocab_size, tokenizer = constants.LLAMA2_EOS_TOKEN, None, None
+    if config.model_path is not None:
+        from mlperf_llama2.backends.hf_loading import read_model_info
+
+        info = read_model_info(config.model_path)
+        eos, vocab_size = info.eos_token_id, info.vocab_size
+    else:
+        log.info("api: no --model-path; EOS id %d (Llama-2)", eos)
     if config.api.api_text_mode:
+        if config.model_path is None:
+            raise UserError("--api-text-mode needs --model-path DIR for the tokenizer (prompts are decoded to text)")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-    backend = ApiBackend(config.api, eos_token_id=info.eos_token_id, vocab_size=info.vocab_size,
+    backend = ApiBackend(config.api, eos_token_id=eos, vocab_size=vocab_size,
                          streaming=config.scenario == "Server", tokenizer=tokenizer)
     backend.check_servers()
     return backend
