@@ -61,21 +61,29 @@ def tokenizer(text_model_dir):
 
 
 @pytest.fixture(scope="module")
-def expected(text_model_dir, tokenizer):
-    """What text mode must return: the server's greedy text, re-tokenized without BOS, EOS once if it stopped."""
+def text_model(text_model_dir):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(text_model_dir, dtype=torch.float32).eval()
-    out, raw = [], []
-    for text in TEXTS:
-        server_input = tokenizer(prompt_text(tokenizer, tokenizer(text)["input_ids"]), return_tensors="pt")
+    return AutoModelForCausalLM.from_pretrained(text_model_dir, dtype=torch.float32).eval()
+
+
+def text_mode_outputs(model, tokenizer, prompts, max_new: int) -> list[list[int]]:
+    """What text mode must return: greedy text of what the server receives, re-tokenized without BOS,
+    EOS once if it stopped."""
+    out = []
+    for prompt in prompts:
+        server_input = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt")
+        n_in = server_input["input_ids"].shape[1]
         with torch.no_grad():
-            ids = model.generate(**server_input, max_new_tokens=MAX_NEW, do_sample=False)[0, server_input["input_ids"].shape[1]:]
-        ids = ids.tolist()
-        raw.append(ids)
-        tokens = tokenizer(tokenizer.decode(ids, skip_special_tokens=True), add_special_tokens=False)["input_ids"]
-        out.append(list(tokens) + ([EOS] if EOS in ids else []))
-    return out, raw
+            ids = model.generate(**server_input, max_new_tokens=max_new, do_sample=False)[0, n_in:].tolist()
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]) + ([EOS] if EOS in ids else []))
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected(text_model, tokenizer):
+    return text_mode_outputs(text_model, tokenizer, [tokenizer(t)["input_ids"] for t in TEXTS], MAX_NEW)
 
 
 def backend_for(served, tokenizer, streaming: bool) -> ApiBackend:
@@ -101,12 +109,12 @@ def run_texts(backend, tokenizer) -> Sink:
 
 def test_text_mode_offline_matches_greedy_generate(served, tokenizer, expected):
     sink = run_texts(backend_for(served, tokenizer, streaming=False), tokenizer)
-    assert [sink.done[i] for i in range(len(TEXTS))] == [("complete", e) for e in expected[0]]
+    assert [sink.done[i] for i in range(len(TEXTS))] == [("complete", e) for e in expected]
 
 
 def test_text_mode_server_streams_first_token_of_the_final_response(served, tokenizer, expected):
     sink = run_texts(backend_for(served, tokenizer, streaming=True), tokenizer)
-    assert [sink.done[i] for i in range(len(TEXTS))] == [("complete", e) for e in expected[0]]
+    assert [sink.done[i] for i in range(len(TEXTS))] == [("complete", e) for e in expected]
     for i in range(len(TEXTS)):
         mine = [e for e in sink.events if e[1] == i]
         assert [e[0] for e in mine] == ["first", "complete"] and mine[0][2] == mine[1][2][0]
@@ -118,3 +126,21 @@ def test_wrong_model_name_against_transformers_serve(served, tokenizer):
 
     with pytest.raises(UserError, match="is not served by"):
         ApiBackend(config, eos_token_id=EOS, tokenizer=tokenizer).check_servers()
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_main_text_mode_accuracy_run(served, text_model_dir, text_model, tokenizer, tmp_path, scenario):
+    fixtures = pytest.importorskip("loadgen_fixtures", reason="main.py comes from the loadgen branch")
+    import pandas as pd
+
+    data = fixtures.write_dataset(tmp_path / "data.pkl", text_model_dir)
+    (tmp_path / "user.conf").write_text(fixtures.SMALL_USER_CONF)
+    result = fixtures.run_main(["--vllm", "--api-text-mode", "--api-server", served.url, "--api-model-name",
+                                served.model, "--model-path", text_model_dir, "--dataset-path", data, "--user-conf",
+                                tmp_path / "user.conf", "--max-new-tokens", MAX_NEW, "--scenario", scenario,
+                                "--accuracy", "--output-log-dir", tmp_path / "logs"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("--api-text-mode: prompts are sent as decoded text") == 1  # the fidelity warning
+    logged = {e["qsl_idx"]: fixtures.tokens(e["data"]).tolist() for e in fixtures.read_accuracy_log(tmp_path / "logs")}
+    prompts = pd.read_pickle(data)["tok_input"].tolist()
+    assert logged == dict(enumerate(text_mode_outputs(text_model, tokenizer, prompts, MAX_NEW)))
