@@ -6,7 +6,8 @@ token-id mode: prompts as token-id lists (one list or a list of lists), outputs 
 `stream` is true. `generate(prompt_ids, max_tokens) -> ids` is the model: `model_generator` wraps
 a real checkpoint's greedy `generate`, so the fake is a real server of a real (tiny) model.
 `faults` is a script consumed one entry per POST: an int (HTTP status), ("sleep", seconds) before
-answering normally, or "drop" (close the connection without an answer).
+answering normally, "drop" (close the connection without an answer), or "cut" (a stream closed
+after its first token, without a finish_reason).
 
 Run alone, it serves a checkpoint until Ctrl-C:
 `python tests/api_fake_server.py --model-dir DIR [--model-name NAME] [--port 8000]`.
@@ -86,7 +87,7 @@ class FakeVllmServer:
                     return self._json(fault, {"error": f"injected {fault}"})
                 if isinstance(fault, tuple) and fault[0] == "sleep":
                     time.sleep(fault[1])
-                fake._answer(self, body)
+                fake._answer(self, body, cut=fault == "cut")
 
             def _json(self, status, obj):
                 data = json.dumps(obj).encode()
@@ -127,7 +128,7 @@ class FakeVllmServer:
                                   "token_logprobs": [-0.1] * len(ids)}
         return choice
 
-    def _answer(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+    def _answer(self, handler: BaseHTTPRequestHandler, body: dict, cut: bool = False) -> None:
         prompt = body["prompt"]
         if isinstance(prompt, str) or not prompt:
             return handler._json(400, {"error": "this fake takes token-id prompts only"})
@@ -147,6 +148,8 @@ class FakeVllmServer:
             chunk = {"object": "text_completion", "choices": [self._choice(0, [token], finish if last else None)]}
             handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             handler.wfile.flush()
+            if cut:
+                return
         if not ids:
             chunk = {"choices": [self._choice(0, [], finish)]}
             handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())

@@ -165,6 +165,14 @@ def test_dropped_connection_then_success_is_retried(tiny_generate, expected, str
     assert outputs(sink, requests()) == expected
 
 
+def test_stream_cut_after_the_first_token_is_retried_and_first_token_sent_once(tiny_generate, expected):
+    with FakeVllmServer(tiny_generate, faults=["cut"]) as server:
+        sink = run(make_backend([server.url], streaming=True, api_concurrency=1), requests())
+    assert outputs(sink, requests()) == expected
+    assert len(server.bodies) == len(PROMPTS) + 1
+    assert [e[0] for e in sink.events if e[1] == requests()[0].request_id] == ["first", "complete"]
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_request_failing_every_retry_fails_cleanly(tiny_generate, streaming):
     reqs = requests()[:2]

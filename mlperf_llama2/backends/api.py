@@ -199,6 +199,9 @@ class ApiBackend(Backend):
                                 report_first(first)
                     except proto.ProtocolError as exc:
                         raise RequestError(str(exc), retryable=False) from None
+            if acc.result.finish_reason is None:
+                # Every server ends a stream with a finish_reason; without one the connection was cut.
+                raise RequestError("stream ended without a finish_reason (connection cut?)", retryable=True)
             return acc.result
 
         result = with_retries(attempt, retries=self._config.api_retries, backoff_s=self._config.api_backoff_s,
