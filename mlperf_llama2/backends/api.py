@@ -103,6 +103,8 @@ class ApiBackend(Backend):
         if self._stop_event.is_set():
             return
         self._stop_event.set()
+        if self._sink is None:
+            return  # never started: nothing was sent, nobody to tell
         while True:
             try:
                 item = self._queue.get_nowait()
