@@ -13,9 +13,7 @@ import shutil
 import pytest
 
 from api_fake_server import FakeVllmServer, model_generator
-
-pytest.importorskip("loadgen_fixtures", reason="main.py and the LoadGen test helpers come from the loadgen branch")
-from loadgen_fixtures import (  # noqa: E402
+from loadgen_fixtures import (
     REPO,
     SMALL_USER_CONF,
     direct_generate,

@@ -130,8 +130,9 @@ def test_wrong_model_name_against_transformers_serve(served, tokenizer):
 
 @pytest.mark.parametrize("scenario", ["Offline", "Server"])
 def test_main_text_mode_accuracy_run(served, text_model_dir, text_model, tokenizer, tmp_path, scenario):
-    fixtures = pytest.importorskip("loadgen_fixtures", reason="main.py comes from the loadgen branch")
     import pandas as pd
+
+    import loadgen_fixtures as fixtures
 
     data = fixtures.write_dataset(tmp_path / "data.pkl", text_model_dir)
     (tmp_path / "user.conf").write_text(fixtures.SMALL_USER_CONF)
