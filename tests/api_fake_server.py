@@ -7,7 +7,9 @@ token-id mode: prompts as token-id lists (one list or a list of lists), outputs 
 a real checkpoint's greedy `generate`, so the fake is a real server of a real (tiny) model.
 `faults` is a script consumed one entry per POST: an int (HTTP status), ("sleep", seconds) before
 answering normally, "drop" (close the connection without an answer), or "cut" (a stream closed
-after its first token, without a finish_reason).
+after its first token, without a finish_reason). The backend's start-up probe (`max_tokens` 1) is
+answered normally without consuming a fault and is recorded in `probes`, not `bodies`.
+`carrier="text"` returns text only, like a server that knows no token ids.
 
 Run alone, it serves a checkpoint until Ctrl-C:
 `python tests/api_fake_server.py --model-dir DIR [--model-name NAME] [--port 8000]`.
@@ -52,7 +54,8 @@ class FakeVllmServer:
         self.carrier = carrier
         self.include_eos = include_eos
         self.faults = list(faults)
-        self.bodies: list[dict] = []  # every POST body received, in order
+        self.bodies: list[dict] = []  # every POST body received, in order (probes apart)
+        self.probes: list[dict] = []
         self.lock = threading.Lock()
         self._port = port  # 0: any free loopback port
         self._httpd: Optional[ThreadingHTTPServer] = None
@@ -78,8 +81,12 @@ class FakeVllmServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake.lock:
-                    fake.bodies.append(body)
-                    fault = fake.faults.pop(0) if fake.faults else None
+                    if body.get("max_tokens") == 1:
+                        fake.probes.append(body)
+                        fault = None
+                    else:
+                        fake.bodies.append(body)
+                        fault = fake.faults.pop(0) if fake.faults else None
                 if fault == "drop":
                     self.close_connection = True
                     return
@@ -123,7 +130,7 @@ class FakeVllmServer:
         choice = {"index": index, "text": "".join(f"<{t}>" for t in ids), "finish_reason": finish}
         if self.carrier == "token_ids":
             choice["token_ids"] = ids
-        else:
+        elif self.carrier == "logprobs":
             choice["logprobs"] = {"tokens": [f"token_id:{t}" for t in ids],
                                   "token_logprobs": [-0.1] * len(ids)}
         return choice

@@ -135,6 +135,14 @@ def test_wrong_model_name_is_one_user_error(tiny_generate):
             backend.check_servers()
 
 
+def test_server_without_token_ids_fails_the_start_up_probe(tiny_generate):
+    with FakeVllmServer(tiny_generate, carrier="text") as server:
+        backend = make_backend([server.url])
+        with pytest.raises(UserError, match="cannot serve token-id mode: .*no token ids.*--api-text-mode"):
+            backend.check_servers()
+    assert len(server.probes) == 1 and server.probes[0]["max_tokens"] == 1 and server.bodies == []
+
+
 def test_server_down_is_one_user_error():
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -145,3 +145,11 @@ def test_main_text_mode_accuracy_run(served, text_model_dir, text_model, tokeniz
     logged = {e["qsl_idx"]: fixtures.tokens(e["data"]).tolist() for e in fixtures.read_accuracy_log(tmp_path / "logs")}
     prompts = pd.read_pickle(data)["tok_input"].tolist()
     assert logged == dict(enumerate(text_mode_outputs(text_model, tokenizer, prompts, MAX_NEW)))
+
+
+def test_token_id_mode_against_a_text_only_server_is_one_user_error(served, tokenizer):
+    from mlperf_llama2.errors import UserError
+
+    config = ApiConfig(api_servers=(served.url,), api_model_name=served.model)
+    with pytest.raises(UserError, match="cannot serve token-id mode: .*HTTP 4.*--api-text-mode"):
+        ApiBackend(config, eos_token_id=EOS).check_servers()

@@ -23,6 +23,7 @@ from mlperf_llama2.backends import api_protocol as proto
 from mlperf_llama2.backends.api_client import RequestError, ServerPool, check_model, post_json, post_stream, \
     with_retries
 from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
+from mlperf_llama2.errors import UserError
 
 if TYPE_CHECKING:
     from mlperf_llama2.config import ApiConfig, RunConfig
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMPLETIONS_PATH = "/v1/completions"
+PROBE_MAX_TOKENS = 1  # the start-up probe: one token of one one-token prompt
 _STOP = None  # queue sentinel, one per worker
 
 
@@ -64,9 +66,12 @@ class ApiBackend(Backend):
         return self._vocab_size
 
     def check_servers(self) -> None:
-        """Every server must list --api-model-name in GET /v1/models (UserError otherwise)."""
+        """Every server must list --api-model-name in GET /v1/models and, in token-id mode, answer a
+        one-token probe with token ids (UserError otherwise), so a wrong server fails before LoadGen."""
         for server in self._pool.servers:
             check_model(server, self._config.api_model_name)
+            if not self._text:
+                self._probe_token_ids(server)
         self._checked = True
         log.info("api: %d server(s) serve %s: %s", len(self._pool.servers), self._config.api_model_name,
                  ", ".join(s.base_url for s in self._pool.servers))
@@ -75,6 +80,17 @@ class ApiBackend(Backend):
                 "api: --api-text-mode: prompts are sent as decoded text and outputs re-tokenized; token ids "
                 "may differ from the model's own (no min_tokens, one BOS, lossy text round trip); see docs/api.md"
             )
+
+    def _probe_token_ids(self, server) -> None:
+        body = proto.completion_body(self._config.api_model_name, [self._eos], PROBE_MAX_TOKENS, token_ids=True)
+        try:
+            raw = post_json(server, COMPLETIONS_PATH, body, self._config.api_timeout_s)
+            proto.parse_completion(raw, 1, token_ids=True)
+        except (RequestError, proto.ProtocolError) as exc:
+            raise UserError(
+                f"--api-server {server.base_url} cannot serve token-id mode: {exc}; use a vLLM server, "
+                "or --api-text-mode for servers that take only text"
+            ) from None
 
     def start(self, sink: ResultSink) -> None:
         if not self._checked:
@@ -244,7 +260,6 @@ def create_api_backend(config: "RunConfig") -> ApiBackend:
     Without --model-path (token-id mode only) EOS is Llama-2's and the vocabulary is unknown.
     """
     from mlperf_llama2 import constants
-    from mlperf_llama2.errors import UserError
 
     eos, vocab_size, tokenizer = constants.LLAMA2_EOS_TOKEN, None, None
     if config.model_path is not None:
