@@ -55,9 +55,9 @@ def served(text_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer(text_model_dir):
-    from transformers import AutoTokenizer
+    from mlperf_llama2.tokenization import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(text_model_dir)
+    return load_tokenizer(str(text_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +72,18 @@ def text_mode_outputs(model, tokenizer, prompts, max_new: int) -> list[list[int]
     EOS once if it stopped."""
     out = []
     for prompt in prompts:
-        server_input = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt")
+        server_input = tokenizer.hf(prompt_text(tokenizer, prompt), return_tensors="pt")  # as the server does
         n_in = server_input["input_ids"].shape[1]
         with torch.no_grad():
             ids = model.generate(**server_input, max_new_tokens=max_new, do_sample=False)[0, n_in:].tolist()
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]) + ([EOS] if EOS in ids else []))
+        out.append(tokenizer.encode(text, add_special_tokens=False) + ([EOS] if EOS in ids else []))
     return out
 
 
 @pytest.fixture(scope="module")
 def expected(text_model, tokenizer):
-    return text_mode_outputs(text_model, tokenizer, [tokenizer(t)["input_ids"] for t in TEXTS], MAX_NEW)
+    return text_mode_outputs(text_model, tokenizer, [tokenizer.encode(t) for t in TEXTS], MAX_NEW)
 
 
 def backend_for(served, tokenizer, streaming: bool) -> ApiBackend:
@@ -95,7 +95,7 @@ def backend_for(served, tokenizer, streaming: bool) -> ApiBackend:
 
 
 def run_texts(backend, tokenizer) -> Sink:
-    reqs = [GenerationRequest(request_id=i, sample_index=i, prompt=tokenizer(t)["input_ids"], max_new_tokens=MAX_NEW)
+    reqs = [GenerationRequest(request_id=i, sample_index=i, prompt=tokenizer.encode(t), max_new_tokens=MAX_NEW)
             for i, t in enumerate(TEXTS)]
     sink = Sink()
     backend.start(sink)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from mlperf_llama2.backends import api_protocol as proto
 from mlperf_llama2.backends.api_client import RequestError, ServerPool, check_model, post_json, post_stream, \
@@ -27,6 +27,7 @@ from mlperf_llama2.errors import UserError
 
 if TYPE_CHECKING:
     from mlperf_llama2.config import ApiConfig, RunConfig
+    from mlperf_llama2.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class ApiBackend(Backend):
     name = "api"
 
     def __init__(self, config: "ApiConfig", *, eos_token_id: int, vocab_size: Optional[int] = None,
-                 streaming: bool = False, tokenizer: Any = None):
+                 streaming: bool = False, tokenizer: Optional["TextTokenizer"] = None):
         """`streaming`: Server scenario (one SSE request per query). `tokenizer`: needed in text mode."""
         if config.api_text_mode and tokenizer is None:
             raise ValueError("text mode needs the checkpoint's tokenizer")
@@ -162,7 +163,7 @@ class ApiBackend(Backend):
 
     def _retokenize(self, text: str) -> list[int]:
         with self._tokenizer_lock:
-            return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+            return self._tokenizer.encode(text, add_special_tokens=False)
 
     def _finish(self, result: proto.ChoiceResult) -> list[int]:
         ids = result.token_ids if not self._text else self._retokenize(result.text)
@@ -245,13 +246,13 @@ class ApiBackend(Backend):
         return ids[0] if len(ids) >= 2 else None
 
 
-def prompt_text(tokenizer: Any, prompt: Sequence[int]) -> str:
+def prompt_text(tokenizer: "TextTokenizer", prompt: Sequence[int]) -> str:
     """Text mode: the prompt without its leading BOS id(s), decoded; the server adds its own BOS."""
     ids = list(prompt)
-    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = tokenizer.hf.bos_token_id
     while ids and ids[0] == bos:
         ids.pop(0)
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def create_api_backend(config: "RunConfig") -> ApiBackend:
@@ -272,9 +273,9 @@ def create_api_backend(config: "RunConfig") -> ApiBackend:
     if config.api.api_text_mode:
         if config.model_path is None:
             raise UserError("--api-text-mode needs --model-path DIR for the tokenizer (prompts are decoded to text)")
-        from transformers import AutoTokenizer
+        from mlperf_llama2.tokenization import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+        tokenizer = load_tokenizer(config.model_path)
     backend = ApiBackend(config.api, eos_token_id=eos, vocab_size=vocab_size,
                          streaming=config.scenario == "Server", tokenizer=tokenizer)
     backend.check_servers()
