@@ -20,7 +20,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -c constraints.txt -e ".[test,demo]"
+	$(PIP) install -q -c constraints.txt -e ".[test,demo,serve]"
 	@touch $(STAMP)
 
 test: $(STAMP)
