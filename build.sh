@@ -59,23 +59,26 @@ torch_version() {
     "$1" -c 'import torch; print(torch.__version__)' 2>/dev/null || true
 }
 
-install_main() {
-    local version torch
+# Check the main environment's interpreter; sets MAIN_VERSION.
+check_main_python() {
     command -v "$PYTHON" >/dev/null || die "no Python interpreter '$PYTHON': set PYTHON"
-    version="$(python_version "$PYTHON")"
+    MAIN_VERSION="$(python_version "$PYTHON")"
     # constraints.txt pins releases (numpy 2.4, pandas 3.1) that need Python 3.11 or newer.
-    [[ "$version" =~ ^3\.(1[1-9]|[2-9][0-9])$ ]] \
-        || die "$PYTHON is Python ${version:-?}; the harness's pins need 3.11 or newer: set PYTHON"
-    torch="$(torch_version "$PYTHON")"
-    if [[ -n "$torch" ]]; then
+    [[ "$MAIN_VERSION" =~ ^3\.(1[1-9]|[2-9][0-9])$ ]] \
+        || die "$PYTHON is Python ${MAIN_VERSION:-?}; the harness's pins need 3.11 or newer: set PYTHON"
+}
+
+install_main() {
+    if [[ -n "$TORCH" ]]; then
         # Asking for exactly the installed build keeps it: pip fails rather than replace it.
-        echo "build.sh: keeping the installed torch $torch" >&2
-        run "$PYTHON" -m pip install -c "$REPO_DIR/constraints.txt" "torch==$torch" -e "${REPO_DIR}[test]"
+        echo "build.sh: keeping the installed torch $TORCH" >&2
+        run "$PYTHON" -m pip install -c "$REPO_DIR/constraints.txt" "torch==$TORCH" -e "${REPO_DIR}[test]"
     else
         run "$PYTHON" -m pip install "${TORCH_SPEC:-torch}"
         run "$PYTHON" -m pip install -c "$REPO_DIR/constraints.txt" -e "${REPO_DIR}[test]"
+        ((DRY_RUN)) || TORCH="$(torch_version "$PYTHON")"
     fi
-    echo "build.sh: harness installed for $PYTHON (Python $version); use it for every run without --liteml-config" >&2
+    echo "build.sh: harness installed for $PYTHON (Python $MAIN_VERSION); use it for every run without --liteml-config" >&2
 }
 
 # Python version a wheel is built for, from its file name (liteml-25.0.0-cp310-cp310-linux_x86_64.whl
@@ -122,31 +125,39 @@ find_venv_creator() {
     die "no Python $want for the LiteML wheel: install it (Ubuntu: apt-get install python$want-venv; or pyenv, uv, conda) or set LITEML_PYTHON"
 }
 
-install_liteml() {
-    local wheels want venv_py torch torch_spec
+# Find the LiteML wheel and how to make its environment; sets WHEEL (empty: none) and CREATE
+# (empty: reuse the existing environment). Runs before anything is installed, so that a problem
+# stops the script in its first second.
+plan_liteml() {
+    local wheels want
+    WHEEL=""
+    CREATE=()
     shopt -s nullglob
     wheels=("$LITEML_WHEEL_DIR"/liteml-*.whl)
     shopt -u nullglob
-    if ((${#wheels[@]} == 0)); then
-        echo "build.sh: no liteml-*.whl in $LITEML_WHEEL_DIR; LiteML environment not built" >&2
-        return
-    fi
-    ((${#wheels[@]} == 1)) || die "several LiteML wheels in $LITEML_WHEEL_DIR (${wheels[*]##*/}): keep one"
-    want="$(wheel_python "${wheels[0]}")"
-    venv_py="$LITEML_VENV/bin/python"
-    if [[ "$(python_version "$venv_py")" == "$want" ]]; then
+    ((${#wheels[@]} <= 1)) || die "several LiteML wheels in $LITEML_WHEEL_DIR (${wheels[*]##*/}): keep one"
+    ((${#wheels[@]} == 1)) || return 0
+    WHEEL="${wheels[0]}"
+    want="$(wheel_python "$WHEEL")"
+    if [[ "$(python_version "$LITEML_VENV/bin/python")" == "$want" ]]; then
         echo "build.sh: reusing $LITEML_VENV (Python $want)" >&2
     else
         [[ -e "$LITEML_VENV" ]] && die "$LITEML_VENV exists but is not a Python $want environment: remove it"
         find_venv_creator "$want"
-        run "${CREATE[@]}"
     fi
+}
+
+install_liteml() {
+    local venv_py="$LITEML_VENV/bin/python" torch_spec="${TORCH_SPEC:-torch}"
+    if [[ -z "$WHEEL" ]]; then
+        echo "build.sh: no liteml-*.whl in $LITEML_WHEEL_DIR; LiteML environment not built" >&2
+        return
+    fi
+    ((${#CREATE[@]} == 0)) || run "${CREATE[@]}"
     # The same torch release as the main environment (its CUDA build in the container), else TORCH_SPEC.
-    torch="$(torch_version "$PYTHON")"
-    torch_spec="${TORCH_SPEC:-torch}"
-    [[ -z "${TORCH_SPEC:-}" && -n "$torch" ]] && torch_spec="torch==${torch%%+*}"
+    [[ -z "${TORCH_SPEC:-}" && -n "$TORCH" ]] && torch_spec="torch==${TORCH%%+*}"
     run "$venv_py" -m pip install "$torch_spec"
-    run "$venv_py" -m pip install -c "$REPO_DIR/constraints-tf446.txt" "${wheels[0]}" -e "${REPO_DIR}[test]"
+    run "$venv_py" -m pip install -c "$REPO_DIR/constraints-tf446.txt" "$WHEEL" -e "${REPO_DIR}[test]"
     # The real LiteML is told apart from an unrelated PyPI "liteml" by its submodules (QUANT.md).
     run "$venv_py" -c 'import liteml.ailabs_liteml.retrainer, transformers; print("LiteML with transformers", transformers.__version__)' \
         || run "$venv_py" -c 'import liteml.retrainer, transformers; print("LiteML (0.2 API) with transformers", transformers.__version__)' \
@@ -154,6 +165,10 @@ install_liteml() {
     echo "build.sh: LiteML environment ready: use $venv_py (or: source $LITEML_VENV/bin/activate) for --liteml-config runs" >&2
 }
 
+check_main_python
+WHEEL=""
+((LITEML)) && plan_liteml
+TORCH="$(torch_version "$PYTHON")"
 install_main
 ((LITEML)) && install_liteml
 exit 0
