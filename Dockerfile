@@ -53,7 +53,7 @@ COPY --chown=${USER_UID}:${USER_GID} pyproject.toml constraints.txt constraints-
 # mlcommons-loadgen comes as its PyPI wheel: no LoadGen source build.
 RUN python3.11 -m venv /opt/venv \
     && python -m pip install --no-cache-dir "pip==26.3" \
-    && python -m pip install --no-cache-dir "torch==${TORCH_VERSION}" \
+    && python -m pip install --no-cache-dir -c constraints.txt "torch==${TORCH_VERSION}" \
     && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['test']))" > requirements.txt \
     && python -m pip install --no-cache-dir -c constraints.txt -r requirements.txt \

@@ -38,7 +38,7 @@ COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
 $(COMPAT_STAMP): pyproject.toml constraints-tf446.txt
 	@test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
-	$(COMPAT_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(COMPAT_PY) -m pip install -q -c constraints-tf446.txt "$(TORCH_SPEC)"
 	$(COMPAT_PY) -m pip install -q -c constraints-tf446.txt -e ".[test]"
 	@touch $(COMPAT_STAMP)
 

@@ -74,7 +74,7 @@ install_main() {
         echo "build.sh: keeping the installed torch $TORCH" >&2
         run "$PYTHON" -m pip install -c "$REPO_DIR/constraints.txt" "torch==$TORCH" -e "${REPO_DIR}[test]"
     else
-        run "$PYTHON" -m pip install "${TORCH_SPEC:-torch}"
+        run "$PYTHON" -m pip install -c "$REPO_DIR/constraints.txt" "${TORCH_SPEC:-torch}"
         run "$PYTHON" -m pip install -c "$REPO_DIR/constraints.txt" -e "${REPO_DIR}[test]"
         ((DRY_RUN)) || TORCH="$(torch_version "$PYTHON")"
     fi
@@ -156,7 +156,7 @@ install_liteml() {
     ((${#CREATE[@]} == 0)) || run "${CREATE[@]}"
     # The same torch release as the main environment (its CUDA build in the container), else TORCH_SPEC.
     [[ -z "${TORCH_SPEC:-}" && -n "$TORCH" ]] && torch_spec="torch==${TORCH%%+*}"
-    run "$venv_py" -m pip install "$torch_spec"
+    run "$venv_py" -m pip install -c "$REPO_DIR/constraints-tf446.txt" "$torch_spec"
     run "$venv_py" -m pip install -c "$REPO_DIR/constraints-tf446.txt" "$WHEEL" -e "${REPO_DIR}[test]"
     # The real LiteML is told apart from an unrelated PyPI "liteml" by its submodules (QUANT.md).
     run "$venv_py" -c 'import liteml.ailabs_liteml.retrainer, transformers; print("LiteML with transformers", transformers.__version__)' \

@@ -6,7 +6,8 @@
 #   --dry-run   print the docker commands instead of running them
 #   --no-build  reuse the image built last time
 #   COMMAND     what to run in the container (default: an interactive bash)
-# Environment: CHECKPOINT_PATH (model folder), DATASET_PATH (processed pickle), IMAGE (image tag).
+# Environment: CHECKPOINT_PATH (model folder), DATASET_PATH (processed pickle), IMAGE (image tag),
+#   TORCH_VERSION (PyPI torch release baked into the image; default: the Dockerfile's).
 
 # Volume mounts, each "HOST_PATH" (mounted at the same path) or "HOST_PATH:CONTAINER_PATH".
 # Add your own folders here (a raid space, a results folder). The repository is always mounted.
@@ -33,7 +34,7 @@ while (($#)); do
         --dry-run) DRY_RUN=1 ;;
         --no-build) BUILD=0 ;;
         --) shift; COMMAND=("$@"); break ;;
-        -h | --help) sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
     shift
@@ -66,7 +67,9 @@ BUILD_CMD=(docker build
     --build-arg "USER_NAME=$(id -un)"
     --build-arg "USER_UID=$(id -u)"
     --build-arg "USER_GID=$(id -g)"
-    -t "$IMAGE" -f "${REPO_DIR}/Dockerfile" "$REPO_DIR")
+    -t "$IMAGE" -f "${REPO_DIR}/Dockerfile")
+[[ -n "${TORCH_VERSION:-}" ]] && BUILD_CMD+=(--build-arg "TORCH_VERSION=${TORCH_VERSION}")
+BUILD_CMD+=("$REPO_DIR")
 
 # The run scripts read these; the paths are the same inside, so they pass through unchanged.
 ENV_FLAGS=()

@@ -129,7 +129,7 @@ def test_build_dry_run_installs_torch_first_where_there_is_none(tmp_path):
     result = _bash(REPO / "build.sh", "--dry-run", "--no-liteml", env={"PYTHON": python, "TORCH_SPEC": "torch==2.13.0"})
     assert result.returncode == 0, result.stderr
     assert _commands(result.stdout) == [
-        [python, "-m", "pip", "install", "torch==2.13.0"],
+        [python, "-m", "pip", "install", "-c", str(REPO / "constraints.txt"), "torch==2.13.0"],
         [python, "-m", "pip", "install", "-c", str(REPO / "constraints.txt"), "-e", f"{REPO}[test]"],
     ]
 
@@ -146,7 +146,8 @@ def test_build_dry_run_makes_a_liteml_environment_for_the_wheels_python(tmp_path
     commands = _commands(result.stdout)
     venv_py = str(venv / "bin" / "python")
     assert commands[1] == [sys.executable, "-m", "venv", str(venv)]
-    assert commands[2] == [venv_py, "-m", "pip", "install", f"torch=={_torch_version().split('+')[0]}"]
+    assert commands[2] == [venv_py, "-m", "pip", "install", "-c", str(REPO / "constraints-tf446.txt"),
+                           f"torch=={_torch_version().split('+')[0]}"]
     assert commands[3] == [venv_py, "-m", "pip", "install", "-c", str(REPO / "constraints-tf446.txt"), str(wheel),
                            "-e", f"{REPO}[test]"]
     assert commands[4][:2] == [venv_py, "-c"] and "liteml.ailabs_liteml.retrainer" in commands[4][2]
