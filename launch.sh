@@ -58,6 +58,7 @@ MOUNT_FLAGS=(--mount "type=bind,source=${REPO_DIR},target=${REPO_DIR}")
 for mount in "${MOUNTS[@]}"; do
     source_path="${mount%%:*}"
     target_path="${mount#*:}"
+    [[ "$source_path" == /* && "$target_path" == /* ]] || die "mount '$mount' is not an absolute path: docker needs absolute paths"
     [[ -e "$source_path" ]] || die "mount source '$source_path' does not exist: set CHECKPOINT_PATH / DATASET_PATH or edit MOUNTS at the top of launch.sh"
     MOUNT_FLAGS+=(--mount "type=bind,source=${source_path},target=${target_path}")
 done

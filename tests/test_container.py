@@ -98,6 +98,12 @@ def test_launch_refuses_a_missing_mount_source_before_docker(tmp_path, data_dirs
     assert str(missing) in result.stderr and "MOUNTS" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+def test_launch_refuses_a_relative_mount(data_dirs):
+    result = _bash(REPO / "launch.sh", "--dry-run", env={**data_dirs, "CHECKPOINT_PATH": "models/llama"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert "'models/llama' is not an absolute path" in result.stderr
+
+
 def test_launch_rejects_an_unknown_flag(data_dirs):
     result = _bash(REPO / "launch.sh", "--gpus", env=data_dirs)
     assert result.returncode == 2 and "unknown argument '--gpus'" in result.stderr
