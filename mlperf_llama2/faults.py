@@ -66,7 +66,8 @@ class FaultRule:
 
 def parse_rule(text: str) -> FaultRule:
     """`KIND@TARGET=N[:SECONDS]` -> FaultRule; anything else is a one-line UserError."""
-    usage = f"{ENV_VAR}: bad rule {text!r}; expected KIND@TARGET=N with KIND in {'/'.join(KINDS)} and TARGET batch or sample"
+    usage = (f"{ENV_VAR}: bad rule {text!r}; expected KIND@TARGET=N with KIND in {'/'.join(KINDS)} "
+             "and TARGET batch or sample")
     kind, at, rest = text.strip().partition("@")
     target, eq, value = rest.partition("=")
     if not at or not eq or kind not in KINDS or target not in TARGETS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Callable
 import pytest
 
 from loadgen_fixtures import SMALL_USER_CONF, write_dataset
-from reliability_fixtures import REPO, error_lines, run
+from reliability_fixtures import REPO, child_env, error_lines, run
 
 PARALLEL = 3
 CASE_TIMEOUT_S = 120
@@ -240,10 +241,6 @@ def results(tmp_path_factory, tiny_model_dir, tiny_tokenizer_dir):
         cwd = w / f"cwd_{case.name}"
         cwd.mkdir()
         if case.script.endswith(".sh"):
-            import subprocess
-
-            from reliability_fixtures import child_env
-
             proc = subprocess.run(["bash", str(REPO / case.script), *map(str, case.args(w))], cwd=cwd,
                                   env=child_env(case.env), capture_output=True, text=True, timeout=CASE_TIMEOUT_S)
             proc.stderr = proc.stderr + proc.stdout  # the scripts tee main.py's output to stdout

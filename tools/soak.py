@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     last = probe.points[-1]["rss_mb"]
     report = {
         "scenario": args.scenario, "target_qps": args.target_qps, "queries_requested": args.queries,
-        "issued": probe.issued, "answered": result.samples, "failed": len(result.failures), "wall_s": round(result.wall_s, 1),
+        "issued": probe.issued, "answered": result.samples, "failed": len(result.failures),
+        "wall_s": round(result.wall_s, 1),
         "achieved_qps": round(result.samples / result.wall_s, 1) if result.wall_s else None,
         "rss_start_mb": probe.points[0]["rss_mb"], "rss_baseline_mb": baseline, "rss_last_mb": last,
         "rss_peak_mb": max(p["rss_mb"] for p in probe.points),
@@ -160,8 +161,8 @@ def main(argv=None) -> int:
         print(f"{p['done']:>7} {p['issued']:>7} {p['rss_mb']:>8.1f} {p['elapsed_s']:>10.1f}")
     print(f"{report['answered']} of {report['issued']} samples answered in {report['wall_s']} s "
           f"({report['achieved_qps']} QPS) at target {args.target_qps}; LoadGen: {facts['result']}, "
-          f"{facts['loadgen_errors']} errors; RSS {baseline} -> {last} MB ({report['growth_pct']:+.2f}% after warm-up), "
-          f"peak {report['rss_peak_mb']} MB")
+          f"{facts['loadgen_errors']} errors; RSS {baseline} -> {last} MB "
+          f"({report['growth_pct']:+.2f}% after warm-up), peak {report['rss_peak_mb']} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     findings = []
