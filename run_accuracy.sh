@@ -4,9 +4,8 @@
 # environment. dtype/device default to float16 on CUDA and float32 on CPU; no consolidate step: the
 # scorer reads mlperf_log_accuracy.json directly.
 set -euo pipefail
-need() { [[ -n "${!1:-}" ]] || { echo "$(basename "$0"): error: $1 is not set: $2" >&2; exit 2; }; }
-need CHECKPOINT_PATH "export CHECKPOINT_PATH=/path/to/the/model/checkpoint/directory"
-need DATASET_PATH "export DATASET_PATH=/path/to/the/processed/dataset.pkl"
+: "${CHECKPOINT_PATH:?set CHECKPOINT_PATH to the model checkpoint directory}"
+: "${DATASET_PATH:?set DATASET_PATH to the processed dataset pickle}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 python3 -u "$HERE/main.py" --scenario Offline --accuracy \

@@ -81,7 +81,6 @@ CASES = [
          ("tokenizer has 512 tokens", "embedding only 300", "different models")),
     Case("tokenizer_json_corrupt", "main.py", M(model_path=lambda w: w / "m_bad_tokenizer"), ("tokenizer.json",)),
     # main.py: the dataset
-    Case("dataset_flag_missing", "main.py", M(dataset_path=None), ("no dataset given", "--dataset-path")),
     Case("dataset_missing", "main.py", M(dataset_path=lambda w: w / "nope.pkl"), ("dataset not found", "processorca")),
     Case("dataset_empty_file", "main.py", M(dataset_path=lambda w: w / "empty.pkl"), ("dataset file is empty",)),
     Case("dataset_corrupt", "main.py", M(dataset_path=lambda w: w / "corrupt.pkl"), ("not a readable pandas pickle",)),
@@ -128,7 +127,7 @@ CASES = [
     Case("max_new_tokens_too_large", "main.py", M(max_new_tokens=5000), ("--max-new-tokens must be in 1..1024",)),
     Case("fault_spec_bad", "main.py", M(), ("MLPERF_LLAMA2_FAULTS", "bad rule"), env={"MLPERF_LLAMA2_FAULTS": "boom"}),
     # run scripts
-    Case("script_without_checkpoint_path", "run_accuracy.sh", lambda w: [], ("CHECKPOINT_PATH is not set",),
+    Case("script_without_checkpoint_path", "run_server.sh", lambda w: [], ("CHECKPOINT_PATH is not set",),
          env={"CHECKPOINT_PATH": "", "DATASET_PATH": ""}),
     Case("script_with_missing_checkpoint", "run_offline.sh", lambda w: ["--device", "cpu"],
          ("--model-path", "not a directory"), env={"CHECKPOINT_PATH": "/no/such/dir", "DATASET_PATH": "/x.pkl"}),

@@ -76,18 +76,20 @@ class Responder:
         self.abort_reason: Optional[str] = None
         self.outputs: dict[int, list[int]] = {}  # QSL index -> response tokens (keep_outputs only)
 
-    def track(self, requests: Sequence[GenerationRequest]) -> bool:
-        """Register issued requests; False when the run is stopped (they were answered empty already)."""
+    def track(self, requests: Sequence[GenerationRequest]) -> None:
         with self._lock:
             for request in requests:
                 self._in_flight[request.request_id] = request.sample_index
-            aborted = self.abort_reason is not None
         for observer in self._observers:
             observer.samples_issued(len(requests))
-        if aborted:
-            for request in requests:
-                self._respond(request.request_id, np.zeros(0, dtype=np.int32), skipped=True)
-        return not aborted
+
+    def skip_if_stopped(self, requests: Sequence[GenerationRequest]) -> bool:
+        """After `track`: True when the run is stopped and the requests were answered empty (don't generate)."""
+        if self.abort_reason is None:
+            return False
+        for request in requests:
+            self._respond(request.request_id, np.zeros(0, dtype=np.int32), skipped=True)
+        return True
 
     def abort(self, reason: str) -> int:
         """Stop the run: answer every outstanding sample now, empty, and later ones on arrival. Returns how many."""
@@ -118,9 +120,9 @@ class Responder:
             # LoadGen rejects n_tokens <= 1; with min_new_tokens=1 this means the backend is broken.
             self.fail(request_id, RuntimeError(f"backend returned {len(data)} token(s); at least 2 are needed"))
             return
-        if self._respond(request_id, data):
-            for observer in self._observers:
-                observer.sample_done(len(data))
+        self._respond(request_id, data)
+        for observer in self._observers:
+            observer.sample_done(len(data))
 
     def fail(self, request_id: int, error: BaseException) -> None:
         with self._lock:
@@ -132,9 +134,6 @@ class Responder:
         if self._respond(request_id, np.zeros(0, dtype=np.int32), failure=f"{type(error).__name__}: {error}"):
             for observer in self._observers:
                 observer.sample_failed(error)
-            skipped = self.abort(f"sample {sample_index} could not be generated")
-            if skipped:
-                log.error("run stopped: %d outstanding sample(s) answered empty without generating", skipped)
 
     def _send_first_token_locked(self, request_id: int, token: int) -> None:
         first = np.array([token], dtype=np.int32)
@@ -168,6 +167,10 @@ class Responder:
         # `data` stays referenced until LoadGen has copied it (QuerySamplesComplete copies synchronously).
         response = lg.QuerySampleResponse(request_id, data.ctypes.data, data.nbytes, len(data))
         lg.QuerySamplesComplete([response])
+        if failure is not None:  # the backend gave up on this sample after its retries: stop the run
+            skipped = self.abort(f"sample {sample_index} could not be generated")
+            if skipped:
+                log.error("run stopped: %d outstanding sample(s) answered empty without generating", skipped)
         return True
 
 
@@ -229,7 +232,8 @@ class OfflineSUT(_SUT):
 
     def issue_queries(self, query_samples) -> None:
         requests = self._requests(query_samples)
-        if self.responder.track(requests):
+        self.responder.track(requests)
+        if not self.responder.skip_if_stopped(requests):
             self.backend.submit(requests)
 
 
@@ -240,7 +244,8 @@ class ServerSUT(_SUT):
 
     def issue_queries(self, query_samples) -> None:
         requests = self._requests(query_samples)
-        if not self.responder.track(requests):
+        self.responder.track(requests)
+        if self.responder.skip_if_stopped(requests):
             return
         for request in requests:
             self.backend.submit([request])
