@@ -57,15 +57,16 @@ class MemoryProbe(RunObserver):
         self.points.append({"done": self.done, "issued": self.issued, "rss_mb": round(rss_mb(), 1),
                             "elapsed_s": round(time.monotonic() - self._start, 1)})
 
-    def samples_issued(self, count: int) -> None:
+    # Arguments are read loosely: the RunObserver hooks gain request ids on the demo branch.
+    def samples_issued(self, issued) -> None:
         with self._lock:
-            self.issued += count
+            self.issued += issued if isinstance(issued, int) else len(issued)
 
-    def sample_failed(self, error: BaseException) -> None:
+    def sample_failed(self, *_args) -> None:
         with self._lock:
             self.failed += 1
 
-    def sample_done(self, n_tokens: int) -> None:
+    def sample_done(self, *_args) -> None:
         with self._lock:
             self.done += 1
             if self.done % self.every == 0:
