@@ -4,7 +4,7 @@ The cache of one layer is `k_cache, v_cache: [num_slots, num_kv_heads, head_dim]
 block_size + offset). A step's tokens are flattened, decodes first: the first `num_decodes` rows
 each attend to their whole context through the block table (a Triton kernel on CUDA, a gather plus
 SDPA on CPU); the remaining rows are prefill chunks that attend causally to their cached prefix and
-themselves (FlashAttention varlen on CUDA, SDPA per sequence on CPU). GQA is handled inside the
+themselves (FlashAttention varlen on CUDA in fp16/bf16, SDPA per sequence otherwise). GQA is handled inside the
 kernels: key/value heads are never repeated in memory.
 """
 
@@ -91,7 +91,7 @@ def _prefill(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -
     if meta.context_slots is not None:  # some chunk has a cached prefix: attend to the whole context
         k = k_cache.index_select(0, meta.context_slots)
         v = v_cache.index_select(0, meta.context_slots)
-    if q.is_cuda and _varlen_attn is not None:
+    if q.is_cuda and _varlen_attn is not None and q.dtype in (torch.float16, torch.bfloat16):
         extra = {"enable_gqa": True} if _VARLEN_GQA else {}
         # window (-1, 0) = causal, aligned to the end of the keys (queries are the last q_len of k_len)
         return _varlen_attn(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q, meta.max_seqlen_k,

@@ -19,7 +19,7 @@ def _paged_decode_kernel(
     scale_log2e,
     stride_qt, stride_qh, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -41,14 +41,20 @@ def _paged_decode_kernel(
         slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
         kv_off = slot[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
         k = tl.load(k_cache_ptr + kv_off, mask=n_mask[:, None], other=0.0)  # [BLOCK_N, D]
-        s = tl.dot(q, tl.trans(k)) * scale_log2e  # [BLOCK_G, BLOCK_N], log2 units
+        if IEEE:  # fp32 caches (tests): no tf32 rounding
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2e
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale_log2e  # [BLOCK_G, BLOCK_N], log2 units
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_cache_ptr + kv_off, mask=n_mask[:, None], other=0.0)  # [BLOCK_N, D]
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     out = acc / l_i[:, None]
     tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
@@ -69,6 +75,6 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d,
-        BLOCK_SIZE=block_size, BLOCK_N=64, num_warps=4, num_stages=2,
+        BLOCK_SIZE=block_size, BLOCK_N=64, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
     )
     return out

@@ -1,0 +1,303 @@
+"""Engine benchmark (PERF.md): random-weight Llama shapes built on the device, engine vs transformers generate.
+
+One invocation measures, side by side on the same weights, prompts and forced output lengths:
+  * fidelity: greedy outputs of the engine vs `generate` (fraction identical, first divergences);
+  * Offline throughput of the reference-style path (`generate`, left-padded static batches run to
+    their longest member) at each batch size asked, and of the engine (everything in flight);
+  * a Server sweep of the engine: Poisson arrivals at each QPS, p99 TTFT/TPOT against 2 s/200 ms
+    and 450/40 ms.
+It prints a table and writes bench.json into --out. The synthetic lengths are documented in
+docs/engine.md (`synthetic_lengths`).
+
+  python tools/bench.py --shape 7b --samples 2048 --ref-samples 128 --ref-batch-sizes 64,128 --out /tmp/b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mlperf_llama2 import constants  # noqa: E402
+from mlperf_llama2.config import EngineConfig  # noqa: E402
+from mlperf_llama2.engine.llama import load_hf_weights  # noqa: E402
+from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
+from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
+from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
+from mlperf_llama2.engine.weights import _empty_model, random_model  # noqa: E402
+
+log = logging.getLogger("bench")
+
+SHAPES = {  # PERF.md's real shapes; vocab 32000
+    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=2),
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32),
+    "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8),
+}
+HBM_BYTES_PER_S, MATMUL_FLOP_PER_S = 4.3e12, 790e12  # measured on the H200 (PERF.md)
+
+
+def synthetic_lengths(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt and output token lengths standing in for processed OpenOrca (docs/engine.md).
+
+    Prompts: lognormal, median 395, sigma 0.7, clipped to 16..1023 (mean ~465).
+    Outputs: lognormal, median 224, sigma 0.8, clipped to 2..1024 (mean ~294, the reference's).
+    """
+    rng = np.random.default_rng(seed)
+    prompt = np.clip(np.rint(rng.lognormal(math.log(395), 0.7, n)), 16, constants.INPUT_TOKEN_LIMIT - 1)
+    output = np.clip(np.rint(rng.lognormal(math.log(224), 0.8, n)), 2, constants.MAX_NEW_TOKENS)
+    return prompt.astype(int), output.astype(int)
+
+
+def synthetic_prompts(lengths: np.ndarray, vocab: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed + 1)
+    return [[constants.LLAMA2_BOS_TOKEN] + rng.integers(3, vocab, int(n) - 1).tolist() for n in lengths]
+
+
+def hf_config_for(shape: str, layers: int | None):
+    from transformers import LlamaConfig
+
+    dims = dict(SHAPES[shape])
+    if layers:
+        dims["num_hidden_layers"] = layers
+    return LlamaConfig(vocab_size=constants.LLAMA2_VOCAB_SIZE, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                       bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **dims)
+
+
+def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: float, dtype_bytes: int) -> float:
+    """Upper bound: prefill at the matmul peak, decode at the copy bandwidth (weights once a step + KV)."""
+    params = 2 * cfg.hidden_size * cfg.hidden_size * (1 + cfg.num_key_value_heads / cfg.num_attention_heads) \
+        + 3 * cfg.hidden_size * cfg.intermediate_size
+    params = params * cfg.num_hidden_layers + 2 * cfg.vocab_size * cfg.hidden_size
+    kv_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) \
+        * dtype_bytes
+    prefill_s = 2 * params * prompt.sum() / MATMUL_FLOP_PER_S
+    steps = output.sum() / batch
+    kv_bytes = (prompt * output + output * output / 2).sum() * kv_token
+    decode_s = (steps * params * dtype_bytes + kv_bytes) / HBM_BYTES_PER_S
+    return float(output.sum() / (prefill_s + decode_s))
+
+
+def build_hf(cfg, device, dtype, std: float, seed: int):
+    from transformers import LlamaForCausalLM
+
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std, generator=gen)
+    model.generation_config.pad_token_id = cfg.eos_token_id
+    return model.eval()
+
+
+@torch.inference_mode()
+def hf_generate(model, prompts: list[list[int]], new_tokens: list[int], batch_size: int,
+                min_new: list[int] | None = None) -> tuple[list[list[int]], float]:
+    """The reference's way: left-padded static batches; a batch runs to its longest member."""
+    device = next(model.parameters()).device
+    outs: list[list[int]] = []
+    t0 = time.perf_counter()
+    for b in range(0, len(prompts), batch_size):
+        chunk = prompts[b:b + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), constants.LLAMA2_EOS_TOKEN, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(chunk):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        longest = max(new_tokens[b:b + batch_size])
+        least = max(min_new[b:b + batch_size]) if min_new else 1
+        gen = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=longest,
+                             min_new_tokens=least, do_sample=False, num_beams=1,
+                             pad_token_id=constants.LLAMA2_EOS_TOKEN)
+        for i, row in enumerate(gen[:, width:].tolist()):
+            outs.append(row[:new_tokens[b + i]])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return outs, time.perf_counter() - t0
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def server_sweep(engine: LLMEngine, prompts, outputs, qps: float, seconds: float, seed: int) -> dict:
+    """Poisson arrivals into the engine's loop thread; TTFT and TPOT per request as LoadGen defines them."""
+    rng = np.random.default_rng(seed)
+    arrive, first, done, lock = {}, {}, {}, threading.Lock()
+    finished = threading.Event()
+    expected = [0]
+
+    def on_first(seq, _tok):
+        with lock:
+            first[seq.request_id] = time.perf_counter()
+
+    def on_done(seq):
+        with lock:
+            done[seq.request_id] = (time.perf_counter(), len(seq.output))
+            if len(done) == expected[0]:
+                finished.set()
+
+    engine.start_loop(on_first, on_done, lambda exc: finished.set())
+    t0 = time.perf_counter()
+    i = 0
+    while time.perf_counter() - t0 < seconds:
+        k = i % len(prompts)
+        with lock:
+            arrive[i] = time.perf_counter()
+            expected[0] = i + 1
+        engine.add_request(i, prompts[k], SamplingParams(int(outputs[k]), ignore_eos=True))
+        i += 1
+        time.sleep(rng.exponential(1.0 / qps))
+    finished.wait(timeout=300)
+    engine.stop_loop()
+    ttft = np.array([first[r] - arrive[r] for r in done]) * 1e3
+    tpot = np.array([(done[r][0] - first[r]) / max(done[r][1] - 1, 1) for r in done]) * 1e3
+    tokens = sum(n for _, n in done.values())
+    span = max(t for t, _ in done.values()) - t0
+    return {"qps": qps, "issued": i, "completed": len(done), "tokens_per_s": tokens / span,
+            "ttft_p99_ms": float(np.percentile(ttft, 99)), "tpot_p99_ms": float(np.percentile(tpot, 99))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
+    ap.add_argument("--layers", type=int, default=None, help="override the layer count (e.g. a reduced 70B)")
+    ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--samples", type=int, default=2048, help="engine Offline samples")
+    ap.add_argument("--ref-samples", type=int, default=128, help="reference Offline samples (0: skip)")
+    ap.add_argument("--ref-batch-sizes", default="64,128")
+    ap.add_argument("--fidelity-prompts", type=int, default=32, help="prompts compared with generate (0: skip)")
+    ap.add_argument("--fidelity-tokens", type=int, default=32)
+    ap.add_argument("--init-std", type=float, default=0.02, help="random weight std (larger: more decisive)")
+    ap.add_argument("--server-qps", default="", help="comma-separated QPS points for the Server sweep")
+    ap.add_argument("--server-seconds", type=float, default=60.0)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--output-cap", type=int, default=None, help="clip drawn output lengths (quick smoke runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.weights == "int8":
+        raise SystemExit("bench: --weights int8 needs the quant helper's int8 Linears, not on this branch yet")
+    os.makedirs(args.out, exist_ok=True)
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    cfg = hf_config_for(args.shape, args.layers)
+    result: dict = {"args": vars(args), "rows": []}
+
+    p_len, o_len = synthetic_lengths(args.samples, args.seed)
+    if args.output_cap:
+        o_len = np.minimum(o_len, args.output_cap)
+    prompts = synthetic_prompts(p_len, cfg.vocab_size, args.seed)
+    result["workload"] = {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())}
+
+    hf_ref = None
+    need_hf = args.ref_samples > 0 or args.fidelity_prompts > 0
+    if need_hf:
+        hf = build_hf(cfg, device, dtype, args.init_std, args.seed)
+        if args.fidelity_prompts:
+            n = args.fidelity_prompts
+            fid_prompts = prompts[:n]
+            hf_ref, _ = hf_generate(hf, fid_prompts, [args.fidelity_tokens] * n, batch_size=16)
+        for bs in [int(b) for b in args.ref_batch_sizes.split(",") if b] if args.ref_samples else []:
+            m = args.ref_samples
+            try:
+                _, secs = hf_generate(hf, prompts[:m], o_len[:m].tolist(), bs, min_new=o_len[:m].tolist())
+            except torch.OutOfMemoryError:
+                log.warning("reference batch %d does not fit", bs)
+                torch.cuda.empty_cache()
+                continue
+            result["rows"].append({"backend": "reference", "batch": bs, "samples": m,
+                                   "tokens_per_s": float(o_len[:m].sum() / secs), "seconds": secs})
+            log.info("reference bs %d: %.0f tok/s", bs, o_len[:m].sum() / secs)
+        model = _empty_model(cfg, device, dtype, MAX_MODEL_LEN)
+        load_hf_weights(model, hf.state_dict().items())
+        del hf
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    else:
+        model = random_model(cfg, device, dtype, MAX_MODEL_LEN, args.init_std, args.seed)
+
+    econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                         num_kv_blocks=None if device.type == "cuda" else 4096)
+    t = time.perf_counter()
+    engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
+                       cfg.eos_token_id)
+    result["engine_setup_s"] = time.perf_counter() - t
+
+    if hf_ref is not None:
+        outs = engine.generate(prompts[:len(hf_ref)], SamplingParams(args.fidelity_tokens))
+        div = [first_divergence(a, b) for a, b in zip(outs, hf_ref)]
+        same = sum(d is None for d in div)
+        result["fidelity"] = {"prompts": len(div), "identical": same, "fraction": same / len(div),
+                              "first_divergence": [d for d in div if d is not None], "init_std": args.init_std}
+        log.info("fidelity: %d/%d identical; first divergences at %s", same, len(div), result["fidelity"]["first_divergence"])
+
+    engine.generate(prompts[:32], SamplingParams(8, ignore_eos=True))  # warm-up
+    params = [SamplingParams(int(n), ignore_eos=True) for n in o_len]
+    steps0, t = engine.num_steps, time.perf_counter()
+    engine.generate(prompts, params)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t
+    tps = float(o_len.sum() / secs)
+    kv_capacity = engine.runner.num_blocks * econf.block_size
+    live = min(args.max_num_seqs, kv_capacity / float(p_len.mean() + o_len.mean()))
+    roof = roofline_tokens_per_s(cfg, p_len, o_len, live, dtype.itemsize)
+    result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples,
+                           "tokens_per_s": tps, "seconds": secs, "steps": engine.num_steps - steps0,
+                           "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
+                           "roofline_tokens_per_s": roof})
+    log.info("engine: %.0f tok/s (%d steps, %.1f ms/step)", tps, engine.num_steps - steps0,
+             1e3 * secs / max(engine.num_steps - steps0, 1))
+
+    for qps in [float(q) for q in args.server_qps.split(",") if q]:
+        row = server_sweep(engine, prompts, o_len, qps, args.server_seconds, args.seed)
+        row["meets_server"] = row["ttft_p99_ms"] <= constants.SERVER_TTFT_MS and row["tpot_p99_ms"] <= constants.SERVER_TPOT_MS
+        row["meets_interactive"] = (row["ttft_p99_ms"] <= constants.INTERACTIVE_TTFT_MS
+                                    and row["tpot_p99_ms"] <= constants.INTERACTIVE_TPOT_MS)
+        result.setdefault("server", []).append(row)
+        log.info("server %s", row)
+
+    best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
+    print(f"\nshape {args.shape} layers {cfg.num_hidden_layers} {dtype}; prompts mean {p_len.mean():.0f}, "
+          f"outputs mean {o_len.mean():.0f}")
+    print(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
+    for r in result["rows"]:
+        ratio = f"{r['tokens_per_s'] / best_ref:.2f}x" if best_ref else "-"
+        roof_s = f"{r['tokens_per_s'] / roof:.0%}"
+        print(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}{roof_s:>10}")
+    for row in result.get("server", []):
+        print(f"server qps {row['qps']:>6.2f}: {row['tokens_per_s']:.0f} tok/s, p99 TTFT {row['ttft_p99_ms']:.0f} ms, "
+              f"p99 TPOT {row['tpot_p99_ms']:.1f} ms, server {'ok' if row['meets_server'] else 'no'}, "
+              f"interactive {'ok' if row['meets_interactive'] else 'no'}")
+    if "fidelity" in result:
+        f = result["fidelity"]
+        print(f"fidelity vs generate: {f['identical']}/{f['prompts']} identical, first divergences {f['first_divergence']}")
+    with open(os.path.join(args.out, "bench.json"), "w") as fh:
+        json.dump(result, fh, indent=1, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
