@@ -194,13 +194,14 @@ def main(argv=None) -> int:
         save()
 
     engine.generate(prompts[:32], SamplingParams(8, ignore_eos=True))  # warm-up
-    step_log: list[tuple[bool, int, int, float]] = []
+    step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
     run_step = engine.runner.run
 
     def timed_run(batch):  # run() ends in a host read of the tokens, so wall time is the step's time
         t0 = time.perf_counter()
         out = run_step(batch)
-        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0))
+        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0,
+                         batch.num_decodes))
         return out
 
     engine.runner.run = timed_run
@@ -215,7 +216,8 @@ def main(argv=None) -> int:
     result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
                            "tokens_per_s": tps, **run, "steps": engine.num_steps - steps0,
                            "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
-                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log)})
+                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
+                           "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
     log.info("engine: %.0f tok/s (%d steps)", tps, engine.num_steps - steps0)
     save()
 
@@ -247,7 +249,7 @@ def print_table(args, cfg, dtype, p_len, o_len, result, roof) -> None:
               f"p99 TPOT {row['tpot_p99_ms']:.1f} ms, server {'ok' if row['meets_server'] else 'no'}, "
               f"interactive {'ok' if row['meets_interactive'] else 'no'}")
     for row in result.get("kernels", []):
-        print(f"kernel {row['kernel']:<13} H {row['heads']:>2} KV {row['kv_heads']:>2} ctx {row['context']:>5} "
+        print(f"kernel {row['kernel']:<15} H {row['heads']:>2} KV {row['kv_heads']:>2} ctx {row['context']:>5} "
               f"B {row['batch']}: {row['ms']:.3f} ms, {row['tb_per_s']:.2f} TB/s")
     if "fidelity" in result:
         f = result["fidelity"]

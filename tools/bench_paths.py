@@ -191,10 +191,11 @@ def kernel_bench(device, batch=256, contexts=(700, 1200), shapes=((32, 32), (64,
             q = torch.randn(batch, heads, d, device=device, dtype=torch.float16)
             k_dense = torch.randn(batch, kv, ctx, d, device=device, dtype=torch.float16)
             v_dense = torch.randn_like(k_dense)
-            runs = {
-                "paged_triton": lambda: paged_decode_attention(q, k_cache, v_cache, table, lens, d ** -0.5, block_size),
-                "sdpa_dense": lambda: F.scaled_dot_product_attention(q[:, :, None], k_dense, v_dense, enable_gqa=True),
-            }
+            runs = {"sdpa_dense": lambda: F.scaled_dot_product_attention(q[:, :, None], k_dense, v_dense, enable_gqa=True)}
+            for block_n, warps in ((64, 4), (32, 4), (128, 4), (128, 8), (64, 8)):
+                runs[f"paged_n{block_n}_w{warps}"] = (
+                    lambda bn=block_n, w=warps: paged_decode_attention(q, k_cache, v_cache, table, lens, d ** -0.5,
+                                                                        block_size, block_n=bn, num_warps=w))
             for name, fn in runs.items():
                 for _ in range(3):
                     fn()
