@@ -37,11 +37,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise UserError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < constants.INPUT_TOKEN_LIMIT:
-            raise UserError(
-                f"--max-num-batched-tokens must be >= {constants.INPUT_TOKEN_LIMIT} "
-                f"(one whole prompt), got {self.max_num_batched_tokens}"
-            )
+        if self.max_num_batched_tokens < 1:
+            raise UserError(f"--max-num-batched-tokens must be >= 1 (prompts are prefilled in chunks), "
+                            f"got {self.max_num_batched_tokens}")
         if self.block_size < 1:
             raise UserError(f"--block-size must be >= 1, got {self.block_size}")
         if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
