@@ -20,31 +20,6 @@ SAMPLES = 6
 MAX_NEW = 8
 RUN_TIMEOUT_S = 240
 
-# main.py with the engine backend whose third step raises (the engine has no step retry: its loop
-# fails every outstanding request, and the run must still end cleanly).
-ENGINE_FAILING_DRIVER = """
-import sys
-from mlperf_llama2.backends import registry
-from mlperf_llama2.backends.engine import create_engine_backend
-from mlperf_llama2.errors import run_cli
-from mlperf_llama2.harness import main
-
-def failing(config):
-    backend = create_engine_backend(config)
-    runner = backend.engine.runner
-    real, calls = runner.run, []
-    def run(batch):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("injected engine step failure")
-        return real(batch)
-    runner.run = run
-    return backend
-
-registry.register("engine", failing)
-sys.exit(run_cli(main))
-"""
-
 
 # --- the fault plan -------------------------------------------------------------------------------
 
@@ -141,7 +116,6 @@ def runs(tmp_path_factory, tiny_tokenizer_dir, tiny_model_dir):
     root = tmp_path_factory.mktemp("faults")
     write_dataset(root / "data.pkl", tiny_tokenizer_dir)
     (root / "user.conf").write_text(SMALL_USER_CONF)
-    (root / "engine_failing_main.py").write_text(ENGINE_FAILING_DRIVER)
 
     def args(out, *extra):
         return ["--model-path", tiny_model_dir, "--dataset-path", root / "data.pkl", "--user-conf", root / "user.conf",
@@ -154,8 +128,9 @@ def runs(tmp_path_factory, tiny_tokenizer_dir, tiny_model_dir):
         "server_faults": start(args("server_faults", "--scenario", "Server"), root,
                                env={"MLPERF_LLAMA2_FAULTS": "error@sample=1,oom@sample=3"}),
         "always": start(args("always", "--batch-size", 2), root, env={"MLPERF_LLAMA2_FAULTS": "always@sample=3"}),
+        # The engine does not retry a step: an injected error fails the run, cleanly.
         "engine_step_fails": start(args("engine_step_fails", "--backend", "engine"), root,
-                                   script=str(root / "engine_failing_main.py")),
+                                   env={"MLPERF_LLAMA2_FAULTS": "error@sample=2"}),
     }
     results = {name: finish(proc, RUN_TIMEOUT_S) for name, proc in started.items()}
     return root, results
@@ -194,5 +169,5 @@ def test_a_failing_engine_step_ends_the_run_with_exit_1_not_a_hang(runs):
     result = results["engine_step_fails"]
     assert result.returncode == 1, result.stderr[-3000:]
     failed = [line for line in result.stderr.splitlines() if "failed to generate" in line]
-    assert len(failed) == 1 and "injected engine step failure" in failed[0], result.stderr[-3000:]
+    assert len(failed) == 1 and "injected error@sample=2" in failed[0], result.stderr[-3000:]
     assert sorted(accuracy_by_index(root / "engine_step_fails")) == list(range(SAMPLES))

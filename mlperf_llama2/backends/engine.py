@@ -19,6 +19,7 @@ from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
 from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+from mlperf_llama2.faults import FaultPlan
 
 if TYPE_CHECKING:
     from mlperf_llama2.config import RunConfig
@@ -99,9 +100,31 @@ class EngineBackend(Backend):
             self.engine.stop_loop()
             self._started = False
 
+    def inject_faults(self, plan: FaultPlan) -> None:
+        """Tests only (MLPERF_LLAMA2_FAULTS): check `plan` with the QSL indices of every step's batch.
+
+        The engine does not retry a failed step: its loop fails every outstanding request, and the run
+        stops with exit 1 (the SUT answers LoadGen for every sample, so nothing hangs).
+        """
+        runner = self.engine.runner
+        real_run = runner.run
+
+        def run(batch):
+            with self._lock:
+                indices = [self._outstanding[seq.request_id].sample_index for seq, _ in batch.items
+                           if seq.request_id in self._outstanding]
+            plan.check(indices)
+            return real_run(batch)
+
+        runner.run = run
+
 
 def create_engine_backend(config: "RunConfig") -> EngineBackend:
     """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
     if config.tensor_parallel != 1 or config.data_parallel != 1:
         log.warning("the engine runs one replica on one device; --tensor-parallel/--data-parallel ignored")
-    return EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype)
+    faults = FaultPlan.from_env()  # a bad spec fails before the weights load
+    backend = EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype)
+    if faults:
+        backend.inject_faults(faults)
+    return backend
