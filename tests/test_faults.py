@@ -147,6 +147,7 @@ def test_injected_faults_are_retried_and_the_accuracy_log_equals_a_clean_run(run
     assert sorted(clean) == list(range(SAMPLES))
     assert accuracy_by_index(root / name) == clean
     assert "No errors encountered during test" in (root / name / "mlperf_log_summary.txt").read_text()
+    assert not (root / name / "RUN_STOPPED.txt").exists()
 
 
 def test_a_sample_that_never_generates_ends_the_run_with_exit_1_and_one_line(runs):
@@ -161,6 +162,7 @@ def test_a_sample_that_never_generates_ends_the_run_with_exit_1_and_one_line(run
     assert sorted(answered) == list(range(SAMPLES))  # every sample got exactly one answer: LoadGen returned
     assert answered[3] == ""  # the failed sample was answered empty
     assert (root / "always" / "mlperf_log_summary.txt").is_file()
+    assert "sample 3 could not be generated" in (root / "always" / "RUN_STOPPED.txt").read_text()
     assert not error_lines(result.stderr)  # a run failure, not a bad-input error
 
 

@@ -119,6 +119,7 @@ def test_signal_mid_run_ends_within_10_s_with_one_line_and_readable_logs(workdir
     records = [json.loads(line[len(":::MLLOG "):]) for line in detail.splitlines(keepends=True)
                if line.startswith(":::MLLOG ") and line.endswith("\n")]
     assert any(r["key"] == "effective_scenario" and r["value"] == scenario for r in records), detail[:2000]
+    assert f"stopped before completion (interrupted by {name})" in (out / "RUN_STOPPED.txt").read_text()
 
 
 def test_sigterm_before_loadgen_starts_is_one_line_too(workdir, tiny_model_dir):

@@ -16,7 +16,9 @@ while the main thread waits on an event. On SIGINT or SIGTERM the main thread:
    files keep everything its logging thread had written (its periodic flushes); the summary of an
    unfinished test is never written in either case.
 
-A second signal during the grace period changes nothing. Called from a thread other than the
+Both ways leave `RUN_STOPPED.txt` in the log directory (`write_stop_note`): LoadGen's summary of
+a stopped Offline run may still read VALID (every sample was answered, if empty), and the note
+says it is not a result. A second signal during the grace period changes nothing. Called from a thread other than the
 main one (where handlers cannot be installed), the test simply runs in the calling thread.
 """
 
@@ -80,6 +82,7 @@ def run_interruptibly(
             interrupted = Interrupted(signum, f"LoadGen logs so far are in {log_dir}")
             log.debug("%s received: answering outstanding queries and stopping the backend", interrupted.signal_name)
             abort(f"interrupted by {interrupted.signal_name}")
+            write_stop_note(log_dir, f"interrupted by {interrupted.signal_name}")
             if not done.wait(grace_s):
                 hard_exit(interrupted, stop)
             _stop_bounded(stop)  # idempotent: the caller's teardown stops it again, at no cost
@@ -90,6 +93,19 @@ def run_interruptibly(
             signal.signal(sig, handler)
     if errors:
         raise errors[0]
+
+
+STOP_NOTE = "RUN_STOPPED.txt"
+
+
+def write_stop_note(log_dir: str, reason: str) -> None:
+    """Mark a LoadGen log directory as a stopped run, whatever its summary says."""
+    try:
+        with open(os.path.join(log_dir, STOP_NOTE), "w", encoding="utf-8") as f:
+            f.write(f"This run was stopped before completion ({reason}) at {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"
+                    "Samples were answered empty; the LoadGen logs beside this file are not a result.\n")
+    except OSError:
+        log.warning("could not write %s in %s", STOP_NOTE, log_dir)
 
 
 def hard_exit(interrupted: Interrupted, stop: Callable[[], None]) -> None:

@@ -18,7 +18,7 @@ import mlperf_loadgen as lg
 
 from mlperf_llama2.backends.base import Backend
 from mlperf_llama2.data.dataset import Dataset
-from mlperf_llama2.loadgen.interrupt import run_interruptibly
+from mlperf_llama2.loadgen.interrupt import run_interruptibly, write_stop_note
 from mlperf_llama2.loadgen.settings import LoadGenSettings
 from mlperf_llama2.loadgen.sut import RunObserver, SampleFailure, sut_class
 
@@ -84,6 +84,8 @@ def run_test(
         lg.DestroyQSL(lg_qsl)
         lg.DestroySUT(lg_sut)
     responder = sut.responder
+    if responder.abort_reason is not None:
+        write_stop_note(settings.output_dir, responder.abort_reason)
     if responder.in_flight:
         log.error("%d sample(s) were never answered", responder.in_flight)
     if save_outputs is not None:
