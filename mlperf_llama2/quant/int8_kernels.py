@@ -1,100 +1,77 @@
 """Triton kernels around `torch._int_mm`: per-token int8 quantization and the fused int32 -> float rescale.
 
 Both reproduce int8_linear's torch reference bit for bit: float32 arithmetic, correctly rounded
-division (`div_rn`), round half to even (`rint`), the same order of multiplications. Imported
-lazily; `available()` is False without Triton or CUDA and callers fall back to the torch path.
+division (`div_rn`), round half to even (`rint`), the same order of multiplications. This module
+imports Triton; int8_linear imports it only on CUDA and falls back to torch when that fails.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 from typing import Optional
 
 import torch
-
-logger = logging.getLogger(__name__)
-
-
-
-@functools.lru_cache(maxsize=1)
-def available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        _kernels()
-    except Exception as exc:  # noqa: BLE001 - any Triton import problem means: use the torch path
-        logger.warning("Triton kernels unavailable (%s); int8 Linear quantizes in eager torch", exc)
-        return False
-    return True
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels():
-    import triton
-    import triton.language as tl
-    from triton.language.extra import libdevice
+@triton.jit
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, stride_x, K: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    x_row = x_ptr + row.to(tl.int64) * stride_x
+    q_row = q_ptr + row.to(tl.int64) * K
+    amax = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, K, BLOCK):
+        mask = start + offs < K
+        v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(v))
+    scale = tl.maximum(tl.div_rn(tl.max(amax, axis=0), 127.0), 1.1754943508222875e-38)  # never 0
+    for start in range(0, K, BLOCK):
+        mask = start + offs < K
+        v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
+        q = libdevice.rint(tl.div_rn(v, scale))
+        q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+        tl.store(q_row + start + offs, q.to(tl.int8), mask=mask)
+    tl.store(s_ptr + row, scale)
 
-    @triton.jit
-    def quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, BLOCK: tl.constexpr):
-        row = tl.program_id(0)
-        offs = tl.arange(0, BLOCK)
-        x_row = x_ptr + row.to(tl.int64) * stride_x
-        q_row = q_ptr + row.to(tl.int64) * K
-        amax = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, K, BLOCK):
-            mask = start + offs < K
-            v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(v))
-        scale = tl.maximum(tl.div_rn(tl.max(amax, axis=0), 127.0), 1.1754943508222875e-38)  # never 0
-        for start in range(0, K, BLOCK):
-            mask = start + offs < K
-            v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
-            q = libdevice.rint(tl.div_rn(v, scale))
-            q = tl.minimum(tl.maximum(q, -127.0), 127.0)
-            tl.store(q_row + start + offs, q.to(tl.int8), mask=mask)
-        tl.store(s_ptr + row, scale)
 
-    @triton.jit
-    def rescale_kernel(acc_ptr, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, N, HAS_BIAS: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr):
-        rm = tl.program_id(0) * BM + tl.arange(0, BM)
-        rn = tl.program_id(1) * BN + tl.arange(0, BN)
-        mask = (rm[:, None] < M) & (rn[None, :] < N)
-        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
-        acc = tl.load(acc_ptr + offs, mask=mask, other=0).to(tl.float32)
-        sx = tl.load(sx_ptr + rm, mask=rm < M, other=0.0)
-        sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
-        y = acc * sx[:, None] * sw[None, :]
-        if HAS_BIAS:
-            y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-
-    return triton, quant_rows_kernel, rescale_kernel
+@triton.jit
+def _rescale_kernel(acc_ptr, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, N, HAS_BIAS: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr):
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+    acc = tl.load(acc_ptr + offs, mask=mask, other=0).to(tl.float32)
+    sx = tl.load(sx_ptr + rm, mask=rm < M, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    y = acc * sx[:, None] * sw[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] (CUDA, last axis contiguous) -> (int8 [M, K], float32 scale [M])."""
-    triton, quant_rows_kernel, _ = _kernels()
+    """x [M, K] (CUDA) -> (int8 [M, K], float32 scale [M])."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     block = min(triton.next_power_of_2(k), 4096)
-    quant_rows_kernel[(m,)](x, q, s, k, x.stride(0), BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    _quant_rows_kernel[(m,)](x, q, s, x.stride(0), K=k, BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return q, s
 
 
 def rescale(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optional[torch.Tensor],
             dtype: torch.dtype) -> torch.Tensor:
     """int32 [M, N] * s_x[:, None] * s_w[None, :] (+ bias) -> dtype [M, N], one pass."""
-    triton, _, rescale_kernel = _kernels()
     acc = acc.contiguous()
     m, n = acc.shape
     out = torch.empty((m, n), dtype=dtype, device=acc.device)
     bm, bn = 32, 128
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    rescale_kernel[grid](acc, s_x, s_w, bias if bias is not None else s_w, out, m, n, HAS_BIAS=bias is not None,
-                         BM=bm, BN=bn, num_warps=4)
+    _rescale_kernel[grid](acc, s_x, s_w, bias if bias is not None else s_w, out, m, n, HAS_BIAS=bias is not None,
+                          BM=bm, BN=bn, num_warps=4)
     return out

@@ -16,6 +16,7 @@ On CPU the GEMM is an exact int64 matmul. API for the engine: `Int8Linear.from_f
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Optional, Sequence
 
@@ -23,12 +24,24 @@ import torch
 from torch import nn
 
 from mlperf_llama2.errors import UserError
-from mlperf_llama2.quant import int8_kernels
 
 logger = logging.getLogger(__name__)
 
 QMAX = 127
 INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA needs M > 16
+
+
+@functools.lru_cache(maxsize=1)
+def triton_kernels():
+    """The Triton kernel module on a CUDA machine that has Triton, else None (torch path)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from mlperf_llama2.quant import int8_kernels
+    except Exception as exc:  # noqa: BLE001 - any Triton import failure means: use the torch path
+        logger.warning("Triton kernels unavailable (%s); int8 Linear quantizes in eager torch", exc)
+        return None
+    return int8_kernels
 
 
 def quantize_weight(weight: torch.Tensor, per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,11 +139,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [M, K]
-        use_kernels = x2.is_cuda and int8_kernels.available()
-        qx, s_x = int8_kernels.quantize_rows(x2) if use_kernels else quantize_rows_reference(x2)
+        kernels = triton_kernels() if x2.is_cuda else None
+        qx, s_x = kernels.quantize_rows(x2) if kernels else quantize_rows_reference(x2)
         acc = int_matmul(qx, self.qweight)  # [M, N] int32
-        if use_kernels:
-            y = int8_kernels.rescale(acc, s_x, self.weight_scale, self.bias, self.out_dtype)
+        if kernels:
+            y = kernels.rescale(acc, s_x, self.weight_scale, self.bias, self.out_dtype)
         else:
             y = rescale_reference(acc, s_x, self.weight_scale, self.bias, self.out_dtype)
         return y.reshape(*lead, self.out_features)
