@@ -82,23 +82,27 @@ def bench_gemm(ms_list: list[int]) -> list[dict]:
     for model, name, k, n in SHAPES:
         w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
         layer = Int8Linear.from_float(w)
+        fused = Int8Linear.from_float(w)
+        fused.gemm = "fused"
         for m in ms_list:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             qx = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
             row = {"model": model, "op": name, "M": m, "K": k, "N": n}
             for label, fn in (("fp16", lambda: F.linear(x, w)), ("int_mm", lambda: int_matmul(qx, layer.qweight)),
-                              ("int8", lambda: layer(x))):
+                              ("int8", lambda: layer(x)), ("int8_fused", lambda: fused(x))):
                 row[f"{label}_graph_ms"] = time_graph(fn, calls=20 if m <= 2048 else 4, replays=5)
                 row[f"{label}_eager_ms"] = time_eager(fn)
             row["speedup_graph"] = row["fp16_graph_ms"] / row["int8_graph_ms"]
             row["speedup_eager"] = row["fp16_eager_ms"] / row["int8_eager_ms"]
+            row["speedup_fused_graph"] = row["fp16_graph_ms"] / row["int8_fused_graph_ms"]
             row["int8_tops"] = 2 * m * k * n / row["int8_graph_ms"] / 1e9
             rows.append(row)
             print(f"{model:>4} {name:>8} M={m:>6} K={k:>6} N={n:>6} | fp16 {row['fp16_graph_ms']:8.4f} ms  "
-                  f"int_mm {row['int_mm_graph_ms']:8.4f}  int8 {row['int8_graph_ms']:8.4f}  "
-                  f"x{row['speedup_graph']:.2f} (eager x{row['speedup_eager']:.2f})", flush=True)
+                  f"int_mm {row['int_mm_graph_ms']:8.4f}  int8 {row['int8_graph_ms']:8.4f} "
+                  f"x{row['speedup_graph']:.2f} (eager x{row['speedup_eager']:.2f})  "
+                  f"fused {row['int8_fused_graph_ms']:8.4f} x{row['speedup_fused_graph']:.2f}", flush=True)
             del x, qx
-        del w, layer
+        del w, layer, fused
         torch.cuda.empty_cache()
     return rows
 

@@ -75,3 +75,60 @@ def rescale(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optio
     _rescale_kernel[grid](acc, s_x, s_w, bias if bias is not None else s_w, out, m, n, HAS_BIAS=bias is not None,
                           BM=bm, BN=bn, num_warps=4)
     return out
+
+
+def _gemm_configs():
+    shapes = [(128, 128, 128, 4, 8), (128, 256, 128, 3, 8), (64, 128, 128, 4, 4), (64, 256, 128, 4, 8),
+              (128, 64, 128, 4, 4), (32, 128, 256, 4, 4), (16, 128, 256, 5, 4)]
+    return [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
+            for bm, bn, bk, s, w in shapes]
+
+
+@triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K"])
+@triton.jit
+def _int8_gemm_kernel(a_ptr, b_ptr, sx_ptr, sw_ptr, bias_ptr, c_ptr, M, N, M_BUCKET, K: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                      GROUP_M: tl.constexpr):
+    # a: [M, K] int8 row-major; b: [N, K] int8 row-major; c: [M, N]
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % size_m
+    pid_n = (pid % group) // size_m
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    a_ptrs = a_ptr + rm[:, None].to(tl.int64) * K + rk[None, :]
+    b_ptrs = b_ptr + rn[None, :].to(tl.int64) * K + rk[:, None]
+    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    for k in range(0, K, BK):
+        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (k + rk[None, :] < K), other=0)
+        b = tl.load(b_ptrs, mask=(rn[None, :] < N) & (k + rk[:, None] < K), other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        a_ptrs += BK
+        b_ptrs += BK
+    sx = tl.load(sx_ptr + rm, mask=rm < M, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    y = acc.to(tl.float32) * sx[:, None] * sw[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    tl.store(c_ptr + rm[:, None].to(tl.int64) * N + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def fused_int8_matmul(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor,
+                      bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """int8 [M, K] x int8 [N, K] with the rescale in the GEMM epilogue -> dtype [M, N] (one kernel)."""
+    m, k = qx.shape
+    n = qw.shape[0]
+    out = torch.empty((m, n), dtype=dtype, device=qx.device)
+    bucket = min(triton.next_power_of_2(m), 4096)  # autotune once per M range, not per M
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
+
+    _int8_gemm_kernel[grid](qx, qw, s_x, s_w, bias if bias is not None else s_w, out, m, n, bucket, K=k,
+                            HAS_BIAS=bias is not None)
+    return out

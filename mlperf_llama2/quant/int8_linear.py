@@ -80,8 +80,16 @@ def rescale_reference(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, b
     return y.to(dtype)
 
 
+GEMM_PATHS = ("int_mm", "fused")
+
+
 class Int8Linear(nn.Module):
-    """Drop-in for nn.Linear (y = x W^T + b) with int8 weights and per-token dynamic int8 activations."""
+    """Drop-in for nn.Linear (y = x W^T + b) with int8 weights and per-token dynamic int8 activations.
+
+    `gemm` (CUDA with Triton): "int_mm" = torch._int_mm then the Triton rescale; "fused" = one Triton
+    int8 GEMM with the rescale in its epilogue. Both give the same numbers (same float32 epilogue)."""
+
+    gemm: str = "int_mm"
 
     def __init__(self, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
                  out_dtype: torch.dtype = torch.float16, split_sizes: Optional[Sequence[int]] = None) -> None:
@@ -141,6 +149,9 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # [M, K]
         kernels = triton_kernels() if x2.is_cuda else None
         qx, s_x = kernels.quantize_rows(x2) if kernels else quantize_rows_reference(x2)
+        if kernels and self.gemm == "fused":
+            y = kernels.fused_int8_matmul(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype)
+            return y.reshape(*lead, self.out_features)
         acc = int_matmul(qx, self.qweight)  # [M, N] int32
         if kernels:
             y = kernels.rescale(acc, s_x, self.weight_scale, self.bias, self.out_dtype)
