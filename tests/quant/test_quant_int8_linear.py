@@ -99,3 +99,22 @@ def test_gpu_int8_linear_matches_integer_reference_and_simulate():
             y = layer(x)
             assert torch.equal(y, expected), gemm
         assert torch.allclose(y.float(), simulate_linear(x.float(), w.float()), rtol=1e-2, atol=2e-3)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_gpu_int8_mode_model_matches_simulate_with_p_unquantized(tiny_model_dir):
+    from transformers import LlamaForCausalLM
+
+    prompts = torch.tensor([[1, 5, 9, 100, 200, 300, 7, 8]], device="cuda")
+    calib = [torch.tensor([[1, 20, 30, 40, 50, 60]]), torch.tensor([[1, 70, 80, 90]])]
+    rules = load_rules(NPM)
+    without_p = tuple(
+        dataclasses.replace(r, quantizers=tuple(q for q in r.quantizers if q[0] != "quantizer_in1"))
+        if r.source_name == "matmul_pv" else r for r in rules.rules)
+    logits = {}
+    for mode, mode_rules in (("simulate", dataclasses.replace(rules, rules=without_p)), ("int8", rules)):
+        model = LlamaForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float16).to("cuda").eval()
+        quantize_model(model, mode_rules, mode, calibration=calib)
+        logits[mode] = model(prompts).logits.float()
+    assert (logits["int8"] - logits["simulate"]).abs().max() < 0.05
