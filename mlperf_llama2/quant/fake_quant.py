@@ -62,10 +62,15 @@ def reduce_axes(ndim: int, dims: tuple[int, ...], batch_shared_scale: bool) -> t
     return axes
 
 
+def true_div(a: torch.Tensor, divisor: float) -> torch.Tensor:
+    """a / divisor correctly rounded on every device (CUDA turns division by a Python scalar into a
+    multiplication by its reciprocal, which can differ in the last bit)."""
+    return a.float() / torch.full((), float(divisor), dtype=torch.float32, device=a.device)
+
+
 def symmetric_scale(absmax: torch.Tensor, bits: int) -> torch.Tensor:
     """float32 scale = absmax / qmax, never zero (an all-zero slice quantizes to zeros)."""
-    qmax = 2 ** (bits - 1) - 1
-    return (absmax.float() / qmax).clamp_min(torch.finfo(torch.float32).tiny)
+    return true_div(absmax, 2 ** (bits - 1) - 1).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool,
@@ -78,7 +83,7 @@ def fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, s
         q = round_ints(xf / scale, numerics.rounding).clamp(qmin, qmax)
         return (q * scale).to(x.dtype)
     lo, hi = lo.float().clamp(max=0.0), hi.float().clamp(min=0.0)  # zero stays exactly representable
-    scale = ((hi - lo) / (qmax - qmin)).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = true_div(hi - lo, qmax - qmin).clamp_min(torch.finfo(torch.float32).tiny)
     zero_point = (qmin - round_ints(lo / scale, numerics.rounding)).clamp(qmin, qmax)
     q = (round_ints(xf / scale, numerics.rounding) + zero_point).clamp(qmin, qmax)
     return ((q - zero_point) * scale).to(x.dtype)

@@ -78,8 +78,10 @@ def rescale(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optio
 
 
 def _gemm_configs():
+    # (BM, BN, BK, stages, warps): large tiles for large M; small ones keep all SMs busy when M x N is small
     shapes = [(128, 128, 128, 4, 8), (128, 256, 128, 3, 8), (64, 128, 128, 4, 4), (64, 256, 128, 4, 8),
-              (128, 64, 128, 4, 4), (32, 128, 256, 4, 4), (16, 128, 256, 5, 4)]
+              (128, 64, 128, 4, 4), (32, 128, 256, 4, 4), (16, 128, 256, 5, 4), (64, 64, 128, 5, 4),
+              (64, 64, 256, 4, 4), (32, 64, 256, 5, 4)]
     return [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
             for bm, bn, bk, s, w in shapes]
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.fake_quant import symmetric_scale
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def quantize_weight(weight: torch.Tensor, per_channel: bool = False) -> tuple[to
     """float weight [N, K] -> (int8 [N, K], float32 scale [N]); per tensor unless per_channel."""
     w = weight.detach().float()
     absmax = w.abs().amax(dim=1) if per_channel else w.abs().amax().expand(w.shape[0])
-    scale = (absmax / QMAX).clamp_min(torch.finfo(torch.float32).tiny)  # [N]
+    scale = symmetric_scale(absmax, 8)  # [N]
     q = torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
     return q, scale.contiguous()
 
@@ -56,7 +57,7 @@ def quantize_weight(weight: torch.Tensor, per_channel: bool = False) -> tuple[to
 def quantize_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (int8 [M, K], float32 scale [M]): per-token symmetric int8, round half to even."""
     xf = x.float()
-    scale = (xf.abs().amax(dim=1) / QMAX).clamp_min(torch.finfo(torch.float32).tiny)  # [M]
+    scale = symmetric_scale(xf.abs().amax(dim=1), 8)  # [M]
     q = torch.round(xf / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
     return q, scale
 
@@ -89,7 +90,7 @@ class Int8Linear(nn.Module):
     `gemm` (CUDA with Triton): "int_mm" = torch._int_mm then the Triton rescale; "fused" = one Triton
     int8 GEMM with the rescale in its epilogue. Both give the same numbers (same float32 epilogue)."""
 
-    gemm: str = "int_mm"
+    gemm: str = "fused"  # measured faster than "int_mm" at every 7B/70B shape and M (docs/quantization.md)
 
     def __init__(self, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
                  out_dtype: torch.dtype = torch.float16, split_sizes: Optional[Sequence[int]] = None) -> None:
