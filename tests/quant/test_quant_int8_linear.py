@@ -114,7 +114,9 @@ def test_gpu_int8_mode_model_matches_simulate_with_p_unquantized(tiny_model_dir)
         if r.source_name == "matmul_pv" else r for r in rules.rules)
     logits = {}
     for mode, mode_rules in (("simulate", dataclasses.replace(rules, rules=without_p)), ("int8", rules)):
-        model = LlamaForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float16).to("cuda").eval()
+        # float32: fp16 noise (~1e-3) flips int8 roundings (a step is 1/127 of a row's max), so the
+        # comparison is made where only the final rescale's rounding differs, as on CPU.
+        model = LlamaForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32).to("cuda").eval()
         quantize_model(model, mode_rules, mode, calibration=calib)
-        logits[mode] = model(prompts).logits.float()
-    assert (logits["int8"] - logits["simulate"]).abs().max() < 0.05
+        logits[mode] = model(prompts).logits
+    assert torch.allclose(logits["int8"], logits["simulate"], atol=2e-3)
