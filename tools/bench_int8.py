@@ -101,8 +101,8 @@ def bench_gemm(ms_list: list[int]) -> list[dict]:
                   f"int_mm {row['int_mm_graph_ms']:8.4f}  int8 {row['int8_graph_ms']:8.4f} "
                   f"x{row['speedup_graph']:.2f} (eager x{row['speedup_eager']:.2f})  "
                   f"fused {row['int8_fused_graph_ms']:8.4f} x{row['speedup_fused_graph']:.2f}", flush=True)
-            del x, qx
-        del w, layer, fused
+            x = qx = None  # free before the next M
+        w = layer = fused = None  # free before the next shape
         torch.cuda.empty_cache()
     return rows
 
