@@ -37,6 +37,10 @@ def check_inputs(config: RunConfig) -> Dataset:
 
         check_model_dir(config.model_path)
         vocab_size = read_model_info(config.model_path).vocab_size
+    if config.quant.enabled:
+        from mlperf_llama2.quant.setup import plan_quantization
+
+        plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
     if config.save_outputs is not None:
         parent = os.path.dirname(os.path.abspath(config.save_outputs))
         try:
@@ -78,6 +82,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
+    quant_report = getattr(backend, "quant_report", None)
+    if quant_report is not None:
+        log.info("%s; int8 mode approximates: %s", quant_report.summary(),
+                 "; ".join(quant_report.approximations) or "nothing")
     if not result.ok:
         log.error("%s", result.failure_message())
         return EXIT_RUN_FAILED

@@ -157,7 +157,13 @@ def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
         log.warning("Server runs one query at a time (batch 1) like the reference; --batch-size %d ignored", batch_size)
         batch_size = 1
     model = load_causal_lm(config.model_path, config.dtype, config.device)
-    return ReferenceBackend(
+    quant_report = None
+    if config.quant.enabled:  # --liteml-config: the loaded model is wrapped (LiteML) or quantized in place
+        from mlperf_llama2.quant.setup import apply_quantization, plan_quantization
+
+        plan = plan_quantization(config.quant, config.dataset_path, config.device)
+        model, quant_report = apply_quantization(model, plan, config.device)
+    backend = ReferenceBackend(
         model,
         eos_token_id=info.eos_token_id,
         vocab_size=info.vocab_size,
@@ -165,3 +171,5 @@ def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
         num_workers=config.num_workers,
         stream_first_token=config.scenario == "Server",
     )
+    backend.quant_report = quant_report  # open backend's QuantReport (None for LiteML or no quantization)
+    return backend
