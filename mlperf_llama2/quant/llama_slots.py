@@ -4,7 +4,8 @@
 op modules a LiteML config names: attention `matmul_qkt`, `matmul_pv`, `add_mask`,
 `rotary_mul_{q,k}_{cos,sin}`, `rotary_add_q`, `rotary_add_k`; MLP `mul` with the SiLU as an
 `nn.SiLU` module (`act_fn`); decoder residual adds `add_1`, `add_2`. It rebinds the attention, MLP
-and decoder-layer forwards to route through those slots (eager attention). With plain slots the
+and decoder-layer forwards to route through those slots (eager attention); transformers 4.46 (the
+LiteML wheel's) and 5.x are both handled. With plain slots the
 model computes what transformers' eager Llama computes, so `model.generate` works unchanged; the
 quantization backends then swap slots for quantized ones by name.
 """
@@ -56,10 +57,17 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _pop_cache(kwargs: dict):
-    """transformers >= 5.2x passes the KV cache as `cache`, earlier 5.x as `past_key_values`."""
-    cache = kwargs.pop("cache", None)
-    legacy = kwargs.pop("past_key_values", None)
-    return cache if cache is not None else legacy
+    """The KV cache under its name in each transformers: `cache` (>= 5.2x), `past_key_values` (5.x),
+    `past_key_value` (4.x)."""
+    found = [kwargs.pop(name, None) for name in ("cache", "past_key_values", "past_key_value")]
+    return next((c for c in found if c is not None), None)
+
+
+def _layers_return_tuples() -> bool:
+    """transformers 4.x decoder layers return (hidden, [attn weights], [cache]); 5.x return the tensor."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) < 5
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -87,7 +95,7 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
         k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, T, D]
     k = _repeat_kv(k, self.num_key_value_groups)
     v = _repeat_kv(v, self.num_key_value_groups)
-    scores = self.matmul_qkt(q, k.transpose(2, 3)) * self.scaling  # [B, H, S, T]
+    scores = self.matmul_qkt(q, k.transpose(2, 3)) * getattr(self, "scaling", self.head_dim**-0.5)  # [B, H, S, T]
     if attention_mask is not None:
         scores = self.add_mask(scores, attention_mask[..., : k.shape[-2]])
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -103,20 +111,25 @@ def mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
 def decoder_forward(self, hidden_states: torch.Tensor, attention_mask=None, position_ids=None,
                     position_embeddings=None, **kwargs) -> torch.Tensor:
     cache = _pop_cache(kwargs)
-    kwargs.pop("use_cache", None)
+    use_cache = kwargs.pop("use_cache", False)
+    output_attentions = kwargs.pop("output_attentions", False)
     residual = hidden_states
-    attn_out, _ = self.self_attn(self.input_layernorm(hidden_states), position_embeddings=position_embeddings,
-                                 attention_mask=attention_mask, cache=cache, **kwargs)
+    attn_out, probs = self.self_attn(self.input_layernorm(hidden_states), position_embeddings=position_embeddings,
+                                     attention_mask=attention_mask, cache=cache, **kwargs)
     hidden_states = self.add_1(residual, attn_out)
     residual = hidden_states
-    return self.add_2(residual, self.mlp(self.post_attention_layernorm(hidden_states)))
+    hidden_states = self.add_2(residual, self.mlp(self.post_attention_layernorm(hidden_states)))
+    if not self._slots_return_tuple:
+        return hidden_states
+    return (hidden_states,) + ((probs,) if output_attentions else ()) + ((cache,) if use_cache else ())
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None or not hasattr(model, "lm_head"):
-        raise UserError(f"quantization needs a Llama causal LM (model.model.layers, lm_head); got {type(model).__name__}")
+        raise UserError("quantization needs a Llama causal LM (model.model.layers, lm_head); "
+                        f"got {type(model).__name__}")
     return layers
 
 
@@ -131,6 +144,7 @@ def install_slots(model: nn.Module, slot_classes: Optional[dict] = None) -> nn.M
         model.set_attn_implementation("eager")  # the slots compute eager attention; masks must be additive
     else:
         model.config._attn_implementation = "eager"
+    return_tuple = _layers_return_tuples()
     for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
         for name in ATTENTION_SLOTS:
@@ -142,6 +156,7 @@ def install_slots(model: nn.Module, slot_classes: Optional[dict] = None) -> nn.M
         mlp.forward = types.MethodType(mlp_forward, mlp)
         layer.add_1 = classes["Add"]()
         layer.add_2 = classes["Add"]()
+        layer._slots_return_tuple = return_tuple
         layer.forward = types.MethodType(decoder_forward, layer)
     logger.info("quantization slots installed in %d decoder layers (eager attention)", len(layers))
     return model

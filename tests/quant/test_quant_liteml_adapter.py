@@ -13,6 +13,8 @@ from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant import liteml_adapter
 from mlperf_llama2.quant.setup import apply_quantization, default_calibration_path, plan_quantization
 
+pytestmark = pytest.mark.tf_compat  # the LiteML wheel's transformers 4.46 too
+
 NPM = str(Path(__file__).resolve().parents[2] / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
 
 RETRAINER = '''

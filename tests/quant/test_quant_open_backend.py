@@ -12,6 +12,8 @@ from mlperf_llama2.quant.llama_slots import install_slots
 from mlperf_llama2.quant.open_backend import quantize_model
 from mlperf_llama2.quant.yaml_config import load_rules
 
+pytestmark = pytest.mark.tf_compat  # the LiteML wheel's transformers 4.46 too
+
 NPM = str(Path(__file__).resolve().parents[2] / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
 PROMPTS = torch.tensor([[1, 5, 9, 100, 200, 300, 7, 8], [1, 6, 10, 101, 201, 301, 7, 9]])  # [2, 8]
 

@@ -52,7 +52,10 @@ def test_variants_change_only_their_rule():
     pv16 = load_rules(str(CONFIGS / "w8a8_npm_v1_3_4_pv16.yaml"))
     p = pv16.match("Matmul", "x.matmul_pv").quantizer("quantizer_in1")
     assert (p.bits, p.dynamic, p.dims) == (16, False, ())
-    assert [r for r in pv16.rules if r.source_name != "matmul_pv"] == [r for r in base.rules if r.source_name != "matmul_pv"]
+    def others(rules):
+        return [r for r in rules.rules if r.source_name != "matmul_pv"]
+
+    assert others(pv16) == others(base)
     lm16 = load_rules(str(CONFIGS / "w8a8_npm_v1_3_4_lmhead16.yaml"))
     assert lm16.match("Linear", "lm_head").quantizer("act_quantizer").bits == 16
     assert lm16.match("Linear", "model.layers.0.mlp.up_proj").quantizer("act_quantizer").bits == 8
