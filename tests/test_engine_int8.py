@@ -146,3 +146,17 @@ def test_main_engine_int8_under_loadgen_answers_with_the_int8_tokens(tmp_path, t
     direct = engine.generate(load_dataset(str(tmp_path / "data.pkl")).prompts,
                              SamplingParams(max_new_tokens=8, min_new_tokens=constants.MIN_NEW_TOKENS))
     assert answers == dict(enumerate(direct))
+
+
+def test_gemm_warm_up_covers_every_m_bucket_and_both_alignments():
+    from mlperf_llama2.engine.int8 import warm_up_gemms
+
+    model = torch.nn.Sequential(Int8Linear.random(16, 24, device="cpu", out_dtype=torch.float32),
+                                Int8Linear.random(16, 24, device="cpu", out_dtype=torch.float32),
+                                Int8Linear.random(24, 8, device="cpu", out_dtype=torch.float32))
+    seen = []
+    for layer in model:
+        layer.register_forward_pre_hook(lambda mod, args: seen.append((mod.in_features, args[0].shape[0])))
+    calls = warm_up_gemms(model, 100, torch.float32)
+    rows = [1, 2, 4, 8, 16, 32, 31, 64, 63, 100, 99]  # powers of two below 100 (and one less from 32), then 100
+    assert calls == 2 * len(rows) and seen == [(16, r) for r in rows] + [(24, r) for r in rows]

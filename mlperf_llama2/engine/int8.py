@@ -163,22 +163,23 @@ def random_int8_model(hf_config, device: torch.device, dtype: torch.dtype, max_p
 
 @torch.inference_mode()
 def warm_up_gemms(model: nn.Module, max_rows: int, dtype: torch.dtype) -> int:
-    """Call each distinct Int8Linear shape once per power-of-two M up to `max_rows`; returns the calls made.
+    """Call each distinct Int8Linear shape at every power-of-two M up to `max_rows`; returns the calls made.
 
     The Triton GEMM is autotuned per (M bucket, N, K): doing it here keeps tuning (host syncs, seconds)
-    out of CUDA graph capture and out of timed runs."""
+    out of CUDA graph capture and out of timed runs. M - 1 rows as well from 32 on: Triton compiles
+    separately for M divisible by 16 or not, and mixed steps have any M."""
     seen: dict[tuple[int, int], Int8Linear] = {}
     for module in model.modules():
         if isinstance(module, Int8Linear):
             seen.setdefault((module.in_features, module.out_features), module)
+    sizes, m = [], 1
+    while m < max_rows:
+        sizes += [m, m - 1] if m >= 32 else [m]
+        m *= 2
+    sizes += [max_rows, max_rows - 1] if max_rows >= 32 else [max_rows]
     calls = 0
     for (k, _), module in seen.items():
-        m = 1
-        while True:
-            rows = min(m, max_rows)
+        for rows in sizes:
             module(torch.zeros(rows, k, dtype=dtype, device=module.qweight.device))  # [rows, K]
             calls += 1
-            if rows == max_rows:
-                break
-            m *= 2
     return calls
