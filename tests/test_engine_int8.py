@@ -160,3 +160,37 @@ def test_gemm_warm_up_covers_every_m_bucket_and_both_alignments():
     calls = warm_up_gemms(model, 100, torch.float32)
     rows = [1, 2, 4, 8, 16, 32, 31, 64, 63, 100, 99]  # powers of two below 100 (and one less from 32), then 100
     assert calls == 2 * len(rows) and seen == [(16, r) for r in rows] + [(24, r) for r in rows]
+
+
+def _tiny_hf(tie: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_tied_lm_head_is_the_quantized_embedding():
+    from mlperf_llama2.engine.int8 import empty_int8_model, quantizing_stream, tie_int8_lm_head
+    from mlperf_llama2.engine.llama import load_hf_weights
+
+    hf = _tiny_hf(tie=True)
+    model, plan = empty_int8_model(hf.config, torch.device("cpu"), torch.float32, 64, load_rules(NPM))
+    weights = [(n, t) for n, t in hf.state_dict().items() if n != "lm_head.weight"]
+    load_hf_weights(model, quantizing_stream(model, plan, weights))
+    tie_int8_lm_head(model, plan)
+    q, s = quantize_weight(hf.model.embed_tokens.weight)
+    assert torch.equal(model.lm_head.qweight, q) and torch.equal(model.lm_head.weight_scale, s)
+    assert torch.equal(model.embed_tokens.weight, hf.model.embed_tokens.weight)  # the embedding stays float
+
+
+def test_a_checkpoint_without_a_projection_is_refused():
+    from mlperf_llama2.engine.int8 import empty_int8_model, quantizing_stream
+    from mlperf_llama2.engine.llama import load_hf_weights
+
+    hf = _tiny_hf(tie=False)
+    model, plan = empty_int8_model(hf.config, torch.device("cpu"), torch.float32, 64, load_rules(NPM))
+    weights = [(n, t) for n, t in hf.state_dict().items() if n != "model.layers.1.self_attn.k_proj.weight"]
+    with pytest.raises(ValueError, match="lacks 1 weights.*layers.1.qkv_proj', 1"):
+        load_hf_weights(model, quantizing_stream(model, plan, weights))

@@ -10,22 +10,23 @@ projection, stored as the per-column scale vector. Everything else stays in floa
 non-Linear rules (RMSNorm, RoPE adds, Q.K^T, P.V, SiLU, mul, residual adds) are listed by
 `left_out` and logged once at start-up.
 
-`quantize_linears` converts a loaded float model in place; `random_int8_model` builds random int8
-weights directly on the device (a 70B model never exists in fp16); `warm_up_gemms` runs each
+`empty_int8_model` allocates the Int8Linears in int8 only; `quantizing_stream` fills them from a
+checkpoint one projection at a time (a 70B checkpoint loads on one 141 GB GPU: no float copy of the
+quantized Linears is ever held); `random_int8_model` fills them at random (benchmarks); `warm_up_gemms` runs each
 distinct GEMM shape at every M bucket so the Triton autotuner never tunes mid-run or mid-capture.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from mlperf_llama2.engine.llama import LlamaForCausalLM, LlamaShape
 from mlperf_llama2.errors import UserError
-from mlperf_llama2.quant.int8_linear import QMAX, Int8Linear
+from mlperf_llama2.quant.int8_linear import QMAX, Int8Linear, quantize_weight
 from mlperf_llama2.quant.open_backend import int8_capable
 from mlperf_llama2.quant.yaml_config import QuantRules, Rule, load_rules
 
@@ -102,30 +103,9 @@ def log_plan(rules: QuantRules, plan: dict[str, Optional[bool]]) -> None:
         log.warning("int8 mode leaves out %s", note)
 
 
-@torch.no_grad()
-def quantize_linears(model: LlamaForCausalLM, rules: QuantRules) -> dict[str, Optional[bool]]:
-    """Replace the float Linears of a loaded model by Int8Linears, in place, as `rules` say; returns the plan."""
-    s = model.shape
-    plan = int8_plan(s, rules)
-    log_plan(rules, plan)
-    for name, per_channel in plan.items():
-        if per_channel is None:
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        linear: nn.Linear = getattr(parent, attr)
-        sizes = split_sizes(s, attr)
-        weights = list(torch.split(linear.weight, sizes, dim=0))  # [N_i, K] each
-        biases = None if linear.bias is None else list(torch.split(linear.bias, sizes, dim=0))
-        setattr(parent, attr, Int8Linear.fuse(weights, biases, per_channel=per_channel, out_dtype=linear.weight.dtype))
-        del linear, weights, biases
-    return plan
-
-
-@torch.no_grad()
-def random_int8_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int, rules: QuantRules,
-                      init_std: float = 0.02, seed: int = 0) -> LlamaForCausalLM:
-    """Random weights of std `init_std`, the int8 Linears made in int8 on `device` (never in float)."""
+def empty_int8_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int,
+                     rules: QuantRules) -> tuple[LlamaForCausalLM, dict[str, Optional[bool]]]:
+    """The model with uninitialised Int8Linears where `rules` say (allocated in int8 only); returns (model, plan)."""
     from mlperf_llama2.engine.weights import empty_model
 
     shape = LlamaShape.from_hf_config(hf_config)
@@ -140,12 +120,74 @@ def random_int8_model(hf_config, device: torch.device, dtype: torch.dtype, max_p
             parent = model.get_submodule(parent_name) if parent_name else model
             linear = getattr(parent, attr)
             n, k = linear.weight.shape
-            has_bias = linear.bias is not None
-            setattr(parent, attr, Int8Linear(torch.empty(n, k, dtype=torch.int8), torch.empty(n),
-                                             torch.empty(n, dtype=dtype) if has_bias else None, dtype,
+            bias = torch.empty(n, dtype=dtype) if linear.bias is not None else None
+            setattr(parent, attr, Int8Linear(torch.empty(n, k, dtype=torch.int8), torch.empty(n), bias, dtype,
                                              split_sizes(shape, attr)))
 
-    model = empty_model(hf_config, device, dtype, max_positions, before_allocation=swap)
+    return empty_model(hf_config, device, dtype, max_positions, before_allocation=swap), plan
+
+
+_PROJECTIONS = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+                "o_proj": ("o_proj", 0), "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+                "down_proj": ("down_proj", 0)}
+
+
+def quantizing_stream(model: LlamaForCausalLM, plan: dict[str, Optional[bool]],
+                      weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Quantize each projection of a transformers state dict into its Int8Linear as it arrives; yield the rest.
+
+    Each projection gets its own scale from its own weight (`quantize_weight`), so quantizing one
+    tensor at a time gives exactly the quant package's numbers while no float copy of a quantized
+    Linear is ever held. Raises when the stream ends without some projection."""
+    pending = {(name, i, "weight") for name, pc in plan.items() if pc is not None
+               for i in range(len(model.get_submodule(name).split_sizes))}
+    pending |= {(name, i, "bias") for name, i, _ in pending if model.get_submodule(name).bias is not None}
+    with torch.no_grad():
+        for name, tensor in weights:
+            parts = name.removeprefix("model.").split(".")
+            if parts[0] == "lm_head":
+                target, index = "lm_head", 0
+            elif len(parts) == 5 and parts[0] == "layers" and parts[3] in _PROJECTIONS:
+                dest, index = _PROJECTIONS[parts[3]]
+                target = f"layers.{parts[1]}.{dest}"
+            else:
+                yield name, tensor
+                continue
+            if plan.get(target) is None:
+                yield name, tensor
+                continue
+            module: Int8Linear = model.get_submodule(target)
+            offset = sum(module.split_sizes[:index])
+            rows = slice(offset, offset + module.split_sizes[index])
+            if parts[-1] == "weight":
+                q, scale = quantize_weight(tensor.to(module.qweight.device), plan[target])  # [N_i, K], [N_i]
+                module.qweight[rows].copy_(q)
+                module.weight_scale[rows].copy_(scale)
+            elif parts[-1] == "bias" and module.bias is not None:
+                module.bias[rows].copy_(tensor)
+            else:
+                raise ValueError(f"unexpected weight in checkpoint: {name}")
+            pending.discard((target, index, parts[-1]))
+    if "lm_head" in plan and plan["lm_head"] is not None and model.shape.tie_word_embeddings:
+        pending = {p for p in pending if p[0] != "lm_head"}  # quantized from the embedding by `tie_int8_lm_head`
+    if pending:
+        raise ValueError(f"checkpoint lacks {len(pending)} weights, e.g. {sorted(pending)[:3]}")
+
+
+@torch.no_grad()
+def tie_int8_lm_head(model: LlamaForCausalLM, plan: dict[str, Optional[bool]]) -> None:
+    """A tied lm_head in int8: the quantized embedding matrix (the embedding itself stays in float)."""
+    if plan.get("lm_head") is not None and model.shape.tie_word_embeddings:
+        q, scale = quantize_weight(model.embed_tokens.weight, plan["lm_head"])
+        model.lm_head.qweight.copy_(q)
+        model.lm_head.weight_scale.copy_(scale)
+
+
+@torch.no_grad()
+def random_int8_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int, rules: QuantRules,
+                      init_std: float = 0.02, seed: int = 0) -> LlamaForCausalLM:
+    """Random weights of std `init_std`, the int8 Linears made in int8 on `device` (never in float)."""
+    model, _ = empty_int8_model(hf_config, device, dtype, max_positions, rules)
     gen = torch.Generator(device=device).manual_seed(seed)
     for module in model.modules():
         if isinstance(module, Int8Linear):

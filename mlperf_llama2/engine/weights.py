@@ -51,7 +51,6 @@ def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, m
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
     if not files:
         raise ValueError(f"{model_path}: no *.safetensors files; the engine loads safetensors checkpoints only")
-    model = empty_model(hf_config, device, dtype, max_positions)
 
     def tensors():
         for path in files:
@@ -59,11 +58,15 @@ def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, m
                 for name in f.keys():
                     yield name, f.get_tensor(name)
 
-    load_hf_weights(model, tensors())
-    if quant_rules is not None:
-        from mlperf_llama2.engine.int8 import quantize_linears
+    if quant_rules is None:
+        model = empty_model(hf_config, device, dtype, max_positions)
+        load_hf_weights(model, tensors())
+    else:
+        from mlperf_llama2.engine.int8 import empty_int8_model, quantizing_stream, tie_int8_lm_head
 
-        quantize_linears(model, quant_rules)
+        model, plan = empty_int8_model(hf_config, device, dtype, max_positions, quant_rules)
+        load_hf_weights(model, quantizing_stream(model, plan, tensors()))
+        tie_int8_lm_head(model, plan)
     log.info("loaded %s (%d layers, %s) on %s", model_path, model.shape.num_layers, dtype, device)
     return model, hf_config
 
