@@ -30,7 +30,7 @@ from loadgen_fixtures import (
 
 MAX_NEW = 8
 EOS = 2
-VOCAB = 515  # tiny tokenizer: 3 specials + 256 bytes + 256 learned pieces
+VOCAB = 512  # the tiny tokenizer's vocabulary (config.json vocab_size)
 SAMPLES = 6
 
 FAILING_DRIVER = """
