@@ -138,3 +138,20 @@ def test_cuda_device_names_resolve():
         resolve_device(f"cuda:{torch.cuda.device_count()}")
     with pytest.raises(UserError, match="cuda:N"):
         resolve_device("cuda:x")
+
+
+def test_checkpoint_sampling_defaults_do_not_leak_into_greedy(tmp_path, tiny_model_dir, prompts):
+    import json
+    import shutil
+
+    chat = tmp_path / "chat"
+    shutil.copytree(tiny_model_dir, chat)
+    # Llama-2-chat's generation_config.json samples by default.
+    (chat / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": True, "temperature": 0.6,
+         "top_p": 0.9, "max_length": 4096}))
+    model = load_causal_lm(str(chat), "float32", "cpu")
+    backend = ReferenceBackend(model, eos_token_id=2, batch_size=4)
+    got = [cut_after_first_eos(t, 2) for t in backend.generate(
+        [GenerationRequest(i, i, p, MAX_NEW) for i, p in enumerate(prompts)])]
+    assert got == direct_generate(tiny_model_dir, prompts, MAX_NEW)
