@@ -40,11 +40,22 @@ def _shell_sources() -> list[tuple[str, str]]:
     return sources
 
 
-def _substitute(text: str) -> str:
-    """Shell variables -> their `:-default` when given, else a placeholder that parses as path or int."""
-    text = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", text)
-    text = re.sub(r"\$\{\w+(?::[?=+][^}]*)?\}|\$\w+", "1", text)
-    return text.replace('"$@"', "").replace("$@", "")
+def _known_values(text: str) -> dict[str, str]:
+    """Values the script itself gives its variables: `VAR=value` and the first item of `for VAR in ...`."""
+    values = {}
+    for name, value in re.findall(r"^\s*(?:export\s+)?(\w+)=\"?([^\"\s;$]*)", text, re.M):
+        values.setdefault(name, value)
+    for name, items in re.findall(r"\bfor\s+(\w+)\s+in\s+([^;\n]+)", text):
+        values.setdefault(name, items.split()[0])
+    return values
+
+
+def _substitute(line: str, values: dict[str, str]) -> str:
+    """Shell variables -> the script's own value or `:-default`, else a placeholder parsing as path or int."""
+    line = line.replace('"$@"', "").replace("$@", "")
+    line = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: values.get(m.group(1), m.group(2)), line)
+    return re.sub(r"\$\{(\w+)(?::[?=+][^}]*)?\}|\$(\w+)",
+                  lambda m: values.get(m.group(1) or m.group(2)) or "1", line)
 
 
 def invocations() -> list[tuple[str, str, list[str]]]:
@@ -52,12 +63,13 @@ def invocations() -> list[tuple[str, str, list[str]]]:
     found = []
     for label, text in _shell_sources():
         joined = re.sub(r"\\\n", " ", text)
+        values = _known_values(joined)
         for line in joined.splitlines():
             line = line.strip()
             if line.startswith("#") or not any(s in line for s in SCRIPTS):
                 continue
             try:
-                words = shlex.split(_substitute(line), comments=True)
+                words = shlex.split(_substitute(line, values), comments=True)
             except ValueError:
                 continue
             for i, word in enumerate(words):
