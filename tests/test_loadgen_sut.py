@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import threading
 
-import numpy as np
 import pytest
 
 from mlperf_llama2.backends.base import Backend, GenerationRequest
