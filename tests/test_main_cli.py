@@ -116,3 +116,19 @@ def test_main_py_exit_code_and_single_line_error(tmp_path, tiny_model_dir):
     result = run_main(["--model-path", tiny_model_dir, "--dataset-path", tmp_path / "missing.pkl"], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("main.py: error: dataset not found")
+
+
+def test_log_settings_follow_the_flags(tmp_path):
+    from mlperf_llama2.loadgen.settings import build_settings
+
+    (tmp_path / "user.conf").write_text(SMALL_USER_CONF)
+    config = RunConfig(user_conf=str(tmp_path / "user.conf"), output_log_dir=str(tmp_path / "new" / "logs"),
+                       enable_log_trace=True, accuracy=True)
+    settings = build_settings(config)
+    assert settings.log.enable_trace is True
+    assert settings.log.log_output.outdir == str(tmp_path / "new" / "logs")
+    assert settings.log.log_output.copy_summary_to_stdout is True
+    assert (tmp_path / "new" / "logs").is_dir()
+    import mlperf_loadgen as lg
+
+    assert settings.test.mode == lg.TestMode.AccuracyOnly and settings.test.scenario == lg.TestScenario.Offline
