@@ -58,6 +58,14 @@ def _substitute(line: str, values: dict[str, str]) -> str:
                   lambda m: values.get(m.group(1) or m.group(2)) or "1", line)
 
 
+def _unwrap_synopsis(line: str) -> str:
+    """Docs write optional flags as `[--flag VALUE]`: check the flag, with an ALL-CAPS metavar as "1"."""
+    def unwrap(match):
+        return " ".join("1" if re.fullmatch(r"[A-Z_]+", w) else w for w in match.group(1).split())
+
+    return re.sub(r"\[(--?[^\]]*)\]", unwrap, line)
+
+
 def invocations() -> list[tuple[str, str, list[str]]]:
     """(label, script, args) for every call of a SCRIPTS entry, line continuations joined."""
     found = []
@@ -69,7 +77,7 @@ def invocations() -> list[tuple[str, str, list[str]]]:
             if line.startswith("#") or not any(s in line for s in SCRIPTS):
                 continue
             try:
-                words = shlex.split(_substitute(line, values), comments=True)
+                words = shlex.split(_unwrap_synopsis(_substitute(line, values)), comments=True)
             except ValueError:
                 continue
             for i, word in enumerate(words):
