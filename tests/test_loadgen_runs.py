@@ -62,7 +62,7 @@ def workdir(tmp_path_factory, tiny_tokenizer_dir):
     (root / "user.conf").write_text(SMALL_USER_CONF)
     (root / "valid.conf").write_text(VALID_SERVER_USER_CONF)
     (root / "failing_main.py").write_text(FAILING_DRIVER)
-    for name in ("audit_Offline", "audit_Server", "plain"):
+    for name in ("audit_Offline", "audit_Server", "plain", "script"):
         (root / name).mkdir()
     for name in ("audit_Offline", "audit_Server"):
         shutil.copy(REPO / "compliance" / "TEST06" / "audit.config", root / name)
@@ -84,6 +84,9 @@ def runs(workdir, tiny_model_dir, eos_model_dir):
         "audit_Server": start_main(args(eos_model_dir, "logs", "--scenario", "Server"), workdir / "audit_Server"),
         "plain": start_main(args(tiny_model_dir, "logs", "--scenario", "Server", conf="valid.conf", max_new=4),
                             workdir / "plain"),
+        "run_accuracy.sh": start_main(["--max-new-tokens", MAX_NEW], workdir / "script", script="run_accuracy.sh",
+                                      env={"CHECKPOINT_PATH": str(tiny_model_dir),
+                                           "DATASET_PATH": str(workdir / "data.pkl")}),
         "failing": start_main(args(tiny_model_dir, "fail_logs", "--scenario", "Server", "--accuracy", max_new=4),
                               workdir, script=str(workdir / "failing_main.py")),
     }
@@ -182,6 +185,17 @@ def test_plain_server_performance_run_is_valid_and_not_audited(runs, workdir):
     assert "Result is : VALID" in summary(logs), summary(logs)
     assert "Result is : VALID" in runs["plain"].stdout  # copy_summary_to_stdout
     assert "Found Audit Config file" not in (logs / "mlperf_log_detail.txt").read_text()
+
+
+def test_run_accuracy_sh_runs_as_written(runs, workdir):
+    _ok(runs, "run_accuracy.sh")
+    script_dir = workdir / "script"
+    assert_well_formed(read_accuracy_log(script_dir / "offline_accuracy_loadgen_logs"), server=False)
+    assert "No errors encountered during test" in (script_dir / "offline_accuracy_log.log").read_text()
+    stdout = runs["run_accuracy.sh"].stdout
+    assert "\nResults\n" in stdout
+    scores = eval(stdout.strip().splitlines()[-1], {"__builtins__": {}})
+    assert scores["gen_num"] == SAMPLES
 
 
 def test_failed_generation_ends_the_run_with_exit_1_not_a_hang(runs, workdir):
