@@ -87,8 +87,11 @@ def test_output_dir_that_cannot_be_created(inputs, tmp_path):
         harness.main(inputs + ["--output-log-dir", str(tmp_path / "a_file" / "logs")])
 
 
-def test_unknown_backend_fails_before_the_model(inputs):
-    with pytest.raises(UserError, match="--backend engine: not available"):
+def test_unregistered_backend_fails_before_the_model(inputs, monkeypatch):
+    from mlperf_llama2.backends import registry
+
+    monkeypatch.delitem(registry._FACTORIES, "engine")
+    with pytest.raises(UserError, match="--backend engine: not available in this build"):
         harness.main(inputs + ["--backend", "engine"])
 
 
