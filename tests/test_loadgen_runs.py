@@ -77,20 +77,24 @@ def runs(workdir, tiny_model_dir, eos_model_dir):
                 "--max-new-tokens", max_new, "--output-log-dir", out, *extra]
 
     started = {
-        "offline_acc": start_main(args(tiny_model_dir, "offline_acc", "--accuracy", "--batch-size", 4,
-                                       "--num-workers", 2, "--save-outputs", "offline_outputs.json"), workdir),
+        # The Offline accuracy run is run_accuracy.sh as written: main.py, then evaluate-accuracy.py.
+        "offline_acc": start_main(["--max-new-tokens", MAX_NEW, "--batch-size", 4, "--num-workers", 2,
+                                   "--save-outputs", "offline_outputs.json"], workdir / "script",
+                                  script="run_accuracy.sh",
+                                  env={"CHECKPOINT_PATH": str(tiny_model_dir), "DATASET_PATH": str(workdir / "data.pkl")}),
         "server_acc": start_main(args(tiny_model_dir, "server_acc", "--scenario", "Server", "--accuracy"), workdir),
         "audit_Offline": start_main(args(eos_model_dir, "logs", "--batch-size", 4), workdir / "audit_Offline"),
         "audit_Server": start_main(args(eos_model_dir, "logs", "--scenario", "Server"), workdir / "audit_Server"),
         "plain": start_main(args(tiny_model_dir, "logs", "--scenario", "Server", conf="valid.conf", max_new=4),
                             workdir / "plain"),
-        "run_accuracy.sh": start_main(["--max-new-tokens", MAX_NEW], workdir / "script", script="run_accuracy.sh",
-                                      env={"CHECKPOINT_PATH": str(tiny_model_dir),
-                                           "DATASET_PATH": str(workdir / "data.pkl")}),
         "failing": start_main(args(tiny_model_dir, "fail_logs", "--scenario", "Server", "--accuracy", max_new=4),
                               workdir, script=str(workdir / "failing_main.py")),
     }
     return {name: finish(proc) for name, proc in started.items()}
+
+
+def offline_logs(workdir):
+    return workdir / "script" / "offline_accuracy_loadgen_logs"
 
 
 def _ok(runs, name):
@@ -119,8 +123,8 @@ def assert_well_formed(entries, server: bool) -> dict[int, list[int]]:
 
 def test_offline_accuracy_run_answers_each_sample_once(runs, workdir):
     _ok(runs, "offline_acc")
-    assert_well_formed(read_accuracy_log(workdir / "offline_acc"), server=False)
-    assert "No errors encountered during test" in summary(workdir / "offline_acc")
+    assert_well_formed(read_accuracy_log(offline_logs(workdir)), server=False)
+    assert "No errors encountered during test" in summary(offline_logs(workdir))
 
 
 def test_server_accuracy_run_sends_first_token_then_response(runs, workdir):
@@ -135,29 +139,13 @@ def test_greedy_outputs_equal_across_offline_batches_server_and_direct_generate(
 
     _ok(runs, "offline_acc")
     _ok(runs, "server_acc")
-    offline = assert_well_formed(read_accuracy_log(workdir / "offline_acc"), server=False)
+    offline = assert_well_formed(read_accuracy_log(offline_logs(workdir)), server=False)
     server = assert_well_formed(read_accuracy_log(workdir / "server_acc"), server=True)
     prompts = load_dataset(str(workdir / "data.pkl")).prompts
     direct = dict(enumerate(direct_generate(tiny_model_dir, prompts, MAX_NEW)))
     assert offline == server == direct
-    saved = json.loads((workdir / "offline_outputs.json").read_text())["outputs"]
+    saved = json.loads((workdir / "script" / "offline_outputs.json").read_text())["outputs"]
     assert {int(k): v for k, v in saved.items()} == direct
-
-
-def test_accuracy_log_scores_through_evaluate_accuracy(runs, workdir, tiny_model_dir):
-    if not (REPO / "evaluate-accuracy.py").exists():
-        pytest.skip("evaluate-accuracy.py is not on this branch yet (it comes from the data branch)")
-    _ok(runs, "offline_acc")
-    log = workdir / "offline_acc" / "mlperf_log_accuracy.json"
-    result = run_main(["--checkpoint-path", tiny_model_dir, "--mlperf-accuracy-file", log,
-                       "--dataset-file", workdir / "data.pkl", "--dtype", "int32"],
-                      cwd=workdir, script="evaluate-accuracy.py")
-    assert result.returncode == 0, result.stderr[-3000:]
-    scores = eval(result.stdout.strip().splitlines()[-1], {"__builtins__": {}})  # the reference's dict line
-    outputs = assert_well_formed(read_accuracy_log(workdir / "offline_acc"), server=False)
-    assert scores["gen_num"] == SAMPLES
-    assert scores["gen_tok_len"] == sum(len(v) for v in outputs.values())
-    assert 0.0 <= scores["rouge1"] <= 100.0
 
 
 @pytest.mark.parametrize("scenario", ["Offline", "Server"])
@@ -187,15 +175,17 @@ def test_plain_server_performance_run_is_valid_and_not_audited(runs, workdir):
     assert "Found Audit Config file" not in (logs / "mlperf_log_detail.txt").read_text()
 
 
-def test_run_accuracy_sh_runs_as_written(runs, workdir):
-    _ok(runs, "run_accuracy.sh")
+def test_run_accuracy_sh_runs_as_written_and_scores(runs, workdir):
+    _ok(runs, "offline_acc")
     script_dir = workdir / "script"
-    assert_well_formed(read_accuracy_log(script_dir / "offline_accuracy_loadgen_logs"), server=False)
     assert "No errors encountered during test" in (script_dir / "offline_accuracy_log.log").read_text()
-    stdout = runs["run_accuracy.sh"].stdout
+    stdout = runs["offline_acc"].stdout
     assert "\nResults\n" in stdout
-    scores = eval(stdout.strip().splitlines()[-1], {"__builtins__": {}})
+    scores = eval(stdout.strip().splitlines()[-1], {"__builtins__": {}})  # the reference's one dict line
+    outputs = assert_well_formed(read_accuracy_log(offline_logs(workdir)), server=False)
     assert scores["gen_num"] == SAMPLES
+    assert scores["gen_tok_len"] == sum(len(v) for v in outputs.values())
+    assert 0.0 <= scores["rouge1"] <= 100.0
 
 
 def test_failed_generation_ends_the_run_with_exit_1_not_a_hang(runs, workdir):
