@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from mlperf_llama2.config import RunConfig, build_parser
 from mlperf_llama2.data.dataset import Dataset, load_dataset
 from mlperf_llama2.errors import UserError, configure_logging
+
+if TYPE_CHECKING:
+    from mlperf_llama2.loadgen.runner import RunResult
+    from mlperf_llama2.loadgen.sut import RunObserver
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,8 @@ def check_inputs(config: RunConfig) -> Dataset:
     return load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    config = parse_config(argv)
-    configure_logging(config.verbose)
+def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResult":
+    """Check the inputs, build LoadGen settings and the backend, run LoadGen; observers see each sample."""
     dataset = check_inputs(config)
 
     # LoadGen and the backends are imported only once the inputs are known to be good.
@@ -75,15 +78,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
              dataset.total_sample_count, config.backend, config.dtype, config.device)
     backend = create_backend(config)
-    result = run_test(
+    return run_test(
         config.scenario,
         backend,
         dataset,
         settings,
         audit_conf=config.audit_conf,
         max_new_tokens=config.max_new_tokens,
+        observers=observers,
         save_outputs=config.save_outputs,
     )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = parse_config(argv)
+    configure_logging(config.verbose)
+    result = run(config)
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
     quant_report = getattr(backend, "quant_report", None)
