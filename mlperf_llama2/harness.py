@@ -78,7 +78,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
              dataset.total_sample_count, config.backend, config.dtype, config.device)
     backend = create_backend(config)
-    return run_test(
+    result = run_test(
         config.scenario,
         backend,
         dataset,
@@ -88,6 +88,11 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
         observers=observers,
         save_outputs=config.save_outputs,
     )
+    quant_report = getattr(backend, "quant_report", None)  # the reference backend's open-backend report
+    if quant_report is not None:
+        log.info("%s; int8 mode approximates: %s", quant_report.summary(),
+                 "; ".join(quant_report.approximations) or "nothing")
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -96,10 +101,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run(config)
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
-    quant_report = getattr(backend, "quant_report", None)
-    if quant_report is not None:
-        log.info("%s; int8 mode approximates: %s", quant_report.summary(),
-                 "; ".join(quant_report.approximations) or "nothing")
     if not result.ok:
         log.error("%s", result.failure_message())
         return EXIT_RUN_FAILED
