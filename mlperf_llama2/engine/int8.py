@@ -49,7 +49,7 @@ def engine_rules(quant_config) -> Optional[QuantRules]:
     return load_rules(quant_config.liteml_config)
 
 
-def hf_names(shape: LlamaShape, layer: int, engine_name: str) -> tuple[str, ...]:
+def hf_names(layer: int, engine_name: str) -> tuple[str, ...]:
     """The transformers module names an engine Linear stands for, in fused order."""
     attn, mlp = f"model.layers.{layer}.self_attn.", f"model.layers.{layer}.mlp."
     return {"qkv_proj": (attn + "q_proj", attn + "k_proj", attn + "v_proj"), "o_proj": (attn + "o_proj",),
@@ -66,7 +66,7 @@ def split_sizes(shape: LlamaShape, engine_name: str) -> tuple[int, ...]:
 def int8_plan(shape: LlamaShape, rules: QuantRules) -> dict[str, Optional[bool]]:
     """Engine Linear name ("layers.3.qkv_proj", "lm_head") -> per_channel, or None to keep it in float."""
     plan: dict[str, Optional[bool]] = {}
-    targets = [(f"layers.{i}.{n}", hf_names(shape, i, n)) for i in range(shape.num_layers) for n in ENGINE_LINEARS]
+    targets = [(f"layers.{i}.{n}", hf_names(i, n)) for i in range(shape.num_layers) for n in ENGINE_LINEARS]
     for name, parts in targets + [("lm_head", ("lm_head",))]:
         found = [rules.match("Linear", part) for part in parts]
         capable = [r is not None and int8_capable(r) for r in found]
