@@ -41,7 +41,11 @@ def check_inputs(config: RunConfig) -> Dataset:
 
         check_model_dir(config.model_path)
         vocab_size = read_model_info(config.model_path).vocab_size
-    if config.quant.enabled:
+    if config.quant.enabled and config.backend == "engine":
+        from mlperf_llama2.engine.int8 import engine_rules
+
+        engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
+    elif config.quant.enabled:
         from mlperf_llama2.quant.setup import plan_quantization
 
         plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
@@ -74,7 +78,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
              dataset.total_sample_count, config.backend, config.dtype, config.device)
     backend = create_backend(config)
-    return run_test(
+    result = run_test(
         config.scenario,
         backend,
         dataset,
@@ -84,6 +88,11 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
         observers=observers,
         save_outputs=config.save_outputs,
     )
+    quant_report = getattr(backend, "quant_report", None)  # the reference backend's open-backend report
+    if quant_report is not None:
+        log.info("%s; int8 mode approximates: %s", quant_report.summary(),
+                 "; ".join(quant_report.approximations) or "nothing")
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -92,10 +101,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run(config)
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
-    quant_report = getattr(backend, "quant_report", None)
-    if quant_report is not None:
-        log.info("%s; int8 mode approximates: %s", quant_report.summary(),
-                 "; ".join(quant_report.approximations) or "nothing")
     if not result.ok:
         log.error("%s", result.failure_message())
         return EXIT_RUN_FAILED
