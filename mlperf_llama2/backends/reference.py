@@ -19,7 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from mlperf_llama2 import constants
 from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
@@ -97,6 +97,12 @@ class ReferenceBackend(Backend):
     ):
         self._model = model
         self._eos = eos_token_id
+        # The backend owns the model's generation defaults: greedy, pad = EOS. A checkpoint's own
+        # (Llama-2-chat ships do_sample=True, temperature=0.6, top_p=0.9, max_length=4096) would
+        # otherwise be merged into every call and warned about once per batch.
+        model.generation_config = GenerationConfig(
+            do_sample=False, num_beams=1, eos_token_id=eos_token_id, pad_token_id=eos_token_id
+        )
         self._vocab_size = vocab_size
         self._batch_size = batch_size
         self._num_workers = num_workers
@@ -172,8 +178,6 @@ class ReferenceBackend(Backend):
                 min_new_tokens=constants.MIN_NEW_TOKENS,
                 do_sample=False,
                 num_beams=1,
-                pad_token_id=self._eos,
-                eos_token_id=self._eos,
                 stopping_criteria=criteria,
             )  # [B, L + generated]
         if self._stopping.is_set():  # cut short by StopWhenSet: not an output
