@@ -48,15 +48,39 @@ def check_inputs(config: RunConfig) -> Dataset:
     return load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
 
 
+def with_demo_defaults(config: RunConfig) -> RunConfig:
+    """No --model-path / --dataset-path: the prepared demo model and data (or one line on preparing them)."""
+    needs_model = config.model_path is None and config.backend != "api"
+    needs_dataset = config.dataset_path is None
+    if not (needs_model or needs_dataset):
+        return config
+    from mlperf_llama2.demo.prepare import prepared_demo
+
+    demo = prepared_demo(needs_model, needs_dataset)
+    if needs_model:
+        log.info("no --model-path: using the demo model %s", demo.model_dir)
+    if needs_dataset:
+        log.info("no --dataset-path: using the demo dataset %s", demo.dataset)
+        if not needs_model and config.backend != "api":
+            log.warning("the demo dataset is tokenized for the demo model, not for %s", config.model_path)
+    return config.replace(model_path=demo.model_dir if needs_model else config.model_path,
+                          dataset_path=demo.dataset if needs_dataset else config.dataset_path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = parse_config(argv)
     configure_logging(config.verbose)
+    config = with_demo_defaults(config)
     dataset = check_inputs(config)
 
     # LoadGen and the backends are imported only once the inputs are known to be good.
     from mlperf_llama2.backends.registry import create_backend, resolve
     from mlperf_llama2.loadgen.runner import run_test
     from mlperf_llama2.loadgen.settings import build_settings
+    from mlperf_llama2.report.observer import ReportObserver
+    from mlperf_llama2.report.progress import progress_stream
+    from mlperf_llama2.report.run_info import write_run_info
+    from mlperf_llama2.report.summary import build_summary, render_table, write_summary
 
     resolve(config.backend)  # an unknown backend fails before LoadGen or the model start
     settings = build_settings(config)
@@ -67,6 +91,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
              dataset.total_sample_count, config.backend, config.dtype, config.device)
     backend = create_backend(config)
+    write_run_info(settings.output_dir, scenario=config.scenario, accuracy=config.accuracy,
+                   lg_model_name=config.lg_model_name, model_path=config.model_path,
+                   dataset_path=config.dataset_path, max_new_tokens=config.max_new_tokens,
+                   backend=config.backend, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+    expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)
+    observer = ReportObserver(expected, f"{mode} {'accuracy' if config.accuracy else 'performance'}",
+                              progress_stream(not config.progress))
     result = run_test(
         config.scenario,
         backend,
@@ -75,9 +106,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         audit_conf=config.audit_conf,
         max_new_tokens=config.max_new_tokens,
         save_outputs=config.save_outputs,
+        observers=(observer,),
     )
+    observer.finish(settings.output_dir)
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
+    summary = build_summary(settings.output_dir)
+    write_summary(settings.output_dir, summary)
+    print(render_table(summary), flush=True)
     if not result.ok:
         log.error("%s", result.failure_message())
         return EXIT_RUN_FAILED

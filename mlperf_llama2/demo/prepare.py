@@ -72,17 +72,15 @@ def demo_paths() -> DemoPaths:
     return DemoPaths(demo_root())
 
 
-def default_model_and_dataset(model_path: str | None, dataset_path: str | None) -> tuple[str, str]:
-    """main.py's defaults: the prepared demo model / data for whichever of the two was not given."""
-    if model_path and dataset_path:
-        return model_path, dataset_path
+def prepared_demo(needs_model: bool, needs_dataset: bool) -> DemoPaths:
+    """main.py's defaults: the prepared demo paths, or one line naming the missing flag and how to prepare."""
     paths = demo_paths()
     if not paths.ready:
-        missing = "--model-path" if not model_path else "--dataset-path"
-        raise UserError(f"no {missing} given and the demo model and data are not prepared in {paths.root}: {PREPARE_HINT}")
-    if model_path and not dataset_path:
-        log.warning("--dataset-path not given: using the demo data, tokenized for the demo model, not for %s", model_path)
-    return model_path or paths.model_dir, dataset_path or paths.dataset
+        missing = " / ".join(flag for flag, needed in (("--model-path", needs_model), ("--dataset-path", needs_dataset))
+                             if needed)
+        raise UserError(f"no {missing} given and the demo model and data are not prepared in {paths.root}: "
+                        f"{PREPARE_HINT}")
+    return paths
 
 
 def prepare(paths: DemoPaths) -> DemoPaths:

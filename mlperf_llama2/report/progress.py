@@ -1,7 +1,9 @@
 """A live one-line progress bar on stderr for a LoadGen run: samples done/total, generated tokens/s, elapsed, ETA.
 
 Shown only when the stream is a terminal and the user did not pass --no-progress; otherwise every call
-is a no-op, so logs and CI output never contain carriage returns. Backend threads call `update` as
+is a no-op, so logs and CI output never contain carriage returns. A wrapper script that pipes stderr
+into a log file (run_accuracy.sh | tee) sets MLPERF_LLAMA2_PROGRESS_TTY=1: the bar then goes to the
+controlling terminal (/dev/tty) when there is one, and never into the piped log. Backend threads call `update` as
 samples complete; the bar redraws at most every `min_interval_s`. While it is shown, log records
 written to the same stream first clear the bar's line (it is redrawn on the next update), so a log
 line is never glued to the bar. LoadGen's own logs go to files and its summary to stdout: never here.
@@ -10,12 +12,14 @@ line is never glued to the bar. LoadGen's own logs go to files and its summary t
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from typing import Callable, Optional, TextIO
 
 BAR_WIDTH = 24
+TTY_ENV = "MLPERF_LLAMA2_PROGRESS_TTY"
 CLEAR_LINE = "\r\x1b[K"
 
 
@@ -28,6 +32,20 @@ def should_show(stream: TextIO, no_progress: bool) -> bool:
         return bool(isatty and isatty())
     except ValueError:  # closed stream
         return False
+
+
+def progress_stream(no_progress: bool, stderr: TextIO | None = None) -> Optional[TextIO]:
+    """Where the bar goes: stderr when it is a terminal, else /dev/tty if TTY_ENV asks for it, else nowhere."""
+    stderr = stderr if stderr is not None else sys.stderr
+    if should_show(stderr, no_progress):
+        return stderr
+    if no_progress or os.environ.get(TTY_ENV) != "1":
+        return None
+    try:
+        tty = open("/dev/tty", "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the run's bar
+    except OSError:
+        return None
+    return tty if should_show(tty, False) else None
 
 
 def format_duration(seconds: Optional[float]) -> str:
