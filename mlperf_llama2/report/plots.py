@@ -86,13 +86,19 @@ def plot_throughput(timings: Sequence[SampleTiming], out_dir: str) -> Optional[s
         return None
     start = min(t.issued_s for t in timings)
     end = max(t.completed_s for t in timings)
-    window = max((end - start) / THROUGHPUT_WINDOWS, 1e-3)
+    # Batched runs complete samples in bursts: a window at least as long as the longest gap between
+    # completions keeps the rate from alternating between zero and a spike.
+    done = sorted(t.completed_s for t in timings)
+    longest_gap = max(b - a for a, b in zip(done, done[1:]))
+    window = max((end - start) / THROUGHPUT_WINDOWS, longest_gap * 1.01, 1e-3)
     counts = [0] * (int((end - start) / window) + 1)
     for t in timings:
         counts[int((t.completed_s - start) / window)] += t.n_tokens
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.step([i * window for i in range(len(counts))], [c / window for c in counts], where="post")
+    rates = [c / window for c in counts]
+    ax.step([i * window for i in range(len(counts) + 1)], rates + rates[-1:], where="post")
+    ax.set_ylim(bottom=0)
     total = sum(t.n_tokens for t in timings)
     ax.axhline(total / max(end - start, 1e-9), color="tab:green", linestyle="--",
                label=f"run mean {total / max(end - start, 1e-9):.1f} tok/s")
