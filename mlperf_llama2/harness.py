@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from mlperf_llama2.config import RunConfig, build_parser
 from mlperf_llama2.data.dataset import Dataset, load_dataset
 from mlperf_llama2.errors import UserError, configure_logging
+
+if TYPE_CHECKING:
+    from mlperf_llama2.loadgen.runner import RunResult
+    from mlperf_llama2.loadgen.sut import RunObserver
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,10 @@ def check_inputs(config: RunConfig) -> Dataset:
 
         check_model_dir(config.model_path)
         vocab_size = read_model_info(config.model_path).vocab_size
+    if config.quant.enabled:
+        from mlperf_llama2.quant.setup import plan_quantization
+
+        plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
     if config.save_outputs is not None:
         parent = os.path.dirname(os.path.abspath(config.save_outputs))
         try:
@@ -67,10 +75,12 @@ def with_demo_defaults(config: RunConfig) -> RunConfig:
                           dataset_path=demo.dataset if needs_dataset else config.dataset_path)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    config = parse_config(argv)
-    configure_logging(config.verbose)
-    config = with_demo_defaults(config)
+def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResult":
+    """Check the inputs, build LoadGen settings and the backend, run LoadGen; observers see each sample.
+
+    Beside LoadGen's logs it also writes run_info.json and sample_timings.csv (for the summary and plots),
+    and it shows the live progress bar when stderr is a terminal.
+    """
     dataset = check_inputs(config)
 
     # LoadGen and the backends are imported only once the inputs are known to be good.
@@ -80,7 +90,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mlperf_llama2.report.observer import ReportObserver
     from mlperf_llama2.report.progress import progress_stream
     from mlperf_llama2.report.run_info import write_run_info
-    from mlperf_llama2.report.summary import build_summary, render_table, write_summary
 
     resolve(config.backend)  # an unknown backend fails before LoadGen or the model start
     settings = build_settings(config)
@@ -96,8 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    dataset_path=config.dataset_path, max_new_tokens=config.max_new_tokens,
                    backend=config.backend, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
     expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)
-    observer = ReportObserver(expected, f"{mode} {'accuracy' if config.accuracy else 'performance'}",
-                              progress_stream(not config.progress))
+    report = ReportObserver(expected, f"{mode} {'accuracy' if config.accuracy else 'performance'}",
+                            progress_stream(not config.progress))
     result = run_test(
         config.scenario,
         backend,
@@ -105,14 +114,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings,
         audit_conf=config.audit_conf,
         max_new_tokens=config.max_new_tokens,
+        observers=(report, *observers),
         save_outputs=config.save_outputs,
-        observers=(observer,),
     )
-    observer.finish(settings.output_dir)
+    report.finish(settings.output_dir)
+    quant_report = getattr(backend, "quant_report", None)
+    if quant_report is not None:
+        log.info("%s; int8 mode approximates: %s", quant_report.summary(),
+                 "; ".join(quant_report.approximations) or "nothing")
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = parse_config(argv)
+    configure_logging(config.verbose)
+    result = run(with_demo_defaults(config))
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
-    summary = build_summary(settings.output_dir)
-    write_summary(settings.output_dir, summary)
+    from mlperf_llama2.report.summary import build_summary, render_table, write_summary
+
+    summary = build_summary(result.log_dir)
+    write_summary(result.log_dir, summary)
     print(render_table(summary), flush=True)
     if not result.ok:
         log.error("%s", result.failure_message())

@@ -23,6 +23,8 @@ BackendFactory = Callable[["RunConfig"], "Backend"]
 
 _FACTORIES: dict[str, str | BackendFactory] = {
     "reference": "mlperf_llama2.backends.reference:create_reference_backend",
+    "engine": "mlperf_llama2.backends.engine:create_engine_backend",
+    "api": "mlperf_llama2.backends.api:create_api_backend",
 }
 
 

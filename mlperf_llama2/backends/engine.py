@@ -1,0 +1,107 @@
+"""The `engine` backend: LoadGen's requests go straight into the continuous-batching engine.
+
+`submit` only enqueues (never blocks the issue thread); the engine's loop thread admits requests as
+they arrive, so Offline puts every sample of a query in flight at once and Server admits queries
+as they come. The first generated token is reported the moment it exists (`streams_first_token`),
+then the whole output once the sequence ends. Interactive is the same code with its own limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence as Seq
+
+import torch
+
+from mlperf_llama2 import constants
+from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
+from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.engine.llm_engine import LLMEngine
+from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+
+if TYPE_CHECKING:
+    from mlperf_llama2.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class EngineBackend(Backend):
+    name = "engine"
+    streams_first_token = True
+
+    def __init__(self, engine: LLMEngine, forced_output_lengths: Optional[Mapping[int, int]] = None) -> None:
+        """`forced_output_lengths` (benchmarks and tests only): sample index -> exact output length, EOS ignored."""
+        self.engine = engine
+        self.forced_output_lengths = forced_output_lengths
+        self._sink: Optional[ResultSink] = None
+        self._lock = threading.Lock()
+        self._outstanding: dict[int, GenerationRequest] = {}
+        self._started = False
+        self._error: Optional[BaseException] = None
+
+    @classmethod
+    def from_pretrained(cls, model_path: str, config: EngineConfig = EngineConfig(), device: str = "cpu",
+                        dtype: str = "float32") -> "EngineBackend":
+        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype]))
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.engine.eos_token_id
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.engine.runner.model.shape.vocab_size
+
+    def start(self, sink: ResultSink) -> None:
+        if self._started:
+            return
+        self._sink = sink
+        self.engine.start_loop(self._on_first_token, self._on_finished, self._on_error)
+        self._started = True
+
+    def submit(self, requests: Seq[GenerationRequest]) -> None:
+        if self._error is not None:  # the loop is gone: fail at once rather than leave LoadGen waiting
+            for req in requests:
+                self._sink.fail(req.request_id, self._error)
+            return
+        with self._lock:
+            for req in requests:
+                self._outstanding[req.request_id] = req
+        for req in requests:
+            self.engine.add_request(req.request_id, req.prompt, self._params(req))
+
+    def _params(self, req: GenerationRequest) -> SamplingParams:
+        if self.forced_output_lengths is not None:
+            n = self.forced_output_lengths[req.sample_index]
+            return SamplingParams(max_new_tokens=n, min_new_tokens=min(n, constants.MIN_NEW_TOKENS), ignore_eos=True)
+        return SamplingParams(max_new_tokens=req.max_new_tokens, min_new_tokens=constants.MIN_NEW_TOKENS)
+
+    def _on_first_token(self, seq: Sequence, token: int) -> None:
+        self._sink.first_token(seq.request_id, token)
+
+    def _on_finished(self, seq: Sequence) -> None:
+        with self._lock:
+            self._outstanding.pop(seq.request_id, None)
+        self._sink.complete(seq.request_id, list(seq.output))
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._error = exc
+        with self._lock:
+            failed, self._outstanding = list(self._outstanding), {}
+        for request_id in failed:
+            self._sink.fail(request_id, exc)
+
+    def stop(self) -> None:
+        if self._started:
+            self.engine.stop_loop()
+            self._started = False
+
+
+def create_engine_backend(config: "RunConfig") -> EngineBackend:
+    """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
+    if config.tensor_parallel != 1 or config.data_parallel != 1:
+        log.warning("the engine runs one replica on one device; --tensor-parallel/--data-parallel ignored")
+    return EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype)

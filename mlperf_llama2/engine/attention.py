@@ -1,0 +1,118 @@
+"""Attention over the paged KV cache: write new keys/values, then prefill and decode attention.
+
+The cache of one layer is `k_cache, v_cache: [num_slots, num_kv_heads, head_dim]` (slot = block *
+block_size + offset). A step's tokens are flattened, decodes first: the first `num_decodes` rows
+each attend to their whole context through the block table (a Triton kernel on CUDA, a gather plus
+SDPA on CPU); the remaining rows are prefill chunks that attend causally to their cached prefix and
+themselves (FlashAttention varlen on CUDA in fp16/bf16, SDPA per sequence otherwise). GQA is handled inside the
+kernels: key/value heads are never repeated in memory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+try:
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+    _VARLEN_GQA = "enable_gqa" in inspect.signature(_varlen_attn).parameters
+except ImportError:  # older torch: SDPA per sequence
+    _varlen_attn = None
+    _VARLEN_GQA = False
+
+
+@dataclass
+class AttentionMetadata:
+    """Everything attention needs about one step's flattened tokens (tensors on the model's device)."""
+
+    slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token
+    num_decodes: int
+    block_size: int
+    # decode rows [0, num_decodes)
+    block_tables: Optional[torch.Tensor] = None  # [num_decodes, max_blocks] int32
+    context_lens: Optional[torch.Tensor] = None  # [num_decodes] int32, new token included
+    # prefill rows [num_decodes, T)
+    cu_seqlens_q: Optional[torch.Tensor] = None  # [P + 1] int32
+    cu_seqlens_k: Optional[torch.Tensor] = None  # [P + 1] int32
+    max_seqlen_q: int = 0
+    max_seqlen_k: int = 0
+    context_slots: Optional[torch.Tensor] = None  # [sum k] int64: slots of each prefill's whole context; None: no prefix
+    prefill_q_lens: tuple[int, ...] = ()  # host copies, CPU path
+    prefill_k_lens: tuple[int, ...] = ()
+    decode_context_slots: Optional[torch.Tensor] = None  # [sum ctx] int64, CPU decode path only
+    decode_context_lens: tuple[int, ...] = ()
+
+
+def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    # k, v: [T, KV, D]; caches: [S, KV, D]
+    k_cache.index_copy_(0, slot_mapping, k)
+    v_cache.index_copy_(0, slot_mapping, v)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [T, H, D]; k, v: [T, KV, D] (already stored in the cache). Returns [T, H, D]."""
+    nd = meta.num_decodes
+    if nd == q.shape[0]:
+        return _decode(q, k_cache, v_cache, meta, scale)
+    if nd == 0:
+        return _prefill(q, k, v, k_cache, v_cache, meta, scale)
+    return torch.cat([
+        _decode(q[:nd], k_cache, v_cache, meta, scale),
+        _prefill(q[nd:], k[nd:], v[nd:], k_cache, v_cache, meta, scale),
+    ])
+
+
+def _decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    if q.is_cuda:
+        from mlperf_llama2.engine.paged_decode_triton import paged_decode_attention
+
+        return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
+                                      meta.block_size)
+    # CPU: gather each sequence's context from its blocks, then SDPA (one query row per sequence).
+    k_all = k_cache.index_select(0, meta.decode_context_slots)
+    v_all = v_cache.index_select(0, meta.decode_context_slots)
+    outs, start = [], 0
+    for i, n in enumerate(meta.decode_context_lens):
+        outs.append(_sdpa(q[i:i + 1], k_all[start:start + n], v_all[start:start + n], scale, causal=False))
+        start += n
+    return torch.cat(outs)
+
+
+def _prefill(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    if meta.context_slots is not None:  # some chunk has a cached prefix: attend to the whole context
+        k = k_cache.index_select(0, meta.context_slots)
+        v = v_cache.index_select(0, meta.context_slots)
+    if q.is_cuda and _varlen_attn is not None and q.dtype in (torch.float16, torch.bfloat16):
+        extra = {"enable_gqa": True} if _VARLEN_GQA else {}
+        # window (-1, 0) = causal, aligned to the end of the keys (queries are the last q_len of k_len)
+        return _varlen_attn(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q, meta.max_seqlen_k,
+                            scale=scale, window_size=(-1, 0), **extra)
+    outs, qs, ks = [], 0, 0
+    for q_len, k_len in zip(meta.prefill_q_lens, meta.prefill_k_lens):
+        outs.append(_sdpa(q[qs:qs + q_len], k[ks:ks + k_len], v[ks:ks + k_len], scale, causal=True))
+        qs += q_len
+        ks += k_len
+    return torch.cat(outs)
+
+
+def _sdpa(q, k, v, scale: float, causal: bool) -> torch.Tensor:
+    """One sequence. q: [Lq, H, D]; k, v: [Lk, KV, D]; the queries are the last Lq positions of Lk."""
+    lq, lk = q.shape[0], k.shape[0]
+    mask = None
+    if causal and lq > 1:
+        # query i sits at key position lk - lq + i and sees keys up to it
+        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )  # [H, Lq, D]
+    return out.transpose(0, 1)

@@ -1,0 +1,195 @@
+"""A Llama decoder for the engine: fused QKV and gate/up Linears, RoPE as the checkpoint's config says.
+
+Numerically it follows transformers' LlamaForCausalLM step by step (RMSNorm in fp32 then cast,
+rotate-half RoPE with cos/sin cast to the model dtype, SiLU-gated MLP) so greedy tokens match
+`generate`. Token rows are flattened across sequences ([T, hidden]); attention goes through the
+paged KV cache (`attention.py`). The Linears are plain `nn.Linear`s so a quantization handler can
+swap them. Weights load from a transformers state dict (`load_hf_weights`), fusing as they come.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from mlperf_llama2.engine.attention import AttentionMetadata, attention, store_kv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    @classmethod
+    def from_hf_config(cls, cfg) -> "LlamaShape":
+        heads = cfg.num_attention_heads
+        return cls(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+            num_layers=cfg.num_hidden_layers, num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            rms_norm_eps=cfg.rms_norm_eps, max_position_embeddings=cfg.max_position_embeddings,
+            tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+            attention_bias=bool(getattr(cfg, "attention_bias", False)),
+            mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
+        )
+
+
+def rope_cos_sin(hf_config, max_positions: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: [max_positions, head_dim] in `dtype`, from transformers' own RoPE initialisation.
+
+    Using transformers' `LlamaRotaryEmbedding` for inv_freq and attention scaling makes every
+    static scaling type (linear, llama3, yarn, ...) match the checkpoint's config exactly.
+    """
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rotary = LlamaRotaryEmbedding(config=hf_config)
+    if rotary.rope_type == "dynamic":
+        raise ValueError("rope_scaling type 'dynamic' changes with sequence length; the engine does not support it")
+    inv_freq = rotary.inv_freq.to(device=device, dtype=torch.float32)  # [D/2]
+    positions = torch.arange(max_positions, device=device, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq[None, :]  # [P, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [P, D]
+    return (emb.cos() * rotary.attention_scaling).to(dtype), (emb.sin() * rotary.attention_scaling).to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [T, heads, D]; cos, sin: [T, D]
+    return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, s: LlamaShape) -> None:
+        super().__init__()
+        self.s = s
+        self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.qkv_proj = nn.Linear(s.hidden_size, (s.num_heads + 2 * s.num_kv_heads) * s.head_dim, bias=s.attention_bias)
+        self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=s.attention_bias)
+        self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.gate_up_proj = nn.Linear(s.hidden_size, 2 * s.intermediate_size, bias=s.mlp_bias)
+        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=s.mlp_bias)
+        self.scale = s.head_dim ** -0.5
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        s = self.s
+        t = h.shape[0]
+        x = self.input_layernorm(h)
+        q, k, v = self.qkv_proj(x).split(
+            [s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim], dim=-1)
+        q = apply_rope(q.view(t, s.num_heads, s.head_dim), cos, sin)  # [T, H, D]
+        k = apply_rope(k.view(t, s.num_kv_heads, s.head_dim), cos, sin)  # [T, KV, D]
+        v = v.view(t, s.num_kv_heads, s.head_dim)
+        store_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        o = attention(q, k, v, k_cache, v_cache, meta, self.scale)  # [T, H, D]
+        h = h + self.o_proj(o.reshape(t, s.num_heads * s.head_dim))
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(h)).chunk(2, dim=-1)
+        return h + self.down_proj(nn.functional.silu(gate) * up)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, s: LlamaShape) -> None:
+        super().__init__()
+        self.shape = s
+        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(s) for _ in range(s.num_layers))
+        self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+
+    def set_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions: [T]; kv_cache: [2, L, S, KV, D]. Returns final hidden states [T, hidden]."""
+        h = self.embed_tokens(input_ids)  # [T, hidden]
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, D]
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, kv_cache[0, i], kv_cache[1, i], meta)
+        return h
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, hidden] -> logits [N, vocab] in the model dtype (what transformers' generate argmaxes)."""
+        return self.lm_head(self.norm(hidden))
+
+
+def load_hf_weights(model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Copy a transformers Llama state dict (name, tensor) into `model`, fusing q/k/v and gate/up."""
+    s = model.shape
+    q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+    fused = {
+        "q_proj": ("qkv_proj", 0, q_size), "k_proj": ("qkv_proj", q_size, kv_size),
+        "v_proj": ("qkv_proj", q_size + kv_size, kv_size),
+        "gate_proj": ("gate_up_proj", 0, s.intermediate_size),
+        "up_proj": ("gate_up_proj", s.intermediate_size, s.intermediate_size),
+    }
+    params = dict(model.named_parameters())
+    seen: set[str] = set()
+    with torch.no_grad():
+        for name, tensor in weights:
+            if name.endswith("rotary_emb.inv_freq"):
+                continue
+            target = name.removeprefix("model.")
+            parts = target.split(".")
+            if len(parts) >= 4 and parts[0] == "layers" and parts[3] in fused:
+                dest, offset, size = fused[parts[3]]
+                target = ".".join(parts[:2] + [dest, parts[-1]])
+                params[target][offset:offset + size].copy_(tensor)
+                seen.add(f"{target}@{offset}")
+                continue
+            target = target.replace("self_attn.", "").replace("mlp.", "")
+            if target not in params:
+                raise ValueError(f"unexpected weight in checkpoint: {name}")
+            params[target].copy_(tensor)
+            seen.add(target)
+    if s.tie_word_embeddings and "lm_head.weight" not in seen:
+        model.lm_head.weight = model.embed_tokens.weight
+        seen.add("lm_head.weight")
+    expected: set[str] = set()
+    for n in params:
+        parts = n.split(".")
+        dest = parts[2] if len(parts) == 4 else ""
+        offsets = sorted({off for d, off, _ in fused.values() if d == dest})
+        if offsets:
+            expected.update(f"{n}@{off}" for off in offsets)
+        else:
+            expected.add(n)
+    missing = sorted(expected - seen)
+    if missing:
+        raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")

@@ -1,0 +1,151 @@
+"""The engine's front: add requests, step (schedule -> run -> postprocess), or run a background loop.
+
+Token ids in, token ids out; the engine knows nothing of tokenizers or LoadGen. `step()` returns
+the step's events (a first token, a finished sequence). `start_loop` runs steps on a background
+thread, admitting requests added from other threads as they arrive, and reports events through
+two callbacks (called on the loop thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence as Seq
+
+import torch
+
+from mlperf_llama2 import constants
+from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.engine.block_manager import BlockManager
+from mlperf_llama2.engine.model_runner import ModelRunner
+from mlperf_llama2.engine.scheduler import ScheduledBatch, Scheduler
+from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+
+log = logging.getLogger(__name__)
+
+MAX_MODEL_LEN = constants.INPUT_TOKEN_LIMIT + constants.MAX_NEW_TOKENS
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    seq: Sequence
+    first_token: Optional[int]  # set when this step produced the sequence's first token
+    finished: bool
+
+
+class LLMEngine:
+    def __init__(self, runner: ModelRunner, config: EngineConfig, eos_token_id: int,
+                 max_model_len: int = MAX_MODEL_LEN) -> None:
+        self.runner = runner
+        self.config = config
+        self.eos_token_id = eos_token_id
+        self.scheduler = Scheduler(BlockManager(runner.num_blocks, config.block_size), config.max_num_seqs,
+                                   config.max_num_batched_tokens, max_model_len)
+        self._inbox: list[Sequence] = []
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self._arrivals = 0
+        self.num_steps = 0
+        self.num_generated = 0
+
+    @classmethod
+    def from_pretrained(cls, model_path: str, config: EngineConfig, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "LLMEngine":
+        from mlperf_llama2.engine.weights import load_checkpoint
+
+        dev = torch.device(device)
+        model, hf_config = load_checkpoint(model_path, dev, dtype, MAX_MODEL_LEN)
+        eos = hf_config.eos_token_id
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        if eos is None:
+            raise ValueError(f"{model_path}: config.json has no eos_token_id; the engine needs one to stop")
+        return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype), config, eos)
+
+    # ---- requests -----------------------------------------------------------------------------
+    def add_request(self, request_id: int, prompt: Seq[int], params: SamplingParams) -> Sequence:
+        """Thread-safe: the sequence joins the scheduler at the start of the next step."""
+        with self._cond:
+            seq = Sequence.create(request_id, prompt, params, self._arrivals)
+            self._arrivals += 1
+            self._inbox.append(seq)
+            self._cond.notify()
+        return seq
+
+    def _admit_inbox(self) -> None:
+        with self._cond:
+            arrived, self._inbox = self._inbox, []
+        for seq in arrived:
+            self.scheduler.add(seq)
+
+    def has_work(self) -> bool:
+        with self._cond:
+            return bool(self._inbox) or self.scheduler.has_work()
+
+    # ---- one step -----------------------------------------------------------------------------
+    def step(self) -> list[StepEvent]:
+        self._admit_inbox()
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        tokens = self.runner.run(batch)
+        self.num_steps += 1
+        return self._postprocess(batch, tokens)
+
+    def _postprocess(self, batch: ScheduledBatch, tokens: list[int]) -> list[StepEvent]:
+        events = []
+        for (seq, n), token in zip(batch.items, tokens):
+            seq.num_computed_tokens += n
+            if seq.num_computed_tokens < seq.num_tokens:
+                continue  # a partial prefill chunk: no token yet
+            first = not seq.output
+            finished = seq.append(token, self.eos_token_id)
+            self.num_generated += 1
+            if finished:
+                self.scheduler.finish(seq)
+            if first or finished:
+                events.append(StepEvent(seq, token if first else None, finished))
+        return events
+
+    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams]) -> list[list[int]]:
+        """Run the given prompts to completion on the calling thread; outputs in prompt order."""
+        plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        seqs = [self.add_request(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, plist))]
+        while self.has_work():
+            self.step()
+        return [seq.output for seq in seqs]
+
+    # ---- background loop ----------------------------------------------------------------------
+    def start_loop(self, on_first_token: Callable[[Sequence, int], None],
+                   on_finished: Callable[[Sequence], None],
+                   on_error: Callable[[BaseException], None]) -> None:
+        self._stopping = False
+
+        def loop() -> None:
+            try:
+                while True:
+                    with self._cond:
+                        while not self._stopping and not self._inbox and not self.scheduler.has_work():
+                            self._cond.wait()
+                        if self._stopping:
+                            return
+                    for event in self.step():
+                        if event.first_token is not None:
+                            on_first_token(event.seq, event.first_token)
+                        if event.finished:
+                            on_finished(event.seq)
+            except BaseException as exc:  # noqa: BLE001 - reported to the owner, who fails the requests
+                log.exception("engine loop failed")
+                on_error(exc)
+
+        self._thread = threading.Thread(target=loop, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def stop_loop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

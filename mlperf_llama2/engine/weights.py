@@ -1,0 +1,68 @@
+"""Building the engine's Llama: from a transformers checkpoint (safetensors) or with random weights.
+
+`load_checkpoint` reads config.json with transformers' AutoConfig and streams the safetensors
+shards into the fused model on the target device. `random_model` builds real shapes directly on
+the device (benchmarks; no checkpoint needed).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import torch
+
+from mlperf_llama2.engine.llama import LlamaForCausalLM, LlamaShape, RMSNorm, load_hf_weights, rope_cos_sin
+
+log = logging.getLogger(__name__)
+
+
+def empty_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int) -> LlamaForCausalLM:
+    """The model in the config's shapes, uninitialised on `device` (RMSNorm weights one), RoPE tables set."""
+    shape = LlamaShape.from_hf_config(hf_config)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(shape)
+    model = model.to_empty(device=device).to(dtype)
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.weight.data.fill_(1.0)
+    model.set_rope(*rope_cos_sin(hf_config, max(max_positions, 1), dtype, device))
+    return model.eval().requires_grad_(False)
+
+
+def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, max_positions: int):
+    """Returns (model, hf_config) for a local transformers Llama checkpoint in safetensors."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(model_path)
+    if hf_config.model_type != "llama":
+        raise ValueError(f"{model_path}: model_type {hf_config.model_type!r}; the engine runs Llama checkpoints only")
+    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not files:
+        raise ValueError(f"{model_path}: no *.safetensors files; the engine loads safetensors checkpoints only")
+    model = empty_model(hf_config, device, dtype, max_positions)
+
+    def tensors():
+        for path in files:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+
+    load_hf_weights(model, tensors())
+    log.info("loaded %s (%d layers, %s) on %s", model_path, model.shape.num_layers, dtype, device)
+    return model, hf_config
+
+
+def random_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int,
+                 init_std: float = 0.02, seed: int = 0) -> LlamaForCausalLM:
+    """Random weights N(0, init_std) in the config's shapes, made on `device` (RMSNorm weights one)."""
+    model = empty_model(hf_config, device, dtype, max_positions)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            p.data.normal_(0.0, init_std, generator=gen)
+        elif name.endswith("bias"):
+            p.data.zero_()
+    return model

@@ -1,0 +1,266 @@
+"""Engine benchmark (PERF.md): random-weight Llama shapes built on the device, engine vs transformers generate.
+
+One invocation measures, side by side on the same weights, prompts and forced output lengths:
+  * fidelity: greedy outputs of the engine vs `generate` (fraction identical, first divergences);
+  * Offline PerformanceOnly throughput through LoadGen -> SUT of the reference-style backend
+    (`generate`, left-padded static batches run to their longest member) at each batch size asked,
+    and of the engine backend (everything in flight);
+  * a Server sweep of the engine: Poisson arrivals at each QPS, p99 TTFT/TPOT against 2 s/200 ms
+    and 450/40 ms.
+It prints a table and writes bench.json into --out. The synthetic lengths are documented in
+docs/engine.md (`synthetic_lengths`).
+
+  python3 tools/bench.py --shape 7b --samples 2048 --ref-samples 64 --ref-batch-sizes 64 --kernel-bench \
+      --server-qps 17,20 --server-seconds 25 --out /tmp/b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mlperf_llama2 import constants  # noqa: E402
+from mlperf_llama2.config import EngineConfig  # noqa: E402
+from mlperf_llama2.engine.llama import load_hf_weights  # noqa: E402
+from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
+from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
+from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
+from mlperf_llama2.engine.weights import empty_model, random_model  # noqa: E402
+from mlperf_llama2.backends.engine import EngineBackend  # noqa: E402
+
+from bench_paths import (  # noqa: E402
+    ForcedLengthReference, build_hf, first_divergence, hf_generate, kernel_bench, loadgen_offline, server_sweep,
+    step_profile,
+)
+
+log = logging.getLogger("bench")
+
+SHAPES = {  # PERF.md's real shapes; vocab 32000
+    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=2),
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32),
+    "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8),
+}
+HBM_BYTES_PER_S, MATMUL_FLOP_PER_S = 4.3e12, 790e12  # measured on the H200 (PERF.md)
+
+
+def synthetic_lengths(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt and output token lengths standing in for processed OpenOrca (docs/engine.md).
+
+    Prompts: lognormal, median 395, sigma 0.7, clipped to 16..1023 (mean ~465).
+    Outputs: lognormal, median 224, sigma 0.8, clipped to 2..1024 (mean ~294, the reference's).
+    """
+    rng = np.random.default_rng(seed)
+    prompt = np.clip(np.rint(rng.lognormal(math.log(395), 0.7, n)), 16, constants.INPUT_TOKEN_LIMIT - 1)
+    output = np.clip(np.rint(rng.lognormal(math.log(224), 0.8, n)), 2, constants.MAX_NEW_TOKENS)
+    return prompt.astype(int), output.astype(int)
+
+
+def synthetic_prompts(lengths: np.ndarray, vocab: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed + 1)
+    return [[constants.LLAMA2_BOS_TOKEN] + rng.integers(3, vocab, int(n) - 1).tolist() for n in lengths]
+
+
+def hf_config_for(shape: str, layers: int | None):
+    from transformers import LlamaConfig
+
+    dims = dict(SHAPES[shape])
+    if layers:
+        dims["num_hidden_layers"] = layers
+    return LlamaConfig(vocab_size=constants.LLAMA2_VOCAB_SIZE, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                       bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **dims)
+
+
+def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: float, dtype_bytes: int) -> float:
+    """Upper bound: prefill at the matmul peak, decode at the copy bandwidth (weights once a step + KV)."""
+    params = 2 * cfg.hidden_size * cfg.hidden_size * (1 + cfg.num_key_value_heads / cfg.num_attention_heads) \
+        + 3 * cfg.hidden_size * cfg.intermediate_size
+    params = params * cfg.num_hidden_layers + 2 * cfg.vocab_size * cfg.hidden_size
+    kv_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) \
+        * dtype_bytes
+    prefill_s = 2 * params * prompt.sum() / MATMUL_FLOP_PER_S
+    steps = output.sum() / batch
+    kv_bytes = (prompt * output + output * output / 2).sum() * kv_token
+    decode_s = (steps * params * dtype_bytes + kv_bytes) / HBM_BYTES_PER_S
+    return float(output.sum() / (prefill_s + decode_s))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
+    ap.add_argument("--layers", type=int, default=None, help="override the layer count (e.g. a reduced 70B)")
+    ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--samples", type=int, default=2048, help="engine Offline samples")
+    ap.add_argument("--ref-samples", type=int, default=64, help="reference Offline samples (0: skip)")
+    ap.add_argument("--ref-batch-sizes", default="64")
+    ap.add_argument("--fidelity-prompts", type=int, default=32, help="prompts compared with generate (0: skip)")
+    ap.add_argument("--fidelity-tokens", type=int, default=32)
+    ap.add_argument("--init-std", type=float, default=0.02, help="random weight std (larger: more chaotic, see docs)")
+    ap.add_argument("--server-qps", default="", help="comma-separated QPS points for the Server sweep")
+    ap.add_argument("--server-seconds", type=float, default=60.0)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
+    ap.add_argument("--output-cap", type=int, default=None, help="clip drawn output lengths (quick smoke runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.weights == "int8":
+        raise SystemExit("bench: --weights int8 needs the quant helper's int8 Linears, not on this branch yet")
+    os.makedirs(args.out, exist_ok=True)
+    lg_dir = tempfile.mkdtemp(prefix="bench-loadgen-")
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    cfg = hf_config_for(args.shape, args.layers)
+    result: dict = {"args": vars(args), "rows": []}
+
+    def save() -> None:  # after every section, so a run cut short keeps what it measured
+        with open(os.path.join(args.out, "bench.json"), "w") as fh:
+            json.dump(result, fh, indent=1, default=float)
+
+    p_len, o_len = synthetic_lengths(args.samples, args.seed)
+    if args.output_cap:
+        o_len = np.minimum(o_len, args.output_cap)
+    prompts = synthetic_prompts(p_len, cfg.vocab_size, args.seed)
+    forced = {i: int(n) for i, n in enumerate(o_len)}
+    result["workload"] = {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())}
+    if args.kernel_bench and device.type == "cuda":
+        result["kernels"] = kernel_bench(device)
+        for row in result["kernels"]:
+            log.info("kernel %s", row)
+        save()
+
+    hf_ref = None
+    if args.ref_samples > 0 or args.fidelity_prompts > 0:
+        hf = build_hf(cfg, device, dtype, args.init_std, args.seed)
+        if args.fidelity_prompts:
+            n = args.fidelity_prompts
+            hf_ref, _ = hf_generate(hf, prompts[:n], [args.fidelity_tokens] * n, batch_size=1)
+            # the noise floor: generate against itself, left-padded batches of 16 vs one prompt at a time
+            hf_padded, _ = hf_generate(hf, prompts[:n], [args.fidelity_tokens] * n, batch_size=16)
+        backend = None
+        for bs in [int(b) for b in args.ref_batch_sizes.split(",") if b] if args.ref_samples else []:
+            m = args.ref_samples
+            backend = ForcedLengthReference(hf, o_len, eos_token_id=cfg.eos_token_id, vocab_size=cfg.vocab_size,
+                                            batch_size=bs)
+            run = loadgen_offline(backend, prompts[:m], os.path.join(lg_dir, f"reference_{bs}"))
+            if run["failures"]:
+                log.warning("reference batch %d failed (%d samples; out of memory?)", bs, run["failures"])
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            result["rows"].append({"backend": "reference", "batch": bs, "samples": m, "path": "loadgen",
+                                   "tokens_per_s": float(o_len[:m].sum() / run["wall_s"]), **run})
+            log.info("reference bs %d: %.0f tok/s", bs, result["rows"][-1]["tokens_per_s"])
+            save()
+        model = empty_model(cfg, device, dtype, MAX_MODEL_LEN)
+        load_hf_weights(model, hf.state_dict().items())
+        del hf, backend  # the reference backend holds the model too: free it before the KV cache is sized
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    else:
+        model = random_model(cfg, device, dtype, MAX_MODEL_LEN, args.init_std, args.seed)
+
+    econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                         num_kv_blocks=None if device.type == "cuda" else 4096)
+    t = time.perf_counter()
+    engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
+                       cfg.eos_token_id)
+    result["engine_setup_s"] = time.perf_counter() - t
+
+    if hf_ref is not None:
+        outs = engine.generate(prompts[:len(hf_ref)], SamplingParams(args.fidelity_tokens))
+        div = [first_divergence(a, b) for a, b in zip(outs, hf_ref)]
+        same = sum(d is None for d in div)
+        floor = [first_divergence(a, b) for a, b in zip(hf_padded, hf_ref)]
+        result["fidelity"] = {"prompts": len(div), "identical": same, "fraction": same / len(div),
+                              "first_divergence": [d for d in div if d is not None], "init_std": args.init_std,
+                              "generate_padded_vs_unpadded_identical": sum(d is None for d in floor),
+                              "generate_padded_vs_unpadded_divergence": [d for d in floor if d is not None]}
+        log.info("fidelity: %d/%d identical; first divergences at %s", same, len(div),
+                 result["fidelity"]["first_divergence"])
+        save()
+
+    engine.generate(prompts[:32], SamplingParams(8, ignore_eos=True))  # warm-up
+    step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
+    run_step = engine.runner.run
+
+    def timed_run(batch):  # run() ends in a host read of the tokens, so wall time is the step's time
+        t0 = time.perf_counter()
+        out = run_step(batch)
+        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0,
+                         batch.num_decodes))
+        return out
+
+    engine.runner.run = timed_run
+    steps0 = engine.num_steps
+    run = loadgen_offline(EngineBackend(engine, forced_output_lengths=forced), prompts,
+                          os.path.join(lg_dir, "engine"))
+    engine.runner.run = run_step
+    tps = float(o_len.sum() / run["wall_s"])
+    kv_capacity = engine.runner.num_blocks * econf.block_size
+    live = min(args.max_num_seqs, kv_capacity / float(p_len.mean() + o_len.mean()))
+    roof = roofline_tokens_per_s(cfg, p_len, o_len, live, dtype.itemsize)
+    result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
+                           "tokens_per_s": tps, **run, "steps": engine.num_steps - steps0,
+                           "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
+                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
+                           "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
+    log.info("engine: %.0f tok/s (%d steps)", tps, engine.num_steps - steps0)
+    save()
+
+    for qps in [float(q) for q in args.server_qps.split(",") if q]:
+        row = server_sweep(engine, prompts, o_len, qps, args.server_seconds, args.seed)
+        row["meets_server"] = (row["ttft_p99_ms"] <= constants.SERVER_TTFT_MS
+                               and row["tpot_p99_ms"] <= constants.SERVER_TPOT_MS)
+        row["meets_interactive"] = (row["ttft_p99_ms"] <= constants.INTERACTIVE_TTFT_MS
+                                    and row["tpot_p99_ms"] <= constants.INTERACTIVE_TPOT_MS)
+        result.setdefault("server", []).append(row)
+        log.info("server %s", row)
+        save()
+    print_table(args, cfg, dtype, p_len, o_len, result, roof)
+    save()
+    return 0
+
+
+def print_table(args, cfg, dtype, p_len, o_len, result, roof) -> None:
+    best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
+    print(f"\nshape {args.shape} layers {cfg.num_hidden_layers} {dtype}; prompts mean {p_len.mean():.0f}, "
+          f"outputs mean {o_len.mean():.0f}; LoadGen Offline PerformanceOnly")
+    print(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
+    for r in result["rows"]:
+        ratio = f"{r['tokens_per_s'] / best_ref:.2f}x" if best_ref else "-"
+        print(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"
+              f"{r['tokens_per_s'] / roof:>10.0%}")
+    for row in result.get("server", []):
+        print(f"server qps {row['qps']:>6.2f}: {row['tokens_per_s']:.0f} tok/s, p99 TTFT {row['ttft_p99_ms']:.0f} ms, "
+              f"p99 TPOT {row['tpot_p99_ms']:.1f} ms, server {'ok' if row['meets_server'] else 'no'}, "
+              f"interactive {'ok' if row['meets_interactive'] else 'no'}")
+    for row in result.get("kernels", []):
+        print(f"kernel {row['kernel']:<15} H {row['heads']:>2} KV {row['kv_heads']:>2} ctx {row['context']:>5} "
+              f"B {row['batch']}: {row['ms']:.3f} ms, {row['tb_per_s']:.2f} TB/s")
+    if "fidelity" in result:
+        f = result["fidelity"]
+        print(f"fidelity vs generate (init std {f['init_std']}): {f['identical']}/{f['prompts']} identical, "
+              f"first divergences {f['first_divergence']}; generate batch 16 vs batch 1: "
+              f"{f['generate_padded_vs_unpadded_identical']}/{f['prompts']} identical, "
+              f"first divergences {f['generate_padded_vs_unpadded_divergence']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
