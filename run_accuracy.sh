@@ -25,5 +25,6 @@ python3 "$HERE/evaluate-accuracy.py" --checkpoint-path "${CHECKPOINT_PATH}" \
     --dataset-file "${DATASET_PATH}" \
     --dtype int32 | tee "$LOG_DIR/accuracy.txt"
 
-# The run summary (with the ROUGE line) as a table and summary.json, and its plots.
-python3 -m mlperf_llama2.report "$LOG_DIR"
+# The run summary (with the ROUGE line) as a table and summary.json, and its plots; on stderr, so the
+# reference's result line stays the last line of stdout (tools read it from there).
+python3 -m mlperf_llama2.report "$LOG_DIR" >&2
