@@ -278,9 +278,11 @@ class RunConfig:
         p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default %(default)s)")
         p.add_argument("--model-path", default=None,
                        help="local Hugging Face checkpoint directory with config.json, weights and "
-                            "tokenizer (never fetched from a hub); required")
+                            "tokenizer (never fetched from a hub); default: the demo model prepared by "
+                            "`make accuracy` (docs/demo.md)")
         p.add_argument("--dataset-path", default=None,
-                       help="processed OpenOrca pickle (.pkl or .pkl.gz) from processorca.py; required")
+                       help="processed OpenOrca pickle (.pkl or .pkl.gz) from processorca.py; default: the "
+                            "demo dataset prepared by `make accuracy`")
         p.add_argument("--accuracy", action="store_true", help="AccuracyOnly mode (default: PerformanceOnly)")
         p.add_argument("--dtype", choices=DTYPES, default=None,
                        help="model dtype (default: float16 on CUDA, float32 on CPU)")
