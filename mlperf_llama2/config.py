@@ -232,11 +232,10 @@ class RunConfig:
         p = parser
         p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default %(default)s)")
         p.add_argument("--model-path", default=None,
-                       help="local Hugging Face checkpoint directory (never fetched from a hub); "
-                            "default: the embedded demo model prepared by `make demo`")
+                       help="local Hugging Face checkpoint directory with config.json, weights and "
+                            "tokenizer (never fetched from a hub); required")
         p.add_argument("--dataset-path", default=None,
-                       help="processed OpenOrca pickle (.pkl or .pkl.gz) from processorca.py; "
-                            "default: the demo dataset prepared by `make demo`")
+                       help="processed OpenOrca pickle (.pkl or .pkl.gz) from processorca.py; required")
         p.add_argument("--accuracy", action="store_true", help="AccuracyOnly mode (default: PerformanceOnly)")
         p.add_argument("--dtype", choices=DTYPES, default=None,
                        help="model dtype (default: float16 on CUDA, float32 on CPU)")

@@ -47,3 +47,20 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
 def eos_model_dir(tmp_path_factory, tiny_tokenizer_dir):
     """A tiny Llama biased towards EOS: greedy outputs end within a few tokens (soak and fault tests)."""
     return build_tiny_llama(tmp_path_factory.mktemp("eos_llama"), tiny_tokenizer_dir, seed=1, eos_bias=40.0)
+
+
+# --- data helper: sentencepiece tokenizer (tokenization and scoring tests) ---
+@pytest.fixture(scope="session")
+def sp_tokenizer_dir(tmp_path_factory):
+    """A Llama-2-style sentencepiece `tokenizer.model` (byte fallback) with a Llama tokenizer_config."""
+    from tiny_sentencepiece import build_sentencepiece_tokenizer
+
+    return build_sentencepiece_tokenizer(tmp_path_factory.mktemp("sp_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_dir(tmp_path_factory):
+    """Like a published Llama-2 checkpoint: tokenizer.model + legacy-normalizer tokenizer.json + LlamaTokenizer config."""
+    from tiny_sentencepiece import build_llama2_style_tokenizer
+
+    return build_llama2_style_tokenizer(tmp_path_factory.mktemp("llama2_tokenizer"))

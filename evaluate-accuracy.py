@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Score an accuracy run: ROUGE of the logged outputs against the dataset's answers (SPEC §4).
+
+Prints "\\nResults\\n" and the reference's one dict line on stdout (the submission checker parses it);
+whether the llama2-70b-99 / -99.9 targets are met goes to stderr and, with --output-json, to a file.
+The logic lives in mlperf_llama2.data.{accuracy_log, scoring, sentences} and mlperf_llama2.tokenization.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from mlperf_llama2.data import scoring  # noqa: E402
+from mlperf_llama2.data.accuracy_log import DTYPES, load_predictions  # noqa: E402
+from mlperf_llama2.data.dataset import TARGET_COLUMN, read_frame  # noqa: E402
+from mlperf_llama2.errors import UserError, configure_logging, run_cli  # noqa: E402
+from mlperf_llama2.tokenization import load_tokenizer  # noqa: E402
+
+log = logging.getLogger("evaluate-accuracy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="ROUGE scoring of a llama2-70b accuracy run.")
+    parser.add_argument("--checkpoint-path", required=True, help="local checkpoint dir (its tokenizer decodes)")
+    parser.add_argument("--mlperf-accuracy-file", required=True, help="mlperf_log_accuracy.json")
+    parser.add_argument("--dataset-file", required=True, help="processed dataset pickle (column 'output')")
+    parser.add_argument("--dtype", default="int32", choices=list(DTYPES), help="element type of the logged data")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--output-json", default=None, help="also write the results and target checks here")
+    parser.add_argument("--workers", type=int, default=None, help="scoring processes (default: all CPU cores)")
+    return parser
+
+
+def read_targets(path: str) -> list[str]:
+    frame = read_frame(path)
+    if TARGET_COLUMN not in frame.columns:
+        raise UserError(f"{path}: no '{TARGET_COLUMN}' column with the reference answers")
+    return frame[TARGET_COLUMN].tolist()
+
+
+def report_targets(result: dict) -> dict:
+    checks = scoring.check_targets(result)
+    for name in ("llama2-70b-99", "llama2-70b-99.9"):
+        c = checks[name]
+        log.info("%s: %s (ROUGE %s thresholds %s; tokens/sample %s in %s: %s)", name,
+                 "PASS" if c["passed"] else "FAIL", "ok" if c["rouge_ok"] else "below", c["thresholds"],
+                 result["tokens_per_sample"], checks["tokens_per_sample_range"], checks["tokens_per_sample_ok"])
+    if not checks["full_dataset"]:
+        log.info("only %d samples scored: a submission's accuracy run scores all of them", result["gen_num"])
+    return checks
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    targets = read_targets(args.dataset_file)
+    predictions = load_predictions(args.mlperf_accuracy_file, args.dtype, len(targets))
+    tokenizer = load_tokenizer(args.checkpoint_path)
+    texts = tokenizer.batch_decode([p.tokens for p in predictions], skip_special_tokens=True)
+    wanted = ["" if not isinstance(targets[p.qsl_idx], str) else targets[p.qsl_idx] for p in predictions]
+    result = scoring.evaluate(texts, wanted, (len(p.tokens) for p in predictions), args.workers)
+    print("\nResults\n")
+    print(scoring.format_result_line(result), flush=True)
+    checks = report_targets(result)
+    if args.output_json:
+        with open(args.output_json, "w", encoding="utf-8") as f:
+            json.dump({"results": result, "targets": checks, "decode_backend": tokenizer.decode_backend,
+                       "accuracy_file": args.mlperf_accuracy_file, "dataset_file": args.dataset_file}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,93 @@
+"""Hugging Face checkpoints on disk: check a model directory, read its vocabulary/EOS, load the model.
+
+`check_model_dir` and `read_model_info` touch only small JSON files, so main.py can reject a bad
+directory before any weights load. `load_causal_lm` is the one place the reference backend loads
+weights; the quantization code wraps the model it returns.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+from mlperf_llama2.errors import UserError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the harness needs to know about a checkpoint before loading it."""
+
+    path: str
+    vocab_size: int
+    eos_token_id: int
+
+
+def check_model_dir(path: str | None) -> None:
+    """A loadable local checkpoint: config.json, weights and a tokenizer. One-line UserError otherwise."""
+    if not path:
+        raise UserError("no model given: pass --model-path DIR (a local Hugging Face checkpoint directory)")
+    if not os.path.isdir(path):
+        raise UserError(f"--model-path {path}: not a directory (expected a local Hugging Face checkpoint)")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"--model-path {path}: no config.json (is this a Hugging Face checkpoint directory?)")
+    if not any(glob.glob(os.path.join(path, pattern)) for pattern in WEIGHT_PATTERNS):
+        raise UserError(f"--model-path {path}: no weights (*.safetensors or pytorch_model*.bin)")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise UserError(f"--model-path {path}: no tokenizer (tokenizer.json or tokenizer.model)")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def read_model_info(path: str) -> ModelInfo:
+    """Vocabulary size and EOS id from config.json (EOS falls back to generation_config.json)."""
+    config = _read_json(os.path.join(path, "config.json"))
+    config = config.get("text_config", config)
+    vocab_size = config.get("vocab_size")
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise UserError(f"{path}/config.json: no valid vocab_size")
+    eos = config.get("eos_token_id")
+    gen_path = os.path.join(path, "generation_config.json")
+    if eos is None and os.path.isfile(gen_path):
+        eos = _read_json(gen_path).get("eos_token_id")
+    if isinstance(eos, list):
+        log.info("checkpoint lists EOS ids %s; using the first as EOS and pad", eos)
+        eos = eos[0] if eos else None
+    if not isinstance(eos, int):
+        raise UserError(f"{path}: config.json has no eos_token_id")
+    return ModelInfo(path=path, vocab_size=vocab_size, eos_token_id=eos)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def load_causal_lm(path: str, dtype: str, device: str):
+    """from_pretrained on `device` (cpu or cuda:N) with low_cpu_mem_usage, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    log.info("loading %s (%s on %s)", path, dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        device_map=device,
+        low_cpu_mem_usage=True,
+        dtype=torch_dtype(dtype),
+        local_files_only=True,
+    )
+    model.eval()
+    return model

@@ -1,0 +1,167 @@
+"""The `reference` backend: the MLCommons reference's generation, `transformers` `generate`, greedy.
+
+Worker threads (`--num-workers`) take batches (`--batch-size`, batch 1 in Server) from one queue.
+A batch is left-padded with EOS to its longest prompt (SPEC §2 allows this instead of padding to
+1024: same tokens, less work), the attention mask is 0 on the padding, and generation is
+`do_sample=False, num_beams=1, min_new_tokens=1, max_new_tokens=config.max_new_tokens`. In Server
+a first-token hook hands each sample's first generated token to the sink the moment it exists.
+Outputs are the raw generated columns; the SUT cuts them after the first EOS.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from mlperf_llama2 import constants
+from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
+from mlperf_llama2.backends.hf_loading import load_causal_lm, read_model_info
+
+if TYPE_CHECKING:
+    from mlperf_llama2.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+_STOP = None  # queue sentinel: one per worker at stop()
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts to the longest one. Returns input_ids [B, L] and attention_mask [B, L] (0 on padding)."""
+    longest = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)  # [B, L]
+    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)  # [B, L]
+    for row, prompt in enumerate(prompts):
+        input_ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, longest - len(prompt):] = 1
+    return input_ids, attention_mask
+
+
+class FirstTokenHook(StoppingCriteria):
+    """Never stops generation; on the first call (first new token appended) reports it per row."""
+
+    def __init__(self, prompt_len: int, request_ids: Sequence[int], sink: ResultSink):
+        self._prompt_len = prompt_len
+        self._request_ids = list(request_ids)
+        self._sink = sink
+        self._reported = False
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        # input_ids: [B, prompt_len + generated]
+        if not self._reported and input_ids.shape[1] > self._prompt_len:
+            self._reported = True
+            for request_id, token in zip(self._request_ids, input_ids[:, self._prompt_len].tolist()):
+                self._sink.first_token(request_id, int(token))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def __init__(
+        self,
+        model,
+        *,
+        eos_token_id: int,
+        vocab_size: Optional[int] = None,
+        batch_size: int = 1,
+        num_workers: int = 1,
+        stream_first_token: bool = False,
+    ):
+        self._model = model
+        self._eos = eos_token_id
+        self._vocab_size = vocab_size
+        self._batch_size = batch_size
+        self._num_workers = num_workers
+        self.streams_first_token = stream_first_token
+        self._device = next(model.parameters()).device
+        self._queue: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._sink: Optional[ResultSink] = None
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._eos
+
+    @property
+    def vocab_size(self) -> Optional[int]:
+        return self._vocab_size
+
+    def start(self, sink: ResultSink) -> None:
+        self._sink = sink
+        self._threads = [
+            threading.Thread(target=self._work, name=f"reference-worker-{i}", daemon=True)
+            for i in range(self._num_workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        for start in range(0, len(requests), self._batch_size):
+            self._queue.put(list(requests[start:start + self._batch_size]))
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    def _work(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is _STOP:
+                return
+            try:
+                outputs = self.generate(batch)
+            except Exception as exc:  # noqa: BLE001 - every request of the batch must be answered
+                log.exception("generation failed for a batch of %d", len(batch))
+                for request in batch:
+                    self._sink.fail(request.request_id, exc)
+                continue
+            for request, tokens in zip(batch, outputs):
+                self._sink.complete(request.request_id, tokens)
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[list[int]]:
+        """Greedy outputs (generated ids only, EOS padding included) of one batch, in batch order."""
+        input_ids, attention_mask = left_pad([r.prompt for r in batch], self._eos)  # [B, L]
+        prompt_len = input_ids.shape[1]
+        criteria = StoppingCriteriaList()
+        if self.streams_first_token:
+            criteria.append(FirstTokenHook(prompt_len, [r.request_id for r in batch], self._sink))
+        with torch.inference_mode():
+            out = self._model.generate(
+                input_ids=input_ids.to(self._device),
+                attention_mask=attention_mask.to(self._device),
+                max_new_tokens=max(r.max_new_tokens for r in batch),
+                min_new_tokens=constants.MIN_NEW_TOKENS,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=self._eos,
+                eos_token_id=self._eos,
+                stopping_criteria=criteria,
+            )  # [B, L + generated]
+        generated = out[:, prompt_len:].cpu().tolist()
+        return [row[:request.max_new_tokens] for request, row in zip(batch, generated)]
+
+
+def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
+    """Registry factory: load the checkpoint and build the backend for the run's scenario."""
+    info = read_model_info(config.model_path)
+    batch_size = config.batch_size
+    if config.scenario == "Server" and batch_size != 1:
+        log.warning("Server runs one query at a time (batch 1) like the reference; --batch-size %d ignored", batch_size)
+        batch_size = 1
+    model = load_causal_lm(config.model_path, config.dtype, config.device)
+    return ReferenceBackend(
+        model,
+        eos_token_id=info.eos_token_id,
+        vocab_size=info.vocab_size,
+        batch_size=batch_size,
+        num_workers=config.num_workers,
+        stream_first_token=config.scenario == "Server",
+    )

@@ -1,0 +1,1 @@
+"""MLPerf compliance checks (TEST06) over LoadGen logs."""

@@ -1,0 +1,169 @@
+"""Compliance TEST06 verification (SPEC §7): checks every sample of an audit run's accuracy log.
+
+Three checks, as the reference verifier: (1) first token (every scenario but Offline): the tokens
+of `token_data` equal the start of `data`, and a missing `token_data` fails; (2) EOS: at most one
+EOS at the end of `data`; (3) length: `len(data) == token_count`. Writes
+OUTPUT_DIR/TEST06/verify_accuracy.txt and copies the run's logs to OUTPUT_DIR/TEST06/accuracy/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mlperf_llama2 import constants
+from mlperf_llama2.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"int32": np.int32, "int64": np.int64, "int16": np.int16, "float32": np.float32}
+SCENARIOS = ("Offline", "Server", "Interactive", "SingleStream", "MultiStream")
+ACCURACY_LOG = "mlperf_log_accuracy.json"
+AUDIT_MARKER = "Found Audit Config file"
+
+
+@dataclass
+class Test06Result:
+    first_token_pass: Optional[bool]  # None: skipped (Offline)
+    eos_pass: bool
+    length_pass: bool
+    samples: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_token_pass is not False and self.eos_pass and self.length_pass
+
+    def report_lines(self) -> list[str]:
+        first = "Skipped" if self.first_token_pass is None else str(self.first_token_pass)
+        return [
+            f"First token check pass: {first}",
+            f"EOS check pass: {self.eos_pass}",
+            f"Sample length check pass: {self.length_pass}",
+            "TEST06 verification complete",
+        ]
+
+
+def _tokens(entry: dict, key: str, dtype) -> np.ndarray:
+    return np.frombuffer(bytes.fromhex(entry[key]), dtype)
+
+
+def first_token_problems(entries: Sequence[dict], dtype) -> list[str]:
+    problems = []
+    for entry in entries:
+        if "token_data" not in entry:
+            problems.append(f"qsl_idx {entry.get('qsl_idx')}: no token_data (FirstTokenComplete never called)")
+            continue
+        data, first = _tokens(entry, "data", dtype), _tokens(entry, "token_data", dtype)
+        if len(first) == 0 or len(first) > len(data) or not np.array_equal(first, data[: len(first)]):
+            problems.append(f"qsl_idx {entry.get('qsl_idx')}: token_data {first.tolist()} is not the start of data")
+    return problems
+
+
+def eos_problems(entries: Sequence[dict], dtype, eos_token_id: int) -> list[str]:
+    problems = []
+    for entry in entries:
+        data = _tokens(entry, "data", dtype)
+        trailing = 0
+        for token in data[::-1]:
+            if token != eos_token_id:
+                break
+            trailing += 1
+        if trailing > 1:
+            problems.append(f"qsl_idx {entry.get('qsl_idx')}: {trailing} EOS tokens at the end of data")
+    return problems
+
+
+def length_problems(entries: Sequence[dict], dtype) -> list[str]:
+    problems = []
+    for entry in entries:
+        n = len(_tokens(entry, "data", dtype))
+        if n != entry.get("token_count"):
+            problems.append(f"qsl_idx {entry.get('qsl_idx')}: len(data) {n} != token_count {entry.get('token_count')}")
+    return problems
+
+
+def read_accuracy_log(log_dir: str) -> list[dict]:
+    path = os.path.join(log_dir, ACCURACY_LOG)
+    if not os.path.isfile(path):
+        raise UserError(f"-c {log_dir}: no {ACCURACY_LOG} (point -c at the audit run's LoadGen log directory)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); did the run finish?") from None
+
+
+def verify(entries: Sequence[dict], scenario: str, eos_token_id: int, dtype_name: str = "int32") -> Test06Result:
+    """Run the three checks on the accuracy-log entries. Pure: no files."""
+    dtype = DTYPES[dtype_name]
+    first = first_token_problems(entries, dtype) if scenario != "Offline" else None
+    eos = eos_problems(entries, dtype, eos_token_id)
+    length = length_problems(entries, dtype)
+    problems = (first or []) + eos + length
+    if not entries:
+        problems.append("the accuracy log is empty: was the audit run made with audit.config in its working directory?")
+    return Test06Result(
+        first_token_pass=None if first is None else not first and bool(entries),
+        eos_pass=not eos and bool(entries),
+        length_pass=not length and bool(entries),
+        samples=len(entries),
+        problems=problems,
+    )
+
+
+def write_outputs(result: Test06Result, log_dir: str, output_dir: str) -> str:
+    """OUTPUT_DIR/TEST06/verify_accuracy.txt plus a copy of the run's logs in OUTPUT_DIR/TEST06/accuracy/."""
+    test_dir = os.path.join(output_dir, "TEST06")
+    accuracy_dir = os.path.join(test_dir, "accuracy")
+    os.makedirs(accuracy_dir, exist_ok=True)
+    report = os.path.join(test_dir, "verify_accuracy.txt")
+    with open(report, "w", encoding="utf-8") as f:
+        f.write("\n".join(result.report_lines()) + "\n")
+    for path in glob.glob(os.path.join(log_dir, "mlperf_log_*")):
+        shutil.copy(path, accuracy_dir)
+    return report
+
+
+def audit_config_was_applied(log_dir: str) -> bool:
+    detail = os.path.join(log_dir, "mlperf_log_detail.txt")
+    if not os.path.isfile(detail):
+        return False
+    with open(detail, encoding="utf-8", errors="replace") as f:
+        return AUDIT_MARKER in f.read()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Verify a compliance TEST06 run of llama2-70b.")
+    parser.add_argument("-c", "--compliance_dir", required=True, help="LoadGen log directory of the audit run")
+    parser.add_argument("-o", "--output_dir", required=True, help="where TEST06/verify_accuracy.txt is written")
+    parser.add_argument("-s", "--scenario", required=True, choices=SCENARIOS, help="scenario of the audit run")
+    parser.add_argument("-e", "--eos_token_id", type=int, default=constants.LLAMA2_EOS_TOKEN,
+                        help="EOS token id (default %(default)s)")
+    parser.add_argument("-d", "--dtype", choices=tuple(DTYPES), default="int32",
+                        help="dtype of the logged token data (default %(default)s)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    entries = read_accuracy_log(args.compliance_dir)
+    if not audit_config_was_applied(args.compliance_dir):
+        log.warning("%s: the detail log has no %r: this does not look like an audit run",
+                    args.compliance_dir, AUDIT_MARKER)
+    result = verify(entries, args.scenario, args.eos_token_id, args.dtype)
+    report = write_outputs(result, args.compliance_dir, args.output_dir)
+    for problem in result.problems[:20]:
+        print(f"FAIL {problem}")
+    for line in result.report_lines():
+        print(line)
+    print(f"{result.samples} samples checked; report: {report}")
+    return 0 if result.passed else 1

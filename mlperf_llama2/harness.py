@@ -1,0 +1,84 @@
+"""main.py's flow: flags -> frozen RunConfig -> input checks -> LoadGen settings -> backend -> run.
+
+Everything that can be wrong with the inputs (missing paths, dataset, user.conf, output directory,
+model directory) is checked before the model loads, each as one clear line. Exit codes: 0 for a
+completed run, 1 when samples failed to generate, 2 for bad input (via `run_cli`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence
+
+from mlperf_llama2.config import RunConfig, build_parser
+from mlperf_llama2.data.dataset import Dataset, load_dataset
+from mlperf_llama2.errors import UserError, configure_logging
+
+log = logging.getLogger(__name__)
+
+EXIT_RUN_FAILED = 1
+
+
+def parse_config(argv: Optional[Sequence[str]]) -> RunConfig:
+    """The one place argparse is used: flags -> frozen RunConfig."""
+    return RunConfig.from_cli_args(build_parser().parse_args(argv))
+
+
+def check_inputs(config: RunConfig) -> Dataset:
+    """Validate every input of the run without loading the model; returns the loaded dataset."""
+    if config.model_path is None and config.backend != "api":
+        raise UserError("no model given: pass --model-path DIR (a local Hugging Face checkpoint directory)")
+    if config.dataset_path is None:
+        raise UserError("no dataset given: pass --dataset-path FILE (a processorca.py .pkl or .pkl.gz)")
+    vocab_size = None
+    if config.backend != "api":
+        from mlperf_llama2.backends.hf_loading import check_model_dir, read_model_info
+
+        check_model_dir(config.model_path)
+        vocab_size = read_model_info(config.model_path).vocab_size
+    if config.save_outputs is not None:
+        parent = os.path.dirname(os.path.abspath(config.save_outputs))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--save-outputs {config.save_outputs}: cannot create {parent} ({exc.strerror})") from None
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"--save-outputs {config.save_outputs}: directory {parent} is not writable")
+    return load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = parse_config(argv)
+    configure_logging(config.verbose)
+    dataset = check_inputs(config)
+
+    # LoadGen and the backends are imported only once the inputs are known to be good.
+    from mlperf_llama2.backends.registry import create_backend, resolve
+    from mlperf_llama2.loadgen.runner import run_test
+    from mlperf_llama2.loadgen.settings import build_settings
+
+    resolve(config.backend)  # an unknown backend fails before LoadGen or the model start
+    settings = build_settings(config)
+    if config.output_cap_applied:
+        log.warning("--max-new-tokens %d < 1024: outputs are capped; this is NOT a valid MLPerf run",
+                    config.max_new_tokens)
+    mode = "Interactive" if config.interactive and config.scenario == "Server" else config.scenario
+    log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
+             dataset.total_sample_count, config.backend, config.dtype, config.device)
+    backend = create_backend(config)
+    result = run_test(
+        config.scenario,
+        backend,
+        dataset,
+        settings,
+        audit_conf=config.audit_conf,
+        max_new_tokens=config.max_new_tokens,
+        save_outputs=config.save_outputs,
+    )
+    log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
+             result.samples, result.tokens, result.wall_s, result.log_dir)
+    if not result.ok:
+        log.error("%s", result.failure_message())
+        return EXIT_RUN_FAILED
+    return 0

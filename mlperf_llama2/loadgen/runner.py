@@ -1,0 +1,98 @@
+"""One LoadGen run end to end: start the SUT, construct SUT and QSL, run the test, tear down.
+
+Returns a `RunResult` (log directory, samples, tokens, wall time, failures) that the entry point
+turns into an exit code; observers get per-sample callbacks for progress display.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import mlperf_loadgen as lg
+
+from mlperf_llama2.backends.base import Backend
+from mlperf_llama2.data.dataset import Dataset
+from mlperf_llama2.loadgen.settings import LoadGenSettings
+from mlperf_llama2.loadgen.sut import RunObserver, SampleFailure, sut_class
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    log_dir: str
+    scenario: str
+    samples: int
+    tokens: int
+    wall_s: float
+    failures: tuple[SampleFailure, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def failure_message(self) -> str:
+        first = self.failures[0]
+        return (f"{len(self.failures)} sample(s) failed to generate (first: QSL index {first.sample_index}: "
+                f"{first.error}); the run is invalid, see the log above and {self.log_dir}")
+
+
+def _noop(_samples) -> None:
+    """LoadSamplesToRam / UnloadSamplesFromRam: the dataset is already in memory."""
+
+
+def run_test(
+    scenario: str,
+    backend: Backend,
+    dataset: Dataset,
+    settings: LoadGenSettings,
+    *,
+    audit_conf: str = "audit.config",
+    max_new_tokens: int,
+    observers: Sequence[RunObserver] = (),
+    save_outputs: Optional[str] = None,
+) -> RunResult:
+    """Run LoadGen against `backend` and return what happened. LoadGen writes its logs to settings.output_dir."""
+    sut = sut_class(scenario)(
+        backend, dataset, max_new_tokens=max_new_tokens, observers=observers, keep_outputs=save_outputs is not None
+    )
+    sut.start()
+    lg_sut = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
+    lg_qsl = lg.ConstructQSL(dataset.total_sample_count, dataset.perf_sample_count, _noop, _noop)
+    start = time.monotonic()
+    try:
+        log.info("starting LoadGen: %s, %s", scenario, "accuracy" if settings.test.mode == lg.TestMode.AccuracyOnly
+                 else "performance")
+        lg.StartTestWithLogSettings(lg_sut, lg_qsl, settings.test, settings.log, audit_conf)
+    finally:
+        wall_s = time.monotonic() - start
+        sut.stop()
+        lg.DestroyQSL(lg_qsl)
+        lg.DestroySUT(lg_sut)
+    responder = sut.responder
+    if responder.in_flight:
+        log.error("%d sample(s) were never answered", responder.in_flight)
+    if save_outputs is not None:
+        write_outputs(save_outputs, scenario, responder.outputs)
+    return RunResult(
+        log_dir=settings.output_dir,
+        scenario=scenario,
+        samples=responder.samples_done,
+        tokens=responder.tokens_done,
+        wall_s=wall_s,
+        failures=tuple(responder.failures),
+    )
+
+
+def write_outputs(path: str, scenario: str, outputs: dict[int, list[int]]) -> None:
+    """All outputs in one JSON file: {"scenario", "outputs": {qsl_index: [token ids]}} (first response per index)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"scenario": scenario, "outputs": {str(k): v for k, v in sorted(outputs.items())}}, f)
+    log.info("wrote %d outputs to %s", len(outputs), path)

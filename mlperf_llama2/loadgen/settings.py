@@ -1,0 +1,74 @@
+"""LoadGen settings from a `RunConfig` (SPEC §1): TestSettings via user.conf, log output, trace.
+
+Built before the model loads, so a bad user.conf fails in the first second. `FromConfig`'s return
+code is checked: 0 is success, a negative errno (missing or unparsable file) is a UserError.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass
+
+import mlperf_loadgen as lg
+
+from mlperf_llama2.config import RunConfig
+from mlperf_llama2.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = {"Offline": lg.TestScenario.Offline, "Server": lg.TestScenario.Server}
+USER_CONF_TYPE = 1  # FromConfig conf_type: 1 = a user.conf (the built-in mlperf.conf is loaded first)
+
+
+@dataclass
+class LoadGenSettings:
+    test: lg.TestSettings
+    log: lg.LogSettings
+    output_dir: str
+
+
+def build_test_settings(config: RunConfig) -> lg.TestSettings:
+    """Scenario, then FromConfig(user_conf, lg_model_name, scenario), then the mode (as the reference)."""
+    if not os.path.isfile(config.user_conf):
+        raise UserError(f"--user-conf {config.user_conf}: file not found (copy the repo's user.conf or pass a path)")
+    if not os.access(config.user_conf, os.R_OK):
+        raise UserError(f"--user-conf {config.user_conf}: file is not readable")
+    settings = lg.TestSettings()
+    settings.scenario = SCENARIOS[config.scenario]
+    rc = settings.FromConfig(config.user_conf, config.lg_model_name, config.scenario, USER_CONF_TYPE)
+    if rc != 0:
+        reason = os.strerror(-rc) if rc < 0 else f"code {rc}"
+        hint = "malformed line" if rc == -errno.EINVAL else "cannot read it"
+        raise UserError(f"--user-conf {config.user_conf}: LoadGen rejected it ({reason}: {hint}); "
+                        "lines must read `model.scenario.key = value`")
+    settings.mode = lg.TestMode.AccuracyOnly if config.accuracy else lg.TestMode.PerformanceOnly
+    return settings
+
+
+def prepare_output_dir(path: str) -> str:
+    """Create the LoadGen log directory if missing and check it is writable."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output-log-dir {path}: cannot create it ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"--output-log-dir {path}: not writable")
+    return path
+
+
+def build_settings(config: RunConfig) -> LoadGenSettings:
+    """TestSettings, LogOutputSettings(outdir, copy_summary_to_stdout=True), LogSettings(enable_trace)."""
+    test = build_test_settings(config)
+    output_dir = prepare_output_dir(config.output_log_dir)
+    output = lg.LogOutputSettings()
+    output.outdir = output_dir
+    output.copy_summary_to_stdout = True
+    log_settings = lg.LogSettings()
+    log_settings.log_output = output
+    log_settings.enable_trace = config.enable_log_trace
+    if os.path.isfile(config.audit_conf):
+        log.warning("%s exists in the working directory: LoadGen will apply it (compliance audit run)",
+                    config.audit_conf)
+    return LoadGenSettings(test=test, log=log_settings, output_dir=output_dir)

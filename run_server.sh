@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Server performance run (SPEC §6). Needs CHECKPOINT_PATH and DATASET_PATH in the environment;
+# extra arguments are passed to main.py (e.g. --lg-model-name llama2-70b-interactive for Interactive).
+set -euo pipefail
+: "${CHECKPOINT_PATH:?set CHECKPOINT_PATH to the model checkpoint directory}"
+: "${DATASET_PATH:?set DATASET_PATH to the processed dataset pickle}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+python3 -u "$HERE/main.py" --scenario Server \
+    --model-path "${CHECKPOINT_PATH}" \
+    --dataset-path "${DATASET_PATH}" \
+    --user-conf "$HERE/user.conf" \
+    --total-sample-count 24576 \
+    --output-log-dir server-logs \
+    "$@" \
+    2>&1 | tee server_performance_log.log
