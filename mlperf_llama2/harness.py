@@ -27,12 +27,13 @@ def parse_config(argv: Optional[Sequence[str]]) -> RunConfig:
 
 def check_inputs(config: RunConfig) -> Dataset:
     """Validate every input of the run without loading the model; returns the loaded dataset."""
-    if config.model_path is None and config.backend != "api":
+    remote = config.backend == "api" or bool(config.dist.sut_nodes)  # the model lives elsewhere
+    if config.model_path is None and not remote:
         raise UserError("no model given: pass --model-path DIR (a local Hugging Face checkpoint directory)")
     if config.dataset_path is None:
         raise UserError("no dataset given: pass --dataset-path FILE (a processorca.py .pkl or .pkl.gz)")
     vocab_size = None
-    if config.backend != "api":
+    if not remote:
         from mlperf_llama2.backends.hf_loading import check_model_dir, read_model_info
 
         check_model_dir(config.model_path)
@@ -66,7 +67,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode = "Interactive" if config.interactive and config.scenario == "Server" else config.scenario
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
              dataset.total_sample_count, config.backend, config.dtype, config.device)
-    backend = create_backend(config)
+    network_name = None
+    if config.dist.sut_nodes:
+        from mlperf_llama2.dist.node_client import create_node_backend
+
+        backend = create_node_backend(config)
+        network_name = backend.sut_name
+    else:
+        backend = create_backend(config)
     result = run_test(
         config.scenario,
         backend,
@@ -75,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         audit_conf=config.audit_conf,
         max_new_tokens=config.max_new_tokens,
         save_outputs=config.save_outputs,
+        network_name=network_name,
     )
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
