@@ -176,6 +176,19 @@ def server_sweep(engine: LLMEngine, prompts, outputs, qps: float, seconds: float
             "ttft_p99_ms": float(np.percentile(ttft, 99)), "tpot_p99_ms": float(np.percentile(tpot, 99))}
 
 
+def step_profile(step_log) -> dict:
+    """Where Offline time went: decode-only (graph) steps vs mixed prefill+decode (eager) steps."""
+    prof = {}
+    for kind, decode_only in (("decode_only", True), ("mixed", False)):
+        rows = [r for r in step_log if r[0] == decode_only]
+        if rows:
+            prof[kind] = {"steps": len(rows), "seconds": sum(r[3] for r in rows),
+                          "mean_ms": 1e3 * sum(r[3] for r in rows) / len(rows),
+                          "mean_seqs": sum(r[1] for r in rows) / len(rows),
+                          "mean_tokens": sum(r[2] for r in rows) / len(rows)}
+    return prof
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
@@ -200,6 +213,11 @@ def main(argv=None) -> int:
     if args.weights == "int8":
         raise SystemExit("bench: --weights int8 needs the quant helper's int8 Linears, not on this branch yet")
     os.makedirs(args.out, exist_ok=True)
+
+    def save() -> None:  # after every section, so a run cut short keeps what it measured
+        with open(os.path.join(args.out, "bench.json"), "w") as fh:
+            json.dump(result, fh, indent=1, default=float)
+
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     cfg = hf_config_for(args.shape, args.layers)
@@ -230,6 +248,7 @@ def main(argv=None) -> int:
             result["rows"].append({"backend": "reference", "batch": bs, "samples": m,
                                    "tokens_per_s": float(o_len[:m].sum() / secs), "seconds": secs})
             log.info("reference bs %d: %.0f tok/s", bs, o_len[:m].sum() / secs)
+            save()
         model = _empty_model(cfg, device, dtype, MAX_MODEL_LEN)
         load_hf_weights(model, hf.state_dict().items())
         del hf
@@ -252,8 +271,19 @@ def main(argv=None) -> int:
         result["fidelity"] = {"prompts": len(div), "identical": same, "fraction": same / len(div),
                               "first_divergence": [d for d in div if d is not None], "init_std": args.init_std}
         log.info("fidelity: %d/%d identical; first divergences at %s", same, len(div), result["fidelity"]["first_divergence"])
+        save()
 
     engine.generate(prompts[:32], SamplingParams(8, ignore_eos=True))  # warm-up
+    step_log: list[tuple[bool, int, int, float]] = []
+    run_step = engine.runner.run
+
+    def timed_run(batch):  # run() ends in a host read of the tokens, so wall time is the step's time
+        t0 = time.perf_counter()
+        out = run_step(batch)
+        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0))
+        return out
+
+    engine.runner.run = timed_run
     params = [SamplingParams(int(n), ignore_eos=True) for n in o_len]
     steps0, t = engine.num_steps, time.perf_counter()
     engine.generate(prompts, params)
@@ -267,9 +297,11 @@ def main(argv=None) -> int:
     result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples,
                            "tokens_per_s": tps, "seconds": secs, "steps": engine.num_steps - steps0,
                            "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
-                           "roofline_tokens_per_s": roof})
+                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log)})
+    engine.runner.run = run_step
     log.info("engine: %.0f tok/s (%d steps, %.1f ms/step)", tps, engine.num_steps - steps0,
              1e3 * secs / max(engine.num_steps - steps0, 1))
+    save()
 
     for qps in [float(q) for q in args.server_qps.split(",") if q]:
         row = server_sweep(engine, prompts, o_len, qps, args.server_seconds, args.seed)
@@ -278,6 +310,7 @@ def main(argv=None) -> int:
                                     and row["tpot_p99_ms"] <= constants.INTERACTIVE_TPOT_MS)
         result.setdefault("server", []).append(row)
         log.info("server %s", row)
+        save()
 
     best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
     print(f"\nshape {args.shape} layers {cfg.num_hidden_layers} {dtype}; prompts mean {p_len.mean():.0f}, "
@@ -294,8 +327,7 @@ def main(argv=None) -> int:
     if "fidelity" in result:
         f = result["fidelity"]
         print(f"fidelity vs generate: {f['identical']}/{f['prompts']} identical, first divergences {f['first_divergence']}")
-    with open(os.path.join(args.out, "bench.json"), "w") as fh:
-        json.dump(result, fh, indent=1, default=float)
+    save()
     return 0
 
 

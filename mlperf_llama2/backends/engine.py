@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Mapping, Optional, Sequence as Seq
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence as Seq
 
 import torch
 
@@ -19,6 +19,9 @@ from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
 from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+
+if TYPE_CHECKING:
+    from mlperf_llama2.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,6 @@ class EngineBackend(Backend):
         self._outstanding: dict[int, GenerationRequest] = {}
         self._started = False
         self._error: Optional[BaseException] = None
-
-    @classmethod
-    def from_run_config(cls, cfg) -> "EngineBackend":
-        """Build from a RunConfig (model_path, device, dtype, engine)."""
-        if cfg.model_path is None:
-            raise ValueError("the engine backend needs a model path")
-        return cls(LLMEngine.from_pretrained(cfg.model_path, cfg.engine, cfg.device, _DTYPES[cfg.dtype]))
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig = EngineConfig(), device: str = "cpu",
@@ -102,3 +98,10 @@ class EngineBackend(Backend):
         if self._started:
             self.engine.stop_loop()
             self._started = False
+
+
+def create_engine_backend(config: "RunConfig") -> EngineBackend:
+    """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
+    if config.tensor_parallel != 1 or config.data_parallel != 1:
+        log.warning("the engine runs one replica on one device; --tensor-parallel/--data-parallel ignored")
+    return EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype)

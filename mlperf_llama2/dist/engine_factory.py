@@ -69,4 +69,4 @@ def create_engine_backend(cfg):
                     for i in range(dp)]
         log.info("data parallel: %d engine replicas from %s", dp, cfg.device)
         return DataParallelBackend(replicas)
-    return EngineBackend.from_run_config(cfg)
+    return EngineBackend.from_pretrained(cfg.model_path, cfg.engine, cfg.device, cfg.dtype)
