@@ -47,3 +47,45 @@ class RecordingSink:
                 if left <= 0:
                     raise TimeoutError(f"only {len(self.completed) + len(self.failed)} of {count} answered")
                 self._cond.wait(left)
+
+
+def start_node(model_dir, *flags, timeout: float = 180.0):
+    """A SUT node subprocess on 127.0.0.1 (any free port); returns (Popen, URL) once it is ready."""
+    import os
+    import queue
+    import subprocess
+    import sys
+
+    from loadgen_fixtures import REPO
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "mlperf_llama2.dist.node", "--host", "127.0.0.1", "--port", "0",
+           "--model-path", str(model_dir), "--device", "cpu", *map(str, flags)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        if line.startswith("SUT node ready on "):
+            return proc, line.split()[-1]
+    stop_node(proc)
+    raise RuntimeError(f"SUT node did not start: {cmd}")
+
+
+def stop_node(proc, timeout: float = 60.0) -> int:
+    """SIGTERM, bounded wait, then SIGKILL; returns the exit code."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
