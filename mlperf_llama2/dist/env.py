@@ -18,9 +18,14 @@ def apply_dist_env() -> None:
         os.environ[key] = value
 
 
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child process: ours, the distributed settings, offline hubs, `extra`."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **DIST_ENV)
+    """A child's environment: ours, the distributed settings, offline hubs, this package importable, `extra`."""
+    path = os.environ.get("PYTHONPATH", "")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **DIST_ENV,
+               PYTHONPATH=PACKAGE_ROOT + (os.pathsep + path if path else ""))
     env.update(extra)
     return env
 

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Workers wait in a control broadcast while rank 0 is idle (a quiet Server run): allow long idles.
 CONTROL_TIMEOUT = timedelta(hours=24)
-RENDEZVOUS_TIMEOUT = timedelta(minutes=10)
+# All ranks must meet within this (they meet before loading weights); a dead worker fails the start.
+RENDEZVOUS_TIMEOUT = timedelta(minutes=3)
+# Collectives of the default group: the first one waits for the slowest rank to load its shard.
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 WORKER_EXIT_TIMEOUT_S = 60.0
 
 
@@ -68,8 +71,9 @@ def init_group(spec: ShardSpec):
     if device.type == "cuda":
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{spec.port}",
-                            rank=spec.rank, world_size=spec.world, timeout=RENDEZVOUS_TIMEOUT, **kwargs)
+    store = dist.TCPStore("127.0.0.1", spec.port, spec.world, is_master=spec.rank == 0, timeout=RENDEZVOUS_TIMEOUT)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=spec.rank,
+                            world_size=spec.world, timeout=COLLECTIVE_TIMEOUT, **kwargs)
     return dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
 
 
