@@ -53,6 +53,8 @@ COMPOSITIONS = {
     "roomy": EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64),
     "chunked_prefill": EngineConfig(max_num_seqs=16, max_num_batched_tokens=7, block_size=4, num_kv_blocks=256),
     "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30),
+    # every step is one token, so prompt chunks of 1 token take the decode path (CUDA: graphs)
+    "token_at_a_time": EngineConfig(max_num_seqs=16, max_num_batched_tokens=1, block_size=4, num_kv_blocks=256),
 }
 
 

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import sys
-import threading
+import tempfile
 import time
 
 import numpy as np
@@ -35,6 +35,12 @@ from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E4
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
 from mlperf_llama2.engine.weights import _empty_model, random_model  # noqa: E402
+from mlperf_llama2.backends.engine import EngineBackend  # noqa: E402
+
+from bench_paths import (  # noqa: E402
+    ForcedLengthReference, build_hf, first_divergence, hf_generate, kernel_bench, loadgen_offline, server_sweep,
+    step_profile,
+)
 
 log = logging.getLogger("bench")
 
@@ -90,105 +96,6 @@ def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: fl
     return float(output.sum() / (prefill_s + decode_s))
 
 
-def build_hf(cfg, device, dtype, std: float, seed: int):
-    from transformers import LlamaForCausalLM
-
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, std, generator=gen)
-    model.generation_config.pad_token_id = cfg.eos_token_id
-    return model.eval()
-
-
-@torch.inference_mode()
-def hf_generate(model, prompts: list[list[int]], new_tokens: list[int], batch_size: int,
-                min_new: list[int] | None = None) -> tuple[list[list[int]], float]:
-    """The reference's way: left-padded static batches; a batch runs to its longest member."""
-    device = next(model.parameters()).device
-    outs: list[list[int]] = []
-    t0 = time.perf_counter()
-    for b in range(0, len(prompts), batch_size):
-        chunk = prompts[b:b + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), constants.LLAMA2_EOS_TOKEN, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        longest = max(new_tokens[b:b + batch_size])
-        least = max(min_new[b:b + batch_size]) if min_new else 1
-        gen = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=longest,
-                             min_new_tokens=least, do_sample=False, num_beams=1,
-                             pad_token_id=constants.LLAMA2_EOS_TOKEN)
-        for i, row in enumerate(gen[:, width:].tolist()):
-            outs.append(row[:new_tokens[b + i]])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return outs, time.perf_counter() - t0
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def server_sweep(engine: LLMEngine, prompts, outputs, qps: float, seconds: float, seed: int) -> dict:
-    """Poisson arrivals into the engine's loop thread; TTFT and TPOT per request as LoadGen defines them."""
-    rng = np.random.default_rng(seed)
-    arrive, first, done, lock = {}, {}, {}, threading.Lock()
-    finished = threading.Event()
-    expected = [0]
-
-    def on_first(seq, _tok):
-        with lock:
-            first[seq.request_id] = time.perf_counter()
-
-    def on_done(seq):
-        with lock:
-            done[seq.request_id] = (time.perf_counter(), len(seq.output))
-            if len(done) == expected[0]:
-                finished.set()
-
-    engine.start_loop(on_first, on_done, lambda exc: finished.set())
-    t0 = time.perf_counter()
-    i = 0
-    while time.perf_counter() - t0 < seconds:
-        k = i % len(prompts)
-        with lock:
-            arrive[i] = time.perf_counter()
-            expected[0] = i + 1
-        engine.add_request(i, prompts[k], SamplingParams(int(outputs[k]), ignore_eos=True))
-        i += 1
-        time.sleep(rng.exponential(1.0 / qps))
-    finished.wait(timeout=300)
-    engine.stop_loop()
-    ttft = np.array([first[r] - arrive[r] for r in done]) * 1e3
-    tpot = np.array([(done[r][0] - first[r]) / max(done[r][1] - 1, 1) for r in done]) * 1e3
-    tokens = sum(n for _, n in done.values())
-    span = max(t for t, _ in done.values()) - t0
-    return {"qps": qps, "issued": i, "completed": len(done), "tokens_per_s": tokens / span,
-            "ttft_p99_ms": float(np.percentile(ttft, 99)), "tpot_p99_ms": float(np.percentile(tpot, 99))}
-
-
-def step_profile(step_log) -> dict:
-    """Where Offline time went: decode-only (graph) steps vs mixed prefill+decode (eager) steps."""
-    prof = {}
-    for kind, decode_only in (("decode_only", True), ("mixed", False)):
-        rows = [r for r in step_log if r[0] == decode_only]
-        if rows:
-            prof[kind] = {"steps": len(rows), "seconds": sum(r[3] for r in rows),
-                          "mean_ms": 1e3 * sum(r[3] for r in rows) / len(rows),
-                          "mean_seqs": sum(r[1] for r in rows) / len(rows),
-                          "mean_tokens": sum(r[2] for r in rows) / len(rows)}
-    return prof
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
@@ -196,15 +103,16 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--samples", type=int, default=2048, help="engine Offline samples")
-    ap.add_argument("--ref-samples", type=int, default=128, help="reference Offline samples (0: skip)")
-    ap.add_argument("--ref-batch-sizes", default="64,128")
+    ap.add_argument("--ref-samples", type=int, default=64, help="reference Offline samples (0: skip)")
+    ap.add_argument("--ref-batch-sizes", default="64")
     ap.add_argument("--fidelity-prompts", type=int, default=32, help="prompts compared with generate (0: skip)")
     ap.add_argument("--fidelity-tokens", type=int, default=32)
-    ap.add_argument("--init-std", type=float, default=0.02, help="random weight std (larger: more decisive)")
+    ap.add_argument("--init-std", type=float, default=0.02, help="random weight std (larger: more chaotic, see docs)")
     ap.add_argument("--server-qps", default="", help="comma-separated QPS points for the Server sweep")
     ap.add_argument("--server-seconds", type=float, default=60.0)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--output-cap", type=int, default=None, help="clip drawn output lengths (quick smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tensor-parallel", type=int, default=1,
@@ -219,45 +127,53 @@ def main(argv=None) -> int:
     if args.weights == "int8":
         raise SystemExit("bench: --weights int8 needs the quant helper's int8 Linears, not on this branch yet")
     os.makedirs(args.out, exist_ok=True)
-
-    def save() -> None:  # after every section, so a run cut short keeps what it measured
-        with open(os.path.join(args.out, "bench.json"), "w") as fh:
-            json.dump(result, fh, indent=1, default=float)
-
+    lg_dir = tempfile.mkdtemp(prefix="bench-loadgen-")
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     cfg = hf_config_for(args.shape, args.layers)
     result: dict = {"args": vars(args), "rows": []}
 
+    def save() -> None:  # after every section, so a run cut short keeps what it measured
+        with open(os.path.join(args.out, "bench.json"), "w") as fh:
+            json.dump(result, fh, indent=1, default=float)
+
     p_len, o_len = synthetic_lengths(args.samples, args.seed)
     if args.output_cap:
         o_len = np.minimum(o_len, args.output_cap)
     prompts = synthetic_prompts(p_len, cfg.vocab_size, args.seed)
+    forced = {i: int(n) for i, n in enumerate(o_len)}
     result["workload"] = {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())}
+    if args.kernel_bench and device.type == "cuda":
+        result["kernels"] = kernel_bench(device)
+        for row in result["kernels"]:
+            log.info("kernel %s", row)
+        save()
     if args.tensor_parallel > 1 or args.data_parallel > 1:
         from bench_scaling import run_scaling  # tools/ is this script's directory, first on sys.path
 
         return run_scaling(args, cfg, prompts, o_len, p_len)
 
     hf_ref = None
-    need_hf = args.ref_samples > 0 or args.fidelity_prompts > 0
-    if need_hf:
+    if args.ref_samples > 0 or args.fidelity_prompts > 0:
         hf = build_hf(cfg, device, dtype, args.init_std, args.seed)
         if args.fidelity_prompts:
             n = args.fidelity_prompts
-            fid_prompts = prompts[:n]
-            hf_ref, _ = hf_generate(hf, fid_prompts, [args.fidelity_tokens] * n, batch_size=16)
+            hf_ref, _ = hf_generate(hf, prompts[:n], [args.fidelity_tokens] * n, batch_size=1)
+            # the noise floor: generate against itself, left-padded batches of 16 vs one prompt at a time
+            hf_padded, _ = hf_generate(hf, prompts[:n], [args.fidelity_tokens] * n, batch_size=16)
         for bs in [int(b) for b in args.ref_batch_sizes.split(",") if b] if args.ref_samples else []:
             m = args.ref_samples
-            try:
-                _, secs = hf_generate(hf, prompts[:m], o_len[:m].tolist(), bs, min_new=o_len[:m].tolist())
-            except torch.OutOfMemoryError:
-                log.warning("reference batch %d does not fit", bs)
-                torch.cuda.empty_cache()
+            backend = ForcedLengthReference(hf, o_len, eos_token_id=cfg.eos_token_id, vocab_size=cfg.vocab_size,
+                                            batch_size=bs)
+            run = loadgen_offline(backend, prompts[:m], os.path.join(lg_dir, f"reference_{bs}"))
+            if run["failures"]:
+                log.warning("reference batch %d failed (%d samples; out of memory?)", bs, run["failures"])
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
                 continue
-            result["rows"].append({"backend": "reference", "batch": bs, "samples": m,
-                                   "tokens_per_s": float(o_len[:m].sum() / secs), "seconds": secs})
-            log.info("reference bs %d: %.0f tok/s", bs, o_len[:m].sum() / secs)
+            result["rows"].append({"backend": "reference", "batch": bs, "samples": m, "path": "loadgen",
+                                   "tokens_per_s": float(o_len[:m].sum() / run["wall_s"]), **run})
+            log.info("reference bs %d: %.0f tok/s", bs, result["rows"][-1]["tokens_per_s"])
             save()
         model = _empty_model(cfg, device, dtype, MAX_MODEL_LEN)
         load_hf_weights(model, hf.state_dict().items())
@@ -278,67 +194,79 @@ def main(argv=None) -> int:
         outs = engine.generate(prompts[:len(hf_ref)], SamplingParams(args.fidelity_tokens))
         div = [first_divergence(a, b) for a, b in zip(outs, hf_ref)]
         same = sum(d is None for d in div)
+        floor = [first_divergence(a, b) for a, b in zip(hf_padded, hf_ref)]
         result["fidelity"] = {"prompts": len(div), "identical": same, "fraction": same / len(div),
-                              "first_divergence": [d for d in div if d is not None], "init_std": args.init_std}
-        log.info("fidelity: %d/%d identical; first divergences at %s", same, len(div), result["fidelity"]["first_divergence"])
+                              "first_divergence": [d for d in div if d is not None], "init_std": args.init_std,
+                              "generate_padded_vs_unpadded_identical": sum(d is None for d in floor),
+                              "generate_padded_vs_unpadded_divergence": [d for d in floor if d is not None]}
+        log.info("fidelity: %d/%d identical; first divergences at %s", same, len(div),
+                 result["fidelity"]["first_divergence"])
         save()
 
     engine.generate(prompts[:32], SamplingParams(8, ignore_eos=True))  # warm-up
-    step_log: list[tuple[bool, int, int, float]] = []
+    step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
     run_step = engine.runner.run
 
     def timed_run(batch):  # run() ends in a host read of the tokens, so wall time is the step's time
         t0 = time.perf_counter()
         out = run_step(batch)
-        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0))
+        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0,
+                         batch.num_decodes))
         return out
 
     engine.runner.run = timed_run
-    params = [SamplingParams(int(n), ignore_eos=True) for n in o_len]
-    steps0, t = engine.num_steps, time.perf_counter()
-    engine.generate(prompts, params)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    secs = time.perf_counter() - t
-    tps = float(o_len.sum() / secs)
+    steps0 = engine.num_steps
+    run = loadgen_offline(EngineBackend(engine, forced_output_lengths=forced), prompts,
+                          os.path.join(lg_dir, "engine"))
+    engine.runner.run = run_step
+    tps = float(o_len.sum() / run["wall_s"])
     kv_capacity = engine.runner.num_blocks * econf.block_size
     live = min(args.max_num_seqs, kv_capacity / float(p_len.mean() + o_len.mean()))
     roof = roofline_tokens_per_s(cfg, p_len, o_len, live, dtype.itemsize)
-    result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples,
-                           "tokens_per_s": tps, "seconds": secs, "steps": engine.num_steps - steps0,
+    result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
+                           "tokens_per_s": tps, **run, "steps": engine.num_steps - steps0,
                            "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
-                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log)})
-    engine.runner.run = run_step
-    log.info("engine: %.0f tok/s (%d steps, %.1f ms/step)", tps, engine.num_steps - steps0,
-             1e3 * secs / max(engine.num_steps - steps0, 1))
+                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
+                           "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
+    log.info("engine: %.0f tok/s (%d steps)", tps, engine.num_steps - steps0)
     save()
 
     for qps in [float(q) for q in args.server_qps.split(",") if q]:
         row = server_sweep(engine, prompts, o_len, qps, args.server_seconds, args.seed)
-        row["meets_server"] = row["ttft_p99_ms"] <= constants.SERVER_TTFT_MS and row["tpot_p99_ms"] <= constants.SERVER_TPOT_MS
+        row["meets_server"] = (row["ttft_p99_ms"] <= constants.SERVER_TTFT_MS
+                               and row["tpot_p99_ms"] <= constants.SERVER_TPOT_MS)
         row["meets_interactive"] = (row["ttft_p99_ms"] <= constants.INTERACTIVE_TTFT_MS
                                     and row["tpot_p99_ms"] <= constants.INTERACTIVE_TPOT_MS)
         result.setdefault("server", []).append(row)
         log.info("server %s", row)
         save()
+    print_table(args, cfg, dtype, p_len, o_len, result, roof)
+    save()
+    return 0
 
+
+def print_table(args, cfg, dtype, p_len, o_len, result, roof) -> None:
     best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
     print(f"\nshape {args.shape} layers {cfg.num_hidden_layers} {dtype}; prompts mean {p_len.mean():.0f}, "
-          f"outputs mean {o_len.mean():.0f}")
+          f"outputs mean {o_len.mean():.0f}; LoadGen Offline PerformanceOnly")
     print(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
     for r in result["rows"]:
         ratio = f"{r['tokens_per_s'] / best_ref:.2f}x" if best_ref else "-"
-        roof_s = f"{r['tokens_per_s'] / roof:.0%}"
-        print(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}{roof_s:>10}")
+        print(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"
+              f"{r['tokens_per_s'] / roof:>10.0%}")
     for row in result.get("server", []):
         print(f"server qps {row['qps']:>6.2f}: {row['tokens_per_s']:.0f} tok/s, p99 TTFT {row['ttft_p99_ms']:.0f} ms, "
               f"p99 TPOT {row['tpot_p99_ms']:.1f} ms, server {'ok' if row['meets_server'] else 'no'}, "
               f"interactive {'ok' if row['meets_interactive'] else 'no'}")
+    for row in result.get("kernels", []):
+        print(f"kernel {row['kernel']:<15} H {row['heads']:>2} KV {row['kv_heads']:>2} ctx {row['context']:>5} "
+              f"B {row['batch']}: {row['ms']:.3f} ms, {row['tb_per_s']:.2f} TB/s")
     if "fidelity" in result:
         f = result["fidelity"]
-        print(f"fidelity vs generate: {f['identical']}/{f['prompts']} identical, first divergences {f['first_divergence']}")
-    save()
-    return 0
+        print(f"fidelity vs generate (init std {f['init_std']}): {f['identical']}/{f['prompts']} identical, "
+              f"first divergences {f['first_divergence']}; generate batch 16 vs batch 1: "
+              f"{f['generate_padded_vs_unpadded_identical']}/{f['prompts']} identical, "
+              f"first divergences {f['generate_padded_vs_unpadded_divergence']}")
 
 
 if __name__ == "__main__":

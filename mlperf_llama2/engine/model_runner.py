@@ -95,25 +95,25 @@ class ModelRunner:
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
 
     def _prepare(self, batch: ScheduledBatch):
-        dev = self.device
-        decodes = [(seq, n) for seq, n in batch.items if n == 1]
-        prefills = batch.items[len(decodes):]
-        ids: list[int] = []
-        pos: list[np.ndarray] = []
-        slots: list[np.ndarray] = []
-        for seq, n in batch.items:
+        dev, bs = self.device, self.block_size
+        decodes = batch.items[:batch.num_decodes]  # one new token each, listed first
+        prefills = batch.items[batch.num_decodes:]
+        d_pos = [seq.num_computed_tokens for seq, _ in decodes]
+        ids = [seq.token_at(p) for (seq, _), p in zip(decodes, d_pos)]
+        pos = [np.asarray(d_pos, dtype=np.int64)]
+        slots = [np.asarray([seq.block_table[p // bs] * bs + p % bs for (seq, _), p in zip(decodes, d_pos)],
+                            dtype=np.int64)]
+        for seq, n in prefills:
             start = seq.num_computed_tokens
             ids.extend(seq.tokens(start, start + n))
             pos.append(np.arange(start, start + n))
             slots.append(self._slots(seq, start, start + n))
-        num_rows = np.array([n for _, n in batch.items])
-        last_rows = np.cumsum(num_rows) - 1
+        last_rows = np.cumsum([n for _, n in batch.items]) - 1
         meta = AttentionMetadata(
-            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(dev), num_decodes=len(decodes),
-            block_size=self.block_size,
+            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(dev), num_decodes=len(decodes), block_size=bs,
         )
         if decodes:
-            ctx = [seq.num_computed_tokens + 1 for seq, _ in decodes]
+            ctx = [p + 1 for p in d_pos]
             meta.context_lens = torch.tensor(ctx, dtype=torch.int32, device=dev)
             meta.block_tables = torch.from_numpy(self._block_table_array([s for s, _ in decodes])).to(dev)
             if dev.type != "cuda":
@@ -186,7 +186,7 @@ class ModelRunner:
         ctx = np.ones(bs, dtype=np.int32)
         ctx[:n] = np.asarray(positions) + 1
         ids = np.zeros(bs, dtype=np.int64)
-        ids[:n] = [seq.last_token for seq in seqs]
+        ids[:n] = [seq.token_at(p) for seq, p in zip(seqs, positions)]  # a 1-token prompt chunk is not the last token
         pos = np.zeros(bs, dtype=np.int64)
         pos[:n] = positions
         sup = np.zeros(bs, dtype=bool)

@@ -63,7 +63,7 @@ def _paged_decode_kernel(
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                           block_size: int) -> torch.Tensor:
+                           block_size: int, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
     """q: [B, H, D]; caches: [S, KV, D]; block_tables: [B, W] int32; context_lens: [B] int32 -> [B, H, D]."""
     b, h, d = q.shape
     kv = k_cache.shape[1]
@@ -75,6 +75,6 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d,
-        BLOCK_SIZE=block_size, BLOCK_N=64, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=2,
     )
     return out

@@ -65,9 +65,9 @@ class Sequence:
         """True while fewer than min_new_tokens were generated: EOS's logit is set to -inf."""
         return len(self.output) < self.params.min_new_tokens
 
-    @property
-    def last_token(self) -> int:
-        return self.output[-1] if self.output else self.prompt[-1]
+    def token_at(self, index: int) -> int:
+        n = len(self.prompt)
+        return self.prompt[index] if index < n else self.output[index - n]
 
     def tokens(self, start: int, stop: int) -> list[int]:
         if stop <= len(self.prompt):

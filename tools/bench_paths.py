@@ -1,0 +1,213 @@
+"""The measured paths of tools/bench.py: transformers generate, LoadGen Offline, a Poisson Server sweep,
+and a decode-kernel microbenchmark. Bench-only code: forced output lengths live here and in the
+backends' bench knob, never in main.py's flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import torch
+
+from mlperf_llama2 import constants
+from mlperf_llama2.backends.reference import ReferenceBackend, left_pad
+from mlperf_llama2.engine.llm_engine import LLMEngine
+from mlperf_llama2.engine.sequence import SamplingParams
+
+log = logging.getLogger("bench")
+
+
+def build_hf(cfg, device, dtype, std: float, seed: int):
+    from transformers import LlamaForCausalLM
+
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std, generator=gen)
+    model.generation_config.pad_token_id = cfg.eos_token_id
+    return model.eval()
+
+
+@torch.inference_mode()
+def hf_generate(model, prompts: list[list[int]], new_tokens: list[int], batch_size: int,
+                min_new: list[int] | None = None) -> tuple[list[list[int]], float]:
+    """The reference's way: left-padded static batches; a batch runs to its longest member."""
+    device = next(model.parameters()).device
+    outs: list[list[int]] = []
+    t0 = time.perf_counter()
+    for b in range(0, len(prompts), batch_size):
+        chunk = prompts[b:b + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), constants.LLAMA2_EOS_TOKEN, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(chunk):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        longest = max(new_tokens[b:b + batch_size])
+        least = max(min_new[b:b + batch_size]) if min_new else 1
+        gen = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=longest,
+                             min_new_tokens=least, do_sample=False, num_beams=1,
+                             pad_token_id=constants.LLAMA2_EOS_TOKEN)
+        for i, row in enumerate(gen[:, width:].tolist()):
+            outs.append(row[:new_tokens[b + i]])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return outs, time.perf_counter() - t0
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def server_sweep(engine: LLMEngine, prompts, outputs, qps: float, seconds: float, seed: int) -> dict:
+    """Poisson arrivals into the engine's loop thread; TTFT and TPOT per request as LoadGen defines them."""
+    rng = np.random.default_rng(seed)
+    arrive, first, done, lock = {}, {}, {}, threading.Lock()
+
+    def on_first(seq, _tok):
+        with lock:
+            first[seq.request_id] = time.perf_counter()
+
+    def on_done(seq):
+        with lock:
+            done[seq.request_id] = (time.perf_counter(), len(seq.output))
+
+    failed: list[BaseException] = []
+    engine.start_loop(on_first, on_done, failed.append)
+    t0 = time.perf_counter()
+    i = 0
+    while time.perf_counter() - t0 < seconds:
+        k = i % len(prompts)
+        with lock:
+            arrive[i] = time.perf_counter()
+        engine.add_request(i, prompts[k], SamplingParams(int(outputs[k]), ignore_eos=True))
+        i += 1
+        time.sleep(rng.exponential(1.0 / qps))
+    deadline = time.perf_counter() + 300
+    while len(done) < i and not failed and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    engine.stop_loop()
+    ttft = np.array([first[r] - arrive[r] for r in done]) * 1e3
+    tpot = np.array([(done[r][0] - first[r]) / max(done[r][1] - 1, 1) for r in done]) * 1e3
+    tokens = sum(n for _, n in done.values())
+    span = max(t for t, _ in done.values()) - t0
+    return {"qps": qps, "issued": i, "completed": len(done), "tokens_per_s": tokens / span,
+            "ttft_p99_ms": float(np.percentile(ttft, 99)), "tpot_p99_ms": float(np.percentile(tpot, 99))}
+
+
+def step_profile(step_log) -> dict:
+    """Where Offline time went: decode-only (graph) steps vs mixed prefill+decode (eager) steps."""
+    prof = {}
+    for kind, decode_only in (("decode_only", True), ("mixed", False)):
+        rows = [r for r in step_log if r[0] == decode_only]
+        if rows:
+            prof[kind] = {"steps": len(rows), "seconds": sum(r[3] for r in rows),
+                          "mean_ms": 1e3 * sum(r[3] for r in rows) / len(rows),
+                          "mean_seqs": sum(r[1] for r in rows) / len(rows),
+                          "mean_tokens": sum(r[2] for r in rows) / len(rows)}
+    return prof
+
+
+class ForcedLengthReference(ReferenceBackend):
+    """The reference backend with the bench knob: each sample generates exactly its drawn length, EOS
+    ignored, and a batch runs to its longest member as the real reference does."""
+
+    def __init__(self, model, lengths, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self._lengths = lengths
+
+    def generate(self, batch):
+        want = [int(self._lengths[r.sample_index]) for r in batch]
+        input_ids, attention_mask = left_pad([r.prompt for r in batch], self.eos_token_id)  # [B, L]
+        with torch.inference_mode():
+            out = self._model.generate(input_ids=input_ids.to(self._device), attention_mask=attention_mask.to(self._device),
+                                       max_new_tokens=max(want), min_new_tokens=max(want), do_sample=False, num_beams=1,
+                                       pad_token_id=self.eos_token_id)  # [B, L + max(want)]
+        rows = out[:, input_ids.shape[1]:].tolist()
+        return [row[:n] for row, n in zip(rows, want)]
+
+
+def loadgen_offline(backend, prompts, out_dir: str) -> dict:
+    """One Offline PerformanceOnly run through the real LoadGen -> SUT -> backend path, all prompts in one query."""
+    import mlperf_loadgen as lg
+
+    from mlperf_llama2.data.dataset import Dataset
+    from mlperf_llama2.loadgen.runner import run_test
+    from mlperf_llama2.loadgen.settings import LoadGenSettings
+
+    n = len(prompts)
+    dataset = Dataset(path="synthetic", prompts=tuple(tuple(p) for p in prompts), targets=None)
+    test = lg.TestSettings()
+    test.scenario = lg.TestScenario.Offline
+    test.mode = lg.TestMode.PerformanceOnly
+    test.offline_expected_qps = 1.0
+    test.min_query_count = n
+    test.max_query_count = n
+    test.min_duration_ms = 0
+    test.performance_sample_count_override = n
+    test.use_token_latencies = True
+    os.makedirs(out_dir, exist_ok=True)
+    output = lg.LogOutputSettings()
+    output.outdir = out_dir
+    output.copy_summary_to_stdout = False
+    log_settings = lg.LogSettings()
+    log_settings.log_output = output
+    result = run_test("Offline", backend, dataset, LoadGenSettings(test, log_settings, out_dir),
+                      audit_conf="no-audit.config", max_new_tokens=constants.MAX_NEW_TOKENS)
+    summary = open(os.path.join(out_dir, "mlperf_log_summary.txt")).read()
+    lg_tps = [line.split(":")[-1].strip() for line in summary.splitlines() if "Tokens per second" in line]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"samples": result.samples, "wall_s": result.wall_s, "failures": len(result.failures),
+            "loadgen_tokens_per_s": float(lg_tps[0]) if lg_tps else None}
+
+
+@torch.inference_mode()
+def kernel_bench(device, batch=256, contexts=(700, 1200), shapes=((32, 32), (64, 8)), block_size=16) -> list[dict]:
+    """Paged decode kernel vs SDPA on contiguous KV: time and KV bytes read per second."""
+    import torch.nn.functional as F
+
+    from mlperf_llama2.engine.paged_decode_triton import paged_decode_attention
+
+    rows = []
+    for heads, kv in shapes:
+        for ctx in contexts:
+            d = 128
+            blocks = -(-ctx // block_size)
+            k_cache = torch.randn(batch * blocks * block_size, kv, d, device=device, dtype=torch.float16)
+            v_cache = torch.randn_like(k_cache)
+            table = torch.randperm(batch * blocks, device=device, dtype=torch.int32).view(batch, blocks)
+            lens = torch.full((batch,), ctx, dtype=torch.int32, device=device)
+            q = torch.randn(batch, heads, d, device=device, dtype=torch.float16)
+            k_dense = torch.randn(batch, kv, ctx, d, device=device, dtype=torch.float16)
+            v_dense = torch.randn_like(k_dense)
+            runs = {"sdpa_dense": lambda: F.scaled_dot_product_attention(q[:, :, None], k_dense, v_dense, enable_gqa=True)}
+            for block_n, warps in ((64, 4), (32, 4), (128, 4), (128, 8), (64, 8)):
+                runs[f"paged_n{block_n}_w{warps}"] = (
+                    lambda bn=block_n, w=warps: paged_decode_attention(q, k_cache, v_cache, table, lens, d ** -0.5,
+                                                                        block_size, block_n=bn, num_warps=w))
+            for name, fn in runs.items():
+                for _ in range(3):
+                    fn()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    fn()
+                end.record()
+                torch.cuda.synchronize()
+                ms = start.elapsed_time(end) / 20
+                gbytes = 2 * batch * ctx * kv * d * 2 / 1e9
+                rows.append({"kernel": name, "heads": heads, "kv_heads": kv, "context": ctx, "batch": batch,
+                             "ms": ms, "tb_per_s": gbytes / ms})
+            del k_cache, v_cache, k_dense, v_dense
+    return rows
