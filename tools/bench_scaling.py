@@ -4,8 +4,9 @@ Same synthetic workload and random-weight shapes as tools/bench.py (PERF.md), on
   * tensor parallel: one engine whose ranks are this process and N-1 workers (mlperf_llama2.dist);
   * data parallel: M engine replicas in this process, one per device, requests spread by least
     outstanding tokens (exactly what `main.py --backend engine --data-parallel M` runs).
-It measures Offline tokens/s (everything submitted at once) and, with --server-qps, a Server sweep
-(Poisson arrivals, p99 TTFT/TPOT). With --baseline-json (a bench.json of a smaller run) it reports
+It measures Offline tokens/s through the real LoadGen -> SUT -> backend path (bench_paths.loadgen_offline,
+the same backends main.py builds) and, with --server-qps, a Server sweep straight into the engines'
+loops (Poisson arrivals, p99 TTFT/TPOT). With --baseline-json (a bench.json of a smaller run) it reports
 scaling efficiency = (tokens/s / GPUs) / (baseline tokens/s / baseline GPUs). Writes bench.json.
 """
 
@@ -21,8 +22,11 @@ import time
 import numpy as np
 import torch
 
+from bench_paths import loadgen_offline
 from mlperf_llama2 import constants
+from mlperf_llama2.backends.engine import EngineBackend
 from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.dist.data_parallel import DataParallelBackend
 from mlperf_llama2.dist.env import apply_dist_env, device_for_rank, free_loopback_port
 from mlperf_llama2.dist.routing import LeastLoadedRouter, request_cost
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine
@@ -113,8 +117,15 @@ def run_scaling(args, cfg, prompts, o_len, p_len) -> int:
     try:
         for engine in engines:  # warm-up
             engine.generate(prompts[:8], SamplingParams(4, ignore_eos=True))
-        offline = run_requests(engines, [(0.0, k) for k in range(len(prompts))], prompts, o_len, timeout_s=3600)
-        offline["tokens_per_s_per_gpu"] = offline["tokens_per_s"] / gpus
+        forced = {i: int(n) for i, n in enumerate(o_len)}
+        replicas = [EngineBackend(engine, forced_output_lengths=forced) for engine in engines]
+        backend = replicas[0] if len(replicas) == 1 else DataParallelBackend(replicas)
+        run = loadgen_offline(backend, prompts, os.path.join(args.out, "loadgen-offline"))
+        tokens = int(o_len.sum())
+        offline = {**run, "tokens": tokens, "tokens_per_s": tokens / run["wall_s"],
+                   "tokens_per_s_per_gpu": tokens / run["wall_s"] / gpus}
+        if len(replicas) > 1:
+            offline["requests_per_replica"] = backend.submitted
         result["offline"] = offline
         log.info("offline on %d device(s): %.0f tok/s (%.0f per GPU)", gpus, offline["tokens_per_s"],
                  offline["tokens_per_s_per_gpu"])

@@ -37,6 +37,9 @@ class StepSequence:
         base = self.num_computed_tokens
         return self.new_tokens[start - base:stop - base]
 
+    def token_at(self, index: int) -> int:
+        return self.new_tokens[index - self.num_computed_tokens]
+
     @property
     def last_token(self) -> int:
         return self.new_tokens[-1]  # decode steps: the one new token is the last token
