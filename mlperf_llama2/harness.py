@@ -66,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     config.max_new_tokens)
     mode = "Interactive" if config.interactive and config.scenario == "Server" else config.scenario
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
-             dataset.total_sample_count, config.backend, config.dtype, config.device)
+             dataset.total_sample_count, "sut-nodes" if config.dist.sut_nodes else config.backend, config.dtype,
+             config.device)
     network_name = None
     if config.dist.sut_nodes:
         from mlperf_llama2.dist.node_client import create_node_backend

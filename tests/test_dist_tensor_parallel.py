@@ -65,3 +65,21 @@ def test_tp2_tokens_identical_to_tp1(tiny_model_dir):
     assert [p.returncode for p in workers] == [0]  # the worker stopped cleanly when told to
     assert split == single
     assert all(len(out) >= 2 for out in split)
+
+
+def test_a_dead_worker_fails_the_next_step_instead_of_hanging(tiny_model_dir):
+    import time
+
+    spec = ShardSpec(world=2, port=free_loopback_port(), base_device="cpu", dtype="float32",
+                     engine=dataclasses.asdict(ENGINE), model_path=str(tiny_model_dir))
+    engine, group = start_tp_engine(spec)
+    worker = group.procs[0]
+    try:
+        worker.kill()
+        worker.wait(timeout=30)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError):
+            engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4))
+        assert time.monotonic() - t0 < 30  # the broken connection is noticed at once, not after a timeout
+    finally:
+        group.shutdown()
