@@ -2,14 +2,16 @@
 
 One invocation measures, side by side on the same weights, prompts and forced output lengths:
   * fidelity: greedy outputs of the engine vs `generate` (fraction identical, first divergences);
-  * Offline throughput of the reference-style path (`generate`, left-padded static batches run to
-    their longest member) at each batch size asked, and of the engine (everything in flight);
+  * Offline PerformanceOnly throughput through LoadGen -> SUT of the reference-style backend
+    (`generate`, left-padded static batches run to their longest member) at each batch size asked,
+    and of the engine backend (everything in flight);
   * a Server sweep of the engine: Poisson arrivals at each QPS, p99 TTFT/TPOT against 2 s/200 ms
     and 450/40 ms.
 It prints a table and writes bench.json into --out. The synthetic lengths are documented in
 docs/engine.md (`synthetic_lengths`).
 
-  python tools/bench.py --shape 7b --samples 2048 --ref-samples 128 --ref-batch-sizes 64,128 --out /tmp/b
+  python3 tools/bench.py --shape 7b --samples 2048 --ref-samples 64 --ref-batch-sizes 64 --kernel-bench \
+      --server-qps 17,20 --server-seconds 25 --out /tmp/b
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from mlperf_llama2.engine.llama import load_hf_weights  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
-from mlperf_llama2.engine.weights import _empty_model, random_model  # noqa: E402
+from mlperf_llama2.engine.weights import empty_model, random_model  # noqa: E402
 from mlperf_llama2.backends.engine import EngineBackend  # noqa: E402
 
 from bench_paths import (  # noqa: E402
@@ -161,6 +163,7 @@ def main(argv=None) -> int:
             hf_ref, _ = hf_generate(hf, prompts[:n], [args.fidelity_tokens] * n, batch_size=1)
             # the noise floor: generate against itself, left-padded batches of 16 vs one prompt at a time
             hf_padded, _ = hf_generate(hf, prompts[:n], [args.fidelity_tokens] * n, batch_size=16)
+        backend = None
         for bs in [int(b) for b in args.ref_batch_sizes.split(",") if b] if args.ref_samples else []:
             m = args.ref_samples
             backend = ForcedLengthReference(hf, o_len, eos_token_id=cfg.eos_token_id, vocab_size=cfg.vocab_size,
@@ -175,9 +178,9 @@ def main(argv=None) -> int:
                                    "tokens_per_s": float(o_len[:m].sum() / run["wall_s"]), **run})
             log.info("reference bs %d: %.0f tok/s", bs, result["rows"][-1]["tokens_per_s"])
             save()
-        model = _empty_model(cfg, device, dtype, MAX_MODEL_LEN)
+        model = empty_model(cfg, device, dtype, MAX_MODEL_LEN)
         load_hf_weights(model, hf.state_dict().items())
-        del hf
+        del hf, backend  # the reference backend holds the model too: free it before the KV cache is sized
         if device.type == "cuda":
             torch.cuda.empty_cache()
     else:

@@ -13,18 +13,19 @@ import os
 
 import torch
 
-from mlperf_llama2.engine.llama import LlamaForCausalLM, LlamaShape, load_hf_weights, rope_cos_sin
+from mlperf_llama2.engine.llama import LlamaForCausalLM, LlamaShape, RMSNorm, load_hf_weights, rope_cos_sin
 
 log = logging.getLogger(__name__)
 
 
-def _empty_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int) -> LlamaForCausalLM:
+def empty_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int) -> LlamaForCausalLM:
+    """The model in the config's shapes, uninitialised on `device` (RMSNorm weights one), RoPE tables set."""
     shape = LlamaShape.from_hf_config(hf_config)
     with torch.device("meta"):
         model = LlamaForCausalLM(shape)
     model = model.to_empty(device=device).to(dtype)
-    for module in model.modules():  # RMSNorm weights are not in every random build; start them at one
-        if module.__class__.__name__ == "RMSNorm":
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
             module.weight.data.fill_(1.0)
     model.set_rope(*rope_cos_sin(hf_config, max(max_positions, 1), dtype, device))
     return model.eval().requires_grad_(False)
@@ -41,7 +42,7 @@ def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, m
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
     if not files:
         raise ValueError(f"{model_path}: no *.safetensors files; the engine loads safetensors checkpoints only")
-    model = _empty_model(hf_config, device, dtype, max_positions)
+    model = empty_model(hf_config, device, dtype, max_positions)
 
     def tensors():
         for path in files:
@@ -57,7 +58,7 @@ def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, m
 def random_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int,
                  init_std: float = 0.02, seed: int = 0) -> LlamaForCausalLM:
     """Random weights N(0, init_std) in the config's shapes, made on `device` (RMSNorm weights one)."""
-    model = _empty_model(hf_config, device, dtype, max_positions)
+    model = empty_model(hf_config, device, dtype, max_positions)
     gen = torch.Generator(device=device).manual_seed(seed)
     for name, p in model.named_parameters():
         if p.dim() >= 2:
