@@ -9,18 +9,19 @@ STAMP := $(VENV)/.installed
 # on a GPU machine install your own CUDA torch first, or set TORCH_SPEC.
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 
-.PHONY: venv test test-gpu clean help
+.PHONY: venv test test-gpu test-compat clean help
 
 help:
 	@echo "make test      create $(VENV) if missing, install the project, run the test suite"
 	@echo "make test-gpu  run only the GPU-marked tests"
+	@echo "make test-compat  run the tf_compat-marked tests under transformers 4.46 (in $(COMPAT_VENV))"
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -c constraints.txt -e ".[test,demo]"
+	$(PIP) install -q -c constraints.txt -e ".[test,demo,serve]"
 	@touch $(STAMP)
 
 test: $(STAMP)
@@ -29,5 +30,20 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
+# The LiteML wheel needs transformers 4.46: the tests marked tf_compat run again in an environment
+# pinned by constraints-tf446.txt (the same pins build.sh uses for the LiteML environment).
+COMPAT_VENV ?= .venv-tf446
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+
+$(COMPAT_STAMP): pyproject.toml constraints-tf446.txt
+	@test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install -q -c constraints-tf446.txt "$(TORCH_SPEC)"
+	$(COMPAT_PY) -m pip install -q -c constraints-tf446.txt -e ".[test]"
+	@touch $(COMPAT_STAMP)
+
+test-compat: $(COMPAT_STAMP)
+	HF_HUB_OFFLINE=1 $(COMPAT_PY) -m pytest -q -m tf_compat
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache

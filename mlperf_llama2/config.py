@@ -130,6 +130,23 @@ class ApiConfig:
     api_concurrency: int = 64
     api_timeout_s: float = 600.0
     api_retries: int = 3
+    api_batch_size: int = 8
+    api_backoff_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        for url in self.api_servers:
+            if not url.startswith(("http://", "https://")):
+                raise UserError(f"--api-server {url!r}: expected a base URL like http://127.0.0.1:8000")
+        if self.api_concurrency < 1:
+            raise UserError(f"--api-concurrency must be >= 1, got {self.api_concurrency}")
+        if self.api_batch_size < 1:
+            raise UserError(f"--api-batch-size must be >= 1, got {self.api_batch_size}")
+        if not self.api_timeout_s > 0:
+            raise UserError(f"--api-timeout must be > 0 seconds, got {self.api_timeout_s}")
+        if self.api_retries < 0:
+            raise UserError(f"--api-retries must be >= 0, got {self.api_retries}")
+        if self.api_backoff_s < 0:
+            raise UserError(f"--api-backoff must be >= 0 seconds, got {self.api_backoff_s}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -148,9 +165,15 @@ class ApiConfig:
         g.add_argument("--api-concurrency", type=int, default=ApiConfig.api_concurrency,
                        help="most requests in flight per server (default %(default)s)")
         g.add_argument("--api-timeout", type=float, default=ApiConfig.api_timeout_s,
-                       help="seconds before a request is retried (default %(default)s)")
+                       help="seconds a request may wait for the server (each read of a stream) before it "
+                            "is retried (default %(default)s)")
         g.add_argument("--api-retries", type=int, default=ApiConfig.api_retries,
-                       help="retries with backoff on 5xx and timeouts before the run fails (default %(default)s)")
+                       help="retries with backoff on 5xx, timeouts and connection errors before the request "
+                            "fails (default %(default)s)")
+        g.add_argument("--api-batch-size", type=int, default=ApiConfig.api_batch_size,
+                       help="Offline, token-id mode: prompts per request (default %(default)s)")
+        g.add_argument("--api-backoff", type=float, default=ApiConfig.api_backoff_s,
+                       help="first retry delay in seconds, doubled each retry (default %(default)s)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "ApiConfig":
@@ -164,6 +187,8 @@ class ApiConfig:
             api_concurrency=ns.api_concurrency,
             api_timeout_s=ns.api_timeout,
             api_retries=ns.api_retries,
+            api_batch_size=ns.api_batch_size,
+            api_backoff_s=ns.api_backoff,
         )
 
 

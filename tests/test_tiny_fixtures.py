@@ -1,7 +1,10 @@
 """The fixtures behave like the artefacts they stand in for (offline Llama tokenizer, greedy model)."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+pytestmark = pytest.mark.tf_compat  # the fixtures must also build and load under transformers 4.46
 
 
 def test_tokenizer_is_llama_like_and_offline(tiny_tokenizer_dir):
