@@ -57,8 +57,17 @@ def test_completion_returns_token_ids_and_finish_reason(node, expected):
     assert choice["finish_reason"] == ("stop" if expected[0][-1] == 2 else "length")
 
 
+def test_a_batch_of_prompts_gets_one_choice_each_in_order(node, expected):
+    status, data = post(node, {"prompt": PROMPTS, "max_tokens": NEW, "temperature": 0})
+    assert status == 200
+    choices = json.loads(data)["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2]
+    assert [c["token_ids"] for c in choices] == expected
+
+
 @pytest.mark.parametrize("body, message", [
     ({"prompt": "some text", "max_tokens": 4}, "list of token ids"),
+    ({"prompt": [[1, 2], [1, 3]], "max_tokens": 4, "stream": True}, "one prompt"),
     ({"prompt": [1, 2], "max_tokens": 4, "temperature": 0.7}, "temperature must be 0"),
     ({"prompt": [1, 99999], "max_tokens": 4}, "outside the model's vocabulary"),
     ({"prompt": [1, 2], "max_tokens": 5000}, "max_tokens must be"),
@@ -98,3 +107,22 @@ def test_unreachable_node_is_a_clear_error():
 
     with pytest.raises(UserError, match="is not answering"):
         NodeBackend([f"http://127.0.0.1:{free_loopback_port()}"], stream=False, wait_s=0.5)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_the_api_backend_talks_to_a_node(node, expected, streaming):
+    """The node speaks vLLM's token-id protocol: `--backend api --api-server NODE` works against it."""
+    from mlperf_llama2.backends.api import ApiBackend
+    from mlperf_llama2.config import ApiConfig
+
+    config = ApiConfig(api_servers=(node.url,), api_model_name="tiny-node", api_concurrency=2, api_batch_size=2)
+    api = ApiBackend(config, eos_token_id=2, vocab_size=node.backend.vocab_size, streaming=streaming)
+    sink = RecordingSink()
+    api.start(sink)
+    try:
+        api.submit([GenerationRequest(20 + i, i, p, NEW) for i, p in enumerate(PROMPTS)])
+        sink.wait(len(PROMPTS), timeout=60)
+    finally:
+        api.stop()
+    assert not sink.failed
+    assert {rid: outs for rid, outs in sink.completed.items()} == {20 + i: [e] for i, e in enumerate(expected)}

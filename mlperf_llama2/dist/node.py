@@ -77,6 +77,7 @@ class SutNode:
         self.request_timeout_s = request_timeout_s
         self.sink = NodeSink()
         self._ids = itertools.count()
+        self.completion_ids = itertools.count()
         self.requests_served = 0
         self.httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self.httpd.daemon_threads = True
@@ -91,26 +92,50 @@ class SutNode:
         return {"name": self.name, "backend": self.backend.name, "eos_token_id": self.backend.eos_token_id,
                 "vocab_size": self.backend.vocab_size, "streams_first_token": self.backend.streams_first_token}
 
-    def generate(self, prompt: list[int], max_tokens: int):
-        """Yields ("first", token) at most once, then ("done", ids) or raises. Bounded by request_timeout_s."""
-        request_id = next(self._ids)
-        results = self.sink.open(request_id)
+    def _submit(self, prompts: list[list[int]], max_tokens: int) -> list[tuple[int, queue.Queue]]:
+        """Submit all prompts in one call (the backend batches them); (request id, result queue) each."""
+        opened = [(rid, self.sink.open(rid)) for rid in (next(self._ids) for _ in prompts)]
+        self.backend.submit([GenerationRequest(rid, -1, p, max_tokens) for (rid, _), p in zip(opened, prompts)])
+        return opened
+
+    def _next(self, results: queue.Queue):
         try:
-            self.backend.submit([GenerationRequest(request_id, -1, prompt, max_tokens)])
+            kind, value = results.get(timeout=self.request_timeout_s)
+        except queue.Empty:
+            raise TimeoutError(f"no answer within {self.request_timeout_s:.0f} s") from None
+        if kind == "fail":
+            raise RuntimeError(f"{type(value).__name__}: {value}")
+        return kind, value
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Every prompt's ids, cut after the first EOS. Raises on a failure; bounded by request_timeout_s."""
+        opened = self._submit(prompts, max_tokens)
+        try:
+            outputs = []
+            for _, results in opened:
+                kind, value = self._next(results)
+                while kind != "done":
+                    kind, value = self._next(results)
+                outputs.append(cut_after_first_eos(value, self.backend.eos_token_id))
+            self.requests_served += len(prompts)
+            return outputs
+        finally:
+            for rid, _ in opened:
+                self.sink.close(rid)
+
+    def stream(self, prompt: list[int], max_tokens: int):
+        """Yields ("first", token) at most once, then ("done", ids cut after the first EOS); raises on failure."""
+        [(rid, results)] = self._submit([prompt], max_tokens)
+        try:
             while True:
-                try:
-                    kind, value = results.get(timeout=self.request_timeout_s)
-                except queue.Empty:
-                    raise TimeoutError(f"no answer within {self.request_timeout_s:.0f} s") from None
-                if kind == "fail":
-                    raise RuntimeError(f"{type(value).__name__}: {value}")
+                kind, value = self._next(results)
                 if kind == "done":
                     self.requests_served += 1
                     yield "done", cut_after_first_eos(value, self.backend.eos_token_id)
                     return
                 yield kind, value
         finally:
-            self.sink.close(request_id)
+            self.sink.close(rid)
 
     def serve_forever(self) -> None:
         log.info("SUT node %s serving %s on %s", self.name, self.backend.name, self.url)
@@ -151,19 +176,18 @@ def _handler_for(node: SutNode):
                 return self._error(404, f"no such path {self.path}")
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             try:
-                prompt, max_tokens, stream = wire.parse_request(raw, node.backend.vocab_size)
+                prompts, max_tokens, stream = wire.parse_request(raw, node.backend.vocab_size)
             except wire.BadRequest as exc:
                 return self._error(400, str(exc))
-            rid = f"cmpl-{id(raw):x}"
-            events = node.generate(prompt, max_tokens)
+            rid = f"cmpl-{next(node.completion_ids)}"
             if not stream:
                 try:
-                    tokens = [v for k, v in events if k == "done"][0]
+                    outputs = node.generate(prompts, max_tokens)
                 except Exception as exc:  # noqa: BLE001 - the client gets a 500 with the reason
                     log.error("generation failed: %s", exc)
                     return self._error(500, f"generation failed: {exc}")
-                reason = wire.finish_reason(tokens, node.backend.eos_token_id)
-                return self._send(200, wire.completion(rid, node.name, tokens, reason))
+                return self._send(200, wire.completion(rid, node.name, outputs, node.backend.eos_token_id))
+            events = node.stream(prompts[0], max_tokens)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
