@@ -13,7 +13,8 @@ import shutil
 import pytest
 
 from dist_fixtures import SMALL_ENGINE_FLAGS, start_node, stop_node
-from loadgen_fixtures import REPO, SMALL_USER_CONF, finish, read_accuracy_log, run_main, start_main, tokens, write_dataset
+from loadgen_fixtures import (REPO, SMALL_USER_CONF, finish, read_accuracy_log, run_main, start_main, tokens,
+                              write_dataset)
 from test_loadgen_runs import assert_well_formed
 
 MAX_NEW = 8

@@ -42,7 +42,8 @@ def expected(tiny_model_dir):
 def post(node, body) -> tuple[int, bytes]:
     host, port = node.httpd.server_address[:2]
     conn = http.client.HTTPConnection(host, port, timeout=30)
-    conn.request("POST", "/v1/completions", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    conn.request("POST", "/v1/completions", body=json.dumps(body).encode(),
+                 headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     data = response.read()
     conn.close()

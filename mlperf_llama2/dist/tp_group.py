@@ -14,7 +14,7 @@ import json
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
 
@@ -53,7 +53,6 @@ class ShardSpec:
     seed: int = 0
     max_model_len: int = 2048
     rank: int = 0
-    extra: dict = field(default_factory=dict)
 
     def for_rank(self, rank: int) -> "ShardSpec":
         return dataclasses.replace(self, rank=rank)
