@@ -51,3 +51,24 @@ def test_dp2_answers_every_request_once_with_single_engine_tokens(tiny_model_dir
     assert all(sink.first[rid] == [outs[0][0]] for rid, outs in sink.completed.items())  # streamed first token
     assert len(backend.submitted) == 2 and min(backend.submitted) >= 2  # both replicas worked
     assert backend.router.outstanding_tokens == [0, 0]
+
+
+def test_node_argv_rebuilds_the_replica_config():
+    """DP x TP replicas are local node processes: their flags must rebuild this run's model settings."""
+    import dataclasses
+
+    from mlperf_llama2.config import EngineConfig, QuantConfig
+    from mlperf_llama2.dist.local_nodes import ENGINE_FLAGS, QUANT_FLAGS, node_argv
+    from mlperf_llama2.dist.node import build_node_parser
+
+    assert set(ENGINE_FLAGS) | {"cuda_graphs"} == {f.name for f in dataclasses.fields(EngineConfig)}
+    assert set(QUANT_FLAGS) == {f.name for f in dataclasses.fields(QuantConfig)}  # a new knob must be passed on
+    engine = EngineConfig(max_num_seqs=7, max_num_batched_tokens=99, block_size=8, kv_cache_memory_fraction=0.5,
+                          num_kv_blocks=33, cuda_graphs=False)
+    quant = QuantConfig(quant_backend="open", quant_mode="int8")
+    cfg = RunConfig(backend="engine", model_path="/m", device="cpu", dtype="bfloat16", tensor_parallel=2,
+                    data_parallel=3, scenario="Server", engine=engine, quant=quant)
+    rebuilt = RunConfig.from_cli_args(build_node_parser().parse_args(node_argv(cfg, "cpu")))
+    assert rebuilt.engine == engine and rebuilt.quant == quant
+    assert (rebuilt.model_path, rebuilt.dtype, rebuilt.tensor_parallel, rebuilt.data_parallel, rebuilt.scenario) == \
+        ("/m", "bfloat16", 2, 1, "Server")

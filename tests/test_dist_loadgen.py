@@ -1,4 +1,4 @@
-"""main.py end to end with more than one engine: data parallel, tensor parallel, and two SUT nodes.
+"""main.py end to end with more than one engine: data parallel, tensor parallel, both, and two SUT nodes.
 
 Each LoadGen run is its own process on CPU. The SUT-node runs are LoadGen over the network
 (`--sut-nodes`, LoadGen's ConstructQDL) against two node processes on 127.0.0.1 (one engine node,
@@ -18,7 +18,7 @@ from loadgen_fixtures import (REPO, SMALL_USER_CONF, finish, read_accuracy_log, 
 from test_loadgen_runs import assert_well_formed
 
 MAX_NEW = 8
-pytestmark = pytest.mark.slow  # seven CPU processes, about 3 minutes on 2 shared cores
+pytestmark = pytest.mark.slow  # a dozen CPU processes, 4-5 minutes on 2 shared cores
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def runs(workdir, tiny_model_dir, nodes):
         "single": start_main(args("single", *model), workdir),
         "dp2": start_main(args("dp2", *model, "--data-parallel", 2), workdir),
         "tp2_server": start_main(args("tp2_server", *model, "--tensor-parallel", 2, "--scenario", "Server"), workdir),
+        "dp2_tp2": start_main(args("dp2_tp2", *model, "--data-parallel", 2, "--tensor-parallel", 2), workdir),
         "nodes_offline": start_main(args("nodes_offline", *sut_nodes), workdir),
         "nodes_server": start_main(args("nodes_server", *sut_nodes, "--scenario", "Server"), workdir),
     }
@@ -76,6 +77,13 @@ def test_data_parallel_run_answers_each_sample_once_with_single_engine_tokens(ru
 def test_tensor_parallel_server_run_matches_single_engine(runs, workdir):
     assert _outputs(runs, workdir, "tp2_server", server=True) == _outputs(runs, workdir, "single")
     assert "tensor parallel: 2 ranks" in runs["tp2_server"].stderr
+
+
+def test_data_parallel_over_tensor_parallel_replicas_matches_single_engine(runs, workdir):
+    """DP 2 x TP 2: two local node processes of two ranks each, reached over 127.0.0.1."""
+    assert _outputs(runs, workdir, "dp2_tp2") == _outputs(runs, workdir, "single")
+    assert "data parallel: 2 local nodes of tensor parallel 2" in runs["dp2_tp2"].stderr
+    assert "local SUT nodes stopped (exit codes [0, 0])" in runs["dp2_tp2"].stderr
 
 
 @pytest.mark.parametrize("name, server", [("nodes_offline", False), ("nodes_server", True)])

@@ -27,7 +27,7 @@ from mlperf_llama2 import constants
 from mlperf_llama2.backends.engine import EngineBackend
 from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.dist.data_parallel import DataParallelBackend
-from mlperf_llama2.dist.env import apply_dist_env, device_for_rank, free_loopback_port
+from mlperf_llama2.dist.env import apply_dist_env, device_for_rank
 from mlperf_llama2.dist.routing import LeastLoadedRouter, request_cost
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine
 from mlperf_llama2.engine.model_runner import ModelRunner
@@ -42,7 +42,7 @@ def build_engines(args, cfg, econf: EngineConfig, dtype: torch.dtype):
     if args.tensor_parallel > 1:
         from mlperf_llama2.dist.tp_group import ShardSpec, start_tp_engine
 
-        spec = ShardSpec(world=args.tensor_parallel, port=free_loopback_port(), base_device=args.device,
+        spec = ShardSpec(world=args.tensor_parallel, port=0, base_device=args.device,
                          dtype={torch.float16: "float16", torch.float32: "float32"}[dtype],
                          engine=dataclasses.asdict(econf), random_config=cfg.to_dict(), init_std=args.init_std,
                          seed=args.seed, max_model_len=MAX_MODEL_LEN)

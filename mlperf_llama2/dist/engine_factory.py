@@ -3,9 +3,9 @@
   * N = M = 1: the plain single-device `EngineBackend`;
   * N > 1: one engine whose ranks are this process (rank 0) and N-1 workers on devices base..base+N-1;
   * M > 1: M single-device engine replicas in this process on devices base..base+M-1, behind a
-    `DataParallelBackend`.
-N > 1 together with M > 1 is not one process's job: start M SUT nodes with `--tensor-parallel N`
-(`python -m mlperf_llama2.dist.node`) and run main.py with `--sut-nodes` (docs/distributed.md).
+    `DataParallelBackend`;
+  * N > 1 and M > 1: one process holds one torch.distributed world, so each replica is a local SUT
+    node process with N ranks on devices base+i*N.. (`local_nodes.py`), reached over 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -50,11 +50,13 @@ def create_engine_backend(cfg):
     from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN
 
     tp, dp = cfg.tensor_parallel, cfg.data_parallel
-    if tp > 1 and dp > 1:
-        raise UserError(f"--tensor-parallel {tp} with --data-parallel {dp}: start {dp} SUT nodes "
-                        f"(python -m mlperf_llama2.dist.node --tensor-parallel {tp} ...) and pass --sut-nodes")
     if cfg.model_path is None:
         raise UserError("the engine backend needs --model-path")
+    if tp > 1 and dp > 1:
+        from mlperf_llama2.dist.local_nodes import start_local_nodes
+
+        check_devices(cfg.device, tp * dp, "--tensor-parallel x --data-parallel")
+        return start_local_nodes(cfg)
     if tp > 1:
         from mlperf_llama2.dist.tp_group import start_tp_engine, tp_spec_from_run_config
 

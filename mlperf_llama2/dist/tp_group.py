@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from mlperf_llama2.config import EngineConfig
-from mlperf_llama2.dist.env import apply_dist_env, child_env, device_for_rank, free_loopback_port
+from mlperf_llama2.dist.env import apply_dist_env, child_env, device_for_rank
 from mlperf_llama2.dist.lockstep import DriverRunner
 from mlperf_llama2.dist.tensor_parallel import load_shard, random_shard
 
@@ -43,7 +43,7 @@ class ShardSpec:
     """Everything a rank needs to build its shard; JSON-serialisable (passed to worker processes)."""
 
     world: int
-    port: int
+    port: int  # rank 0's rendezvous port; start_tp_engine fills it in
     base_device: str
     dtype: str
     engine: dict
@@ -62,7 +62,12 @@ class ShardSpec:
         return device_for_rank(self.base_device, self.rank)
 
 
-def init_group(spec: ShardSpec):
+def master_store() -> "dist.TCPStore":
+    """Rank 0's rendezvous store on a loopback port the OS picks (no race for a free port)."""
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=RENDEZVOUS_TIMEOUT, wait_for_workers=False)
+
+
+def init_group(spec: ShardSpec, store=None):
     """Join the world; returns the gloo control group (the default group carries the all-reduces)."""
     apply_dist_env()
     device = torch.device(spec.device)
@@ -70,7 +75,8 @@ def init_group(spec: ShardSpec):
     if device.type == "cuda":
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
-    store = dist.TCPStore("127.0.0.1", spec.port, spec.world, is_master=spec.rank == 0, timeout=RENDEZVOUS_TIMEOUT)
+    if store is None:
+        store = dist.TCPStore("127.0.0.1", spec.port, spec.world, is_master=False, timeout=RENDEZVOUS_TIMEOUT)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=spec.rank,
                             world_size=spec.world, timeout=COLLECTIVE_TIMEOUT, **kwargs)
     return dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
@@ -136,10 +142,11 @@ def start_tp_engine(spec: ShardSpec):
     """(LLMEngine on rank 0 driving workers in lockstep, TPGroup). Call TPGroup.shutdown() when done."""
     from mlperf_llama2.engine.llm_engine import LLMEngine
 
-    spec = spec.for_rank(0)
+    store = master_store()
+    spec = dataclasses.replace(spec, rank=0, port=store.port)
     group = TPGroup(spawn_workers(spec))
     try:
-        ctrl = init_group(spec)
+        ctrl = init_group(spec, store)
         local, eos, blocks = build_runner(spec, ctrl)
         group.runner = DriverRunner(local, ctrl, blocks)
         log.info("tensor parallel: %d ranks from %s, %d KV blocks each", spec.world, spec.base_device, blocks)
@@ -154,5 +161,5 @@ def start_tp_engine(spec: ShardSpec):
 
 
 def tp_spec_from_run_config(cfg, max_model_len: int) -> ShardSpec:
-    return ShardSpec(world=cfg.tensor_parallel, port=free_loopback_port(), base_device=cfg.device, dtype=cfg.dtype,
+    return ShardSpec(world=cfg.tensor_parallel, port=0, base_device=cfg.device, dtype=cfg.dtype,
                      engine=dataclasses.asdict(cfg.engine), model_path=cfg.model_path, max_model_len=max_model_len)
