@@ -275,6 +275,9 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_new_tokens <= constants.MAX_NEW_TOKENS:
             raise UserError(f"--max-new-tokens must be in 1..{constants.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if self.dist.sut_nodes and (self.backend == "api" or self.tensor_parallel > 1 or self.data_parallel > 1):
+            raise UserError("--sut-nodes: the SUT nodes generate; give --tensor-parallel/--data-parallel to the nodes "
+                            "(python -m mlperf_llama2.dist.node), and do not combine with --vllm/--backend api")
         if self.backend == "api" and not self.api.api_servers:
             raise UserError("--vllm/--backend api needs --api-server URL")
 

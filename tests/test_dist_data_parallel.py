@@ -72,3 +72,18 @@ def test_node_argv_rebuilds_the_replica_config():
     assert rebuilt.engine == engine and rebuilt.quant == quant
     assert (rebuilt.model_path, rebuilt.dtype, rebuilt.tensor_parallel, rebuilt.data_parallel, rebuilt.scenario) == \
         ("/m", "bfloat16", 2, 1, "Server")
+
+
+def test_sut_nodes_flag_parses_and_rejects_local_parallelism():
+    import pytest
+
+    from mlperf_llama2.config import build_parser
+    from mlperf_llama2.errors import UserError
+
+    def parse(*argv):
+        return RunConfig.from_cli_args(build_parser().parse_args(["--device", "cpu", *argv]))
+
+    cfg = parse("--sut-nodes", "http://127.0.0.1:1,http://127.0.0.1:2/", "--sut-nodes", "http://10.0.0.3:8000")
+    assert cfg.dist.sut_nodes == ("http://127.0.0.1:1", "http://127.0.0.1:2", "http://10.0.0.3:8000")
+    with pytest.raises(UserError, match="give --tensor-parallel/--data-parallel to the nodes"):
+        parse("--sut-nodes", "http://127.0.0.1:1", "--tensor-parallel", "2")
