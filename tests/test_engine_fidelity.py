@@ -97,3 +97,24 @@ def test_ignore_eos_produces_the_forced_length(eos_model_dir):
     engine = LLMEngine.from_pretrained(str(eos_model_dir), COMPOSITIONS["roomy"])
     outs = engine.generate(make_prompts([5, 6]), [SamplingParams(3, ignore_eos=True), SamplingParams(9, ignore_eos=True)])
     assert [len(o) for o in outs] == [3, 9]
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "rope_theta": 1000.0, "factor": 4.0},
+    {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 16},
+])
+def test_rope_theta_and_scaling_follow_the_checkpoint_config(tiny_model_dir, tmp_path, rope, reference):
+    import json
+    import shutil
+
+    scaled = tmp_path / "scaled"
+    shutil.copytree(tiny_model_dir, scaled)
+    config = json.loads((scaled / "config.json").read_text())
+    config["rope_parameters"] = rope
+    (scaled / "config.json").write_text(json.dumps(config))
+    prompts = MIXED[:3] + [MIXED[4]]
+    want = [strip_padding(o) for o in hf_greedy(scaled, prompts)]
+    assert want != [reference[i] for i in (0, 1, 2, 4)]  # the scaling does change the outputs
+    engine = LLMEngine.from_pretrained(str(scaled), COMPOSITIONS["roomy"])
+    assert engine.generate(prompts, SamplingParams(NEW_TOKENS)) == want

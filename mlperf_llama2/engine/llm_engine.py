@@ -59,6 +59,8 @@ class LLMEngine:
         model, hf_config = load_checkpoint(model_path, dev, dtype, MAX_MODEL_LEN)
         eos = hf_config.eos_token_id
         eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        if eos is None:
+            raise ValueError(f"{model_path}: config.json has no eos_token_id; the engine needs one to stop")
         return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype), config, eos)
 
     # ---- requests -----------------------------------------------------------------------------
