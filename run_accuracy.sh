@@ -2,7 +2,7 @@
 # Offline accuracy run, then ROUGE scoring of its accuracy log (SPEC §6).
 # Needs CHECKPOINT_PATH (local Llama-2-70b-chat-hf directory) and DATASET_PATH (processed .pkl) in the
 # environment. dtype/device default to float16 on CUDA and float32 on CPU; no consolidate step: the
-# scorer reads mlperf_log_accuracy.json directly.
+# scorer reads mlperf_log_accuracy.json directly. Extra arguments go to main.py (e.g. --batch-size 16).
 set -euo pipefail
 : "${CHECKPOINT_PATH:?set CHECKPOINT_PATH to the model checkpoint directory}"
 : "${DATASET_PATH:?set DATASET_PATH to the processed dataset pickle}"
@@ -14,6 +14,7 @@ python3 -u "$HERE/main.py" --scenario Offline --accuracy \
     --user-conf "$HERE/user.conf" \
     --total-sample-count 24576 \
     --output-log-dir offline_accuracy_loadgen_logs \
+    "$@" \
     2>&1 | tee offline_accuracy_log.log
 
 python3 "$HERE/evaluate-accuracy.py" --checkpoint-path "${CHECKPOINT_PATH}" \

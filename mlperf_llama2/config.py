@@ -84,8 +84,15 @@ class QuantConfig:
     quant_backend: str = "auto"  # auto | liteml | open
     quant_mode: str = "simulate"  # simulate | int8
     calibration_path: Optional[str] = None
+    # Open-backend numerics public material leaves open (docs/quantization.md).
+    momentum: float = 0.01
+    rounding: str = "half_even"  # half_even | half_away
+    narrow_range: bool = True
+    batch_shared_scale: bool = True
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.momentum <= 1.0:
+            raise UserError(f"--quant-momentum must be in (0, 1], got {self.momentum}")
         if self.liteml_config is not None and not os.path.isfile(self.liteml_config):
             raise UserError(f"--liteml-config: file not found: {self.liteml_config}")
         if self.calibration_path is not None and not os.path.isfile(self.calibration_path):
@@ -109,6 +116,15 @@ class QuantConfig:
         g.add_argument("--calibration-path", default=None,
                        help="calibration pickle for static quantizers (default: the processorca "
                             "calibration_*.pkl beside the dataset)")
+        g.add_argument("--quant-momentum", type=float, default=QuantConfig.momentum,
+                       help="open backend: MovingAverage observer update weight (default %(default)s)")
+        g.add_argument("--quant-rounding", choices=("half_even", "half_away"), default=QuantConfig.rounding,
+                       help="open backend: rounding of x/scale (default %(default)s)")
+        g.add_argument("--quant-full-range", action="store_true",
+                       help="open backend: symmetric int8 in [-128, 127] instead of [-127, 127]")
+        g.add_argument("--quant-per-sample-scale", action="store_true",
+                       help="open backend: a per-token scale whose dims list the batch axis is computed per "
+                            "sample instead of across the batch")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "QuantConfig":
@@ -117,6 +133,10 @@ class QuantConfig:
             quant_backend=ns.quant_backend,
             quant_mode=ns.quant_mode,
             calibration_path=ns.calibration_path,
+            momentum=ns.quant_momentum,
+            rounding=ns.quant_rounding,
+            narrow_range=not ns.quant_full_range,
+            batch_shared_scale=not ns.quant_per_sample_scale,
         )
 
 

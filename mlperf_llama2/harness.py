@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from mlperf_llama2.config import RunConfig, build_parser
 from mlperf_llama2.data.dataset import Dataset, load_dataset
 from mlperf_llama2.errors import UserError, configure_logging
+
+if TYPE_CHECKING:
+    from mlperf_llama2.loadgen.runner import RunResult
+    from mlperf_llama2.loadgen.sut import RunObserver
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,10 @@ def check_inputs(config: RunConfig) -> Dataset:
 
         check_model_dir(config.model_path)
         vocab_size = read_model_info(config.model_path).vocab_size
+    if config.quant.enabled:
+        from mlperf_llama2.quant.setup import plan_quantization
+
+        plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
     if config.save_outputs is not None:
         parent = os.path.dirname(os.path.abspath(config.save_outputs))
         try:
@@ -49,9 +57,8 @@ def check_inputs(config: RunConfig) -> Dataset:
     return load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    config = parse_config(argv)
-    configure_logging(config.verbose)
+def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResult":
+    """Check the inputs, build LoadGen settings and the backend, run LoadGen; observers see each sample."""
     dataset = check_inputs(config)
 
     # LoadGen and the backends are imported only once the inputs are known to be good.
@@ -83,9 +90,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings,
         audit_conf=config.audit_conf,
         max_new_tokens=config.max_new_tokens,
+        observers=observers,
         save_outputs=config.save_outputs,
         network_name=network_name,
     )
+    quant_report = getattr(backend, "quant_report", None)
+    if quant_report is not None:
+        log.info("%s; int8 mode approximates: %s", quant_report.summary(),
+                 "; ".join(quant_report.approximations) or "nothing")
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = parse_config(argv)
+    configure_logging(config.verbose)
+    result = run(config)
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
     if not result.ok:

@@ -56,11 +56,23 @@ def write_dataset(path: Path, tokenizer_dir) -> Path:
     return path
 
 
-def start_main(args, cwd: Path, script: str = "main.py") -> subprocess.Popen:
-    """main.py (or another root script) in a fresh process, so each LoadGen run loads mlperf.conf once."""
+def start_main(args, cwd: Path, script: str = "main.py", env: dict | None = None) -> subprocess.Popen:
+    """main.py (or another root script; a .sh runs under bash with this python3 first on PATH) in a
+    fresh process, so each LoadGen run loads mlperf.conf once."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, str(REPO / script) if not os.path.isabs(script) else script, *map(str, args)]
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
+    path = str(REPO / script) if not os.path.isabs(script) else script
+    if path.endswith(".sh"):
+        shim = Path(cwd) / ".python3-shim"
+        shim.mkdir(exist_ok=True)
+        launcher = shim / "python3"
+        if not launcher.exists():  # a wrapper, not a symlink: a venv's python finds its venv by its own path
+            launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+            launcher.chmod(0o755)
+        env["PATH"] = str(shim) + os.pathsep + env.get("PATH", "")
+        cmd = ["bash", path, *map(str, args)]
+    else:
+        cmd = [sys.executable, path, *map(str, args)]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

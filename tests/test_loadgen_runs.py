@@ -30,7 +30,7 @@ from loadgen_fixtures import (
 
 MAX_NEW = 8
 EOS = 2
-VOCAB = 515  # tiny tokenizer: 3 specials + 256 bytes + 256 learned pieces
+VOCAB = 512  # the tiny tokenizer's vocabulary (config.json vocab_size)
 SAMPLES = 6
 
 FAILING_DRIVER = """
@@ -62,7 +62,7 @@ def workdir(tmp_path_factory, tiny_tokenizer_dir):
     (root / "user.conf").write_text(SMALL_USER_CONF)
     (root / "valid.conf").write_text(VALID_SERVER_USER_CONF)
     (root / "failing_main.py").write_text(FAILING_DRIVER)
-    for name in ("audit_Offline", "audit_Server", "plain"):
+    for name in ("audit_Offline", "audit_Server", "plain", "script"):
         (root / name).mkdir()
     for name in ("audit_Offline", "audit_Server"):
         shutil.copy(REPO / "compliance" / "TEST06" / "audit.config", root / name)
@@ -77,8 +77,11 @@ def runs(workdir, tiny_model_dir, eos_model_dir):
                 "--max-new-tokens", max_new, "--output-log-dir", out, *extra]
 
     started = {
-        "offline_acc": start_main(args(tiny_model_dir, "offline_acc", "--accuracy", "--batch-size", 4,
-                                       "--num-workers", 2, "--save-outputs", "offline_outputs.json"), workdir),
+        # The Offline accuracy run is run_accuracy.sh as written: main.py, then evaluate-accuracy.py.
+        "offline_acc": start_main(["--max-new-tokens", MAX_NEW, "--batch-size", 4, "--num-workers", 2,
+                                   "--save-outputs", "offline_outputs.json"], workdir / "script",
+                                  script="run_accuracy.sh",
+                                  env={"CHECKPOINT_PATH": str(tiny_model_dir), "DATASET_PATH": str(workdir / "data.pkl")}),
         "server_acc": start_main(args(tiny_model_dir, "server_acc", "--scenario", "Server", "--accuracy"), workdir),
         "audit_Offline": start_main(args(eos_model_dir, "logs", "--batch-size", 4), workdir / "audit_Offline"),
         "audit_Server": start_main(args(eos_model_dir, "logs", "--scenario", "Server"), workdir / "audit_Server"),
@@ -88,6 +91,10 @@ def runs(workdir, tiny_model_dir, eos_model_dir):
                               workdir, script=str(workdir / "failing_main.py")),
     }
     return {name: finish(proc) for name, proc in started.items()}
+
+
+def offline_logs(workdir):
+    return workdir / "script" / "offline_accuracy_loadgen_logs"
 
 
 def _ok(runs, name):
@@ -116,8 +123,8 @@ def assert_well_formed(entries, server: bool) -> dict[int, list[int]]:
 
 def test_offline_accuracy_run_answers_each_sample_once(runs, workdir):
     _ok(runs, "offline_acc")
-    assert_well_formed(read_accuracy_log(workdir / "offline_acc"), server=False)
-    assert "No errors encountered during test" in summary(workdir / "offline_acc")
+    assert_well_formed(read_accuracy_log(offline_logs(workdir)), server=False)
+    assert "No errors encountered during test" in summary(offline_logs(workdir))
 
 
 def test_server_accuracy_run_sends_first_token_then_response(runs, workdir):
@@ -132,29 +139,13 @@ def test_greedy_outputs_equal_across_offline_batches_server_and_direct_generate(
 
     _ok(runs, "offline_acc")
     _ok(runs, "server_acc")
-    offline = assert_well_formed(read_accuracy_log(workdir / "offline_acc"), server=False)
+    offline = assert_well_formed(read_accuracy_log(offline_logs(workdir)), server=False)
     server = assert_well_formed(read_accuracy_log(workdir / "server_acc"), server=True)
     prompts = load_dataset(str(workdir / "data.pkl")).prompts
     direct = dict(enumerate(direct_generate(tiny_model_dir, prompts, MAX_NEW)))
     assert offline == server == direct
-    saved = json.loads((workdir / "offline_outputs.json").read_text())["outputs"]
+    saved = json.loads((workdir / "script" / "offline_outputs.json").read_text())["outputs"]
     assert {int(k): v for k, v in saved.items()} == direct
-
-
-def test_accuracy_log_scores_through_evaluate_accuracy(runs, workdir, tiny_model_dir):
-    if not (REPO / "evaluate-accuracy.py").exists():
-        pytest.skip("evaluate-accuracy.py is not on this branch yet (it comes from the data branch)")
-    _ok(runs, "offline_acc")
-    log = workdir / "offline_acc" / "mlperf_log_accuracy.json"
-    result = run_main(["--checkpoint-path", tiny_model_dir, "--mlperf-accuracy-file", log,
-                       "--dataset-file", workdir / "data.pkl", "--dtype", "int32"],
-                      cwd=workdir, script="evaluate-accuracy.py")
-    assert result.returncode == 0, result.stderr[-3000:]
-    scores = eval(result.stdout.strip().splitlines()[-1], {"__builtins__": {}})  # the reference's dict line
-    outputs = assert_well_formed(read_accuracy_log(workdir / "offline_acc"), server=False)
-    assert scores["gen_num"] == SAMPLES
-    assert scores["gen_tok_len"] == sum(len(v) for v in outputs.values())
-    assert 0.0 <= scores["rouge1"] <= 100.0
 
 
 @pytest.mark.parametrize("scenario", ["Offline", "Server"])
@@ -182,6 +173,19 @@ def test_plain_server_performance_run_is_valid_and_not_audited(runs, workdir):
     assert "Result is : VALID" in summary(logs), summary(logs)
     assert "Result is : VALID" in runs["plain"].stdout  # copy_summary_to_stdout
     assert "Found Audit Config file" not in (logs / "mlperf_log_detail.txt").read_text()
+
+
+def test_run_accuracy_sh_runs_as_written_and_scores(runs, workdir):
+    _ok(runs, "offline_acc")
+    script_dir = workdir / "script"
+    assert "No errors encountered during test" in (script_dir / "offline_accuracy_log.log").read_text()
+    stdout = runs["offline_acc"].stdout
+    assert "\nResults\n" in stdout
+    scores = eval(stdout.strip().splitlines()[-1], {"__builtins__": {}})  # the reference's one dict line
+    outputs = assert_well_formed(read_accuracy_log(offline_logs(workdir)), server=False)
+    assert scores["gen_num"] == SAMPLES
+    assert scores["gen_tok_len"] == sum(len(v) for v in outputs.values())
+    assert 0.0 <= scores["rouge1"] <= 100.0
 
 
 def test_failed_generation_ends_the_run_with_exit_1_not_a_hang(runs, workdir):

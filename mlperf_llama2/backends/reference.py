@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from mlperf_llama2 import constants
 from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
@@ -74,6 +74,12 @@ class ReferenceBackend(Backend):
     ):
         self._model = model
         self._eos = eos_token_id
+        # The backend owns the model's generation defaults: greedy, pad = EOS. A checkpoint's own
+        # (Llama-2-chat ships do_sample=True, temperature=0.6, top_p=0.9, max_length=4096) would
+        # otherwise be merged into every call and warned about once per batch.
+        model.generation_config = GenerationConfig(
+            do_sample=False, num_beams=1, eos_token_id=eos_token_id, pad_token_id=eos_token_id
+        )
         self._vocab_size = vocab_size
         self._batch_size = batch_size
         self._num_workers = num_workers
@@ -141,8 +147,6 @@ class ReferenceBackend(Backend):
                 min_new_tokens=constants.MIN_NEW_TOKENS,
                 do_sample=False,
                 num_beams=1,
-                pad_token_id=self._eos,
-                eos_token_id=self._eos,
                 stopping_criteria=criteria,
             )  # [B, L + generated]
         generated = out[:, prompt_len:].cpu().tolist()
@@ -157,7 +161,13 @@ def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
         log.warning("Server runs one query at a time (batch 1) like the reference; --batch-size %d ignored", batch_size)
         batch_size = 1
     model = load_causal_lm(config.model_path, config.dtype, config.device)
-    return ReferenceBackend(
+    quant_report = None
+    if config.quant.enabled:  # --liteml-config: the loaded model is wrapped (LiteML) or quantized in place
+        from mlperf_llama2.quant.setup import apply_quantization, plan_quantization
+
+        plan = plan_quantization(config.quant, config.dataset_path, config.device)
+        model, quant_report = apply_quantization(model, plan, config.device)
+    backend = ReferenceBackend(
         model,
         eos_token_id=info.eos_token_id,
         vocab_size=info.vocab_size,
@@ -165,3 +175,5 @@ def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
         num_workers=config.num_workers,
         stream_first_token=config.scenario == "Server",
     )
+    backend.quant_report = quant_report  # open backend's QuantReport (None for LiteML or no quantization)
+    return backend

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from mlperf_llama2.backends.engine import EngineBackend
+from mlperf_llama2.backends.engine import EngineBackend, create_engine_backend as single_device_backend
 from mlperf_llama2.dist.env import device_for_rank
 from mlperf_llama2.errors import UserError
 
@@ -67,8 +67,9 @@ def create_engine_backend(cfg):
         from mlperf_llama2.dist.data_parallel import DataParallelBackend
 
         check_devices(cfg.device, dp, "--data-parallel")
-        replicas = [EngineBackend.from_pretrained(cfg.model_path, cfg.engine, device_for_rank(cfg.device, i), cfg.dtype)
+        # each replica is what the single-device factory builds (with whatever it applies, e.g. quantization)
+        replicas = [single_device_backend(cfg.replace(device=device_for_rank(cfg.device, i), data_parallel=1))
                     for i in range(dp)]
         log.info("data parallel: %d engine replicas from %s", dp, cfg.device)
         return DataParallelBackend(replicas)
-    return EngineBackend.from_pretrained(cfg.model_path, cfg.engine, cfg.device, cfg.dtype)
+    return single_device_backend(cfg)

@@ -1,0 +1,108 @@
+"""`--liteml-config` end to end: check the request at start-up, then quantize the loaded model.
+
+`plan_quantization(quant_config, dataset_path, device)` runs before any model loads: it picks the
+backend (auto: LiteML when the real package is installed, else the open backend; logged), reads and
+validates the YAML for the open backend, and finds the calibration pickle. `apply_quantization`
+then wraps the loaded transformers model (LiteML's RetrainerModel, or the open backend in place)
+and returns it with a `QuantReport` for the run summary.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.fake_quant import Numerics
+from mlperf_llama2.quant.yaml_config import QuantRules, load_rules, read_yaml
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_GLOB = "*calibration_*.pkl"
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    backend: str  # liteml | open
+    config_path: str
+    mode: str  # simulate | int8 (open backend)
+    calibration_path: Optional[str]
+    numerics: Numerics
+    rules: Optional[QuantRules]  # open backend only
+    static: bool  # the config has static quantizers (needs calibration)
+
+
+def default_calibration_path(dataset_path: Optional[str]) -> Optional[str]:
+    """The processorca calibration_*.pkl beside the dataset, if exactly one is there."""
+    if not dataset_path:
+        return None
+    found = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(dataset_path)), CALIBRATION_GLOB)))
+    if len(found) > 1:
+        raise UserError(f"several calibration pickles beside the dataset ({', '.join(found)}); "
+                        "choose one with --calibration-path")
+    return found[0] if found else None
+
+
+def calibration_samples(path: str, vocab_size: Optional[int] = None) -> list[torch.Tensor]:
+    """Every row's tok_input as one (1, L) int64 tensor, in file order."""
+    from mlperf_llama2.data.dataset import load_dataset
+
+    data = load_dataset(path, total_sample_count=10**9, vocab_size=vocab_size)
+    return [torch.tensor(p, dtype=torch.long)[None, :] for p in data.prompts]  # each [1, L]
+
+
+def plan_quantization(quant_config, dataset_path: Optional[str], device: str) -> Optional[QuantPlan]:
+    """Check everything about quantization a run needs before its model loads; None when off."""
+    from mlperf_llama2.quant.liteml_adapter import liteml_available
+
+    qc = quant_config
+    if not qc.enabled:
+        return None
+    if qc.quant_backend == "liteml":
+        backend = "liteml"
+        if not liteml_available():
+            from mlperf_llama2.quant.liteml_adapter import load_liteml
+
+            load_liteml()  # raises the one-line error naming what is missing
+    elif qc.quant_backend == "auto":
+        backend = "liteml" if liteml_available() else "open"
+        logger.info("--quant-backend auto: %s", "Ceva LiteML found, using it" if backend == "liteml"
+                    else "Ceva LiteML not installed, using the open W8A8 backend")
+    else:
+        backend = "open"
+    if backend == "liteml" and qc.quant_mode != "simulate":
+        raise UserError("--quant-mode int8 is an open-backend mode; use --quant-backend open")
+    if backend == "open" and qc.quant_mode == "int8" and not device.startswith("cuda"):
+        raise UserError("--quant-mode int8 needs a CUDA device (torch._int_mm); use --quant-mode simulate on CPU")
+    rules = load_rules(qc.liteml_config) if backend == "open" else None
+    if rules is not None:
+        static = rules.needs_calibration
+    else:
+        data_q = (read_yaml(qc.liteml_config)["QAT"] or {}).get("data_quantization") or {}
+        static = data_q.get("quantization_mode") == "static"
+    calibration_path = qc.calibration_path or default_calibration_path(dataset_path)
+    if static and calibration_path is None:
+        raise UserError(f"{qc.liteml_config} has static quantizers and needs calibration data: pass "
+                        "--calibration-path (the processorca calibration_*.pkl)")
+    numerics = Numerics(momentum=qc.momentum, rounding=qc.rounding, narrow_range=qc.narrow_range,
+                        batch_shared_scale=qc.batch_shared_scale)
+    return QuantPlan(backend, qc.liteml_config, qc.quant_mode, calibration_path, numerics, rules, static)
+
+
+def apply_quantization(model: torch.nn.Module, plan: QuantPlan, device: str):
+    """Quantize a loaded LlamaForCausalLM as planned; returns (model to call generate on, report or None)."""
+    vocab = getattr(model.config, "vocab_size", None)
+    samples = calibration_samples(plan.calibration_path, vocab) if plan.static else None
+    if plan.backend == "liteml":
+        from mlperf_llama2.quant.liteml_adapter import wrap_with_liteml
+
+        return wrap_with_liteml(model, plan.config_path, samples, device), None
+    from mlperf_llama2.quant.open_backend import quantize_model
+
+    report = quantize_model(model, plan.rules, plan.mode, plan.numerics, samples)
+    return model, report

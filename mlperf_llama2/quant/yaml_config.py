@@ -1,0 +1,282 @@
+"""Load a LiteML-style quantization YAML into checked, frozen rules the open backend can apply.
+
+Accepts real LiteML files: YAML 1.1 `On`/`Off` booleans, `!!python/tuple` sequences (read by a safe
+loader that knows tuples and nothing else of Python), and `dim:` as a spelling of `dims:`. Every rule
+is checked when the file is read: an unknown source module, destination, parameter, key, or a bit
+format we cannot simulate (TrueQuant*, PWLA*, compFlow*, float formats such as fp8) is one
+`UserError` that names the rule. Unmatched slots stay in float; nothing is ignored silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import yaml
+
+from mlperf_llama2.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# source_module spellings -> canonical slot kind
+SOURCE_MODULES = {
+    "torch.nn.Linear": "Linear", "nn.Linear": "Linear", "Linear": "Linear",
+    "LiteMLMatmul": "Matmul", "LiteMLMul": "Mul", "LiteMLAdd": "Add",
+    "torch.nn.SiLU": "SiLU", "nn.SiLU": "SiLU", "SiLU": "SiLU",
+    "LlamaRMSNorm": "RMSNorm",
+}
+
+# destination_module -> (source kinds it accepts, quantizer roles it accepts, roles it requires)
+DESTINATIONS = {
+    "LinearQuant": ({"Linear"}, {"act_quantizer", "weights_quantizer", "quantizer_out"}, set()),
+    "QuantMatmul": ({"Matmul"}, {"quantizer_in1", "quantizer_in2"}, set()),
+    "QuantMatmulOutputQuant": ({"Matmul"}, {"quantizer_in1", "quantizer_in2", "quantizer_out"}, {"quantizer_out"}),
+    "QuantMul": ({"Mul"}, {"quantizer_in1", "quantizer_in2", "quantizer_out"}, set()),
+    "QuantAdd": ({"Add"}, {"quantizer_in1", "quantizer_in2", "quantizer_out"}, set()),
+    "QuantAddCommonScalePerToken": ({"Add"}, {"quantizer", "quantizer_out"}, {"quantizer"}),
+    "QuantAddSoftmaxMask": ({"Add"}, {"quantizer_in1", "quantizer", "quantizer_out"}, set()),
+    "SingleInputQuantActivation": ({"SiLU"}, {"quantizer", "act_quantizer", "quantizer_out"}, set()),
+    "QuantRMSNorm": ({"RMSNorm"}, {"act_quantizer", "weights_quantizer", "quantizer_out"}, set()),
+}
+
+UNSUPPORTED_PREFIXES = ("TrueQuant", "PWLA", "compFlow", "fp8", "fp16", "bf16", "float", "e4m3", "e5m2")
+
+QUANTIZER_KEYS = {
+    "bits", "act_bits", "weight_bits", "symmetric", "act_symmetric", "weight_symmetric",
+    "dynamic", "act_dynamic", "per_channel", "act_per_channel", "weight_per_channel",
+    "observer", "dims", "dim", "status",
+}
+OBSERVERS = ("MinMax", "MovingAverage")
+TOP_KEYS = {"QAT", "SmoothQuant"}
+QAT_KEYS = {"fully_quantized", "device", "data_quantization", "weights_quantization", "custom_quantization"}
+DATA_KEYS = {"status", "bits", "custom_bits", "symmetric", "per_channel", "quantization_mode", "observer"}
+WEIGHT_KEYS = {"status", "bits", "custom_bits", "symmetric", "per_channel", "quant_and_freeze"}
+RULE_KEYS = {"source_module", "source_name", "destination_module", "params"}
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    """One quantizer: `dims` are the axes a scale is reduced over; () = one scale for the whole tensor."""
+
+    bits: int
+    symmetric: bool
+    dynamic: bool  # True: scale from each tensor (MinMax); False: static scale from calibration
+    dims: tuple[int, ...]
+    observer: str  # MinMax | MovingAverage
+
+    def describe(self) -> str:
+        kind = "dynamic" if self.dynamic else f"static/{self.observer}"
+        return f"int{self.bits} {'sym' if self.symmetric else 'asym'} {kind} dims={list(self.dims) or 'all'}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int  # position in custom_quantization (0-based), for messages
+    source_kind: str  # Linear | Matmul | Mul | Add | SiLU | RMSNorm
+    source_module: str  # as written
+    source_name: Optional[str]
+    destination: str
+    quantizers: tuple[tuple[str, QuantizerSpec], ...]  # (role, spec) in file order
+
+    @property
+    def label(self) -> str:
+        name = f", source_name={self.source_name}" if self.source_name else ""
+        return f"custom_quantization rule {self.index} ({self.source_module}{name} -> {self.destination})"
+
+    def quantizer(self, role: str) -> Optional[QuantizerSpec]:
+        return dict(self.quantizers).get(role)
+
+    def matches(self, kind: str, qualified_name: str) -> bool:
+        if kind != self.source_kind:
+            return False
+        if self.source_name is None:
+            return True
+        return qualified_name == self.source_name or qualified_name.split(".")[-1] == self.source_name \
+            or qualified_name.endswith("." + self.source_name)
+
+
+@dataclass(frozen=True)
+class QuantRules:
+    path: str
+    rules: tuple[Rule, ...]
+    quantization_mode: str  # global data_quantization mode: static | dynamic
+    fully_quantized: bool
+
+    def match(self, kind: str, qualified_name: str) -> Optional[Rule]:
+        """First rule that matches wins (specific source_name rules come before generic ones)."""
+        for rule in self.rules:
+            if rule.matches(kind, qualified_name):
+                return rule
+        return None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(not spec.dynamic for rule in self.rules for _, spec in rule.quantizers)
+
+
+class _TupleSafeLoader(yaml.SafeLoader):
+    """SafeLoader (YAML 1.1 booleans) that also builds `!!python/tuple` - and no other Python object."""
+
+
+_TupleSafeLoader.add_constructor(
+    "tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node))
+)
+
+
+def read_yaml(path: str) -> dict:
+    """Parse a LiteML YAML file (no validation); UserError if unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_TupleSafeLoader)  # noqa: S506 - safe loader + tuples only
+    except OSError as exc:
+        raise UserError(f"--liteml-config {path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"--liteml-config {path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict) or "QAT" not in data:
+        raise UserError(f"--liteml-config {path}: expected a mapping with a top-level 'QAT' section")
+    return data
+
+
+def load_rules(path: str) -> QuantRules:
+    """Read and fully validate a config for the open backend."""
+    data = read_yaml(path)
+    where = f"--liteml-config {path}"
+    _check_keys(data, TOP_KEYS, where, "top level")
+    if data.get("SmoothQuant"):
+        raise UserError(f"{where}: SmoothQuant is not supported by the open backend; remove the section "
+                        "or run with --quant-backend liteml")
+    qat = data["QAT"]
+    if not isinstance(qat, dict):
+        raise UserError(f"{where}: QAT must be a mapping")
+    _check_keys(qat, QAT_KEYS, where, "QAT")
+    data_q = qat.get("data_quantization") or {}
+    weight_q = qat.get("weights_quantization") or {}
+    _check_keys(data_q, DATA_KEYS, where, "QAT.data_quantization")
+    _check_keys(weight_q, WEIGHT_KEYS, where, "QAT.weights_quantization")
+    for section, block in (("data_quantization", data_q), ("weights_quantization", weight_q)):
+        if block.get("custom_bits"):
+            raise UserError(f"{where}: QAT.{section}.custom_bits is not supported by the open backend; "
+                            "set per-op bits in custom_quantization instead")
+    mode = data_q.get("quantization_mode", "static")
+    if mode not in ("static", "dynamic"):
+        raise UserError(f"{where}: QAT.data_quantization.quantization_mode must be static or dynamic, got {mode!r}")
+    observer = data_q.get("observer", "MovingAverage" if mode == "static" else "MinMax")
+    if observer not in OBSERVERS:
+        raise UserError(f"{where}: QAT.data_quantization.observer {observer!r} unsupported; use one of {OBSERVERS}")
+    defaults = {
+        "act_bits": _bits(data_q.get("bits", 8), where, "QAT.data_quantization.bits"),
+        "act_symmetric": bool(data_q.get("symmetric", True)),
+        "act_per_channel": bool(data_q.get("per_channel", False)),
+        "dynamic": mode == "dynamic",
+        "observer": observer,
+        "weight_bits": _bits(weight_q.get("bits", 8), where, "QAT.weights_quantization.bits"),
+        "weight_symmetric": bool(weight_q.get("symmetric", True)),
+        "weight_per_channel": bool(weight_q.get("per_channel", False)),
+    }
+    raw_rules = qat.get("custom_quantization") or []
+    if not isinstance(raw_rules, list):
+        raise UserError(f"{where}: QAT.custom_quantization must be a list of rules")
+    rules = tuple(_parse_rule(i, raw, defaults, where) for i, raw in enumerate(raw_rules))
+    return QuantRules(path=path, rules=rules, quantization_mode=mode, fully_quantized=bool(qat.get("fully_quantized")))
+
+
+def _check_keys(block: Any, allowed: set, where: str, what: str) -> None:
+    if not isinstance(block, dict):
+        raise UserError(f"{where}: {what} must be a mapping")
+    unknown = sorted(set(block) - allowed)
+    if unknown:
+        raise UserError(f"{where}: {what}: unknown key(s) {unknown}; known: {sorted(allowed)}")
+
+
+def _unsupported_format(value: Any) -> bool:
+    return isinstance(value, str) and value.lower().startswith(tuple(p.lower() for p in UNSUPPORTED_PREFIXES))
+
+
+def _bits(value: Any, where: str, what: str) -> int:
+    if isinstance(value, str) and value.lower().startswith("int") and value[3:].isdigit():
+        value = int(value[3:])
+    if _unsupported_format(value):
+        raise UserError(f"{where}: {what}: bit format {value!r} cannot be simulated by the open backend "
+                        "(only integer formats); use --quant-backend liteml")
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 16:
+        raise UserError(f"{where}: {what}: bits must be an integer 2..16 or 'intN', got {value!r}")
+    return value
+
+
+def _parse_rule(index: int, raw: Any, defaults: dict, where: str) -> Rule:
+    head = f"{where}: custom_quantization rule {index}"
+    if not isinstance(raw, dict):
+        raise UserError(f"{head}: must be a mapping with source_module, destination_module, params")
+    unknown = sorted(set(raw) - RULE_KEYS)
+    if unknown:
+        raise UserError(f"{head}: unknown key(s) {unknown}; known: {sorted(RULE_KEYS)}")
+    source, dest = raw.get("source_module"), raw.get("destination_module")
+    name = raw.get("source_name")
+    head = f"{head} ({source}{f', source_name={name}' if name else ''} -> {dest})"
+    if source not in SOURCE_MODULES:
+        raise UserError(f"{head}: unknown source_module {source!r}; supported: {sorted(set(SOURCE_MODULES))}")
+    if _unsupported_format(dest):
+        raise UserError(f"{head}: destination {dest!r} cannot be simulated by the open backend; "
+                        "use --quant-backend liteml")
+    if dest not in DESTINATIONS:
+        raise UserError(f"{head}: unknown destination_module {dest!r}; supported: {sorted(DESTINATIONS)}")
+    kinds, roles, required = DESTINATIONS[dest]
+    kind = SOURCE_MODULES[source]
+    if kind not in kinds:
+        raise UserError(f"{head}: {dest} cannot replace {source}")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise UserError(f"{head}: params must be a mapping")
+    bad = sorted(set(params) - roles)
+    if bad:
+        raise UserError(f"{head}: unknown parameter(s) {bad} for {dest}; accepted: {sorted(roles)}")
+    missing = sorted(required - set(params))
+    if missing:
+        raise UserError(f"{head}: {dest} needs parameter(s) {missing}")
+    quantizers = []
+    for role, block in params.items():
+        if block is None or (isinstance(block, dict) and block.get("status") is False):
+            continue
+        spec = _parse_quantizer(block, role, defaults, f"{head}: {role}")
+        quantizers.append((role, spec))
+    return Rule(index, kind, source, name, dest, tuple(quantizers))
+
+
+def _parse_quantizer(block: Any, role: str, defaults: dict, head: str) -> QuantizerSpec:
+    if not isinstance(block, dict):
+        raise UserError(f"{head}: must be a mapping of quantizer settings")
+    unknown = sorted(set(block) - QUANTIZER_KEYS)
+    if unknown:
+        raise UserError(f"{head}: unknown key(s) {unknown}; known: {sorted(QUANTIZER_KEYS)}")
+    if "dims" in block and "dim" in block:
+        raise UserError(f"{head}: give either dims or dim, not both")
+    for key, value in block.items():
+        if _unsupported_format(value):
+            raise UserError(f"{head}: {key}={value!r} cannot be simulated by the open backend; "
+                            "use --quant-backend liteml")
+    is_weight = role == "weights_quantizer"
+    prefix = "weight" if is_weight else "act"
+    bits = block.get(f"{prefix}_bits", block.get("bits", defaults[f"{prefix}_bits"]))
+    symmetric = block.get(f"{prefix}_symmetric", block.get("symmetric", defaults[f"{prefix}_symmetric"]))
+    per_channel = block.get(f"{prefix}_per_channel", block.get("per_channel", defaults[f"{prefix}_per_channel"]))
+    dynamic = True if is_weight else block.get("act_dynamic", block.get("dynamic", defaults["dynamic"]))
+    observer = block.get("observer", "MinMax" if dynamic else defaults["observer"])
+    if observer not in OBSERVERS:
+        raise UserError(f"{head}: observer {observer!r} unsupported; use one of {OBSERVERS}")
+    raw_dims = block.get("dims", block.get("dim"))
+    if raw_dims is None:
+        # per_channel: activations per token (reduce the feature axis); weights per output row.
+        dims: tuple[int, ...] = (-1,) if per_channel else ()
+    else:
+        if isinstance(raw_dims, int) and not isinstance(raw_dims, bool):
+            raw_dims = (raw_dims,)
+        if not isinstance(raw_dims, (list, tuple)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in raw_dims
+        ):
+            raise UserError(f"{head}: dims must be a list of axis integers, got {raw_dims!r}")
+        dims = tuple(raw_dims)
+    if not isinstance(symmetric, bool) or not isinstance(dynamic, bool):
+        raise UserError(f"{head}: symmetric and dynamic must be booleans (On/Off/true/false)")
+    return QuantizerSpec(bits=_bits(bits, head, "bits"), symmetric=symmetric, dynamic=dynamic, dims=dims,
+                         observer=observer)
