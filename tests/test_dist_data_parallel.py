@@ -58,14 +58,16 @@ def test_node_argv_rebuilds_the_replica_config():
     import dataclasses
 
     from mlperf_llama2.config import EngineConfig, QuantConfig
-    from mlperf_llama2.dist.local_nodes import ENGINE_FLAGS, QUANT_FLAGS, node_argv
+    from mlperf_llama2.dist.local_nodes import ENGINE_FLAGS, ENGINE_SWITCHES, QUANT_FLAGS, QUANT_SWITCHES, node_argv
     from mlperf_llama2.dist.node import build_node_parser
 
-    assert set(ENGINE_FLAGS) | {"cuda_graphs"} == {f.name for f in dataclasses.fields(EngineConfig)}
-    assert set(QUANT_FLAGS) == {f.name for f in dataclasses.fields(QuantConfig)}  # a new knob must be passed on
+    # a new knob must be passed on to the nodes
+    assert set(ENGINE_FLAGS) | set(ENGINE_SWITCHES) == {f.name for f in dataclasses.fields(EngineConfig)}
+    assert set(QUANT_FLAGS) | set(QUANT_SWITCHES) == {f.name for f in dataclasses.fields(QuantConfig)}
     engine = EngineConfig(max_num_seqs=7, max_num_batched_tokens=99, block_size=8, kv_cache_memory_fraction=0.5,
                           num_kv_blocks=33, cuda_graphs=False)
-    quant = QuantConfig(quant_backend="open", quant_mode="int8")
+    quant = QuantConfig(quant_backend="open", quant_mode="int8", momentum=0.5, rounding="half_away",
+                        narrow_range=False, batch_shared_scale=False)
     cfg = RunConfig(backend="engine", model_path="/m", device="cpu", dtype="bfloat16", tensor_parallel=2,
                     data_parallel=3, scenario="Server", engine=engine, quant=quant)
     rebuilt = RunConfig.from_cli_args(build_node_parser().parse_args(node_argv(cfg, "cpu")))

@@ -23,24 +23,27 @@ log = logging.getLogger(__name__)
 
 NODE_START_TIMEOUT_S = 1800.0  # a 70B shard per rank loads in minutes
 NODE_STOP_TIMEOUT_S = 60.0
+# config field -> flag taking its value; and boolean fields whose flag is given when the field is False
 ENGINE_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-num-batched-tokens",
                 "block_size": "--block-size", "kv_cache_memory_fraction": "--kv-cache-memory-fraction",
                 "num_kv_blocks": "--num-kv-blocks"}
+ENGINE_SWITCHES = {"cuda_graphs": "--no-cuda-graphs"}
 QUANT_FLAGS = {"liteml_config": "--liteml-config", "quant_backend": "--quant-backend",
-               "quant_mode": "--quant-mode", "calibration_path": "--calibration-path"}
+               "quant_mode": "--quant-mode", "calibration_path": "--calibration-path",
+               "momentum": "--quant-momentum", "rounding": "--quant-rounding"}
+QUANT_SWITCHES = {"narrow_range": "--quant-full-range", "batch_shared_scale": "--quant-per-sample-scale"}
 
 
 def node_argv(cfg, device: str) -> list[str]:
     """The node flags that rebuild this run's replica: model, dtype, TP size, engine and quantization knobs."""
     argv = ["--model-path", cfg.model_path, "--backend", "engine", "--device", device, "--dtype", cfg.dtype,
             "--tensor-parallel", str(cfg.tensor_parallel), "--scenario", cfg.scenario]
-    for sub, flags in ((cfg.engine, ENGINE_FLAGS), (cfg.quant, QUANT_FLAGS)):
+    for sub, flags, switches in ((cfg.engine, ENGINE_FLAGS, ENGINE_SWITCHES), (cfg.quant, QUANT_FLAGS, QUANT_SWITCHES)):
         for name, flag in flags.items():
             value = getattr(sub, name)
             if value is not None:
                 argv += [flag, str(value)]
-    if not cfg.engine.cuda_graphs:
-        argv.append("--no-cuda-graphs")
+        argv += [flag for name, flag in switches.items() if not getattr(sub, name)]
     if cfg.verbose:
         argv.append("--verbose")
     return argv
