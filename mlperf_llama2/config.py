@@ -326,7 +326,9 @@ class RunConfig:
         p.add_argument("--dtype", choices=DTYPES, default=None,
                        help="model dtype (default: float16 on CUDA, float32 on CPU)")
         p.add_argument("--device", default=None,
-                       help="cpu, cuda or cuda:N (default: cuda:0 when CUDA is available, else cpu)")
+                       help="cpu, cuda:N (one GPU) or cuda (reference backend: layers spread over every visible GPU, "
+                            "like the reference's device_map='auto'; engine: the current GPU) "
+                            "(default: cuda:0 when CUDA is available, else cpu)")
         p.add_argument("--audit-conf", default="audit.config",
                        help="LoadGen audit config, applied only if the file exists (default %(default)s)")
         p.add_argument("--user-conf", default="user.conf", help="LoadGen user config (default %(default)s)")
@@ -421,7 +423,9 @@ def resolve_device(requested: Optional[str]) -> str:
     if requested == "cuda" or requested.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
-        index = 0 if requested == "cuda" else requested.split(":", 1)[1]
+        if requested == "cuda":
+            return "cuda"  # every visible GPU: the reference backend spreads layers (device_map="auto")
+        index = requested.split(":", 1)[1]
         if not str(index).isdigit():
             raise UserError(f"--device {requested}: expected cuda:N with N a GPU index")
         if int(index) >= torch.cuda.device_count():

@@ -42,7 +42,11 @@ def check_inputs(config: RunConfig) -> Dataset:
 
         check_model_dir(config.model_path)
         vocab_size = read_model_info(config.model_path).vocab_size
-    if config.quant.enabled:
+    if config.quant.enabled and config.backend == "engine":
+        from mlperf_llama2.engine.int8 import engine_rules
+
+        engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
+    elif config.quant.enabled:
         from mlperf_llama2.quant.setup import plan_quantization
 
         plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
@@ -94,7 +98,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
         save_outputs=config.save_outputs,
         network_name=network_name,
     )
-    quant_report = getattr(backend, "quant_report", None)
+    quant_report = getattr(backend, "quant_report", None)  # the reference backend's open-backend report
     if quant_report is not None:
         log.info("%s; int8 mode approximates: %s", quant_report.summary(),
                  "; ".join(quant_report.approximations) or "nothing")

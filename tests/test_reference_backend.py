@@ -131,7 +131,7 @@ def test_cuda_device_names_resolve():
     from mlperf_llama2.config import resolve_device
     from mlperf_llama2.errors import UserError
 
-    assert resolve_device("cuda") == "cuda:0"
+    assert resolve_device("cuda") == "cuda"  # all visible GPUs (device_map="auto")
     assert resolve_device("cuda:0") == "cuda:0"
     assert resolve_device(None) == "cuda:0"
     with pytest.raises(UserError, match="GPU"):

@@ -12,6 +12,10 @@ docs/engine.md (`synthetic_lengths`).
 
   python3 tools/bench.py --shape 7b --samples 2048 --ref-samples 64 --ref-batch-sizes 64 --kernel-bench \
       --server-qps 17,20 --server-seconds 25 --out /tmp/b
+  python3 tools/bench.py --shape 70b --weights int8 --samples 768 --ref-samples 0 --fidelity-prompts 0 --out /tmp/c
+
+`--weights int8`: the engine's int8 mode (W8A8 Int8Linears as --liteml-config says) with random int8
+weights made in int8 on the device (a 70B model never exists in fp16); no reference, no fidelity.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2 import constants  # noqa: E402
 from mlperf_llama2.config import EngineConfig  # noqa: E402
+from mlperf_llama2.engine.int8 import random_int8_model  # noqa: E402
 from mlperf_llama2.engine.llama import load_hf_weights  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
 from mlperf_llama2.engine.weights import empty_model, random_model  # noqa: E402
 from mlperf_llama2.backends.engine import EngineBackend  # noqa: E402
+from mlperf_llama2.quant.yaml_config import load_rules  # noqa: E402
 
 from bench_paths import (  # noqa: E402
     ForcedLengthReference, build_hf, first_divergence, hf_generate, kernel_bench, loadgen_offline, server_sweep,
@@ -55,6 +61,9 @@ SHAPES = {  # PERF.md's real shapes; vocab 32000
                 num_key_value_heads=8),
 }
 HBM_BYTES_PER_S, MATMUL_FLOP_PER_S = 4.3e12, 790e12  # measured on the H200 (PERF.md)
+DEFAULT_QUANT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "liteml_configs",
+                                    "w8a8_npm_v1_3_4.yaml")
+GIB = 2**30
 
 
 def synthetic_lengths(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +93,13 @@ def hf_config_for(shape: str, layers: int | None):
                        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **dims)
 
 
-def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: float, dtype_bytes: int) -> float:
-    """Upper bound: prefill at the matmul peak, decode at the copy bandwidth (weights once a step + KV)."""
+def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: float, dtype_bytes: int,
+                          weight_bytes: int | None = None) -> float:
+    """Upper bound: prefill at the matmul peak, decode at the copy bandwidth (weights once a step + KV).
+
+    `weight_bytes` per weight (1 for int8; default `dtype_bytes`); the KV cache stays `dtype_bytes`.
+    The prefill bound uses the fp16 matmul peak for both (int8 prefill can beat it)."""
+    weight_bytes = weight_bytes or dtype_bytes
     params = 2 * cfg.hidden_size * cfg.hidden_size * (1 + cfg.num_key_value_heads / cfg.num_attention_heads) \
         + 3 * cfg.hidden_size * cfg.intermediate_size
     params = params * cfg.num_hidden_layers + 2 * cfg.vocab_size * cfg.hidden_size
@@ -94,7 +108,7 @@ def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: fl
     prefill_s = 2 * params * prompt.sum() / MATMUL_FLOP_PER_S
     steps = output.sum() / batch
     kv_bytes = (prompt * output + output * output / 2).sum() * kv_token
-    decode_s = (steps * params * dtype_bytes + kv_bytes) / HBM_BYTES_PER_S
+    decode_s = (steps * params * weight_bytes + kv_bytes) / HBM_BYTES_PER_S
     return float(output.sum() / (prefill_s + decode_s))
 
 
@@ -102,7 +116,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
     ap.add_argument("--layers", type=int, default=None, help="override the layer count (e.g. a reduced 70B)")
-    ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16")
+    ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16",
+                    help="int8: W8A8 Int8Linears as --liteml-config says, random int8 weights built on the device")
+    ap.add_argument("--liteml-config", default=DEFAULT_QUANT_CONFIG, help="rules for --weights int8")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--samples", type=int, default=2048, help="engine Offline samples")
     ap.add_argument("--ref-samples", type=int, default=64, help="reference Offline samples (0: skip)")
@@ -126,8 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.weights == "int8":
-        raise SystemExit("bench: --weights int8 needs the quant helper's int8 Linears, not on this branch yet")
+    if args.weights == "int8" and (args.ref_samples or args.fidelity_prompts):
+        raise SystemExit("bench: --weights int8 has no float reference model; "
+                         "pass --ref-samples 0 --fidelity-prompts 0")
     os.makedirs(args.out, exist_ok=True)
     lg_dir = tempfile.mkdtemp(prefix="bench-loadgen-")
     device = torch.device(args.device)
@@ -183,8 +200,15 @@ def main(argv=None) -> int:
         del hf, backend  # the reference backend holds the model too: free it before the KV cache is sized
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    elif args.weights == "int8":
+        model = random_int8_model(cfg, device, dtype, MAX_MODEL_LEN, load_rules(args.liteml_config), args.init_std,
+                                  args.seed)
     else:
         model = random_model(cfg, device, dtype, MAX_MODEL_LEN, args.init_std, args.seed)
+    result["memory"] = {"weights_gib": sum(t.numel() * t.element_size() for t in
+                                           list(model.parameters()) + list(model.buffers())) / GIB}
+    if device.type == "cuda":
+        result["memory"]["gpu_free_before_engine_gib"] = torch.cuda.mem_get_info(device)[0] / GIB
 
     econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096)
@@ -192,6 +216,13 @@ def main(argv=None) -> int:
     engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
                        cfg.eos_token_id)
     result["engine_setup_s"] = time.perf_counter() - t
+    kv = engine.runner.kv_cache
+    result["memory"].update(kv_cache_gib=kv.numel() * kv.element_size() / GIB, kv_blocks=engine.runner.num_blocks,
+                            kv_tokens=engine.runner.num_blocks * econf.block_size)
+    if device.type == "cuda":
+        result["memory"]["gpu_free_after_engine_gib"] = torch.cuda.mem_get_info(device)[0] / GIB
+    log.info("memory: %s; engine setup %.1f s", result["memory"], result["engine_setup_s"])
+    save()
 
     if hf_ref is not None:
         outs = engine.generate(prompts[:len(hf_ref)], SamplingParams(args.fidelity_tokens))
@@ -225,7 +256,7 @@ def main(argv=None) -> int:
     tps = float(o_len.sum() / run["wall_s"])
     kv_capacity = engine.runner.num_blocks * econf.block_size
     live = min(args.max_num_seqs, kv_capacity / float(p_len.mean() + o_len.mean()))
-    roof = roofline_tokens_per_s(cfg, p_len, o_len, live, dtype.itemsize)
+    roof = roofline_tokens_per_s(cfg, p_len, o_len, live, dtype.itemsize, 1 if args.weights == "int8" else None)
     result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
                            "tokens_per_s": tps, **run, "steps": engine.num_steps - steps0,
                            "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
@@ -243,33 +274,44 @@ def main(argv=None) -> int:
         result.setdefault("server", []).append(row)
         log.info("server %s", row)
         save()
-    print_table(args, cfg, dtype, p_len, o_len, result, roof)
+    table = "\n".join(table_lines(args, cfg, dtype, p_len, o_len, result, roof))
+    print("\n" + table)
+    with open(os.path.join(args.out, "table.txt"), "w") as fh:
+        fh.write(table + "\n")
     save()
     return 0
 
 
-def print_table(args, cfg, dtype, p_len, o_len, result, roof) -> None:
+def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
+    lines: list[str] = []
     best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
-    print(f"\nshape {args.shape} layers {cfg.num_hidden_layers} {dtype}; prompts mean {p_len.mean():.0f}, "
-          f"outputs mean {o_len.mean():.0f}; LoadGen Offline PerformanceOnly")
-    print(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
+    mem = result.get("memory", {})
+    lines.append(f"shape {args.shape} layers {cfg.num_hidden_layers} {dtype} weights {args.weights}; prompts mean "
+                 f"{p_len.mean():.0f}, outputs mean {o_len.mean():.0f}; LoadGen Offline PerformanceOnly")
+    lines.append(f"weights {mem.get('weights_gib', 0):.1f} GiB; GPU free before the engine "
+                 f"{mem.get('gpu_free_before_engine_gib', float('nan')):.1f} GiB; KV cache "
+                 f"{mem.get('kv_cache_gib', 0):.1f} GiB = {mem.get('kv_blocks', 0)} blocks "
+                 f"({mem.get('kv_tokens', 0)} tokens); engine setup {result.get('engine_setup_s', 0):.0f} s")
+    lines.append(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
     for r in result["rows"]:
         ratio = f"{r['tokens_per_s'] / best_ref:.2f}x" if best_ref else "-"
-        print(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"
-              f"{r['tokens_per_s'] / roof:>10.0%}")
+        lines.append(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"
+                     f"{r['tokens_per_s'] / roof:>10.0%}")
     for row in result.get("server", []):
-        print(f"server qps {row['qps']:>6.2f}: {row['tokens_per_s']:.0f} tok/s, p99 TTFT {row['ttft_p99_ms']:.0f} ms, "
-              f"p99 TPOT {row['tpot_p99_ms']:.1f} ms, server {'ok' if row['meets_server'] else 'no'}, "
-              f"interactive {'ok' if row['meets_interactive'] else 'no'}")
+        lines.append(f"server qps {row['qps']:>6.2f}: {row['tokens_per_s']:.0f} tok/s, "
+                     f"p99 TTFT {row['ttft_p99_ms']:.0f} ms, "
+                     f"p99 TPOT {row['tpot_p99_ms']:.1f} ms, server {'ok' if row['meets_server'] else 'no'}, "
+                     f"interactive {'ok' if row['meets_interactive'] else 'no'}")
     for row in result.get("kernels", []):
-        print(f"kernel {row['kernel']:<15} H {row['heads']:>2} KV {row['kv_heads']:>2} ctx {row['context']:>5} "
-              f"B {row['batch']}: {row['ms']:.3f} ms, {row['tb_per_s']:.2f} TB/s")
+        lines.append(f"kernel {row['kernel']:<15} H {row['heads']:>2} KV {row['kv_heads']:>2} ctx {row['context']:>5} "
+                     f"B {row['batch']}: {row['ms']:.3f} ms, {row['tb_per_s']:.2f} TB/s")
     if "fidelity" in result:
         f = result["fidelity"]
-        print(f"fidelity vs generate (init std {f['init_std']}): {f['identical']}/{f['prompts']} identical, "
-              f"first divergences {f['first_divergence']}; generate batch 16 vs batch 1: "
-              f"{f['generate_padded_vs_unpadded_identical']}/{f['prompts']} identical, "
-              f"first divergences {f['generate_padded_vs_unpadded_divergence']}")
+        lines.append(f"fidelity vs generate (init std {f['init_std']}): {f['identical']}/{f['prompts']} identical, "
+                     f"first divergences {f['first_divergence']}; generate batch 16 vs batch 1: "
+                     f"{f['generate_padded_vs_unpadded_identical']}/{f['prompts']} identical, "
+                     f"first divergences {f['generate_padded_vs_unpadded_divergence']}")
+    return lines
 
 
 if __name__ == "__main__":

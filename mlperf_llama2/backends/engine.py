@@ -44,8 +44,8 @@ class EngineBackend(Backend):
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig = EngineConfig(), device: str = "cpu",
-                        dtype: str = "float32") -> "EngineBackend":
-        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype]))
+                        dtype: str = "float32", quant_rules=None) -> "EngineBackend":
+        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype], quant_rules))
 
     @property
     def eos_token_id(self) -> int:
@@ -104,4 +104,7 @@ def create_engine_backend(config: "RunConfig") -> EngineBackend:
     """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
     if config.tensor_parallel != 1 or config.data_parallel != 1:
         log.warning("the engine runs one replica on one device; --tensor-parallel/--data-parallel ignored")
-    return EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype)
+    from mlperf_llama2.engine.int8 import engine_rules
+
+    rules = engine_rules(config.quant)  # --liteml-config with --quant-mode int8: W8A8 int8 Linears
+    return EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype, rules)

@@ -78,13 +78,17 @@ def torch_dtype(name: str):
 
 
 def load_causal_lm(path: str, dtype: str, device: str):
-    """from_pretrained on `device` (cpu or cuda:N) with low_cpu_mem_usage, in eval mode."""
+    """from_pretrained on `device` with low_cpu_mem_usage, in eval mode.
+
+    cpu and cuda:N place the whole model there; plain `cuda` spreads the layers over every visible GPU
+    (device_map="auto", as the reference does), which is how Llama-2-70B in fp16 fits across GPUs.
+    """
     from transformers import AutoModelForCausalLM
 
     log.info("loading %s (%s on %s)", path, dtype, device)
     model = AutoModelForCausalLM.from_pretrained(
         path,
-        device_map=device,
+        device_map="auto" if device == "cuda" else device,
         low_cpu_mem_usage=True,
         dtype=torch_dtype(dtype),
         local_files_only=True,

@@ -3,7 +3,7 @@
 Numerically it follows transformers' LlamaForCausalLM step by step (RMSNorm in fp32 then cast,
 rotate-half RoPE with cos/sin cast to the model dtype, SiLU-gated MLP) so greedy tokens match
 `generate`. Token rows are flattened across sequences ([T, hidden]); attention goes through the
-paged KV cache (`attention.py`). The Linears are plain `nn.Linear`s so a quantization handler can
+paged KV cache (`attention.py`). The Linears are plain `nn.Linear`s so int8 mode (`int8.py`) can
 swap them. Weights load from a transformers state dict (`load_hf_weights`), fusing as they come.
 """
 
@@ -178,7 +178,7 @@ def load_hf_weights(model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.
                 raise ValueError(f"unexpected weight in checkpoint: {name}")
             params[target].copy_(tensor)
             seen.add(target)
-    if s.tie_word_embeddings and "lm_head.weight" not in seen:
+    if s.tie_word_embeddings and "lm_head.weight" not in seen and isinstance(model.lm_head, nn.Linear):
         model.lm_head.weight = model.embed_tokens.weight
         seen.add("lm_head.weight")
     expected: set[str] = set()

@@ -52,11 +52,12 @@ class LLMEngine:
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "LLMEngine":
+                        dtype: torch.dtype = torch.float32, quant_rules=None) -> "LLMEngine":
+        """`quant_rules` (a quant `QuantRules`): int8 mode, the Linears it names become W8A8 int8 (`int8.py`)."""
         from mlperf_llama2.engine.weights import load_checkpoint
 
         dev = torch.device(device)
-        model, hf_config = load_checkpoint(model_path, dev, dtype, MAX_MODEL_LEN)
+        model, hf_config = load_checkpoint(model_path, dev, dtype, MAX_MODEL_LEN, quant_rules)
         eos = hf_config.eos_token_id
         eos = eos[0] if isinstance(eos, (list, tuple)) else eos
         if eos is None:

@@ -45,6 +45,8 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_blocks_per_seq = blocks_needed(max_model_len, self.block_size)
         s = model.shape
+        if device.type == "cuda":
+            self._warm_up_int8()
         self.num_blocks = self._count_kv_blocks()
         # one extra block at the end: scratch slots that padded graph rows write to and read from
         self.kv_cache = torch.zeros(2, s.num_layers, (self.num_blocks + 1) * self.block_size, s.num_kv_heads,
@@ -55,6 +57,17 @@ class ModelRunner:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if device.type == "cuda" and config.cuda_graphs:
             self._capture_graphs()
+
+    def _warm_up_int8(self) -> None:
+        """int8 mode: autotune every GEMM shape and M bucket now, not during graph capture or a run."""
+        from mlperf_llama2.engine.int8 import warm_up_gemms
+
+        t0 = time.perf_counter()
+        calls = warm_up_gemms(self.model, self.config.max_num_batched_tokens, self.dtype)
+        if calls:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            log.info("int8 GEMMs warmed up (%d shape x M buckets) in %.1f s", calls, time.perf_counter() - t0)
 
     # ---- sizing -------------------------------------------------------------------------------
     def _count_kv_blocks(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from typing import Callable, Optional
 
 import torch
 
@@ -18,12 +19,17 @@ from mlperf_llama2.engine.llama import LlamaForCausalLM, LlamaShape, RMSNorm, lo
 log = logging.getLogger(__name__)
 
 
-def empty_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int) -> LlamaForCausalLM:
-    """The model in the config's shapes, uninitialised on `device` (RMSNorm weights one), RoPE tables set."""
+def empty_model(hf_config, device: torch.device, dtype: torch.dtype, max_positions: int,
+                before_allocation: Optional[Callable[[LlamaForCausalLM], None]] = None) -> LlamaForCausalLM:
+    """The model in the config's shapes, uninitialised on `device` (RMSNorm weights one), RoPE tables set.
+
+    `before_allocation(model)` may swap modules while the model is still on the meta device (int8 mode)."""
     shape = LlamaShape.from_hf_config(hf_config)
     with torch.device("meta"):
-        model = LlamaForCausalLM(shape)
-    model = model.to_empty(device=device).to(dtype)
+        model = LlamaForCausalLM(shape).to(dtype)
+        if before_allocation is not None:
+            before_allocation(model)
+    model = model.to_empty(device=device)
     for module in model.modules():
         if isinstance(module, RMSNorm):
             module.weight.data.fill_(1.0)
@@ -31,8 +37,11 @@ def empty_model(hf_config, device: torch.device, dtype: torch.dtype, max_positio
     return model.eval().requires_grad_(False)
 
 
-def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, max_positions: int):
-    """Returns (model, hf_config) for a local transformers Llama checkpoint in safetensors."""
+def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, max_positions: int,
+                    quant_rules=None):
+    """Returns (model, hf_config) for a local transformers Llama checkpoint in safetensors.
+
+    With `quant_rules` (int8 mode) the loaded Linears become Int8Linears as the rules say (`int8.py`)."""
     from safetensors import safe_open
     from transformers import AutoConfig
 
@@ -42,7 +51,6 @@ def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, m
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
     if not files:
         raise ValueError(f"{model_path}: no *.safetensors files; the engine loads safetensors checkpoints only")
-    model = empty_model(hf_config, device, dtype, max_positions)
 
     def tensors():
         for path in files:
@@ -50,7 +58,15 @@ def load_checkpoint(model_path: str, device: torch.device, dtype: torch.dtype, m
                 for name in f.keys():
                     yield name, f.get_tensor(name)
 
-    load_hf_weights(model, tensors())
+    if quant_rules is None:
+        model = empty_model(hf_config, device, dtype, max_positions)
+        load_hf_weights(model, tensors())
+    else:
+        from mlperf_llama2.engine.int8 import empty_int8_model, quantizing_stream, tie_int8_lm_head
+
+        model, plan = empty_int8_model(hf_config, device, dtype, max_positions, quant_rules)
+        load_hf_weights(model, quantizing_stream(model, plan, tensors()))
+        tie_int8_lm_head(model, plan)
     log.info("loaded %s (%d layers, %s) on %s", model_path, model.shape.num_layers, dtype, device)
     return model, hf_config
 
