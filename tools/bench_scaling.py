@@ -42,6 +42,9 @@ def build_engines(args, cfg, econf: EngineConfig, dtype: torch.dtype):
     if args.tensor_parallel > 1:
         from mlperf_llama2.dist.tp_group import ShardSpec, start_tp_engine
 
+        if args.weights == "int8":
+            raise SystemExit("bench: --weights int8 with --tensor-parallel: shards are fp16 only; use --data-parallel")
+
         spec = ShardSpec(world=args.tensor_parallel, port=0, base_device=args.device,
                          dtype={torch.float16: "float16", torch.float32: "float32"}[dtype],
                          engine=dataclasses.asdict(econf), random_config=cfg.to_dict(), init_std=args.init_std,
@@ -51,7 +54,14 @@ def build_engines(args, cfg, econf: EngineConfig, dtype: torch.dtype):
     engines = []
     for i in range(args.data_parallel):
         device = torch.device(device_for_rank(args.device, i))
-        model = random_model(cfg, device, dtype, MAX_MODEL_LEN, args.init_std, args.seed)
+        if args.weights == "int8":  # W8A8 Int8Linears as --liteml-config says, made in int8 on the device
+            from mlperf_llama2.engine.int8 import random_int8_model
+            from mlperf_llama2.quant.yaml_config import load_rules
+
+            model = random_int8_model(cfg, device, dtype, MAX_MODEL_LEN, load_rules(args.liteml_config), args.init_std,
+                                      args.seed)
+        else:
+            model = random_model(cfg, device, dtype, MAX_MODEL_LEN, args.init_std, args.seed)
         engines.append(LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
                                  cfg.eos_token_id))
     return engines, []
