@@ -213,6 +213,43 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """Multi-node runs: this process is LoadGen's node and SUT nodes generate (docs/distributed.md)."""
+
+    sut_nodes: tuple[str, ...] = ()
+    node_concurrency: int = 256
+    node_timeout_s: float = 3600.0
+    node_wait_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.node_concurrency < 1:
+            raise UserError(f"--node-concurrency must be >= 1, got {self.node_concurrency}")
+        if self.node_timeout_s <= 0 or self.node_wait_s < 0:
+            raise UserError("--node-timeout must be > 0 and --node-wait >= 0")
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("multi-node (LoadGen over the network)")
+        g.add_argument("--sut-nodes", action="append", default=None, metavar="URL",
+                       help="run as LoadGen's node: send samples to SUT nodes (python -m mlperf_llama2.dist.node) "
+                            "at these URLs, e.g. http://10.0.0.2:8000; repeat or comma-separate (load is spread)")
+        g.add_argument("--node-concurrency", type=int, default=DistConfig.node_concurrency,
+                       help="most requests in flight per SUT node (default %(default)s)")
+        g.add_argument("--node-timeout", type=float, default=DistConfig.node_timeout_s,
+                       help="seconds one node request may take before its sample fails (default %(default)s)")
+        g.add_argument("--node-wait", type=float, default=DistConfig.node_wait_s,
+                       help="seconds to wait for SUT nodes still starting (default %(default)s)")
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "DistConfig":
+        nodes: list[str] = []
+        for item in ns.sut_nodes or ():
+            nodes.extend(s.strip().rstrip("/") for s in item.split(",") if s.strip())
+        return cls(sut_nodes=tuple(nodes), node_concurrency=ns.node_concurrency, node_timeout_s=ns.node_timeout,
+                   node_wait_s=ns.node_wait)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one `main.py` run needs, checked once at construction."""
 
@@ -240,6 +277,7 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -257,6 +295,9 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_new_tokens <= constants.MAX_NEW_TOKENS:
             raise UserError(f"--max-new-tokens must be in 1..{constants.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if self.dist.sut_nodes and (self.backend == "api" or self.tensor_parallel > 1 or self.data_parallel > 1):
+            raise UserError("--sut-nodes: the SUT nodes generate; give --tensor-parallel/--data-parallel to the nodes "
+                            "(python -m mlperf_llama2.dist.node), and do not combine with --vllm/--backend api")
         if self.backend == "api" and not self.api.api_servers:
             raise UserError("--vllm/--backend api needs --api-server URL")
 
@@ -322,6 +363,7 @@ class RunConfig:
         EngineConfig.add_cli_args(parser)
         QuantConfig.add_cli_args(parser)
         ApiConfig.add_cli_args(parser)
+        DistConfig.add_cli_args(parser)
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "RunConfig":
@@ -358,6 +400,7 @@ class RunConfig:
             engine=EngineConfig.from_cli_args(ns),
             quant=QuantConfig.from_cli_args(ns),
             api=api,
+            dist=DistConfig.from_cli_args(ns),
         )
 
 

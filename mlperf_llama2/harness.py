@@ -31,12 +31,13 @@ def parse_config(argv: Optional[Sequence[str]]) -> RunConfig:
 
 def check_inputs(config: RunConfig) -> Dataset:
     """Validate every input of the run without loading the model; returns the loaded dataset."""
-    if config.model_path is None and config.backend != "api":
+    remote = config.backend == "api" or bool(config.dist.sut_nodes)  # the model lives elsewhere
+    if config.model_path is None and not remote:
         raise UserError("no model given: pass --model-path DIR (a local Hugging Face checkpoint directory)")
     if config.dataset_path is None:
         raise UserError("no dataset given: pass --dataset-path FILE (a processorca.py .pkl or .pkl.gz)")
     vocab_size = None
-    if config.backend != "api":
+    if not remote:
         from mlperf_llama2.backends.hf_loading import check_model_dir, read_model_info
 
         check_model_dir(config.model_path)
@@ -102,8 +103,16 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
                     config.max_new_tokens)
     mode = "Interactive" if config.interactive and config.scenario == "Server" else config.scenario
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
-             dataset.total_sample_count, config.backend, config.dtype, config.device)
-    backend = create_backend(config)
+             dataset.total_sample_count, "sut-nodes" if config.dist.sut_nodes else config.backend, config.dtype,
+             config.device)
+    network_name = None
+    if config.dist.sut_nodes:
+        from mlperf_llama2.dist.node_client import create_node_backend
+
+        backend = create_node_backend(config)
+        network_name = backend.sut_name
+    else:
+        backend = create_backend(config)
     write_run_info(settings.output_dir, scenario=config.scenario, accuracy=config.accuracy,
                    lg_model_name=config.lg_model_name, model_path=config.model_path,
                    dataset_path=config.dataset_path, max_new_tokens=config.max_new_tokens,
@@ -120,6 +129,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
         max_new_tokens=config.max_new_tokens,
         observers=(report, *observers),
         save_outputs=config.save_outputs,
+        network_name=network_name,
     )
     report.finish(settings.output_dir)
     quant_report = getattr(backend, "quant_report", None)  # the reference backend's open-backend report
