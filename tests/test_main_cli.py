@@ -137,3 +137,13 @@ def test_log_settings_follow_the_flags(tmp_path):
     import mlperf_loadgen as lg
 
     assert settings.test.mode == lg.TestMode.AccuracyOnly and settings.test.scenario == lg.TestScenario.Offline
+
+
+def test_default_backend_is_engine_on_cuda_and_reference_elsewhere():
+    from mlperf_llama2.config import default_backend
+
+    assert default_backend("cpu", None, "simulate") == "reference"
+    assert default_backend("cuda:0", None, "simulate") == "engine"
+    assert default_backend("cuda", "w8a8.yaml", "int8") == "engine"
+    # the engine has no simulate mode: a quantization config in simulate mode stays on the reference backend
+    assert default_backend("cuda:0", "w8a8.yaml", "simulate") == "reference"
