@@ -63,7 +63,8 @@ def check_inputs(config: RunConfig) -> Dataset:
 
 def with_demo_defaults(config: RunConfig) -> RunConfig:
     """No --model-path / --dataset-path: the prepared demo model and data (or one line on preparing them)."""
-    needs_model = config.model_path is None and config.backend != "api"
+    # An API server or SUT nodes hold the model: no local checkpoint is needed then.
+    needs_model = config.model_path is None and config.backend != "api" and not config.dist.sut_nodes
     needs_dataset = config.dataset_path is None
     if not (needs_model or needs_dataset):
         return config
@@ -74,7 +75,7 @@ def with_demo_defaults(config: RunConfig) -> RunConfig:
         log.info("no --model-path: using the demo model %s", demo.model_dir)
     if needs_dataset:
         log.info("no --dataset-path: using the demo dataset %s", demo.dataset)
-        if not needs_model and config.backend != "api":
+        if not needs_model and config.model_path is not None:
             log.warning("the demo dataset is tokenized for the demo model, not for %s", config.model_path)
     return config.replace(model_path=demo.model_dir if needs_model else config.model_path,
                           dataset_path=demo.dataset if needs_dataset else config.dataset_path)
