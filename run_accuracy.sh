@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
 # Offline accuracy run, then ROUGE scoring of its accuracy log (SPEC §6).
-# Needs CHECKPOINT_PATH (local Llama-2-70b-chat-hf directory) and DATASET_PATH (processed .pkl) in the
-# environment. dtype/device default to float16 on CUDA and float32 on CPU; no consolidate step: the
-# scorer reads mlperf_log_accuracy.json directly. Extra arguments go to main.py (e.g. --batch-size 16).
+# CHECKPOINT_PATH (local Llama-2-70b-chat-hf directory) and DATASET_PATH (processed .pkl) come from the
+# environment; unset, they default to the embedded demo model and data (`make accuracy` prepares them).
+# Extra arguments go to main.py (e.g. --max-new-tokens 128 --batch-size 16). dtype/device default to
+# float16 on CUDA and float32 on CPU; no consolidate step: the scorer reads mlperf_log_accuracy.json.
 set -euo pipefail
-: "${CHECKPOINT_PATH:?set CHECKPOINT_PATH to the model checkpoint directory}"
-: "${DATASET_PATH:?set DATASET_PATH to the processed dataset pickle}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CHECKPOINT_PATH="${CHECKPOINT_PATH:-$(cd "$HERE" && python3 -m mlperf_llama2.demo path model)}"
+DATASET_PATH="${DATASET_PATH:-$(cd "$HERE" && python3 -m mlperf_llama2.demo path dataset)}"
+LOG_DIR=offline_accuracy_loadgen_logs
+# stderr goes through tee below, so the live progress bar is drawn on the terminal itself, if any.
+if [ -t 2 ]; then export MLPERF_LLAMA2_PROGRESS_TTY=1; fi
 
 python3 -u "$HERE/main.py" --scenario Offline --accuracy \
     --model-path "${CHECKPOINT_PATH}" \
     --dataset-path "${DATASET_PATH}" \
     --user-conf "$HERE/user.conf" \
     --total-sample-count 24576 \
-    --output-log-dir offline_accuracy_loadgen_logs \
-    "$@" \
-    2>&1 | tee offline_accuracy_log.log
+    --output-log-dir "$LOG_DIR" \
+    "$@" 2>&1 | tee offline_accuracy_log.log
 
 python3 "$HERE/evaluate-accuracy.py" --checkpoint-path "${CHECKPOINT_PATH}" \
-    --mlperf-accuracy-file offline_accuracy_loadgen_logs/mlperf_log_accuracy.json \
+    --mlperf-accuracy-file "$LOG_DIR/mlperf_log_accuracy.json" \
     --dataset-file "${DATASET_PATH}" \
-    --dtype int32
+    --dtype int32 | tee "$LOG_DIR/accuracy.txt"
+
+# The run summary (with the ROUGE line) as a table and summary.json, and its plots; on stderr, so the
+# reference's result line stays the last line of stdout (tools read it from there).
+python3 -m mlperf_llama2.report "$LOG_DIR" >&2

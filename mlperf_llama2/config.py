@@ -213,6 +213,43 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """Multi-node runs: this process is LoadGen's node and SUT nodes generate (docs/distributed.md)."""
+
+    sut_nodes: tuple[str, ...] = ()
+    node_concurrency: int = 256
+    node_timeout_s: float = 3600.0
+    node_wait_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.node_concurrency < 1:
+            raise UserError(f"--node-concurrency must be >= 1, got {self.node_concurrency}")
+        if self.node_timeout_s <= 0 or self.node_wait_s < 0:
+            raise UserError("--node-timeout must be > 0 and --node-wait >= 0")
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("multi-node (LoadGen over the network)")
+        g.add_argument("--sut-nodes", action="append", default=None, metavar="URL",
+                       help="run as LoadGen's node: send samples to SUT nodes (python -m mlperf_llama2.dist.node) "
+                            "at these URLs, e.g. http://10.0.0.2:8000; repeat or comma-separate (load is spread)")
+        g.add_argument("--node-concurrency", type=int, default=DistConfig.node_concurrency,
+                       help="most requests in flight per SUT node (default %(default)s)")
+        g.add_argument("--node-timeout", type=float, default=DistConfig.node_timeout_s,
+                       help="seconds one node request may take before its sample fails (default %(default)s)")
+        g.add_argument("--node-wait", type=float, default=DistConfig.node_wait_s,
+                       help="seconds to wait for SUT nodes still starting (default %(default)s)")
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "DistConfig":
+        nodes: list[str] = []
+        for item in ns.sut_nodes or ():
+            nodes.extend(s.strip().rstrip("/") for s in item.split(",") if s.strip())
+        return cls(sut_nodes=tuple(nodes), node_concurrency=ns.node_concurrency, node_timeout_s=ns.node_timeout,
+                   node_wait_s=ns.node_wait)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one `main.py` run needs, checked once at construction."""
 
@@ -240,6 +277,7 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -257,6 +295,9 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_new_tokens <= constants.MAX_NEW_TOKENS:
             raise UserError(f"--max-new-tokens must be in 1..{constants.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if self.dist.sut_nodes and (self.backend == "api" or self.tensor_parallel > 1 or self.data_parallel > 1):
+            raise UserError("--sut-nodes: the SUT nodes generate; give --tensor-parallel/--data-parallel to the nodes "
+                            "(python -m mlperf_llama2.dist.node), and do not combine with --vllm/--backend api")
         if self.backend == "api" and not self.api.api_servers:
             raise UserError("--vllm/--backend api needs --api-server URL")
 
@@ -278,9 +319,11 @@ class RunConfig:
         p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default %(default)s)")
         p.add_argument("--model-path", default=None,
                        help="local Hugging Face checkpoint directory with config.json, weights and "
-                            "tokenizer (never fetched from a hub); required")
+                            "tokenizer (never fetched from a hub); default: the demo model prepared by "
+                            "`make accuracy` (docs/demo.md)")
         p.add_argument("--dataset-path", default=None,
-                       help="processed OpenOrca pickle (.pkl or .pkl.gz) from processorca.py; required")
+                       help="processed OpenOrca pickle (.pkl or .pkl.gz) from processorca.py; default: the "
+                            "demo dataset prepared by `make accuracy`")
         p.add_argument("--accuracy", action="store_true", help="AccuracyOnly mode (default: PerformanceOnly)")
         p.add_argument("--dtype", choices=DTYPES, default=None,
                        help="model dtype (default: float16 on CUDA, float32 on CPU)")
@@ -305,7 +348,9 @@ class RunConfig:
                             "Interactive setting (default %(default)s)")
         p.add_argument("--backend", choices=BACKENDS, default=None,
                        help="generation backend: reference (transformers generate), engine (continuous "
-                            "batching), api (OpenAI-compatible server) (default: reference)")
+                            "batching), api (OpenAI-compatible server) (default: engine on CUDA, where its "
+                            "fidelity tests pass and it runs 28x faster; reference on CPU and for "
+                            "--liteml-config in simulate mode)")
         p.add_argument("--max-new-tokens", type=int, default=constants.MAX_NEW_TOKENS,
                        help="cap on generated tokens; below 1024 the run is NOT a valid MLPerf run and the "
                             "summary says so (demo only; default %(default)s)")
@@ -320,6 +365,7 @@ class RunConfig:
         EngineConfig.add_cli_args(parser)
         QuantConfig.add_cli_args(parser)
         ApiConfig.add_cli_args(parser)
+        DistConfig.add_cli_args(parser)
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "RunConfig":
@@ -346,7 +392,7 @@ class RunConfig:
             enable_log_trace=ns.enable_log_trace,
             num_workers=ns.num_workers,
             lg_model_name=ns.lg_model_name,
-            backend=backend or "reference",
+            backend=backend or default_backend(device, ns.liteml_config, ns.quant_mode),
             max_new_tokens=ns.max_new_tokens,
             save_outputs=ns.save_outputs,
             progress=not ns.no_progress,
@@ -356,6 +402,7 @@ class RunConfig:
             engine=EngineConfig.from_cli_args(ns),
             quant=QuantConfig.from_cli_args(ns),
             api=api,
+            dist=DistConfig.from_cli_args(ns),
         )
 
 
@@ -367,6 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     RunConfig.add_cli_args(parser)
     return parser
+
+
+def default_backend(device: str, liteml_config: Optional[str], quant_mode: str) -> str:
+    """engine on CUDA (fidelity-tested, far faster), except where only the reference backend can honour the
+    request: a quantization config in simulate mode (the engine runs int8 mode only); reference on CPU."""
+    if not device.startswith("cuda"):
+        return "reference"
+    if liteml_config is not None and quant_mode != "int8":
+        return "reference"
+    return "engine"
 
 
 def resolve_device(requested: Optional[str]) -> str:

@@ -72,8 +72,8 @@ def test_failure_is_recorded_and_still_answered(calls):
     failed = []
 
     class Observer(RunObserver):
-        def sample_failed(self, error):
-            failed.append(str(error))
+        def sample_failed(self, request_id, error):
+            failed.append((request_id, str(error)))
 
     failures = (lambda r: r.fail(7, RuntimeError("boom")),
                 lambda r: r.complete(7, [21]))  # one token: LoadGen would reject n_tokens <= 1, so it is a failure
@@ -84,7 +84,7 @@ def test_failure_is_recorded_and_still_answered(calls):
         assert r.skipped == 1 and r.in_flight == 0  # the failure stopped the run: sample 4 was answered empty
     assert [c[0] for c in calls] == ["first", "complete", "first", "complete"] * 2
     assert [c[2] for c in calls if c[0] == "complete"] == [[], []] * 2
-    assert failed == ["boom", "backend returned 1 token(s); at least 2 are needed"]
+    assert failed == [(7, "boom"), (7, "backend returned 1 token(s); at least 2 are needed")]
 
 
 class EchoBackend(Backend):
@@ -132,8 +132,8 @@ def test_sut_submits_and_posts_one_response_per_sample(calls, sut_cls, server):
     done = []
 
     class Observer(RunObserver):
-        def sample_done(self, n_tokens):
-            done.append(n_tokens)
+        def sample_done(self, request_id, n_tokens):
+            done.append((request_id, n_tokens))
 
     dataset = Dataset(path="x", prompts=((1, 5), (1, 6), (1, 7)), targets=None)
     backend = EchoBackend(stream=server)
@@ -148,4 +148,4 @@ def test_sut_submits_and_posts_one_response_per_sample(calls, sut_cls, server):
     for rid in (10, 11):
         kinds = [c[0] for c in calls if c[1] == rid]
         assert kinds == (["first", "complete"] if server else ["complete"])
-    assert done == [3, 3]
+    assert sorted(done) == [(10, 3), (11, 3)]

@@ -47,10 +47,12 @@ def test_defaults_follow_spec_on_cpu():
     assert (config.backend, config.max_new_tokens, config.lg_model_name) == ("reference", 1024, "llama2-70b")
 
 
-def test_missing_model_or_dataset_is_one_line(inputs):
-    with pytest.raises(UserError, match="pass --model-path"):
+def test_missing_model_or_dataset_is_one_line(inputs, tmp_path, monkeypatch):
+    # Without the flags main.py uses the prepared demo (docs/demo.md); here none is prepared.
+    monkeypatch.setenv("MLPERF_LLAMA2_DEMO_DIR", str(tmp_path / "no-demo"))
+    with pytest.raises(UserError, match="no --model-path given .*python -m mlperf_llama2.demo prepare"):
         harness.main(inputs[2:])
-    with pytest.raises(UserError, match="pass --dataset-path"):
+    with pytest.raises(UserError, match="no --dataset-path given .*python -m mlperf_llama2.demo prepare"):
         harness.main(inputs[:2] + inputs[4:])
 
 
@@ -135,3 +137,13 @@ def test_log_settings_follow_the_flags(tmp_path):
     import mlperf_loadgen as lg
 
     assert settings.test.mode == lg.TestMode.AccuracyOnly and settings.test.scenario == lg.TestScenario.Offline
+
+
+def test_default_backend_is_engine_on_cuda_and_reference_elsewhere():
+    from mlperf_llama2.config import default_backend
+
+    assert default_backend("cpu", None, "simulate") == "reference"
+    assert default_backend("cuda:0", None, "simulate") == "engine"
+    assert default_backend("cuda", "w8a8.yaml", "int8") == "engine"
+    # the engine has no simulate mode: a quantization config in simulate mode stays on the reference backend
+    assert default_backend("cuda:0", "w8a8.yaml", "simulate") == "reference"

@@ -133,6 +133,12 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--output-cap", type=int, default=None, help="clip drawn output lengths (quick smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tensor-parallel", type=int, default=1,
+                    help="GPUs per engine (tensor parallel; runs tools/bench_scaling.py, no reference/fidelity)")
+    ap.add_argument("--data-parallel", type=int, default=1,
+                    help="engine replicas, one per GPU (runs tools/bench_scaling.py, no reference/fidelity)")
+    ap.add_argument("--baseline-json", default=None,
+                    help="bench.json of a run on fewer GPUs: report scaling efficiency against linear")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -161,6 +167,10 @@ def main(argv=None) -> int:
         for row in result["kernels"]:
             log.info("kernel %s", row)
         save()
+    if args.tensor_parallel > 1 or args.data_parallel > 1:
+        from bench_scaling import run_scaling  # tools/ is this script's directory, first on sys.path
+
+        return run_scaling(args, cfg, prompts, o_len, p_len)
 
     hf_ref = None
     if args.ref_samples > 0 or args.fidelity_prompts > 0:

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import mlperf_loadgen as lg
 
@@ -60,13 +60,21 @@ def run_test(
     max_new_tokens: int,
     observers: Sequence[RunObserver] = (),
     save_outputs: Optional[str] = None,
+    network_name: Optional[Callable[[], str]] = None,
 ) -> RunResult:
-    """Run LoadGen against `backend` and return what happened. LoadGen writes its logs to settings.output_dir."""
+    """Run LoadGen against `backend` and return what happened. LoadGen writes its logs to settings.output_dir.
+
+    With `network_name` this is LoadGen's node of a multi-node run: the SUT is constructed as a
+    query dispatch library (`ConstructQDL`, LoadGen over the network) whose name callback it is.
+    """
     sut = sut_class(scenario)(
         backend, dataset, max_new_tokens=max_new_tokens, observers=observers, keep_outputs=save_outputs is not None
     )
     sut.start()
-    lg_sut = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
+    if network_name is None:
+        lg_sut = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
+    else:
+        lg_sut = lg.ConstructQDL(sut.issue_queries, sut.flush_queries, network_name)
     lg_qsl = lg.ConstructQSL(dataset.total_sample_count, dataset.perf_sample_count, _noop, _noop)
     start = time.monotonic()
     try:
@@ -82,7 +90,7 @@ def run_test(
         wall_s = time.monotonic() - start
         sut.stop()
         lg.DestroyQSL(lg_qsl)
-        lg.DestroySUT(lg_sut)
+        (lg.DestroySUT if network_name is None else lg.DestroyQDL)(lg_sut)
     responder = sut.responder
     if responder.abort_reason is not None:
         write_stop_note(settings.output_dir, responder.abort_reason)

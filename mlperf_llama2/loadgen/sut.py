@@ -32,16 +32,16 @@ log = logging.getLogger(__name__)
 class RunObserver:
     """Hooks for progress bars and summaries; called from LoadGen's and the backend's threads."""
 
-    def samples_issued(self, count: int) -> None:
-        """LoadGen issued `count` more samples."""
+    def samples_issued(self, requests: Sequence[GenerationRequest]) -> None:
+        """LoadGen issued these requests (ids and QSL indices)."""
 
-    def first_token(self) -> None:
+    def first_token(self, request_id: int) -> None:
         """A Server sample's first token was reported to LoadGen."""
 
-    def sample_done(self, n_tokens: int) -> None:
+    def sample_done(self, request_id: int, n_tokens: int) -> None:
         """A sample's response (of `n_tokens` tokens) was reported to LoadGen."""
 
-    def sample_failed(self, error: BaseException) -> None:
+    def sample_failed(self, request_id: int, error: BaseException) -> None:
         """A sample's generation failed (it was answered with an empty response)."""
 
 
@@ -81,7 +81,7 @@ class Responder:
             for request in requests:
                 self._in_flight[request.request_id] = request.sample_index
         for observer in self._observers:
-            observer.samples_issued(len(requests))
+            observer.samples_issued(requests)
 
     def skip_if_stopped(self, requests: Sequence[GenerationRequest]) -> bool:
         """After `track`: True when the run is stopped and the requests were answered empty (don't generate)."""
@@ -122,7 +122,7 @@ class Responder:
             return
         self._respond(request_id, data)
         for observer in self._observers:
-            observer.sample_done(len(data))
+            observer.sample_done(request_id, len(data))
 
     def fail(self, request_id: int, error: BaseException) -> None:
         with self._lock:
@@ -133,14 +133,14 @@ class Responder:
         # Answer LoadGen anyway (an empty response) so the run finishes; the run is then reported failed.
         if self._respond(request_id, np.zeros(0, dtype=np.int32), failure=f"{type(error).__name__}: {error}"):
             for observer in self._observers:
-                observer.sample_failed(error)
+                observer.sample_failed(request_id, error)
 
     def _send_first_token_locked(self, request_id: int, token: int) -> None:
         first = np.array([token], dtype=np.int32)
         lg.FirstTokenComplete([lg.QuerySampleResponse(request_id, first.ctypes.data, first.nbytes, 1)])
         self._first_sent.add(request_id)
         for observer in self._observers:
-            observer.first_token()
+            observer.first_token(request_id)
 
     def _respond(self, request_id: int, data: np.ndarray, failure: Optional[str] = None,
                  skipped: bool = False) -> bool:

@@ -1,0 +1,1 @@
+"""The embedded demo: a small real model (SmolLM2-135M-Instruct) and synthetic OpenOrca-schema data."""

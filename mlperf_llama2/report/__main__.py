@@ -1,0 +1,44 @@
+"""`python -m mlperf_llama2.report RUN_DIR`: print the run's summary table, write summary.json and the plots.
+
+RUN_DIR is a LoadGen output directory (e.g. offline_accuracy_loadgen_logs). The ROUGE line is read from
+RUN_DIR/accuracy.txt (evaluate-accuracy.py's output) unless --accuracy-file names another file.
+"""
+
+import argparse
+import os
+import sys
+
+from mlperf_llama2.errors import UserError, configure_logging, run_cli
+from mlperf_llama2.report.plots import write_plots
+from mlperf_llama2.report.summary import DETAIL_FILE, build_summary, render_table, write_summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlperf_llama2.report",
+                                     description="Summarize a LoadGen run directory and plot it.")
+    parser.add_argument("run_dir", help="LoadGen output directory")
+    parser.add_argument("--accuracy-file", default=None, help="file holding evaluate-accuracy.py's output")
+    parser.add_argument("--dataset", default=None, help="processed dataset (default: the one in run_info.json)")
+    parser.add_argument("--no-plots", action="store_true", help="summary only")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    if not os.path.isfile(os.path.join(args.run_dir, DETAIL_FILE)):
+        raise UserError(f"{args.run_dir}: no {DETAIL_FILE}; pass a LoadGen output directory (--output-log-dir)")
+    accuracy_text = None
+    if args.accuracy_file:
+        if not os.path.isfile(args.accuracy_file):
+            raise UserError(f"--accuracy-file not found: {args.accuracy_file}")
+        with open(args.accuracy_file, encoding="utf-8") as f:
+            accuracy_text = f.read()
+    summary = build_summary(args.run_dir, accuracy_text)
+    print(render_table(summary))
+    print(f"summary: {write_summary(args.run_dir, summary)}")
+    if not args.no_plots:
+        for path in write_plots(args.run_dir, args.dataset):
+            print(f"plot: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,250 @@
+"""The end-of-run summary: one table and `summary.json` beside LoadGen's logs, built from what LoadGen wrote.
+
+Sources, all in the run directory: `mlperf_log_detail.txt` (lines ":::MLLOG {json}", one key each; the
+last value of a key wins), `mlperf_log_summary.txt` (the verdict's reasons), `mlperf_log_accuracy.json`
+(accuracy runs: samples and tokens), `sample_timings.csv` and `run_info.json` (ours), and the ROUGE line
+evaluate-accuracy.py printed (`accuracy.txt`, or given). For the Llama-2-70B reference model the ROUGE
+is checked against the 99% and 99.9% targets of SPEC §8; any other model is a stand-in and is not judged.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from mlperf_llama2 import constants
+from mlperf_llama2.report.run_info import read_run_info
+from mlperf_llama2.report.timings import read_timings
+
+log = logging.getLogger(__name__)
+
+DETAIL_FILE = "mlperf_log_detail.txt"
+SUMMARY_FILE = "mlperf_log_summary.txt"
+ACCURACY_LOG = "mlperf_log_accuracy.json"
+ACCURACY_RESULT_FILE = "accuracy.txt"
+SUMMARY_JSON = "summary.json"
+MLLOG_PREFIX = ":::MLLOG "
+TARGET_FRACTIONS = {"99": 0.99, "99.9": 0.999}
+TARGET_METRICS = ("rouge1", "rouge2", "rougeL")
+# Llama-2-70B's shape (config.json); only this model is judged against the accuracy targets.
+LLAMA2_70B_SHAPE = {"model_type": "llama", "num_hidden_layers": 80, "hidden_size": 8192,
+                    "vocab_size": constants.LLAMA2_VOCAB_SIZE}
+ROUGE_LINE = re.compile(r"\{'rouge1':.*\}")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    scenario: str
+    mode: str
+    samples: Optional[int]
+    tokens_per_s: Optional[float]
+    ttft_p50_ms: Optional[float]
+    ttft_p99_ms: Optional[float]
+    tpot_p50_ms: Optional[float]
+    tpot_p99_ms: Optional[float]
+    verdict: str
+    reason: str
+    loadgen_errors: int
+    max_new_tokens: Optional[int]
+    rouge: Optional[dict]
+    targets: Optional[dict]
+    model: Optional[str]
+
+    @property
+    def output_capped(self) -> bool:
+        return self.max_new_tokens is not None and self.max_new_tokens < constants.MAX_NEW_TOKENS
+
+
+def parse_detail(path: str) -> tuple[dict[str, Any], list[str]]:
+    """Key -> value of every MLLOG line (last wins), and the messages LoadGen flagged as errors."""
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            start = line.find(MLLOG_PREFIX)
+            if start < 0:
+                continue
+            try:
+                record = json.loads(line[start + len(MLLOG_PREFIX):])
+            except ValueError:
+                continue
+            values[record.get("key")] = record.get("value")
+            if (record.get("metadata") or {}).get("is_error"):
+                errors.append(str(record.get("value")))
+    return values, errors
+
+
+def parse_summary_text(path: str) -> dict[str, str]:
+    """'name : value' lines of mlperf_log_summary.txt (first occurrence of a name wins)."""
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            name, sep, value = line.partition(":")
+            if sep and name.strip() and name.strip() not in out:
+                out[name.strip()] = value.strip()
+    return out
+
+
+def parse_accuracy_result(text: str) -> Optional[dict]:
+    """The last `{'rouge1': ...}` dict evaluate-accuracy.py printed, or None."""
+    matches = ROUGE_LINE.findall(text)
+    if not matches:
+        return None
+    try:
+        return dict(ast.literal_eval(matches[-1]))
+    except (ValueError, SyntaxError):
+        return None
+
+
+def is_llama2_70b(model_path: Optional[str]) -> bool:
+    if not model_path:
+        return False
+    try:
+        with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return all(config.get(k) == v for k, v in LLAMA2_70B_SHAPE.items())
+
+
+def accuracy_targets(rouge: dict) -> dict:
+    """Whether ROUGE meets each target fraction (SPEC §8), and tokens per sample lies in 90-110%."""
+    out = {
+        name: all(float(rouge.get(m, 0.0)) >= fraction * constants.ROUGE_REFERENCE[m] for m in TARGET_METRICS)
+        for name, fraction in TARGET_FRACTIONS.items()
+    }
+    lo, hi = (f * constants.TOKENS_PER_SAMPLE_REFERENCE for f in constants.TOKENS_PER_SAMPLE_TOLERANCE)
+    out["tokens_per_sample"] = "tokens_per_sample" in rouge and lo <= float(rouge["tokens_per_sample"]) <= hi
+    return out
+
+
+def _ms(value: Any) -> Optional[float]:
+    return None if value is None else float(value) / 1e6
+
+
+def _accuracy_log_counts(run_dir: str) -> tuple[Optional[int], int]:
+    """Unique samples and their tokens in mlperf_log_accuracy.json (first entry per qsl_idx, as scored)."""
+    path = os.path.join(run_dir, ACCURACY_LOG)
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except (OSError, ValueError):
+        return None, 0
+    seen: dict[int, int] = {}
+    for entry in entries:
+        if entry["qsl_idx"] not in seen:
+            seen[entry["qsl_idx"]] = int(entry.get("token_count") or len(entry["data"]) // 8)
+    return len(seen), sum(seen.values())
+
+
+def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSummary:
+    """Summarize the run in `run_dir`; `accuracy_text` (evaluate-accuracy's output) overrides accuracy.txt."""
+    detail, errors = parse_detail(os.path.join(run_dir, DETAIL_FILE))
+    summary_path = os.path.join(run_dir, SUMMARY_FILE)
+    summary_text = parse_summary_text(summary_path) if os.path.isfile(summary_path) else {}
+    info = read_run_info(run_dir)
+    timings = read_timings(run_dir)
+    scenario = str(detail.get("effective_scenario") or info.get("scenario") or "?")
+    mode = str(detail.get("effective_test_mode") or "?")
+    accuracy_mode = mode == "AccuracyOnly"
+
+    if accuracy_mode:
+        samples, tokens = _accuracy_log_counts(run_dir)
+        span = max((t.completed_s for t in timings), default=0.0) - min((t.issued_s for t in timings), default=0.0)
+        tokens_per_s = tokens / span if timings and span > 0 else None
+        verdict, reason = "n/a", "AccuracyOnly run: LoadGen judges only performance runs; see ROUGE"
+    else:
+        samples = len(timings) or _int(detail.get("result_query_count") if scenario == "Server"
+                                       else detail.get("generated_samples_per_query"))
+        key = "result_completed_tokens_per_second" if scenario == "Server" else "result_tokens_per_second"
+        tokens_per_s = _float(detail.get(key))
+        verdict = str(detail.get("result_validity") or summary_text.get("Result is") or "?")
+        reason = str(detail.get("result_invalid_reason") or "").strip()
+        if verdict == "INVALID" and not reason:
+            failed = [name for name in ("Performance constraints satisfied", "Min duration satisfied",
+                                        "Min queries satisfied", "Early stopping satisfied")
+                      if summary_text.get(name, "Yes").lower().startswith("no")]
+            reason = "; ".join(f"{name}: NO" for name in failed)
+
+    if accuracy_text is None and os.path.isfile(os.path.join(run_dir, ACCURACY_RESULT_FILE)):
+        with open(os.path.join(run_dir, ACCURACY_RESULT_FILE), encoding="utf-8") as f:
+            accuracy_text = f.read()
+    rouge = parse_accuracy_result(accuracy_text) if accuracy_text else None
+    model = info.get("model_path")
+    targets = accuracy_targets(rouge) if rouge is not None and is_llama2_70b(model) else None
+    server = scenario == "Server"
+    return RunSummary(
+        scenario=scenario,
+        mode=mode,
+        samples=samples,
+        tokens_per_s=tokens_per_s,
+        ttft_p50_ms=_ms(detail.get("result_first_token_50.00_percentile_latency_ns")) if server else None,
+        ttft_p99_ms=_ms(detail.get("result_first_token_99.00_percentile_latency_ns")) if server else None,
+        tpot_p50_ms=_ms(detail.get("result_time_per_output_token_50.00_percentile_ns")) if server else None,
+        tpot_p99_ms=_ms(detail.get("result_time_per_output_token_99.00_percentile_ns")) if server else None,
+        verdict=verdict,
+        reason=reason,
+        loadgen_errors=len(errors),
+        max_new_tokens=info.get("max_new_tokens"),
+        rouge=rouge,
+        targets=targets,
+        model=model,
+    )
+
+
+def _int(value: Any) -> Optional[int]:
+    return None if value is None else int(value)
+
+
+def _float(value: Any) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def _fmt(value: Optional[float], digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_table(s: RunSummary) -> str:
+    """The summary as a small aligned table (plain text, fits 100 columns)."""
+    rows = [
+        ("scenario", s.scenario),
+        ("mode", s.mode),
+        ("samples", "-" if s.samples is None else str(s.samples)),
+        ("tokens/s", _fmt(s.tokens_per_s)),
+    ]
+    if s.scenario == "Server":
+        rows += [
+            ("TTFT p50 / p99 (ms)", f"{_fmt(s.ttft_p50_ms)} / {_fmt(s.ttft_p99_ms)}"),
+            ("TPOT p50 / p99 (ms)", f"{_fmt(s.tpot_p50_ms)} / {_fmt(s.tpot_p99_ms)}"),
+        ]
+    rows.append(("LoadGen verdict", s.verdict + (f" ({s.reason})" if s.reason else "")))
+    if s.loadgen_errors:
+        rows.append(("LoadGen errors", f"{s.loadgen_errors} (see {DETAIL_FILE})"))
+    if s.output_capped:
+        rows.append(("output cap", f"{s.max_new_tokens} new tokens (below {constants.MAX_NEW_TOKENS}: "
+                                   "not a valid MLPerf run)"))
+    if s.rouge is not None:
+        rows.append(("ROUGE", str(s.rouge)))
+        if s.targets is not None:
+            rows.append(("99% target", "met" if s.targets["99"] else "NOT met"))
+            rows.append(("99.9% target", "met" if s.targets["99.9"] else "NOT met"))
+            rows.append(("tokens/sample 90-110%", "yes" if s.targets["tokens_per_sample"] else "NO"))
+        else:
+            rows.append(("targets", "not judged: the model is not Llama-2-70B (stand-in)"))
+    width = max(len(name) for name, _ in rows)
+    rule = "-" * min(100, width + 3 + max(len(v) for _, v in rows))
+    return "\n".join([rule] + [f"{name.ljust(width)} : {value}" for name, value in rows] + [rule])
+
+
+def write_summary(run_dir: str, s: RunSummary) -> str:
+    path = os.path.join(run_dir, SUMMARY_JSON)
+    payload = asdict(s)
+    payload["output_capped"] = s.output_capped
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    return path
