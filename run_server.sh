@@ -2,8 +2,9 @@
 # Server performance run (SPEC §6). Needs CHECKPOINT_PATH and DATASET_PATH in the environment;
 # extra arguments are passed to main.py (e.g. --lg-model-name llama2-70b-interactive for Interactive).
 set -euo pipefail
-: "${CHECKPOINT_PATH:?set CHECKPOINT_PATH to the model checkpoint directory}"
-: "${DATASET_PATH:?set DATASET_PATH to the processed dataset pickle}"
+need() { [[ -n "${!1:-}" ]] || { echo "$(basename "$0"): error: $1 is not set: $2" >&2; exit 2; }; }
+need CHECKPOINT_PATH "export CHECKPOINT_PATH=/path/to/the/model/checkpoint/directory"
+need DATASET_PATH "export DATASET_PATH=/path/to/the/processed/dataset.pkl"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 python3 -u "$HERE/main.py" --scenario Server \

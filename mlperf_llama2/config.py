@@ -428,12 +428,12 @@ def default_backend(device: str, liteml_config: Optional[str], quant_mode: str) 
 
 def resolve_device(requested: Optional[str]) -> str:
     """cpu, cuda or cuda:N; default cuda:0 when CUDA is available, else cpu. Errors are one line."""
-    import torch  # deferred: parsing --help must not pay for torch
+    if requested == "cpu":
+        return "cpu"
+    import torch  # deferred: --help and --device cpu must not pay for torch before the inputs are checked
 
     if requested is None:
         return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if requested == "cpu":
-        return "cpu"
     if requested == "cuda" or requested.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")

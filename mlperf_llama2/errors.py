@@ -1,14 +1,16 @@
 """User-facing failures: one clear line on stderr, exit code 2, no traceback unless asked for.
 
 Code anywhere in the package raises `UserError` for bad input it can name; the entry points wrap
-their `main` in `run_cli`, which turns it (and Ctrl-C) into a single line and an exit code.
+their `main` in `run_cli`, which turns it (and Ctrl-C or SIGTERM) into a single line and an exit code.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
@@ -20,6 +22,30 @@ class UserError(Exception):
     """Bad input or environment the user can fix. The message is one line: what is wrong, what to do."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT or SIGTERM) stopped the run; the process exits 128 + the signal number."""
+
+    def __init__(self, signum: int = signal.SIGINT, detail: str = "LoadGen logs so far are kept"):
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.detail = detail
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def message(self) -> str:
+        return f"interrupted by {self.signal_name}: run stopped before completion ({self.detail})"
+
+
+def _raise_interrupted(signum, _frame) -> None:
+    raise Interrupted(signum)
+
+
 def _verbose_requested(argv: Sequence[str]) -> bool:
     return "--verbose" in argv or os.environ.get("MLPERF_LLAMA2_VERBOSE") == "1"
 
@@ -27,6 +53,8 @@ def _verbose_requested(argv: Sequence[str]) -> bool:
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run an entry point's `main(argv)`; map UserError to one line + exit 2. Returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupted)  # SIGTERM ends a run like Ctrl-C: one line, no traceback
     try:
         code = main(args)
         return 0 if code is None else int(code)
@@ -36,9 +64,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         prog = os.path.basename(sys.argv[0]) or "mlperf_llama2"
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: run stopped before completion (LoadGen logs so far are kept)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        prog = os.path.basename(sys.argv[0]) or "mlperf_llama2"
+        print(f"{prog}: error: {interrupted.message()}", file=sys.stderr)
+        return interrupted.exit_code
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -52,6 +52,8 @@ def check_inputs(config: RunConfig) -> Dataset:
         plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
     if config.save_outputs is not None:
         parent = os.path.dirname(os.path.abspath(config.save_outputs))
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise UserError(f"--save-outputs {config.save_outputs}: {parent} is a file, not a directory")
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:

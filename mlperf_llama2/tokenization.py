@@ -57,6 +57,9 @@ def load_hf_tokenizer(path: str):
 
     if not path or not os.path.isdir(path):
         raise UserError(f"tokenizer directory not found: {path} (pass a local checkpoint directory)")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in (TOKENIZER_JSON_FILE, "tokenizer.model")):
+        raise UserError(f"cannot load a tokenizer from {path}: no tokenizer.json or tokenizer.model there "
+                        "(pass the checkpoint directory that holds the tokenizer)")
     config = _tokenizer_config(path)
     try:
         if os.path.isfile(os.path.join(path, TOKENIZER_JSON_FILE)):

@@ -75,14 +75,16 @@ def test_failure_is_recorded_and_still_answered(calls):
         def sample_failed(self, request_id, error):
             failed.append((request_id, str(error)))
 
-    r = _responder(server=True, observers=[Observer()])
-    r.fail(7, RuntimeError("boom"))
-    r.complete(8, [21])  # one token: LoadGen would reject n_tokens <= 1, so it is a failure
-    assert [c[0] for c in calls] == ["first", "complete", "first", "complete"]
-    assert [c[2] for c in calls if c[0] == "complete"] == [[], []]
-    assert [(f.sample_index, f.error.split(":")[0]) for f in r.failures] == [(3, "RuntimeError"), (4, "RuntimeError")]
-    assert failed == [(7, "boom"), (8, "backend returned 1 token(s); at least 2 are needed")]
-    assert r.in_flight == 0
+    failures = (lambda r: r.fail(7, RuntimeError("boom")),
+                lambda r: r.complete(7, [21]))  # one token: LoadGen would reject n_tokens <= 1, so it is a failure
+    for fail in failures:
+        r = _responder(server=True, observers=[Observer()])
+        fail(r)
+        assert [(f.sample_index, f.error.split(":")[0]) for f in r.failures] == [(3, "RuntimeError")]
+        assert r.skipped == 1 and r.in_flight == 0  # the failure stopped the run: sample 4 was answered empty
+    assert [c[0] for c in calls] == ["first", "complete", "first", "complete"] * 2
+    assert [c[2] for c in calls if c[0] == "complete"] == [[], []] * 2
+    assert failed == [(7, "boom"), (7, "backend returned 1 token(s); at least 2 are needed")]
 
 
 class EchoBackend(Backend):

@@ -19,6 +19,7 @@ from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
 from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+from mlperf_llama2.faults import FaultPlan
 
 if TYPE_CHECKING:
     from mlperf_llama2.config import RunConfig
@@ -99,6 +100,24 @@ class EngineBackend(Backend):
             self.engine.stop_loop()
             self._started = False
 
+    def inject_faults(self, plan: FaultPlan) -> None:
+        """Tests only (MLPERF_LLAMA2_FAULTS): check `plan` with the QSL indices of every step's batch.
+
+        The engine does not retry a failed step: its loop fails every outstanding request, and the run
+        stops with exit 1 (the SUT answers LoadGen for every sample, so nothing hangs).
+        """
+        runner = self.engine.runner
+        real_run = runner.run
+
+        def run(batch):
+            with self._lock:
+                indices = [self._outstanding[seq.request_id].sample_index for seq, _ in batch.items
+                           if seq.request_id in self._outstanding]
+            plan.check(indices)
+            return real_run(batch)
+
+        runner.run = run
+
 
 def create_engine_backend(config: "RunConfig") -> EngineBackend:
     """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
@@ -106,5 +125,9 @@ def create_engine_backend(config: "RunConfig") -> EngineBackend:
         log.warning("the engine runs one replica on one device; --tensor-parallel/--data-parallel ignored")
     from mlperf_llama2.engine.int8 import engine_rules
 
+    faults = FaultPlan.from_env()  # a bad spec fails before the weights load
     rules = engine_rules(config.quant)  # --liteml-config with --quant-mode int8: W8A8 int8 Linears
-    return EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype, rules)
+    backend = EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype, rules)
+    if faults:
+        backend.inject_faults(faults)
+    return backend

@@ -1,7 +1,9 @@
 """Hugging Face checkpoints on disk: check a model directory, read its vocabulary/EOS, load the model.
 
 `check_model_dir` and `read_model_info` touch only small JSON files, so main.py can reject a bad
-directory before any weights load. `load_causal_lm` is the one place the reference backend loads
+directory before any weights load. A tokenizer with more ids than the model's embedding
+(config.json vocab_size) belongs to another model and is an error; a smaller one is fine (Llama
+checkpoints often pad the embedding). `load_causal_lm` is the one place the reference backend loads
 weights; the quantization code wraps the model it returns.
 """
 
@@ -49,7 +51,7 @@ def _read_json(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+        raise UserError(f"cannot read {path}: {exc} (a truncated or corrupt file? copy the checkpoint again)") from None
 
 
 def read_model_info(path: str) -> ModelInfo:
@@ -68,7 +70,44 @@ def read_model_info(path: str) -> ModelInfo:
         eos = eos[0] if eos else None
     if not isinstance(eos, int):
         raise UserError(f"{path}: config.json has no eos_token_id")
+    tokens = tokenizer_size(path)
+    if tokens is not None and tokens > vocab_size:
+        raise UserError(
+            f"--model-path {path}: the tokenizer has {tokens} tokens but the model's embedding only {vocab_size} "
+            "(config.json vocab_size): tokenizer and weights come from different models; use the tokenizer "
+            "saved with this checkpoint"
+        )
     return ModelInfo(path=path, vocab_size=vocab_size, eos_token_id=eos)
+
+
+def tokenizer_size(path: str) -> int | None:
+    """Number of token ids the checkpoint's tokenizer can produce (highest id + 1); None if unknown."""
+    json_path = os.path.join(path, "tokenizer.json")
+    if os.path.isfile(json_path):
+        data = _read_json(json_path)
+        vocab = (data.get("model") or {}).get("vocab") or {}
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # BPE dict, Unigram list
+        ids += [t.get("id", -1) for t in data.get("added_tokens") or [] if isinstance(t, dict)]
+        ids = [i for i in ids if isinstance(i, int)]
+        if not ids:
+            raise UserError(f"{json_path}: no vocabulary (a corrupt or unsupported tokenizer.json)")
+        return max(ids) + 1
+    model_path = os.path.join(path, "tokenizer.model")
+    if os.path.isfile(model_path):
+        try:
+            import sentencepiece
+        except ImportError:
+            return None
+        try:
+            size = sentencepiece.SentencePieceProcessor(model_file=model_path).get_piece_size()
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the same user problem
+            raise UserError(f"cannot read {model_path}: {exc} (a corrupt sentencepiece model?)") from None
+        added_path = os.path.join(path, "added_tokens.json")
+        if os.path.isfile(added_path):
+            added = _read_json(added_path)
+            size = max([size, *(i + 1 for i in added.values() if isinstance(i, int))])
+        return size
+    return None
 
 
 def torch_dtype(name: str):

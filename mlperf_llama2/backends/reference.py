@@ -6,6 +6,9 @@ A batch is left-padded with EOS to its longest prompt (SPEC §2 allows this inst
 `do_sample=False, num_beams=1, min_new_tokens=1, max_new_tokens=config.max_new_tokens`. In Server
 a first-token hook hands each sample's first generated token to the sink the moment it exists.
 Outputs are the raw generated columns; the SUT cuts them after the first EOS.
+A failed step is retried in smaller batches, then per sample (`backends.retry`); only a sample that
+still fails is reported failed. `stop()` abandons queued batches and ends a running `generate` at
+its next token. Test runs may inject faults into the step (`faults`, MLPERF_LLAMA2_FAULTS).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from mlperf_llama2 import constants
 from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
 from mlperf_llama2.backends.hf_loading import load_causal_lm, read_model_info
+from mlperf_llama2.backends.retry import GenerationStopped, generate_with_retry
+from mlperf_llama2.faults import FaultPlan
 
 if TYPE_CHECKING:
     from mlperf_llama2.config import RunConfig
@@ -59,6 +64,23 @@ class FirstTokenHook(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+class StopWhenSet(StoppingCriteria):
+    """Ends generation at the next token once `event` is set (the backend is stopping)."""
+
+    def __init__(self, event: threading.Event):
+        self._event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        # input_ids: [B, prompt_len + generated]
+        return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def free_device_memory() -> None:
+    """After an out-of-memory error: return cached blocks so a smaller retry can fit."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class ReferenceBackend(Backend):
     name = "reference"
 
@@ -71,6 +93,7 @@ class ReferenceBackend(Backend):
         batch_size: int = 1,
         num_workers: int = 1,
         stream_first_token: bool = False,
+        faults: Optional[FaultPlan] = None,
     ):
         self._model = model
         self._eos = eos_token_id
@@ -88,6 +111,8 @@ class ReferenceBackend(Backend):
         self._queue: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._sink: Optional[ResultSink] = None
+        self._faults = faults if faults is not None else FaultPlan()
+        self._stopping = threading.Event()
 
     @property
     def eos_token_id(self) -> int:
@@ -99,6 +124,7 @@ class ReferenceBackend(Backend):
 
     def start(self, sink: ResultSink) -> None:
         self._sink = sink
+        self._stopping.clear()
         self._threads = [
             threading.Thread(target=self._work, name=f"reference-worker-{i}", daemon=True)
             for i in range(self._num_workers)
@@ -111,6 +137,12 @@ class ReferenceBackend(Backend):
             self._queue.put(list(requests[start:start + self._batch_size]))
 
     def stop(self) -> None:
+        self._stopping.set()
+        while True:  # abandon queued batches: LoadGen has already had its answers (or gave up)
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
@@ -122,21 +154,20 @@ class ReferenceBackend(Backend):
             batch = self._queue.get()
             if batch is _STOP:
                 return
-            try:
-                outputs = self.generate(batch)
-            except Exception as exc:  # noqa: BLE001 - every request of the batch must be answered
-                log.exception("generation failed for a batch of %d", len(batch))
-                for request in batch:
-                    self._sink.fail(request.request_id, exc)
-                continue
-            for request, tokens in zip(batch, outputs):
-                self._sink.complete(request.request_id, tokens)
+            for outcome in generate_with_retry(self.generate, batch, on_out_of_memory=free_device_memory):
+                if outcome.error is None:
+                    self._sink.complete(outcome.request.request_id, outcome.tokens)
+                elif not self._stopping.is_set():
+                    self._sink.fail(outcome.request.request_id, outcome.error)
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[list[int]]:
         """Greedy outputs (generated ids only, EOS padding included) of one batch, in batch order."""
+        if self._stopping.is_set():
+            raise GenerationStopped("backend stopping")
+        self._faults.check(r.sample_index for r in batch)
         input_ids, attention_mask = left_pad([r.prompt for r in batch], self._eos)  # [B, L]
         prompt_len = input_ids.shape[1]
-        criteria = StoppingCriteriaList()
+        criteria = StoppingCriteriaList([StopWhenSet(self._stopping)])
         if self.streams_first_token:
             criteria.append(FirstTokenHook(prompt_len, [r.request_id for r in batch], self._sink))
         with torch.inference_mode():
@@ -149,6 +180,8 @@ class ReferenceBackend(Backend):
                 num_beams=1,
                 stopping_criteria=criteria,
             )  # [B, L + generated]
+        if self._stopping.is_set():  # cut short by StopWhenSet: not an output
+            raise GenerationStopped("backend stopping")
         generated = out[:, prompt_len:].cpu().tolist()
         return [row[:request.max_new_tokens] for request, row in zip(batch, generated)]
 
@@ -156,6 +189,7 @@ class ReferenceBackend(Backend):
 def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
     """Registry factory: load the checkpoint and build the backend for the run's scenario."""
     info = read_model_info(config.model_path)
+    faults = FaultPlan.from_env()  # a bad spec fails before the weights load
     batch_size = config.batch_size
     if config.scenario == "Server" and batch_size != 1:
         log.warning("Server runs one query at a time (batch 1) like the reference; --batch-size %d ignored", batch_size)
@@ -174,6 +208,7 @@ def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
         batch_size=batch_size,
         num_workers=config.num_workers,
         stream_first_token=config.scenario == "Server",
+        faults=faults,
     )
     backend.quant_report = quant_report  # open backend's QuantReport (None for LiteML or no quantization)
     return backend

@@ -1,7 +1,8 @@
 """One LoadGen run end to end: start the SUT, construct SUT and QSL, run the test, tear down.
 
 Returns a `RunResult` (log directory, samples, tokens, wall time, failures) that the entry point
-turns into an exit code; observers get per-sample callbacks for progress display.
+turns into an exit code; observers get per-sample callbacks for progress display. StartTest runs
+so that Ctrl-C / SIGTERM end the run within seconds (`interrupt.run_interruptibly`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import mlperf_loadgen as lg
 
 from mlperf_llama2.backends.base import Backend
 from mlperf_llama2.data.dataset import Dataset
+from mlperf_llama2.loadgen.interrupt import run_interruptibly, write_stop_note
 from mlperf_llama2.loadgen.settings import LoadGenSettings
 from mlperf_llama2.loadgen.sut import RunObserver, SampleFailure, sut_class
 
@@ -31,6 +33,7 @@ class RunResult:
     tokens: int
     wall_s: float
     failures: tuple[SampleFailure, ...] = field(default=())
+    skipped: int = 0  # answered empty without generating, once the run had stopped
 
     @property
     def ok(self) -> bool:
@@ -38,8 +41,9 @@ class RunResult:
 
     def failure_message(self) -> str:
         first = self.failures[0]
+        stopped = f", {self.skipped} more not generated as the run stopped" if self.skipped else ""
         return (f"{len(self.failures)} sample(s) failed to generate (first: QSL index {first.sample_index}: "
-                f"{first.error}); the run is invalid, see the log above and {self.log_dir}")
+                f"{first.error}){stopped}; the run is invalid, see the log above and {self.log_dir}")
 
 
 def _noop(_samples) -> None:
@@ -76,13 +80,20 @@ def run_test(
     try:
         log.info("starting LoadGen: %s, %s", scenario, "accuracy" if settings.test.mode == lg.TestMode.AccuracyOnly
                  else "performance")
-        lg.StartTestWithLogSettings(lg_sut, lg_qsl, settings.test, settings.log, audit_conf)
+        run_interruptibly(
+            lambda: lg.StartTestWithLogSettings(lg_sut, lg_qsl, settings.test, settings.log, audit_conf),
+            abort=sut.abort,
+            stop=sut.stop,
+            log_dir=settings.output_dir,
+        )
     finally:
         wall_s = time.monotonic() - start
         sut.stop()
         lg.DestroyQSL(lg_qsl)
         (lg.DestroySUT if network_name is None else lg.DestroyQDL)(lg_sut)
     responder = sut.responder
+    if responder.abort_reason is not None:
+        write_stop_note(settings.output_dir, responder.abort_reason)
     if responder.in_flight:
         log.error("%d sample(s) were never answered", responder.in_flight)
     if save_outputs is not None:
@@ -94,6 +105,7 @@ def run_test(
         tokens=responder.tokens_done,
         wall_s=wall_s,
         failures=tuple(responder.failures),
+        skipped=responder.skipped,
     )
 
 

@@ -31,6 +31,8 @@ class LoadGenSettings:
 
 def build_test_settings(config: RunConfig) -> lg.TestSettings:
     """Scenario, then FromConfig(user_conf, lg_model_name, scenario), then the mode (as the reference)."""
+    if os.path.isdir(config.user_conf):
+        raise UserError(f"--user-conf {config.user_conf}: is a directory; pass the user.conf file inside it")
     if not os.path.isfile(config.user_conf):
         raise UserError(f"--user-conf {config.user_conf}: file not found (copy the repo's user.conf or pass a path)")
     if not os.access(config.user_conf, os.R_OK):

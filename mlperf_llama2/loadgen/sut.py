@@ -6,7 +6,9 @@ posts each response to LoadGen (SPEC §2 decisions 1-4): data cut after the firs
 `n_tokens` = its length, one `QuerySamplesComplete` per sample, and in Server a
 `FirstTokenComplete` (int32) that always precedes the sample's `QuerySamplesComplete` and whose
 token is the first token of the final response. A failed request is recorded and still answered,
-so LoadGen finishes and the run can end with a clear error.
+so LoadGen finishes and the run can end with a clear error. A failure (the backend gave up on a
+sample after its retries) or `abort()` (a signal) stops the run: every outstanding sample, and
+every sample issued later, is answered at once with an empty response, so LoadGen returns soon.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Responder:
         self.samples_done = 0
         self.tokens_done = 0
         self.failures: list[SampleFailure] = []
+        self.skipped = 0  # samples answered empty, without generating, after the run was stopped
+        self.abort_reason: Optional[str] = None
         self.outputs: dict[int, list[int]] = {}  # QSL index -> response tokens (keep_outputs only)
 
     def track(self, requests: Sequence[GenerationRequest]) -> None:
@@ -78,6 +82,24 @@ class Responder:
                 self._in_flight[request.request_id] = request.sample_index
         for observer in self._observers:
             observer.samples_issued(requests)
+
+    def skip_if_stopped(self, requests: Sequence[GenerationRequest]) -> bool:
+        """After `track`: True when the run is stopped and the requests were answered empty (don't generate)."""
+        if self.abort_reason is None:
+            return False
+        for request in requests:
+            self._respond(request.request_id, np.zeros(0, dtype=np.int32), skipped=True)
+        return True
+
+    def abort(self, reason: str) -> int:
+        """Stop the run: answer every outstanding sample now, empty, and later ones on arrival. Returns how many."""
+        with self._lock:
+            if self.abort_reason is None:
+                self.abort_reason = reason
+            pending = list(self._in_flight)
+        for request_id in pending:
+            self._respond(request_id, np.zeros(0, dtype=np.int32), skipped=True)
+        return len(pending)
 
     @property
     def in_flight(self) -> int:
@@ -105,6 +127,8 @@ class Responder:
     def fail(self, request_id: int, error: BaseException) -> None:
         with self._lock:
             sample_index = self._in_flight.get(request_id, -1)
+            if sample_index == -1 and self.abort_reason is not None:
+                return  # answered already when the run was stopped
         log.error("sample %d failed: %s: %s", sample_index, type(error).__name__, error)
         # Answer LoadGen anyway (an empty response) so the run finishes; the run is then reported failed.
         if self._respond(request_id, np.zeros(0, dtype=np.int32), failure=f"{type(error).__name__}: {error}"):
@@ -118,18 +142,22 @@ class Responder:
         for observer in self._observers:
             observer.first_token(request_id)
 
-    def _respond(self, request_id: int, data: np.ndarray, failure: Optional[str] = None) -> bool:
+    def _respond(self, request_id: int, data: np.ndarray, failure: Optional[str] = None,
+                 skipped: bool = False) -> bool:
         """Post the final response once per request; returns False for an unknown or repeated id."""
         with self._lock:
             sample_index = self._in_flight.pop(request_id, None)
             if sample_index is None:
-                log.error("response for unknown or already answered request %d dropped", request_id)
+                if self.abort_reason is None:
+                    log.error("response for unknown or already answered request %d dropped", request_id)
                 return False
             if self._report_first_tokens and request_id not in self._first_sent:
                 # A backend that does not stream: the first token still goes first, and is data[0].
                 self._send_first_token_locked(request_id, int(data[0]) if len(data) else self._eos)
             self._first_sent.discard(request_id)
-            if failure is None:
+            if skipped:
+                self.skipped += 1
+            elif failure is None:
                 self.samples_done += 1
                 self.tokens_done += len(data)
                 if self._keep_outputs and sample_index not in self.outputs:
@@ -139,6 +167,10 @@ class Responder:
         # `data` stays referenced until LoadGen has copied it (QuerySamplesComplete copies synchronously).
         response = lg.QuerySampleResponse(request_id, data.ctypes.data, data.nbytes, len(data))
         lg.QuerySamplesComplete([response])
+        if failure is not None:  # the backend gave up on this sample after its retries: stop the run
+            skipped = self.abort(f"sample {sample_index} could not be generated")
+            if skipped:
+                log.error("run stopped: %d outstanding sample(s) answered empty without generating", skipped)
         return True
 
 
@@ -172,6 +204,11 @@ class _SUT:
     def stop(self) -> None:
         self.backend.stop()
 
+    def abort(self, reason: str) -> None:
+        """Stop the run now (a signal): answer LoadGen for every outstanding sample; teardown stops the backend."""
+        skipped = self.responder.abort(reason)
+        log.debug("%s: %d outstanding sample(s) answered empty", reason, skipped)
+
     def _requests(self, query_samples) -> list[GenerationRequest]:
         return [
             GenerationRequest(
@@ -196,7 +233,8 @@ class OfflineSUT(_SUT):
     def issue_queries(self, query_samples) -> None:
         requests = self._requests(query_samples)
         self.responder.track(requests)
-        self.backend.submit(requests)
+        if not self.responder.skip_if_stopped(requests):
+            self.backend.submit(requests)
 
 
 class ServerSUT(_SUT):
@@ -207,6 +245,8 @@ class ServerSUT(_SUT):
     def issue_queries(self, query_samples) -> None:
         requests = self._requests(query_samples)
         self.responder.track(requests)
+        if self.responder.skip_if_stopped(requests):
+            return
         for request in requests:
             self.backend.submit([request])
 
