@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.hf_compat import tokenizer_json_class
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,7 @@ def load_hf_tokenizer(path: str):
     config = _tokenizer_config(path)
     try:
         if os.path.isfile(os.path.join(path, TOKENIZER_JSON_FILE)):
-            from transformers import TokenizersBackend
-
-            return TokenizersBackend.from_pretrained(path, local_files_only=True)
+            return tokenizer_json_class().from_pretrained(path, local_files_only=True)
         kwargs = {}
         if str(config.get("tokenizer_class", "")).startswith("LlamaTokenizer") and "legacy" not in config:
             kwargs["legacy"] = True

@@ -9,6 +9,8 @@ import pytest
 from mlperf_llama2.data.dataset import load_dataset
 from mlperf_llama2.errors import UserError
 
+pytestmark = pytest.mark.tf_compat  # the LiteML wheel's transformers 4.46 too (make test-compat)
+
 
 def write(tmp_path, frame, name="d.pkl"):
     path = tmp_path / name

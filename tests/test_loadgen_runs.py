@@ -33,6 +33,8 @@ EOS = 2
 VOCAB = 512  # the tiny tokenizer's vocabulary (config.json vocab_size)
 SAMPLES = 6
 
+pytestmark = pytest.mark.tf_compat  # the LiteML wheel's transformers 4.46 too (make test-compat)
+
 FAILING_DRIVER = """
 import sys
 from mlperf_llama2.backends import registry

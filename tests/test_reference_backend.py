@@ -13,6 +13,8 @@ from mlperf_llama2.backends.hf_loading import load_causal_lm, read_model_info
 from mlperf_llama2.backends.reference import ReferenceBackend, left_pad
 from mlperf_llama2.postprocess import cut_after_first_eos
 
+pytestmark = pytest.mark.tf_compat  # the LiteML wheel's transformers 4.46 too (make test-compat)
+
 MAX_NEW = 8
 
 

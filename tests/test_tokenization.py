@@ -7,6 +7,8 @@ import pytest
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.tokenization import DECODE_HF, DECODE_SENTENCEPIECE, load_tokenizer
 
+pytestmark = pytest.mark.tf_compat  # the LiteML wheel's transformers 4.46 too (make test-compat)
+
 TEXTS = [
     "The capital of France is Paris.",
     "Dr. Smith paid 3.14 dollars (e.g. for tea) in the U.S.",
@@ -101,7 +103,12 @@ def test_llama2_checkpoint_encodes_with_its_tokenizer_json_pipeline(llama2_token
     word_start = ours[2]
     assert ours[:2] == [1, 1] and load_hf_tokenizer(str(llama2_tokenizer_dir)).convert_ids_to_tokens(word_start) == "\u2581"
     auto = AutoTokenizer.from_pretrained(str(llama2_tokenizer_dir))(PROMPT)["input_ids"]
-    assert auto != reference and auto[2] != word_start  # the 5.x rebuild this loader avoids
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert auto != reference and auto[2] != word_start  # the 5.x rebuild this loader avoids
+    else:
+        assert auto == reference  # 4.x's AutoTokenizer is the reference's own behaviour
 
 
 def test_sentencepiece_only_checkpoint_encodes_like_sentencepiece(sp_tokenizer_dir, tmp_path):

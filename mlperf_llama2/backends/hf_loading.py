@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.hf_compat import dtype_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,8 @@ def load_causal_lm(path: str, dtype: str, device: str):
         path,
         device_map="auto" if device == "cuda" else device,
         low_cpu_mem_usage=True,
-        dtype=torch_dtype(dtype),
         local_files_only=True,
+        **dtype_kwargs(torch_dtype(dtype)),
     )
     model.eval()
     return model

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.hf_compat import dtype_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def convert_gguf(gguf_path: str, out_dir: str) -> DemoModelInfo:
     source_dir, file_name = os.path.split(os.path.abspath(gguf_path))
     tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=file_name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
-        source_dir, gguf_file=file_name, dtype=torch.float32, local_files_only=True
+        source_dir, gguf_file=file_name, local_files_only=True, **dtype_kwargs(torch.float32)
     )
     # The weights are plain float32 tensors now; only the loader's bookkeeping still says "gguf".
     if hasattr(model.config, "quantization_config"):
