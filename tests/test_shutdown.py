@@ -76,7 +76,10 @@ def interrupt_run(workdir, model_dir, scenario: str, sig: int, backend: str = "r
     script = str(workdir / "child_main.py") if backend == "reference" else str(REPO / "main.py")
     proc = start(["--model-path", model_dir, "--dataset-path", workdir / "data.pkl", "--user-conf",
                   workdir / "slow.conf", "--scenario", scenario, "--device", "cpu", "--output-log-dir", out,
-                  "--backend", backend], workdir, script=script)
+                  "--backend", backend], workdir, script=script,
+                 # the engine finishes 6 x 1024 tiny-model tokens in ~1 s on an idle CPU: slow every step
+                 # (50 ms) so the signal lands mid-run, not in the teardown after LoadGen returned
+                 env={"MLPERF_LLAMA2_FAULTS": "sleep@batch=*:0.05"} if backend == "engine" else None)
     lines, child = [], None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     for line in proc.stderr:  # read until LoadGen has started
