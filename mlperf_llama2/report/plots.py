@@ -25,6 +25,16 @@ PLOTS_DIR = "plots"
 THROUGHPUT_WINDOWS = 40
 
 
+def _save(fig, path: str) -> str:
+    """Lay out, write the PNG and free the figure (a long report must not accumulate open figures)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _pyplot():
     import matplotlib
 
@@ -61,10 +71,7 @@ def _histogram_with_limit(values_ms: Sequence[float], limit_ms: float, title: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel("samples")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_latencies(timings: Sequence[SampleTiming], limits_ms: tuple[float, float], out_dir: str) -> list[str]:
@@ -106,11 +113,7 @@ def plot_throughput(timings: Sequence[SampleTiming], out_dir: str) -> Optional[s
     ax.set_xlabel("seconds since the first sample was issued")
     ax.set_ylabel("tokens/s")
     ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out_dir, "throughput.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, os.path.join(out_dir, "throughput.png"))
 
 
 def generated_lengths(run_dir: str) -> dict[int, int]:
@@ -158,11 +161,7 @@ def plot_lengths(generated: dict[int, int], reference: Sequence[int], cap: Optio
     ax.set_xlabel("tokens")
     ax.set_ylabel("samples")
     ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out_dir, "output_lengths.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, os.path.join(out_dir, "output_lengths.png"))
 
 
 def write_plots(run_dir: str, dataset_path: Optional[str] = None, out_dir: Optional[str] = None) -> list[str]:
