@@ -92,7 +92,7 @@ def write_checkpoint(cfg, out_dir: str, construction: str, device, seed: int, in
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
-    cfg.torch_dtype = "float16"
+    cfg.dtype = "float16"
     cfg.save_pretrained(out_dir)
     weight_map, total = {}, 0
     for n, shard in enumerate(build_state_dict(cfg, construction, device, seed, init_std, **knobs)):
