@@ -1,6 +1,6 @@
-"""The measured paths of tools/bench.py: transformers generate, LoadGen Offline, a Poisson Server sweep,
-and a decode-kernel microbenchmark. Bench-only code: forced output lengths live here and in the
-backends' bench knob, never in main.py's flags.
+"""The measured paths of tools/bench.py: transformers generate, LoadGen Offline, the forced-length
+backends, and a decode-kernel microbenchmark (the LoadGen Server sweep is tools/bench_server.py).
+Bench-only code: forced output lengths live here and in the backends' bench knob, never in main.py's flags.
 """
 
 from __future__ import annotations
@@ -8,16 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
 
-import numpy as np
 import torch
 
 from mlperf_llama2 import constants
+from mlperf_llama2.backends.base import ResultSink
+from mlperf_llama2.backends.engine import EngineBackend
 from mlperf_llama2.backends.reference import ReferenceBackend, left_pad
-from mlperf_llama2.engine.llm_engine import LLMEngine
-from mlperf_llama2.engine.sequence import SamplingParams
 
 log = logging.getLogger("bench")
 
@@ -70,42 +68,6 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def server_sweep(engine: LLMEngine, prompts, outputs, qps: float, seconds: float, seed: int) -> dict:
-    """Poisson arrivals into the engine's loop thread; TTFT and TPOT per request as LoadGen defines them."""
-    rng = np.random.default_rng(seed)
-    arrive, first, done, lock = {}, {}, {}, threading.Lock()
-
-    def on_first(seq, _tok):
-        with lock:
-            first[seq.request_id] = time.perf_counter()
-
-    def on_done(seq):
-        with lock:
-            done[seq.request_id] = (time.perf_counter(), len(seq.output))
-
-    failed: list[BaseException] = []
-    engine.start_loop(on_first, on_done, failed.append)
-    t0 = time.perf_counter()
-    i = 0
-    while time.perf_counter() - t0 < seconds:
-        k = i % len(prompts)
-        with lock:
-            arrive[i] = time.perf_counter()
-        engine.add_request(i, prompts[k], SamplingParams(int(outputs[k]), ignore_eos=True))
-        i += 1
-        time.sleep(rng.exponential(1.0 / qps))
-    deadline = time.perf_counter() + 300
-    while len(done) < i and not failed and time.perf_counter() < deadline:
-        time.sleep(0.05)
-    engine.stop_loop()
-    ttft = np.array([first[r] - arrive[r] for r in done]) * 1e3
-    tpot = np.array([(done[r][0] - first[r]) / max(done[r][1] - 1, 1) for r in done]) * 1e3
-    tokens = sum(n for _, n in done.values())
-    span = max(t for t, _ in done.values()) - t0
-    return {"qps": qps, "issued": i, "completed": len(done), "tokens_per_s": tokens / span,
-            "ttft_p99_ms": float(np.percentile(ttft, 99)), "tpot_p99_ms": float(np.percentile(tpot, 99))}
-
-
 def step_profile(step_log) -> dict:
     """Where Offline time went: decode-only (graph) steps vs mixed prefill+decode (eager) steps."""
     prof = {}
@@ -136,6 +98,46 @@ class ForcedLengthReference(ReferenceBackend):
                                        pad_token_id=self.eos_token_id)  # [B, L + max(want)]
         rows = out[:, input_ids.shape[1]:].tolist()
         return [row[:n] for row, n in zip(rows, want)]
+
+
+class KeepForcedLength(ResultSink):
+    """The SUT's sink behind a forced-length engine: outputs reach it whole, EOS ids replaced by EOS + 1.
+
+    With random weights and EOS ignored, the EOS id can come up mid-output; the SUT would cut the
+    response there (cut after the first EOS) and LoadGen would count fewer tokens than were generated.
+    """
+
+    def __init__(self, sink: ResultSink, eos_token_id: int) -> None:
+        self._sink = sink
+        self._eos = eos_token_id
+        self.replaced = 0
+
+    def first_token(self, request_id: int, token: int) -> None:
+        self._sink.first_token(request_id, token)
+
+    def complete(self, request_id: int, tokens) -> None:
+        out = [self._eos + 1 if t == self._eos else int(t) for t in tokens]
+        self.replaced += sum(t == self._eos for t in tokens)
+        self._sink.complete(request_id, out)
+
+    def fail(self, request_id: int, error: BaseException) -> None:
+        self._sink.fail(request_id, error)
+
+
+class ForcedLengthEngine(EngineBackend):
+    """The engine backend with forced output lengths whose every generated token reaches LoadGen."""
+
+    def __init__(self, engine, lengths) -> None:
+        super().__init__(engine, forced_output_lengths={i: int(n) for i, n in enumerate(lengths)})
+        self._keep: KeepForcedLength | None = None
+
+    def start(self, sink: ResultSink) -> None:
+        self._keep = KeepForcedLength(sink, self.eos_token_id)
+        super().start(self._keep)
+
+    def eos_replaced(self) -> int:
+        """EOS ids replaced since the last start (one LoadGen run)."""
+        return self._keep.replaced if self._keep else 0
 
 
 def loadgen_offline(backend, prompts, out_dir: str) -> dict:
