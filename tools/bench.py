@@ -159,9 +159,9 @@ def main(argv=None) -> int:
     if args.weights == "int8" and (args.ref_samples or args.fidelity_prompts):
         raise SystemExit("bench: --weights int8 has no float reference model; "
                          "pass --ref-samples 0 --fidelity-prompts 0")
-    if max(args.ref_samples, args.fidelity_prompts) > args.samples:
-        raise SystemExit(f"bench: --ref-samples/--fidelity-prompts draw from the {args.samples} Offline prompts; "
-                         "lower them (0 skips them) or raise --samples")
+    if not args.samples and (args.ref_samples or args.fidelity_prompts):
+        raise SystemExit("bench: --samples 0 has no Offline prompts for the reference and fidelity; "
+                         "pass --ref-samples 0 --fidelity-prompts 0")
     if not args.samples and not (args.server_qps or args.server_auto):
         raise SystemExit("bench: --samples 0 skips Offline; give Server points (--server-qps/--server-auto)")
     if args.server_auto and not args.samples and not args.offline_json:
@@ -282,6 +282,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "table.txt"), "w") as fh:
         fh.write(table + "\n")
     save()
+    shutil.rmtree(lg_dir, ignore_errors=True)
     return 0
 
 
@@ -356,7 +357,7 @@ def server_sweep(args, engine, prompts, o_len, result, lg_dir, save) -> dict:
     for qps in sorted(float(q) for q in args.server_qps.split(",") if q):
         measure(qps)
     if args.server_auto:
-        bench_server.auto_sweep(sweep["capacity_qps"], measure, args.server_auto)
+        bench_server.auto_sweep(sweep["capacity_qps"], measure, args.server_auto, limits.auto_range)
     best = bench_server.best_point(sweep["points"])
     sweep["best_qps"] = best["qps"] if best else None
     if best:
@@ -364,7 +365,6 @@ def server_sweep(args, engine, prompts, o_len, result, lg_dir, save) -> dict:
         sweep["best_valid"] = best["valid"]
         if offline_tps:
             sweep["ratio_to_offline"] = best["completed_tokens_per_s"] / offline_tps
-    shutil.rmtree(lg_dir, ignore_errors=True)
     return sweep
 
 
@@ -396,7 +396,8 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
                  f"{mem.get('gpu_free_before_engine_gib', float('nan')):.1f} GiB; KV cache "
                  f"{mem.get('kv_cache_gib', 0):.1f} GiB = {mem.get('kv_blocks', 0)} blocks "
                  f"({mem.get('kv_tokens', 0)} tokens); engine setup {result.get('engine_setup_s', 0):.0f} s")
-    lines.append(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
+    if result["rows"]:
+        lines.append(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
     for r in result["rows"]:
         ratio = f"{r['tokens_per_s'] / best_ref:.2f}x" if best_ref else "-"
         lines.append(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"

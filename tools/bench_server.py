@@ -34,20 +34,20 @@ NS_PER_MS = 1e6
 
 @dataclass(frozen=True)
 class Limits:
-    """One latency limit set: the LoadGen model name that selects it and its p99 TTFT / TPOT in ms."""
+    """One latency limit set: the LoadGen model name that selects it, its p99 TTFT / TPOT in ms, and the
+    fractions of the Offline capacity the automatic sweep searches between (`auto_range`: low, start, high)."""
 
     name: str
     lg_model_name: str
     ttft_ms: float
     tpot_ms: float
+    auto_range: tuple[float, float, float]
 
 
-SERVER = Limits("server", constants.LG_MODEL_NAME, constants.SERVER_TTFT_MS, constants.SERVER_TPOT_MS)
+SERVER = Limits("server", constants.LG_MODEL_NAME, constants.SERVER_TTFT_MS, constants.SERVER_TPOT_MS,
+                (0.6, 0.9, 1.0))
 INTERACTIVE = Limits("interactive", constants.LG_MODEL_NAME_INTERACTIVE, constants.INTERACTIVE_TTFT_MS,
-                     constants.INTERACTIVE_TPOT_MS)
-# Fractions of the Offline capacity the automatic sweep may try, and where it starts.
-AUTO_FRACTIONS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 1.00)
-AUTO_START = 0.90
+                     constants.INTERACTIVE_TPOT_MS, (0.0, 0.5, 1.0))
 
 
 def user_conf_text(limits: Limits, duration_s: float) -> str:
@@ -90,7 +90,8 @@ _SUMMARY_KEYS = {  # mlperf_log_summary.txt label (LoadGen 6.0.17, Server, token
 
 def parse_summary(text: str) -> dict:
     """The numbers and verdict of a LoadGen mlperf_log_summary.txt: JSON keys of `_SUMMARY_KEYS`, ms
-    fields derived from the ns ones, `valid` (bool), `result` ("VALID"/"INVALID") and `invalid_reasons`."""
+    fields derived from the ns ones, `valid` (bool), `result` ("VALID"/"INVALID") and `notes` (the
+    summary's " * " lines: recommendations, early-stopping verdicts)."""
     out: dict = {}
     for line in text.splitlines():
         label, sep, value = line.partition(":")
@@ -103,7 +104,7 @@ def parse_summary(text: str) -> dict:
     verdict = re.search(r"Result is\s*:\s*(VALID|INVALID)", text)
     out["result"] = verdict.group(1) if verdict else None
     out["valid"] = out["result"] == "VALID"
-    out["invalid_reasons"] = [m.strip() for m in re.findall(r"^\s*\*\s*(.+)$", text, re.MULTILINE)]
+    out["notes"] = [m.strip() for m in re.findall(r"^\s*\*\s*(.+)$", text, re.MULTILINE)]
     for key in ("ttft_p99", "tpot_p99", "ttft_mean", "tpot_mean", "latency_p99", "ttft_limit", "tpot_limit"):
         if f"{key}_ns" in out:
             out[f"{key}_ms"] = out[f"{key}_ns"] / NS_PER_MS
@@ -139,22 +140,21 @@ def best_point(points: Sequence[dict]) -> Optional[dict]:
 
 
 def auto_sweep(capacity_qps: float, measure: Callable[[float], dict], max_points: int,
-               fractions: Sequence[float] = AUTO_FRACTIONS, start: float = AUTO_START) -> list[dict]:
-    """Walk the ladder `fractions` x `capacity_qps` from `start`: up after a point that meets the limits,
-    down after one that does not, until the direction reverses (the edge is between two measured
-    rungs), the ladder ends, or `max_points` were measured. Returns the measured points in order."""
-    i = min(range(len(fractions)), key=lambda k: abs(fractions[k] - start))
+               auto_range: tuple[float, float, float]) -> list[dict]:
+    """Bisect the fraction of `capacity_qps` between auto_range's low and high, starting at its start:
+    a point that meets the limits raises the low end, one that misses lowers the high end; `max_points`
+    LoadGen runs. Server (0.6, 0.9, 1.0) tries 0.9, then 0.95 or 0.75, ... Returns the points in order."""
+    low, fraction, high = auto_range
     points: list[dict] = []
-    direction = 0
-    while 0 <= i < len(fractions) and len(points) < max_points:
-        point = measure(round(capacity_qps * fractions[i], 3))
-        point["capacity_fraction"] = fractions[i]
+    for _ in range(max_points):
+        point = measure(round(capacity_qps * fraction, 3))
+        point["capacity_fraction"] = fraction
         points.append(point)
-        step = 1 if point["meets_limits"] else -1
-        if direction and step != direction:
-            break
-        direction = step
-        i += step
+        if point["meets_limits"]:
+            low = fraction
+        else:
+            high = fraction
+        fraction = (low + high) / 2
     return points
 
 
