@@ -1,4 +1,4 @@
-"""Attention over the paged KV cache: write new keys/values, then prefill and decode attention.
+"""Attention over the paged KV cache (new keys/values already stored by `ops.rope_store`): prefill and decode.
 
 The cache of one layer is `k_cache, v_cache: [num_slots, num_kv_heads, head_dim]` (slot = block *
 block_size + offset). A step's tokens are flattened, decodes first: the first `num_decodes` rows
@@ -48,13 +48,6 @@ class AttentionMetadata:
     prefill_k_lens: tuple[int, ...] = ()
     decode_context_slots: Optional[torch.Tensor] = None  # [sum ctx] int64, CPU decode path only
     decode_context_lens: tuple[int, ...] = ()
-
-
-def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
-    # k, v: [T, KV, D]; caches: [S, KV, D]
-    k_cache.index_copy_(0, slot_mapping, k)
-    v_cache.index_copy_(0, slot_mapping, v)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
 
-from mlperf_llama2.engine.attention import AttentionMetadata, attention, store_kv
+from mlperf_llama2.engine.attention import AttentionMetadata, attention
+from mlperf_llama2.engine.ops import EagerOps, rms_norm
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,6 @@ def rope_cos_sin(hf_config, max_positions: int, dtype: torch.dtype, device) -> t
     return (emb.cos() * rotary.attention_scaling).to(dtype), (emb.sin() * rotary.attention_scaling).to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [T, heads, D]; cos, sin: [T, D]
-    return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -86,10 +77,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class DecoderLayer(nn.Module):
@@ -104,21 +92,20 @@ class DecoderLayer(nn.Module):
         self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=s.mlp_bias)
         self.scale = s.head_dim ** -0.5
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, delta: Optional[torch.Tensor], positions: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                ops=EagerOps) -> tuple[torch.Tensor, torch.Tensor]:
+        """h: the residual stream [T, hidden], still without `delta` (the previous layer's MLP output, or
+        None). Returns this layer's (residual stream, MLP output): the add is fused into the next norm."""
         s = self.s
         t = h.shape[0]
-        x = self.input_layernorm(h)
-        q, k, v = self.qkv_proj(x).split(
-            [s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim], dim=-1)
-        q = apply_rope(q.view(t, s.num_heads, s.head_dim), cos, sin)  # [T, H, D]
-        k = apply_rope(k.view(t, s.num_kv_heads, s.head_dim), cos, sin)  # [T, KV, D]
-        v = v.view(t, s.num_kv_heads, s.head_dim)
-        store_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        h, x = ops.add_rms_norm(h, delta, self.input_layernorm.weight, self.input_layernorm.eps)
+        q, k, v = ops.rope_store(self.qkv_proj(x), positions, cos, sin, k_cache, v_cache, meta.slot_mapping,
+                                 s.num_heads, s.num_kv_heads, s.head_dim)  # q [T, H, D]; k, v [T, KV, D]
         o = attention(q, k, v, k_cache, v_cache, meta, self.scale)  # [T, H, D]
-        h = h + self.o_proj(o.reshape(t, s.num_heads * s.head_dim))
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(h)).chunk(2, dim=-1)
-        return h + self.down_proj(nn.functional.silu(gate) * up)
+        h, x = ops.add_rms_norm(h, self.o_proj(o.reshape(t, s.num_heads * s.head_dim)),
+                                self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
+        return h, self.down_proj(ops.silu_mul(self.gate_up_proj(x)))
 
 
 class LlamaForCausalLM(nn.Module):
@@ -131,6 +118,7 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.ops = EagerOps  # the runner sets ops_for(device)
 
     def set_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
         self.rope_cos, self.rope_sin = cos, sin
@@ -139,10 +127,11 @@ class LlamaForCausalLM(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions: [T]; kv_cache: [2, L, S, KV, D]. Returns final hidden states [T, hidden]."""
         h = self.embed_tokens(input_ids)  # [T, hidden]
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, D]
+        cos, sin = self.ops.rope_tables(positions, self.rope_cos, self.rope_sin)
+        delta = None
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, kv_cache[0, i], kv_cache[1, i], meta)
-        return h
+            h, delta = layer(h, delta, positions, cos, sin, kv_cache[0, i], kv_cache[1, i], meta, self.ops)
+        return h + delta
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in the model dtype (what transformers' generate argmaxes)."""

@@ -21,6 +21,7 @@ from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.engine.attention import AttentionMetadata
 from mlperf_llama2.engine.block_manager import blocks_needed
 from mlperf_llama2.engine.llama import LlamaForCausalLM
+from mlperf_llama2.engine.ops import ops_for
 from mlperf_llama2.engine.scheduler import ScheduledBatch
 from mlperf_llama2.engine.sequence import Sequence
 
@@ -38,6 +39,7 @@ class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, config: EngineConfig, eos_token_id: int, max_model_len: int,
                  device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
+        model.ops = ops_for(device)
         self.config = config
         self.eos_token_id = eos_token_id
         self.device = device

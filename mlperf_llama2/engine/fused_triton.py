@@ -1,0 +1,162 @@
+"""Triton kernels that fuse the decoder's elementwise work: residual add + RMSNorm, RoPE + KV store, SiLU-gate.
+
+Each replaces a chain of small eager ops (RMSNorm alone is seven kernels) by one kernel, so a
+decode step launches ~9 kernels a layer instead of ~35 and prefill reads its activations once.
+They reproduce the eager ops' rounding: every intermediate that torch rounds to the model dtype
+is rounded here too, in the same order, with the same libdevice functions (IEEE division, expf,
+rsqrtf) that ATen's CUDA kernels use. RoPE and SiLU-gate are therefore bit-identical to the eager
+ops; RMSNorm differs only in the summation order of its fp32 mean. `ops.py` picks these on CUDA
+and the eager ops elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter (tests) has no libdevice
+
+
+@triton.jit
+def _exp(x, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        return tl.exp(x)
+    else:
+        return libdevice.exp(x)  # expf, as ATen's CUDA kernels
+
+
+@triton.jit
+def _rsqrt(x, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        return tl.rsqrt(x)
+    else:
+        return libdevice.rsqrt(x)  # rsqrtf, as torch.rsqrt on CUDA
+
+
+@triton.jit
+def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, x_out_ptr, eps, n_cols,
+                         stride_h, stride_d, stride_ho, stride_xo,
+                         HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    h = tl.load(h_ptr + row * stride_h + cols, mask=mask, other=0.0)
+    if HAS_DELTA:
+        d = tl.load(delta_ptr + row * stride_d + cols, mask=mask, other=0.0)
+        h = (h.to(tl.float32) + d.to(tl.float32)).to(h.dtype)  # the residual add, rounded like torch's
+        tl.store(h_out_ptr + row * stride_ho + cols, h, mask=mask)
+    h32 = h.to(tl.float32)
+    var = tl.sum(h32 * h32, axis=0) / n_cols
+    y = (h32 * _rsqrt(var + eps, INTERPRET)).to(h.dtype)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    x = (w.to(tl.float32) * y.to(tl.float32)).to(x_out_ptr.dtype.element_ty)
+    tl.store(x_out_ptr + row * stride_xo + cols, x, mask=mask)
+
+
+def add_rms_norm(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """h, delta: [T, N]. Returns (h + delta, RMSNorm(h + delta)); without delta, (h, RMSNorm(h))."""
+    t, n = h.shape
+    x = torch.empty(t, n, dtype=weight.dtype, device=h.device)
+    h_out = torch.empty_like(h) if delta is not None else h
+    if t:
+        block = triton.next_power_of_2(n)
+        _add_rms_norm_kernel[(t,)](
+            h, delta if delta is not None else h, weight, h_out, x, eps, n,
+            h.stride(0), (delta if delta is not None else h).stride(0), h_out.stride(0), x.stride(0),
+            HAS_DELTA=delta is not None, BLOCK=block, INTERPRET=_INTERPRET, num_warps=min(16, max(4, block // 512)),
+        )
+    return h_out, x
+
+
+@triton.jit
+def _rope_store_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, k_cache_ptr, v_cache_ptr,
+                       slot_ptr, stride_qkv, stride_cs, stride_cache_s, stride_cache_h,
+                       NUM_HEADS: tl.constexpr, NUM_KV: tl.constexpr, HEAD_DIM: tl.constexpr,
+                       BLOCK_H: tl.constexpr):
+    t = tl.program_id(0)
+    head0 = tl.program_id(1) * BLOCK_H
+    half: tl.constexpr = HEAD_DIM // 2
+    heads = head0 + tl.arange(0, BLOCK_H)  # over the fused [q heads | k heads | v heads]
+    dims = tl.arange(0, half)
+    total: tl.constexpr = NUM_HEADS + 2 * NUM_KV
+    in_range = heads < total
+    base = qkv_ptr + t * stride_qkv + heads[:, None] * HEAD_DIM + dims[None, :]
+    x1 = tl.load(base, mask=in_range[:, None], other=0.0)  # [BLOCK_H, half]
+    x2 = tl.load(base + half, mask=in_range[:, None], other=0.0)
+    dt = x1.dtype
+    pos = tl.load(pos_ptr + t)
+    c1 = tl.load(cos_ptr + pos * stride_cs + dims).to(tl.float32)[None, :]
+    c2 = tl.load(cos_ptr + pos * stride_cs + half + dims).to(tl.float32)[None, :]
+    s1 = tl.load(sin_ptr + pos * stride_cs + dims).to(tl.float32)[None, :]
+    s2 = tl.load(sin_ptr + pos * stride_cs + half + dims).to(tl.float32)[None, :]
+    f1 = x1.to(tl.float32)
+    f2 = x2.to(tl.float32)
+    # x * cos + rotate_half(x) * sin, each product and the sum rounded to the model dtype as eager torch does
+    r1 = ((f1 * c1).to(dt).to(tl.float32) + (-f2 * s1).to(dt).to(tl.float32)).to(dt)
+    r2 = ((f2 * c2).to(dt).to(tl.float32) + (f1 * s2).to(dt).to(tl.float32)).to(dt)
+    is_q = heads < NUM_HEADS
+    is_k = (heads >= NUM_HEADS) & (heads < NUM_HEADS + NUM_KV)
+    is_v = (heads >= NUM_HEADS + NUM_KV) & in_range
+    q_off = q_out_ptr + (t * NUM_HEADS + heads)[:, None] * HEAD_DIM + dims[None, :]
+    tl.store(q_off, r1, mask=is_q[:, None])
+    tl.store(q_off + half, r2, mask=is_q[:, None])
+    kv_head = tl.where(is_k, heads - NUM_HEADS, heads - NUM_HEADS - NUM_KV)
+    k_off = k_out_ptr + (t * NUM_KV + kv_head)[:, None] * HEAD_DIM + dims[None, :]
+    tl.store(k_off, r1, mask=is_k[:, None])
+    tl.store(k_off + half, r2, mask=is_k[:, None])
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    c_off = slot * stride_cache_s + kv_head[:, None].to(tl.int64) * stride_cache_h + dims[None, :]
+    tl.store(k_cache_ptr + c_off, r1, mask=is_k[:, None])
+    tl.store(k_cache_ptr + c_off + half, r2, mask=is_k[:, None])
+    tl.store(v_cache_ptr + c_off, x1, mask=is_v[:, None])
+    tl.store(v_cache_ptr + c_off + half, x2, mask=is_v[:, None])
+
+
+def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, num_heads: int,
+               num_kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """qkv: [T, (H + 2 KV) * D]; cos, sin: [P, D]; caches [S, KV, D]. Rotates q and k, writes k and v at
+    their slots, returns q [T, H, D], k [T, KV, D] (rotated, contiguous) and v [T, KV, D] (a view of qkv)."""
+    t = qkv.shape[0]
+    q = torch.empty(t, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty(t, num_kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    v = qkv[:, (num_heads + num_kv_heads) * head_dim:].view(t, num_kv_heads, head_dim)
+    if t:
+        block_h = 16
+        grid = (t, triton.cdiv(num_heads + 2 * num_kv_heads, block_h))
+        _rope_store_kernel[grid](
+            qkv, positions, cos, sin, q, k, k_cache, v_cache, slot_mapping,
+            qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1),
+            NUM_HEADS=num_heads, NUM_KV=num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, num_warps=4,
+        )
+    return q, k, v
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, stride_gu, stride_out, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    g = tl.load(gu_ptr + row * stride_gu + cols, mask=mask, other=0.0)
+    u = tl.load(gu_ptr + row * stride_gu + n_cols + cols, mask=mask, other=0.0)
+    g32 = g.to(tl.float32)
+    act = tl.math.div_rn(g32, 1.0 + _exp(-g32, INTERPRET)).to(g.dtype)  # silu, as ATen computes it
+    tl.store(out_ptr + row * stride_out + cols, (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=mask)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up: [T, 2 I] (gate then up) -> silu(gate) * up: [T, I]."""
+    t, two_i = gate_up.shape
+    n = two_i // 2
+    out = torch.empty(t, n, dtype=gate_up.dtype, device=gate_up.device)
+    if t:
+        block = 1024
+        _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, out, n, gate_up.stride(0), out.stride(0),
+                                                      BLOCK=block, INTERPRET=_INTERPRET, num_warps=4)
+    return out

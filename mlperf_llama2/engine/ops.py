@@ -1,0 +1,98 @@
+"""The decoder's elementwise steps, as eager torch ops (any device) or fused Triton kernels (CUDA).
+
+`EagerOps` is transformers' Llama op for op (the CPU path and the fidelity reference);
+`FusedOps` (`fused_triton.py`) does the same work in three kernels per step kind and rounds the
+same way. `ops_for(device)` picks: fused on CUDA unless MLPERF_LLAMA2_EAGER_OPS=1 (for A/B runs).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [T, heads, D]; cos, sin: [T, D]
+    return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
+
+
+def rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale by the weight."""
+    dtype = h.dtype
+    x = h.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+class EagerOps:
+    @staticmethod
+    def rope_tables(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """What rope_store takes as cos, sin: the rows of the step's positions ([T, D]), gathered once a step."""
+        return cos[positions], sin[positions]
+
+    @staticmethod
+    def add_rms_norm(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h + delta, RMSNorm(h + delta)); delta None: (h, RMSNorm(h))."""
+        if delta is not None:
+            h = h + delta
+        return h, rms_norm(h, weight, eps)
+
+    @staticmethod
+    def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, num_heads: int,
+                   num_kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotate q and k of qkv [T, (H + 2 KV) * D] (cos, sin: [T, D] from rope_tables), store k, v at their
+        slots; q, k, v as [T, heads, D]."""
+        t = qkv.shape[0]
+        q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+        q = apply_rope(q.view(t, num_heads, head_dim), cos, sin)
+        k = apply_rope(k.view(t, num_kv_heads, head_dim), cos, sin)
+        v = v.view(t, num_kv_heads, head_dim)
+        k_cache.index_copy_(0, slot_mapping, k)
+        v_cache.index_copy_(0, slot_mapping, v)
+        return q, k, v
+
+    @staticmethod
+    def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return nn.functional.silu(gate) * up
+
+
+class FusedOps:
+    @staticmethod
+    def rope_tables(positions, cos, sin):
+        return cos, sin  # the kernel reads each token's row by its position
+
+    @staticmethod
+    def add_rms_norm(h, delta, weight, eps):
+        from mlperf_llama2.engine.fused_triton import add_rms_norm
+
+        return add_rms_norm(h, delta, weight, eps)
+
+    @staticmethod
+    def rope_store(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, num_heads, num_kv_heads, head_dim):
+        from mlperf_llama2.engine.fused_triton import rope_store
+
+        return rope_store(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, num_heads, num_kv_heads,
+                          head_dim)
+
+    @staticmethod
+    def silu_mul(gate_up):
+        from mlperf_llama2.engine.fused_triton import silu_mul
+
+        return silu_mul(gate_up)
+
+
+def ops_for(device: torch.device):
+    if device.type == "cuda" and os.environ.get("MLPERF_LLAMA2_EAGER_OPS") != "1":
+        return FusedOps
+    return EagerOps

@@ -1,0 +1,175 @@
+"""Where one engine step's time goes: decode-only and mixed steps, eager vs fused elementwise ops.
+
+Builds a random-weight model in a real shape on the GPU (as tools/bench.py does), fills the KV cache
+with `--batch` sequences of `--context` tokens, and times, for each op set (the eager torch ops and
+the fused Triton kernels of engine/ops.py):
+  * a decode-only step through its CUDA graph (what Offline's steady state runs), and eagerly;
+  * a mixed step: the same decodes plus one `--prefill`-token prompt (run eagerly, as the engine does);
+and attributes the eager steps' GPU time to kernel classes (GEMM, attention, elementwise, other)
+with torch.profiler. The host's share is the graph step's wall time minus its GPU time. Prints a
+table, writes profile.json into --out.
+
+  python3 tools/profile_step.py --shape 7b --batch 256 --context 740 --prefill 460 --out /tmp/p
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import DEFAULT_QUANT_CONFIG, hf_config_for  # noqa: E402
+from mlperf_llama2.config import EngineConfig  # noqa: E402
+from mlperf_llama2.engine.int8 import random_int8_model  # noqa: E402
+from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
+from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
+from mlperf_llama2.engine.ops import EagerOps, FusedOps  # noqa: E402
+from mlperf_llama2.engine.scheduler import ScheduledBatch  # noqa: E402
+from mlperf_llama2.engine.sequence import SamplingParams, Sequence, Status  # noqa: E402
+from mlperf_llama2.engine.weights import random_model  # noqa: E402
+from mlperf_llama2.quant.yaml_config import load_rules  # noqa: E402
+
+log = logging.getLogger("profile_step")
+
+
+def kernel_class(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "matmul", "int8_gemm", "_w8a8", "wgmma", "gemv")):
+        return "gemm"
+    if any(k in n for k in ("paged_decode", "flash", "fmha", "attn")):
+        return "attention"
+    if any(k in n for k in ("elementwise", "reduce", "norm", "rope", "silu", "index", "cat", "copy", "fill",
+                            "scatter", "gather", "_kernel")):
+        return "elementwise"
+    return "other"
+
+
+def make_batch(engine: LLMEngine, batch: int, context: int, prefill: int, vocab: int) -> ScheduledBatch:
+    """`batch` decoding sequences at `context` tokens (cache slots allocated; their contents are whatever
+    the cache holds: timing does not depend on them) plus, if prefill > 0, one fresh prompt."""
+    rng = np.random.default_rng(0)
+    bm = engine.scheduler.block_manager
+    items = []
+    for i in range(batch):
+        seq = Sequence.create(i, rng.integers(3, vocab, context).tolist(), SamplingParams(16, ignore_eos=True))
+        seq.status = Status.RUNNING
+        bm.allocate(seq, context)
+        seq.num_computed_tokens = context - 1
+        items.append((seq, 1))
+    if prefill:
+        seq = Sequence.create(batch, rng.integers(3, vocab, prefill).tolist(), SamplingParams(16, ignore_eos=True))
+        bm.allocate(seq, prefill)
+        items.append((seq, prefill))
+    return ScheduledBatch(items=items)
+
+
+def time_ms(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()  # ends in a host read of the tokens
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def gpu_breakdown(fn) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    classes: dict = {"gemm": 0.0, "attention": 0.0, "elementwise": 0.0, "other": 0.0}
+    kernels = 0
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            classes[kernel_class(evt.name)] += evt.device_time / 1e3  # us -> ms
+            kernels += 1
+    classes["gpu_total"] = sum(classes.values())
+    classes["kernels"] = kernels
+    return classes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="7b", choices=("tiny", "7b", "70b"))
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")
+    ap.add_argument("--prefill", type=int, default=460, help="prompt tokens added in the mixed step")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.makedirs(args.out, exist_ok=True)
+    device, dtype = torch.device("cuda"), torch.float16
+    cfg = hf_config_for(args.shape, args.layers)
+    if args.weights == "int8":
+        model = random_int8_model(cfg, device, dtype, MAX_MODEL_LEN, load_rules(DEFAULT_QUANT_CONFIG), 0.02, 0)
+    else:
+        model = random_model(cfg, device, dtype, MAX_MODEL_LEN, 0.02, 0)
+    econf = EngineConfig(max_num_seqs=args.batch, max_num_batched_tokens=max(8192, args.batch + args.prefill))
+    engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
+                       cfg.eos_token_id)
+    runner = engine.runner
+    decode = make_batch(engine, args.batch, args.context, 0, cfg.vocab_size)
+    mixed = ScheduledBatch(items=decode.items + make_batch(engine, 0, 1, args.prefill, cfg.vocab_size).items)
+    # weights-only and KV-only bounds of the decode step at the measured copy bandwidth (PERF.md)
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
+    kv_bytes = args.batch * args.context * 2 * model.shape.num_layers * model.shape.num_kv_heads * \
+        model.shape.head_dim * 2
+    result = {"args": vars(args), "bounds_ms": {"weights": weight_bytes / 4.3e9, "kv": kv_bytes / 4.3e9},
+              "rows": []}
+
+    def eager(b):
+        def fn():
+            input_ids, positions, meta, last_rows, suppress = runner._prepare(b)
+            hidden = runner.model(input_ids, positions, runner.kv_cache, meta)
+            return runner._sample(hidden[last_rows], suppress).tolist()
+        return fn
+
+    for name, ops in (("eager ops", EagerOps), ("fused ops", FusedOps)):
+        model.ops = ops
+        runner.graphs.clear()
+        runner._capture_graphs()
+        graph_ms = time_ms(lambda: runner.run(decode), args.reps)
+        graph_gpu = gpu_breakdown(lambda: runner.run(decode))
+        rows = {"graph decode": (graph_ms, graph_gpu),
+                "eager decode": (time_ms(eager(decode), args.reps), gpu_breakdown(eager(decode))),
+                "eager mixed": (time_ms(eager(mixed), args.reps), gpu_breakdown(eager(mixed)))}
+        for step, (ms, gpu) in rows.items():
+            result["rows"].append({"ops": name, "step": step, "wall_ms": ms, **gpu})
+            log.info("%s %s: %.2f ms wall, gpu %s", name, step, ms, gpu)
+        with open(os.path.join(args.out, "profile.json"), "w") as fh:
+            json.dump(result, fh, indent=1)
+
+    lines = [f"shape {args.shape} {args.weights}, {args.batch} decodes at context {args.context}, mixed +"
+             f"{args.prefill} prompt tokens; bounds: weights {result['bounds_ms']['weights']:.2f} ms, "
+             f"KV {result['bounds_ms']['kv']:.2f} ms",
+             "| ops | step | wall ms | GPU ms | GEMM | attention | elementwise | other | kernels |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['ops']} | {r['step']} | {r['wall_ms']:.2f} | {r['gpu_total']:.2f} | {r['gemm']:.2f} | "
+                     f"{r['attention']:.2f} | {r['elementwise']:.2f} | {r['other']:.2f} | {r['kernels']} |")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(args.out, "table.txt"), "w") as fh:
+        fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
