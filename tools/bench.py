@@ -50,8 +50,8 @@ from mlperf_llama2.engine.weights import empty_model, random_model  # noqa: E402
 from mlperf_llama2.quant.yaml_config import load_rules  # noqa: E402
 
 from bench_paths import (  # noqa: E402
-    ForcedLengthEngine, ForcedLengthReference, build_hf, first_divergence, hf_generate, kernel_bench, loadgen_offline,
-    step_profile,
+    ForcedLengthEngine, ForcedLengthReference, build_hf, engine_offline, first_divergence, hf_generate, kernel_bench,
+    loadgen_offline,
 )
 import bench_server  # noqa: E402
 
@@ -261,12 +261,7 @@ def main(argv=None) -> int:
 
     server_on = bool(args.server_qps or args.server_auto)
     if server_on:
-        sp_len, so_len = synthetic_lengths(args.server_samples, args.seed)  # = the Offline set when counts match
-        if args.output_cap:
-            so_len = np.minimum(so_len, args.output_cap)
-        server_prompts = synthetic_prompts(sp_len, cfg.vocab_size, args.seed)
-        result["server_workload"] = {"samples": args.server_samples, "prompt_mean": float(sp_len.mean()),
-                                     "output_mean": float(so_len.mean())}
+        sp_len, so_len, server_prompts = server_workload(args, cfg.vocab_size, args.server_samples)
     w_p, w_o = (p_len, o_len) if args.samples else (sp_len, so_len)  # the roofline's workload
     engine.generate((prompts or server_prompts)[:32], SamplingParams(8, ignore_eos=True))  # warm-up
     kv_capacity = engine.runner.num_blocks * econf.block_size
@@ -276,7 +271,8 @@ def main(argv=None) -> int:
         engine_offline(args, engine, prompts, o_len, roof, result, lg_dir)
         save()
     if server_on:
-        result["server"] = server_sweep(args, engine, server_prompts, so_len, result, lg_dir, save)
+        result["server"] = server_sweep(args, engine, (sp_len, so_len, server_prompts), cfg.vocab_size, result,
+                                        lg_dir, save)
     table = "\n".join(table_lines(args, cfg, dtype, w_p, w_o, result, roof))
     print("\n" + table)
     with open(os.path.join(args.out, "table.txt"), "w") as fh:
@@ -284,33 +280,6 @@ def main(argv=None) -> int:
     save()
     shutil.rmtree(lg_dir, ignore_errors=True)
     return 0
-
-
-def engine_offline(args, engine, prompts, o_len, roof, result, lg_dir) -> None:
-    """The engine's LoadGen Offline run with a step log; appends its row to result["rows"]."""
-    step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
-    run_step = engine.runner.run
-
-    def timed_run(batch):  # run() ends in a host read of the tokens, so wall time is the step's time
-        t0 = time.perf_counter()
-        out = run_step(batch)
-        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0,
-                         batch.num_decodes))
-        return out
-
-    engine.runner.run = timed_run
-    steps0 = engine.num_steps
-    backend = ForcedLengthEngine(engine, o_len)
-    run = loadgen_offline(backend, prompts, os.path.join(lg_dir, "engine"))
-    engine.runner.run = run_step
-    tps = float(o_len.sum() / run["wall_s"])
-    result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
-                           "tokens_per_s": tps, **run, "eos_ids_replaced": backend.eos_replaced(),
-                           "steps": engine.num_steps - steps0,
-                           "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
-                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
-                           "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
-    log.info("engine: %.0f tok/s (%d steps)", tps, engine.num_steps - steps0)
 
 
 def offline_reference(args, result) -> tuple[float | None, str | None]:
@@ -328,13 +297,21 @@ def offline_reference(args, result) -> tuple[float | None, str | None]:
     return None, None
 
 
-def server_sweep(args, engine, prompts, o_len, result, lg_dir, save) -> dict:
+def server_workload(args, vocab: int, n: int) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """The Server prompt set: n synthetic prompts (the Offline set when the counts match) and output lengths."""
+    p_len, o_len = synthetic_lengths(n, args.seed)
+    if args.output_cap:
+        o_len = np.minimum(o_len, args.output_cap)
+    return p_len, o_len, synthetic_prompts(p_len, vocab, args.seed)
+
+
+def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> dict:
     """LoadGen Server runs at the explicit points, then the automatic ones; the highest QPS meeting the limits."""
     from mlperf_llama2.data.dataset import Dataset
 
+    p_len, o_len, prompts = workload
     limits = bench_server.INTERACTIVE if args.interactive else bench_server.SERVER
-    dataset = Dataset(path="synthetic", prompts=tuple(tuple(p) for p in prompts), targets=None)
-    backend = ForcedLengthEngine(engine, o_len)
+    explicit = sorted(float(q) for q in args.server_qps.split(",") if q)
     offline_tps, source = offline_reference(args, result)
     sweep: dict = {"limits": {"name": limits.name, "lg_model_name": limits.lg_model_name, "ttft_ms": limits.ttft_ms,
                               "tpot_ms": limits.tpot_ms},
@@ -342,6 +319,16 @@ def server_sweep(args, engine, prompts, o_len, result, lg_dir, save) -> dict:
                    "offline_source": source, "points": []}
     if offline_tps:
         sweep["capacity_qps"] = offline_tps / float(o_len.mean())
+    top = max(explicit + ([sweep["capacity_qps"] * limits.auto_range[2]] if args.server_auto else []))
+    needed = bench_server.point_sample_count(top, args.server_seconds, 10**9)
+    if needed > len(prompts):  # equal issue would double a point's length: draw enough prompts
+        log.info("server: %g QPS for %g s needs %d prompts; drawing %d instead of --server-samples %d", top,
+                 args.server_seconds, needed, needed, len(prompts))
+        p_len, o_len, prompts = server_workload(args, vocab, needed)
+    result["server_workload"] = {"samples": len(prompts), "prompt_mean": float(p_len.mean()),
+                                 "output_mean": float(o_len.mean())}
+    dataset = Dataset(path="synthetic", prompts=tuple(tuple(p) for p in prompts), targets=None)
+    backend = ForcedLengthEngine(engine, o_len)
 
     runs = bench_server.ServerRuns(backend, dataset, limits, args.server_seconds, os.path.join(lg_dir, "server"))
     sweep["user_conf"] = runs.user_conf
@@ -354,7 +341,7 @@ def server_sweep(args, engine, prompts, o_len, result, lg_dir, save) -> dict:
         save()
         return point
 
-    for qps in sorted(float(q) for q in args.server_qps.split(",") if q):
+    for qps in explicit:
         measure(qps)
     if args.server_auto:
         bench_server.auto_sweep(sweep["capacity_qps"], measure, args.server_auto, limits.auto_range)
@@ -366,23 +353,6 @@ def server_sweep(args, engine, prompts, o_len, result, lg_dir, save) -> dict:
         if offline_tps:
             sweep["ratio_to_offline"] = best["completed_tokens_per_s"] / offline_tps
     return sweep
-
-
-def server_lines(sweep: dict) -> list[str]:
-    lim = sweep["limits"]
-    lines = [f"LoadGen Server PerformanceOnly ({lim['lg_model_name']}: p99 TTFT <= {lim['ttft_ms']:g} ms, "
-             f"TPOT <= {lim['tpot_ms']:g} ms), min duration {sweep['min_duration_s']:g} s per point; "
-             f"Offline {sweep['offline_tokens_per_s'] or float('nan'):.0f} tok/s ({sweep['offline_source']})"
-             + (f" = {sweep['capacity_qps']:.2f} QPS at the mean output" if "capacity_qps" in sweep else "")]
-    lines += [bench_server.point_line(p) for p in sweep["points"]]
-    if sweep.get("best_qps") is None:
-        lines.append("server: no QPS point met the limits")
-    else:
-        ratio = sweep.get("ratio_to_offline")
-        lines.append(f"server: highest QPS meeting the limits {sweep['best_qps']:g} (LoadGen "
-                     f"{'VALID' if sweep['best_valid'] else 'INVALID'}): {sweep['best_tokens_per_s']:.0f} tok/s"
-                     + (f" = {ratio:.2f} of Offline (target >= 0.90)" if ratio is not None else ""))
-    return lines
 
 
 def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
@@ -403,7 +373,7 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
         lines.append(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"
                      f"{r['tokens_per_s'] / roof:>10.0%}")
     if "server" in result:
-        lines.extend(server_lines(result["server"]))
+        lines.extend(bench_server.sweep_lines(result["server"]))
     for row in result.get("kernels", []):
         lines.append(f"kernel {row['kernel']:<15} H {row['heads']:>2} KV {row['kv_heads']:>2} ctx {row['context']:>5} "
                      f"B {row['batch']}: {row['ms']:.3f} ms, {row['tb_per_s']:.2f} TB/s")

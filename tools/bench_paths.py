@@ -174,6 +174,33 @@ def loadgen_offline(backend, prompts, out_dir: str) -> dict:
             "loadgen_tokens_per_s": float(lg_tps[0]) if lg_tps else None}
 
 
+def engine_offline(args, engine, prompts, o_len, roof, result, lg_dir) -> None:
+    """The engine's LoadGen Offline run with a step log; appends its row to result["rows"]."""
+    step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
+    run_step = engine.runner.run
+
+    def timed_run(batch):  # run() ends in a host read of the tokens, so wall time is the step's time
+        t0 = time.perf_counter()
+        out = run_step(batch)
+        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0,
+                         batch.num_decodes))
+        return out
+
+    engine.runner.run = timed_run
+    steps0 = engine.num_steps
+    backend = ForcedLengthEngine(engine, o_len)
+    run = loadgen_offline(backend, prompts, os.path.join(lg_dir, "engine"))
+    engine.runner.run = run_step
+    tps = float(o_len.sum() / run["wall_s"])
+    result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
+                           "tokens_per_s": tps, **run, "eos_ids_replaced": backend.eos_replaced(),
+                           "steps": engine.num_steps - steps0,
+                           "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
+                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
+                           "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
+    log.info("engine: %.0f tok/s (%d steps)", tps, engine.num_steps - steps0)
+
+
 @torch.inference_mode()
 def kernel_bench(device, batch=256, contexts=(700, 1200), shapes=((32, 32), (64, 8)), block_size=16) -> list[dict]:
     """Paged decode kernel vs SDPA on contiguous KV: time and KV bytes read per second."""

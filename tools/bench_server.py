@@ -214,3 +214,21 @@ def point_line(p: dict) -> str:
             f"{p.get('completed_tokens_per_s', 0):.0f} tok/s, p99 TTFT {p.get('ttft_p99_ms', float('nan')):.0f} ms, "
             f"p99 TPOT {p.get('tpot_p99_ms', float('nan')):.1f} ms, p99s {'meet' if p['meets_limits'] else 'miss'} "
             f"the limits, LoadGen {p['result']}")
+
+
+def sweep_lines(sweep: dict) -> list[str]:
+    """The table's Server lines: the settings, one line per point, the highest QPS meeting the limits."""
+    lim = sweep["limits"]
+    lines = [f"LoadGen Server PerformanceOnly ({lim['lg_model_name']}: p99 TTFT <= {lim['ttft_ms']:g} ms, "
+             f"TPOT <= {lim['tpot_ms']:g} ms), min duration {sweep['min_duration_s']:g} s per point; "
+             f"Offline {sweep['offline_tokens_per_s'] or float('nan'):.0f} tok/s ({sweep['offline_source']})"
+             + (f" = {sweep['capacity_qps']:.2f} QPS at the mean output" if "capacity_qps" in sweep else "")]
+    lines += [point_line(p) for p in sweep["points"]]
+    if sweep.get("best_qps") is None:
+        lines.append("server: no QPS point met the limits")
+    else:
+        ratio = sweep.get("ratio_to_offline")
+        lines.append(f"server: highest QPS meeting the limits {sweep['best_qps']:g} (LoadGen "
+                     f"{'VALID' if sweep['best_valid'] else 'INVALID'}): {sweep['best_tokens_per_s']:.0f} tok/s"
+                     + (f" = {ratio:.2f} of Offline (target >= 0.90)" if ratio is not None else ""))
+    return lines
