@@ -5,13 +5,17 @@ One invocation measures, side by side on the same weights, prompts and forced ou
   * Offline PerformanceOnly throughput through LoadGen -> SUT of the reference-style backend
     (`generate`, left-padded static batches run to their longest member) at each batch size asked,
     and of the engine backend (everything in flight);
-  * a Server sweep of the engine: Poisson arrivals at each QPS, p99 TTFT/TPOT against 2 s/200 ms
-    and 450/40 ms.
+  * a Server sweep of the engine through LoadGen's Server scenario -> SUT -> engine (tools/bench_server.py):
+    one PerformanceOnly run per QPS (explicit --server-qps and/or --server-auto points around the Offline
+    capacity), LoadGen's p99 TTFT/TPOT against 2 s/200 ms (--interactive: 450/40 ms), the highest QPS
+    meeting them, its tokens/s and their ratio to Offline (this run's, or --offline-json's).
 It prints a table and writes bench.json into --out. The synthetic lengths are documented in
-docs/engine.md (`synthetic_lengths`).
+docs/engine.md (`synthetic_lengths`). `--samples 0` skips Offline (Server then needs --offline-json
+for the ratio and the automatic points).
 
-  python3 tools/bench.py --shape 7b --samples 2048 --ref-samples 64 --ref-batch-sizes 64 --kernel-bench \
-      --server-qps 17,20 --server-seconds 25 --out /tmp/b
+  python3 tools/bench.py --shape 7b --samples 2048 --ref-samples 64 --ref-batch-sizes 64 --kernel-bench --out /tmp/b
+  python3 tools/bench.py --shape 7b --samples 0 --ref-samples 0 --fidelity-prompts 0 --offline-json /tmp/b/bench.json \
+      --server-auto 3 --server-seconds 60 --out /tmp/s
   python3 tools/bench.py --shape 70b --weights int8 --samples 768 --ref-samples 0 --fidelity-prompts 0 --out /tmp/c
 
 `--weights int8`: the engine's int8 mode (W8A8 Int8Linears as --liteml-config says) with random int8
@@ -25,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -42,13 +47,13 @@ from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E4
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
 from mlperf_llama2.engine.weights import empty_model, random_model  # noqa: E402
-from mlperf_llama2.backends.engine import EngineBackend  # noqa: E402
 from mlperf_llama2.quant.yaml_config import load_rules  # noqa: E402
 
 from bench_paths import (  # noqa: E402
-    ForcedLengthReference, build_hf, first_divergence, hf_generate, kernel_bench, loadgen_offline, server_sweep,
-    step_profile,
+    ForcedLengthEngine, ForcedLengthReference, build_hf, engine_offline, first_divergence, hf_generate, kernel_bench,
+    loadgen_offline,
 )
+import bench_server  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -120,14 +125,23 @@ def main(argv=None) -> int:
                     help="int8: W8A8 Int8Linears as --liteml-config says, random int8 weights built on the device")
     ap.add_argument("--liteml-config", default=DEFAULT_QUANT_CONFIG, help="rules for --weights int8")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--samples", type=int, default=2048, help="engine Offline samples")
+    ap.add_argument("--samples", type=int, default=2048, help="engine Offline samples (0: skip Offline)")
     ap.add_argument("--ref-samples", type=int, default=64, help="reference Offline samples (0: skip)")
     ap.add_argument("--ref-batch-sizes", default="64")
     ap.add_argument("--fidelity-prompts", type=int, default=32, help="prompts compared with generate (0: skip)")
     ap.add_argument("--fidelity-tokens", type=int, default=32)
     ap.add_argument("--init-std", type=float, default=0.02, help="random weight std (larger: more chaotic, see docs)")
     ap.add_argument("--server-qps", default="", help="comma-separated QPS points for the Server sweep")
-    ap.add_argument("--server-seconds", type=float, default=60.0)
+    ap.add_argument("--server-auto", type=int, default=0,
+                    help="Server points chosen automatically around the Offline capacity (0: none)")
+    ap.add_argument("--server-seconds", type=float, default=60.0, help="LoadGen Server min_duration per point")
+    ap.add_argument("--server-samples", type=int, default=2048,
+                    help="distinct synthetic prompts LoadGen's Server draws from (performance sample count)")
+    ap.add_argument("--interactive", action="store_true",
+                    help="Server limits of llama2-70b-interactive (TTFT 450 ms, TPOT 40 ms) instead of 2 s/200 ms")
+    ap.add_argument("--offline-json", default=None,
+                    help="bench.json of an earlier Offline run: its engine tokens/s for the Server ratio and "
+                         "--server-auto (default: this run's Offline)")
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
@@ -145,6 +159,14 @@ def main(argv=None) -> int:
     if args.weights == "int8" and (args.ref_samples or args.fidelity_prompts):
         raise SystemExit("bench: --weights int8 has no float reference model; "
                          "pass --ref-samples 0 --fidelity-prompts 0")
+    if not args.samples and (args.ref_samples or args.fidelity_prompts):
+        raise SystemExit("bench: --samples 0 has no Offline prompts for the reference and fidelity; "
+                         "pass --ref-samples 0 --fidelity-prompts 0")
+    if not args.samples and not (args.server_qps or args.server_auto):
+        raise SystemExit("bench: --samples 0 skips Offline; give Server points (--server-qps/--server-auto)")
+    if args.server_auto and not args.samples and not args.offline_json:
+        raise SystemExit("bench: --server-auto starts from the Offline tokens/s: keep --samples > 0 or pass "
+                         "--offline-json of an earlier run")
     os.makedirs(args.out, exist_ok=True)
     lg_dir = tempfile.mkdtemp(prefix="bench-loadgen-")
     device = torch.device(args.device)
@@ -160,8 +182,8 @@ def main(argv=None) -> int:
     if args.output_cap:
         o_len = np.minimum(o_len, args.output_cap)
     prompts = synthetic_prompts(p_len, cfg.vocab_size, args.seed)
-    forced = {i: int(n) for i, n in enumerate(o_len)}
-    result["workload"] = {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())}
+    if args.samples:
+        result["workload"] = {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())}
     if args.kernel_bench and device.type == "cuda":
         result["kernels"] = kernel_bench(device)
         for row in result["kernels"]:
@@ -237,54 +259,100 @@ def main(argv=None) -> int:
                  result["fidelity"]["first_divergence"])
         save()
 
-    engine.generate(prompts[:32], SamplingParams(8, ignore_eos=True))  # warm-up
-    step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
-    name = "launch" if engine.overlap else "run"  # the runner method the engine's steps call
-    run_step = getattr(engine.runner, name)
-    launched: list = []  # (time, batch) of the step before
-
-    def timed_run(batch):
-        # a step's time is the gap between two launches: with overlapped steps the loop runs at the GPU's
-        # pace, and without, run() ends in a host read of the tokens
-        now = time.perf_counter()
-        if launched:
-            t0, prev = launched.pop()
-            step_log.append((prev.is_decode_only, len(prev.items), prev.num_tokens, now - t0, prev.num_decodes))
-        launched.append((now, batch))
-        return run_step(batch)
-
-    setattr(engine.runner, name, timed_run)
-    steps0 = engine.num_steps
-    run = loadgen_offline(EngineBackend(engine, forced_output_lengths=forced), prompts,
-                          os.path.join(lg_dir, "engine"))
-    setattr(engine.runner, name, run_step)
-    tps = float(o_len.sum() / run["wall_s"])
+    server_on = bool(args.server_qps or args.server_auto)
+    if server_on:
+        sp_len, so_len, server_prompts = server_workload(args, cfg.vocab_size, args.server_samples)
+    w_p, w_o = (p_len, o_len) if args.samples else (sp_len, so_len)  # the roofline's workload
+    engine.generate((prompts or server_prompts)[:32], SamplingParams(8, ignore_eos=True))  # warm-up
     kv_capacity = engine.runner.num_blocks * econf.block_size
-    live = min(args.max_num_seqs, kv_capacity / float(p_len.mean() + o_len.mean()))
-    roof = roofline_tokens_per_s(cfg, p_len, o_len, live, dtype.itemsize, 1 if args.weights == "int8" else None)
-    result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
-                           "tokens_per_s": tps, **run, "steps": engine.num_steps - steps0,
-                           "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
-                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
-                           "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
-    log.info("engine: %.0f tok/s (%d steps)", tps, engine.num_steps - steps0)
-    save()
-
-    for qps in [float(q) for q in args.server_qps.split(",") if q]:
-        row = server_sweep(engine, prompts, o_len, qps, args.server_seconds, args.seed)
-        row["meets_server"] = (row["ttft_p99_ms"] <= constants.SERVER_TTFT_MS
-                               and row["tpot_p99_ms"] <= constants.SERVER_TPOT_MS)
-        row["meets_interactive"] = (row["ttft_p99_ms"] <= constants.INTERACTIVE_TTFT_MS
-                                    and row["tpot_p99_ms"] <= constants.INTERACTIVE_TPOT_MS)
-        result.setdefault("server", []).append(row)
-        log.info("server %s", row)
+    live = min(args.max_num_seqs, kv_capacity / float(w_p.mean() + w_o.mean()))
+    roof = roofline_tokens_per_s(cfg, w_p, w_o, live, dtype.itemsize, 1 if args.weights == "int8" else None)
+    if args.samples:
+        engine_offline(args, engine, prompts, o_len, roof, result, lg_dir)
         save()
-    table = "\n".join(table_lines(args, cfg, dtype, p_len, o_len, result, roof))
+    if server_on:
+        result["server"] = server_sweep(args, engine, (sp_len, so_len, server_prompts), cfg.vocab_size, result,
+                                        lg_dir, save)
+    table = "\n".join(table_lines(args, cfg, dtype, w_p, w_o, result, roof))
     print("\n" + table)
     with open(os.path.join(args.out, "table.txt"), "w") as fh:
         fh.write(table + "\n")
     save()
+    shutil.rmtree(lg_dir, ignore_errors=True)
     return 0
+
+
+def offline_reference(args, result) -> tuple[float | None, str | None]:
+    """Offline engine tokens/s to compare Server with: this run's, else --offline-json's; and where it came from."""
+    rows = [r for r in result["rows"] if r["backend"] == "engine"]
+    if rows:
+        return rows[-1]["tokens_per_s"], "this run"
+    if args.offline_json:
+        with open(args.offline_json) as fh:
+            earlier = json.load(fh)
+        rows = [r for r in earlier.get("rows", []) if r["backend"] == "engine"]
+        if not rows:
+            raise SystemExit(f"bench: --offline-json {args.offline_json} has no engine Offline row")
+        return rows[-1]["tokens_per_s"], args.offline_json
+    return None, None
+
+
+def server_workload(args, vocab: int, n: int) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """The Server prompt set: n synthetic prompts (the Offline set when the counts match) and output lengths."""
+    p_len, o_len = synthetic_lengths(n, args.seed)
+    if args.output_cap:
+        o_len = np.minimum(o_len, args.output_cap)
+    return p_len, o_len, synthetic_prompts(p_len, vocab, args.seed)
+
+
+def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> dict:
+    """LoadGen Server runs at the explicit points, then the automatic ones; the highest QPS meeting the limits."""
+    from mlperf_llama2.data.dataset import Dataset
+
+    p_len, o_len, prompts = workload
+    limits = bench_server.INTERACTIVE if args.interactive else bench_server.SERVER
+    explicit = sorted(float(q) for q in args.server_qps.split(",") if q)
+    offline_tps, source = offline_reference(args, result)
+    sweep: dict = {"limits": {"name": limits.name, "lg_model_name": limits.lg_model_name, "ttft_ms": limits.ttft_ms,
+                              "tpot_ms": limits.tpot_ms},
+                   "min_duration_s": args.server_seconds, "offline_tokens_per_s": offline_tps,
+                   "offline_source": source, "points": []}
+    if offline_tps:
+        sweep["capacity_qps"] = offline_tps / float(o_len.mean())
+    top = max(explicit + ([sweep["capacity_qps"] * limits.auto_range[2]] if args.server_auto else []))
+    needed = bench_server.point_sample_count(top, args.server_seconds, 10**9)
+    if needed > len(prompts):  # equal issue would double a point's length: draw enough prompts
+        log.info("server: %g QPS for %g s needs %d prompts; drawing %d instead of --server-samples %d", top,
+                 args.server_seconds, needed, needed, len(prompts))
+        p_len, o_len, prompts = server_workload(args, vocab, needed)
+    result["server_workload"] = {"samples": len(prompts), "prompt_mean": float(p_len.mean()),
+                                 "output_mean": float(o_len.mean())}
+    dataset = Dataset(path="synthetic", prompts=tuple(tuple(p) for p in prompts), targets=None)
+    backend = ForcedLengthEngine(engine, o_len)
+
+    runs = bench_server.ServerRuns(backend, dataset, limits, args.server_seconds, os.path.join(lg_dir, "server"))
+    sweep["user_conf"] = runs.user_conf
+
+    def measure(qps: float) -> dict:
+        point = runs.measure(qps)
+        sweep["points"].append(point)
+        log.info("%s", bench_server.point_line(point))
+        result["server"] = sweep
+        save()
+        return point
+
+    for qps in explicit:
+        measure(qps)
+    if args.server_auto:
+        bench_server.auto_sweep(sweep["capacity_qps"], measure, args.server_auto, limits.auto_range)
+    best = bench_server.best_point(sweep["points"])
+    sweep["best_qps"] = best["qps"] if best else None
+    if best:
+        sweep["best_tokens_per_s"] = best["completed_tokens_per_s"]
+        sweep["best_valid"] = best["valid"]
+        if offline_tps:
+            sweep["ratio_to_offline"] = best["completed_tokens_per_s"] / offline_tps
+    return sweep
 
 
 def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
@@ -292,21 +360,20 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
     best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
     mem = result.get("memory", {})
     lines.append(f"shape {args.shape} layers {cfg.num_hidden_layers} {dtype} weights {args.weights}; prompts mean "
-                 f"{p_len.mean():.0f}, outputs mean {o_len.mean():.0f}; LoadGen Offline PerformanceOnly")
+                 f"{p_len.mean():.0f}, outputs mean {o_len.mean():.0f}; "
+                 f"{'LoadGen Offline PerformanceOnly' if args.samples else 'no Offline (--samples 0): the Server set'}")
     lines.append(f"weights {mem.get('weights_gib', 0):.1f} GiB; GPU free before the engine "
                  f"{mem.get('gpu_free_before_engine_gib', float('nan')):.1f} GiB; KV cache "
                  f"{mem.get('kv_cache_gib', 0):.1f} GiB = {mem.get('kv_blocks', 0)} blocks "
                  f"({mem.get('kv_tokens', 0)} tokens); engine setup {result.get('engine_setup_s', 0):.0f} s")
-    lines.append(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
+    if result["rows"]:
+        lines.append(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
     for r in result["rows"]:
         ratio = f"{r['tokens_per_s'] / best_ref:.2f}x" if best_ref else "-"
         lines.append(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"
                      f"{r['tokens_per_s'] / roof:>10.0%}")
-    for row in result.get("server", []):
-        lines.append(f"server qps {row['qps']:>6.2f}: {row['tokens_per_s']:.0f} tok/s, "
-                     f"p99 TTFT {row['ttft_p99_ms']:.0f} ms, "
-                     f"p99 TPOT {row['tpot_p99_ms']:.1f} ms, server {'ok' if row['meets_server'] else 'no'}, "
-                     f"interactive {'ok' if row['meets_interactive'] else 'no'}")
+    if "server" in result:
+        lines.extend(bench_server.sweep_lines(result["server"]))
     for row in result.get("kernels", []):
         lines.append(f"kernel {row['kernel']:<15} H {row['heads']:>2} KV {row['kv_heads']:>2} ctx {row['context']:>5} "
                      f"B {row['batch']}: {row['ms']:.3f} ms, {row['tb_per_s']:.2f} TB/s")

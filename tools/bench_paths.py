@@ -1,6 +1,6 @@
-"""The measured paths of tools/bench.py: transformers generate, LoadGen Offline, a Poisson Server sweep,
-and a decode-kernel microbenchmark. Bench-only code: forced output lengths live here and in the
-backends' bench knob, never in main.py's flags.
+"""The measured paths of tools/bench.py: transformers generate, LoadGen Offline, the forced-length
+backends, and a decode-kernel microbenchmark (the LoadGen Server sweep is tools/bench_server.py).
+Bench-only code: forced output lengths live here and in the backends' bench knob, never in main.py's flags.
 """
 
 from __future__ import annotations
@@ -8,16 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
 
-import numpy as np
 import torch
 
 from mlperf_llama2 import constants
+from mlperf_llama2.backends.base import ResultSink
+from mlperf_llama2.backends.engine import EngineBackend
 from mlperf_llama2.backends.reference import ReferenceBackend, left_pad
-from mlperf_llama2.engine.llm_engine import LLMEngine
-from mlperf_llama2.engine.sequence import SamplingParams
 
 log = logging.getLogger("bench")
 
@@ -70,42 +68,6 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def server_sweep(engine: LLMEngine, prompts, outputs, qps: float, seconds: float, seed: int) -> dict:
-    """Poisson arrivals into the engine's loop thread; TTFT and TPOT per request as LoadGen defines them."""
-    rng = np.random.default_rng(seed)
-    arrive, first, done, lock = {}, {}, {}, threading.Lock()
-
-    def on_first(seq, _tok):
-        with lock:
-            first[seq.request_id] = time.perf_counter()
-
-    def on_done(seq):
-        with lock:
-            done[seq.request_id] = (time.perf_counter(), len(seq.output))
-
-    failed: list[BaseException] = []
-    engine.start_loop(on_first, on_done, failed.append)
-    t0 = time.perf_counter()
-    i = 0
-    while time.perf_counter() - t0 < seconds:
-        k = i % len(prompts)
-        with lock:
-            arrive[i] = time.perf_counter()
-        engine.add_request(i, prompts[k], SamplingParams(int(outputs[k]), ignore_eos=True))
-        i += 1
-        time.sleep(rng.exponential(1.0 / qps))
-    deadline = time.perf_counter() + 300
-    while len(done) < i and not failed and time.perf_counter() < deadline:
-        time.sleep(0.05)
-    engine.stop_loop()
-    ttft = np.array([first[r] - arrive[r] for r in done]) * 1e3
-    tpot = np.array([(done[r][0] - first[r]) / max(done[r][1] - 1, 1) for r in done]) * 1e3
-    tokens = sum(n for _, n in done.values())
-    span = max(t for t, _ in done.values()) - t0
-    return {"qps": qps, "issued": i, "completed": len(done), "tokens_per_s": tokens / span,
-            "ttft_p99_ms": float(np.percentile(ttft, 99)), "tpot_p99_ms": float(np.percentile(tpot, 99))}
-
-
 def step_profile(step_log) -> dict:
     """Where Offline time went: decode-only (graph) steps vs mixed prefill+decode (eager) steps."""
     prof = {}
@@ -136,6 +98,46 @@ class ForcedLengthReference(ReferenceBackend):
                                        pad_token_id=self.eos_token_id)  # [B, L + max(want)]
         rows = out[:, input_ids.shape[1]:].tolist()
         return [row[:n] for row, n in zip(rows, want)]
+
+
+class KeepForcedLength(ResultSink):
+    """The SUT's sink behind a forced-length engine: outputs reach it whole, EOS ids replaced by EOS + 1.
+
+    With random weights and EOS ignored, the EOS id can come up mid-output; the SUT would cut the
+    response there (cut after the first EOS) and LoadGen would count fewer tokens than were generated.
+    """
+
+    def __init__(self, sink: ResultSink, eos_token_id: int) -> None:
+        self._sink = sink
+        self._eos = eos_token_id
+        self.replaced = 0
+
+    def first_token(self, request_id: int, token: int) -> None:
+        self._sink.first_token(request_id, token)
+
+    def complete(self, request_id: int, tokens) -> None:
+        out = [self._eos + 1 if t == self._eos else int(t) for t in tokens]
+        self.replaced += sum(t == self._eos for t in tokens)
+        self._sink.complete(request_id, out)
+
+    def fail(self, request_id: int, error: BaseException) -> None:
+        self._sink.fail(request_id, error)
+
+
+class ForcedLengthEngine(EngineBackend):
+    """The engine backend with forced output lengths whose every generated token reaches LoadGen."""
+
+    def __init__(self, engine, lengths) -> None:
+        super().__init__(engine, forced_output_lengths={i: int(n) for i, n in enumerate(lengths)})
+        self._keep: KeepForcedLength | None = None
+
+    def start(self, sink: ResultSink) -> None:
+        self._keep = KeepForcedLength(sink, self.eos_token_id)
+        super().start(self._keep)
+
+    def eos_replaced(self) -> int:
+        """EOS ids replaced since the last start (one LoadGen run)."""
+        return self._keep.replaced if self._keep else 0
 
 
 def loadgen_offline(backend, prompts, out_dir: str) -> dict:
@@ -170,6 +172,38 @@ def loadgen_offline(backend, prompts, out_dir: str) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     return {"samples": result.samples, "wall_s": result.wall_s, "failures": len(result.failures),
             "loadgen_tokens_per_s": float(lg_tps[0]) if lg_tps else None}
+
+
+def engine_offline(args, engine, prompts, o_len, roof, result, lg_dir) -> None:
+    """The engine's LoadGen Offline run with a step log; appends its row to result["rows"]."""
+    step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
+    name = "launch" if engine.overlap else "run"  # the runner method the engine's steps call
+    run_step = getattr(engine.runner, name)
+    launched: list = []  # (time, batch) of the step before
+
+    def timed_run(batch):
+        # a step's time is the gap between two launches: with overlapped steps the loop runs at the GPU's
+        # pace, and without, run() ends in a host read of the tokens
+        now = time.perf_counter()
+        if launched:
+            t0, prev = launched.pop()
+            step_log.append((prev.is_decode_only, len(prev.items), prev.num_tokens, now - t0, prev.num_decodes))
+        launched.append((now, batch))
+        return run_step(batch)
+
+    setattr(engine.runner, name, timed_run)
+    steps0 = engine.num_steps
+    backend = ForcedLengthEngine(engine, o_len)
+    run = loadgen_offline(backend, prompts, os.path.join(lg_dir, "engine"))
+    setattr(engine.runner, name, run_step)
+    tps = float(o_len.sum() / run["wall_s"])
+    result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
+                           "tokens_per_s": tps, **run, "eos_ids_replaced": backend.eos_replaced(),
+                           "steps": engine.num_steps - steps0,
+                           "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
+                           "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
+                           "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
+    log.info("engine: %.0f tok/s (%d steps)", tps, engine.num_steps - steps0)
 
 
 @torch.inference_mode()
