@@ -49,13 +49,17 @@ def reference(tiny_model_dir):
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
+# overlap_steps=True: the next step is queued before the last one's tokens are read (the CUDA default) on CPU too
 COMPOSITIONS = {
-    "roomy": EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64),
-    "chunked_prefill": EngineConfig(max_num_seqs=16, max_num_batched_tokens=7, block_size=4, num_kv_blocks=256),
-    "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30),
+    "roomy": EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64,
+                          overlap_steps=True),
+    "chunked_prefill": EngineConfig(max_num_seqs=16, max_num_batched_tokens=7, block_size=4, num_kv_blocks=256,
+                                    overlap_steps=True),
+    "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30,
+                               overlap_steps=True),
     # every step is one token, so prompt chunks of 1 token take the decode path (CUDA: graphs)
-    "token_at_a_time": EngineConfig(max_num_seqs=16, max_num_batched_tokens=1, block_size=4, num_kv_blocks=256),
-    # the default overlaps steps (the next one queued before the last one's tokens are read): also without
+    "token_at_a_time": EngineConfig(max_num_seqs=16, max_num_batched_tokens=1, block_size=4, num_kv_blocks=256,
+                                    overlap_steps=True),
     "preemption_not_overlapped": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4,
                                               num_kv_blocks=30, overlap_steps=False),
 }

@@ -43,7 +43,7 @@ def node_argv(cfg, device: str) -> list[str]:
             value = getattr(sub, name)
             if value is not None:
                 argv += [flag, str(value)]
-        argv += [flag for name, flag in switches.items() if not getattr(sub, name)]
+        argv += [flag for name, flag in switches.items() if getattr(sub, name) is False]
     if cfg.verbose:
         argv.append("--verbose")
     return argv

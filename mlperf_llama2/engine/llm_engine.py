@@ -50,8 +50,11 @@ class LLMEngine:
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self._arrivals = 0
-        # the runner can queue a step before the last one's tokens are read (a TP driver cannot)
-        self.overlap = config.overlap_steps and getattr(runner, "overlap_capable", False)
+        # the runner can queue a step before the last one's tokens are read (a TP driver cannot); by default
+        # only on CUDA, where launching is asynchronous (on a CPU it would only delay every token by a step)
+        capable = getattr(runner, "overlap_capable", False)
+        on_gpu = getattr(getattr(runner, "device", None), "type", "cpu") == "cuda"
+        self.overlap = capable and (on_gpu if config.overlap_steps is None else config.overlap_steps)
         self._pending: Optional[tuple] = None  # (batch, StepOutput, produced) launched, not yet read back
         self.num_steps = 0
         self.num_generated = 0
