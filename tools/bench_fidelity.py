@@ -61,8 +61,11 @@ def random_prompts(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[list
 
 
 def engine_for(model, device, dtype, prompts, extra_tokens: int, cuda_graphs: bool) -> LLMEngine:
-    """An engine around an already loaded model, its KV cache just large enough for `prompts`."""
+    """An engine around an already loaded model, its KV cache just large enough for `prompts`. Without CUDA
+    graphs (teacher forcing, which hooks the forward and replaces tokens) its steps are not overlapped either:
+    `runner.run` is then the method every step calls."""
     econf = EngineConfig(max_num_seqs=max(len(prompts), 1), cuda_graphs=cuda_graphs,
+                         overlap_steps=None if cuda_graphs else False,
                          num_kv_blocks=sum(-(-(len(p) + extra_tokens) // 16) for p in prompts) + 8)
     eos = constants.LLAMA2_EOS_TOKEN
     return LLMEngine(ModelRunner(model, econf, eos, MAX_MODEL_LEN, device, dtype), econf, eos)
@@ -96,6 +99,7 @@ def engine_teacher_forced(engine: LLMEngine, prompts: list[list[int]], decode_ta
             forced.append(full[nxt] if nxt < len(full) and nxt == seq.num_tokens else token)
         return forced
 
+    assert not engine.overlap, "teacher forcing replaces tokens: the engine's steps must call runner.run"
     runner.run = forced_run
     try:
         params = SamplingParams(decode_tail + 1, min_new_tokens=0, ignore_eos=True)
