@@ -33,6 +33,7 @@ class EngineConfig:
     kv_cache_memory_fraction: float = 0.9
     num_kv_blocks: Optional[int] = None
     cuda_graphs: bool = True
+    overlap_steps: bool = True  # queue step N+1 before reading step N's tokens back
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -63,6 +64,9 @@ class EngineConfig:
                        help="fixed number of KV-cache blocks (overrides the memory fraction; CPU default 512)")
         g.add_argument("--no-cuda-graphs", action="store_true",
                        help="run decode eagerly instead of replaying CUDA graphs")
+        g.add_argument("--no-overlap-steps", action="store_true",
+                       help="wait for each step's tokens before scheduling the next (default: the next step "
+                            "is queued on the GPU while the host reads the last one's tokens)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "EngineConfig":
@@ -73,6 +77,7 @@ class EngineConfig:
             kv_cache_memory_fraction=ns.kv_cache_memory_fraction,
             num_kv_blocks=ns.num_kv_blocks,
             cuda_graphs=not ns.no_cuda_graphs,
+            overlap_steps=not ns.no_overlap_steps,
         )
 
 

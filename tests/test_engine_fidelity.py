@@ -55,6 +55,9 @@ COMPOSITIONS = {
     "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30),
     # every step is one token, so prompt chunks of 1 token take the decode path (CUDA: graphs)
     "token_at_a_time": EngineConfig(max_num_seqs=16, max_num_batched_tokens=1, block_size=4, num_kv_blocks=256),
+    # the default overlaps steps (the next one queued before the last one's tokens are read): also without
+    "preemption_not_overlapped": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4,
+                                              num_kv_blocks=30, overlap_steps=False),
 }
 
 
@@ -64,8 +67,9 @@ def test_engine_matches_generate_for_every_sample(tiny_model_dir, reference, nam
     engine = LLMEngine.from_pretrained(str(tiny_model_dir), COMPOSITIONS[name], device=device)
     outs = engine.generate(MIXED, SamplingParams(NEW_TOKENS))
     assert outs == reference
-    if name == "preemption":
+    if name.startswith("preemption"):
         assert engine.scheduler.num_preemptions > 0
+    assert engine.overlap == COMPOSITIONS[name].overlap_steps
     if name == "chunked_prefill":
         assert engine.num_steps > len(MIXED) + NEW_TOKENS  # prompts took several steps each
 
@@ -76,12 +80,17 @@ def test_single_sequence_matches_generate(tiny_model_dir, reference, device):
     assert engine.generate([MIXED[4]], SamplingParams(NEW_TOKENS)) == [reference[4]]
 
 
-def test_stops_at_eos_like_generate(eos_model_dir):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_stops_at_eos_like_generate(eos_model_dir, overlap):
+    """Overlapped, a sequence that hits EOS was already queued for one more step: that token is dropped."""
     prompts = [[1, 40, 50, 60, 70]] + make_prompts([3, 12, 30, 7], seed=1)
     want = [strip_padding(o) for o in hf_greedy(eos_model_dir, prompts, new_tokens=16)]
     assert want[0][-1] == EOS and len(want[0]) < 16  # the fixture does end early
-    engine = LLMEngine.from_pretrained(str(eos_model_dir), COMPOSITIONS["roomy"])
+    conf = EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64,
+                        overlap_steps=overlap)
+    engine = LLMEngine.from_pretrained(str(eos_model_dir), conf)
     assert engine.generate(prompts, SamplingParams(16)) == want
+    assert engine.scheduler.block_manager.num_free_blocks == 64  # every block came back
 
 
 def test_first_token_is_never_eos_even_when_the_model_prefers_it(eos_model_dir):

@@ -122,3 +122,35 @@ def test_requests_that_can_never_fit_are_refused():
         sched.add(make_seq(0, 6, max_new=4))
     with pytest.raises(ValueError, match="max_new_tokens"):
         Scheduler(BlockManager(64, 4), 4, 64, max_model_len=8).add(make_seq(1, 6, max_new=4))
+
+
+def test_a_sequence_whose_last_token_is_in_flight_is_not_scheduled_again():
+    sched = Scheduler(BlockManager(num_blocks=16, block_size=4), max_num_seqs=4, max_num_batched_tokens=64,
+                      max_model_len=64)
+    last, other = make_seq(0, 3, max_new=1), make_seq(1, 3, max_new=4)
+    sched.add(last)
+    sched.add(other)
+    batch = sched.schedule()
+    for seq, n in batch.items:  # what the engine does at launch with overlapped steps
+        seq.num_computed_tokens += n
+        seq.num_inflight = 1
+    assert last.is_draining and not other.is_draining
+    assert other.num_pending_tokens == 1  # the in-flight token is the one it computes next
+    assert sched.schedule().items == [(other, 1)]  # the in-flight token is the one it computes next
+    last.num_inflight = 0
+    assert last.append(9, EOS) and not other.is_draining
+    sched.finish(last)
+    assert last.status == Status.FINISHED and sched.running == [other]
+
+
+def test_finishing_a_preempted_sequence_takes_it_out_of_the_queue():
+    """Overlapped steps: a sequence preempted while its last token was in flight finishes from the queue."""
+    sched = Scheduler(BlockManager(num_blocks=16, block_size=4), max_num_seqs=4, max_num_batched_tokens=64,
+                      max_model_len=64)
+    seq = make_seq(0, 5, max_new=1)
+    sched.add(seq)
+    sched.schedule()
+    sched._preempt(sched.running.pop())
+    assert seq.status == Status.WAITING and list(sched.waiting) == [seq]
+    sched.finish(seq)
+    assert seq.status == Status.FINISHED and not sched.waiting and sched.block_manager.num_free_blocks == 16

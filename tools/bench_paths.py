@@ -177,20 +177,25 @@ def loadgen_offline(backend, prompts, out_dir: str) -> dict:
 def engine_offline(args, engine, prompts, o_len, roof, result, lg_dir) -> None:
     """The engine's LoadGen Offline run with a step log; appends its row to result["rows"]."""
     step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
-    run_step = engine.runner.run
+    name = "launch" if engine.overlap else "run"  # the runner method the engine's steps call
+    run_step = getattr(engine.runner, name)
+    launched: list = []  # (time, batch) of the step before
 
-    def timed_run(batch):  # run() ends in a host read of the tokens, so wall time is the step's time
-        t0 = time.perf_counter()
-        out = run_step(batch)
-        step_log.append((batch.is_decode_only, len(batch.items), batch.num_tokens, time.perf_counter() - t0,
-                         batch.num_decodes))
-        return out
+    def timed_run(batch):
+        # a step's time is the gap between two launches: with overlapped steps the loop runs at the GPU's
+        # pace, and without, run() ends in a host read of the tokens
+        now = time.perf_counter()
+        if launched:
+            t0, prev = launched.pop()
+            step_log.append((prev.is_decode_only, len(prev.items), prev.num_tokens, now - t0, prev.num_decodes))
+        launched.append((now, batch))
+        return run_step(batch)
 
-    engine.runner.run = timed_run
+    setattr(engine.runner, name, timed_run)
     steps0 = engine.num_steps
     backend = ForcedLengthEngine(engine, o_len)
     run = loadgen_offline(backend, prompts, os.path.join(lg_dir, "engine"))
-    engine.runner.run = run_step
+    setattr(engine.runner, name, run_step)
     tps = float(o_len.sum() / run["wall_s"])
     result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
                            "tokens_per_s": tps, **run, "eos_ids_replaced": backend.eos_replaced(),

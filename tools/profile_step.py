@@ -5,6 +5,7 @@ with `--batch` sequences of `--context` tokens, and times, for each op set (the 
 the fused Triton kernels of engine/ops.py):
   * a decode-only step through its CUDA graph (what Offline's steady state runs), and eagerly;
   * a mixed step: the same decodes plus one `--prefill`-token prompt (run eagerly, as the engine does);
+  * both again overlapped: each step queued before the last one's tokens are read, as the engine runs;
 and attributes the eager steps' GPU time to kernel classes (GEMM, attention, elementwise, other)
 with torch.profiler. The host's share is the graph step's wall time minus its GPU time. Prints a
 table, writes profile.json into --out.
@@ -43,7 +44,7 @@ log = logging.getLogger("profile_step")
 
 def kernel_class(name: str) -> str:
     n = name.lower()
-    if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "matmul", "int8_gemm", "_w8a8", "wgmma", "gemv")):
+    if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "matmul", "nvjet", "wgmma", "gemv")):
         return "gemm"
     if any(k in n for k in ("paged_decode", "flash", "fmha", "attn")):
         return "attention"
@@ -81,6 +82,20 @@ def time_ms(fn, reps: int) -> float:
         fn()  # ends in a host read of the tokens
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times))
+
+
+def overlapped_ms(runner, batch, reps: int) -> float:
+    """Per-step wall time when each step is queued before the last one's tokens are read (the engine's loop)."""
+    out = runner.launch(batch)
+    out.tokens()
+    t0 = time.perf_counter()
+    out = runner.launch(batch)
+    for _ in range(reps - 1):
+        nxt = runner.launch(batch)
+        out.tokens()
+        out = nxt
+    out.tokens()
+    return (time.perf_counter() - t0) * 1e3 / reps
 
 
 def gpu_breakdown(fn) -> dict:
@@ -128,7 +143,8 @@ def main(argv=None) -> int:
     decode = make_batch(engine, args.batch, args.context, 0, cfg.vocab_size)
     mixed = ScheduledBatch(items=decode.items + make_batch(engine, 0, 1, args.prefill, cfg.vocab_size).items)
     # weights-only and KV-only bounds of the decode step at the measured copy bandwidth (PERF.md)
-    weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
+    weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
+                       if t.numel() > 1_000_000)  # int8 weights are buffers; RoPE tables are not weights
     kv_bytes = args.batch * args.context * 2 * model.shape.num_layers * model.shape.num_kv_heads * \
         model.shape.head_dim * 2
     result = {"args": vars(args), "bounds_ms": {"weights": weight_bytes / 4.3e9, "kv": kv_bytes / 4.3e9},
@@ -148,6 +164,8 @@ def main(argv=None) -> int:
         graph_ms = time_ms(lambda: runner.run(decode), args.reps)
         graph_gpu = gpu_breakdown(lambda: runner.run(decode))
         rows = {"graph decode": (graph_ms, graph_gpu),
+                "graph decode, overlapped": (overlapped_ms(runner, decode, args.reps), graph_gpu),
+                "eager mixed, overlapped": (overlapped_ms(runner, mixed, args.reps), gpu_breakdown(eager(mixed))),
                 "eager decode": (time_ms(eager(decode), args.reps), gpu_breakdown(eager(decode))),
                 "eager mixed": (time_ms(eager(mixed), args.reps), gpu_breakdown(eager(mixed)))}
         for step, (ms, gpu) in rows.items():

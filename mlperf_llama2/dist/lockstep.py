@@ -43,6 +43,11 @@ class StepSequence:
         return self.new_tokens[index - self.num_computed_tokens]
 
     @property
+    def num_known_tokens(self) -> int:
+        """Every id a worker is sent is on the host (TP steps are not overlapped)."""
+        return self.num_computed_tokens + len(self.new_tokens)
+
+    @property
     def last_token(self) -> int:
         return self.new_tokens[-1]  # decode steps: the one new token is the last token
 
@@ -73,6 +78,8 @@ class DriverRunner:
     Quacks like ModelRunner for the engine (`run`, `num_blocks`, `model`, ...): everything but `run`
     and `num_blocks` is the local runner's. `num_blocks` is the smallest KV-cache size of all ranks.
     """
+
+    overlap_capable = False  # every rank must see each step's tokens before the next is broadcast
 
     def __init__(self, local, ctrl_group, num_blocks: int) -> None:
         self.local = local

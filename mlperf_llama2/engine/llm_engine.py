@@ -1,7 +1,10 @@
 """The engine's front: add requests, step (schedule -> run -> postprocess), or run a background loop.
 
 Token ids in, token ids out; the engine knows nothing of tokenizers or LoadGen. `step()` returns
-the step's events (a first token, a finished sequence). `start_loop` runs steps on a background
+events (a first token, a finished sequence). With overlapped steps (the default) a step queues its
+work on the device and then reads back the previous step's tokens, so the host's scheduling and
+bookkeeping run while the GPU computes; the events a step returns are the previous step's. A
+sequence that stops at EOS has then been scheduled for one more step, whose token is dropped. `start_loop` runs steps on a background
 thread, admitting requests added from other threads as they arrive, and reports events through
 two callbacks (called on the loop thread).
 """
@@ -20,7 +23,7 @@ from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.engine.block_manager import BlockManager
 from mlperf_llama2.engine.model_runner import ModelRunner
 from mlperf_llama2.engine.scheduler import ScheduledBatch, Scheduler
-from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+from mlperf_llama2.engine.sequence import SamplingParams, Sequence, Status
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ class LLMEngine:
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self._arrivals = 0
+        # the runner can queue a step before the last one's tokens are read (a TP driver cannot)
+        self.overlap = config.overlap_steps and getattr(runner, "overlap_capable", False)
+        self._pending: Optional[tuple] = None  # (batch, StepOutput, produced) launched, not yet read back
         self.num_steps = 0
         self.num_generated = 0
 
@@ -82,24 +88,45 @@ class LLMEngine:
 
     def has_work(self) -> bool:
         with self._cond:
-            return bool(self._inbox) or self.scheduler.has_work()
+            return bool(self._inbox) or self.scheduler.has_work() or self._pending is not None
 
     # ---- one step -----------------------------------------------------------------------------
     def step(self) -> list[StepEvent]:
         self._admit_inbox()
         batch = self.scheduler.schedule()
-        if not batch:
-            return []
-        tokens = self.runner.run(batch)
-        self.num_steps += 1
-        return self._postprocess(batch, tokens)
+        current = None
+        if batch:
+            output = self.runner.launch(batch) if self.overlap else _Ready(self.runner.run(batch))
+            current = (batch, output, self._advance(batch))
+            self.num_steps += 1
+        if not self.overlap:
+            return self._read_back(*current) if current else []
+        events = self._read_back(*self._pending) if self._pending else []
+        self._pending = current
+        return events
 
-    def _postprocess(self, batch: ScheduledBatch, tokens: list[int]) -> list[StepEvent]:
-        events = []
-        for (seq, n), token in zip(batch.items, tokens):
+    @staticmethod
+    def _advance(batch: ScheduledBatch) -> list[bool]:
+        """Right after launch: the scheduled tokens are in the cache; an item that completed its sequence's
+        tokens sampled one more, now in flight at its row. Returns which items sampled a token."""
+        produced = []
+        for row, (seq, n) in enumerate(batch.items):
             seq.num_computed_tokens += n
-            if seq.num_computed_tokens < seq.num_tokens:
-                continue  # a partial prefill chunk: no token yet
+            done = seq.num_computed_tokens >= seq.num_tokens  # a partial prefill chunk samples nothing
+            if done:
+                seq.num_inflight += 1
+                seq.inflight_row = row
+            produced.append(done)
+        return produced
+
+    def _read_back(self, batch: ScheduledBatch, output, produced: list[bool]) -> list[StepEvent]:
+        events = []
+        for (seq, _), sampled, token in zip(batch.items, produced, output.tokens()):
+            if not sampled:
+                continue
+            seq.num_inflight -= 1
+            if seq.status == Status.FINISHED:
+                continue  # stopped at EOS the step before: this token lies past the end
             first = not seq.output
             finished = seq.append(token, self.eos_token_id)
             self.num_generated += 1
@@ -127,7 +154,8 @@ class LLMEngine:
             try:
                 while True:
                     with self._cond:
-                        while not self._stopping and not self._inbox and not self.scheduler.has_work():
+                        while (not self._stopping and not self._inbox and not self.scheduler.has_work()
+                               and self._pending is None):
                             self._cond.wait()
                         if self._stopping:
                             return
@@ -150,3 +178,13 @@ class LLMEngine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+class _Ready:
+    """A step run synchronously: its tokens are already on the host."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self._tokens = tokens
+
+    def tokens(self) -> list[int]:
+        return self._tokens

@@ -36,6 +36,7 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
 
 
 class ModelRunner:
+    overlap_capable = True  # launch() queues a step; the engine may read it back after queuing the next
     def __init__(self, model: LlamaForCausalLM, config: EngineConfig, eos_token_id: int, max_model_len: int,
                  device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
@@ -57,6 +58,8 @@ class ModelRunner:
         log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**30)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._staging = Staging(device)
+        self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's tokens, on the device
         if device.type == "cuda" and config.cuda_graphs:
             self._capture_graphs()
 
@@ -92,12 +95,34 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> list[int]:
         """The greedy next token after each item's last scheduled position (meaningless for partial chunks)."""
+        return self.launch(batch).tokens()
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch) -> "StepOutput":
+        """Queue the step on the device and return at once; `StepOutput.tokens()` waits for its tokens.
+
+        A decode item whose input token is still in flight (`seq.num_inflight`) takes it from the
+        previous launch's device output (row `seq.inflight_row`), so the next step can be queued
+        before the last one's tokens reach the host.
+        """
         n = len(batch.items)
         if batch.is_decode_only and self.graphs and n <= max(self.graphs):
-            return self._run_graph(batch)
-        input_ids, positions, meta, last_rows, suppress = self._prepare(batch)
-        hidden = self.model(input_ids, positions, self.kv_cache, meta)
-        return self._sample(hidden[last_rows], suppress).tolist()
+            tokens = self._launch_graph(batch)
+        else:
+            input_ids, positions, meta, last_rows, suppress = self._prepare(batch)
+            hidden = self.model(input_ids, positions, self.kv_cache, meta)
+            tokens = self._sample(hidden[last_rows], suppress)
+        self._last_tokens = tokens
+        return self._readback(tokens)
+
+    def _readback(self, tokens: torch.Tensor) -> "StepOutput":
+        if self.device.type != "cuda":
+            return StepOutput(tokens.clone(), None)
+        buf = self._staging.next_tokens(tokens.shape[0])
+        buf.copy_(tokens, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return StepOutput(buf, done)
 
     def _sample(self, hidden: torch.Tensor, suppress_eos: torch.Tensor) -> torch.Tensor:
         logits = self.model.logits(hidden)  # [N, vocab]
@@ -109,14 +134,32 @@ class ModelRunner:
         table = np.asarray(seq.block_table, dtype=np.int64)
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
 
+    def _input_ids(self, seqs: list[Sequence], positions: list[int]) -> tuple[list[int], list[int], list[int]]:
+        """Host ids of one-token items (0 where the token is in flight) and the in-flight (rows, source rows)."""
+        ids, rows, src = [], [], []
+        for i, (seq, p) in enumerate(zip(seqs, positions)):
+            if p < seq.num_known_tokens:
+                ids.append(seq.token_at(p))  # a 1-token prompt chunk is not the last token
+            else:
+                ids.append(0)
+                rows.append(i)
+                src.append(seq.inflight_row)
+        return ids, rows, src
+
+    def _fill_inflight(self, ids: torch.Tensor, rows: Optional[torch.Tensor], src: Optional[torch.Tensor]) -> None:
+        """ids[rows] = the previous launch's tokens[src], on the device (queued before this step runs)."""
+        if rows is not None and rows.numel():
+            ids[rows] = self._last_tokens[src]
+
     def _prepare(self, batch: ScheduledBatch):
-        dev, bs = self.device, self.block_size
+        bs = self.block_size
         decodes = batch.items[:batch.num_decodes]  # one new token each, listed first
         prefills = batch.items[batch.num_decodes:]
-        d_pos = [seq.num_computed_tokens for seq, _ in decodes]
-        ids = [seq.token_at(p) for (seq, _), p in zip(decodes, d_pos)]
+        d_seqs = [seq for seq, _ in decodes]
+        d_pos = [seq.num_computed_tokens for seq in d_seqs]
+        ids, fix_rows, fix_src = self._input_ids(d_seqs, d_pos)
         pos = [np.asarray(d_pos, dtype=np.int64)]
-        slots = [np.asarray([seq.block_table[p // bs] * bs + p % bs for (seq, _), p in zip(decodes, d_pos)],
+        slots = [np.asarray([seq.block_table[p // bs] * bs + p % bs for seq, p in zip(d_seqs, d_pos)],
                             dtype=np.int64)]
         for seq, n in prefills:
             start = seq.num_computed_tokens
@@ -124,30 +167,39 @@ class ModelRunner:
             pos.append(np.arange(start, start + n))
             slots.append(self._slots(seq, start, start + n))
         last_rows = np.cumsum([n for _, n in batch.items]) - 1
-        meta = AttentionMetadata(
-            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(dev), num_decodes=len(decodes), block_size=bs,
-        )
+        host = {"ids": np.asarray(ids, dtype=np.int64), "pos": np.concatenate(pos), "slots": np.concatenate(slots),
+                "last_rows": last_rows,
+                "suppress": np.asarray([seq.suppress_eos for seq, _ in batch.items], dtype=np.int64),
+                "fix_rows": np.asarray(fix_rows, dtype=np.int64), "fix_src": np.asarray(fix_src, dtype=np.int64)}
         if decodes:
             ctx = [p + 1 for p in d_pos]
-            meta.context_lens = torch.tensor(ctx, dtype=torch.int32, device=dev)
-            meta.block_tables = torch.from_numpy(self._block_table_array([s for s, _ in decodes])).to(dev)
-            if dev.type != "cuda":
-                meta.decode_context_lens = tuple(ctx)
-                meta.decode_context_slots = torch.from_numpy(
-                    np.concatenate([self._slots(s, 0, c) for (s, _), c in zip(decodes, ctx)]))
+            host["ctx"] = np.asarray(ctx, dtype=np.int64)
+            host["tables"] = self._block_table_array(d_seqs).astype(np.int64).ravel()
+            if self.device.type != "cuda":
+                host["decode_slots"] = np.concatenate([self._slots(s, 0, c) for s, c in zip(d_seqs, ctx)])
         if prefills:
             q_lens = [n for _, n in prefills]
             k_lens = [seq.num_computed_tokens + n for seq, n in prefills]
-            meta.prefill_q_lens, meta.prefill_k_lens = tuple(q_lens), tuple(k_lens)
-            meta.cu_seqlens_q = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32, device=dev)
-            meta.cu_seqlens_k = torch.tensor(np.concatenate([[0], np.cumsum(k_lens)]), dtype=torch.int32, device=dev)
-            meta.max_seqlen_q, meta.max_seqlen_k = max(q_lens), max(k_lens)
+            host["cu_q"] = np.concatenate([[0], np.cumsum(q_lens)])
+            host["cu_k"] = np.concatenate([[0], np.cumsum(k_lens)])
             if any(seq.num_computed_tokens for seq, _ in prefills):
-                meta.context_slots = torch.from_numpy(
-                    np.concatenate([self._slots(s, 0, k) for (s, _), k in zip(prefills, k_lens)])).to(dev)
-        suppress = torch.tensor([seq.suppress_eos for seq, _ in batch.items], device=dev)
-        return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.from_numpy(np.concatenate(pos)).to(dev),
-                meta, torch.from_numpy(last_rows).to(dev), suppress)
+                host["context_slots"] = np.concatenate([self._slots(s, 0, k) for (s, _), k in zip(prefills, k_lens)])
+        dev = dict(zip(host, self._staging.put(list(host.values()))))  # one host-to-device copy
+        self._fill_inflight(dev["ids"], dev["fix_rows"], dev["fix_src"])
+        meta = AttentionMetadata(slot_mapping=dev["slots"], num_decodes=len(decodes), block_size=bs)
+        if decodes:
+            meta.context_lens = dev["ctx"].to(torch.int32)
+            meta.block_tables = dev["tables"].view(len(decodes), self.max_blocks_per_seq).to(torch.int32)
+            if self.device.type != "cuda":
+                meta.decode_context_lens = tuple(ctx)
+                meta.decode_context_slots = dev["decode_slots"]
+        if prefills:
+            meta.prefill_q_lens, meta.prefill_k_lens = tuple(q_lens), tuple(k_lens)
+            meta.cu_seqlens_q = dev["cu_q"].to(torch.int32)
+            meta.cu_seqlens_k = dev["cu_k"].to(torch.int32)
+            meta.max_seqlen_q, meta.max_seqlen_k = max(q_lens), max(k_lens)
+            meta.context_slots = dev.get("context_slots")
+        return dev["ids"], dev["pos"], meta, dev["last_rows"], dev["suppress"].bool()
 
     def _block_table_array(self, seqs: list[Sequence], rows: Optional[int] = None) -> np.ndarray:
         table = np.full((rows or len(seqs), self.max_blocks_per_seq), self.scratch_block, dtype=np.int32)
@@ -190,27 +242,81 @@ class ModelRunner:
         log.info("captured %d decode graphs (batch 1..%d) in %.1f s", len(self.graphs), max_bs,
                  time.perf_counter() - t0)
 
-    def _run_graph(self, batch: ScheduledBatch) -> list[int]:
+    def _launch_graph(self, batch: ScheduledBatch) -> torch.Tensor:
         n = len(batch.items)
         bs = min(b for b in self.graphs if b >= n)
         seqs = [seq for seq, _ in batch.items]
         positions = [seq.num_computed_tokens for seq in seqs]
-        slots = np.full(bs, self.scratch_block * self.block_size, dtype=np.int64)
-        slots[:n] = [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
-                     for seq, p in zip(seqs, positions)]
-        ctx = np.ones(bs, dtype=np.int32)
-        ctx[:n] = np.asarray(positions) + 1
-        ids = np.zeros(bs, dtype=np.int64)
-        ids[:n] = [seq.token_at(p) for seq, p in zip(seqs, positions)]  # a 1-token prompt chunk is not the last token
-        pos = np.zeros(bs, dtype=np.int64)
-        pos[:n] = positions
-        sup = np.zeros(bs, dtype=bool)
-        sup[:n] = [seq.suppress_eos for seq in seqs]
-        self.g_input_ids[:bs].copy_(torch.from_numpy(ids), non_blocking=True)
-        self.g_positions[:bs].copy_(torch.from_numpy(pos), non_blocking=True)
-        self.g_slots[:bs].copy_(torch.from_numpy(slots), non_blocking=True)
-        self.g_context_lens[:bs].copy_(torch.from_numpy(ctx), non_blocking=True)
-        self.g_suppress[:bs].copy_(torch.from_numpy(sup), non_blocking=True)
-        self.g_block_tables[:bs].copy_(torch.from_numpy(self._block_table_array(seqs, rows=bs)), non_blocking=True)
+        ids, fix_rows, fix_src = self._input_ids(seqs, positions)
+        host = np.zeros((5, bs), dtype=np.int64)  # ids, positions, slots, context lengths, suppress-EOS
+        host[2] = self.scratch_block * self.block_size
+        host[3] = 1
+        host[0, :n] = ids
+        host[1, :n] = positions
+        host[2, :n] = [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                       for seq, p in zip(seqs, positions)]
+        host[3, :n] = host[1, :n] + 1
+        host[4, :n] = [seq.suppress_eos for seq in seqs]
+        rows, table, fix_rows, fix_src = self._staging.put([
+            host.ravel(), self._block_table_array(seqs, rows=bs).ravel(), np.asarray(fix_rows, dtype=np.int64),
+            np.asarray(fix_src, dtype=np.int64)])  # one host-to-device copy
+        rows = rows.view(5, bs)
+        self.g_input_ids[:bs].copy_(rows[0])
+        self._fill_inflight(self.g_input_ids, fix_rows, fix_src)
+        self.g_positions[:bs].copy_(rows[1])
+        self.g_slots[:bs].copy_(rows[2])
+        self.g_context_lens[:bs].copy_(rows[3])
+        self.g_suppress[:bs].copy_(rows[4])
+        self.g_block_tables[:bs].copy_(table.view(bs, self.max_blocks_per_seq))
         self.graphs[bs].replay()
-        return self.g_tokens[bs][:n].tolist()
+        return self.g_tokens[bs][:n]
+
+
+class StepOutput:
+    """One launched step's tokens: `tokens()` waits for the device (CUDA: an event on a pinned copy)."""
+
+    def __init__(self, host: torch.Tensor, done: Optional[torch.cuda.Event]) -> None:
+        self._host = host
+        self._done = done
+
+    def tokens(self) -> list[int]:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host.tolist()
+
+
+class Staging:
+    """Host-to-device copies of a step's small integer arrays, one copy a step.
+
+    On CUDA the arrays are packed into a pinned buffer and copied asynchronously, so queuing a step
+    never waits for the one before it; buffers alternate between two sets, which is safe because the
+    engine reads step N-1's tokens before it queues step N+1 (so N-1's copies are done). Call `put`
+    once per step. Elsewhere a plain copy.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pinned = device.type == "cuda"
+        self._bufs: list[Optional[torch.Tensor]] = [None, None]
+        self._tok_bufs: list[Optional[torch.Tensor]] = [None, None]
+        self._turn = 0
+        self._tok_turn = 0
+
+    def _host(self, bufs: list, turn: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+        if bufs[turn] is None or bufs[turn].numel() < n:
+            bufs[turn] = torch.empty(max(n, 1024), dtype=dtype, pin_memory=self._pinned)
+        return bufs[turn][:n]
+
+    def put(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """int arrays -> int64 device tensors (views of one copy)."""
+        sizes = [a.size for a in arrays]
+        host = self._host(self._bufs, self._turn, sum(sizes), torch.int64)
+        self._turn ^= 1
+        np.concatenate([np.asarray(a, dtype=np.int64).ravel() for a in arrays], out=host.numpy())
+        dev = host.to(self.device, non_blocking=True) if self._pinned else host.clone()
+        return list(dev.split(sizes))
+
+    def next_tokens(self, n: int) -> torch.Tensor:
+        buf = self._host(self._tok_bufs, self._tok_turn, n, torch.int64)
+        self._tok_turn ^= 1
+        return buf

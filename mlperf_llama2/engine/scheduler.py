@@ -6,6 +6,7 @@ first; when their next tokens find no free KV block, the newest running sequence
 its blocks are freed and it goes back to the front of the queue to be recomputed later. Waiting
 sequences are admitted in arrival order while the budget, `max_num_seqs` and free blocks allow
 (admission needs blocks for the whole pending prompt, so an admitted prompt is not starved).
+A running sequence whose last token is in flight (`is_draining`) is not scheduled again.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.is_draining:
+                i += 1
+                continue
             n = min(seq.num_pending_tokens, budget)
             while not self.block_manager.can_allocate(seq, n) and self.running[-1] is not seq:
                 batch.preempted.append(self._preempt(self.running.pop()))
@@ -98,8 +102,11 @@ class Scheduler:
         return batch
 
     def finish(self, seq: Sequence) -> None:
+        if seq.status == Status.RUNNING:
+            self.running.remove(seq)
+        else:  # preempted while its last token was in flight
+            self.waiting.remove(seq)
         seq.status = Status.FINISHED
-        self.running.remove(seq)
         self.block_manager.free(seq)
 
     def _preempt(self, seq: Sequence) -> Sequence:

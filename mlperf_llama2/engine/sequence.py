@@ -3,6 +3,10 @@
 Pure bookkeeping, no torch. A sequence's tokens are the prompt followed by the generated ids; the
 engine computes `num_computed_tokens` of them into the KV cache and samples a new token each time
 the whole list has been computed. Recompute after preemption just sets `num_computed_tokens` to 0.
+
+With overlapped steps a sampled token can be in flight: computed on the device, not yet read back
+(`num_inflight`, 0 or 1). It counts as a token of the sequence (the next step computes it from the
+device copy) but is not in `output` until the engine appends it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     finish_reason: Optional[str] = None  # "eos" | "length"
+    num_inflight: int = 0  # sampled on the device, not yet appended to output
+    inflight_row: int = -1  # that token's row in the step output that holds it
 
     @classmethod
     def create(cls, request_id: int, prompt: Seq[int], params: SamplingParams, arrival_order: int = 0) -> "Sequence":
@@ -53,6 +59,11 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output) + self.num_inflight
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids are on the host (the in-flight one is not)."""
         return len(self.prompt) + len(self.output)
 
     @property
@@ -63,7 +74,12 @@ class Sequence:
     @property
     def suppress_eos(self) -> bool:
         """True while fewer than min_new_tokens were generated: EOS's logit is set to -inf."""
-        return len(self.output) < self.params.min_new_tokens
+        return len(self.output) + self.num_inflight < self.params.min_new_tokens
+
+    @property
+    def is_draining(self) -> bool:
+        """Its last token (by max_new_tokens) is in flight: nothing left to compute."""
+        return len(self.output) + self.num_inflight >= self.params.max_new_tokens
 
     def token_at(self, index: int) -> int:
         n = len(self.prompt)
