@@ -51,7 +51,7 @@ INTERACTIVE = Limits("interactive", constants.LG_MODEL_NAME_INTERACTIVE, constan
 
 
 def user_conf_text(limits: Limits, duration_s: float) -> str:
-    """The sweep's user.conf: everything but the per-point target QPS and sample count (`prepare_point`)."""
+    """The sweep's user.conf: everything but the per-point target QPS and sample count (`ServerRuns.measure`)."""
     m = limits.lg_model_name
     return (f"{m}.Server.min_duration = {int(round(duration_s * 1000))}\n"
             f"{m}.Server.min_query_count = 1\n"
