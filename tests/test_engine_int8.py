@@ -129,7 +129,11 @@ def test_engine_quant_config_must_be_int8_open():
         engine_rules(QuantConfig(liteml_config=NPM, quant_backend="liteml", quant_mode="int8"))
 
 
-def test_main_engine_int8_under_loadgen_answers_with_the_int8_tokens(tmp_path, tiny_tokenizer_dir, tiny_model_dir):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_main_engine_int8_under_loadgen_answers_with_the_int8_tokens(tmp_path, tiny_tokenizer_dir, tiny_model_dir,
+                                                                      device):
+    """The issue's accuracy run in int8 mode: CPU (exact int64 GEMM) and CUDA (fused Triton GEMM, CUDA graphs,
+    overlapped steps), each equal to the engine called directly on the same device."""
     from mlperf_llama2.data.dataset import load_dataset
 
     write_dataset(tmp_path / "data.pkl", tiny_tokenizer_dir)
@@ -137,11 +141,12 @@ def test_main_engine_int8_under_loadgen_answers_with_the_int8_tokens(tmp_path, t
     result = run_main(["--backend", "engine", "--model-path", tiny_model_dir, "--dataset-path", tmp_path / "data.pkl",
                        "--user-conf", tmp_path / "user.conf", "--max-new-tokens", 8, "--output-log-dir", "out",
                        "--num-kv-blocks", 256, "--max-num-batched-tokens", 32, "--no-progress", "--accuracy",
+                       "--device", device, "--dtype", "float32",
                        "--liteml-config", NPM, "--quant-backend", "open", "--quant-mode", "int8"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "int8 mode leaves out" in result.stderr and "No errors encountered" in summary(tmp_path / "out")
     answers = {e["qsl_idx"]: tokens(e["data"]).tolist() for e in read_accuracy_log(tmp_path / "out")}
-    engine = LLMEngine.from_pretrained(tiny_model_dir, COMPOSITIONS["roomy"], "cpu", torch.float32,
+    engine = LLMEngine.from_pretrained(tiny_model_dir, COMPOSITIONS["roomy"], device, torch.float32,
                                        quant_rules=load_rules(NPM))
     direct = engine.generate(load_dataset(str(tmp_path / "data.pkl")).prompts,
                              SamplingParams(max_new_tokens=8, min_new_tokens=constants.MIN_NEW_TOKENS))
