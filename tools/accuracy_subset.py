@@ -1,0 +1,50 @@
+"""Every k-th row of a processed dataset, and the matching entries of an accuracy log, for subset scoring.
+
+A full accuracy run that costs too much (e.g. a simulate-mode variant on CPU) runs on the subset
+dataset instead; the full runs it is compared with are scored on the same rows by filtering their
+`mlperf_log_accuracy.json` (row i*k of the full set becomes row i of the subset) and scoring with
+evaluate-accuracy.py against the subset dataset. Rows are taken with a stride, not a prefix, because
+processorca's sampled sets are grouped by origin.
+
+    python tools/accuracy_subset.py dataset FULL.pkl SUBSET.pkl --every 2
+    python tools/accuracy_subset.py log FULL_LOG.json SUBSET_LOG.json --every 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def subset_dataset(src: str, dst: str, every: int) -> int:
+    import pandas as pd
+
+    frame = pd.read_pickle(src).iloc[::every].reset_index(drop=True)
+    frame.to_pickle(dst)
+    return len(frame)
+
+
+def subset_log(src: str, dst: str, every: int) -> int:
+    with open(src) as f:
+        entries = json.load(f)
+    kept = [dict(e, qsl_idx=e["qsl_idx"] // every) for e in entries if e["qsl_idx"] % every == 0]
+    with open(dst, "w") as f:
+        json.dump(kept, f, indent=0)
+    return len(kept)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("dataset", "log"))
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("--every", type=int, default=2)
+    args = ap.parse_args(argv)
+    count = (subset_dataset if args.what == "dataset" else subset_log)(args.src, args.dst, args.every)
+    print(f"{args.dst}: {count} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
