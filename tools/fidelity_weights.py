@@ -10,10 +10,12 @@ is chaotic: fp16 rounding flips greedy tokens within a few steps (docs/engine.md
 
 `decisive`: the same, except
   * the embedding is N(0, 1), so each token's own direction is a large part of the residual stream;
-  * o_proj and down_proj are scaled by attn_gain / sqrt(layers) and mlp_gain / sqrt(layers): each
-    layer adds a small branch to the stream, so the layer map stays close to the identity and rounding
-    errors are not amplified with depth, while the attention branches together still carry about as
-    much as the embedding (the output depends on the context, not only the last token);
+  * o_proj ~ N(0, (attn_gain / (sqrt(layers) * init_std * hidden))^2) and down_proj ~
+    N(0, (init_std * mlp_gain / sqrt(layers))^2): each layer adds a small branch to the stream, so the
+    layer map stays close to the identity and rounding errors are not amplified with depth, while
+    the attention branches together carry about attn_gain times the (unit-RMS) embedding (a value
+    row has RMS ~init_std * sqrt(hidden), so o_proj's output per layer is ~attn_gain / sqrt(layers));
+    the output depends on the context, not only on the last token;
   * lm_head = N(0, init_std) + two permuted copies of the unit-RMS embeddings times `lead / hidden`:
     for a last token x, the rows pi_1(x) and pi_2(x) lead the other 31,998 logits by about `lead`
     standard deviations of the random part, so every step is a two-way decision (top-2 gap of order
@@ -32,7 +34,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DECISIVE_DEFAULTS = {"attn_gain": 5.6, "mlp_gain": 0.28, "lead": 12.0, "candidates": 2}
+DECISIVE_DEFAULTS = {"attn_gain": 1.0, "mlp_gain": 0.28, "lead": 12.0, "candidates": 2}
 LAYERS_PER_SHARD = 8
 
 
@@ -71,8 +73,8 @@ def build_state_dict(cfg, construction: str, device, seed: int, init_std: float 
     yield {"model.embed_tokens.weight": embed.half().cpu(), "lm_head.weight": head.half().cpu(),
            "model.norm.weight": torch.ones(d, dtype=torch.float16)}
     del embed, head
-    gains = {"self_attn.o_proj.weight": k["attn_gain"] / math.sqrt(layers),
-             "mlp.down_proj.weight": k["mlp_gain"] / math.sqrt(layers)} if decisive else {}
+    stds = {"self_attn.o_proj.weight": k["attn_gain"] / (math.sqrt(layers) * init_std * d),
+            "mlp.down_proj.weight": init_std * k["mlp_gain"] / math.sqrt(layers)} if decisive else {}
     shapes = layer_tensor_shapes(cfg)
     for first in range(0, layers, LAYERS_PER_SHARD):
         shard = {}
@@ -81,7 +83,7 @@ def build_state_dict(cfg, construction: str, device, seed: int, init_std: float 
                 if len(shape) == 1:
                     t = torch.ones(shape, dtype=torch.float16)
                 else:
-                    t = _normal(shape, init_std * gains.get(name, 1.0), gen, device).half().cpu()
+                    t = _normal(shape, stds.get(name, init_std), gen, device).half().cpu()
                 shard[f"model.layers.{i}.{name}"] = t
         yield shard
 
