@@ -3,9 +3,10 @@
 Owns every tensor of the engine: the model, the paged KV cache `[2, layers, slots, kv_heads,
 head_dim]` and, on CUDA, one captured graph per bucketed batch size for decode-only steps. Greedy
 sampling happens on the device; EOS is masked (logit -inf) for sequences still below
-min_new_tokens, as transformers' MinNewTokensLengthLogitsProcessor does. The only host sync per
-step is reading the step's new tokens back. The CPU path has the same structure without Triton or
-graphs.
+min_new_tokens, as transformers' MinNewTokensLengthLogitsProcessor does. `launch` queues a step
+and returns (inputs up in one copy, tokens back through `step_io`); the only host sync is reading a
+step's tokens, which the engine does after queuing the next. The CPU path has the same structure
+without Triton, graphs or fused kernels.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mlperf_llama2.engine.llama import LlamaForCausalLM
 from mlperf_llama2.engine.ops import ops_for
 from mlperf_llama2.engine.scheduler import ScheduledBatch
 from mlperf_llama2.engine.sequence import Sequence
+from mlperf_llama2.engine.step_io import Staging, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ class ModelRunner:
         return self.launch(batch).tokens()
 
     @torch.inference_mode()
-    def launch(self, batch: ScheduledBatch) -> "StepOutput":
+    def launch(self, batch: ScheduledBatch) -> StepOutput:
         """Queue the step on the device and return at once; `StepOutput.tokens()` waits for its tokens.
 
         A decode item whose input token is still in flight (`seq.num_inflight`) takes it from the
@@ -115,7 +117,7 @@ class ModelRunner:
         self._last_tokens = tokens
         return self._readback(tokens)
 
-    def _readback(self, tokens: torch.Tensor) -> "StepOutput":
+    def _readback(self, tokens: torch.Tensor) -> StepOutput:
         if self.device.type != "cuda":
             return StepOutput(tokens.clone(), None)
         buf = self._staging.next_tokens(tokens.shape[0])
@@ -270,53 +272,3 @@ class ModelRunner:
         self.g_block_tables[:bs].copy_(table.view(bs, self.max_blocks_per_seq))
         self.graphs[bs].replay()
         return self.g_tokens[bs][:n]
-
-
-class StepOutput:
-    """One launched step's tokens: `tokens()` waits for the device (CUDA: an event on a pinned copy)."""
-
-    def __init__(self, host: torch.Tensor, done: Optional[torch.cuda.Event]) -> None:
-        self._host = host
-        self._done = done
-
-    def tokens(self) -> list[int]:
-        if self._done is not None:
-            self._done.synchronize()
-        return self._host.tolist()
-
-
-class Staging:
-    """Host-to-device copies of a step's small integer arrays, one copy a step.
-
-    On CUDA the arrays are packed into a pinned buffer and copied asynchronously, so queuing a step
-    never waits for the one before it; buffers alternate between two sets, which is safe because the
-    engine reads step N-1's tokens before it queues step N+1 (so N-1's copies are done). Call `put`
-    once per step. Elsewhere a plain copy.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._pinned = device.type == "cuda"
-        self._bufs: list[Optional[torch.Tensor]] = [None, None]
-        self._tok_bufs: list[Optional[torch.Tensor]] = [None, None]
-        self._turn = 0
-        self._tok_turn = 0
-
-    def _host(self, bufs: list, turn: int, n: int, dtype: torch.dtype) -> torch.Tensor:
-        if bufs[turn] is None or bufs[turn].numel() < n:
-            bufs[turn] = torch.empty(max(n, 1024), dtype=dtype, pin_memory=self._pinned)
-        return bufs[turn][:n]
-
-    def put(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        """int arrays -> int64 device tensors (views of one copy)."""
-        sizes = [a.size for a in arrays]
-        host = self._host(self._bufs, self._turn, sum(sizes), torch.int64)
-        self._turn ^= 1
-        np.concatenate([np.asarray(a, dtype=np.int64).ravel() for a in arrays], out=host.numpy())
-        dev = host.to(self.device, non_blocking=True) if self._pinned else host.clone()
-        return list(dev.split(sizes))
-
-    def next_tokens(self, n: int) -> torch.Tensor:
-        buf = self._host(self._tok_bufs, self._tok_turn, n, torch.int64)
-        self._tok_turn ^= 1
-        return buf
