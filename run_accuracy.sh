@@ -27,4 +27,5 @@ python3 "$HERE/evaluate-accuracy.py" --checkpoint-path "${CHECKPOINT_PATH}" \
 
 # The run summary (with the ROUGE line) as a table and summary.json, and its plots; on stderr, so the
 # reference's result line stays the last line of stdout (tools read it from there).
-python3 -m mlperf_llama2.report "$LOG_DIR" >&2
+# (the package is found through the repository, whatever directory the script runs from)
+PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" python3 -m mlperf_llama2.report "$LOG_DIR" >&2

@@ -59,8 +59,8 @@ def write_dataset(path: Path, tokenizer_dir) -> Path:
 def start_main(args, cwd: Path, script: str = "main.py", env: dict | None = None) -> subprocess.Popen:
     """main.py (or another root script; a .sh runs under bash with this python3 first on PATH) in a
     fresh process, so each LoadGen run loads mlperf.conf once."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     path = str(REPO / script) if not os.path.isabs(script) else script
     if path.endswith(".sh"):
         shim = Path(cwd) / ".python3-shim"

@@ -83,7 +83,9 @@ def runs(workdir, tiny_model_dir, eos_model_dir):
         "offline_acc": start_main(["--max-new-tokens", MAX_NEW, "--batch-size", 4, "--num-workers", 2,
                                    "--save-outputs", "offline_outputs.json"], workdir / "script",
                                   script="run_accuracy.sh",
-                                  env={"CHECKPOINT_PATH": str(tiny_model_dir), "DATASET_PATH": str(workdir / "data.pkl")}),
+                                  # no PYTHONPATH: a user runs the script from any directory, package not installed
+                                  env={"CHECKPOINT_PATH": str(tiny_model_dir), "DATASET_PATH": str(workdir / "data.pkl"),
+                                       "PYTHONPATH": ""}),
         "server_acc": start_main(args(tiny_model_dir, "server_acc", "--scenario", "Server", "--accuracy"), workdir),
         "audit_Offline": start_main(args(eos_model_dir, "logs", "--batch-size", 4), workdir / "audit_Offline"),
         "audit_Server": start_main(args(eos_model_dir, "logs", "--scenario", "Server"), workdir / "audit_Server"),
