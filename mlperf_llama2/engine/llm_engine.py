@@ -1,12 +1,12 @@
 """The engine's front: add requests, step (schedule -> run -> postprocess), or run a background loop.
 
 Token ids in, token ids out; the engine knows nothing of tokenizers or LoadGen. `step()` returns
-events (a first token, a finished sequence). With overlapped steps (the default) a step queues its
-work on the device and then reads back the previous step's tokens, so the host's scheduling and
+events (a first token, a finished sequence). With overlapped steps (the CUDA default) a step queues
+its work on the device and then reads back the previous step's tokens, so the host's scheduling and
 bookkeeping run while the GPU computes; the events a step returns are the previous step's. A
-sequence that stops at EOS has then been scheduled for one more step, whose token is dropped. `start_loop` runs steps on a background
-thread, admitting requests added from other threads as they arrive, and reports events through
-two callbacks (called on the loop thread).
+sequence that stops at EOS has then been scheduled for one more step, whose token is dropped.
+`start_loop` runs steps on a background thread, admitting requests added from other threads as
+they arrive, and reports events through two callbacks (called on the loop thread).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
 
 class ModelRunner:
     overlap_capable = True  # launch() queues a step; the engine may read it back after queuing the next
+
     def __init__(self, model: LlamaForCausalLM, config: EngineConfig, eos_token_id: int, max_model_len: int,
                  device: torch.device, dtype: torch.dtype) -> None:
         self.model = model

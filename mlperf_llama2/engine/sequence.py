@@ -5,7 +5,8 @@ engine computes `num_computed_tokens` of them into the KV cache and samples a ne
 the whole list has been computed. Recompute after preemption just sets `num_computed_tokens` to 0.
 
 With overlapped steps a sampled token can be in flight: computed on the device, not yet read back
-(`num_inflight`, 0 or 1). It counts as a token of the sequence (the next step computes it from the
+(`num_inflight`: at most 1 when the scheduler runs; 2 between a launch and the previous step's
+read-back). It counts as a token of the sequence (the next step computes it from the
 device copy) but is not in `output` until the engine appends it.
 """
 
