@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mlperf_llama2.engine.llama import LlamaForCausalLM, LlamaShape, load_hf_weights, rope_cos_sin
+from mlperf_llama2.engine.weights import fill_random_
 from mlperf_llama2.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -150,11 +151,6 @@ def random_shard(hf_config, rank: int, world: int, device: torch.device, dtype: 
     """Random weights in the shard's shapes (benchmarks). Same seed on every rank: replicated parts agree."""
     local = shard_shape(LlamaShape.from_hf_config(hf_config), world)
     model = empty_shard(hf_config, local, device, dtype, max_positions)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            p.data.normal_(0.0, init_std, generator=gen)
-        elif name.endswith("bias"):
-            p.data.zero_()
+    fill_random_(model, init_std, torch.Generator(device=device).manual_seed(seed))
     wrap_row_parallel(model, rank, group)
     return model

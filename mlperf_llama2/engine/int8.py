@@ -196,11 +196,9 @@ def random_int8_model(hf_config, device: torch.device, dtype: torch.dtype, max_p
             module.weight_scale.fill_(init_std * 3 ** 0.5 / QMAX)
             if module.bias is not None:
                 module.bias.zero_()
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            p.data.normal_(0.0, init_std, generator=gen)
-        elif name.endswith("bias"):
-            p.data.zero_()
+    from mlperf_llama2.engine.weights import fill_random_
+
+    fill_random_(model, init_std, gen)
     return model
 
 

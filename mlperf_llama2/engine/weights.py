@@ -75,10 +75,14 @@ def random_model(hf_config, device: torch.device, dtype: torch.dtype, max_positi
                  init_std: float = 0.02, seed: int = 0) -> LlamaForCausalLM:
     """Random weights N(0, init_std) in the config's shapes, made on `device` (RMSNorm weights one)."""
     model = empty_model(hf_config, device, dtype, max_positions)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    fill_random_(model, init_std, torch.Generator(device=device).manual_seed(seed))
+    return model
+
+
+def fill_random_(model: torch.nn.Module, init_std: float, gen: torch.Generator) -> None:
+    """Every float matrix N(0, init_std) from `gen`, biases zero; other vectors (RMSNorm weights) kept."""
     for name, p in model.named_parameters():
         if p.dim() >= 2:
             p.data.normal_(0.0, init_std, generator=gen)
         elif name.endswith("bias"):
             p.data.zero_()
-    return model
