@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from mlperf_llama2.config import RunConfig, build_parser
@@ -97,7 +99,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
     from mlperf_llama2.loadgen.settings import build_settings
     from mlperf_llama2.report.observer import ReportObserver
     from mlperf_llama2.report.progress import progress_stream
-    from mlperf_llama2.report.run_info import write_run_info
+    from mlperf_llama2.report.run_info import harness_commit, write_run_info
 
     resolve(config.backend)  # an unknown backend fails before LoadGen or the model start
     settings = build_settings(config)
@@ -119,7 +121,10 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
     write_run_info(settings.output_dir, scenario=config.scenario, accuracy=config.accuracy,
                    lg_model_name=config.lg_model_name, model_path=config.model_path,
                    dataset_path=config.dataset_path, max_new_tokens=config.max_new_tokens,
-                   backend=config.backend, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+                   backend=config.backend, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
+                   user_conf=os.path.abspath(config.user_conf), liteml_config=config.quant.liteml_config,
+                   quant_backend=config.quant.quant_backend, quant_mode=config.quant.quant_mode,
+                   command=shlex.join(sys.argv), harness_commit=harness_commit())
     expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)
     report = ReportObserver(expected, f"{mode} {'accuracy' if config.accuracy else 'performance'}",
                             progress_stream(not config.progress))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,49 @@ def test_failed_generation_ends_the_run_with_exit_1_not_a_hang(runs, workdir):
     assert "1 sample(s) failed to generate (first: QSL index 2: RuntimeError: injected failure)" in result.stderr
     answered = {e["qsl_idx"] for e in read_accuracy_log(workdir / "fail_logs")}
     assert answered == set(range(SAMPLES))  # LoadGen got an answer for every sample and finished
+
+
+def test_server_result_packs_into_a_submission_tree(runs, workdir, tiny_model_dir):
+    """The runs above as one Server result: open division packs it (v6.0 paths), closed refuses it."""
+    for name in ("plain", "server_acc", "audit_Server"):
+        _ok(runs, name)
+    acc_dir = workdir / "server_acc"
+    scored = run_main(["--checkpoint-path", tiny_model_dir, "--dataset-file", workdir / "data.pkl", "--dtype", "int32",
+                       "--mlperf-accuracy-file", acc_dir / "mlperf_log_accuracy.json"], workdir,
+                      script="evaluate-accuracy.py")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    (acc_dir / "accuracy.txt").write_text(scored.stdout)
+    audit_dir = workdir / "audit_Server"
+    verify = run_main(["-c", audit_dir / "logs", "-o", audit_dir / "for_submission", "-s", "Server"], cwd=audit_dir,
+                      script=str(REPO / "compliance" / "TEST06" / "run_verification.py"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    def pack(division, root):
+        return run_main(["--root", root, "--division", division, "--submitter", "Acme", "--system", "tiny_cpu",
+                         "--scenario", "Server", "--performance-dir", workdir / "plain" / "logs",
+                         "--accuracy-dir", acc_dir, "--test06-dir", audit_dir / "for_submission"],
+                        workdir, script=str(REPO / "mlperf_llama2" / "submission" / "__main__.py"))
+
+    closed = pack("closed", workdir / "sub_closed")
+    assert closed.returncode == 2 and not (workdir / "sub_closed").exists()
+    for problem in ("min_duration 0 ms < 600000", f"{SAMPLES} samples scored", "below the llama2-70b-99 target",
+                    "outputs capped at --max-new-tokens"):
+        assert problem in closed.stderr, closed.stderr
+
+    opened = pack("open", workdir / "sub_open")
+    assert opened.returncode == 0, opened.stderr
+    result = workdir / "sub_open" / "open" / "Acme" / "results" / "tiny_cpu" / "llama2-70b-99" / "Server"
+    for path in ("performance/run_1/mlperf_log_detail.txt", "performance/run_1/mlperf_log_summary.txt",
+                 "accuracy/mlperf_log_detail.txt", "accuracy/mlperf_log_accuracy.json", "accuracy/accuracy.txt",
+                 "TEST06/verify_accuracy.txt", "TEST06/accuracy/mlperf_log_accuracy.json", "user.conf", "README.md"):
+        assert (result / path).is_file(), path
+    assert (result / "user.conf").read_text() == VALID_SERVER_USER_CONF
+    assert (result / "accuracy" / "mlperf_log_accuracy.json").read_bytes() == \
+        (acc_dir / "mlperf_log_accuracy.json").read_bytes()
+    measurements = json.loads((result / "measurements.json").read_text())
+    assert measurements["weight_data_types"] == "fp32" and measurements["weight_transformations"] == "none"
+    assert measurements["starting_weights_filename"] == Path(tiny_model_dir).name
+    readme = (result / "README.md").read_text()
+    assert "--scenario Server" in readme and "--accuracy" in readme  # both runs' command lines
+    system = json.loads((workdir / "sub_open" / "open" / "Acme" / "systems" / "tiny_cpu.json").read_text())
+    assert system["division"] == "open" and system["submitter"] == "Acme" and system["accelerator_model_name"] == ""
