@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlperf_llama2 import constants
-from mlperf_llama2.submission.__main__ import main, parse_overrides
+from mlperf_llama2.submission.__main__ import main
 from mlperf_llama2.submission.checks import check_accuracy, check_performance, check_same_system, check_test06
 from mlperf_llama2.submission.package import measurements
 
@@ -153,12 +153,19 @@ def test_nothing_is_written_when_a_rule_fails(result):
     assert not result["root"].exists()
 
 
-def test_measurements_describe_the_quantized_model_and_take_overrides():
+def test_measurements_describe_the_quantized_model():
     info = dict(model_path="/models/Llama-2-70b-chat-hf/", dtype="float16",
                 liteml_config="liteml_configs/w8a8_npm_v1_3_4.yaml", quant_backend="open", quant_mode="int8")
-    m = measurements(info, parse_overrides(["retraining=no; calibration on the MLPerf calibration set"]))
+    m = measurements(info, {})
     assert m["starting_weights_filename"] == "Llama-2-70b-chat-hf"
     assert m["weight_data_types"].startswith("int8") and "w8a8_npm_v1_3_4.yaml" in m["weight_transformations"]
-    assert m["retraining"] == "no; calibration on the MLPerf calibration set"
-    with pytest.raises(SystemExit, match="KEY one of"):
-        parse_overrides(["weights=int8"])
+
+
+def test_measurement_overrides_reach_measurements_json_and_unknown_keys_are_refused(result, capsys):
+    assert main(argv(result, "--measurement", "retraining=no; calibration on the MLPerf calibration set")) == 0
+    scenario = result["root"] / "closed" / "Acme" / "results" / "h200_x1" / "llama2-70b-99" / "Offline"
+    assert json.loads((scenario / "measurements.json").read_text())["retraining"] == \
+        "no; calibration on the MLPerf calibration set"
+    with pytest.raises(SystemExit) as exc:
+        main(argv(result, "--measurement", "weights=int8"))
+    assert exc.value.code == 2 and "KEY one of" in capsys.readouterr().err

@@ -37,26 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test06-dir", default=None, help="run_verification.py's -o directory (or its TEST06/)")
     p.add_argument("--user-conf", default=None,
                    help="the user.conf of the performance run (default: the one its run_info.json names)")
-    p.add_argument("--measurement", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--measurement", action="append", default=[], metavar="KEY=VALUE", type=measurement,
                    help=f"override a measurements.json field ({', '.join(MEASUREMENT_FIELDS)})")
     p.add_argument("--check-only", action="store_true", help="check and report; write nothing")
     return p
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in MEASUREMENT_FIELDS:
-            raise SystemExit(f"submission: --measurement {item!r}: expected KEY=VALUE with KEY one of "
-                             f"{', '.join(MEASUREMENT_FIELDS)}")
-        out[key] = value
-    return out
+def measurement(item: str) -> tuple[str, str]:
+    """One --measurement KEY=VALUE (argparse type)."""
+    key, sep, value = item.partition("=")
+    if not sep or key not in MEASUREMENT_FIELDS:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE with KEY one of "
+                                         f"{', '.join(MEASUREMENT_FIELDS)}")
+    return key, value
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = parse_overrides(args.measurement)
+    overrides = dict(args.measurement)
     closed = args.division == "closed"
     paths = ResultPaths(args.root, args.division, args.submitter, args.system, args.benchmark, args.scenario)
 
@@ -68,10 +66,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if perf_info is not None and acc_info is not None:
         found.extend(check_same_system(perf_info, acc_info))
     user_conf = args.user_conf or (perf_info or {}).get("user_conf")
-    if not user_conf or not os.path.isfile(user_conf):
-        found.errors.append(f"user.conf of the performance run not found ({user_conf}); pass --user-conf")
-    missing = empty_measurements(perf_info or {}, overrides)
-    found.rule(not missing, f"measurements.json would leave {', '.join(missing)} empty; pass --measurement KEY=VALUE")
+    if perf_info is not None:  # else the performance run's own error says what is wrong
+        if not user_conf or not os.path.isfile(user_conf):
+            found.errors.append(f"user.conf of the performance run not found ({user_conf}); pass --user-conf")
+        missing = empty_measurements(perf_info, overrides)
+        found.rule(not missing, f"measurements.json would leave {', '.join(missing)} empty; "
+                                f"pass --measurement KEY=VALUE")
     if os.path.isfile(paths.system_json):
         empty = empty_system_fields(paths.system_json)
         found.rule(not empty, f"{paths.system_json}: fill in {', '.join(empty)}", strict=False)

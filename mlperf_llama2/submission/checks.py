@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from mlperf_llama2 import constants
+from mlperf_llama2.compliance.test06 import AUDIT_MARKER
 from mlperf_llama2.report.run_info import read_run_info
 from mlperf_llama2.report.summary import (ACCURACY_LOG, ACCURACY_RESULT_FILE, DETAIL_FILE, SUMMARY_FILE,
                                           accuracy_targets, is_llama2_70b, parse_accuracy_result, parse_detail)
 from mlperf_llama2.submission.layout import BENCHMARKS, TEST06_RESULT
 
 MIN_DURATION_MS = 600_000  # every datacenter scenario runs at least 10 minutes
-AUDIT_MARKER = "Found Audit Config file"
 # run_info.json keys that must agree between the performance and the accuracy run.
 SAME_SYSTEM_KEYS = ("model_path", "dtype", "backend", "liteml_config", "quant_backend", "quant_mode")
 PATH_KEYS = ("model_path", "liteml_config")
