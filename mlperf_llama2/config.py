@@ -236,7 +236,7 @@ class DistConfig:
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("multi-node (LoadGen over the network)")
         g.add_argument("--sut-nodes", action="append", default=None, metavar="URL",
-                       help="run as LoadGen's node: send samples to SUT nodes (python -m mlperf_llama2.dist.node) "
+                       help="run as LoadGen's node: send samples to SUT nodes (python -m mlperf_llama2.sut_node) "
                             "at these URLs, e.g. http://10.0.0.2:8000; repeat or comma-separate (load is spread)")
         g.add_argument("--node-concurrency", type=int, default=DistConfig.node_concurrency,
                        help="most requests in flight per SUT node (default %(default)s)")
@@ -302,7 +302,7 @@ class RunConfig:
             raise UserError(f"--max-new-tokens must be in 1..{constants.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
         if self.dist.sut_nodes and (self.backend == "api" or self.tensor_parallel > 1 or self.data_parallel > 1):
             raise UserError("--sut-nodes: the SUT nodes generate; give --tensor-parallel/--data-parallel to the nodes "
-                            "(python -m mlperf_llama2.dist.node), and do not combine with --vllm/--backend api")
+                            "(python -m mlperf_llama2.sut_node), and do not combine with --vllm/--backend api")
         if self.backend == "api" and not self.api.api_servers:
             raise UserError("--vllm/--backend api needs --api-server URL")
 

@@ -112,7 +112,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
              config.device)
     network_name = None
     if config.dist.sut_nodes:
-        from mlperf_llama2.dist.node_client import create_node_backend
+        from mlperf_llama2.backends.nodes import create_node_backend
 
         backend = create_node_backend(config)
         network_name = backend.sut_name

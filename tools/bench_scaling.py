@@ -1,7 +1,7 @@
 """Multi-GPU engine benchmark: `tools/bench.py --tensor-parallel N` or `--data-parallel M` lands here.
 
 Same synthetic workload and random-weight shapes as tools/bench.py (PERF.md), on N or M devices:
-  * tensor parallel: one engine whose ranks are this process and N-1 workers (mlperf_llama2.dist);
+  * tensor parallel: one engine whose ranks are this process and N-1 workers (mlperf_llama2.parallel);
   * data parallel: M engine replicas in this process, one per device, requests spread by least
     outstanding tokens (exactly what `main.py --backend engine --data-parallel M` runs).
 It measures Offline tokens/s through the real LoadGen -> SUT -> backend path (bench_paths.loadgen_offline,
@@ -26,9 +26,9 @@ from bench_paths import loadgen_offline
 from mlperf_llama2 import constants
 from mlperf_llama2.backends.engine import EngineBackend
 from mlperf_llama2.config import EngineConfig
-from mlperf_llama2.dist.data_parallel import DataParallelBackend
-from mlperf_llama2.dist.env import apply_dist_env, device_for_rank
-from mlperf_llama2.dist.routing import LeastLoadedRouter, request_cost
+from mlperf_llama2.backends.data_parallel import DataParallelBackend
+from mlperf_llama2.parallel.env import apply_dist_env, device_for_rank
+from mlperf_llama2.parallel.routing import LeastLoadedRouter, request_cost
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine
 from mlperf_llama2.engine.model_runner import ModelRunner
 from mlperf_llama2.engine.sequence import SamplingParams
@@ -40,7 +40,7 @@ log = logging.getLogger("bench_scaling")
 def build_engines(args, cfg, econf: EngineConfig, dtype: torch.dtype):
     """(engines, shutdown callables): one TP engine, or M single-device replicas."""
     if args.tensor_parallel > 1:
-        from mlperf_llama2.dist.tp_group import ShardSpec, start_tp_engine
+        from mlperf_llama2.parallel.tp_group import ShardSpec, start_tp_engine
 
         if args.weights == "int8":
             raise SystemExit("bench: --weights int8 with --tensor-parallel: shards are fp16 only; use --data-parallel")

@@ -120,7 +120,7 @@ class EngineBackend(Backend):
         setattr(runner, name, checked)
 
 
-def create_engine_backend(config: "RunConfig") -> EngineBackend:
+def create_single_device_backend(config: "RunConfig") -> EngineBackend:
     """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
     if config.tensor_parallel != 1 or config.data_parallel != 1:
         log.warning("the engine runs one replica on one device; --tensor-parallel/--data-parallel ignored")

@@ -23,7 +23,7 @@ BackendFactory = Callable[["RunConfig"], "Backend"]
 
 _FACTORIES: dict[str, str | BackendFactory] = {
     "reference": "mlperf_llama2.backends.reference:create_reference_backend",
-    "engine": "mlperf_llama2.dist.engine_factory:create_engine_backend",  # also --tensor/--data-parallel
+    "engine": "mlperf_llama2.backends.parallel_engine:create_engine_backend",  # also --tensor/--data-parallel
     "api": "mlperf_llama2.backends.api:create_api_backend",
 }
 

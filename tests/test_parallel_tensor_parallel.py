@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mlperf_llama2.config import EngineConfig
-from mlperf_llama2.dist.tensor_parallel import shard_shape, shard_tensor
-from mlperf_llama2.dist.tp_group import ShardSpec, start_tp_engine
+from mlperf_llama2.parallel.tensor_parallel import shard_shape, shard_tensor
+from mlperf_llama2.parallel.tp_group import ShardSpec, start_tp_engine
 from mlperf_llama2.engine.llama import LlamaShape
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams

@@ -1,6 +1,6 @@
 """A SUT node: serves greedy generation of any backend over HTTP (token ids in, token ids out).
 
-  python -m mlperf_llama2.dist.node --port 8001 --model-path DIR --backend engine [--tensor-parallel N ...]
+  python -m mlperf_llama2.sut_node --port 8001 --model-path DIR --backend engine [--tensor-parallel N ...]
 
 Every main.py model flag applies (backend, device, dtype, engine knobs, --tensor-parallel,
 --data-parallel; --scenario Server makes the reference backend stream first tokens). The node
@@ -24,8 +24,8 @@ from typing import Optional, Sequence
 
 from mlperf_llama2.backends.base import Backend, GenerationRequest
 from mlperf_llama2.config import RunConfig, build_parser
-from mlperf_llama2.dist import node_protocol as wire
-from mlperf_llama2.dist.env import apply_dist_env
+from mlperf_llama2.parallel import node_protocol as wire
+from mlperf_llama2.parallel.env import apply_dist_env
 from mlperf_llama2.errors import UserError, configure_logging, run_cli
 from mlperf_llama2.postprocess import cut_after_first_eos
 
@@ -211,7 +211,7 @@ def _handler_for(node: SutNode):
 
 def build_node_parser() -> argparse.ArgumentParser:
     parser = build_parser()
-    parser.prog = "python -m mlperf_llama2.dist.node"
+    parser.prog = "python -m mlperf_llama2.sut_node"
     parser.description = "A SUT node: serve greedy generation over HTTP for main.py --sut-nodes."
     g = parser.add_argument_group("SUT node")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: loopback only)")

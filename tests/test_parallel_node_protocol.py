@@ -9,11 +9,11 @@ import threading
 import pytest
 import torch
 
-from dist_fixtures import SMALL_ENGINE, RecordingSink
+from parallel_fixtures import SMALL_ENGINE, RecordingSink
 from mlperf_llama2.backends.base import GenerationRequest
 from mlperf_llama2.backends.engine import EngineBackend
-from mlperf_llama2.dist.node import SutNode
-from mlperf_llama2.dist.node_client import NodeBackend
+from mlperf_llama2.sut_node import SutNode
+from mlperf_llama2.backends.nodes import NodeBackend
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams
 
@@ -103,7 +103,7 @@ def test_node_client_answers_each_request_once(node, expected, stream):
 
 
 def test_unreachable_node_is_a_clear_error():
-    from mlperf_llama2.dist.env import free_loopback_port
+    from mlperf_llama2.parallel.env import free_loopback_port
     from mlperf_llama2.errors import UserError
 
     with pytest.raises(UserError, match="is not answering"):

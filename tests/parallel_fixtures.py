@@ -60,7 +60,7 @@ def start_node(model_dir, *flags, timeout: float = 180.0):
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "mlperf_llama2.dist.node", "--host", "127.0.0.1", "--port", "0",
+    cmd = [sys.executable, "-m", "mlperf_llama2.sut_node", "--host", "127.0.0.1", "--port", "0",
            "--model-path", str(model_dir), "--device", "cpu", *map(str, flags)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: queue.Queue = queue.Queue()

@@ -1,7 +1,7 @@
 """Data parallel over tensor-parallel replicas on one host: M local SUT-node processes behind one Backend.
 
 `--data-parallel M --tensor-parallel N` cannot live in one process (one torch.distributed world per
-process), so replica i runs as a SUT node on 127.0.0.1 (`python -m mlperf_llama2.dist.node`) with
+process), so replica i runs as a SUT node on 127.0.0.1 (`python -m mlperf_llama2.sut_node`) with
 `--tensor-parallel N --device base+i*N`, and this process talks to them through `NodeBackend` (least
 outstanding tokens, first tokens streamed in Server). The nodes get this run's model flags
 (`node_argv`); `stop()` stops the client, then each node (SIGTERM, bounded wait, SIGKILL).
@@ -16,8 +16,8 @@ import sys
 import threading
 import time
 
-from mlperf_llama2.dist.env import child_env, device_for_rank
-from mlperf_llama2.dist.node_client import NodeBackend
+from mlperf_llama2.parallel.env import child_env, device_for_rank
+from mlperf_llama2.backends.nodes import NodeBackend
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def start_local_nodes(cfg) -> LocalNodesBackend:
     try:
         for i in range(cfg.data_parallel):
             device = device_for_rank(cfg.device, i * cfg.tensor_parallel)
-            argv = [sys.executable, "-m", "mlperf_llama2.dist.node", "--host", "127.0.0.1", "--port", "0",
+            argv = [sys.executable, "-m", "mlperf_llama2.sut_node", "--host", "127.0.0.1", "--port", "0",
                     "--node-name", f"replica{i}", *node_argv(cfg, device)]
             procs.append(subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, text=True))
         urls = [_wait_ready(p, NODE_START_TIMEOUT_S) for p in procs]

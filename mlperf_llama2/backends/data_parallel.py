@@ -12,7 +12,7 @@ import logging
 from typing import Optional, Sequence
 
 from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
-from mlperf_llama2.dist.routing import LeastLoadedRouter, request_cost
+from mlperf_llama2.parallel.routing import LeastLoadedRouter, request_cost
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A tensor-parallel engine: this process is rank 0, workers are child processes, one per extra device.
 
-`start_tp_engine(spec)` starts ranks 1..N-1 (`python -m mlperf_llama2.dist.tp_worker`), joins them
+`start_tp_engine(spec)` starts ranks 1..N-1 (`python -m mlperf_llama2.parallel.tp_worker`), joins them
 in a process group over 127.0.0.1 (NCCL on CUDA, gloo on CPU, plus a gloo control group), loads
 rank 0's shard and returns an `LLMEngine` whose runner drives the workers in lockstep
 (`lockstep.DriverRunner`). `TPGroup.shutdown()` stops the workers and waits for them (bounded).
@@ -22,9 +22,9 @@ import torch
 import torch.distributed as dist
 
 from mlperf_llama2.config import EngineConfig
-from mlperf_llama2.dist.env import apply_dist_env, child_env, device_for_rank
-from mlperf_llama2.dist.lockstep import DriverRunner
-from mlperf_llama2.dist.tensor_parallel import load_shard, random_shard
+from mlperf_llama2.parallel.env import apply_dist_env, child_env, device_for_rank
+from mlperf_llama2.parallel.lockstep import DriverRunner
+from mlperf_llama2.parallel.tensor_parallel import load_shard, random_shard
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def spawn_workers(spec: ShardSpec) -> list[subprocess.Popen]:
     procs = []
     for rank in range(1, spec.world):
         payload = json.dumps(dataclasses.asdict(spec.for_rank(rank)))
-        procs.append(subprocess.Popen([sys.executable, "-m", "mlperf_llama2.dist.tp_worker", payload],
+        procs.append(subprocess.Popen([sys.executable, "-m", "mlperf_llama2.parallel.tp_worker", payload],
                                       env=child_env()))
     return procs
 

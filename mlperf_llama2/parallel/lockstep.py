@@ -7,7 +7,7 @@ Each worker rebuilds the batch from it (`StepSequence` has exactly what the Mode
 calls the very same `ModelRunner.run`, so all ranks issue the same kernels and all-reduces in the
 same order. Only rank 0's sampled tokens are used (the logits are identical on every rank: the
 lm_head is replicated and its input comes out of an all-reduce). A "stop" message ends the workers.
-`StepSequence` must offer every Sequence member ModelRunner reads; tests/test_dist_tensor_parallel.py
+`StepSequence` must offer every Sequence member ModelRunner reads; tests/test_parallel_tensor_parallel.py
 runs the real runner through it, so a new one shows up there first.
 """
 

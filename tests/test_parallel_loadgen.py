@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from dist_fixtures import SMALL_ENGINE_FLAGS, start_node, stop_node
+from parallel_fixtures import SMALL_ENGINE_FLAGS, start_node, stop_node
 from loadgen_fixtures import (REPO, SMALL_USER_CONF, finish, read_accuracy_log, run_main, start_main, tokens,
                               write_dataset)
 from test_loadgen_runs import assert_well_formed

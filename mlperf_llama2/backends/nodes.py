@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
-from mlperf_llama2.dist import node_protocol as wire
-from mlperf_llama2.dist.routing import LeastLoadedRouter, request_cost
+from mlperf_llama2.parallel import node_protocol as wire
+from mlperf_llama2.parallel.routing import LeastLoadedRouter, request_cost
 from mlperf_llama2.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def fetch_info(node: NodeAddress, wait_s: float) -> dict:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if time.monotonic() >= deadline:
                 raise UserError(f"SUT node {node.url} is not answering ({exc}); start it with "
-                                f"python -m mlperf_llama2.dist.node, or raise --node-wait") from None
+                                f"python -m mlperf_llama2.sut_node, or raise --node-wait") from None
             time.sleep(INFO_POLL_S)
 
 

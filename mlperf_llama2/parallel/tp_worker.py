@@ -1,4 +1,4 @@
-"""Entry point of a tensor-parallel worker (rank >= 1): `python -m mlperf_llama2.dist.tp_worker SPEC_JSON`.
+"""Entry point of a tensor-parallel worker (rank >= 1): `python -m mlperf_llama2.parallel.tp_worker SPEC_JSON`.
 
 Started by rank 0 (`tp_group.spawn_workers`); joins the group, loads its shard, then runs rank 0's
 steps in lockstep until told to stop. Exits non-zero (with the error logged) when anything fails.
@@ -12,8 +12,8 @@ import sys
 
 import torch.distributed as dist
 
-from mlperf_llama2.dist.lockstep import worker_loop
-from mlperf_llama2.dist.tp_group import ShardSpec, build_runner, init_group
+from mlperf_llama2.parallel.lockstep import worker_loop
+from mlperf_llama2.parallel.tp_group import ShardSpec, build_runner, init_group
 from mlperf_llama2.errors import configure_logging
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from mlperf_llama2.backends.engine import EngineBackend, create_engine_backend as single_device_backend
-from mlperf_llama2.dist.env import device_for_rank
+from mlperf_llama2.backends.engine import EngineBackend, create_single_device_backend as single_device_backend
+from mlperf_llama2.parallel.env import device_for_rank
 from mlperf_llama2.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,12 @@ def create_engine_backend(cfg):
     if cfg.model_path is None:
         raise UserError("the engine backend needs --model-path")
     if tp > 1 and dp > 1:
-        from mlperf_llama2.dist.local_nodes import start_local_nodes
+        from mlperf_llama2.backends.local_nodes import start_local_nodes
 
         check_devices(cfg.device, tp * dp, "--tensor-parallel x --data-parallel")
         return start_local_nodes(cfg)
     if tp > 1:
-        from mlperf_llama2.dist.tp_group import start_tp_engine, tp_spec_from_run_config
+        from mlperf_llama2.parallel.tp_group import start_tp_engine, tp_spec_from_run_config
 
         check_devices(cfg.device, tp, "--tensor-parallel")
         if cfg.quant.enabled:
@@ -66,7 +66,7 @@ def create_engine_backend(cfg):
         engine, group = start_tp_engine(tp_spec_from_run_config(cfg, MAX_MODEL_LEN))
         return TensorParallelEngineBackend(engine, group)
     if dp > 1:
-        from mlperf_llama2.dist.data_parallel import DataParallelBackend
+        from mlperf_llama2.backends.data_parallel import DataParallelBackend
 
         check_devices(cfg.device, dp, "--data-parallel")
         # each replica is what the single-device factory builds (with whatever it applies, e.g. quantization)

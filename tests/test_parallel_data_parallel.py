@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from dist_fixtures import SMALL_ENGINE, RecordingSink
+from parallel_fixtures import SMALL_ENGINE, RecordingSink
 from mlperf_llama2.backends.base import GenerationRequest
 from mlperf_llama2.config import RunConfig
-from mlperf_llama2.dist.engine_factory import create_engine_backend
-from mlperf_llama2.dist.routing import LeastLoadedRouter
+from mlperf_llama2.backends.parallel_engine import create_engine_backend
+from mlperf_llama2.parallel.routing import LeastLoadedRouter
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams
 
@@ -58,8 +58,8 @@ def test_node_argv_rebuilds_the_replica_config():
     import dataclasses
 
     from mlperf_llama2.config import EngineConfig, QuantConfig
-    from mlperf_llama2.dist.local_nodes import ENGINE_FLAGS, ENGINE_SWITCHES, QUANT_FLAGS, QUANT_SWITCHES, node_argv
-    from mlperf_llama2.dist.node import build_node_parser
+    from mlperf_llama2.backends.local_nodes import ENGINE_FLAGS, ENGINE_SWITCHES, QUANT_FLAGS, QUANT_SWITCHES, node_argv
+    from mlperf_llama2.sut_node import build_node_parser
 
     # a new knob must be passed on to the nodes
     assert set(ENGINE_FLAGS) | set(ENGINE_SWITCHES) == {f.name for f in dataclasses.fields(EngineConfig)}

@@ -1,1 +1,0 @@
-"""Beyond one GPU: tensor-parallel shards in lockstep, data-parallel replicas, and SUT nodes over HTTP."""
