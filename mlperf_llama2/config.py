@@ -81,11 +81,15 @@ class EngineConfig:
         )
 
 
+QUANTIZATIONS = ("fp8",)
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Quantization: the fork's `--liteml-config` and how it is honoured (QUANT.md)."""
 
     liteml_config: Optional[str] = None
+    quantization: Optional[str] = None  # "fp8": FP8 E4M3 Linears (engine), fake-quant FP8 (reference)
     quant_backend: str = "auto"  # auto | liteml | open
     quant_mode: str = "simulate"  # simulate | int8
     calibration_path: Optional[str] = None
@@ -102,16 +106,29 @@ class QuantConfig:
             raise UserError(f"--liteml-config: file not found: {self.liteml_config}")
         if self.calibration_path is not None and not os.path.isfile(self.calibration_path):
             raise UserError(f"--calibration-path: file not found: {self.calibration_path}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.quantization is not None and self.liteml_config is not None:
+            raise UserError(f"--quantization {self.quantization} and --liteml-config are exclusive: a LiteML "
+                            "config names its own numerics; pass one of them")
 
     @property
     def enabled(self) -> bool:
         return self.liteml_config is not None
+
+    @property
+    def fp8(self) -> bool:
+        return self.quantization == "fp8"
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("quantization")
         g.add_argument("--liteml-config", default=None,
                        help="quantization YAML (liteml_configs/*.yaml); off when not given")
+        g.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
+                       help="fp8: E4M3 weights per output channel and per-token E4M3 activations in every Linear "
+                            "but lm_head (engine: real FP8 GEMMs; reference: the same numerics as fake-quant). "
+                            "Exclusive with --liteml-config")
         g.add_argument("--quant-backend", choices=("auto", "liteml", "open"), default="auto",
                        help="auto: the real LiteML when installed, else our open backend (logged); "
                             "liteml: require LiteML; open: our backend (default %(default)s)")
@@ -135,6 +152,7 @@ class QuantConfig:
     def from_cli_args(cls, ns: argparse.Namespace) -> "QuantConfig":
         return cls(
             liteml_config=ns.liteml_config,
+            quantization=ns.quantization,
             quant_backend=ns.quant_backend,
             quant_mode=ns.quant_mode,
             calibration_path=ns.calibration_path,

@@ -45,7 +45,7 @@ def check_inputs(config: RunConfig) -> Dataset:
         check_model_dir(config.model_path)
         vocab_size = read_model_info(config.model_path).vocab_size
     if config.quant.enabled and config.backend == "engine":
-        from mlperf_llama2.engine.int8 import engine_rules
+        from mlperf_llama2.engine.quant_plan import engine_rules
 
         engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
     elif config.quant.enabled:

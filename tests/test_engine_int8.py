@@ -21,8 +21,9 @@ import torch
 from mlperf_llama2 import constants
 from loadgen_fixtures import SMALL_USER_CONF, read_accuracy_log, run_main, summary, tokens, write_dataset
 from mlperf_llama2.config import EngineConfig, QuantConfig
-from mlperf_llama2.engine.int8 import engine_rules, int8_plan, left_out, random_int8_model
 from mlperf_llama2.engine.llama import LlamaShape
+from mlperf_llama2.engine.loader import build_model, empty_model, load_weights
+from mlperf_llama2.engine.quant_plan import engine_rules, int8_plan, left_out
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams
 from mlperf_llama2.errors import UserError
@@ -30,6 +31,7 @@ from mlperf_llama2.quant.int8_linear import Int8Linear, quantize_weight
 from mlperf_llama2.quant.yaml_config import load_rules
 
 NPM = str(Path(__file__).resolve().parents[1] / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
+INT8 = QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8")
 NEW_TOKENS = 16
 EOS = 2
 COMPOSITIONS = {
@@ -69,7 +71,7 @@ def simulate_tokens(tiny_model_dir):
 @pytest.mark.parametrize("composition", sorted(COMPOSITIONS))
 def test_int8_engine_matches_simulate_mode_in_every_composition(tiny_model_dir, simulate_tokens, composition):
     engine = LLMEngine.from_pretrained(tiny_model_dir, COMPOSITIONS[composition], "cpu", torch.float32,
-                                       quant_rules=load_rules(NPM))
+                                       quant=INT8)
     linears = [m for m in engine.runner.model.modules() if isinstance(m, Int8Linear)]
     assert len(linears) == 4 * engine.runner.model.shape.num_layers + 1  # fused QKV, o, gate/up, down; lm_head
     outs = engine.generate(prompts(), SamplingParams(max_new_tokens=NEW_TOKENS))
@@ -81,7 +83,7 @@ def test_int8_weights_equal_the_quant_package_quantization(tiny_model_dir):
 
     hf = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     engine = LLMEngine.from_pretrained(tiny_model_dir, COMPOSITIONS["roomy"], "cpu", torch.float32,
-                                       quant_rules=load_rules(NPM))
+                                       quant=INT8)
     model = engine.runner.model
     for i, layer in enumerate(model.layers):
         src = hf.model.layers[i]
@@ -102,7 +104,7 @@ def test_left_out_rules_are_every_non_linear_rule():
     rules = load_rules(NPM)
     shape = LlamaShape(32000, 8192, 28672, 80, 64, 8, 128, 1e-5, 4096)
     plan = int8_plan(shape, rules)
-    assert len(plan) == 4 * 80 + 1 and set(plan.values()) == {False}  # every Linear int8, weights per tensor
+    assert len(plan) == 4 * 80 + 1 and set(plan.values()) == {"int8"}  # every Linear int8, weights per tensor
     notes = left_out(rules, plan)
     assert len(notes) == sum(r.source_kind != "Linear" for r in rules.rules) >= 10
     assert any("matmul_pv" in n for n in notes) and any("RMSNorm" in n for n in notes)
@@ -113,7 +115,8 @@ def test_random_int8_model_has_no_float_linear_weights():
 
     cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    model = random_int8_model(cfg, torch.device("cpu"), torch.float32, 128, load_rules(NPM), init_std=0.05)
+    shape = LlamaShape.from_hf_config(cfg)
+    model = build_model(cfg, int8_plan(shape, load_rules(NPM)), torch.device("cpu"), torch.float32, 128, init_std=0.05)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
     assert all(m.qweight.dtype == torch.int8 and m.weight_scale.dtype == torch.float32 for m in int8)
@@ -147,14 +150,14 @@ def test_main_engine_int8_under_loadgen_answers_with_the_int8_tokens(tmp_path, t
     assert "int8 mode leaves out" in result.stderr and "No errors encountered" in summary(tmp_path / "out")
     answers = {e["qsl_idx"]: tokens(e["data"]).tolist() for e in read_accuracy_log(tmp_path / "out")}
     engine = LLMEngine.from_pretrained(tiny_model_dir, COMPOSITIONS["roomy"], device, torch.float32,
-                                       quant_rules=load_rules(NPM))
+                                       quant=INT8)
     direct = engine.generate(load_dataset(str(tmp_path / "data.pkl")).prompts,
                              SamplingParams(max_new_tokens=8, min_new_tokens=constants.MIN_NEW_TOKENS))
     assert answers == dict(enumerate(direct))
 
 
 def test_gemm_warm_up_covers_every_m_bucket_and_both_alignments():
-    from mlperf_llama2.engine.int8 import warm_up_gemms
+    from mlperf_llama2.engine.quant_plan import warm_up_gemms
 
     model = torch.nn.Sequential(Int8Linear.random(16, 24, device="cpu", out_dtype=torch.float32),
                                 Int8Linear.random(16, 24, device="cpu", out_dtype=torch.float32),
@@ -176,26 +179,25 @@ def _tiny_hf(tie: bool):
     return LlamaForCausalLM(cfg).eval()
 
 
-def test_tied_lm_head_is_the_quantized_embedding():
-    from mlperf_llama2.engine.int8 import empty_int8_model, quantizing_stream, tie_int8_lm_head
-    from mlperf_llama2.engine.llama import load_hf_weights
+def _int8_engine_model(hf):
+    shape = LlamaShape.from_hf_config(hf.config)
+    plan = int8_plan(shape, load_rules(NPM))
+    return empty_model(hf.config, plan, torch.device("cpu"), torch.float32, 64), plan, shape
 
+
+def test_tied_lm_head_is_the_quantized_embedding():
     hf = _tiny_hf(tie=True)
-    model, plan = empty_int8_model(hf.config, torch.device("cpu"), torch.float32, 64, load_rules(NPM))
+    model, plan, shape = _int8_engine_model(hf)
     weights = [(n, t) for n, t in hf.state_dict().items() if n != "lm_head.weight"]
-    load_hf_weights(model, quantizing_stream(model, plan, weights))
-    tie_int8_lm_head(model, plan)
+    load_weights(model, weights, plan, shape)
     q, s = quantize_weight(hf.model.embed_tokens.weight)
     assert torch.equal(model.lm_head.qweight, q) and torch.equal(model.lm_head.weight_scale, s)
     assert torch.equal(model.embed_tokens.weight, hf.model.embed_tokens.weight)  # the embedding stays float
 
 
 def test_a_checkpoint_without_a_projection_is_refused():
-    from mlperf_llama2.engine.int8 import empty_int8_model, quantizing_stream
-    from mlperf_llama2.engine.llama import load_hf_weights
-
     hf = _tiny_hf(tie=False)
-    model, plan = empty_int8_model(hf.config, torch.device("cpu"), torch.float32, 64, load_rules(NPM))
+    model, plan, shape = _int8_engine_model(hf)
     weights = [(n, t) for n, t in hf.state_dict().items() if n != "model.layers.1.self_attn.k_proj.weight"]
-    with pytest.raises(ValueError, match="lacks 1 weights.*layers.1.qkv_proj', 1"):
-        load_hf_weights(model, quantizing_stream(model, plan, weights))
+    with pytest.raises(UserError, match=r"lacks 1 tensor\(s\).*layers.1.qkv_proj.weight \(part 1\)"):
+        load_weights(model, weights, plan, shape)

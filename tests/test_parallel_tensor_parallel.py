@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mlperf_llama2.config import EngineConfig
-from mlperf_llama2.parallel.tensor_parallel import shard_shape, shard_tensor
+from mlperf_llama2.engine.loader import Parallel, _local_slice
+from mlperf_llama2.parallel.tensor_parallel import shard_shape
 from mlperf_llama2.parallel.tp_group import ShardSpec, start_tp_engine
 from mlperf_llama2.engine.llama import LlamaShape
 from mlperf_llama2.engine.llm_engine import LLMEngine
@@ -34,18 +35,20 @@ def test_shard_shape_splits_heads_and_columns():
         shard_shape(SHAPE, 4)
 
 
-def test_shard_tensor_slices_rows_and_columns():
-    local = shard_shape(SHAPE, 2)
-    q = torch.arange(64 * 64).view(64, 64)  # [H*D, hidden]
-    assert torch.equal(shard_tensor("model.layers.0.self_attn.q_proj.weight", q, SHAPE, local, 1), q[32:64])
-    k = torch.arange(32 * 64).view(32, 64)  # [KV*D, hidden]
-    assert torch.equal(shard_tensor("model.layers.1.self_attn.k_proj.weight", k, SHAPE, local, 1), k[16:32])
-    down = torch.arange(64 * 128).view(64, 128)  # [hidden, I]
-    assert torch.equal(shard_tensor("model.layers.0.mlp.down_proj.weight", down, SHAPE, local, 0), down[:, :64])
+def test_each_rank_takes_its_rows_or_columns_of_a_part():
+    r0, r1 = Parallel(0, 2), Parallel(1, 2)
+    q = torch.arange(64 * 64).view(64, 64)  # q part of qkv_proj [H*D, hidden]: rows split
+    assert torch.equal(_local_slice("layers.0.qkv_proj", "weight", q, SHAPE, 0, r1), q[32:64])
+    k = torch.arange(32 * 64).view(32, 64)  # k part [KV*D, hidden]
+    assert torch.equal(_local_slice("layers.1.qkv_proj", "weight", k, SHAPE, 1, r1), k[16:32])
+    down = torch.arange(64 * 128).view(64, 128)  # [hidden, I]: columns split
+    assert torch.equal(_local_slice("layers.0.down_proj", "weight", down, SHAPE, 0, r0), down[:, :64])
     o = torch.arange(64 * 64).view(64, 64)
-    assert torch.equal(shard_tensor("model.layers.0.self_attn.o_proj.weight", o, SHAPE, local, 1), o[:, 32:])
+    assert torch.equal(_local_slice("layers.0.o_proj", "weight", o, SHAPE, 0, r1), o[:, 32:])
+    bias = torch.ones(64)  # a row-parallel bias is added once, after the all-reduce: rank 0 holds it
+    assert torch.equal(_local_slice("layers.0.o_proj", "bias", bias, SHAPE, 0, r1), torch.zeros(64))
     emb = torch.arange(515 * 64).view(515, 64)
-    assert torch.equal(shard_tensor("model.embed_tokens.weight", emb, SHAPE, local, 1), emb)
+    assert torch.equal(_local_slice("embed_tokens", "weight", emb, SHAPE, 0, r1), emb)
 
 
 def test_tp2_tokens_identical_to_tp1(tiny_model_dir):

@@ -41,17 +41,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2 import constants  # noqa: E402
 from mlperf_llama2.config import EngineConfig  # noqa: E402
-from mlperf_llama2.engine.int8 import random_int8_model  # noqa: E402
-from mlperf_llama2.engine.llama import load_hf_weights  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
-from mlperf_llama2.engine.weights import empty_model, random_model  # noqa: E402
-from mlperf_llama2.quant.yaml_config import load_rules  # noqa: E402
 
 from bench_paths import (  # noqa: E402
-    ForcedLengthEngine, ForcedLengthReference, build_hf, engine_offline, first_divergence, hf_generate, kernel_bench,
-    loadgen_offline,
+    ForcedLengthEngine, ForcedLengthReference, bench_model, build_hf, engine_model_from_hf, engine_offline,
+    first_divergence, hf_generate, kernel_bench, loadgen_offline,
 )
 import bench_server  # noqa: E402
 
@@ -66,6 +62,7 @@ SHAPES = {  # PERF.md's real shapes; vocab 32000
                 num_key_value_heads=8),
 }
 HBM_BYTES_PER_S, MATMUL_FLOP_PER_S = 4.3e12, 790e12  # measured on the H200 (PERF.md)
+EIGHT_BIT_OPS_PER_S = 1979e12  # Hopper's dense int8 / FP8 peak (datasheet; the same for both formats)
 DEFAULT_QUANT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "liteml_configs",
                                     "w8a8_npm_v1_3_4.yaml")
 GIB = 2**30
@@ -99,20 +96,26 @@ def hf_config_for(shape: str, layers: int | None):
 
 
 def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: float, dtype_bytes: int,
-                          weight_bytes: int | None = None) -> float:
-    """Upper bound: prefill at the matmul peak, decode at the copy bandwidth (weights once a step + KV).
+                          weight_bytes: int | None = None, kv_bytes_per_value: int | None = None) -> float:
+    """Upper bound of the whole run's tokens/s.
 
-    `weight_bytes` per weight (1 for int8; default `dtype_bytes`); the KV cache stays `dtype_bytes`.
-    The prefill bound uses the fp16 matmul peak for both (int8 prefill can beat it)."""
+    16-bit weights: prefill at the fp16 matmul peak, decode at the copy bandwidth (weights once a step + KV).
+    8-bit weights (`weight_bytes` 1: int8 or FP8): every GEMM (prefill and decode) at Hopper's dense 8-bit
+    peak plus the KV reads at the copy bandwidth (PERF.md's 8-bit roofline). `kv_bytes_per_value`: the KV
+    cache's element size (default `dtype_bytes`; 1 for an 8-bit cache)."""
     weight_bytes = weight_bytes or dtype_bytes
+    kv_value = kv_bytes_per_value or dtype_bytes
     params = 2 * cfg.hidden_size * cfg.hidden_size * (1 + cfg.num_key_value_heads / cfg.num_attention_heads) \
         + 3 * cfg.hidden_size * cfg.intermediate_size
     params = params * cfg.num_hidden_layers + 2 * cfg.vocab_size * cfg.hidden_size
     kv_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) \
-        * dtype_bytes
+        * kv_value
+    kv_bytes = (prompt * output + output * output / 2).sum() * kv_token
+    if weight_bytes == 1:
+        gemm_s = 2 * params * (prompt.sum() + output.sum()) / EIGHT_BIT_OPS_PER_S
+        return float(output.sum() / (gemm_s + kv_bytes / HBM_BYTES_PER_S))
     prefill_s = 2 * params * prompt.sum() / MATMUL_FLOP_PER_S
     steps = output.sum() / batch
-    kv_bytes = (prompt * output + output * output / 2).sum() * kv_token
     decode_s = (steps * params * weight_bytes + kv_bytes) / HBM_BYTES_PER_S
     return float(output.sum() / (prefill_s + decode_s))
 
@@ -121,8 +124,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
     ap.add_argument("--layers", type=int, default=None, help="override the layer count (e.g. a reduced 70B)")
-    ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16",
-                    help="int8: W8A8 Int8Linears as --liteml-config says, random int8 weights built on the device")
+    ap.add_argument("--weights", choices=("fp16", "int8", "fp8"), default="fp16",
+                    help="int8: W8A8 Int8Linears as --liteml-config says; fp8: --quantization fp8's Linears "
+                         "(random weights quantized on the device as they are drawn)")
+    ap.add_argument("--quantization", choices=("fp8",), default=None, help="the same as --weights fp8")
     ap.add_argument("--liteml-config", default=DEFAULT_QUANT_CONFIG, help="rules for --weights int8")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--samples", type=int, default=2048, help="engine Offline samples (0: skip Offline)")
@@ -156,8 +161,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.weights == "int8" and (args.ref_samples or args.fidelity_prompts):
-        raise SystemExit("bench: --weights int8 has no float reference model; "
+    if args.quantization:
+        args.weights = args.quantization
+    if args.weights != "fp16" and (args.ref_samples or args.fidelity_prompts):
+        raise SystemExit(f"bench: --weights {args.weights} has no float reference model; "
                          "pass --ref-samples 0 --fidelity-prompts 0")
     if not args.samples and (args.ref_samples or args.fidelity_prompts):
         raise SystemExit("bench: --samples 0 has no Offline prompts for the reference and fidelity; "
@@ -217,16 +224,13 @@ def main(argv=None) -> int:
                                    "tokens_per_s": float(o_len[:m].sum() / run["wall_s"]), **run})
             log.info("reference bs %d: %.0f tok/s", bs, result["rows"][-1]["tokens_per_s"])
             save()
-        model = empty_model(cfg, device, dtype, MAX_MODEL_LEN)
-        load_hf_weights(model, hf.state_dict().items())
+        model = engine_model_from_hf(hf, cfg, device, dtype, MAX_MODEL_LEN)
         del hf, backend  # the reference backend holds the model too: free it before the KV cache is sized
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    elif args.weights == "int8":
-        model = random_int8_model(cfg, device, dtype, MAX_MODEL_LEN, load_rules(args.liteml_config), args.init_std,
-                                  args.seed)
     else:
-        model = random_model(cfg, device, dtype, MAX_MODEL_LEN, args.init_std, args.seed)
+        model = bench_model(cfg, args.weights, args.liteml_config, device, dtype, MAX_MODEL_LEN, args.init_std,
+                            args.seed)
     result["memory"] = {"weights_gib": sum(t.numel() * t.element_size() for t in
                                            list(model.parameters()) + list(model.buffers())) / GIB}
     if device.type == "cuda":
@@ -266,7 +270,7 @@ def main(argv=None) -> int:
     engine.generate((prompts or server_prompts)[:32], SamplingParams(8, ignore_eos=True))  # warm-up
     kv_capacity = engine.runner.num_blocks * econf.block_size
     live = min(args.max_num_seqs, kv_capacity / float(w_p.mean() + w_o.mean()))
-    roof = roofline_tokens_per_s(cfg, w_p, w_o, live, dtype.itemsize, 1 if args.weights == "int8" else None)
+    roof = roofline_tokens_per_s(cfg, w_p, w_o, live, dtype.itemsize, 1 if args.weights in ("int8", "fp8") else None)
     if args.samples:
         engine_offline(args, engine, prompts, o_len, roof, result, lg_dir)
         save()

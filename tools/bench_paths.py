@@ -245,3 +245,27 @@ def kernel_bench(device, batch=256, contexts=(700, 1200), shapes=((32, 32), (64,
                              "ms": ms, "tb_per_s": gbytes / ms})
             del k_cache, v_cache, k_dense, v_dense
     return rows
+
+
+def bench_model(cfg, weights: str, liteml_config: str, device, dtype, max_positions: int, init_std: float,
+                seed: int):
+    """A random-weight engine model through the engine's one loader: fp16, int8 (the config's Linear rules) or fp8."""
+    from mlperf_llama2.config import QuantConfig
+    from mlperf_llama2.engine.llama import LlamaShape
+    from mlperf_llama2.engine.loader import build_model
+    from mlperf_llama2.engine.quant_plan import weight_plan
+
+    quant = {"int8": lambda: QuantConfig(liteml_config=liteml_config, quant_backend="open", quant_mode="int8"),
+             "fp8": lambda: QuantConfig(quantization="fp8")}.get(weights, lambda: None)()
+    plan = weight_plan(quant, LlamaShape.from_hf_config(cfg)) if quant is not None else {}
+    return build_model(cfg, plan, device, dtype, max_positions, init_std=init_std, seed=seed)
+
+
+def engine_model_from_hf(hf, cfg, device, dtype, max_positions: int):
+    """The engine's float model holding the weights of a transformers model (same loader as a checkpoint)."""
+    from mlperf_llama2.engine.llama import LlamaShape
+    from mlperf_llama2.engine.loader import empty_model, load_weights
+
+    model = empty_model(cfg, {}, device, dtype, max_positions)
+    load_weights(model, hf.state_dict().items(), {}, LlamaShape.from_hf_config(cfg), source="transformers model")
+    return model

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from bench_paths import loadgen_offline
+from bench_paths import bench_model, loadgen_offline
 from mlperf_llama2 import constants
 from mlperf_llama2.backends.engine import EngineBackend
 from mlperf_llama2.config import EngineConfig
@@ -32,7 +32,6 @@ from mlperf_llama2.parallel.routing import LeastLoadedRouter, request_cost
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine
 from mlperf_llama2.engine.model_runner import ModelRunner
 from mlperf_llama2.engine.sequence import SamplingParams
-from mlperf_llama2.engine.weights import random_model
 
 log = logging.getLogger("bench_scaling")
 
@@ -42,26 +41,19 @@ def build_engines(args, cfg, econf: EngineConfig, dtype: torch.dtype):
     if args.tensor_parallel > 1:
         from mlperf_llama2.parallel.tp_group import ShardSpec, start_tp_engine
 
-        if args.weights == "int8":
-            raise SystemExit("bench: --weights int8 with --tensor-parallel: shards are fp16 only; use --data-parallel")
-
+        quant = {"int8": {"liteml_config": args.liteml_config, "quant_backend": "open", "quant_mode": "int8"},
+                 "fp8": {"quantization": "fp8"}}.get(args.weights)
         spec = ShardSpec(world=args.tensor_parallel, port=0, base_device=args.device,
                          dtype={torch.float16: "float16", torch.float32: "float32"}[dtype],
                          engine=dataclasses.asdict(econf), random_config=cfg.to_dict(), init_std=args.init_std,
-                         seed=args.seed, max_model_len=MAX_MODEL_LEN)
+                         seed=args.seed, max_model_len=MAX_MODEL_LEN, quant=quant)
         engine, group = start_tp_engine(spec)
         return [engine], [group.shutdown]
     engines = []
     for i in range(args.data_parallel):
         device = torch.device(device_for_rank(args.device, i))
-        if args.weights == "int8":  # W8A8 Int8Linears as --liteml-config says, made in int8 on the device
-            from mlperf_llama2.engine.int8 import random_int8_model
-            from mlperf_llama2.quant.yaml_config import load_rules
-
-            model = random_int8_model(cfg, device, dtype, MAX_MODEL_LEN, load_rules(args.liteml_config), args.init_std,
-                                      args.seed)
-        else:
-            model = random_model(cfg, device, dtype, MAX_MODEL_LEN, args.init_std, args.seed)
+        model = bench_model(cfg, args.weights, args.liteml_config, device, dtype, MAX_MODEL_LEN, args.init_std,
+                            args.seed)
         engines.append(LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
                                  cfg.eos_token_id))
     return engines, []

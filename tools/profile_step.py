@@ -29,15 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import DEFAULT_QUANT_CONFIG, hf_config_for  # noqa: E402
+from bench_paths import bench_model  # noqa: E402
 from mlperf_llama2.config import EngineConfig  # noqa: E402
-from mlperf_llama2.engine.int8 import random_int8_model  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.ops import EagerOps, FusedOps  # noqa: E402
 from mlperf_llama2.engine.scheduler import ScheduledBatch  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence, Status  # noqa: E402
-from mlperf_llama2.engine.weights import random_model  # noqa: E402
-from mlperf_llama2.quant.yaml_config import load_rules  # noqa: E402
 
 log = logging.getLogger("profile_step")
 
@@ -121,7 +119,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="7b", choices=("tiny", "7b", "70b"))
     ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16")
+    ap.add_argument("--weights", choices=("fp16", "int8", "fp8"), default="fp16")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")
     ap.add_argument("--prefill", type=int, default=460, help="prompt tokens added in the mixed step")
@@ -132,10 +130,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     device, dtype = torch.device("cuda"), torch.float16
     cfg = hf_config_for(args.shape, args.layers)
-    if args.weights == "int8":
-        model = random_int8_model(cfg, device, dtype, MAX_MODEL_LEN, load_rules(DEFAULT_QUANT_CONFIG), 0.02, 0)
-    else:
-        model = random_model(cfg, device, dtype, MAX_MODEL_LEN, 0.02, 0)
+    model = bench_model(cfg, args.weights, DEFAULT_QUANT_CONFIG, device, dtype, MAX_MODEL_LEN, 0.02, 0)
     econf = EngineConfig(max_num_seqs=args.batch, max_num_batched_tokens=max(8192, args.batch + args.prefill))
     engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
                        cfg.eos_token_id)

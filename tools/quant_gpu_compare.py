@@ -114,16 +114,18 @@ def greedy(model, prompts: torch.Tensor, new_tokens: int) -> list[list[int]]:
 def engine_greedy(hf, rules, prompts: torch.Tensor, new_tokens: int, device) -> list[list[int]]:
     """The engine's int8 mode built from the transformers model's weights, greedy on the same prompts."""
     from mlperf_llama2.config import EngineConfig
-    from mlperf_llama2.engine.int8 import empty_int8_model, quantizing_stream, tie_int8_lm_head
-    from mlperf_llama2.engine.llama import load_hf_weights
+    from mlperf_llama2.engine.llama import LlamaShape
+    from mlperf_llama2.engine.loader import empty_model, load_weights
+    from mlperf_llama2.engine.quant_plan import int8_plan
     from mlperf_llama2.engine.llm_engine import LLMEngine
     from mlperf_llama2.engine.model_runner import ModelRunner
     from mlperf_llama2.engine.sequence import SamplingParams
 
     max_len = prompts.shape[1] + new_tokens + 16
-    model, plan = empty_int8_model(hf.config, device, torch.float32, max_len, rules)
-    load_hf_weights(model, quantizing_stream(model, plan, hf.state_dict().items()))
-    tie_int8_lm_head(model, plan)
+    shape = LlamaShape.from_hf_config(hf.config)
+    plan = int8_plan(shape, rules)
+    model = empty_model(hf.config, plan, device, torch.float32, max_len)
+    load_weights(model, hf.state_dict().items(), plan, shape, source="transformers model")
     econf = EngineConfig(max_num_seqs=prompts.shape[0], max_num_batched_tokens=prompts.numel(), block_size=16,
                          num_kv_blocks=prompts.shape[0] * (max_len // 16 + 2) + 8)
     engine = LLMEngine(ModelRunner(model, econf, 2, max_len, device, torch.float32), econf, 2, max_len)

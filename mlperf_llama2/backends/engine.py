@@ -45,8 +45,8 @@ class EngineBackend(Backend):
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig = EngineConfig(), device: str = "cpu",
-                        dtype: str = "float32", quant_rules=None) -> "EngineBackend":
-        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype], quant_rules))
+                        dtype: str = "float32", quant=None) -> "EngineBackend":
+        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype], quant))
 
     @property
     def eos_token_id(self) -> int:
@@ -124,11 +124,12 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
     """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
     if config.tensor_parallel != 1 or config.data_parallel != 1:
         log.warning("the engine runs one replica on one device; --tensor-parallel/--data-parallel ignored")
-    from mlperf_llama2.engine.int8 import engine_rules
+    from mlperf_llama2.engine.quant_plan import engine_rules
 
     faults = FaultPlan.from_env()  # a bad spec fails before the weights load
-    rules = engine_rules(config.quant)  # --liteml-config with --quant-mode int8: W8A8 int8 Linears
-    backend = EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype, rules)
+    engine_rules(config.quant)  # --liteml-config needs --quant-mode int8 here: one line before the weights load
+    backend = EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype,
+                                            config.quant)
     if faults:
         backend.inject_faults(faults)
     return backend

@@ -61,8 +61,6 @@ def create_engine_backend(cfg):
         from mlperf_llama2.parallel.tp_group import start_tp_engine, tp_spec_from_run_config
 
         check_devices(cfg.device, tp, "--tensor-parallel")
-        if cfg.quant.enabled:
-            log.warning("--tensor-parallel %d: shards are loaded unquantized; --liteml-config is not applied", tp)
         engine, group = start_tp_engine(tp_spec_from_run_config(cfg, MAX_MODEL_LEN))
         return TensorParallelEngineBackend(engine, group)
     if dp > 1:

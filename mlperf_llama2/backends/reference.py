@@ -201,6 +201,10 @@ def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
 
         plan = plan_quantization(config.quant, config.dataset_path, config.device)
         model, quant_report = apply_quantization(model, plan, config.device)
+    elif config.quant.fp8:  # --quantization fp8: the engine's FP8 numerics as fake-quant (the accuracy reference)
+        from mlperf_llama2.quant.fp8 import simulate_fp8
+
+        simulate_fp8(model)
     backend = ReferenceBackend(
         model,
         eos_token_id=info.eos_token_id,

@@ -3,15 +3,15 @@
 Numerically it follows transformers' LlamaForCausalLM step by step (RMSNorm in fp32 then cast,
 rotate-half RoPE with cos/sin cast to the model dtype, SiLU-gated MLP) so greedy tokens match
 `generate`. Token rows are flattened across sequences ([T, hidden]); attention goes through the
-paged KV cache (`attention.py`). The Linears are plain `nn.Linear`s so int8 mode (`int8.py`) can
-swap them. Weights load from a transformers state dict (`load_hf_weights`), fusing as they come.
+paged KV cache (`attention.py`). The Linears are plain `nn.Linear`s here; the loader (`loader.py`)
+swaps them for int8 or FP8 ones and fills every weight from a checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -136,49 +136,3 @@ class LlamaForCausalLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in the model dtype (what transformers' generate argmaxes)."""
         return self.lm_head(self.norm(hidden))
-
-
-def load_hf_weights(model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Copy a transformers Llama state dict (name, tensor) into `model`, fusing q/k/v and gate/up."""
-    s = model.shape
-    q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-    fused = {
-        "q_proj": ("qkv_proj", 0, q_size), "k_proj": ("qkv_proj", q_size, kv_size),
-        "v_proj": ("qkv_proj", q_size + kv_size, kv_size),
-        "gate_proj": ("gate_up_proj", 0, s.intermediate_size),
-        "up_proj": ("gate_up_proj", s.intermediate_size, s.intermediate_size),
-    }
-    params = dict(model.named_parameters())
-    seen: set[str] = set()
-    with torch.no_grad():
-        for name, tensor in weights:
-            if name.endswith("rotary_emb.inv_freq"):
-                continue
-            target = name.removeprefix("model.")
-            parts = target.split(".")
-            if len(parts) >= 4 and parts[0] == "layers" and parts[3] in fused:
-                dest, offset, size = fused[parts[3]]
-                target = ".".join(parts[:2] + [dest, parts[-1]])
-                params[target][offset:offset + size].copy_(tensor)
-                seen.add(f"{target}@{offset}")
-                continue
-            target = target.replace("self_attn.", "").replace("mlp.", "")
-            if target not in params:
-                raise ValueError(f"unexpected weight in checkpoint: {name}")
-            params[target].copy_(tensor)
-            seen.add(target)
-    if s.tie_word_embeddings and "lm_head.weight" not in seen and isinstance(model.lm_head, nn.Linear):
-        model.lm_head.weight = model.embed_tokens.weight
-        seen.add("lm_head.weight")
-    expected: set[str] = set()
-    for n in params:
-        parts = n.split(".")
-        dest = parts[2] if len(parts) == 4 else ""
-        offsets = sorted({off for d, off, _ in fused.values() if d == dest})
-        if offsets:
-            expected.update(f"{n}@{off}" for off in offsets)
-        else:
-            expected.add(n)
-    missing = sorted(expected - seen)
-    if missing:
-        raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")

@@ -61,16 +61,17 @@ class LLMEngine:
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32, quant_rules=None) -> "LLMEngine":
-        """`quant_rules` (a quant `QuantRules`): int8 mode, the Linears it names become W8A8 int8 (`int8.py`)."""
-        from mlperf_llama2.engine.weights import load_checkpoint
+                        dtype: torch.dtype = torch.float32, quant=None) -> "LLMEngine":
+        """`quant` (a `QuantConfig`): the Linears it names are built int8 or FP8 (`quant_plan.py`)."""
+        from mlperf_llama2.engine.llama import LlamaShape
+        from mlperf_llama2.engine.loader import build_model, eos_id, read_config
+        from mlperf_llama2.engine.quant_plan import weight_plan
 
         dev = torch.device(device)
-        model, hf_config = load_checkpoint(model_path, dev, dtype, MAX_MODEL_LEN, quant_rules)
-        eos = hf_config.eos_token_id
-        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-        if eos is None:
-            raise ValueError(f"{model_path}: config.json has no eos_token_id; the engine needs one to stop")
+        hf_config = read_config(model_path)
+        eos = eos_id(hf_config, model_path)
+        plan = weight_plan(quant, LlamaShape.from_hf_config(hf_config)) if quant is not None else {}
+        model = build_model(hf_config, plan, dev, dtype, MAX_MODEL_LEN, model_path=model_path)
         return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype), config, eos)
 
     # ---- requests -----------------------------------------------------------------------------

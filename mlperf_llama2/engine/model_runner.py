@@ -68,7 +68,7 @@ class ModelRunner:
 
     def _warm_up_int8(self) -> None:
         """int8 mode: autotune every GEMM shape and M bucket now, not during graph capture or a run."""
-        from mlperf_llama2.engine.int8 import warm_up_gemms
+        from mlperf_llama2.engine.quant_plan import warm_up_gemms
 
         t0 = time.perf_counter()
         calls = warm_up_gemms(self.model, self.config.max_num_batched_tokens, self.dtype)

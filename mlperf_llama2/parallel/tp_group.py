@@ -24,7 +24,6 @@ import torch.distributed as dist
 from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.parallel.env import apply_dist_env, child_env, device_for_rank
 from mlperf_llama2.parallel.lockstep import DriverRunner
-from mlperf_llama2.parallel.tensor_parallel import load_shard, random_shard
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,7 @@ class ShardSpec:
     init_std: float = 0.02
     seed: int = 0
     max_model_len: int = 2048
+    quant: Optional[dict] = None  # the run's QuantConfig fields (int8 or FP8 Linears, as on one GPU)
     rank: int = 0
 
     def for_rank(self, rank: int) -> "ShardSpec":
@@ -86,17 +86,23 @@ def build_runner(spec: ShardSpec, ctrl_group):
     """(ModelRunner on this rank's shard, eos id, KV blocks agreed by all ranks)."""
     from mlperf_llama2.engine.model_runner import ModelRunner
 
+    from mlperf_llama2.config import QuantConfig
+    from mlperf_llama2.engine.llama import LlamaShape
+    from mlperf_llama2.engine.loader import Parallel, build_model, eos_id, read_config
+    from mlperf_llama2.engine.quant_plan import weight_plan
+
     device, dtype = torch.device(spec.device), _DTYPES[spec.dtype]
     if spec.random_config is not None:
         from transformers import LlamaConfig
 
         hf_config = LlamaConfig(**spec.random_config)
-        model = random_shard(hf_config, spec.rank, spec.world, device, dtype, spec.max_model_len, spec.init_std,
-                             spec.seed)
     else:
-        model, hf_config = load_shard(spec.model_path, spec.rank, spec.world, device, dtype, spec.max_model_len)
-    eos = hf_config.eos_token_id
-    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        hf_config = read_config(spec.model_path)
+    quant = QuantConfig(**spec.quant) if spec.quant is not None else None
+    plan = weight_plan(quant, LlamaShape.from_hf_config(hf_config)) if quant is not None else {}
+    model = build_model(hf_config, plan, device, dtype, spec.max_model_len, model_path=spec.model_path,
+                        parallel=Parallel(spec.rank, spec.world), init_std=spec.init_std, seed=spec.seed)
+    eos = eos_id(hf_config, spec.model_path or "random config")
     runner = ModelRunner(model, EngineConfig(**spec.engine), eos, spec.max_model_len, device, dtype)
     blocks = torch.tensor([runner.num_blocks], dtype=torch.int64)
     dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=ctrl_group)
@@ -162,4 +168,5 @@ def start_tp_engine(spec: ShardSpec):
 
 def tp_spec_from_run_config(cfg, max_model_len: int) -> ShardSpec:
     return ShardSpec(world=cfg.tensor_parallel, port=0, base_device=cfg.device, dtype=cfg.dtype,
-                     engine=dataclasses.asdict(cfg.engine), model_path=cfg.model_path, max_model_len=max_model_len)
+                     engine=dataclasses.asdict(cfg.engine), model_path=cfg.model_path, max_model_len=max_model_len,
+                     quant=dataclasses.asdict(cfg.quant))

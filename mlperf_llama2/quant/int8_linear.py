@@ -54,10 +54,13 @@ def quantize_weight(weight: torch.Tensor, per_channel: bool = False) -> tuple[to
     return q, scale.contiguous()
 
 
-def quantize_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (int8 [M, K], float32 scale [M]): per-token symmetric int8, round half to even."""
+def quantize_rows_reference(x: torch.Tensor, absmax: Optional[torch.Tensor] = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (int8 [M, K], float32 scale [M]): per-token symmetric int8, round half to even.
+
+    `absmax` [M]: each row's absolute maximum when it spans more than x (a row split over ranks)."""
     xf = x.float()
-    scale = symmetric_scale(xf.abs().amax(dim=1), 8)  # [M]
+    scale = symmetric_scale(xf.abs().amax(dim=1) if absmax is None else absmax, 8)  # [M]
     q = torch.round(xf / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
     return q, scale
 
@@ -81,6 +84,15 @@ def rescale_reference(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, b
     return y.to(dtype)
 
 
+def row_absmax(x: torch.Tensor, group) -> torch.Tensor:
+    """Each row's absolute maximum over the whole row when its columns are split over `group`'s ranks."""
+    import torch.distributed as dist
+
+    absmax = x.float().abs().amax(dim=1)  # [M]
+    dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=group)
+    return absmax
+
+
 GEMM_PATHS = ("int_mm", "fused")
 
 
@@ -91,6 +103,8 @@ class Int8Linear(nn.Module):
     int8 GEMM with the rescale in its epilogue. Both give the same numbers (same float32 epilogue)."""
 
     gemm: str = "fused"  # measured faster than "int_mm" at every 7B/70B shape and M (docs/quantization.md)
+    row_parallel = False  # tensor parallelism splits the input along K: all-reduce each token's absmax
+    act_scale_group = None  # ... over this group (None: the default group)
 
     def __init__(self, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
                  out_dtype: torch.dtype = torch.float16, split_sizes: Optional[Sequence[int]] = None) -> None:
@@ -149,7 +163,10 @@ class Int8Linear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [M, K]
         kernels = triton_kernels() if x2.is_cuda else None
-        qx, s_x = kernels.quantize_rows(x2) if kernels else quantize_rows_reference(x2)
+        if self.row_parallel:
+            qx, s_x = quantize_rows_reference(x2, row_absmax(x2, self.act_scale_group))
+        else:
+            qx, s_x = kernels.quantize_rows(x2) if kernels else quantize_rows_reference(x2)
         if kernels and self.gemm == "fused":
             y = kernels.fused_int8_matmul(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype)
             return y.reshape(*lead, self.out_features)

@@ -1,0 +1,151 @@
+"""Which of the engine's Linears get which weight format, from the run's quantization settings.
+
+  * `--quantization fp8`: every Linear but lm_head is `fp8` (E4M3 weights per output channel, activations
+    per token; quant/fp8.py); lm_head stays in the model dtype;
+  * `--liteml-config FILE --quant-mode int8`: each engine Linear is matched under the transformers names it
+    stands for (`loader.hf_names`); a Linear whose rule is W8A8 as int8 mode computes it
+    (`open_backend.int8_capable`) is `int8` (weights per tensor) or `int8_channel`; fused projections keep
+    one weight scale per projection. Everything else stays in float: the config's non-Linear rules are
+    listed by `left_out` and logged once at start-up.
+The plan is a dict (engine Linear name -> format) that `loader.build_model` builds the model from.
+`warm_up_gemms` runs each distinct int8 GEMM shape at every M bucket so the Triton autotuner never tunes
+mid-run or mid-capture.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mlperf_llama2.engine.llama import LlamaShape
+from mlperf_llama2.engine.loader import ENGINE_LINEARS, hf_names, linear_names
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.int8_linear import Int8Linear
+from mlperf_llama2.quant.open_backend import int8_capable
+from mlperf_llama2.quant.yaml_config import QuantRules, Rule, load_rules
+
+log = logging.getLogger(__name__)
+
+
+def engine_rules(quant_config) -> Optional[QuantRules]:
+    """The rules of `--liteml-config` for the engine backend (None when quantization is off)."""
+    if not quant_config.enabled:
+        return None
+    if quant_config.quant_backend == "liteml":
+        raise UserError("--backend engine quantizes with the open backend only; drop --quant-backend liteml "
+                        "or use --backend reference")
+    if quant_config.quant_mode != "int8":
+        raise UserError("--backend engine runs --liteml-config as real int8 only: add --quant-mode int8 "
+                        "(simulate mode needs --backend reference)")
+    return load_rules(quant_config.liteml_config)
+
+
+def fp8_plan(shape: LlamaShape) -> dict[str, str]:
+    """`--quantization fp8`: every Linear but lm_head in FP8 (lm_head's logits pick the token: kept exact)."""
+    return {name: ("float" if name == "lm_head" else "fp8") for name in linear_names(shape)}
+
+
+def int8_plan(shape: LlamaShape, rules: QuantRules) -> dict[str, str]:
+    """Engine Linear name ("layers.3.qkv_proj", "lm_head") -> "int8" | "int8_channel" | "float"."""
+    plan: dict[str, str] = {}
+    targets = [(f"layers.{i}.{n}", hf_names(i, n)) for i in range(shape.num_layers) for n in ENGINE_LINEARS]
+    for name, parts in targets + [("lm_head", ("lm_head",))]:
+        found = [rules.match("Linear", part) for part in parts]
+        capable = [r is not None and int8_capable(r) for r in found]
+        if not any(capable):
+            plan[name] = "float"
+            continue
+        per_channel = {r.quantizer("weights_quantizer").dims in ((-1,), (1,)) for r in found if r is not None}
+        if not all(capable) or len(per_channel) != 1:
+            raise UserError(f"{rules.path}: the engine fuses {', '.join(parts)} into one Linear; give them the "
+                            "same W8A8 rule (or use --backend reference)")
+        plan[name] = "int8_channel" if per_channel.pop() else "int8"
+    return plan
+
+
+def left_out(rules: QuantRules, plan: dict[str, str]) -> list[str]:
+    """Each rule of the config that the engine's int8 mode does not compute, with what it does instead."""
+    notes = [f"{_rule_label(r)}: not applied, the engine computes {r.source_kind} in float"
+             for r in rules.rules if r.source_kind != "Linear"]
+    kept = sorted(name for name, fmt in plan.items() if fmt == "float")
+    if kept:
+        notes.append(f"{len(kept)} Linears kept in float (no int8-capable rule), e.g. {', '.join(kept[:3])}")
+    return notes
+
+
+def _rule_label(rule: Rule) -> str:
+    specs = "; ".join(f"{role} {spec.describe()}" for role, spec in rule.quantizers)
+    return f"{rule.label} [{specs}]"
+
+
+def log_plan(rules: QuantRules, plan: dict[str, str]) -> None:
+    count = sum(fmt != "float" for fmt in plan.values())
+    log.info("int8 mode (%s): %d of %d Linears int8 W8A8 (weights per %s)", rules.path, count, len(plan),
+             "channel" if "int8_channel" in plan.values() else "tensor")
+    for note in left_out(rules, plan):
+        log.warning("int8 mode leaves out %s", note)
+
+
+def weight_plan(quant_config, shape: LlamaShape) -> dict[str, str]:
+    """The format plan of a run's quantization settings ({} = everything in the model dtype); logs it once."""
+    if getattr(quant_config, "quantization", None) == "fp8":
+        plan = fp8_plan(shape)
+        log.info("fp8 mode: %d of %d Linears FP8 E4M3 (weights per output channel, activations per token, "
+                 "float32 accumulation); lm_head in the model dtype", len(plan) - 1, len(plan))
+        return plan
+    rules = engine_rules(quant_config)
+    if rules is None:
+        return {}
+    plan = int8_plan(shape, rules)
+    log_plan(rules, plan)
+    return plan
+
+
+@torch.inference_mode()
+def warm_up_gemms(model: nn.Module, max_rows: int, dtype: torch.dtype) -> int:
+    """Call each distinct Int8Linear shape at every power-of-two M up to `max_rows`; returns the calls made.
+
+    The Triton GEMM is autotuned per (M bucket, N, K): doing it here keeps tuning (host syncs, seconds)
+    out of CUDA graph capture and out of timed runs. M - 1 rows as well from 32 on: Triton compiles
+    separately for M divisible by 16 or not, and mixed steps have any M."""
+    seen: dict[tuple[int, int], Int8Linear] = {}
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            seen.setdefault((module.in_features, module.out_features), module)
+    if any(module.qweight.is_cuda for module in seen.values()):
+        _shorter_autotuning()
+    sizes, m = [], 1
+    while m < max_rows:
+        sizes += [m, m - 1] if m >= 32 else [m]
+        m *= 2
+    sizes += [max_rows, max_rows - 1] if max_rows >= 32 else [max_rows]
+    calls = 0
+    for (k, _), module in seen.items():
+        for rows in sizes:
+            module(torch.zeros(rows, k, dtype=dtype, device=module.qweight.device))  # [rows, K]
+            calls += 1
+    return calls
+
+
+AUTOTUNE_WARMUP_MS, AUTOTUNE_REP_MS = 5, 25
+
+
+def _shorter_autotuning() -> None:
+    """Time each GEMM config for 5 + 25 ms instead of Triton's default 25 + 100 ms.
+
+    70B's warm-up tunes 5 shapes x 13 M buckets x 10 configs; at the default that alone is ~1.5-2 min.
+    25 ms still repeats the largest GEMM (70B gate/up at M 4096, ~3.5 ms) about 7 times. Uses the
+    Autotuner's `do_bench` hook (Triton 3.x: a cached property an instance attribute overrides)."""
+    from mlperf_llama2.quant.int8_linear import triton_kernels
+
+    kernels = triton_kernels()
+    tuner = getattr(kernels, "_int8_gemm_kernel", None) if kernels is not None else None
+    if tuner is None or not hasattr(tuner, "configs"):
+        return
+    import triton.testing
+
+    tuner.do_bench = functools.partial(triton.testing.do_bench, warmup=AUTOTUNE_WARMUP_MS, rep=AUTOTUNE_REP_MS)

@@ -1,0 +1,174 @@
+"""FP8 (E4M3) numerics of `--quantization fp8`, shared by the engine (real FP8 GEMMs) and the simulate path.
+
+    weights:     qw = e4m3(w / s_w[n]),   s_w[n] = absmax(w[n, :]) / 448   (per output channel, at load)
+    activations: qx = e4m3(x / s_x[m]),   s_x[m] = absmax(x[m, :]) / 448   (per token, dynamic)
+    y[m, n] = (sum_k qx[m, k] * qw[n, k]) * s_x[m] * s_w[n]  (+ bias[n]), accumulated in float32
+
+Division is float32 and correctly rounded; the cast to e4m3 rounds to nearest even and saturates at
+±448 (the clamp comes first, so no value becomes NaN). Products of two e4m3 values are exact in
+float32, so the only differences between the engine's GEMM and `fake_quant_linear` (simulate:
+dequantize, then a float32 matmul) are float32 summation order and the place of the rescale.
+
+`Fp8Linear` is the engine's drop-in for nn.Linear. Its GEMM (`gemm`):
+  * "scaled_mm": cuBLASLt through `torch._scaled_mm` with row-wise scales (CUDA);
+  * "reference": the float32 matmul of the e4m3 values, then the rescale (CPU, and any device).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def fp8_scale(absmax: torch.Tensor) -> torch.Tensor:
+    """float32 scale = absmax / 448, never zero (an all-zero row quantizes to zeros)."""
+    divisor = torch.full((), FP8_MAX, dtype=torch.float32, device=absmax.device)
+    return (absmax.float() / divisor).clamp_min(_TINY)
+
+
+def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """e4m3(x / scale) with saturation; `scale` broadcasts against x."""
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def quantize_weight_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float weight [N, K] -> (e4m3 [N, K], float32 scale [N]), one scale per output channel."""
+    w = weight.detach().float()
+    scale = fp8_scale(w.abs().amax(dim=1))  # [N]
+    return to_fp8(w, scale[:, None]), scale.contiguous()
+
+
+def quantize_rows_fp8(x: torch.Tensor, absmax: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], float32 scale [M]), one dynamic scale per token.
+
+    `absmax` [M]: each row's absolute maximum when it spans more than x (a row split over ranks)."""
+    xf = x.float()
+    scale = fp8_scale(xf.abs().amax(dim=1) if absmax is None else absmax)  # [M]
+    return to_fp8(xf, scale[:, None]), scale
+
+
+def fake_quant_rows_fp8(x: torch.Tensor) -> torch.Tensor:
+    """Per-token quantize -> dequantize over the last axis, in float32 (any leading shape)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    q, s = quantize_rows_fp8(x2)
+    return (q.float() * s[:, None]).reshape(x.shape)
+
+
+def fake_quant_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                      bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+    """The simulate path: dequantized activations and weights, a float32 matmul, cast to out_dtype."""
+    w = qweight.float() * weight_scale[:, None]  # [N, K]
+    y = fake_quant_rows_fp8(x) @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)
+
+
+def reference_gemm(qx: torch.Tensor, s_x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+    """float32 GEMM of the e4m3 values [M, K] x [N, K], then * s_x[m] * s_w[n] (+ bias), cast to out_dtype."""
+    y = (qx.float() @ qweight.float().t()) * s_x[:, None] * weight_scale[None, :]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)
+
+
+def scaled_mm_gemm(qx: torch.Tensor, s_x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: Optional[torch.Tensor], out_dtype: torch.dtype, fast_accum: bool = False) -> torch.Tensor:
+    """cuBLASLt FP8 GEMM with row-wise scales (float32 accumulation unless `fast_accum`)."""
+    y = torch._scaled_mm(qx, qweight.t(), scale_a=s_x[:, None].contiguous(), scale_b=weight_scale[None, :],
+                         out_dtype=out_dtype, use_fast_accum=fast_accum)
+    return y if bias is None else y + bias
+
+
+GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "reference")
+
+
+class Fp8Linear(nn.Module):
+    """Drop-in for nn.Linear (y = x W^T + b) with e4m3 weights per channel and per-token e4m3 activations."""
+
+    gemm: str = "scaled_mm"  # on CUDA; CPU always runs "reference"
+    row_parallel = False  # tensor parallelism splits the input along K: all-reduce each token's absmax
+    act_scale_group = None  # ... over this group (None: the default group)
+
+    def __init__(self, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 out_dtype: torch.dtype = torch.float16, split_sizes: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        if qweight.dtype != FP8_DTYPE or qweight.dim() != 2:
+            raise ValueError(f"qweight must be a 2-D {FP8_DTYPE} tensor, got {qweight.dtype} {tuple(qweight.shape)}")
+        n, k = qweight.shape
+        if weight_scale.shape != (n,):
+            raise ValueError(f"weight_scale must have shape ({n},), got {tuple(weight_scale.shape)}")
+        self.in_features, self.out_features = k, n
+        self.out_dtype = out_dtype
+        self.split_sizes = tuple(split_sizes) if split_sizes else (n,)
+        self.register_buffer("qweight", qweight.contiguous())  # [N, K] e4m3
+        self.register_buffer("weight_scale", weight_scale.float().contiguous())  # [N]
+        self.register_buffer("bias", None if bias is None else bias.detach().to(out_dtype))
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   out_dtype: Optional[torch.dtype] = None) -> "Fp8Linear":
+        qweight, scale = quantize_weight_fp8(weight)
+        return cls(qweight, scale, bias, out_dtype or weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, splits={self.split_sizes}"
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.weight_scale[:, None]  # [N, K]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # [M, K]
+        if self.row_parallel:
+            from mlperf_llama2.quant.int8_linear import row_absmax
+
+            qx, s_x = quantize_rows_fp8(x2, row_absmax(x2, self.act_scale_group))
+        else:
+            qx, s_x = quantize_rows_fp8(x2)
+        if x2.is_cuda and self.gemm != "reference":
+            y = scaled_mm_gemm(qx, s_x, self.qweight, self.weight_scale, self.bias, self.out_dtype,
+                               fast_accum=self.gemm == "scaled_mm_fast_accum")
+        else:
+            y = reference_gemm(qx, s_x, self.qweight, self.weight_scale, self.bias, self.out_dtype)
+        return y.reshape(*lead, self.out_features)
+
+
+class Fp8SimulatedLinear(nn.Module):
+    """Simulate path (`--quantization fp8 --backend reference`): `fake_quant_linear` in place of an nn.Linear."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        qweight, scale = quantize_weight_fp8(linear.weight)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("qweight", qweight)  # [N, K] e4m3
+        self.register_buffer("weight_scale", scale)  # [N]
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.out_dtype = linear.weight.dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quant_linear(x, self.qweight, self.weight_scale, self.bias, self.out_dtype)
+
+
+@torch.no_grad()
+def simulate_fp8(model: nn.Module, keep: tuple[str, ...] = ("lm_head",)) -> int:
+    """Replace every nn.Linear of a transformers model but those named `keep` by its FP8 simulation."""
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and name.rpartition(".")[2] not in keep]
+    for name, linear in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, Fp8SimulatedLinear(linear))
+    log.info("fp8 simulate: %d Linears fake-quantized to E4M3 (weights per channel, activations per token); "
+             "%s in the model dtype", len(targets), ", ".join(keep))
+    return len(targets)

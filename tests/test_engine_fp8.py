@@ -1,0 +1,103 @@
+"""`--quantization fp8`: the engine's FP8 Linears against the simulate path (the accuracy reference).
+
+Simulate = transformers' Llama with every Linear but lm_head replaced by `Fp8SimulatedLinear`
+(dequantized E4M3 weights and per-token activations, a float32 matmul). The engine runs the e4m3
+values through its own GEMM path (CPU: float32 GEMM of the e4m3 values, then the rescale; CUDA:
+cuBLASLt `_scaled_mm`), fused QKV and gate/up keeping one scale per output channel. The two differ
+only by float32 summation order and the place of the rescale, so greedy tokens on the decisive
+tiny fixture are equal in every batch composition (chunked prefill, preemption).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlperf_llama2.config import EngineConfig, QuantConfig
+from mlperf_llama2.engine.llm_engine import LLMEngine
+from mlperf_llama2.engine.sequence import SamplingParams
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.fp8 import (FP8_DTYPE, Fp8Linear, fake_quant_linear, quantize_rows_fp8,
+                                     quantize_weight_fp8, reference_gemm, simulate_fp8)
+
+NEW_TOKENS = 16
+EOS = 2
+FP8 = QuantConfig(quantization="fp8")
+COMPOSITIONS = {
+    "roomy": EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64),
+    "chunked_prefill": EngineConfig(max_num_seqs=16, max_num_batched_tokens=7, block_size=4, num_kv_blocks=256),
+    "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30),
+}
+
+
+def prompts():
+    g = torch.Generator().manual_seed(3)
+    return [[1] + torch.randint(3, 500, (n - 1,), generator=g).tolist() for n in (5, 17, 40, 2, 64, 9)]
+
+
+@pytest.fixture(scope="module")
+def simulate_tokens(tiny_model_dir):
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    assert simulate_fp8(model) == 7 * model.config.num_hidden_layers  # every Linear but lm_head
+    outs = []
+    for p in prompts():
+        gen = model.generate(torch.tensor([p]), max_new_tokens=NEW_TOKENS, min_new_tokens=1, do_sample=False,
+                             num_beams=1, pad_token_id=EOS)[0, len(p):].tolist()
+        outs.append(gen[:gen.index(EOS) + 1] if EOS in gen else gen)
+    return outs
+
+
+@pytest.mark.parametrize("composition", sorted(COMPOSITIONS))
+def test_fp8_engine_matches_the_simulate_path_in_every_composition(tiny_model_dir, simulate_tokens, composition):
+    engine = LLMEngine.from_pretrained(tiny_model_dir, COMPOSITIONS[composition], "cpu", torch.float32, FP8)
+    model = engine.runner.model
+    assert sum(isinstance(m, Fp8Linear) for m in model.modules()) == 4 * model.shape.num_layers
+    assert type(model.lm_head) is torch.nn.Linear
+    outs = engine.generate(prompts(), SamplingParams(max_new_tokens=NEW_TOKENS))
+    assert outs == simulate_tokens
+
+
+def test_fp8_quantization_is_per_channel_and_per_token_with_saturation():
+    w = torch.tensor([[1.0, -2.0, 448.0 * 3], [0.0, 0.0, 0.0]])
+    q, s = quantize_weight_fp8(w)
+    assert q.dtype == FP8_DTYPE and torch.equal(s, torch.tensor([3.0, torch.finfo(torch.float32).tiny]))
+    assert q[0, 2].float().item() == 448.0 and torch.equal(q[1].float(), torch.zeros(3))  # a zero row stays zero
+    x = torch.tensor([[0.5, 1000.0], [-3.0, 1.0]])
+    qx, sx = quantize_rows_fp8(x)
+    assert torch.allclose(sx, torch.tensor([1000.0 / 448, 3.0 / 448]))
+    assert qx[0, 1].float().item() == 448.0 and qx[1, 0].float().item() == -448.0
+
+
+def test_engine_gemm_equals_simulate_to_float_rounding():
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(9, 64, generator=g), torch.randn(40, 64, generator=g)
+    q, s = quantize_weight_fp8(w)
+    qx, sx = quantize_rows_fp8(x)
+    torch.testing.assert_close(reference_gemm(qx, sx, q, s, None, torch.float32),
+                               fake_quant_linear(x, q, s, None, torch.float32), rtol=1e-5, atol=1e-5)
+    # and both are FP8: far from the float product at this size
+    assert (reference_gemm(qx, sx, q, s, None, torch.float32) - x @ w.t()).abs().max() > 1e-2
+
+
+def test_quantization_and_liteml_config_are_exclusive(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("QAT: {}\n")
+    with pytest.raises(UserError, match="--quantization fp8 and --liteml-config are exclusive"):
+        QuantConfig(quantization="fp8", liteml_config=str(cfg))
+
+
+@pytest.mark.gpu
+def test_scaled_mm_gemm_is_within_float_rounding_of_the_simulate_path():
+    """cuBLASLt's FP8 GEMM (float32 accumulation) against the reference on the same e4m3 values."""
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    for m, k, n in ((17, 8192, 1024), (256, 8192, 10240), (1024, 28672, 8192)):
+        x = torch.randn(m, k, device=dev, generator=g, dtype=torch.float16)
+        w = torch.randn(n, k, device=dev, generator=g, dtype=torch.float16) * 0.02
+        linear = Fp8Linear.from_float(w, out_dtype=torch.bfloat16)
+        y = linear(x).float()
+        ref = fake_quant_linear(x, linear.qweight, linear.weight_scale, None, torch.float32)
+        rel = ((y - ref).norm() / ref.norm()).item()
+        assert rel < 8e-3, (m, k, n, rel)  # bf16 output rounding (2^-9) dominates
