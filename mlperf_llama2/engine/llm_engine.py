@@ -18,10 +18,10 @@ from typing import Callable, Optional, Sequence as Seq
 import torch
 
 from mlperf_llama2 import constants
-from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.engine.block_manager import BlockManager
 from mlperf_llama2.engine.model_runner import ModelRunner
-from mlperf_llama2.engine.scheduler import Scheduler, StepEvent
+from mlperf_llama2.engine.scheduler import ScheduledBatch, Scheduler, StepEvent
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class LLMEngine:
         on_gpu = getattr(getattr(runner, "device", None), "type", "cpu") == "cuda"
         self.overlap = capable and (on_gpu if config.overlap_steps is None else config.overlap_steps)
         self._pending: Optional[tuple] = None  # (batch, StepOutput) launched, not yet read back
+        # called with each scheduled batch before it runs (an EngineBackend's fault plan, tests only)
+        self.before_step: Optional[Callable[[ScheduledBatch], None]] = None
         self.num_steps = 0
 
     @classmethod
@@ -88,6 +90,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         current = None
         if batch:
+            if self.before_step is not None:
+                self.before_step(batch)
             output = self.runner.launch(batch) if self.overlap else _Ready(self.runner.run(batch))
             self.scheduler.on_launched(batch)
             current = (batch, output)
@@ -98,7 +102,7 @@ class LLMEngine:
         self._pending = current
         return events
 
-    def _read_back(self, batch, output) -> list[StepEvent]:
+    def _read_back(self, batch: ScheduledBatch, output) -> list[StepEvent]:
         return self.scheduler.on_sampled(batch, output.tokens())
 
     def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams]) -> list[list[int]]:

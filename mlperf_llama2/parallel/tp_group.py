@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.parallel.env import apply_dist_env, child_env, device_for_rank
 from mlperf_llama2.parallel.lockstep import DriverRunner
 from mlperf_llama2.parallel.tensor_parallel import load_shard, random_shard
