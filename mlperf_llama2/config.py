@@ -15,152 +15,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from mlperf_llama2 import constants
+from mlperf_llama2.backends import registry
+from mlperf_llama2.engine.config import EngineConfig  # the engine's knobs live with the engine (no cycle)
+from mlperf_llama2.quant.config import QUANTIZATIONS, QuantConfig  # noqa: F401 - likewise, with quant
 from mlperf_llama2.errors import UserError
 
 SCENARIOS = ("Offline", "Server")
 DTYPES = ("float16", "bfloat16", "float32")
-BACKENDS = ("reference", "engine", "api")
 REFERENCE_MODEL_NAME = "meta-llama/Llama-2-70b-chat-hf"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Knobs of the fast engine (`--backend engine`)."""
-
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    block_size: int = 16
-    kv_cache_memory_fraction: float = 0.9
-    num_kv_blocks: Optional[int] = None
-    cuda_graphs: bool = True
-    overlap_steps: Optional[bool] = None  # queue step N+1 before reading step N's tokens; None: on CUDA only
-
-    def __post_init__(self) -> None:
-        if self.max_num_seqs < 1:
-            raise UserError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
-            raise UserError(f"--max-num-batched-tokens must be >= 1 (prompts are prefilled in chunks), "
-                            f"got {self.max_num_batched_tokens}")
-        if self.block_size < 1:
-            raise UserError(f"--block-size must be >= 1, got {self.block_size}")
-        if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
-            raise UserError(f"--kv-cache-memory-fraction must be in (0, 1], got {self.kv_cache_memory_fraction}")
-        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
-            raise UserError(f"--num-kv-blocks must be >= 1, got {self.num_kv_blocks}")
-
-    @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("engine (--backend engine)")
-        g.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
-                       help="most sequences in flight at once (default %(default)s)")
-        g.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens,
-                       help="token budget of one engine step, prefill chunks plus decodes (default %(default)s)")
-        g.add_argument("--block-size", type=int, default=EngineConfig.block_size,
-                       help="tokens per KV-cache block (default %(default)s)")
-        g.add_argument("--kv-cache-memory-fraction", type=float, default=EngineConfig.kv_cache_memory_fraction,
-                       help="fraction of free GPU memory after loading the model given to the KV cache "
-                            "(default %(default)s)")
-        g.add_argument("--num-kv-blocks", type=int, default=None,
-                       help="fixed number of KV-cache blocks (overrides the memory fraction; CPU default 512)")
-        g.add_argument("--no-cuda-graphs", action="store_true",
-                       help="run decode eagerly instead of replaying CUDA graphs")
-        g.add_argument("--no-overlap-steps", action="store_true",
-                       help="wait for each step's tokens before scheduling the next (default on CUDA: the next "
-                            "step is queued on the GPU while the host reads the last one's tokens)")
-
-    @classmethod
-    def from_cli_args(cls, ns: argparse.Namespace) -> "EngineConfig":
-        return cls(
-            max_num_seqs=ns.max_num_seqs,
-            max_num_batched_tokens=ns.max_num_batched_tokens,
-            block_size=ns.block_size,
-            kv_cache_memory_fraction=ns.kv_cache_memory_fraction,
-            num_kv_blocks=ns.num_kv_blocks,
-            cuda_graphs=not ns.no_cuda_graphs,
-            overlap_steps=False if ns.no_overlap_steps else None,
-        )
-
-
-QUANTIZATIONS = ("fp8",)
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """Quantization: the fork's `--liteml-config` and how it is honoured (QUANT.md)."""
-
-    liteml_config: Optional[str] = None
-    quantization: Optional[str] = None  # "fp8": FP8 E4M3 Linears (engine), fake-quant FP8 (reference)
-    quant_backend: str = "auto"  # auto | liteml | open
-    quant_mode: str = "simulate"  # simulate | int8
-    calibration_path: Optional[str] = None
-    # Open-backend numerics public material leaves open (docs/quantization.md).
-    momentum: float = 0.01
-    rounding: str = "half_even"  # half_even | half_away
-    narrow_range: bool = True
-    batch_shared_scale: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.momentum <= 1.0:
-            raise UserError(f"--quant-momentum must be in (0, 1], got {self.momentum}")
-        if self.liteml_config is not None and not os.path.isfile(self.liteml_config):
-            raise UserError(f"--liteml-config: file not found: {self.liteml_config}")
-        if self.calibration_path is not None and not os.path.isfile(self.calibration_path):
-            raise UserError(f"--calibration-path: file not found: {self.calibration_path}")
-        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
-            raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
-        if self.quantization is not None and self.liteml_config is not None:
-            raise UserError(f"--quantization {self.quantization} and --liteml-config are exclusive: a LiteML "
-                            "config names its own numerics; pass one of them")
-
-    @property
-    def enabled(self) -> bool:
-        return self.liteml_config is not None
-
-    @property
-    def fp8(self) -> bool:
-        return self.quantization == "fp8"
-
-    @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("quantization")
-        g.add_argument("--liteml-config", default=None,
-                       help="quantization YAML (liteml_configs/*.yaml); off when not given")
-        g.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
-                       help="fp8: E4M3 weights per output channel and per-token E4M3 activations in every Linear "
-                            "but lm_head (engine: real FP8 GEMMs; reference: the same numerics as fake-quant). "
-                            "Exclusive with --liteml-config")
-        g.add_argument("--quant-backend", choices=("auto", "liteml", "open"), default="auto",
-                       help="auto: the real LiteML when installed, else our open backend (logged); "
-                            "liteml: require LiteML; open: our backend (default %(default)s)")
-        g.add_argument("--quant-mode", choices=("simulate", "int8"), default="simulate",
-                       help="open backend: simulate = exact fake-quant at every rule (CPU/GPU); "
-                            "int8 = real int8 weights and torch._int_mm Linears (CUDA) (default %(default)s)")
-        g.add_argument("--calibration-path", default=None,
-                       help="calibration pickle for static quantizers (default: the processorca "
-                            "calibration_*.pkl beside the dataset)")
-        g.add_argument("--quant-momentum", type=float, default=QuantConfig.momentum,
-                       help="open backend: MovingAverage observer update weight (default %(default)s)")
-        g.add_argument("--quant-rounding", choices=("half_even", "half_away"), default=QuantConfig.rounding,
-                       help="open backend: rounding of x/scale (default %(default)s)")
-        g.add_argument("--quant-full-range", action="store_true",
-                       help="open backend: symmetric int8 in [-128, 127] instead of [-127, 127]")
-        g.add_argument("--quant-per-sample-scale", action="store_true",
-                       help="open backend: a per-token scale whose dims list the batch axis is computed per "
-                            "sample instead of across the batch")
-
-    @classmethod
-    def from_cli_args(cls, ns: argparse.Namespace) -> "QuantConfig":
-        return cls(
-            liteml_config=ns.liteml_config,
-            quantization=ns.quantization,
-            quant_backend=ns.quant_backend,
-            quant_mode=ns.quant_mode,
-            calibration_path=ns.calibration_path,
-            momentum=ns.quant_momentum,
-            rounding=ns.quant_rounding,
-            narrow_range=not ns.quant_full_range,
-            batch_shared_scale=not ns.quant_per_sample_scale,
-        )
 
 
 @dataclass(frozen=True)
@@ -307,8 +169,8 @@ class RunConfig:
             raise UserError(f"--scenario must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend not in registry.choices():
+            raise UserError(f"--backend must be one of {', '.join(registry.choices())}, got {self.backend!r}")
         if self.lg_model_name not in constants.LG_MODEL_NAMES:
             raise UserError(
                 f"--lg-model-name must be one of {', '.join(constants.LG_MODEL_NAMES)}, got {self.lg_model_name!r}"
@@ -318,11 +180,10 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_new_tokens <= constants.MAX_NEW_TOKENS:
             raise UserError(f"--max-new-tokens must be in 1..{constants.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
-        if self.dist.sut_nodes and (self.backend == "api" or self.tensor_parallel > 1 or self.data_parallel > 1):
+        remote_backend = not registry.entry(self.backend).holds_model
+        if self.dist.sut_nodes and (remote_backend or self.tensor_parallel > 1 or self.data_parallel > 1):
             raise UserError("--sut-nodes: the SUT nodes generate; give --tensor-parallel/--data-parallel to the nodes "
                             "(python -m mlperf_llama2.sut_node), and do not combine with --vllm/--backend api")
-        if self.backend == "api" and not self.api.api_servers:
-            raise UserError("--vllm/--backend api needs --api-server URL")
 
     @property
     def interactive(self) -> bool:
@@ -369,7 +230,7 @@ class RunConfig:
         p.add_argument("--lg-model-name", choices=constants.LG_MODEL_NAMES, default=constants.LG_MODEL_NAME,
                        help="LoadGen model name; llama2-70b-interactive with --scenario Server is the "
                             "Interactive setting (default %(default)s)")
-        p.add_argument("--backend", choices=BACKENDS, default=None,
+        p.add_argument("--backend", choices=registry.choices(), default=None,
                        help="generation backend: reference (transformers generate), engine (continuous "
                             "batching), api (OpenAI-compatible server) (default: engine on CUDA, where its "
                             "fidelity tests pass and it runs 28x faster; reference on CPU and for "
@@ -398,7 +259,8 @@ class RunConfig:
             if backend not in (None, "api"):
                 raise UserError(f"--vllm conflicts with --backend {backend}")
             backend = "api"
-        device = resolve_device(ns.device) if backend != "api" else (ns.device or "cpu")
+        local = backend is None or registry.entry(backend).holds_model  # the default backends hold the model
+        device = resolve_device(ns.device) if local else (ns.device or "cpu")
         dtype = ns.dtype or ("float16" if device.startswith("cuda") else "float32")
         return cls(
             scenario=ns.scenario,

@@ -15,7 +15,6 @@ import traceback
 from typing import Callable, Sequence
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 class UserError(Exception):

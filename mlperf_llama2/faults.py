@@ -13,7 +13,7 @@ MLPERF_LLAMA2_FAULTS is a comma-separated list of rules `KIND@TARGET=N[:SECONDS]
 Example: MLPERF_LLAMA2_FAULTS="oom@batch=2,error@sample=5,always@sample=7". Without the variable
 `FaultPlan.from_env()` is empty and `check` costs one attribute test. Backends call
 `plan.check(sample_indices)` at the top of each generate step (the reference backend does; the
-engine backend may, once per step, with the indices of the step's sequences). This module imports
+engine backend, once per step before it runs, with the indices of the step's sequences). This module imports
 no torch unless an `oom` fault fires.
 """
 

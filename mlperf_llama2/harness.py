@@ -13,6 +13,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from mlperf_llama2.backends import registry
 from mlperf_llama2.config import RunConfig, build_parser
 from mlperf_llama2.data.dataset import Dataset, load_dataset
 from mlperf_llama2.errors import UserError, configure_logging
@@ -33,25 +34,9 @@ def parse_config(argv: Optional[Sequence[str]]) -> RunConfig:
 
 def check_inputs(config: RunConfig) -> Dataset:
     """Validate every input of the run without loading the model; returns the loaded dataset."""
-    remote = config.backend == "api" or bool(config.dist.sut_nodes)  # the model lives elsewhere
-    if config.model_path is None and not remote:
-        raise UserError("no model given: pass --model-path DIR (a local Hugging Face checkpoint directory)")
     if config.dataset_path is None:
         raise UserError("no dataset given: pass --dataset-path FILE (a processorca.py .pkl or .pkl.gz)")
-    vocab_size = None
-    if not remote:
-        from mlperf_llama2.backends.hf_loading import check_model_dir, read_model_info
-
-        check_model_dir(config.model_path)
-        vocab_size = read_model_info(config.model_path).vocab_size
-    if config.quant.enabled and config.backend == "engine":
-        from mlperf_llama2.engine.quant_plan import engine_rules
-
-        engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
-    elif config.quant.enabled:
-        from mlperf_llama2.quant.setup import plan_quantization
-
-        plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
+    vocab_size = registry.check(config)  # the backend's own checks: checkpoint, quantization, servers
     if config.save_outputs is not None:
         parent = os.path.dirname(os.path.abspath(config.save_outputs))
         if os.path.exists(parent) and not os.path.isdir(parent):
@@ -68,7 +53,7 @@ def check_inputs(config: RunConfig) -> Dataset:
 def with_demo_defaults(config: RunConfig) -> RunConfig:
     """No --model-path / --dataset-path: the prepared demo model and data (or one line on preparing them)."""
     # An API server or SUT nodes hold the model: no local checkpoint is needed then.
-    needs_model = config.model_path is None and config.backend != "api" and not config.dist.sut_nodes
+    needs_model = config.model_path is None and registry.entry(registry.selected_name(config)).holds_model
     needs_dataset = config.dataset_path is None
     if not (needs_model or needs_dataset):
         return config
@@ -94,30 +79,20 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
     dataset = check_inputs(config)
 
     # LoadGen and the backends are imported only once the inputs are known to be good.
-    from mlperf_llama2.backends.registry import create_backend, resolve
     from mlperf_llama2.loadgen.runner import run_test
     from mlperf_llama2.loadgen.settings import build_settings
     from mlperf_llama2.report.observer import ReportObserver
     from mlperf_llama2.report.progress import progress_stream
     from mlperf_llama2.report.run_info import harness_commit, write_run_info
 
-    resolve(config.backend)  # an unknown backend fails before LoadGen or the model start
     settings = build_settings(config)
     if config.output_cap_applied:
         log.warning("--max-new-tokens %d < 1024: outputs are capped; this is NOT a valid MLPerf run",
                     config.max_new_tokens)
     mode = "Interactive" if config.interactive and config.scenario == "Server" else config.scenario
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
-             dataset.total_sample_count, "sut-nodes" if config.dist.sut_nodes else config.backend, config.dtype,
-             config.device)
-    network_name = None
-    if config.dist.sut_nodes:
-        from mlperf_llama2.backends.nodes import create_node_backend
-
-        backend = create_node_backend(config)
-        network_name = backend.sut_name
-    else:
-        backend = create_backend(config)
+             dataset.total_sample_count, registry.selected_name(config), config.dtype, config.device)
+    backend = registry.create_backend(config)
     write_run_info(settings.output_dir, scenario=config.scenario, accuracy=config.accuracy,
                    lg_model_name=config.lg_model_name, model_path=config.model_path,
                    dataset_path=config.dataset_path, max_new_tokens=config.max_new_tokens,
@@ -137,7 +112,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
         max_new_tokens=config.max_new_tokens,
         observers=(report, *observers),
         save_outputs=config.save_outputs,
-        network_name=network_name,
+        network_name=backend.network_name,
     )
     report.finish(settings.output_dir)
     quant_report = getattr(backend, "quant_report", None)  # the reference backend's open-backend report

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mlperf_llama2 import constants
+
 
 def cut_after_first_eos(tokens: Sequence[int], eos_token_id: int) -> list[int]:
     """Keep everything up to and including the first EOS; drop what follows (batch padding)."""
@@ -19,4 +21,4 @@ def cut_after_first_eos(tokens: Sequence[int], eos_token_id: int) -> list[int]:
 
 def finalize_output(tokens: Sequence[int], eos_token_id: int) -> np.ndarray:
     """The response payload: cut after the first EOS, as a contiguous int32 array; n_tokens = its length."""
-    return np.ascontiguousarray(cut_after_first_eos(tokens, eos_token_id), dtype=np.int32)
+    return np.ascontiguousarray(cut_after_first_eos(tokens, eos_token_id), dtype=constants.OUTPUT_DTYPE)

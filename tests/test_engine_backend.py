@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from loadgen_fixtures import (
     REPO,
@@ -28,8 +29,10 @@ from loadgen_fixtures import (
 )
 from mlperf_llama2.backends.base import GenerationRequest
 from mlperf_llama2.backends.engine import EngineBackend
-from mlperf_llama2.backends.registry import available
-from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.backends.registry import choices
+from mlperf_llama2.config import EngineConfig, build_parser
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.faults import FaultPlan, InjectedFault
 from mlperf_llama2.postprocess import cut_after_first_eos
 
 MAX_NEW = 8
@@ -61,7 +64,7 @@ class RecordingSink:
 
 
 def test_engine_is_registered():
-    assert "engine" in available()
+    assert "engine" in choices()
 
 
 def test_backend_streams_first_token_then_completes_with_generate_outputs(tiny_model_dir):
@@ -145,3 +148,27 @@ def test_loadgen_server_audit_passes_test06(runs):
     assert verify.returncode == 0, verify.stdout + verify.stderr
     report = (audit / "verified" / "TEST06" / "verify_accuracy.txt").read_text().splitlines()
     assert report[:3] == ["First token check pass: True", "EOS check pass: True", "Sample length check pass: True"]
+
+
+def test_a_fault_plan_given_at_construction_fails_the_step_holding_its_sample(tiny_model_dir):
+    engine = EngineBackend.from_pretrained(str(tiny_model_dir), SMALL).engine
+    assert engine.before_step is None  # no plan: the engine's steps are untouched
+    backend = EngineBackend(engine, faults=FaultPlan.parse("error@sample=7"))
+    sink = RecordingSink(2)
+    backend.start(sink)
+    backend.submit([GenerationRequest(1, 3, [1, 40, 50], MAX_NEW), GenerationRequest(2, 7, [1, 60], MAX_NEW)])
+    assert sink.done.wait(120)
+    backend.stop()
+    assert sorted(e[1] for e in sink.events if e[0] == "fail") == [1, 2]  # the loop fails every outstanding one
+    assert all(isinstance(e[2], InjectedFault) for e in sink.events if e[0] == "fail")
+
+
+def test_engine_ops_are_chosen_by_the_config():
+    from mlperf_llama2.engine.ops import EagerOps, FusedOps, ops_for
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert ops_for(cpu, "auto") is EagerOps and ops_for(cuda, "auto") is FusedOps
+    assert ops_for(cuda, "eager") is EagerOps and ops_for(cpu, "fused") is FusedOps
+    assert EngineConfig.from_cli_args(build_parser().parse_args(["--engine-ops", "eager"])).ops == "eager"
+    with pytest.raises(UserError, match="--engine-ops must be one of auto, eager, fused, got 'triton'"):
+        EngineConfig(ops="triton")

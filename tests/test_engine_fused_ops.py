@@ -86,12 +86,12 @@ def test_engine_tokens_equal_with_fused_and_eager_ops(tiny_model_dir):
 
     g = torch.Generator().manual_seed(0)
     prompts = [[1] + torch.randint(3, 500, (n - 1,), generator=g).tolist() for n in (5, 17, 40, 2)]
-    conf = EngineConfig(max_num_seqs=8, max_num_batched_tokens=16, block_size=4, num_kv_blocks=128,
-                        cuda_graphs=False)
     outs = {}
     for name, ops in (("eager", EagerOps), ("fused", FusedOps)):
+        conf = EngineConfig(max_num_seqs=8, max_num_batched_tokens=16, block_size=4, num_kv_blocks=128,
+                            cuda_graphs=False, ops=name)
         engine = LLMEngine.from_pretrained(tiny_model_dir, conf, device=DEVICE, dtype=torch.float32)
-        engine.runner.model.ops = ops
+        assert engine.runner.model.ops is ops  # chosen by the config, on any device
         outs[name] = engine.generate(prompts, SamplingParams(max_new_tokens=8))
     assert outs["fused"] == outs["eager"]
     assert len({tuple(o) for o in outs["eager"]}) > 1

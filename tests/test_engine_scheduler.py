@@ -15,16 +15,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_seq(i, prompt_len, max_new=8):
-    return Sequence.create(i, list(range(3, 3 + prompt_len)), SamplingParams(max_new), arrival_order=i)
+    return Sequence.create(i, list(range(3, 3 + prompt_len)), SamplingParams(max_new))
+
+
+def make_sched(num_blocks, block_size, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64):
+    return Scheduler(BlockManager(num_blocks, block_size), max_num_seqs, max_num_batched_tokens, max_model_len, EOS)
 
 
 def run_step(sched, token=7):
-    """What the engine does after the runner: count computed tokens, append a token when the prompt is done."""
+    """One engine step without overlap: schedule, (the runner samples `token` for every item), read back."""
     batch = sched.schedule()
-    for seq, n in batch.items:
-        seq.num_computed_tokens += n
-        if seq.num_computed_tokens == seq.num_tokens and seq.append(token, EOS):
-            sched.finish(seq)
+    sched.on_launched(batch)
+    sched.on_sampled(batch, [token] * len(batch.items))
     return batch
 
 
@@ -50,15 +52,13 @@ def test_blocks_are_taken_as_sequences_grow_and_returned_when_freed():
 
 
 def test_token_budget_chunks_prefill_and_mixes_it_with_decode():
-    sched = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=10, max_model_len=256)
+    sched = make_sched(64, 4, max_num_seqs=8, max_num_batched_tokens=10, max_model_len=256)
     a, b = make_seq(0, 6), make_seq(1, 20)
     sched.add(a)
     sched.add(b)
-    first = sched.schedule()
+    first = run_step(sched)
     assert [(s.request_id, n) for s, n in first.items] == [(0, 6), (1, 4)]
-    for seq, n in first.items:
-        seq.num_computed_tokens += n
-    a.append(7, EOS)
+    assert first.sampled == [True, False] and a.output == [7] and b.output == []  # a partial chunk samples nothing
     second = sched.schedule()
     # a decodes (1 token, listed first); b continues its prompt with the rest of the budget
     assert [(s.request_id, n) for s, n in second.items] == [(0, 1), (1, 9)]
@@ -66,7 +66,7 @@ def test_token_budget_chunks_prefill_and_mixes_it_with_decode():
 
 
 def test_max_num_seqs_limits_admission():
-    sched = Scheduler(BlockManager(64, 4), max_num_seqs=2, max_num_batched_tokens=100, max_model_len=256)
+    sched = make_sched(64, 4, max_num_seqs=2, max_num_batched_tokens=100, max_model_len=256)
     for i in range(3):
         sched.add(make_seq(i, 3))
     batch = sched.schedule()
@@ -74,8 +74,8 @@ def test_max_num_seqs_limits_admission():
 
 
 def test_sequences_stop_at_eos_or_max_new_tokens_and_free_their_blocks():
-    bm = BlockManager(16, 4)
-    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64)
+    sched = make_sched(16, 4)
+    bm = sched.block_manager
     short = make_seq(0, 3, max_new=2)
     sched.add(short)
     run_step(sched)
@@ -100,8 +100,8 @@ def test_min_new_tokens_suppresses_eos_only_before_the_first_token():
 
 
 def test_preemption_frees_the_newest_sequence_for_recompute():
-    bm = BlockManager(num_blocks=4, block_size=2)
-    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=8)
+    sched = make_sched(num_blocks=4, block_size=2, max_model_len=8)
+    bm = sched.block_manager
     old, new = make_seq(0, 3, max_new=4), make_seq(1, 3, max_new=4)
     sched.add(old)
     sched.add(new)
@@ -117,40 +117,63 @@ def test_preemption_frees_the_newest_sequence_for_recompute():
 
 
 def test_requests_that_can_never_fit_are_refused():
-    sched = Scheduler(BlockManager(2, 4), max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64)
     with pytest.raises(ValueError, match="KV slots"):
-        sched.add(make_seq(0, 6, max_new=4))
+        make_sched(2, 4).add(make_seq(0, 6, max_new=4))
     with pytest.raises(ValueError, match="max_new_tokens"):
-        Scheduler(BlockManager(64, 4), 4, 64, max_model_len=8).add(make_seq(1, 6, max_new=4))
+        make_sched(64, 4, max_model_len=8).add(make_seq(1, 6, max_new=4))
 
 
-def test_a_sequence_whose_last_token_is_in_flight_is_not_scheduled_again():
-    sched = Scheduler(BlockManager(num_blocks=16, block_size=4), max_num_seqs=4, max_num_batched_tokens=64,
-                      max_model_len=64)
+def test_a_launched_token_is_in_flight_until_read_back_and_a_draining_sequence_is_not_scheduled():
+    """Overlapped steps: step N+1 is scheduled before step N's tokens are read back."""
+    sched = make_sched(num_blocks=16, block_size=4)
     last, other = make_seq(0, 3, max_new=1), make_seq(1, 3, max_new=4)
     sched.add(last)
     sched.add(other)
-    batch = sched.schedule()
-    for seq, n in batch.items:  # what the engine does at launch with overlapped steps
-        seq.num_computed_tokens += n
-        seq.num_inflight = 1
-    assert last.is_draining and not other.is_draining
-    assert other.num_pending_tokens == 1  # the in-flight token is the one it computes next
-    assert sched.schedule().items == [(other, 1)]  # the in-flight token is the one it computes next
-    last.num_inflight = 0
-    assert last.append(9, EOS) and not other.is_draining
-    sched.finish(last)
-    assert last.status == Status.FINISHED and sched.running == [other]
+    first = sched.schedule()
+    sched.on_launched(first)
+    assert last.num_inflight == 1 and last.output == [] and last.is_draining and not other.is_draining
+    assert other.num_pending_tokens == 1 and not other.suppress_eos  # the in-flight token counts as generated
+    second = sched.schedule()
+    assert second.items == [(other, 1)]  # computed from the device copy of the in-flight token
+    sched.on_launched(second)
+    assert other.num_inflight == 2 and other.inflight_row == 0
+    events = sched.on_sampled(first, [9, 8])
+    assert [(e.seq, e.first_token, e.finished) for e in events] == [(last, 9, True), (other, 8, False)]
+    assert last.status == Status.FINISHED and last.finish_reason == "length" and sched.running == [other]
+    assert sched.on_sampled(second, [5]) == [] and other.output == [8, 5] and other.num_inflight == 0
 
 
-def test_finishing_a_preempted_sequence_takes_it_out_of_the_queue():
-    """Overlapped steps: a sequence preempted while its last token was in flight finishes from the queue."""
-    sched = Scheduler(BlockManager(num_blocks=16, block_size=4), max_num_seqs=4, max_num_batched_tokens=64,
-                      max_model_len=64)
-    seq = make_seq(0, 5, max_new=1)
+def test_the_token_of_a_step_launched_after_eos_is_dropped():
+    sched = make_sched(num_blocks=16, block_size=4)
+    seq = make_seq(0, 3, max_new=8)
     sched.add(seq)
-    sched.schedule()
-    sched._preempt(sched.running.pop())
-    assert seq.status == Status.WAITING and list(sched.waiting) == [seq]
-    sched.finish(seq)
-    assert seq.status == Status.FINISHED and not sched.waiting and sched.block_manager.num_free_blocks == 16
+    sched.add(make_seq(1, 3))
+    prefill = sched.schedule()
+    sched.on_launched(prefill)
+    sched.on_sampled(prefill, [4, 4])
+    stale_before = sched.schedule()
+    sched.on_launched(stale_before)
+    stale = sched.schedule()  # launched before the EOS below is read back
+    sched.on_launched(stale)
+    [event] = [e for e in sched.on_sampled(stale_before, [EOS, 6]) if e.seq is seq]
+    assert event.finished and seq.finish_reason == "eos" and seq.status == Status.FINISHED
+    assert not [e for e in sched.on_sampled(stale, [3, 6]) if e.seq is seq]
+    assert seq.output == [4, EOS] and seq.num_inflight == 0 and seq.block_table == []
+
+
+def test_a_sequence_preempted_with_its_last_token_in_flight_finishes_from_the_queue():
+    sched = make_sched(num_blocks=4, block_size=2, max_model_len=8)
+    old, new = make_seq(0, 4, max_new=4), make_seq(1, 4, max_new=1)
+    sched.add(old)
+    sched.add(new)
+    prefill = sched.schedule()
+    sched.on_launched(prefill)
+    assert new.is_draining and sched.block_manager.num_free_blocks == 0
+    decode = sched.schedule()  # old needs a third block: new, the newest, is preempted with its token in flight
+    assert decode.items == [(old, 1)] and decode.preempted == [new] and new.status == Status.WAITING
+    sched.on_launched(decode)
+    events = sched.on_sampled(prefill, [7, 9])
+    assert [(e.seq, e.first_token, e.finished) for e in events] == [(old, 7, False), (new, 9, True)]
+    assert new.status == Status.FINISHED and not sched.waiting and new.output == [9]
+    sched.on_sampled(decode, [8])
+    assert old.output == [7, 8] and sched.block_manager.num_free_blocks == 1

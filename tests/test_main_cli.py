@@ -89,12 +89,24 @@ def test_output_dir_that_cannot_be_created(inputs, tmp_path):
         harness.main(inputs + ["--output-log-dir", str(tmp_path / "a_file" / "logs")])
 
 
-def test_unregistered_backend_fails_before_the_model(inputs, monkeypatch):
+def test_backend_choices_come_from_the_registry(inputs, monkeypatch, capsys):
     from mlperf_llama2.backends import registry
 
-    monkeypatch.delitem(registry._FACTORIES, "engine")
-    with pytest.raises(UserError, match="--backend engine: not available in this build"):
+    monkeypatch.delitem(registry._ENTRIES, "engine")
+    with pytest.raises(SystemExit) as exit_info:
         harness.main(inputs + ["--backend", "engine"])
+    assert exit_info.value.code == 2 and "invalid choice: 'engine'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--backend must be one of api, reference, got 'engine'"):
+        RunConfig(backend="engine")
+
+
+def test_sut_nodes_are_a_registry_entry_chosen_by_their_flag_not_by_backend():
+    from mlperf_llama2.backends import registry
+
+    assert registry.SUT_NODES not in registry.choices() and {"reference", "engine", "api"} <= set(registry.choices())
+    config = harness.parse_config(["--device", "cpu", "--sut-nodes", "http://127.0.0.1:1"])
+    assert config.backend == "reference" and registry.selected_name(config) == registry.SUT_NODES
+    assert registry.entry(registry.selected_name(config)).factory.endswith(":create_node_backend")
 
 
 LATENCY_PROBE = """

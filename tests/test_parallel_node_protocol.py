@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 
 import pytest
@@ -102,8 +103,14 @@ def test_node_client_answers_each_request_once(node, expected, stream):
     assert client.router.outstanding_tokens == [0]
 
 
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (nothing listens on it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_unreachable_node_is_a_clear_error():
-    from mlperf_llama2.parallel.env import free_loopback_port
     from mlperf_llama2.errors import UserError
 
     with pytest.raises(UserError, match="is not answering"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Backend(abc.ABC):
 
     name: str = ""
     streams_first_token: bool = False  # True: first_token() arrives before complete()
+    network_name: Optional[Callable[[], str]] = None  # set: this process is LoadGen's node of a multi-node run
 
     @property
     @abc.abstractmethod

@@ -16,7 +16,7 @@ import torch
 
 from mlperf_llama2 import constants
 from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
-from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence
 from mlperf_llama2.faults import FaultPlan
@@ -33,9 +33,18 @@ class EngineBackend(Backend):
     name = "engine"
     streams_first_token = True
 
-    def __init__(self, engine: LLMEngine, forced_output_lengths: Optional[Mapping[int, int]] = None) -> None:
-        """`forced_output_lengths` (benchmarks and tests only): sample index -> exact output length, EOS ignored."""
+    def __init__(self, engine: LLMEngine, forced_output_lengths: Optional[Mapping[int, int]] = None,
+                 faults: Optional[FaultPlan] = None) -> None:
+        """`forced_output_lengths` (benchmarks and tests only): sample index -> exact output length, EOS ignored.
+
+        `faults` (tests only, MLPERF_LLAMA2_FAULTS): checked with the QSL indices of every step's batch
+        before it runs. The engine does not retry a failed step: its loop fails every outstanding
+        request, and the run stops with exit 1 (the SUT answers LoadGen for every sample, so nothing hangs).
+        """
         self.engine = engine
+        self.faults = faults
+        if faults:
+            engine.before_step = self._check_faults
         self.forced_output_lengths = forced_output_lengths
         self._sink: Optional[ResultSink] = None
         self._lock = threading.Lock()
@@ -100,24 +109,11 @@ class EngineBackend(Backend):
             self.engine.stop_loop()
             self._started = False
 
-    def inject_faults(self, plan: FaultPlan) -> None:
-        """Tests only (MLPERF_LLAMA2_FAULTS): check `plan` with the QSL indices of every step's batch.
-
-        The engine does not retry a failed step: its loop fails every outstanding request, and the run
-        stops with exit 1 (the SUT answers LoadGen for every sample, so nothing hangs).
-        """
-        runner = self.engine.runner
-        name = "launch" if self.engine.overlap else "run"  # the method the engine's steps call
-        real = getattr(runner, name)
-
-        def checked(batch):
-            with self._lock:
-                indices = [self._outstanding[seq.request_id].sample_index for seq, _ in batch.items
-                           if seq.request_id in self._outstanding]
-            plan.check(indices)
-            return real(batch)
-
-        setattr(runner, name, checked)
+    def _check_faults(self, batch) -> None:
+        with self._lock:
+            indices = [self._outstanding[seq.request_id].sample_index for seq, _ in batch.items
+                       if seq.request_id in self._outstanding]
+        self.faults.check(indices)
 
 
 def create_single_device_backend(config: "RunConfig") -> EngineBackend:
@@ -128,8 +124,6 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
 
     faults = FaultPlan.from_env()  # a bad spec fails before the weights load
     engine_rules(config.quant)  # --liteml-config needs --quant-mode int8 here: one line before the weights load
-    backend = EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype,
-                                            config.quant)
-    if faults:
-        backend.inject_faults(faults)
-    return backend
+    engine = LLMEngine.from_pretrained(config.model_path, config.engine, config.device, _DTYPES[config.dtype],
+                                       config.quant)
+    return EngineBackend(engine, faults=faults)

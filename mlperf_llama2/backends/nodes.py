@@ -162,8 +162,11 @@ class NodeBackend(Backend):
 
 
 def create_node_backend(config) -> NodeBackend:
-    """main.py --sut-nodes: the LoadGen node's backend (streams first tokens in Server)."""
+    """Registry factory of `sut-nodes` (main.py --sut-nodes): the LoadGen node's backend (streams first
+    tokens in Server)."""
     dist = config.dist
     log.info("LoadGen node: %d SUT node(s): %s", len(dist.sut_nodes), ", ".join(dist.sut_nodes))
-    return NodeBackend(dist.sut_nodes, stream=config.scenario == "Server", concurrency=dist.node_concurrency,
-                       timeout_s=dist.node_timeout_s, wait_s=dist.node_wait_s)
+    backend = NodeBackend(dist.sut_nodes, stream=config.scenario == "Server", concurrency=dist.node_concurrency,
+                          timeout_s=dist.node_timeout_s, wait_s=dist.node_wait_s)
+    backend.network_name = backend.sut_name  # LoadGen constructs a QDL: the SUT is reached over the network
+    return backend

@@ -37,8 +37,8 @@ class BlockManager:
         target = seq.num_computed_tokens + num_new_tokens
         return max(0, blocks_needed(target, self.block_size) - len(seq.block_table))
 
-    def can_allocate(self, seq: Sequence, num_new_tokens: int, reserve: int = 0) -> bool:
-        return self.extra_blocks_for(seq, num_new_tokens) + reserve <= len(self._free)
+    def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
+        return self.extra_blocks_for(seq, num_new_tokens) <= len(self._free)
 
     def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
         extra = self.extra_blocks_for(seq, num_new_tokens)

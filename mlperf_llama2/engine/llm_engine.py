@@ -13,28 +13,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence as Seq
 
 import torch
 
 from mlperf_llama2 import constants
-from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.engine.block_manager import BlockManager
 from mlperf_llama2.engine.model_runner import ModelRunner
-from mlperf_llama2.engine.scheduler import ScheduledBatch, Scheduler
-from mlperf_llama2.engine.sequence import SamplingParams, Sequence, Status
+from mlperf_llama2.engine.scheduler import ScheduledBatch, Scheduler, StepEvent
+from mlperf_llama2.engine.sequence import SamplingParams, Sequence
 
 log = logging.getLogger(__name__)
 
 MAX_MODEL_LEN = constants.INPUT_TOKEN_LIMIT + constants.MAX_NEW_TOKENS
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    seq: Sequence
-    first_token: Optional[int]  # set when this step produced the sequence's first token
-    finished: bool
 
 
 class LLMEngine:
@@ -44,20 +36,20 @@ class LLMEngine:
         self.config = config
         self.eos_token_id = eos_token_id
         self.scheduler = Scheduler(BlockManager(runner.num_blocks, config.block_size), config.max_num_seqs,
-                                   config.max_num_batched_tokens, max_model_len)
+                                   config.max_num_batched_tokens, max_model_len, eos_token_id)
         self._inbox: list[Sequence] = []
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
-        self._arrivals = 0
         # the runner can queue a step before the last one's tokens are read (a TP driver cannot); by default
         # only on CUDA, where launching is asynchronous (on a CPU it would only delay every token by a step)
         capable = getattr(runner, "overlap_capable", False)
         on_gpu = getattr(getattr(runner, "device", None), "type", "cpu") == "cuda"
         self.overlap = capable and (on_gpu if config.overlap_steps is None else config.overlap_steps)
-        self._pending: Optional[tuple] = None  # (batch, StepOutput, produced) launched, not yet read back
+        self._pending: Optional[tuple] = None  # (batch, StepOutput) launched, not yet read back
+        # called with each scheduled batch before it runs (an EngineBackend's fault plan, tests only)
+        self.before_step: Optional[Callable[[ScheduledBatch], None]] = None
         self.num_steps = 0
-        self.num_generated = 0
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig, device: str = "cpu",
@@ -78,8 +70,7 @@ class LLMEngine:
     def add_request(self, request_id: int, prompt: Seq[int], params: SamplingParams) -> Sequence:
         """Thread-safe: the sequence joins the scheduler at the start of the next step."""
         with self._cond:
-            seq = Sequence.create(request_id, prompt, params, self._arrivals)
-            self._arrivals += 1
+            seq = Sequence.create(request_id, prompt, params)
             self._inbox.append(seq)
             self._cond.notify()
         return seq
@@ -100,8 +91,11 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         current = None
         if batch:
+            if self.before_step is not None:
+                self.before_step(batch)
             output = self.runner.launch(batch) if self.overlap else _Ready(self.runner.run(batch))
-            current = (batch, output, self._advance(batch))
+            self.scheduler.on_launched(batch)
+            current = (batch, output)
             self.num_steps += 1
         if not self.overlap:
             return self._read_back(*current) if current else []
@@ -109,36 +103,8 @@ class LLMEngine:
         self._pending = current
         return events
 
-    @staticmethod
-    def _advance(batch: ScheduledBatch) -> list[bool]:
-        """Right after launch: the scheduled tokens are in the cache; an item that completed its sequence's
-        tokens sampled one more, now in flight at its row. Returns which items sampled a token."""
-        produced = []
-        for row, (seq, n) in enumerate(batch.items):
-            seq.num_computed_tokens += n
-            done = seq.num_computed_tokens >= seq.num_tokens  # a partial prefill chunk samples nothing
-            if done:
-                seq.num_inflight += 1
-                seq.inflight_row = row
-            produced.append(done)
-        return produced
-
-    def _read_back(self, batch: ScheduledBatch, output, produced: list[bool]) -> list[StepEvent]:
-        events = []
-        for (seq, _), sampled, token in zip(batch.items, produced, output.tokens()):
-            if not sampled:
-                continue
-            seq.num_inflight -= 1
-            if seq.status == Status.FINISHED:
-                continue  # stopped at EOS the step before: this token lies past the end
-            first = not seq.output
-            finished = seq.append(token, self.eos_token_id)
-            self.num_generated += 1
-            if finished:
-                self.scheduler.finish(seq)
-            if first or finished:
-                events.append(StepEvent(seq, token if first else None, finished))
-        return events
+    def _read_back(self, batch: ScheduledBatch, output) -> list[StepEvent]:
+        return self.scheduler.on_sampled(batch, output.tokens())
 
     def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams]) -> list[list[int]]:
         """Run the given prompts to completion on the calling thread; outputs in prompt order."""

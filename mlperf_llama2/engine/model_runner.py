@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.engine.attention import AttentionMetadata
 from mlperf_llama2.engine.block_manager import blocks_needed
 from mlperf_llama2.engine.llama import LlamaForCausalLM
@@ -43,7 +43,7 @@ class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, config: EngineConfig, eos_token_id: int, max_model_len: int,
                  device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
-        model.ops = ops_for(device)
+        model.ops = ops_for(device, config.ops)
         self.config = config
         self.eos_token_id = eos_token_id
         self.device = device

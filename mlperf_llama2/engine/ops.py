@@ -2,12 +2,12 @@
 
 `EagerOps` is transformers' Llama op for op (the CPU path and the fidelity reference);
 `FusedOps` (`fused_triton.py`) does the same work in three kernels per step kind and rounds the
-same way. `ops_for(device)` picks: fused on CUDA unless MLPERF_LLAMA2_EAGER_OPS=1 (for A/B runs).
+same way. `ops_for(device, choice)` picks by `EngineConfig.ops` (`--engine-ops`): auto is fused on
+CUDA and eager elsewhere; eager or fused forces one (for A/B runs).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -92,7 +92,8 @@ class FusedOps:
         return silu_mul(gate_up)
 
 
-def ops_for(device: torch.device):
-    if device.type == "cuda" and os.environ.get("MLPERF_LLAMA2_EAGER_OPS") != "1":
+def ops_for(device: torch.device, choice: str = "auto"):
+    """`choice`: one of engine/config.py's ENGINE_OPS."""
+    if choice == "fused" or (choice == "auto" and device.type == "cuda"):
         return FusedOps
     return EagerOps

@@ -7,6 +7,11 @@ its blocks are freed and it goes back to the front of the queue to be recomputed
 sequences are admitted in arrival order while the budget, `max_num_seqs` and free blocks allow
 (admission needs blocks for the whole pending prompt, so an admitted prompt is not starved).
 A running sequence whose last token is in flight (`is_draining`) is not scheduled again.
+
+The scheduler also owns every change to a sequence after a step: `on_launched(batch)` once the
+step's tokens are in the cache (a sequence whose tokens are all computed now has a sampled token
+in flight), `on_sampled(batch, tokens)` once those tokens are on the host (append, stop at EOS or
+max_new_tokens, free the blocks). The engine only calls the three in order.
 """
 
 from __future__ import annotations
@@ -14,11 +19,19 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Optional, Sequence as Seq
 
 from mlperf_llama2.engine.block_manager import BlockManager, blocks_needed
 from mlperf_llama2.engine.sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    seq: Sequence
+    first_token: Optional[int]  # set when this step produced the sequence's first token
+    finished: bool
 
 
 @dataclass
@@ -27,6 +40,7 @@ class ScheduledBatch:
 
     items: list[tuple[Sequence, int]] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    sampled: list[bool] = field(default_factory=list)  # per item, set by on_launched: it sampled a token
 
     @property
     def num_tokens(self) -> int:
@@ -46,8 +60,9 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int) -> None:
+                 max_model_len: int, eos_token_id: int) -> None:
         self.block_manager = block_manager
+        self.eos_token_id = eos_token_id
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -101,7 +116,36 @@ class Scheduler:
         batch.items.sort(key=lambda item: item[1] != 1)  # stable: decodes first, then prefill chunks
         return batch
 
-    def finish(self, seq: Sequence) -> None:
+    def on_launched(self, batch: ScheduledBatch) -> None:
+        """The step is queued: its tokens count as cached; an item that completed its sequence's tokens
+        sampled one more, now in flight at its row (a partial prefill chunk samples nothing)."""
+        batch.sampled = []
+        for row, (seq, n) in enumerate(batch.items):
+            seq.num_computed_tokens += n
+            done = seq.num_computed_tokens >= seq.num_tokens
+            if done:
+                seq.num_inflight += 1
+                seq.inflight_row = row
+            batch.sampled.append(done)
+
+    def on_sampled(self, batch: ScheduledBatch, tokens: Seq[int]) -> list[StepEvent]:
+        """The step's tokens (one per item) are on the host: append them, finish the sequences that stop."""
+        events = []
+        for (seq, _), sampled, token in zip(batch.items, batch.sampled, tokens):
+            if not sampled:
+                continue
+            seq.num_inflight -= 1
+            if seq.status == Status.FINISHED:
+                continue  # stopped at EOS the step before: this token lies past the end
+            first = not seq.output
+            finished = seq.append(token, self.eos_token_id)
+            if finished:
+                self._finish(seq)
+            if first or finished:
+                events.append(StepEvent(seq, token if first else None, finished))
+        return events
+
+    def _finish(self, seq: Sequence) -> None:
         if seq.status == Status.RUNNING:
             self.running.remove(seq)
         else:  # preempted while its last token was in flight

@@ -43,7 +43,6 @@ class Sequence:
     request_id: int
     prompt: list[int]
     params: SamplingParams
-    arrival_order: int = 0
     output: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
@@ -53,10 +52,10 @@ class Sequence:
     inflight_row: int = -1  # that token's row in the step output that holds it
 
     @classmethod
-    def create(cls, request_id: int, prompt: Seq[int], params: SamplingParams, arrival_order: int = 0) -> "Sequence":
+    def create(cls, request_id: int, prompt: Seq[int], params: SamplingParams) -> "Sequence":
         if len(prompt) < 1:
             raise ValueError(f"request {request_id}: empty prompt")
-        return cls(request_id=request_id, prompt=list(prompt), params=params, arrival_order=arrival_order)
+        return cls(request_id=request_id, prompt=list(prompt), params=params)
 
     @property
     def num_tokens(self) -> int:

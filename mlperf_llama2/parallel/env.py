@@ -8,7 +8,6 @@ NVLink multicast (NVLS) stays off on the lent machines, so NCCL and symmetric me
 from __future__ import annotations
 
 import os
-import socket
 
 DIST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
@@ -28,13 +27,6 @@ def child_env(**extra: str) -> dict[str, str]:
                PYTHONPATH=PACKAGE_ROOT + (os.pathsep + path if path else ""))
     env.update(extra)
     return env
-
-
-def free_loopback_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def device_for_rank(base_device: str, offset: int) -> str:

@@ -47,10 +47,6 @@ class StepSequence:
         """Every id a worker is sent is on the host (TP steps are not overlapped)."""
         return self.num_computed_tokens + len(self.new_tokens)
 
-    @property
-    def last_token(self) -> int:
-        return self.new_tokens[-1]  # decode steps: the one new token is the last token
-
 
 def encode_batch(batch: ScheduledBatch) -> list[tuple]:
     """The step as plain data: [(n, num_computed, new token ids, block table, suppress_eos)] in batch order."""

@@ -41,11 +41,6 @@ class LeastLoadedRouter:
             self.outstanding_requests[target] -= 1
             return target
 
-    def target_of(self, request_id: int) -> Optional[int]:
-        with self._lock:
-            entry = self._owner.get(request_id)
-            return None if entry is None else entry[0]
-
 
 def request_cost(prompt_len: int, max_new_tokens: int) -> int:
     return prompt_len + max_new_tokens

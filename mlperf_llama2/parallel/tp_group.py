@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from mlperf_llama2.config import EngineConfig
+from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.parallel.env import apply_dist_env, child_env, device_for_rank
 from mlperf_llama2.parallel.lockstep import DriverRunner
 
@@ -86,7 +86,7 @@ def build_runner(spec: ShardSpec, ctrl_group):
     """(ModelRunner on this rank's shard, eos id, KV blocks agreed by all ranks)."""
     from mlperf_llama2.engine.model_runner import ModelRunner
 
-    from mlperf_llama2.config import QuantConfig
+    from mlperf_llama2.quant.config import QuantConfig
     from mlperf_llama2.engine.llama import LlamaShape
     from mlperf_llama2.engine.loader import Parallel, build_model, eos_id, read_config
     from mlperf_llama2.engine.quant_plan import weight_plan

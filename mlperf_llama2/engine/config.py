@@ -1,0 +1,82 @@
+"""The engine's knobs (`--backend engine`): a frozen dataclass that owns its command-line flags.
+
+It lives beside the engine, not in `mlperf_llama2/config.py`, so the engine and the backends built on
+it never import the run configuration (which names the backends' registry): `config.RunConfig`
+holds one and re-exports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Optional
+
+from mlperf_llama2.errors import UserError
+
+ENGINE_OPS = ("auto", "eager", "fused")  # engine/ops.py's choices (that module imports torch)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Knobs of the fast engine (`--backend engine`)."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    kv_cache_memory_fraction: float = 0.9
+    num_kv_blocks: Optional[int] = None
+    cuda_graphs: bool = True
+    overlap_steps: Optional[bool] = None  # queue step N+1 before reading step N's tokens; None: on CUDA only
+    ops: str = "auto"  # elementwise ops: auto (fused Triton on CUDA, eager elsewhere) | eager | fused
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise UserError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise UserError(f"--max-num-batched-tokens must be >= 1 (prompts are prefilled in chunks), "
+                            f"got {self.max_num_batched_tokens}")
+        if self.block_size < 1:
+            raise UserError(f"--block-size must be >= 1, got {self.block_size}")
+        if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
+            raise UserError(f"--kv-cache-memory-fraction must be in (0, 1], got {self.kv_cache_memory_fraction}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise UserError(f"--num-kv-blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.ops not in ENGINE_OPS:
+            raise UserError(f"--engine-ops must be one of {', '.join(ENGINE_OPS)}, got {self.ops!r}")
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("engine (--backend engine)")
+        g.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
+                       help="most sequences in flight at once (default %(default)s)")
+        g.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens,
+                       help="token budget of one engine step, prefill chunks plus decodes (default %(default)s)")
+        g.add_argument("--block-size", type=int, default=EngineConfig.block_size,
+                       help="tokens per KV-cache block (default %(default)s)")
+        g.add_argument("--kv-cache-memory-fraction", type=float, default=EngineConfig.kv_cache_memory_fraction,
+                       help="fraction of free GPU memory after loading the model given to the KV cache "
+                            "(default %(default)s)")
+        g.add_argument("--num-kv-blocks", type=int, default=None,
+                       help="fixed number of KV-cache blocks (overrides the memory fraction; CPU default 512)")
+        g.add_argument("--no-cuda-graphs", action="store_true",
+                       help="run decode eagerly instead of replaying CUDA graphs")
+        g.add_argument("--no-overlap-steps", action="store_true",
+                       help="wait for each step's tokens before scheduling the next (default on CUDA: the next "
+                            "step is queued on the GPU while the host reads the last one's tokens)")
+        g.add_argument("--engine-ops", choices=ENGINE_OPS, default=EngineConfig.ops,
+                       help="elementwise ops (RMSNorm, RoPE + KV store, SiLU gate): auto = fused Triton kernels "
+                            "on CUDA, eager torch elsewhere; eager or fused forces one, for A/B runs "
+                            "(default %(default)s)")
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "EngineConfig":
+        return cls(
+            max_num_seqs=ns.max_num_seqs,
+            max_num_batched_tokens=ns.max_num_batched_tokens,
+            block_size=ns.block_size,
+            kv_cache_memory_fraction=ns.kv_cache_memory_fraction,
+            num_kv_blocks=ns.num_kv_blocks,
+            cuda_graphs=not ns.no_cuda_graphs,
+            overlap_steps=False if ns.no_overlap_steps else None,
+            ops=ns.engine_ops,
+        )
