@@ -1,7 +1,7 @@
 """main.py's flow: flags -> frozen RunConfig -> input checks -> LoadGen settings -> backend -> run.
 
 Everything that can be wrong with the inputs (missing paths, dataset, user.conf, output directory,
-model directory) is checked before the model loads, each as one clear line. Exit codes: 0 for a
+model directory, weights that do not match config.json) is checked before the model loads, each as one clear line. Exit codes: 0 for a
 completed run, 1 when samples failed to generate, 2 for bad input (via `run_cli`).
 """
 
@@ -41,9 +41,11 @@ def check_inputs(config: RunConfig) -> Dataset:
     vocab_size = None
     if not remote:
         from mlperf_llama2.backends.hf_loading import check_model_dir, read_model_info
+        from mlperf_llama2.checkpoint import check_checkpoint
 
         check_model_dir(config.model_path)
         vocab_size = read_model_info(config.model_path).vocab_size
+        check_checkpoint(config.model_path)  # a buildable Llama config.json, and weights that match it exactly
     if config.quant.enabled and config.backend == "engine":
         from mlperf_llama2.engine.int8 import engine_rules
 

@@ -19,6 +19,7 @@ from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
 from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+from mlperf_llama2.errors import UserError
 from mlperf_llama2.faults import FaultPlan
 
 if TYPE_CHECKING:
@@ -128,7 +129,11 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
 
     faults = FaultPlan.from_env()  # a bad spec fails before the weights load
     rules = engine_rules(config.quant)  # --liteml-config with --quant-mode int8: W8A8 int8 Linears
-    backend = EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype, rules)
+    try:
+        backend = EngineBackend.from_pretrained(config.model_path, config.engine, config.device, config.dtype, rules)
+    except ValueError as exc:  # the engine loader's own checks ("checkpoint lacks ...", "unexpected weight ...")
+        raise UserError(f"--model-path {config.model_path}: the engine cannot load it: "
+                        f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     if faults:
         backend.inject_faults(faults)
     return backend
