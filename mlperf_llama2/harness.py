@@ -38,22 +38,27 @@ def check_inputs(config: RunConfig) -> Dataset:
         raise UserError("no model given: pass --model-path DIR (a local Hugging Face checkpoint directory)")
     if config.dataset_path is None:
         raise UserError("no dataset given: pass --dataset-path FILE (a processorca.py .pkl or .pkl.gz)")
-    vocab_size = None
+    vocab_size = num_layers = None
     if not remote:
         from mlperf_llama2.backends.hf_loading import check_model_dir, read_model_info
         from mlperf_llama2.checkpoint import check_checkpoint
 
         check_model_dir(config.model_path)
         vocab_size = read_model_info(config.model_path).vocab_size
-        check_checkpoint(config.model_path)  # a buildable Llama config.json, and weights that match it exactly
+        # a buildable Llama config.json, and weights that match it exactly
+        num_layers = check_checkpoint(config.model_path).dims.num_layers
     if config.quant.enabled and config.backend == "engine":
         from mlperf_llama2.engine.int8 import engine_rules
+        from mlperf_llama2.quant.setup import check_rules_for_model
 
-        engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
+        rules = engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
+        if num_layers is not None:
+            check_rules_for_model(rules, num_layers)
     elif config.quant.enabled:
         from mlperf_llama2.quant.setup import plan_quantization
 
-        plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
+        # YAML, backend, calibration file; the rules against the model's module names
+        plan_quantization(config.quant, config.dataset_path, config.device, num_layers)
     if config.save_outputs is not None:
         parent = os.path.dirname(os.path.abspath(config.save_outputs))
         if os.path.exists(parent) and not os.path.isdir(parent):
