@@ -173,7 +173,8 @@ def expected_shapes(dims: LlamaDims) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def compare(tensors: list[TensorEntry], expected: Mapping[str, tuple[int, ...]], dims: LlamaDims) -> list[tuple[str, str]]:
+def compare(tensors: list[TensorEntry], expected: Mapping[str, tuple[int, ...]],
+            dims: LlamaDims) -> list[tuple[str, str]]:
     """(file, problem) for every difference between the tensors found and those expected, in a stable order."""
     problems: list[tuple[str, str]] = []
     seen: dict[str, TensorEntry] = {}
@@ -190,8 +191,8 @@ def compare(tensors: list[TensorEntry], expected: Mapping[str, tuple[int, ...]],
             problems.append((t.file, f"{t.name} has shape {list(t.shape)}, config.json implies "
                                      f"{list(expected[t.name])}"))
         elif t.dtype in DTYPE_BYTES and t.dtype not in FLOAT_DTYPES:
-            problems.append((t.file, f"{t.name} has dtype {t.dtype}, not a floating-point weight (a quantized "
-                                     "export? the backends load float checkpoints)"))
+            problems.append((t.file, f"{t.name} has dtype {t.dtype}; the backends load F16, BF16 or F32 weights "
+                                     "(a quantized export?)"))
     files = sorted({t.file for t in tensors})
     where = files[0] if len(files) == 1 else os.path.dirname(files[0]) if files else "checkpoint"
     for name in expected:

@@ -85,7 +85,8 @@ def rejected(model_dir: Path) -> str:
 @pytest.mark.parametrize("edit, words", [
     (lambda c: c.update(model_type="gpt2"), ("config.json", "model_type 'gpt2'", "Llama")),
     (lambda c: c.update(num_key_value_heads=3), ("num_key_value_heads 3 does not divide num_attention_heads 4",)),
-    (lambda c: (c.update(hidden_size=66), c.pop("head_dim", None)), ("hidden_size 66 is not divisible by num_attention_heads 4",)),
+    (lambda c: (c.update(hidden_size=66), c.pop("head_dim", None)),
+     ("hidden_size 66 is not divisible by num_attention_heads 4",)),
     (lambda c: c.pop("num_hidden_layers"), ("num_hidden_layers must be a positive integer, got None",)),
     (lambda c: c.update(intermediate_size="128"), ("intermediate_size must be a positive integer, got '128'",)),
     (lambda c: c.update(hidden_act="gelu"), ("hidden_act 'gelu'",)),
@@ -128,7 +129,7 @@ def test_expected_shapes_are_exactly_transformers_llama_state_dict(options):
     ("extra", put("model.layers.0.self_attn.extra_scale", torch.zeros(4)),
      ("unexpected tensor model.layers.0.self_attn.extra_scale",)),
     ("int8_weight", put("model.norm.weight", torch.zeros(64, dtype=torch.int8)),
-     ("model.norm.weight has dtype I8, not a floating-point weight",)),
+     ("model.norm.weight has dtype I8; the backends load F16, BF16 or F32 weights",)),
     ("two_problems", lambda s: (s.pop("model.norm.weight"), s.pop("lm_head.weight")),
      ("tensor model.norm.weight is missing (and 1 more problem)",)),
 ])
