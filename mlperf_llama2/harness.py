@@ -1,8 +1,9 @@
 """main.py's flow: flags -> frozen RunConfig -> input checks -> LoadGen settings -> backend -> run.
 
 Everything that can be wrong with the inputs (missing paths, dataset, user.conf, output directory,
-model directory) is checked before the model loads, each as one clear line. Exit codes: 0 for a
-completed run, 1 when samples failed to generate, 2 for bad input (via `run_cli`).
+model directory, weights that do not match config.json, quantization rules that reach no module) is
+checked before the model loads, each as one clear line. Exit codes: 0 for a completed run, 1 when
+samples failed to generate, 2 for bad input (via `run_cli`).
 """
 
 from __future__ import annotations

@@ -231,8 +231,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError("no model given: pass --model-path DIR (a local Hugging Face checkpoint directory)")
     from mlperf_llama2.backends.hf_loading import check_model_dir
     from mlperf_llama2.backends.registry import create_backend
+    from mlperf_llama2.checkpoint import check_checkpoint
 
     check_model_dir(config.model_path)
+    check_checkpoint(config.model_path)
     backend = create_backend(config)
     node = SutNode(backend, ns.node_name or f"node@{ns.host}:{ns.port}", ns.host, ns.port, ns.request_timeout)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=node.httpd.shutdown, daemon=True).start())

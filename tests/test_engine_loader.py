@@ -172,6 +172,5 @@ def test_a_misshapen_tensor_is_one_line_naming_it(tmp_path, tiny_model_dir):
     tensors = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     tensors["model.layers.1.mlp.up_proj.weight"] = tensors["model.layers.1.mlp.up_proj.weight"][:-1].contiguous()
     save_file(tensors, str(bad / "model.safetensors"))
-    with pytest.raises(UserError, match=r"tensor model.layers.1.mlp.up_proj.weight has shape \[127, 64\], the config "
-                                        r"needs \[128, 64\]"):
+    with pytest.raises(UserError, match=r"model.layers.1.mlp.up_proj.weight has shape \[127, 64\]"):
         LLMEngine.from_pretrained(str(bad), ENGINE, "cpu", torch.float32)

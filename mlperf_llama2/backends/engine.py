@@ -19,6 +19,7 @@ from mlperf_llama2.backends.base import Backend, GenerationRequest, ResultSink
 from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+from mlperf_llama2.errors import UserError
 from mlperf_llama2.faults import FaultPlan
 
 if TYPE_CHECKING:
@@ -124,6 +125,10 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
 
     faults = FaultPlan.from_env()  # a bad spec fails before the weights load
     engine_rules(config.quant)  # --liteml-config needs --quant-mode int8 here: one line before the weights load
-    engine = LLMEngine.from_pretrained(config.model_path, config.engine, config.device, _DTYPES[config.dtype],
-                                       config.quant)
+    try:
+        engine = LLMEngine.from_pretrained(config.model_path, config.engine, config.device, _DTYPES[config.dtype],
+                                           config.quant)
+    except ValueError as exc:  # a check the pre-flight could not make (the loader's own are UserErrors)
+        raise UserError(f"--model-path {config.model_path}: the engine cannot load it: "
+                        f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     return EngineBackend(engine, faults=faults)

@@ -4,7 +4,8 @@
 directory before any weights load. A tokenizer with more ids than the model's embedding
 (config.json vocab_size) belongs to another model and is an error; a smaller one is fine (Llama
 checkpoints often pad the embedding). `load_causal_lm` is the one place the reference backend loads
-weights; the quantization code wraps the model it returns.
+weights; transformers' load report (MISSING, UNEXPECTED, mismatched tensors) is an error there, never a
+warning. The quantization code wraps the model it returns.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from mlperf_llama2.checkpoint import check_load_report
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.hf_compat import dtype_kwargs
 
@@ -126,12 +128,22 @@ def load_causal_lm(path: str, dtype: str, device: str):
     from transformers import AutoModelForCausalLM
 
     log.info("loading %s (%s on %s)", path, dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        device_map="auto" if device == "cuda" else device,
-        low_cpu_mem_usage=True,
-        local_files_only=True,
-        **dtype_kwargs(torch_dtype(dtype)),
-    )
+    try:
+        model, report = AutoModelForCausalLM.from_pretrained(
+            path,
+            device_map="auto" if device == "cuda" else device,
+            low_cpu_mem_usage=True,
+            local_files_only=True,
+            output_loading_info=True,
+            **dtype_kwargs(torch_dtype(dtype)),
+        )
+    except RuntimeError as exc:  # a shape mismatch: transformers 5.x and 4.x raise it, each in its own words
+        if "mismatch" not in str(exc):
+            raise
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+                      "see the report above")
+        raise UserError(f"{path}: transformers' load report: mismatched tensor shapes ({detail}); the weights "
+                        "do not match config.json") from None
+    check_load_report(path, report, bool(getattr(model.config, "tie_word_embeddings", False)))
     model.eval()
     return model

@@ -15,33 +15,40 @@ if TYPE_CHECKING:
     from mlperf_llama2.config import RunConfig
 
 
-def _local_checkpoint(config: "RunConfig") -> int:
+def _local_checkpoint(config: "RunConfig") -> tuple[int, int]:
+    """(vocab size, layers) of a checkpoint whose config and weight headers match (`checkpoint.py`)."""
     from mlperf_llama2.backends.hf_loading import check_model_dir, read_model_info
+    from mlperf_llama2.checkpoint import check_checkpoint
 
     check_model_dir(config.model_path)
-    return read_model_info(config.model_path).vocab_size
+    vocab_size = read_model_info(config.model_path).vocab_size
+    # a buildable Llama config.json, and weights that match it exactly
+    return vocab_size, check_checkpoint(config.model_path).dims.num_layers
 
 
-def _quantization_plan(config: "RunConfig") -> None:
-    """--liteml-config as the reference backend applies it: YAML, quantization backend, calibration file."""
+def _quantization_plan(config: "RunConfig", num_layers: Optional[int] = None) -> None:
+    """--liteml-config as the reference backend applies it: YAML, quantization backend, calibration file,
+    and (with the checkpoint here) the rules against the model's module names."""
     if config.quant.enabled:
         from mlperf_llama2.quant.setup import plan_quantization
 
-        plan_quantization(config.quant, config.dataset_path, config.device)
+        plan_quantization(config.quant, config.dataset_path, config.device, num_layers)
 
 
 def check_reference(config: "RunConfig") -> int:
-    vocab_size = _local_checkpoint(config)
-    _quantization_plan(config)
+    vocab_size, num_layers = _local_checkpoint(config)
+    _quantization_plan(config, num_layers)
     return vocab_size
 
 
 def check_engine(config: "RunConfig") -> int:
-    vocab_size = _local_checkpoint(config)
+    vocab_size, num_layers = _local_checkpoint(config)
     if config.quant.enabled:
         from mlperf_llama2.engine.quant_plan import engine_rules
+        from mlperf_llama2.quant.setup import check_rules_for_model
 
-        engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
+        rules = engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
+        check_rules_for_model(rules, num_layers)
     return vocab_size
 
 

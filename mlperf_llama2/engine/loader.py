@@ -11,8 +11,9 @@
   5. finish    a tied lm_head, nothing missing, row-parallel Linears wrapped (all-reduce of the output and,
                for quantized ones, of each token's absmax, so TP=N computes what TP=1 computes)
 
-The checkpoint-name mapping (`PROJECTIONS`) is defined here once. Opening and checking a checkpoint is
-`mlperf_llama2.checkpoint`'s job when present; this module raises `UserError` lines of its own too.
+The checkpoint-name mapping (`PROJECTIONS`) is defined here once. A checkpoint is checked by
+`mlperf_llama2.checkpoint` (headers only) before any tensor is read; the passes raise `UserError` lines of
+their own for what reaches them anyway (a tensor stream that is not a checkpoint on disk).
 """
 
 from __future__ import annotations
@@ -316,6 +317,9 @@ def build_model(hf_config, plan: dict[str, str], device: torch.device, dtype: to
     full = LlamaShape.from_hf_config(hf_config)
     model = empty_model(hf_config, plan, device, dtype, max_positions, parallel)
     if model_path is not None:
+        from mlperf_llama2.checkpoint import check_checkpoint
+
+        check_checkpoint(model_path)  # config and weight headers agree: one line, before any tensor is read
         source, weights = model_path, checkpoint_tensors(model_path)
     else:
         source, weights = "random weights", random_tensors(full, device, dtype, init_std, seed)

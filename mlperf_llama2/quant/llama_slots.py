@@ -7,7 +7,8 @@ op modules a LiteML config names: attention `matmul_qkt`, `matmul_pv`, `add_mask
 and decoder-layer forwards to route through those slots (eager attention); transformers 4.46 (the
 LiteML wheel's) and 5.x are both handled. With plain slots the
 model computes what transformers' eager Llama computes, so `model.generate` works unchanged; the
-quantization backends then swap slots for quantized ones by name.
+quantization backends then swap slots for quantized ones by name. `slot_names(num_layers)` lists
+those names without a model, for checking a config before the weights load.
 """
 
 from __future__ import annotations
@@ -122,6 +123,37 @@ def decoder_forward(self, hidden_states: torch.Tensor, attention_mask=None, posi
     if not self._slots_return_tuple:
         return hidden_states
     return (hidden_states,) + ((probs,) if output_attentions else ()) + ((cache,) if use_cache else ())
+
+
+LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def slot_names(num_layers: int) -> list[tuple[str, str]]:
+    """(source kind, qualified name) of every module a rule can name in a slotted LlamaForCausalLM.
+
+    Computed from the layer count alone, so a config can be checked before any weights load; it
+    lists what `install_slots` leaves in a transformers Llama (tests compare the two)."""
+    names: list[tuple[str, str]] = []
+    for i in range(num_layers):
+        layer = f"model.layers.{i}."
+        names += [("Linear", layer + n) for n in LINEAR_NAMES]
+        names += [("Matmul" if n.startswith("matmul") else "Mul" if "_mul_" in n else "Add", f"{layer}self_attn.{n}")
+                  for n in ATTENTION_SLOTS]
+        names += [("Mul", layer + "mlp.mul"), ("SiLU", layer + "mlp.act_fn"), ("Add", layer + "add_1"),
+                  ("Add", layer + "add_2"), ("RMSNorm", layer + "input_layernorm"),
+                  ("RMSNorm", layer + "post_attention_layernorm")]
+    return names + [("RMSNorm", "model.norm"), ("Linear", "lm_head")]
+
+
+def input_rank(kind: str, qualified_name: str, role: str) -> int:
+    """Rank of the tensor a quantizer `role` of that module sees: weights [N, K] / [H], activations
+    [B, S, H], attention tensors (scores, Q, K, V, the mask, RoPE halves) [B, heads, S, D or T]."""
+    if role == "weights_quantizer":
+        return 1 if kind == "RMSNorm" else 2
+    if kind == "Matmul" or (kind in ("Mul", "Add") and ".self_attn." in qualified_name):
+        return 4
+    return 3
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

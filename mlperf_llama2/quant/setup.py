@@ -1,8 +1,10 @@
 """`--liteml-config` end to end: check the request at start-up, then quantize the loaded model.
 
-`plan_quantization(quant_config, dataset_path, device)` runs before any model loads: it picks the
-backend (auto: LiteML when the real package is installed, else the open backend; logged), reads and
-validates the YAML for the open backend, and finds the calibration pickle. `apply_quantization`
+`plan_quantization(quant_config, dataset_path, device, num_layers)` runs before any model loads: it
+picks the backend (auto: LiteML when the real package is installed, else the open backend; logged),
+reads and validates the YAML for the open backend (every rule must reach a module of the model,
+with dims inside the rank of what it quantizes: `check_rules_for_model`), and finds the calibration
+pickle. `apply_quantization`
 then wraps the loaded transformers model (LiteML's RetrainerModel, or the open backend in place)
 and returns it with a `QuantReport` for the run summary.
 """
@@ -56,8 +58,42 @@ def calibration_samples(path: str, vocab_size: Optional[int] = None) -> list[tor
     return [torch.tensor(p, dtype=torch.long)[None, :] for p in data.prompts]  # each [1, L]
 
 
-def plan_quantization(quant_config, dataset_path: Optional[str], device: str) -> Optional[QuantPlan]:
-    """Check everything about quantization a run needs before its model loads; None when off."""
+def check_rules_for_model(rules: QuantRules, num_layers: int) -> None:
+    """Every rule must reach a module of a `num_layers` Llama (the first matching rule wins), and its
+    dims must be axes of the tensors it quantizes there; one UserError naming the rule otherwise."""
+    from mlperf_llama2.quant.llama_slots import input_rank, slot_names
+
+    slots = slot_names(num_layers)
+    won: dict[int, list[tuple[str, str]]] = {rule.index: [] for rule in rules.rules}
+    for kind, name in slots:
+        rule = rules.match(kind, name)
+        if rule is not None:
+            won[rule.index].append((kind, name))
+    for rule in rules.rules:
+        head = f"--liteml-config {rules.path}: {rule.label}"
+        if not won[rule.index]:
+            shadow = next((r for r in rules.rules if r.index < rule.index
+                           and any(r.matches(k, n) for k, n in slots if rule.matches(k, n))), None)
+            if shadow is not None:
+                raise UserError(f"{head}: every module it matches is taken by the earlier {shadow.label}; "
+                                "reorder or remove it")
+            known = sorted({n.rsplit(".", 1)[-1] for k, n in slots if k == rule.source_kind})
+            raise UserError(f"{head}: matches no module of the model; {rule.source_module} modules are named "
+                            f"{', '.join(known)}")
+        for kind, name in won[rule.index]:
+            for role, spec in rule.quantizers:
+                rank = input_rank(kind, name, role)
+                bad = [d for d in spec.dims if not -rank <= d < rank]
+                if bad:
+                    raise UserError(f"{head}: {role} dims {list(spec.dims)}: axis {bad[0]} is outside the "
+                                    f"rank-{rank} tensor it quantizes at {name} (axes {-rank}..{rank - 1})")
+
+
+def plan_quantization(quant_config, dataset_path: Optional[str], device: str,
+                      num_layers: Optional[int] = None) -> Optional[QuantPlan]:
+    """Check everything about quantization a run needs before its model loads; None when off.
+
+    With `num_layers` (from config.json) the open backend's rules are checked against the model too."""
     from mlperf_llama2.quant.liteml_adapter import liteml_available
 
     qc = quant_config
@@ -80,6 +116,8 @@ def plan_quantization(quant_config, dataset_path: Optional[str], device: str) ->
     if backend == "open" and qc.quant_mode == "int8" and not device.startswith("cuda"):
         raise UserError("--quant-mode int8 needs a CUDA device (torch._int_mm); use --quant-mode simulate on CPU")
     rules = load_rules(qc.liteml_config) if backend == "open" else None
+    if rules is not None and num_layers is not None:
+        check_rules_for_model(rules, num_layers)
     if rules is not None:
         static = rules.needs_calibration
     else:

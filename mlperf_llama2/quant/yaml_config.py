@@ -4,7 +4,9 @@ Accepts real LiteML files: YAML 1.1 `On`/`Off` booleans, `!!python/tuple` sequen
 loader that knows tuples and nothing else of Python), and `dim:` as a spelling of `dims:`. Every rule
 is checked when the file is read: an unknown source module, destination, parameter, key, or a bit
 format we cannot simulate (TrueQuant*, PWLA*, compFlow*, float formats such as fp8) is one
-`UserError` that names the rule. Unmatched slots stay in float; nothing is ignored silently.
+`UserError` that names the rule, and so is an empty `custom_quantization`. Unmatched slots stay in
+float; nothing is ignored silently (`quant.setup.check_rules_for_model` refuses a rule that reaches
+no module of the model, or whose dims lie outside a tensor's rank).
 """
 
 from __future__ import annotations
@@ -174,9 +176,12 @@ def load_rules(path: str) -> QuantRules:
         "weight_symmetric": bool(weight_q.get("symmetric", True)),
         "weight_per_channel": bool(weight_q.get("per_channel", False)),
     }
-    raw_rules = qat.get("custom_quantization") or []
-    if not isinstance(raw_rules, list):
+    raw_rules = qat.get("custom_quantization")
+    if raw_rules is not None and not isinstance(raw_rules, list):
         raise UserError(f"{where}: QAT.custom_quantization must be a list of rules")
+    if not raw_rules:  # the open backend quantizes only what a rule names: no rules would be a float run
+        raise UserError(f"{where}: QAT.custom_quantization is empty, so nothing would be quantized; add the "
+                        "rules (see liteml_configs/) or drop --liteml-config for a float run")
     rules = tuple(_parse_rule(i, raw, defaults, where) for i, raw in enumerate(raw_rules))
     return QuantRules(path=path, rules=rules, quantization_mode=mode, fully_quantized=bool(qat.get("fully_quantized")))
 

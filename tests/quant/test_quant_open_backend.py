@@ -10,7 +10,7 @@ from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.fake_quant import FakeQuantizer, Numerics, fake_quant
 from mlperf_llama2.quant.llama_slots import install_slots
 from mlperf_llama2.quant.open_backend import quantize_model
-from mlperf_llama2.quant.yaml_config import load_rules
+from mlperf_llama2.quant.yaml_config import QuantRules, load_rules
 
 pytestmark = pytest.mark.tf_compat  # the LiteML wheel's transformers 4.46 too
 
@@ -30,9 +30,8 @@ def calibration():
 
 
 def no_rules(tmp_path):
-    path = tmp_path / "off.yaml"
-    path.write_text("QAT:\n  data_quantization: {quantization_mode: dynamic}\n  custom_quantization: []\n")
-    return load_rules(str(path))
+    """Rules that quantize nothing (a config file cannot say this: an empty custom_quantization is refused)."""
+    return QuantRules(path=str(tmp_path / "off.yaml"), rules=(), quantization_mode="dynamic", fully_quantized=False)
 
 
 @torch.no_grad()

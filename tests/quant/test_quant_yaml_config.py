@@ -116,7 +116,8 @@ def test_smoothquant_and_unknown_sections_are_refused(tmp_path):
         load_rules(write(tmp_path, "", "SmoothQuant: {alpha: 0.5}\n" + empty))
     with pytest.raises(UserError, match="unknown key"):
         load_rules(write(tmp_path, "", empty.replace("device: cuda", "device: cuda\n  pruning: On")))
-    assert load_rules(write(tmp_path, "", empty)).rules == ()
+    with pytest.raises(UserError, match="QAT.custom_quantization is empty, so nothing would be quantized"):
+        load_rules(write(tmp_path, "", empty))
 
 
 def test_first_matching_rule_wins(tmp_path):
