@@ -62,7 +62,11 @@ def check_inputs(config: RunConfig) -> Dataset:
             raise UserError(f"--save-outputs {config.save_outputs}: cannot create {parent} ({exc.strerror})") from None
         if not os.access(parent, os.W_OK):
             raise UserError(f"--save-outputs {config.save_outputs}: directory {parent} is not writable")
-    return load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
+    dataset = load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
+    from mlperf_llama2.loadgen.conf_file import check_conf_files
+
+    check_conf_files(config.user_conf, config.audit_conf)  # LoadGen ignores lines it does not know; we refuse them
+    return dataset
 
 
 def with_demo_defaults(config: RunConfig) -> RunConfig:
