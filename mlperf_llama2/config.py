@@ -275,6 +275,7 @@ class RunConfig:
     backend: str = "reference"
     max_new_tokens: int = constants.MAX_NEW_TOKENS
     save_outputs: Optional[str] = None
+    overwrite: bool = False
     progress: bool = True
     verbose: bool = False
     tensor_parallel: int = 1
@@ -361,6 +362,9 @@ class RunConfig:
                             "summary says so (demo only; default %(default)s)")
         p.add_argument("--save-outputs", default=None, metavar="FILE",
                        help="write every sample's output token ids to one JSON file at the end")
+        p.add_argument("--overwrite", action="store_true",
+                       help="run even if --output-log-dir holds an earlier run's results (they are moved into "
+                            "previous-<time>/ inside it first) and replace an existing --save-outputs file")
         p.add_argument("--no-progress", action="store_true", help="no live progress bar on stderr")
         p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on errors")
         p.add_argument("--tensor-parallel", type=int, default=1,
@@ -400,6 +404,7 @@ class RunConfig:
             backend=backend or default_backend(device, ns.liteml_config, ns.quant_mode),
             max_new_tokens=ns.max_new_tokens,
             save_outputs=ns.save_outputs,
+            overwrite=ns.overwrite,
             progress=not ns.no_progress,
             verbose=ns.verbose,
             tensor_parallel=ns.tensor_parallel,
