@@ -18,6 +18,7 @@ from mlperf_llama2 import constants
 from mlperf_llama2.errors import UserError
 
 SCENARIOS = ("Offline", "Server")
+INTERACTIVE = "Interactive"  # --scenario Interactive = Server with the llama2-70b-interactive settings
 DTYPES = ("float16", "bfloat16", "float32")
 BACKENDS = ("reference", "engine", "api")
 REFERENCE_MODEL_NAME = "meta-llama/Llama-2-70b-chat-hf"
@@ -117,7 +118,9 @@ class QuantConfig:
                             "liteml: require LiteML; open: our backend (default %(default)s)")
         g.add_argument("--quant-mode", choices=("simulate", "int8"), default="simulate",
                        help="open backend: simulate = exact fake-quant at every rule (CPU/GPU); "
-                            "int8 = real int8 weights and torch._int_mm Linears (CUDA) (default %(default)s)")
+                            "int8 = real int8 weights, per-token int8 activations and the fused Triton int8 GEMM "
+                            "on CUDA (torch._int_mm where Triton is missing; an exact integer matmul on CPU) "
+                            "(default %(default)s)")
         g.add_argument("--calibration-path", default=None,
                        help="calibration pickle for static quantizers (default: the processorca "
                             "calibration_*.pkl beside the dataset)")
@@ -322,7 +325,9 @@ class RunConfig:
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         p = parser
-        p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default %(default)s)")
+        p.add_argument("--scenario", choices=(*SCENARIOS, INTERACTIVE), default="Offline",
+                       help="LoadGen scenario; Interactive is Server with --lg-model-name "
+                            f"{constants.LG_MODEL_NAME_INTERACTIVE} (450 ms TTFT / 40 ms TPOT) (default %(default)s)")
         p.add_argument("--model-path", default=None,
                        help="local Hugging Face checkpoint directory with config.json, weights and "
                             "tokenizer (never fetched from a hub); default: the demo model prepared by "
@@ -349,14 +354,16 @@ class RunConfig:
         p.add_argument("--enable-log-trace", action="store_true", help="write LoadGen's trace log")
         p.add_argument("--num-workers", type=int, default=1,
                        help="reference backend: worker threads (default %(default)s)")
-        p.add_argument("--lg-model-name", choices=constants.LG_MODEL_NAMES, default=constants.LG_MODEL_NAME,
+        p.add_argument("--lg-model-name", choices=constants.LG_MODEL_NAMES, default=None,
                        help="LoadGen model name; llama2-70b-interactive with --scenario Server is the "
-                            "Interactive setting (default %(default)s)")
+                            f"Interactive setting (default {constants.LG_MODEL_NAME}; "
+                            f"{constants.LG_MODEL_NAME_INTERACTIVE} with --scenario Interactive)")
         p.add_argument("--backend", choices=BACKENDS, default=None,
                        help="generation backend: reference (transformers generate), engine (continuous "
                             "batching), api (OpenAI-compatible server) (default: engine on CUDA, where its "
-                            "fidelity tests pass and it runs 28x faster; reference on CPU and for "
-                            "--liteml-config in simulate mode)")
+                            "fidelity tests pass and it runs ~36x the reference backend's tokens/s, Llama-2-7B "
+                            "fp16 on an H200, docs/engine.md; reference on CPU and for --liteml-config in "
+                            "simulate mode)")
         p.add_argument("--max-new-tokens", type=int, default=constants.MAX_NEW_TOKENS,
                        help="cap on generated tokens; below 1024 the run is NOT a valid MLPerf run and the "
                             "summary says so (demo only; default %(default)s)")
@@ -384,10 +391,11 @@ class RunConfig:
             if backend not in (None, "api"):
                 raise UserError(f"--vllm conflicts with --backend {backend}")
             backend = "api"
+        scenario, lg_model_name = scenario_and_model_name(ns.scenario, ns.lg_model_name)
         device = resolve_device(ns.device) if backend != "api" else (ns.device or "cpu")
         dtype = ns.dtype or ("float16" if device.startswith("cuda") else "float32")
         return cls(
-            scenario=ns.scenario,
+            scenario=scenario,
             model_path=ns.model_path,
             dataset_path=ns.dataset_path,
             accuracy=ns.accuracy,
@@ -400,7 +408,7 @@ class RunConfig:
             output_log_dir=ns.output_log_dir,
             enable_log_trace=ns.enable_log_trace,
             num_workers=ns.num_workers,
-            lg_model_name=ns.lg_model_name,
+            lg_model_name=lg_model_name,
             backend=backend or default_backend(device, ns.liteml_config, ns.quant_mode),
             max_new_tokens=ns.max_new_tokens,
             save_outputs=ns.save_outputs,
@@ -424,6 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     RunConfig.add_cli_args(parser)
     return parser
+
+
+def scenario_and_model_name(scenario: str, lg_model_name: Optional[str]) -> tuple[str, str]:
+    """--scenario Interactive -> (Server, llama2-70b-interactive); an explicit other model name conflicts."""
+    if scenario != INTERACTIVE:
+        return scenario, lg_model_name or constants.LG_MODEL_NAME
+    if lg_model_name not in (None, constants.LG_MODEL_NAME_INTERACTIVE):
+        raise UserError(f"--scenario Interactive means --scenario Server --lg-model-name "
+                        f"{constants.LG_MODEL_NAME_INTERACTIVE}; it conflicts with --lg-model-name {lg_model_name}")
+    return "Server", constants.LG_MODEL_NAME_INTERACTIVE
 
 
 def default_backend(device: str, liteml_config: Optional[str], quant_mode: str) -> str:
