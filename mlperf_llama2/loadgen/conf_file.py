@@ -122,8 +122,8 @@ def parse_line(line: str, *, audit: bool, lg_model_names=constants.LG_MODEL_NAME
         raise _LineError(f"'{name}': expected model.scenario.key (three parts separated by dots)")
     model, scenario, key = parts
     if scenario == "Interactive":
-        raise _LineError(f"'{name}': LoadGen has no Interactive scenario; Interactive is "
-                         f"{constants.LG_MODEL_NAME_INTERACTIVE}.Server.{key}")
+        raise _LineError(f"'{name}': LoadGen has no Interactive scenario; write "
+                         f"{constants.LG_MODEL_NAME_INTERACTIVE}.Server.{key} (Interactive is that model's Server)")
     if scenario != ANY and scenario not in LOADGEN_SCENARIOS:
         raise _LineError(f"'{name}': unknown scenario '{scenario}' (LoadGen knows "
                          f"{', '.join(LOADGEN_SCENARIOS)} and *)")
