@@ -24,6 +24,7 @@ BAD_LINES = [
     ("other_model", "gptj-99.Offline.min_duration = 0", ("unknown model 'gptj-99'", "llama2-70b-interactive")),
     ("value_not_a_number", "*.Offline.min_query_count = many", ("a whole number >= 0 is expected",)),
     ("float_for_a_count", "*.Server.min_query_count = 1.5", ("min_query_count = 1.5", "whole number")),
+    ("fraction_for_server_target_latency", "*.Server.target_latency = 2.5", ("target_latency = 2.5", "whole number")),
     ("negative_qps", "*.Server.target_qps = -1", ("must not be negative",)),
     ("bool_not_0_or_1", "*.*.sample_concatenate_permutation = 2", ("0 or 1 is expected",)),
     ("octal", "*.Offline.min_duration = 0600000", ("leading 0 as octal",)),

@@ -56,7 +56,7 @@ CONF_KEYS = {
     "accuracy_log_rng_seed": ConfKey(),
     "accuracy_log_sampling_target": ConfKey(),
     "target_latency_percentile": ConfKey(frozenset({"SingleStream", "MultiStream", "Server"}), "float"),
-    "target_latency": ConfKey(frozenset({"SingleStream", "MultiStream", "Server"}), "float"),
+    "target_latency": ConfKey(frozenset({"SingleStream", "MultiStream", "Server"}), "float"),  # Server: int
     "samples_per_query": ConfKey(frozenset({"MultiStream"})),
     "ttft_latency": ConfKey(_SERVER),
     "tpot_latency": ConfKey(_SERVER),
@@ -140,6 +140,8 @@ def parse_line(line: str, *, audit: bool, lg_model_names=constants.LG_MODEL_NAME
     if scenario != ANY and scenario not in spec.scenarios:
         raise _LineError(f"'{name}': {key} applies to {', '.join(sorted(spec.scenarios))} only; "
                          f"LoadGen ignores it for {scenario}")
+    if key == "target_latency" and scenario == "Server":
+        spec = ConfKey(spec.scenarios, "int")  # LoadGen reads Server's target_latency as a whole number of ms
     value = _parse_value(value_text, key, spec)
     if key == "mode" and value not in AUDIT_MODES:
         raise _LineError(f"{key} = {value_text}: LoadGen knows modes 0-3")
