@@ -3,7 +3,8 @@
 Contract: `claim_output_dir(path, overwrite)` creates the directory if missing, takes an exclusive
 non-blocking `flock` on the directory itself (no lock file is left behind; the kernel drops the
 lock when the process ends, however it ends) and returns an `OutputDirClaim` to `release()` (or use
-as a context manager). A directory another process holds is refused with one line. A directory
+as a context manager). A directory another process holds is refused with one line (a filesystem that
+cannot lock a directory, such as some NFS mounts, gets a warning and an unlocked run). A directory
 holding results of an earlier run (`RESULT_FILES`) is refused with one line unless `overwrite`,
 which moves exactly those files into `previous-<YYYYmmdd-HHMMSS>/` inside the directory first.
 Files that are not a run's results are never moved, overwritten or deleted.
@@ -92,6 +93,9 @@ def claim_output_dir(path: str, overwrite: bool = False, flag: str = "--output-l
         os.close(fd)
         raise UserError(f"{flag} {path}: another run is writing into this directory now; wait for it to "
                         "finish or choose another directory") from None
+    except OSError as exc:  # e.g. NFS turns flock into a POSIX lock, which a read-only descriptor cannot take
+        log.warning("%s %s: cannot lock it (%s); a second run into it would not be detected", flag, path,
+                    exc.strerror)
     try:
         found = earlier_results(path)
         moved_to = None

@@ -171,3 +171,16 @@ def test_overwrite_run_keeps_the_earlier_run_under_previous_and_nothing_stale_be
     assert not {"RUN_STOPPED.txt", "ttft.png", "throughput.png"} & now  # nothing stale beside the new run
     assert (logs / "mlperf_log_summary.txt").read_text() != EARLIER["mlperf_log_summary.txt"]
     assert {k: v for k, v in _digests(logs).items() if k in NOT_OURS} == not_ours
+
+
+def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    def no_flock(fd, op):
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr("mlperf_llama2.run_dir.fcntl.flock", no_flock)
+    _fill(tmp_path, {"summary.json": "{}\n"})
+    with pytest.raises(UserError, match="holds an earlier run's results"):  # the results check still applies
+        claim_output_dir(str(tmp_path))
+    with caplog.at_level("WARNING"), claim_output_dir(str(tmp_path / "new")):
+        pass
+    assert "cannot lock it (Bad file descriptor); a second run into it would not be detected" in caplog.text
