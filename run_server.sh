@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Server performance run (SPEC §6). Needs CHECKPOINT_PATH and DATASET_PATH in the environment;
-# extra arguments are passed to main.py (e.g. --lg-model-name llama2-70b-interactive for Interactive).
+# extra arguments are passed to main.py (e.g. --scenario Interactive: Server with --lg-model-name
+# llama2-70b-interactive; add --output-log-dir interactive-logs to keep both runs).
 set -euo pipefail
 need() { [[ -n "${!1:-}" ]] || { echo "$(basename "$0"): error: $1 is not set: $2" >&2; exit 2; }; }
 need CHECKPOINT_PATH "export CHECKPOINT_PATH=/path/to/the/model/checkpoint/directory"
