@@ -37,11 +37,12 @@ test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
 # Demo model and data are prepared once (cached in .cache/demo); CHECKPOINT_PATH / DATASET_PATH override them.
+# --overwrite: a repeated `make accuracy` moves the last run's logs into previous-<time>/ instead of refusing.
 # CPU: OpenMP threads sleep instead of spinning when idle, which matters on a shared or busy CPU.
 accuracy: $(STAMP)
 	@if [ -z "$$CHECKPOINT_PATH" ] || [ -z "$$DATASET_PATH" ]; then HF_HUB_OFFLINE=1 $(PY) -m mlperf_llama2.demo prepare; fi
 	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(if $(HAS_GPU),,OMP_WAIT_POLICY=PASSIVE) \
-		./run_accuracy.sh $(DEMO_ARGS)
+		./run_accuracy.sh --overwrite $(DEMO_ARGS)
 
 # The LiteML wheel needs transformers 4.46: the tests marked tf_compat run again in an environment
 # pinned by constraints-tf446.txt (the same pins build.sh uses for the LiteML environment).

@@ -6,13 +6,17 @@
 # float16 on CUDA and float32 on CPU; no consolidate step: the scorer reads mlperf_log_accuracy.json.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CHECKPOINT_PATH="${CHECKPOINT_PATH:-$(cd "$HERE" && python3 -m mlperf_llama2.demo path model)}"
-DATASET_PATH="${DATASET_PATH:-$(cd "$HERE" && python3 -m mlperf_llama2.demo path dataset)}"
+# Python: an activated environment's python3 (VIRTUAL_ENV; the container's /opt/venv), else the project's
+# .venv (`make venv` or `make test` creates it), else python3 on PATH.
+PYTHON3=python3
+if [[ -z "${VIRTUAL_ENV:-}" && -x "$HERE/.venv/bin/python3" ]]; then PYTHON3="$HERE/.venv/bin/python3"; fi
+CHECKPOINT_PATH="${CHECKPOINT_PATH:-$(cd "$HERE" && "$PYTHON3" -m mlperf_llama2.demo path model)}"
+DATASET_PATH="${DATASET_PATH:-$(cd "$HERE" && "$PYTHON3" -m mlperf_llama2.demo path dataset)}"
 LOG_DIR=offline_accuracy_loadgen_logs
 # stderr goes through tee below, so the live progress bar is drawn on the terminal itself, if any.
 if [ -t 2 ]; then export MLPERF_LLAMA2_PROGRESS_TTY=1; fi
 
-python3 -u "$HERE/main.py" --scenario Offline --accuracy \
+"$PYTHON3" -u "$HERE/main.py" --scenario Offline --accuracy \
     --model-path "${CHECKPOINT_PATH}" \
     --dataset-path "${DATASET_PATH}" \
     --user-conf "$HERE/user.conf" \
@@ -20,7 +24,7 @@ python3 -u "$HERE/main.py" --scenario Offline --accuracy \
     --output-log-dir "$LOG_DIR" \
     "$@" 2>&1 | tee offline_accuracy_log.log
 
-python3 "$HERE/evaluate-accuracy.py" --checkpoint-path "${CHECKPOINT_PATH}" \
+"$PYTHON3" "$HERE/evaluate-accuracy.py" --checkpoint-path "${CHECKPOINT_PATH}" \
     --mlperf-accuracy-file "$LOG_DIR/mlperf_log_accuracy.json" \
     --dataset-file "${DATASET_PATH}" \
     --dtype int32 | tee "$LOG_DIR/accuracy.txt"
@@ -28,4 +32,4 @@ python3 "$HERE/evaluate-accuracy.py" --checkpoint-path "${CHECKPOINT_PATH}" \
 # The run summary (with the ROUGE line) as a table and summary.json, and its plots; on stderr, so the
 # reference's result line stays the last line of stdout (tools read it from there).
 # (the package is found through the repository, whatever directory the script runs from)
-PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" python3 -m mlperf_llama2.report "$LOG_DIR" >&2
+PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON3" -m mlperf_llama2.report "$LOG_DIR" >&2

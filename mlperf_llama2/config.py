@@ -21,6 +21,7 @@ from mlperf_llama2.quant.config import QUANTIZATIONS, QuantConfig  # noqa: F401 
 from mlperf_llama2.errors import UserError
 
 SCENARIOS = ("Offline", "Server")
+INTERACTIVE = "Interactive"  # --scenario Interactive = Server with the llama2-70b-interactive settings
 DTYPES = ("float16", "bfloat16", "float32")
 REFERENCE_MODEL_NAME = "meta-llama/Llama-2-70b-chat-hf"
 
@@ -155,6 +156,7 @@ class RunConfig:
     backend: str = "reference"
     max_new_tokens: int = constants.MAX_NEW_TOKENS
     save_outputs: Optional[str] = None
+    overwrite: bool = False
     progress: bool = True
     verbose: bool = False
     tensor_parallel: int = 1
@@ -200,7 +202,9 @@ class RunConfig:
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         p = parser
-        p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default %(default)s)")
+        p.add_argument("--scenario", choices=(*SCENARIOS, INTERACTIVE), default="Offline",
+                       help="LoadGen scenario; Interactive is Server with --lg-model-name "
+                            f"{constants.LG_MODEL_NAME_INTERACTIVE} (450 ms TTFT / 40 ms TPOT) (default %(default)s)")
         p.add_argument("--model-path", default=None,
                        help="local Hugging Face checkpoint directory with config.json, weights and "
                             "tokenizer (never fetched from a hub); default: the demo model prepared by "
@@ -227,19 +231,24 @@ class RunConfig:
         p.add_argument("--enable-log-trace", action="store_true", help="write LoadGen's trace log")
         p.add_argument("--num-workers", type=int, default=1,
                        help="reference backend: worker threads (default %(default)s)")
-        p.add_argument("--lg-model-name", choices=constants.LG_MODEL_NAMES, default=constants.LG_MODEL_NAME,
+        p.add_argument("--lg-model-name", choices=constants.LG_MODEL_NAMES, default=None,
                        help="LoadGen model name; llama2-70b-interactive with --scenario Server is the "
-                            "Interactive setting (default %(default)s)")
+                            f"Interactive setting (default {constants.LG_MODEL_NAME}; "
+                            f"{constants.LG_MODEL_NAME_INTERACTIVE} with --scenario Interactive)")
         p.add_argument("--backend", choices=registry.choices(), default=None,
                        help="generation backend: reference (transformers generate), engine (continuous "
                             "batching), api (OpenAI-compatible server) (default: engine on CUDA, where its "
-                            "fidelity tests pass and it runs 28x faster; reference on CPU and for "
-                            "--liteml-config in simulate mode)")
+                            "fidelity tests pass and it runs ~36x the reference backend's tokens/s, Llama-2-7B "
+                            "fp16 on an H200, docs/engine.md; reference on CPU and for --liteml-config in "
+                            "simulate mode)")
         p.add_argument("--max-new-tokens", type=int, default=constants.MAX_NEW_TOKENS,
                        help="cap on generated tokens; below 1024 the run is NOT a valid MLPerf run and the "
                             "summary says so (demo only; default %(default)s)")
         p.add_argument("--save-outputs", default=None, metavar="FILE",
                        help="write every sample's output token ids to one JSON file at the end")
+        p.add_argument("--overwrite", action="store_true",
+                       help="run even if --output-log-dir holds an earlier run's results (they are moved into "
+                            "previous-<time>/ inside it first) and replace an existing --save-outputs file")
         p.add_argument("--no-progress", action="store_true", help="no live progress bar on stderr")
         p.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on errors")
         p.add_argument("--tensor-parallel", type=int, default=1,
@@ -259,11 +268,12 @@ class RunConfig:
             if backend not in (None, "api"):
                 raise UserError(f"--vllm conflicts with --backend {backend}")
             backend = "api"
+        scenario, lg_model_name = scenario_and_model_name(ns.scenario, ns.lg_model_name)
         local = backend is None or registry.entry(backend).holds_model  # the default backends hold the model
         device = resolve_device(ns.device) if local else (ns.device or "cpu")
         dtype = ns.dtype or ("float16" if device.startswith("cuda") else "float32")
         return cls(
-            scenario=ns.scenario,
+            scenario=scenario,
             model_path=ns.model_path,
             dataset_path=ns.dataset_path,
             accuracy=ns.accuracy,
@@ -276,10 +286,11 @@ class RunConfig:
             output_log_dir=ns.output_log_dir,
             enable_log_trace=ns.enable_log_trace,
             num_workers=ns.num_workers,
-            lg_model_name=ns.lg_model_name,
+            lg_model_name=lg_model_name,
             backend=backend or default_backend(device, ns.liteml_config, ns.quant_mode),
             max_new_tokens=ns.max_new_tokens,
             save_outputs=ns.save_outputs,
+            overwrite=ns.overwrite,
             progress=not ns.no_progress,
             verbose=ns.verbose,
             tensor_parallel=ns.tensor_parallel,
@@ -299,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     RunConfig.add_cli_args(parser)
     return parser
+
+
+def scenario_and_model_name(scenario: str, lg_model_name: Optional[str]) -> tuple[str, str]:
+    """--scenario Interactive -> (Server, llama2-70b-interactive); an explicit other model name conflicts."""
+    if scenario != INTERACTIVE:
+        return scenario, lg_model_name or constants.LG_MODEL_NAME
+    if lg_model_name not in (None, constants.LG_MODEL_NAME_INTERACTIVE):
+        raise UserError(f"--scenario Interactive means --scenario Server --lg-model-name "
+                        f"{constants.LG_MODEL_NAME_INTERACTIVE}; it conflicts with --lg-model-name {lg_model_name}")
+    return "Server", constants.LG_MODEL_NAME_INTERACTIVE
 
 
 def default_backend(device: str, liteml_config: Optional[str], quant_mode: str) -> str:

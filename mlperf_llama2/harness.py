@@ -39,16 +39,14 @@ def check_inputs(config: RunConfig) -> Dataset:
         raise UserError("no dataset given: pass --dataset-path FILE (a processorca.py .pkl or .pkl.gz)")
     vocab_size = registry.check(config)  # the backend's own checks: checkpoint, quantization, servers
     if config.save_outputs is not None:
-        parent = os.path.dirname(os.path.abspath(config.save_outputs))
-        if os.path.exists(parent) and not os.path.isdir(parent):
-            raise UserError(f"--save-outputs {config.save_outputs}: {parent} is a file, not a directory")
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--save-outputs {config.save_outputs}: cannot create {parent} ({exc.strerror})") from None
-        if not os.access(parent, os.W_OK):
-            raise UserError(f"--save-outputs {config.save_outputs}: directory {parent} is not writable")
-    return load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
+        from mlperf_llama2.run_dir import check_save_outputs
+
+        check_save_outputs(config.save_outputs, config.overwrite)
+    dataset = load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
+    from mlperf_llama2.loadgen.conf_file import check_conf_files
+
+    check_conf_files(config.user_conf, config.audit_conf)  # LoadGen ignores lines it does not know; we refuse them
+    return dataset
 
 
 def with_demo_defaults(config: RunConfig) -> RunConfig:
@@ -74,11 +72,20 @@ def with_demo_defaults(config: RunConfig) -> RunConfig:
 def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResult":
     """Check the inputs, build LoadGen settings and the backend, run LoadGen; observers see each sample.
 
-    Beside LoadGen's logs it also writes run_info.json and sample_timings.csv (for the summary and plots),
-    and it shows the live progress bar when stderr is a terminal.
+    The run owns `--output-log-dir` (mlperf_llama2.run_dir): locked while it runs, never beside an earlier
+    run's results. Beside LoadGen's logs it also writes run_info.json, sample_timings.csv and summary.json
+    (for the summary and plots), and it shows the live progress bar when stderr is a terminal.
     """
     dataset = check_inputs(config)
+    from mlperf_llama2.run_dir import claim_output_dir
 
+    # Locked for the whole run (a second run into it is refused); an earlier run's results are refused or,
+    # with --overwrite, moved into previous-<time>/ before anything is written.
+    with claim_output_dir(config.output_log_dir, config.overwrite):
+        return _run_claimed(config, dataset, observers)
+
+
+def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunObserver"]) -> "RunResult":
     # LoadGen and the backends are imported only once the inputs are known to be good.
     from mlperf_llama2.loadgen.runner import run_test
     from mlperf_llama2.loadgen.settings import build_settings
@@ -120,6 +127,9 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
     if quant_report is not None:
         log.info("%s; int8 mode approximates: %s", quant_report.summary(),
                  "; ".join(quant_report.approximations) or "nothing")
+    from mlperf_llama2.report.summary import build_summary, write_summary
+
+    write_summary(result.log_dir, build_summary(result.log_dir))  # inside the claim, like every file of the run
     return result
 
 
@@ -129,11 +139,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run(with_demo_defaults(config))
     log.info("done: %d samples, %d tokens in %.1f s; LoadGen logs in %s",
              result.samples, result.tokens, result.wall_s, result.log_dir)
-    from mlperf_llama2.report.summary import build_summary, render_table, write_summary
+    from mlperf_llama2.report.summary import build_summary, render_table
 
-    summary = build_summary(result.log_dir)
-    write_summary(result.log_dir, summary)
-    print(render_table(summary), flush=True)
+    print(render_table(build_summary(result.log_dir)), flush=True)
     if not result.ok:
         log.error("%s", result.failure_message())
         return EXIT_RUN_FAILED

@@ -107,7 +107,7 @@ CASES = [
     Case("user_conf_missing", "main.py", M(user_conf=lambda w: w / "nope.conf"), ("--user-conf", "file not found")),
     Case("user_conf_is_a_directory", "main.py", M(user_conf=lambda w: w), ("--user-conf", "is a directory")),
     Case("user_conf_malformed", "main.py", M(user_conf=lambda w: w / "malformed.conf"),
-         ("--user-conf", "LoadGen rejected it")),
+         ("--user-conf", "line 1", "a whole number >= 0 is expected")),
     Case("liteml_config_missing", "main.py", M(liteml_config=lambda w: w / "nope.yaml"),
          ("--liteml-config", "not found")),
     Case("quant_yaml_not_yaml", "main.py", M(liteml_config=lambda w: w / "broken.yaml", quant_backend="open"),

@@ -60,7 +60,7 @@ def test_missing_and_malformed_user_conf(inputs, tmp_path):
     with pytest.raises(UserError, match="--user-conf .*nope.conf: file not found"):
         harness.main(inputs + ["--user-conf", str(tmp_path / "nope.conf")])
     (tmp_path / "bad.conf").write_text("this is not a setting\n")
-    with pytest.raises(UserError, match="LoadGen rejected it"):
+    with pytest.raises(UserError, match="bad.conf: line 1: 'this is not a setting': expected `model.scenario.key"):
         harness.main(inputs + ["--user-conf", str(tmp_path / "bad.conf")])
 
 

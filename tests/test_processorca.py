@@ -1,5 +1,6 @@
 """processorca (SPEC §5): every step on a synthetic OpenOrca parquet, the files it writes, and its errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +262,30 @@ def test_llama2_style_checkpoint_prompts_tokenize_like_its_tokenizer_json(parque
     for text, ids in zip(frame["input"], frame["tok_input"]):
         assert ids == raw.encode(text).ids + [init]
         assert ids[:3] == [1, 1, init]  # "<s>" text, then "▁" before "[INST]" as in the reference's 1, 1, 518
+
+
+def test_cached_pickles_are_rebuilt_when_the_recorded_arguments_differ(parquet, tiny_tokenizer_dir, tmp_path, caplog):
+    config = P.ProcessConfig(dataset_pq_path=parquet[0], model_dir=str(tiny_tokenizer_dir), export_dir=str(tmp_path),
+                             seqlen_limit=SEQLEN_LIMIT, num_total_samples=4, calibration_subset_size=2)
+    paths = P.generate(config)
+    record = tmp_path / "open_orca_gpt4_tokenized_llama.args.json"
+    assert json.loads(record.read_text())["seqlen_limit"] == SEQLEN_LIMIT
+    longest = int(pd.read_pickle(paths["full"])["tok_input_length"].max())
+    shorter = P.ProcessConfig(**{**config.__dict__, "seqlen_limit": longest})  # drops the longest prompts
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        rebuilt = pd.read_pickle(P.generate(shorter)["full"])
+    assert f"--seqlen_limit {SEQLEN_LIMIT} -> {longest}" in caplog.text and "rebuilding them" in caplog.text
+    assert rebuilt["tok_input_length"].max() < longest
+    assert json.loads(record.read_text())["seqlen_limit"] == longest
+    fresh = P.generate(P.ProcessConfig(**{**shorter.__dict__, "export_dir": str(tmp_path / "fresh")}))
+    pd.testing.assert_frame_equal(rebuilt, pd.read_pickle(fresh["full"]))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        P.generate(shorter)  # same arguments again: reused
+    assert "reusing existing" in caplog.text and "rebuilding" not in caplog.text
+    record.unlink()  # pickles from a build that recorded nothing (an older version, or interrupted): rebuilt
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        P.generate(shorter)
+    assert "no readable record of the arguments" in caplog.text and record.exists()

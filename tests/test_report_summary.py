@@ -145,3 +145,25 @@ def test_report_command_rejects_a_directory_without_loadgen_logs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mlperf_llama2.report", str(tmp_path)], capture_output=True,
                          text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)), timeout=60)
     assert out.returncode == 2 and "no mlperf_log_detail.txt" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_summary_names_the_quantization_config_and_mode(runs, tmp_path):
+    import re
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[("Offline", "performance")], run_dir)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    (run_dir / "run_info.json").write_text(json.dumps(dict(info, model_path="/m", quant_backend="open",
+                                                           quant_mode="int8", liteml_config=None)))
+    plain = build_summary(str(run_dir))
+    assert (plain.quantization, plain.quant_mode) == (None, None)  # a mode without a config means nothing
+    assert re.search(r"^quantization +: none$", render_table(plain), re.M)
+    (run_dir / "run_info.json").write_text(json.dumps(dict(
+        info, model_path="/m", quant_backend="open", quant_mode="int8",
+        liteml_config="liteml_configs/w8a8_npm_v1_3_4.yaml")))
+    s = build_summary(str(run_dir))
+    assert "w8a8_npm_v1_3_4.yaml, int8 mode (open backend)" in render_table(s)
+    saved = json.loads(Path(write_summary(str(run_dir), s)).read_text())
+    assert (saved["quantization"], saved["quant_mode"], saved["quant_backend"]) == \
+        ("liteml_configs/w8a8_npm_v1_3_4.yaml", "int8", "open")

@@ -1,4 +1,4 @@
-"""Every main.py / evaluate-accuracy.py invocation in the repo's shell scripts and README/docs code
+"""Every main.py / evaluate-accuracy.py / processorca.py invocation in the repo's shell scripts and README/docs code
 blocks parses with the real argument parsers (the reference's scripts passed a flag its CLI lacked).
 
 Each invocation runs the script's own entry point with argparse intercepted right after parsing,
@@ -18,7 +18,7 @@ import pytest
 
 from loadgen_fixtures import REPO
 
-SCRIPTS = ("main.py", "evaluate-accuracy.py")
+SCRIPTS = ("main.py", "evaluate-accuracy.py", "processorca.py")
 SKIP_DIRS = {".git", ".venv", "node_modules", ".devcarry", "__pycache__", ".pytest_cache"}
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "2>&1", "<", "2>", "|&"}
 

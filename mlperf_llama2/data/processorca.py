@@ -8,6 +8,7 @@ calibration subset is drawn from the sample (seed 12345). Only `generate` touche
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -279,11 +280,52 @@ def build_full_frame(config: ProcessConfig):
     return apply_filters(frame, config.seqlen_limit)
 
 
-def _read_or_build(path: str, build: Callable):
+def build_args(config: ProcessConfig) -> dict:
+    """The arguments the cached full and per-origin pickles depend on, as recorded beside them."""
+    return {"dataset_pq_path": os.path.abspath(config.dataset_pq_path), "model_dir": os.path.abspath(config.model_dir),
+            "seqlen_limit": config.seqlen_limit, "use_chat_template": config.use_chat_template}
+
+
+def args_record_path(export_dir: str) -> str:
+    return os.path.join(export_dir, f"{constants.PROCESSED_PREFIX}.args.json")
+
+
+def cache_matches(export_dir: str, wanted: dict) -> bool:
+    """True when the cached pickles in `export_dir` were built with `wanted`; logs why not when they exist."""
+    full = output_path(export_dir, "full")
+    if not os.path.exists(full):
+        return False
+    record = args_record_path(export_dir)
+    try:
+        with open(record, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        log.warning("%s has no readable record of the arguments it was built with (%s): rebuilding it", full,
+                    os.path.basename(record))
+        return False
+    if not isinstance(recorded, dict):
+        recorded = {}
+    differ = [f"--{k} {recorded.get(k)!r} -> {v!r}" for k, v in wanted.items() if recorded.get(k) != v]
+    if differ:
+        log.warning("the cached pickles in %s were built with other arguments (%s): rebuilding them", export_dir,
+                    "; ".join(differ))
+        return False
+    return True
+
+
+def write_args_record(export_dir: str, wanted: dict) -> None:
+    """Written after the cached pickles, so an interrupted build leaves none and is rebuilt next time."""
+    path = args_record_path(export_dir)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(wanted, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _read_or_build(path: str, build: Callable, reuse: bool):
     import pandas as pd
 
-    if os.path.exists(path):
-        log.info("reusing existing %s (delete it to rebuild)", path)
+    if reuse and os.path.exists(path):
+        log.info("reusing existing %s (built with the same arguments)", path)
         return pd.read_pickle(path)
     frame = build()
     frame.to_pickle(path)
@@ -292,7 +334,11 @@ def _read_or_build(path: str, build: Callable):
 
 
 def generate(config: ProcessConfig) -> dict:
-    """Run every step and write every file; returns {part name: path}."""
+    """Run every step and write every file; returns {part name: path}.
+
+    The full and per-origin pickles are reused only when the arguments recorded beside them
+    (`*.args.json`) equal this run's; otherwise they are rebuilt (and the record rewritten).
+    """
     # Checked even when cached files would make them unused: a wrong path should not pass silently.
     if not os.path.isfile(config.dataset_pq_path):
         raise UserError(f"OpenOrca parquet not found: {config.dataset_pq_path} (fix --dataset_pq_path)")
@@ -302,12 +348,15 @@ def generate(config: ProcessConfig) -> dict:
         os.makedirs(config.export_dir, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create --export_dir {config.export_dir}: {exc.strerror}") from None
+    wanted = build_args(config)
+    reuse = cache_matches(config.export_dir, wanted)
     paths = {"full": output_path(config.export_dir, "full")}
-    full = _read_or_build(paths["full"], lambda: build_full_frame(config))
+    full = _read_or_build(paths["full"], lambda: build_full_frame(config), reuse)
     by_origin = {}
     for origin, part in split_by_origin(full).items():
         paths[origin] = output_path(config.export_dir, origin)
-        by_origin[origin] = _read_or_build(paths[origin], lambda part=part: part)
+        by_origin[origin] = _read_or_build(paths[origin], lambda part=part: part, reuse)
+    write_args_record(config.export_dir, wanted)
     sampled = sample_per_origin(by_origin, config.num_total_samples)
     paths["sampled"] = output_path(config.export_dir, f"sampled_{config.num_total_samples}")
     sampled.to_pickle(paths["sampled"])

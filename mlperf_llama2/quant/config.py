@@ -66,7 +66,9 @@ class QuantConfig:
                             "liteml: require LiteML; open: our backend (default %(default)s)")
         g.add_argument("--quant-mode", choices=("simulate", "int8"), default="simulate",
                        help="open backend: simulate = exact fake-quant at every rule (CPU/GPU); "
-                            "int8 = real int8 weights and torch._int_mm Linears (CUDA) (default %(default)s)")
+                            "int8 = real int8 weights, per-token int8 activations and the fused Triton int8 GEMM "
+                            "on CUDA (torch._int_mm where Triton is missing; an exact integer matmul on CPU) "
+                            "(default %(default)s)")
         g.add_argument("--calibration-path", default=None,
                        help="calibration pickle for static quantizers (default: the processorca "
                             "calibration_*.pkl beside the dataset)")

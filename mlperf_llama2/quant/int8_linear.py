@@ -7,9 +7,11 @@ same arithmetic as simulate mode's FakeQuantizer, so the two modes differ only b
 rounding of the final rescale. `s_w` is a per-output-column vector: a per-tensor weight scale
 repeated, or, for fused projections (QKV, gate/up), each projection's own scale over its columns.
 
-On CUDA: a Triton kernel quantizes the rows (one read of x, one int8 write), `torch._int_mm` does the
-int32-accumulating GEMM (M > 16: pad; K, N multiples of 8), and a second Triton kernel applies
-s_x * s_w (+ bias) while casting to the output dtype. Without Triton the same steps run in torch.
+On CUDA: a Triton kernel quantizes the rows (one read of x, one int8 write), then by default
+(`Int8Linear.gemm = "fused"`) one Triton int8 GEMM accumulates in int32 and applies s_x * s_w (+ bias)
+in its epilogue while casting to the output dtype; `gemm = "int_mm"` runs `torch._int_mm` (M > 16: pad;
+K, N multiples of 8) and a second Triton kernel for the rescale. Without Triton: `torch._int_mm` and the
+rescale in torch.
 On CPU the GEMM is an exact int64 matmul. API for the engine: `Int8Linear.from_float`,
 `Int8Linear.fuse`, `Int8Linear.random` (docs/quantization.md).
 """

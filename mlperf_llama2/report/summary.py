@@ -54,6 +54,9 @@ class RunSummary:
     rouge: Optional[dict]
     targets: Optional[dict]
     model: Optional[str]
+    quantization: Optional[str] = None  # the --liteml-config YAML the run used; None: not quantized
+    quant_mode: Optional[str] = None  # simulate | int8 (with a quantization config only)
+    quant_backend: Optional[str] = None  # auto | liteml | open, as requested
 
     @property
     def output_capped(self) -> bool:
@@ -194,6 +197,9 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         rouge=rouge,
         targets=targets,
         model=model,
+        quantization=info.get("liteml_config"),
+        quant_mode=info.get("quant_mode") if info.get("liteml_config") else None,
+        quant_backend=info.get("quant_backend") if info.get("liteml_config") else None,
     )
 
 
@@ -222,6 +228,11 @@ def render_table(s: RunSummary) -> str:
             ("TTFT p50 / p99 (ms)", f"{_fmt(s.ttft_p50_ms)} / {_fmt(s.ttft_p99_ms)}"),
             ("TPOT p50 / p99 (ms)", f"{_fmt(s.tpot_p50_ms)} / {_fmt(s.tpot_p99_ms)}"),
         ]
+    if s.quantization:
+        rows.append(("quantization", f"{os.path.basename(s.quantization)}, {s.quant_mode} mode "
+                                     f"({s.quant_backend} backend)"))
+    elif s.model is not None:
+        rows.append(("quantization", "none"))
     rows.append(("LoadGen verdict", s.verdict + (f" ({s.reason})" if s.reason else "")))
     if s.loadgen_errors:
         rows.append(("LoadGen errors", f"{s.loadgen_errors} (see {DETAIL_FILE})"))
