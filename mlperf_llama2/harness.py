@@ -99,7 +99,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
     from mlperf_llama2.loadgen.settings import build_settings
     from mlperf_llama2.report.observer import ReportObserver
     from mlperf_llama2.report.progress import progress_stream
-    from mlperf_llama2.report.run_info import harness_commit, write_run_info
+    from mlperf_llama2.report.run_info import RunInfo, git_state, with_git_state, write_run_info
 
     resolve(config.backend)  # an unknown backend fails before LoadGen or the model start
     settings = build_settings(config)
@@ -118,13 +118,13 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
         network_name = backend.sut_name
     else:
         backend = create_backend(config)
-    write_run_info(settings.output_dir, scenario=config.scenario, accuracy=config.accuracy,
-                   lg_model_name=config.lg_model_name, model_path=config.model_path,
-                   dataset_path=config.dataset_path, max_new_tokens=config.max_new_tokens,
-                   backend=config.backend, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
-                   user_conf=os.path.abspath(config.user_conf), liteml_config=config.quant.liteml_config,
-                   quant_backend=config.quant.quant_backend, quant_mode=config.quant.quant_mode,
-                   command=shlex.join(sys.argv), harness_commit=harness_commit())
+    info = RunInfo(scenario=config.scenario, accuracy=config.accuracy, lg_model_name=config.lg_model_name,
+                   model_path=config.model_path, dataset_path=config.dataset_path,
+                   max_new_tokens=config.max_new_tokens, backend=config.backend, batch_size=config.batch_size,
+                   device=config.device, dtype=config.dtype, user_conf=os.path.abspath(config.user_conf),
+                   liteml_config=config.quant.liteml_config, quant_backend=config.quant.quant_backend,
+                   quant_mode=config.quant.quant_mode, command=shlex.join(sys.argv))
+    write_run_info(settings.output_dir, with_git_state(info, git_state()))
     expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)
     report = ReportObserver(expected, f"{mode} {'accuracy' if config.accuracy else 'performance'}",
                             progress_stream(not config.progress))

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from mlperf_llama2 import constants
 from mlperf_llama2.report.run_info import read_run_info
 from mlperf_llama2.report.timings import read_timings
+from mlperf_llama2.submission.rules import submittable
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class RunSummary:
     rouge: Optional[dict]
     targets: Optional[dict]
     model: Optional[str]
+    submittable: str  # "submittable for v6.1 closed: yes" or ": no (why)" (submission/rules.py)
 
     @property
     def output_capped(self) -> bool:
@@ -149,7 +151,7 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
     summary_text = parse_summary_text(summary_path) if os.path.isfile(summary_path) else {}
     info = read_run_info(run_dir)
     timings = read_timings(run_dir)
-    scenario = str(detail.get("effective_scenario") or info.get("scenario") or "?")
+    scenario = str(detail.get("effective_scenario") or info.scenario or "?")
     mode = str(detail.get("effective_test_mode") or "?")
     accuracy_mode = mode == "AccuracyOnly"
 
@@ -175,7 +177,7 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         with open(os.path.join(run_dir, ACCURACY_RESULT_FILE), encoding="utf-8") as f:
             accuracy_text = f.read()
     rouge = parse_accuracy_result(accuracy_text) if accuracy_text else None
-    model = info.get("model_path")
+    model = info.model_path
     targets = accuracy_targets(rouge) if rouge is not None and is_llama2_70b(model) else None
     server = scenario == "Server"
     return RunSummary(
@@ -190,10 +192,11 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         verdict=verdict,
         reason=reason,
         loadgen_errors=len(errors),
-        max_new_tokens=info.get("max_new_tokens"),
+        max_new_tokens=info.max_new_tokens,
         rouge=rouge,
         targets=targets,
         model=model,
+        submittable=submittable(detail, errors, info, rouge),
     )
 
 
@@ -236,6 +239,7 @@ def render_table(s: RunSummary) -> str:
             rows.append(("tokens/sample 90-110%", "yes" if s.targets["tokens_per_sample"] else "NO"))
         else:
             rows.append(("targets", "not judged: the model is not Llama-2-70B (stand-in)"))
+    rows.append(("MLPerf", s.submittable))
     width = max(len(name) for name, _ in rows)
     rule = "-" * min(100, width + 3 + max(len(v) for _, v in rows))
     return "\n".join([rule] + [f"{name.ljust(width)} : {value}" for name, value in rows] + [rule])
