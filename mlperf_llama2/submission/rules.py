@@ -49,6 +49,10 @@ def _num(value: Any) -> Optional[float]:
         return None
 
 
+def _int(value: Optional[float]) -> Optional[int]:
+    return None if value is None else int(value)
+
+
 def mode_and_scenario(detail: dict, info: RunInfo, mode: str, scenario: str) -> Findings:
     out = Findings()
     got_mode = detail.get("effective_test_mode")
@@ -137,17 +141,17 @@ def performance_rules(detail: dict, loadgen_errors: list, info: RunInfo, rnd: Ro
     out.extend(seeds(detail, rnd))
     count = _num(detail.get("effective_performance_sample_count"))
     out.rule(count is not None and count >= rounds.PERFORMANCE_SAMPLE_COUNT,
-             f"performance_sample_count {count and int(count)} < {rounds.PERFORMANCE_SAMPLE_COUNT}")
+             f"performance_sample_count {_int(count)} < {rounds.PERFORMANCE_SAMPLE_COUNT}")
     override = _num(detail.get("requested_performance_sample_count_override"))
     out.rule(override in (None, 0, rounds.PERFORMANCE_SAMPLE_COUNT),
-             f"user.conf set performance_sample_count_override {override and int(override)}", closed)
+             f"user.conf set performance_sample_count_override {_int(override)}", closed)
     min_ms = _num(detail.get("effective_min_duration_ms"))
     out.rule(min_ms is not None and min_ms >= rounds.MIN_DURATION_MS,
-             f"min_duration {min_ms and int(min_ms)} ms < {rounds.MIN_DURATION_MS} ms")
+             f"min_duration {_int(min_ms)} ms < {rounds.MIN_DURATION_MS} ms")
     if scenario == "Offline":
         per_query = _num(detail.get("effective_samples_per_query"))
         out.rule(per_query is not None and per_query >= rounds.OFFLINE_MIN_SAMPLES_PER_QUERY,
-                 f"{per_query and int(per_query)} samples per query < {rounds.OFFLINE_MIN_SAMPLES_PER_QUERY}", closed)
+                 f"{_int(per_query)} samples per query < {rounds.OFFLINE_MIN_SAMPLES_PER_QUERY}", closed)
     else:
         out.extend(latency_limits(detail, scenario, closed))
     out.extend(output_cap(info, closed))
@@ -175,7 +179,7 @@ def accuracy_rules(detail: dict, loadgen_errors: list, info: RunInfo, scenario: 
     out.rule(not loadgen_errors, f"LoadGen logged {len(loadgen_errors)} error(s)")
     total = _num(detail.get("effective_accuracy_sample_count") or detail.get("qsl_reported_total_count"))
     out.rule(total == rounds.DATASET_SIZE,
-             f"covers {total and int(total)} samples, the dataset has {rounds.DATASET_SIZE}")
+             f"covers {_int(total)} samples, the dataset has {rounds.DATASET_SIZE}")
     out.extend(output_cap(info, closed))
     if rouge is not None:
         out.extend(rouge_rules(rouge, benchmark, closed))
