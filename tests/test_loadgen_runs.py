@@ -231,7 +231,7 @@ def test_server_result_packs_into_a_submission_tree(runs, workdir, tiny_model_di
     assert closed.returncode == 2 and not (workdir / "sub_closed").exists()
     for problem in ("min_duration 0 ms < 600000 ms", f"covers {SAMPLES} samples, the dataset has 24576",
                     "below the llama2-70b-99.9 target", "outputs capped at --max-new-tokens",
-                    "user.conf loosened ttft_latency to 60000 ms", "target_latency_percentile 50.0"):
+                    "user.conf loosened ttft_latency to 60000 ms", "target_latency_percentile 50 (rule: 99)"):
         assert problem in closed.stderr, closed.stderr
 
     opened = pack("open", workdir / "sub_open")  # duration and sample counts are errors in open too

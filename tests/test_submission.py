@@ -148,7 +148,7 @@ def test_runs_must_be_the_right_mode_and_scenario(result):
 def server_run(run, ttft_ms=400, tpot_ms=30, **extra):
     write_detail(run, effective_test_mode="PerformanceOnly", effective_scenario="Server", result_validity="VALID",
                  effective_min_duration_ms=600000, effective_performance_sample_count=FULL, early_stopping_met=True,
-                 requested_use_token_latencies=True, effective_target_latency_percentile=99.0,
+                 requested_use_token_latencies=True, effective_target_latency_percentile=0.99,
                  **{"result_first_token_99.00_percentile_latency_ns": ttft_ms * 1e6,
                     "result_time_per_output_token_99.00_percentile_ns": tpot_ms * 1e6, **SEEDS, **extra})
 

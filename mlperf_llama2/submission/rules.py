@@ -124,8 +124,8 @@ def latency_limits(detail: dict, scenario: str, closed: bool) -> Findings:
              f"(limit {tpot_limit / 1e6:.0f} ms)", closed)
     percentile = _num(detail.get("effective_target_latency_percentile"))
     out.rule(percentile is None or percentile >= rounds.TARGET_LATENCY_PERCENTILE,
-             f"user.conf set target_latency_percentile {percentile} (rule: "
-             f"{rounds.TARGET_LATENCY_PERCENTILE:g})", closed)
+             f"user.conf set target_latency_percentile {(percentile or 0) * 100:g} (rule: "
+             f"{rounds.TARGET_LATENCY_PERCENTILE * 100:g})", closed)
     return out
 
 
