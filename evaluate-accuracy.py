@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Score an accuracy run: ROUGE of the logged outputs against the dataset's answers (SPEC §4).
 
-Prints "\\nResults\\n" and the reference's one dict line on stdout (the submission checker parses it);
+Prints the accuracy log's `hash=<sha256>` line (as MLCommons' truncate_accuracy_log.py writes it into
+accuracy.txt), then "\\nResults\\n" and the reference's one dict line on stdout (the checker parses both);
 whether the llama2-70b-99 / -99.9 targets are met goes to stderr and, with --output-json, to a file.
 The logic lives in mlperf_llama2.data.{accuracy_log, scoring, sentences} and mlperf_llama2.tokenization.
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +57,15 @@ def report_targets(result: dict) -> dict:
     return checks
 
 
+def file_sha256(path: str) -> str:
+    """The hash truncate_accuracy_log.py records: SHA-256 of the whole file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
@@ -66,6 +77,9 @@ def main(argv=None) -> int:
     texts = tokenizer.batch_decode([p.tokens for p in predictions], skip_special_tokens=True)
     wanted = ["" if not isinstance(targets[p.qsl_idx], str) else targets[p.qsl_idx] for p in predictions]
     result = scoring.evaluate(texts, wanted, (len(p.tokens) for p in predictions), args.workers)
+    # truncate_accuracy_log.py's line (it appends "\\nhash={0}\\n"; any line of accuracy.txt is read), printed
+    # first so the result dict stays the last line of stdout, where tools read it.
+    print(f"hash={file_sha256(args.mlperf_accuracy_file)}")
     print("\nResults\n")
     print(scoring.format_result_line(result), flush=True)
     checks = report_targets(result)

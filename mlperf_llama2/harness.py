@@ -91,7 +91,7 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
     from mlperf_llama2.loadgen.settings import build_settings
     from mlperf_llama2.report.observer import ReportObserver
     from mlperf_llama2.report.progress import progress_stream
-    from mlperf_llama2.report.run_info import harness_commit, write_run_info
+    from mlperf_llama2.report.run_info import RunInfo, git_state, with_git_state, write_run_info
 
     settings = build_settings(config)
     if config.output_cap_applied:
@@ -101,13 +101,14 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
              dataset.total_sample_count, registry.selected_name(config), config.dtype, config.device)
     backend = registry.create_backend(config)
-    write_run_info(settings.output_dir, scenario=config.scenario, accuracy=config.accuracy,
-                   lg_model_name=config.lg_model_name, model_path=config.model_path,
-                   dataset_path=config.dataset_path, max_new_tokens=config.max_new_tokens,
-                   backend=config.backend, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
-                   user_conf=os.path.abspath(config.user_conf), liteml_config=config.quant.liteml_config,
+    info = RunInfo(scenario=config.scenario, accuracy=config.accuracy, lg_model_name=config.lg_model_name,
+                   model_path=config.model_path, dataset_path=config.dataset_path,
+                   max_new_tokens=config.max_new_tokens, backend=config.backend, batch_size=config.batch_size,
+                   device=config.device, dtype=config.dtype, user_conf=os.path.abspath(config.user_conf),
+                   liteml_config=config.quant.liteml_config, quantization=config.quant.quantization,
                    quant_backend=config.quant.quant_backend, quant_mode=config.quant.quant_mode,
-                   command=shlex.join(sys.argv), harness_commit=harness_commit())
+                   command=shlex.join(sys.argv))
+    write_run_info(settings.output_dir, with_git_state(info, git_state()))
     expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)
     report = ReportObserver(expected, f"{mode} {'accuracy' if config.accuracy else 'performance'}",
                             progress_stream(not config.progress))

@@ -14,7 +14,7 @@ import time
 
 import mlperf_loadgen as lg
 
-from mlperf_llama2.report.run_info import write_run_info
+from mlperf_llama2.report.run_info import RunInfo, write_run_info
 from mlperf_llama2.report.timings import TimingRecorder
 
 EOS = 2
@@ -44,8 +44,8 @@ def main() -> None:
     settings.offline_expected_qps = 100
 
     recorder = TimingRecorder()
-    write_run_info(a.outdir, scenario=a.scenario, accuracy=a.mode == "accuracy", max_new_tokens=a.tokens,
-                   model_path=None, dataset_path=a.dataset)
+    write_run_info(a.outdir, RunInfo(scenario=a.scenario, accuracy=a.mode == "accuracy", max_new_tokens=a.tokens,
+                                     model_path=None, dataset_path=a.dataset))
 
     def answer(samples):
         for s in samples:

@@ -28,6 +28,7 @@ from loadgen_fixtures import (
     tokens,
     write_dataset,
 )
+from mlperf_llama2.submission.package import truncated
 
 MAX_NEW = 8
 EOS = 2
@@ -202,7 +203,8 @@ def test_failed_generation_ends_the_run_with_exit_1_not_a_hang(runs, workdir):
 
 
 def test_server_result_packs_into_a_submission_tree(runs, workdir, tiny_model_dir):
-    """The runs above as one Server result: open division packs it (v6.0 paths), closed refuses it."""
+    """The runs above as one Server result: closed refuses it; open refuses what the checker would reject
+    in any division and, with --force, writes it in the v6.1 layout."""
     for name in ("plain", "server_acc", "audit_Server"):
         _ok(runs, name)
     acc_dir = workdir / "server_acc"
@@ -216,32 +218,38 @@ def test_server_result_packs_into_a_submission_tree(runs, workdir, tiny_model_di
                       script=str(REPO / "compliance" / "TEST06" / "run_verification.py"))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
-    def pack(division, root):
+    def pack(division, root, *extra):
         return run_main(["--root", root, "--division", division, "--submitter", "Acme", "--system", "tiny_cpu",
                          "--scenario", "Server", "--performance-dir", workdir / "plain" / "logs",
-                         "--accuracy-dir", acc_dir, "--test06-dir", audit_dir / "for_submission"],
+                         "--accuracy-dir", acc_dir, "--test06-dir", audit_dir / "for_submission",
+                         "--status", "available", "--allow-modified-source", *extra,
+                         *[a for f in ("cooling=air", "host_networking=none", "host_networking_topology=none",
+                                       "host_memory_configuration=unknown") for a in ("--system-field", f)]],
                         workdir, script=str(REPO / "mlperf_llama2" / "submission" / "__main__.py"))
 
     closed = pack("closed", workdir / "sub_closed")
     assert closed.returncode == 2 and not (workdir / "sub_closed").exists()
-    for problem in ("min_duration 0 ms < 600000", f"{SAMPLES} samples scored", "below the llama2-70b-99 target",
-                    "outputs capped at --max-new-tokens"):
+    for problem in ("min_duration 0 ms < 600000 ms", f"covers {SAMPLES} samples, the dataset has 24576",
+                    "below the llama2-70b-99.9 target", "outputs capped at --max-new-tokens",
+                    "user.conf loosened ttft_latency to 60000 ms", "target_latency_percentile 50 (rule: 99)"):
         assert problem in closed.stderr, closed.stderr
 
-    opened = pack("open", workdir / "sub_open")
+    opened = pack("open", workdir / "sub_open")  # duration and sample counts are errors in open too
+    assert opened.returncode == 2 and "performance_sample_count 6 < 24576" in opened.stderr
+    opened = pack("open", workdir / "sub_open", "--force")
     assert opened.returncode == 0, opened.stderr
-    result = workdir / "sub_open" / "open" / "Acme" / "results" / "tiny_cpu" / "llama2-70b-99" / "Server"
+    result = workdir / "sub_open" / "open" / "Acme" / "results" / "tiny_cpu" / "llama2-70b-99.9" / "Server"
     for path in ("performance/run_1/mlperf_log_detail.txt", "performance/run_1/mlperf_log_summary.txt",
                  "accuracy/mlperf_log_detail.txt", "accuracy/mlperf_log_accuracy.json", "accuracy/accuracy.txt",
                  "TEST06/verify_accuracy.txt", "TEST06/accuracy/mlperf_log_accuracy.json", "user.conf", "README.md"):
         assert (result / path).is_file(), path
     assert (result / "user.conf").read_text() == VALID_SERVER_USER_CONF
     assert (result / "accuracy" / "mlperf_log_accuracy.json").read_bytes() == \
-        (acc_dir / "mlperf_log_accuracy.json").read_bytes()
+        truncated((acc_dir / "mlperf_log_accuracy.json").read_bytes())
     measurements = json.loads((result / "measurements.json").read_text())
     assert measurements["weight_data_types"] == "fp32" and measurements["weight_transformations"] == "none"
     assert measurements["starting_weights_filename"] == Path(tiny_model_dir).name
     readme = (result / "README.md").read_text()
     assert "--scenario Server" in readme and "--accuracy" in readme  # both runs' command lines
     system = json.loads((workdir / "sub_open" / "open" / "Acme" / "systems" / "tiny_cpu.json").read_text())
-    assert system["division"] == "open" and system["submitter"] == "Acme" and system["accelerator_model_name"] == ""
+    assert system["division"] == "open" and system["submitter"] == "Acme" and system["accelerator_model_name"] == "N/A"

@@ -3,17 +3,29 @@ in test_loadgen_runs.py): what a closed result needs, what the open division rel
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from loadgen_fixtures import REPO
 from mlperf_llama2 import constants
+from mlperf_llama2.report.run_info import RunInfo, read_run_info
 from mlperf_llama2.submission.__main__ import main
 from mlperf_llama2.submission.checks import check_accuracy, check_performance, check_same_system, check_test06
-from mlperf_llama2.submission.package import measurements
+from mlperf_llama2.submission.package import measurements, truncated
+from mlperf_llama2.submission.rounds import ROUNDS
 
 FULL = constants.TOTAL_SAMPLE_COUNT
+V61 = ROUNDS["v6.1"]
+SEEDS = {f"effective_{k}": v for k, v in V61.seeds.items()}
+# What a VALID closed Offline run logs beyond mode and scenario.
+GOOD_OFFLINE = dict(effective_performance_sample_count=FULL, effective_samples_per_query=FULL,
+                    requested_performance_sample_count_override=FULL, **SEEDS)
+
 PASSING = {"rouge1": 44.5, "rouge2": 22.1, "rougeL": 28.7, "rougeLsum": 42.0, "gen_len": 1, "gen_num": FULL,
            "gen_tok_len": 1, "tokens_per_sample": 294.0}
 
@@ -49,10 +61,12 @@ def result(tmp_path, model_70b):
     (tmp_path / "user.conf").write_text("llama2-70b.Offline.target_qps = 1\n")
     perf = tmp_path / "perf"
     write_detail(perf, effective_test_mode="PerformanceOnly", effective_scenario="Offline", result_validity="VALID",
-                 effective_min_duration_ms=600000, result_tokens_per_second=1886.0, loadgen_version="6.0.17")
+                 effective_min_duration_ms=600000, result_tokens_per_second=1886.0, loadgen_version="6.0.17",
+                 **GOOD_OFFLINE)
     write_info(perf, **info)
     acc = tmp_path / "acc"
-    write_detail(acc, effective_test_mode="AccuracyOnly", effective_scenario="Offline", effective_min_duration_ms=0)
+    write_detail(acc, effective_test_mode="AccuracyOnly", effective_scenario="Offline", effective_min_duration_ms=0,
+                 qsl_reported_total_count=FULL, **SEEDS)
     write_info(acc, **{**info, "accuracy": True, "command": "python3 main.py --scenario Offline --accuracy"})
     (acc / "mlperf_log_accuracy.json").write_text(json.dumps([{"qsl_idx": i, "data": "02000000", "token_count": 1}
                                                               for i in range(FULL)]))
@@ -61,36 +75,57 @@ def result(tmp_path, model_70b):
     t06.mkdir(parents=True)
     (t06 / "verify_accuracy.txt").write_text("First token check pass: Skipped\nEOS check pass: True\n"
                                              "Sample length check pass: True\nTEST06 verification complete\n")
+    write_detail(t06 / "accuracy", audit=True, effective_scenario="Offline", **SEEDS)
+    write_info(t06 / "accuracy", **{**info, "command": "python3 main.py --scenario Offline  # audit"})
     return {"perf": perf, "acc": acc, "t06": tmp_path / "t06", "root": tmp_path / "submission"}
+
+
+SYSTEM = ["--status", "available", "--system-field", "host_memory_configuration=16x 64 GB DDR5", "--system-field",
+          "host_networking=Ethernet", "--system-field", "host_networking_topology=single node", "--system-field",
+          "cooling=air", "--allow-modified-source"]
 
 
 def argv(r, *extra, scenario="Offline", division="closed"):
     return ["--root", str(r["root"]), "--division", division, "--submitter", "Acme", "--system", "h200_x1",
             "--scenario", scenario, "--performance-dir", str(r["perf"]), "--accuracy-dir", str(r["acc"]),
-            "--test06-dir", str(r["t06"]), *extra]
+            "--test06-dir", str(r["t06"]), *SYSTEM, *extra]
 
 
-def test_a_passing_closed_result_is_written_in_the_v6_layout(result, capsys):
+def test_a_passing_closed_result_is_written_in_the_v6_1_layout(result, capsys):
     assert main(argv(result)) == 0
-    scenario = result["root"] / "closed" / "Acme" / "results" / "h200_x1" / "llama2-70b-99" / "Offline"
+    scenario = result["root"] / "closed" / "Acme" / "results" / "h200_x1" / "llama2-70b-99.9" / "Offline"
     assert (scenario / "performance" / "run_1" / "mlperf_log_detail.txt").is_file()
-    assert (scenario / "accuracy" / "accuracy.txt").read_text().endswith(repr(PASSING) + "\n")
+    log = (result["acc"] / "mlperf_log_accuracy.json").read_bytes()
+    assert (scenario / "accuracy" / "accuracy.txt").read_text() == \
+        "Results\n\n" + repr(PASSING) + f"\n\nhash={hashlib.sha256(log).hexdigest()}\n"  # as truncate_accuracy_log.py
+    assert (scenario / "accuracy" / "mlperf_log_accuracy.json").read_bytes() == truncated(log)
+    assert len(truncated(log)) < 10 * 1024 < len(log)
     assert (scenario / "TEST06" / "verify_accuracy.txt").is_file()
     assert (scenario / "user.conf").read_text() == "llama2-70b.Offline.target_qps = 1\n"
     assert json.loads((scenario / "measurements.json").read_text())["starting_weights_filename"] == \
         "Llama-2-70b-chat-hf"
     assert "1886.0 tokens/s" in (scenario / "README.md").read_text()
-    assert (result["root"] / "closed" / "Acme" / "systems" / "h200_x1.json").is_file()
-    assert "error" not in capsys.readouterr().err
+    system = json.loads((result["root"] / "closed" / "Acme" / "systems" / "h200_x1.json").read_text())
+    assert system["status"] == "available" and system["cooling"] == "air"
+    assert list((result["root"] / "closed" / "Acme" / "src").iterdir())
+    captured = capsys.readouterr()
+    assert "error" not in captured.err
+    assert "needs one of Interactive or Server too" in captured.err  # Offline alone: the tree is incomplete
+    assert main(["--root", str(result["root"]), "--check"]) == 2
 
 
 def test_the_99_9_benchmark_needs_more_rouge_than_the_99(result, capsys):
     # PASSING meets 99.9% of every ROUGE; ROUGE-2 22.0 is above 99% (21.81) and below 99.9% (22.01).
     text = "Results\n\n" + repr({**PASSING, "rouge2": 22.0}) + "\n"
     (result["acc"] / "accuracy.txt").write_text(text)
-    assert main(argv(result, "--benchmark", "llama2-70b-99", "--check-only")) == 0
+    assert main(argv(result, "--round", "v6.0", "--benchmark", "llama2-70b-99", "--check-only")) == 2
+    err = capsys.readouterr().err  # v6.1 seeds fail v6.0's check, with the LoadGen version to use
+    assert "qsl_rng_seed, sample_index_rng_seed, schedule_rng_seed wrong for v6.0: LoadGen 6.0.17 wrote v6.1's" \
+           " seeds" in err and "--round v6.1" in err
     assert main(argv(result, "--benchmark", "llama2-70b-99.9", "--check-only")) == 2
     assert "below the llama2-70b-99.9 target" in capsys.readouterr().err
+    assert main(argv(result, "--benchmark", "llama2-70b-99", "--check-only")) == 2  # gone from v6.1
+    assert "llama2-70b-99 is not a v6.1 benchmark" in capsys.readouterr().err
 
 
 def test_an_invalid_or_audited_performance_run_is_refused(tmp_path):
@@ -98,53 +133,109 @@ def test_an_invalid_or_audited_performance_run_is_refused(tmp_path):
     write_detail(run, audit=True, effective_test_mode="PerformanceOnly", effective_scenario="Offline",
                  result_validity="INVALID", result_invalid_reason="Min queries not met",
                  effective_min_duration_ms=600000)
-    errors = check_performance(str(run), "Offline", closed=False).errors
+    errors = check_performance(str(run), "Offline", False, V61).errors
     assert any("LoadGen result INVALID (Min queries not met)" in e for e in errors)
     assert any("audit.config" in e for e in errors)
 
 
 def test_runs_must_be_the_right_mode_and_scenario(result):
-    errors = check_performance(str(result["acc"]), "Offline", closed=True).errors
+    errors = check_performance(str(result["acc"]), "Offline", True, V61).errors
     assert any("test mode AccuracyOnly, expected PerformanceOnly" in e for e in errors)
-    errors = check_performance(str(result["perf"]), "Server", closed=True).errors
+    errors = check_performance(str(result["perf"]), "Server", True, V61).errors
     assert any("LoadGen scenario Offline, expected Server" in e for e in errors)
+
+
+def server_run(run, ttft_ms=400, tpot_ms=30, **extra):
+    write_detail(run, effective_test_mode="PerformanceOnly", effective_scenario="Server", result_validity="VALID",
+                 effective_min_duration_ms=600000, effective_performance_sample_count=FULL, early_stopping_met=True,
+                 requested_use_token_latencies=True, effective_target_latency_percentile=0.99,
+                 **{"result_first_token_99.00_percentile_latency_ns": ttft_ms * 1e6,
+                    "result_time_per_output_token_99.00_percentile_ns": tpot_ms * 1e6, **SEEDS, **extra})
 
 
 def test_interactive_is_told_from_server_by_the_loadgen_model_name(tmp_path):
     run = tmp_path / "p"
-    write_detail(run, effective_test_mode="PerformanceOnly", effective_scenario="Server", result_validity="VALID",
-                 effective_min_duration_ms=600000)
+    server_run(run)
     write_info(run, lg_model_name="llama2-70b", max_new_tokens=1024)
-    assert any("not the Interactive scenario" in e for e in check_performance(str(run), "Interactive", True).errors)
-    assert check_performance(str(run), "Server", True).errors == []
+    assert any("not the Interactive scenario" in e for e in check_performance(str(run), "Interactive", True, V61).errors)
+    assert check_performance(str(run), "Server", True, V61).errors == []
     write_info(run, lg_model_name="llama2-70b-interactive", max_new_tokens=1024)
-    assert check_performance(str(run), "Interactive", True).errors == []
+    assert check_performance(str(run), "Interactive", True, V61).errors == []
+
+
+def test_latency_limits_are_the_rules_whatever_user_conf_said(tmp_path):
+    run = tmp_path / "p"
+    # VALID for LoadGen because user.conf loosened TTFT to 60 s: the checker misses it, the packager does not.
+    server_run(run, ttft_ms=1500, requested_server_ttft_latency=60_000 * 1e6, requested_server_tpot_latency=200e6)
+    write_info(run, lg_model_name="llama2-70b", max_new_tokens=1024)
+    closed = check_performance(str(run), "Server", True, V61)
+    assert [e.split(": ", 1)[1] for e in closed.errors] == ["user.conf loosened ttft_latency to 60000 ms (limit 2000 ms)"]
+    assert check_performance(str(run), "Server", False, V61).errors == []  # open: a warning
+    write_info(run, lg_model_name="llama2-70b-interactive", max_new_tokens=1024)
+    errors = check_performance(str(run), "Interactive", True, V61).errors
+    assert any("over the Interactive limits 450 / 40 ms" in e for e in errors)
+    server_run(run, ttft_ms=2500)  # over the Server limit: the checker errors in both divisions
+    assert any("over the Server limits 2000 / 200 ms" in e for e in check_performance(str(run), "Server", False,
+                                                                                        V61).errors)
 
 
 def test_test06_rules(tmp_path, result):
-    assert check_test06(str(result["t06"]), "Offline", True).errors == []
-    server = check_test06(str(result["t06"]), "Server", True).errors  # Server must check the first token
+    assert check_test06(str(result["t06"]), "Offline", True, V61).errors == []
+    server = check_test06(str(result["t06"]), "Server", True, V61).errors  # Server must check the first token
     assert server and "first token check Skipped" in server[0]
-    assert check_test06(None, "Offline", closed=True).errors
-    missing = check_test06(None, "Offline", closed=False)
+    assert any("audits a Offline run, not Server" in e for e in server)
+    assert check_test06(None, "Offline", True, V61).errors
+    missing = check_test06(None, "Offline", False, V61)
     assert not missing.errors and missing.warnings
     (result["t06"] / "TEST06" / "verify_accuracy.txt").write_text(
         "First token check pass: Skipped\nEOS check pass: False\nSample length check pass: True\n"
         "TEST06 verification complete\n")
-    assert any("eos check pass: False" in e for e in check_test06(str(result["t06"]), "Offline", True).errors)
+    assert any("eos check pass: False" in e for e in check_test06(str(result["t06"]), "Offline", True, V61).errors)
+
+
+def test_a_test06_of_another_model_or_capped_outputs_is_refused(result, capsys):
+    info = json.loads((result["t06"] / "TEST06" / "accuracy" / "run_info.json").read_text())
+    write_info(result["t06"] / "TEST06" / "accuracy", **{**info, "max_new_tokens": 128, "dtype": "float32"})
+    assert main(argv(result, "--check-only")) == 2
+    err = capsys.readouterr().err
+    assert "the audit run capped outputs at --max-new-tokens 128" in err
+    assert "performance run and TEST06 audit run differ in dtype: float16 vs float32" in err
 
 
 def test_accuracy_txt_from_another_run_is_caught(result):
     (result["acc"] / "accuracy.txt").write_text(repr({**PASSING, "gen_num": 100}))
-    errors = check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99", closed=True).errors
+    errors = check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=True).errors
     assert any("scores 100 samples but mlperf_log_accuracy.json has 24576" in e for e in errors)
+    (result["acc"] / "accuracy.txt").write_text(repr(PASSING) + "\nhash=" + "0" * 64 + "\n")
+    errors = check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=True).errors
+    assert any("hash= 000000000000... is not the hash of" in e and "it scores another log" in e for e in errors)
 
 
 def test_performance_and_accuracy_runs_must_match(result):
-    perf = json.loads((result["perf"] / "run_info.json").read_text())
-    assert check_same_system(perf, dict(perf)).errors == []
-    errors = check_same_system(perf, {**perf, "dtype": "float32"}).errors
-    assert errors == ["performance and accuracy runs differ in dtype: float16 vs float32"]
+    perf = read_run_info(str(result["perf"]))
+    assert check_same_system(perf, perf).errors == []
+    errors = check_same_system(perf, dataclasses.replace(perf, dtype="float32")).errors
+    assert errors == ["performance run and accuracy run differ in dtype: float16 vs float32"]
+
+
+def test_modified_harness_files_are_refused_but_user_conf_is_not(result, capsys):
+    info = json.loads((result["perf"] / "run_info.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    write_info(result["perf"], **{**info, "harness_commit": head + "-dirty", "harness_changes": [" M user.conf"]})
+    args = [a for a in argv(result, "--check-only") if a != "--allow-modified-source"]
+    assert main(args) == 0
+    write_info(result["perf"], **{**info, "harness_commit": head + "-dirty",
+                                  "harness_changes": [" M user.conf", " M mlperf_llama2/engine/scheduler.py"]})
+    assert main(args) == 2
+    assert "performance run: harness files were modified during the run (mlperf_llama2/engine/scheduler.py)" \
+        in capsys.readouterr().err
+
+
+def test_an_output_root_that_is_a_file_is_one_line(result, capsys):
+    result["root"].write_text("not a directory")
+    assert main(argv(result)) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"submission: error: --root {result['root']} is a file, not a directory"]
 
 
 def test_nothing_is_written_when_a_rule_fails(result):
@@ -153,17 +244,20 @@ def test_nothing_is_written_when_a_rule_fails(result):
     assert not result["root"].exists()
 
 
-def test_measurements_describe_the_quantized_model():
-    info = dict(model_path="/models/Llama-2-70b-chat-hf/", dtype="float16",
-                liteml_config="liteml_configs/w8a8_npm_v1_3_4.yaml", quant_backend="open", quant_mode="int8")
+def test_measurements_take_the_data_types_from_the_recorded_quantization():
+    info = RunInfo(model_path="/models/Llama-2-70b-chat-hf/", dtype="float16",
+                   liteml_config="liteml_configs/w8a8_npm_v1_3_4.yaml", quant_backend="open", quant_mode="int8")
     m = measurements(info, {})
     assert m["starting_weights_filename"] == "Llama-2-70b-chat-hf"
-    assert m["weight_data_types"].startswith("int8") and "w8a8_npm_v1_3_4.yaml" in m["weight_transformations"]
+    assert m["weight_data_types"] == "int8" and "w8a8_npm_v1_3_4.yaml" in m["weight_transformations"]
+    assert measurements(RunInfo(dtype="float16", quant_mode="fp8"), {})["weight_data_types"] == "fp8"
+    plain = measurements(RunInfo(dtype="bfloat16", quant_mode="simulate"), {})
+    assert plain["weight_data_types"] == "bf16" and plain["weight_transformations"] == "none"
 
 
 def test_measurement_overrides_reach_measurements_json_and_unknown_keys_are_refused(result, capsys):
     assert main(argv(result, "--measurement", "retraining=no; calibration on the MLPerf calibration set")) == 0
-    scenario = result["root"] / "closed" / "Acme" / "results" / "h200_x1" / "llama2-70b-99" / "Offline"
+    scenario = result["root"] / "closed" / "Acme" / "results" / "h200_x1" / "llama2-70b-99.9" / "Offline"
     assert json.loads((scenario / "measurements.json").read_text())["retraining"] == \
         "no; calibration on the MLPerf calibration set"
     with pytest.raises(SystemExit) as exc:

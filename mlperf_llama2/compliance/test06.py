@@ -128,7 +128,8 @@ def write_outputs(result: Test06Result, log_dir: str, output_dir: str) -> str:
     report = os.path.join(test_dir, "verify_accuracy.txt")
     with open(report, "w", encoding="utf-8") as f:
         f.write("\n".join(result.report_lines()) + "\n")
-    for path in glob.glob(os.path.join(log_dir, "mlperf_log_*")):
+    # run_info.json too: the submission packager checks the audit ran the same model and precision.
+    for path in glob.glob(os.path.join(log_dir, "mlperf_log_*")) + glob.glob(os.path.join(log_dir, "run_info.json")):
         shutil.copy(path, accuracy_dir)
     return report
 

@@ -47,7 +47,7 @@ def _pyplot():
 def latency_limits_ms(run_dir: str) -> tuple[float, float]:
     """(TTFT, TPOT) limits in ms the run was held to: LoadGen's effective settings, else the llama2 values."""
     info = read_run_info(run_dir)
-    interactive = info.get("lg_model_name") == constants.LG_MODEL_NAME_INTERACTIVE
+    interactive = info.lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE
     ttft, tpot = ((constants.INTERACTIVE_TTFT_MS, constants.INTERACTIVE_TPOT_MS) if interactive
                   else (constants.SERVER_TTFT_MS, constants.SERVER_TPOT_MS))
     detail_path = os.path.join(run_dir, DETAIL_FILE)
@@ -176,8 +176,8 @@ def write_plots(run_dir: str, dataset_path: Optional[str] = None, out_dir: Optio
         written.append(throughput)
     generated = generated_lengths(run_dir)
     if generated:
-        reference = reference_lengths(dataset_path or info.get("dataset_path"), sorted(generated))
-        written.append(plot_lengths(generated, reference, info.get("max_new_tokens"), out_dir))
+        reference = reference_lengths(dataset_path or info.dataset_path, sorted(generated))
+        written.append(plot_lengths(generated, reference, info.max_new_tokens, out_dir))
     if not written:
         log.warning("%s: no sample timings and no accuracy log: nothing to plot", run_dir)
     return written

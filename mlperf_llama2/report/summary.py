@@ -20,6 +20,7 @@ from typing import Any, Optional
 from mlperf_llama2 import constants
 from mlperf_llama2.report.run_info import read_run_info
 from mlperf_llama2.report.timings import read_timings
+from mlperf_llama2.submission.rules import submittable
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ class RunSummary:
     rouge: Optional[dict]
     targets: Optional[dict]
     model: Optional[str]
-    quantization: Optional[str] = None  # the --liteml-config YAML the run used; None: not quantized
+    quantization: Optional[str] = None  # the --liteml-config YAML (or "fp8") the run used; None: not quantized
     quant_mode: Optional[str] = None  # simulate | int8 (with a quantization config only)
     quant_backend: Optional[str] = None  # auto | liteml | open, as requested
+    submittable: str = ""  # "submittable for v6.1 closed: yes" or ": no (why)" (submission/rules.py)
 
     @property
     def output_capped(self) -> bool:
@@ -152,7 +154,7 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
     summary_text = parse_summary_text(summary_path) if os.path.isfile(summary_path) else {}
     info = read_run_info(run_dir)
     timings = read_timings(run_dir)
-    scenario = str(detail.get("effective_scenario") or info.get("scenario") or "?")
+    scenario = str(detail.get("effective_scenario") or info.scenario or "?")
     mode = str(detail.get("effective_test_mode") or "?")
     accuracy_mode = mode == "AccuracyOnly"
 
@@ -178,7 +180,7 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         with open(os.path.join(run_dir, ACCURACY_RESULT_FILE), encoding="utf-8") as f:
             accuracy_text = f.read()
     rouge = parse_accuracy_result(accuracy_text) if accuracy_text else None
-    model = info.get("model_path")
+    model = info.model_path
     targets = accuracy_targets(rouge) if rouge is not None and is_llama2_70b(model) else None
     server = scenario == "Server"
     return RunSummary(
@@ -193,13 +195,14 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         verdict=verdict,
         reason=reason,
         loadgen_errors=len(errors),
-        max_new_tokens=info.get("max_new_tokens"),
+        max_new_tokens=info.max_new_tokens,
         rouge=rouge,
         targets=targets,
         model=model,
-        quantization=info.get("liteml_config"),
-        quant_mode=info.get("quant_mode") if info.get("liteml_config") else None,
-        quant_backend=info.get("quant_backend") if info.get("liteml_config") else None,
+        quantization=info.liteml_config or info.quantization,
+        quant_mode=info.quant_mode if info.liteml_config else None,
+        quant_backend=info.quant_backend if info.liteml_config else None,
+        submittable=submittable(detail, errors, info, rouge),
     )
 
 
@@ -247,6 +250,7 @@ def render_table(s: RunSummary) -> str:
             rows.append(("tokens/sample 90-110%", "yes" if s.targets["tokens_per_sample"] else "NO"))
         else:
             rows.append(("targets", "not judged: the model is not Llama-2-70B (stand-in)"))
+    rows.append(("MLPerf", s.submittable))
     width = max(len(name) for name, _ in rows)
     rule = "-" * min(100, width + 3 + max(len(v) for _, v in rows))
     return "\n".join([rule] + [f"{name.ljust(width)} : {value}" for name, value in rows] + [rule])

@@ -1,63 +1,52 @@
 """What must hold before a run goes into a submission: one function per input directory, each returning
 the problems found (errors stop packaging; warnings are printed) and the facts the README reports.
 
-The rules are MLPerf's for llama2-70b as LoadGen and the submission checker apply them: a VALID
-PerformanceOnly run of at least 600 s without an audit config; an AccuracyOnly run over all 24,576
-samples whose ROUGE meets the benchmark's target (99% or 99.9% of the FP16 reference, SPEC §8) with
-tokens per sample within 90-110%; a passing TEST06. The open division turns the accuracy and duration
-rules into warnings. Both runs must come from the same model and precision.
+The run-level rules (round, seeds, duration, sample counts, latency limits, ROUGE) are `rules.py`'s;
+here they meet the files: the LoadGen logs, run_info.json, accuracy.txt and its `hash=` line (which
+must be the SHA-256 of the accuracy log beside it), the TEST06 output and the audit run it came from.
+Both runs, and the audit, must come from the same model and precision.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import re
+from typing import Optional
 
 from mlperf_llama2 import constants
 from mlperf_llama2.compliance.test06 import AUDIT_MARKER
-from mlperf_llama2.report.run_info import read_run_info
+from mlperf_llama2.report.run_info import RunInfo, read_run_info
 from mlperf_llama2.report.summary import (ACCURACY_LOG, ACCURACY_RESULT_FILE, DETAIL_FILE, SUMMARY_FILE,
-                                          accuracy_targets, is_llama2_70b, parse_accuracy_result, parse_detail)
-from mlperf_llama2.submission.layout import BENCHMARKS, TEST06_RESULT
+                                          is_llama2_70b, parse_accuracy_result, parse_detail)
+from mlperf_llama2.submission.layout import TEST06_RESULT
+from mlperf_llama2.submission.rounds import Round
+from mlperf_llama2.submission.rules import Findings, accuracy_rules, loadgen_scenario, performance_rules, seeds
 
-MIN_DURATION_MS = 600_000  # every datacenter scenario runs at least 10 minutes
-# run_info.json keys that must agree between the performance and the accuracy run.
-SAME_SYSTEM_KEYS = ("model_path", "dtype", "backend", "liteml_config", "quant_backend", "quant_mode")
-PATH_KEYS = ("model_path", "liteml_config")
-
-
-@dataclass
-class Findings:
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def rule(self, ok: bool, message: str, strict: bool = True) -> None:
-        """Record `message` unless `ok`: as an error when `strict`, else as a warning."""
-        if not ok:
-            (self.errors if strict else self.warnings).append(message)
-
-    def extend(self, other: "Findings") -> None:
-        self.errors += other.errors
-        self.warnings += other.warnings
-        self.facts.update(other.facts)
+# RunInfo fields that must agree between the performance, accuracy and audit runs.
+SAME_SYSTEM_FIELDS = ("model_path", "dtype", "backend", "liteml_config", "quant_backend", "quant_mode")
+PATH_FIELDS = ("model_path", "liteml_config")
+# truncate_accuracy_log.py's line in accuracy.txt: the SHA-256 of the full mlperf_log_accuracy.json.
+HASH_LINE = re.compile(r"^hash=([\w\d]+)$", re.MULTILINE)
 
 
-def loadgen_scenario(scenario: str) -> str:
-    """Interactive is LoadGen's Server scenario under the llama2-70b-interactive limits."""
-    return "Server" if scenario == "Interactive" else scenario
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _read_run(run_dir: str, label: str, files: tuple[str, ...], out: Findings) -> Optional[tuple[dict, list, str]]:
+def _read_run(run_dir: str, flag: str, files: tuple[str, ...], out: Findings) -> Optional[tuple[dict, list, str]]:
     """(detail values, LoadGen errors, detail text) of `run_dir`, or None after recording what is missing."""
     if not os.path.isdir(run_dir):
-        out.errors.append(f"{label} {run_dir}: not a directory")
+        out.errors.append(f"{flag} {run_dir}: not a directory")
         return None
     missing = [name for name in files if not os.path.isfile(os.path.join(run_dir, name))]
     if missing:
-        out.errors.append(f"{label} {run_dir}: missing {', '.join(missing)}")
+        out.errors.append(f"{flag} {run_dir}: missing {', '.join(missing)}")
         return None
     path = os.path.join(run_dir, DETAIL_FILE)
     detail, errors = parse_detail(path)
@@ -65,51 +54,19 @@ def _read_run(run_dir: str, label: str, files: tuple[str, ...], out: Findings) -
         return detail, errors, f.read()
 
 
-def _check_mode_and_scenario(detail: dict, info: dict, label: str, mode: str, scenario: str, out: Findings) -> None:
-    got_mode = detail.get("effective_test_mode")
-    out.rule(got_mode == mode, f"{label}: test mode {got_mode}, expected {mode}")
-    got = detail.get("effective_scenario")
-    want = loadgen_scenario(scenario)
-    out.rule(got == want, f"{label}: LoadGen scenario {got}, expected {want}")
-    if scenario in ("Server", "Interactive") and got == "Server":
-        lg_name = info.get("lg_model_name")
-        if lg_name is None:
-            out.warnings.append(f"{label}: no run_info.json, so Server and Interactive limits cannot be told apart")
-        else:
-            interactive = lg_name == constants.LG_MODEL_NAME_INTERACTIVE
-            out.rule(interactive == (scenario == "Interactive"),
-                     f"{label}: run under --lg-model-name {lg_name}, which is not the {scenario} scenario")
-
-
-def _check_output_cap(info: dict, label: str, strict: bool, out: Findings) -> None:
-    cap = info.get("max_new_tokens")
-    out.rule(cap is None or int(cap) >= constants.MAX_NEW_TOKENS,
-             f"{label}: outputs capped at --max-new-tokens {cap} (< {constants.MAX_NEW_TOKENS})", strict)
-
-
-def check_performance(run_dir: str, scenario: str, closed: bool) -> Findings:
+def check_performance(run_dir: str, scenario: str, closed: bool, rnd: Round) -> Findings:
     out = Findings()
-    label = f"performance run {run_dir}"
     read = _read_run(run_dir, "--performance-dir", (DETAIL_FILE, SUMMARY_FILE), out)
     if read is None:
         return out
     detail, loadgen_errors, text = read
     info = read_run_info(run_dir)
-    _check_mode_and_scenario(detail, info, label, "PerformanceOnly", scenario, out)
-    verdict = detail.get("result_validity")
-    reason = str(detail.get("result_invalid_reason") or "").strip()
-    out.rule(verdict == "VALID", f"{label}: LoadGen result {verdict}" + (f" ({reason})" if reason else ""))
+    label = f"performance run {run_dir}"
+    out.extend(performance_rules(detail, loadgen_errors, info, rnd, scenario, closed), label)
     out.rule(AUDIT_MARKER not in text, f"{label}: ran with an audit.config (a compliance run, not a result)")
-    out.rule(not loadgen_errors, f"{label}: LoadGen logged {len(loadgen_errors)} error(s), first: "
-             f"{loadgen_errors[0] if loadgen_errors else ''}")
-    min_ms = detail.get("effective_min_duration_ms")
-    out.rule(min_ms is not None and float(min_ms) >= MIN_DURATION_MS,
-             f"{label}: min_duration {min_ms} ms < {MIN_DURATION_MS} ms", closed)
-    _check_output_cap(info, label, closed, out)
     key = "result_completed_tokens_per_second" if loadgen_scenario(scenario) == "Server" else "result_tokens_per_second"
     out.facts.update(performance_info=info, tokens_per_s=detail.get(key),
-                     result_scheduled_qps=detail.get("result_scheduled_samples_per_sec"),
-                     loadgen_version=detail.get("loadgen_version"), verdict=verdict)
+                     loadgen_version=detail.get("loadgen_version"), verdict=detail.get("result_validity"))
     return out
 
 
@@ -121,49 +78,51 @@ def _accuracy_samples(run_dir: str) -> Optional[int]:
         return None
 
 
+def _check_score_file(txt: str, run_dir: str, samples: Optional[int], out: Findings) -> Optional[dict]:
+    """The ROUGE line of accuracy.txt, its hash checked against the log beside it; None when unusable."""
+    if not os.path.isfile(txt):
+        out.errors.append(f"accuracy run {run_dir}: no {ACCURACY_RESULT_FILE}; save evaluate-accuracy.py's output "
+                          f"there (run_accuracy.sh does) or pass --accuracy-txt")
+        return None
+    with open(txt, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    rouge = parse_accuracy_result(text)
+    out.rule(rouge is not None, f"{txt}: no ROUGE result line ({{'rouge1': ...}}) from evaluate-accuracy.py")
+    log_hash = file_sha256(os.path.join(run_dir, ACCURACY_LOG))
+    hashes = HASH_LINE.findall(text)
+    if not hashes:
+        out.warnings.append(f"{txt}: no hash= line (an older evaluate-accuracy.py): the packager adds the hash "
+                            f"of {ACCURACY_LOG} beside it")
+    else:
+        out.rule(hashes[-1] == log_hash, f"{txt}: hash= {hashes[-1][:12]}... is not the hash of {run_dir}/"
+                 f"{ACCURACY_LOG} ({log_hash[:12]}...): it scores another log")
+    if rouge is not None:
+        gen_num = rouge.get("gen_num")
+        out.rule(gen_num is None or samples is None or int(gen_num) == samples,
+                 f"{txt}: scores {gen_num} samples but {ACCURACY_LOG} has {samples}: from another run?")
+    out.facts.update(accuracy_log_sha256=log_hash, accuracy_txt_text=text)
+    return rouge
+
+
 def check_accuracy(run_dir: str, accuracy_txt: Optional[str], scenario: str, benchmark: str,
                    closed: bool) -> Findings:
     out = Findings()
-    label = f"accuracy run {run_dir}"
     read = _read_run(run_dir, "--accuracy-dir", (DETAIL_FILE, SUMMARY_FILE, ACCURACY_LOG), out)
     if read is None:
         return out
     detail, loadgen_errors, _ = read
     info = read_run_info(run_dir)
-    _check_mode_and_scenario(detail, info, label, "AccuracyOnly", scenario, out)
-    out.rule(not loadgen_errors, f"{label}: LoadGen logged {len(loadgen_errors)} error(s)")
-    _check_output_cap(info, label, closed, out)
-
+    label = f"accuracy run {run_dir}"
     samples = _accuracy_samples(run_dir)
     out.rule(samples is not None, f"{label}: {ACCURACY_LOG} is not a LoadGen accuracy log")
-    out.rule(samples is None or samples >= constants.TOTAL_SAMPLE_COUNT,
-             f"{label}: {samples} samples scored, a submission scores all {constants.TOTAL_SAMPLE_COUNT}", closed)
-    model = info.get("model_path")
+    txt = accuracy_txt or os.path.join(run_dir, ACCURACY_RESULT_FILE)
+    rouge = _check_score_file(txt, run_dir, samples, out)
+    out.extend(accuracy_rules(detail, loadgen_errors, info, scenario, closed, rouge, benchmark), label)
+    model = info.model_path
     if model and os.path.isfile(os.path.join(model, "config.json")):
         out.rule(is_llama2_70b(model), f"{label}: model {model} is not Llama-2-70B (config.json shape)", closed)
     else:
         out.warnings.append(f"{label}: cannot read the model's config.json ({model}) to confirm it is Llama-2-70B")
-
-    txt = accuracy_txt or os.path.join(run_dir, ACCURACY_RESULT_FILE)
-    rouge = None
-    if not os.path.isfile(txt):
-        out.errors.append(f"{label}: no {ACCURACY_RESULT_FILE}; save evaluate-accuracy.py's output there "
-                          f"(run_accuracy.sh does) or pass --accuracy-txt")
-    else:
-        with open(txt, encoding="utf-8", errors="replace") as f:
-            rouge = parse_accuracy_result(f.read())
-        out.rule(rouge is not None, f"{txt}: no ROUGE result line ({{'rouge1': ...}}) from evaluate-accuracy.py")
-    if rouge is not None:
-        gen_num = rouge.get("gen_num")
-        out.rule(gen_num is None or samples is None or int(gen_num) == samples,
-                 f"{txt}: scores {gen_num} samples but {ACCURACY_LOG} has {samples}: from another run?")
-        targets = accuracy_targets(rouge)
-        target = BENCHMARKS[benchmark]
-        out.rule(targets[target], f"{label}: ROUGE-1/2/L {rouge.get('rouge1')}/{rouge.get('rouge2')}/"
-                 f"{rouge.get('rougeL')} below the {benchmark} target ({target}% of "
-                 f"{'/'.join(str(v) for v in constants.ROUGE_REFERENCE.values())})", closed)
-        out.rule(targets["tokens_per_sample"], f"{label}: tokens per sample {rouge.get('tokens_per_sample')} "
-                 f"outside 90-110% of {constants.TOKENS_PER_SAMPLE_REFERENCE}", closed)
     out.facts.update(accuracy_info=info, rouge=rouge, accuracy_samples=samples, accuracy_txt=txt)
     return out
 
@@ -176,7 +135,32 @@ def find_test06(path: str) -> Optional[str]:
     return None
 
 
-def check_test06(path: Optional[str], scenario: str, closed: bool) -> Findings:
+def _check_audit_run(found: str, scenario: str, rnd: Round, out: Findings) -> Optional[RunInfo]:
+    """The audit run behind a TEST06 directory (its logs in TEST06/accuracy/): an audit.config run of
+    this scenario, with the round's seeds and uncapped outputs."""
+    logs = os.path.join(found, "accuracy")
+    detail_path = os.path.join(logs, DETAIL_FILE)
+    if not os.path.isfile(detail_path):
+        out.errors.append(f"TEST06 {found}: no accuracy/{DETAIL_FILE}: cannot tell which run it audited")
+        return None
+    detail, _ = parse_detail(detail_path)
+    with open(detail_path, encoding="utf-8", errors="replace") as f:
+        out.rule(AUDIT_MARKER in f.read(), f"TEST06 {found}: its run did not use audit.config")
+    out.rule(detail.get("effective_scenario") == loadgen_scenario(scenario),
+             f"TEST06 {found}: audits a {detail.get('effective_scenario')} run, not {scenario}")
+    out.extend(seeds(detail, rnd), f"TEST06 {found}")
+    info = read_run_info(logs)
+    if not info.recorded:
+        out.errors.append(f"TEST06 {found}: no run_info.json beside its logs (verify with this harness's "
+                          f"run_verification.py) to show which model and precision it audited")
+        return None
+    cap = info.max_new_tokens
+    out.rule(cap is None or int(cap) >= constants.MAX_NEW_TOKENS,
+             f"TEST06 {found}: the audit run capped outputs at --max-new-tokens {cap}")
+    return info
+
+
+def check_test06(path: Optional[str], scenario: str, closed: bool, rnd: Round) -> Findings:
     out = Findings()
     if path is None:
         out.rule(False, "no --test06-dir: llama2-70b results need a passing TEST06 audit "
@@ -195,20 +179,21 @@ def check_test06(path: Optional[str], scenario: str, closed: bool) -> Findings:
     for name in ("EOS check pass", "Sample length check pass"):
         out.rule(lines.get(name) == "True", f"TEST06 {found}: {name.lower()}: {lines.get(name)}")
     out.rule("TEST06 verification complete" in lines, f"TEST06 {found}: verification did not complete")
-    out.facts["test06_dir"] = found
+    out.facts.update(test06_dir=found, test06_info=_check_audit_run(found, scenario, rnd, out))
     return out
 
 
-def check_same_system(perf: dict, acc: dict) -> Findings:
-    """The performance and accuracy runs must be the same model, precision and backend."""
+def check_same_system(perf: RunInfo, other: RunInfo, what: str = "accuracy run") -> Findings:
+    """The performance run and `other` must be the same model, precision and backend."""
     out = Findings()
-    if not perf or not acc:
-        out.warnings.append("run_info.json missing from a run: cannot check both runs used the same model "
-                            "and precision")
+    if not perf.recorded or not other.recorded:
+        out.warnings.append(f"run_info.json missing: cannot check the performance run and the {what} used the "
+                            f"same model and precision")
         return out
-    for key in SAME_SYSTEM_KEYS:
-        a, b = perf.get(key), acc.get(key)
-        if key in PATH_KEYS and a and b:
+    for name in SAME_SYSTEM_FIELDS:
+        a, b = getattr(perf, name), getattr(other, name)
+        if name in PATH_FIELDS and a and b:
             a, b = os.path.realpath(a), os.path.realpath(b)
-        out.rule(a == b, f"performance and accuracy runs differ in {key}: {perf.get(key)} vs {acc.get(key)}")
+        out.rule(a == b, f"performance run and {what} differ in {name}: {getattr(perf, name)} vs "
+                         f"{getattr(other, name)}")
     return out

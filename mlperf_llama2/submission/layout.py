@@ -1,4 +1,4 @@
-"""Where each file of one result goes in an MLPerf Inference submission tree (the v6.0 layout, LoadGen 6.0).
+"""Where each file of one result goes in an MLPerf Inference submission tree (the v6.0 and v6.1 layout).
 
 One result is a (system, benchmark, scenario) directory under `{division}/{submitter}/results/`, holding
 its performance run, accuracy run, TEST06 audit and metadata; the system description lives beside it
@@ -11,11 +11,11 @@ import os
 from dataclasses import dataclass
 
 DIVISIONS = ("closed", "open")
-BENCHMARKS = {"llama2-70b-99": "99", "llama2-70b-99.9": "99.9"}  # benchmark -> accuracy target (SPEC §8)
 SCENARIOS = ("Offline", "Server", "Interactive")
 
-PERFORMANCE_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")  # + the accuracy log when present
-ACCURACY_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json")
+PERFORMANCE_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
+ACCURACY_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")  # + the accuracy log, truncated
+ACCURACY_LOG = "mlperf_log_accuracy.json"
 ACCURACY_RESULT = "accuracy.txt"
 TEST06_RESULT = "verify_accuracy.txt"
 MEASUREMENTS = "measurements.json"
