@@ -48,10 +48,20 @@ def check_inputs(config: RunConfig) -> Dataset:
         from mlperf_llama2.engine.int8 import engine_rules
 
         engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
+        if config.quant.calibration_scales:
+            from mlperf_llama2.quant.calibration_file import check_scales_file, config_id
+
+            check_scales_file(config.quant.calibration_scales, config_id(config.quant.liteml_config),
+                              config.model_path)
+            log.warning("--calibration-scales: the engine reads only the K/V scales, for an 8-bit KV cache; "
+                        "its int8 mode has none yet, so they are unused in this run")
     elif config.quant.enabled:
         from mlperf_llama2.quant.setup import plan_quantization
 
-        plan_quantization(config.quant, config.dataset_path, config.device)  # YAML, backend, calibration file
+        # YAML, backend, calibration pickle, --calibration-scales against config and model
+        plan_quantization(config.quant, config.dataset_path, config.device, config.model_path)
+    elif config.quant.calibration_scales:
+        raise UserError("--calibration-scales holds a quantization config's static scales: give its --liteml-config")
     if config.save_outputs is not None:
         parent = os.path.dirname(os.path.abspath(config.save_outputs))
         if os.path.exists(parent) and not os.path.isdir(parent):

@@ -199,7 +199,8 @@ def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
     if config.quant.enabled:  # --liteml-config: the loaded model is wrapped (LiteML) or quantized in place
         from mlperf_llama2.quant.setup import apply_quantization, plan_quantization
 
-        plan = plan_quantization(config.quant, config.dataset_path, config.device)
+        plan = plan_quantization(config.quant, config.dataset_path, config.device, config.model_path,
+                                 config.output_log_dir)
         model, quant_report = apply_quantization(model, plan, config.device)
     backend = ReferenceBackend(
         model,
