@@ -58,8 +58,9 @@ def config_id(liteml_config: Optional[str], name: Optional[str] = None) -> str:
         raise UserError(f"--liteml-config {liteml_config}: cannot read: {exc.strerror}") from None
 
 
-def _safetensors_header(path: str) -> dict:
-    """The JSON header of a safetensors file (names, dtypes, shapes, metadata), without reading tensors."""
+def _safetensors_header(path: str, flag: str) -> dict:
+    """The JSON header of a safetensors file (names, dtypes, shapes, metadata), without reading tensors;
+    `flag` names where the file came from in messages."""
     try:
         with open(path, "rb") as f:
             raw = f.read(8)
@@ -70,15 +71,15 @@ def _safetensors_header(path: str) -> dict:
                 raise ValueError("header length out of range")
             header = json.loads(f.read(size))
     except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+        raise UserError(f"{flag} {path}: cannot read: {exc.strerror}") from None
     except ValueError as exc:
-        raise UserError(f"{path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{flag} {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
     if not isinstance(header, dict):
-        raise UserError(f"{path}: not a safetensors file (header is not a mapping)")
+        raise UserError(f"{flag} {path}: not a safetensors file (header is not a mapping)")
     ends = [info.get("data_offsets", [0, 0])[1] for name, info in header.items()
             if name != "__metadata__" and isinstance(info, dict)]
     if max(ends, default=0) != os.path.getsize(path) - 8 - size:
-        raise UserError(f"{path}: truncated or corrupt (tensor data does not match the header); copy it again")
+        raise UserError(f"{flag} {path}: truncated or corrupt (tensor data does not match the header); copy it again")
     return header
 
 
@@ -92,7 +93,7 @@ def model_identity(model_path: str) -> dict[str, str]:
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
     if files:
         lines = sorted(f"{name} {list(info['shape'])}" for path in files
-                       for name, info in _safetensors_header(path).items() if name != "__metadata__")
+                       for name, info in _safetensors_header(path, "--model-path").items() if name != "__metadata__")
     else:
         lines = sorted(f"{os.path.basename(p)} {os.path.getsize(p)}"
                        for p in glob.glob(os.path.join(model_path, "pytorch_model*.bin")))
@@ -155,7 +156,7 @@ def read_metadata(path: str) -> dict[str, str]:
     """The file's metadata from its header only (cheap; for the start-up check)."""
     if not os.path.isfile(path):
         raise UserError(f"--calibration-scales: file not found: {path}")
-    meta = _safetensors_header(path).get("__metadata__") or {}
+    meta = _safetensors_header(path, "--calibration-scales").get("__metadata__") or {}
     if meta.get("format") != FORMAT:
         raise UserError(f"--calibration-scales {path}: not a calibration scales file (format "
                         f"{meta.get('format')!r}, expected {FORMAT!r})")
@@ -179,7 +180,8 @@ def check_scales_file(path: str, expected_config_id: str, model_path: Optional[s
     meta = read_metadata(path)
     if meta.get("config_id") != expected_config_id:
         raise UserError(f"--calibration-scales {path}: calibrated for config {meta.get('config_name') or '?'} "
-                        f"({meta.get('config_id')}), not this run's ({expected_config_id}); recalibrate")
+                        f"({_short(meta.get('config_id'))}), not this run's ({_short(expected_config_id)}); "
+                        "recalibrate")
     if model_path is not None:
         ours = model_identity(model_path)
         for key, what in (("model_config_sha256", "config.json"), ("model_weights_sha256", "weight names/shapes")):
@@ -187,6 +189,11 @@ def check_scales_file(path: str, expected_config_id: str, model_path: Optional[s
                 raise UserError(f"--calibration-scales {path}: calibrated for another model ({what} differs from "
                                 f"{model_path}); recalibrate")
     return meta
+
+
+def _short(identity: Optional[str]) -> str:
+    """A config id for messages: "sha256:" and 12 hex digits, or the name."""
+    return identity[:19] if identity and identity.startswith("sha256:") else str(identity)
 
 
 def kv_scales_from_file(path: str, num_layers: int, num_kv_heads: int, granularity: str,
