@@ -1,14 +1,18 @@
 """Engine K/V calibration follows the one definition simulate follows: equal ranges, equal scales, one file."""
 
+import pandas as pd
+import pytest
 import torch
 
-import pytest
-
+from loadgen_fixtures import REPO, run_main, write_dataset
+from mlperf_llama2.config import QuantConfig
 from mlperf_llama2.engine.kv_calibration import calibrate_kv_ranges, calibrate_kv_scales, write_kv_calibration
 from mlperf_llama2.engine.weights import load_checkpoint
 from mlperf_llama2.errors import UserError
-from mlperf_llama2.quant.calibration_file import K_SLOT, V_SLOT, kv_scales_from_file, read_scales
+from mlperf_llama2.quant.calibration_file import (K_SLOT, V_SLOT, check_scales_file, config_id, kv_scales_from_file,
+                                                  read_scales)
 from mlperf_llama2.quant.open_backend import quantize_model
+from mlperf_llama2.quant.setup import plan_quantization
 from mlperf_llama2.quant.yaml_config import load_rules
 
 KV_RULES = """\
@@ -100,3 +104,24 @@ def test_kv_file_round_trip_and_granularity(tiny_model_dir, tmp_path):
     assert torch.equal(per_tensor[:, :, 0], per_tensor[:, :, 1])
     with pytest.raises(UserError, match=r"K/V ranges are \(2, 2, 2\), the model needs \(2, 80, 8\)"):
         kv_scales_from_file(path, 80, 8, "head", 448.0)
+
+
+def test_engine_calibrates_alone_from_the_pickle_and_writes_a_checked_file(tiny_model_dir, tiny_tokenizer_dir,
+                                                                           tmp_path):
+    npm = str(REPO / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
+    write_dataset(tmp_path / "data.pkl", tiny_tokenizer_dir)
+    pd.read_pickle(tmp_path / "data.pkl").iloc[:3].to_pickle(tmp_path / "cal.pkl")
+    out = tmp_path / "kv.safetensors"
+    result = run_main(["--model-path", tiny_model_dir, "--calibration-path", tmp_path / "cal.pkl", "--out", out,
+                       "--liteml-config", npm], tmp_path, 300, script="tools/calibrate_kv.py")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "K/V ranges calibrated on 3 prompts (MovingAverage)" in result.stderr  # the config's K/V observer
+    meta = check_scales_file(str(out), config_id(npm), str(tiny_model_dir))
+    assert meta["writer"] == "engine" and meta["calibration_rows"] == "3"
+    assert kv_scales_from_file(str(out), 2, 2, "head", 127.0).shape == (2, 2, 2)
+    qc = QuantConfig(liteml_config=npm, quant_backend="open", calibration_scales=str(out))
+    with pytest.raises(UserError, match="an engine calibration holds only K/V scales"):
+        plan_quantization(qc, str(tmp_path / "data.pkl"), "cpu", str(tiny_model_dir))
+    bad = run_main(["--model-path", tiny_model_dir, "--calibration-path", tmp_path / "none.pkl", "--out", out,
+                    "--name", "fp8-kv"], tmp_path, 120, script="tools/calibrate_kv.py")
+    assert bad.returncode == 2 and "none.pkl" in bad.stderr.strip().splitlines()[-1]

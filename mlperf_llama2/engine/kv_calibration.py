@@ -165,3 +165,48 @@ def write_kv_calibration(path: str, ranges: KVRanges, config: str, model_path: s
         "observer": f"{observer} momentum={momentum}, one update per sample (1, len)", "writer": "engine",
     }
     return cf.write_scales(path, ranges.slot_ranges(), metadata)
+
+
+def config_kv_observer(rules) -> Optional[str]:
+    """The observer of the config's static K and V quantizers (they must agree), or None if K/V are not static."""
+    found = set()
+    for slot in ("matmul_qkt", "matmul_pv"):
+        rule = rules.match("Matmul", f"model.layers.0.self_attn.{slot}")
+        spec = rule.quantizer("quantizer_in2") if rule is not None else None
+        if spec is not None and not spec.dynamic:
+            found.add(spec.observer)
+    if len(found) > 1:
+        raise UserError(f"{rules.path}: K and V static quantizers use different observers {sorted(found)}; "
+                        "the engine's K/V calibration needs one")
+    return found.pop() if found else None
+
+
+def calibrate_engine(model_path: str, calibration_path: str, out_path: str, config: str, device: str = "cpu",
+                     dtype: torch.dtype = torch.float32, observer: Optional[str] = None,
+                     momentum: float = 0.01) -> str:
+    """Calibrate K/V with the engine alone and write the scales file. `config` a --liteml-config YAML (the
+    model loads in int8 mode as its rules say, and its K/V observer is used) or a KV-only name ("fp8-kv")."""
+    import os
+
+    from mlperf_llama2 import constants
+    from mlperf_llama2.backends.hf_loading import check_model_dir, read_model_info
+    from mlperf_llama2.data.dataset import load_dataset
+    from mlperf_llama2.engine.weights import load_checkpoint
+    from mlperf_llama2.quant.yaml_config import load_rules
+
+    rules = load_rules(config) if os.path.isfile(config) else None
+    if rules is not None:
+        from_config = config_kv_observer(rules)
+        if from_config is None:
+            raise UserError(f"{config}: K and V have no static quantizers; nothing to calibrate")
+        if observer not in (None, from_config):
+            raise UserError(f"observer {observer} given, but {config} says {from_config} for K and V")
+        observer = from_config
+    check_model_dir(model_path)
+    vocab = read_model_info(model_path).vocab_size
+    prompts = load_dataset(calibration_path, total_sample_count=10**9, vocab_size=vocab).prompts  # before loading
+    model, _ = load_checkpoint(model_path, torch.device(device), dtype, constants.INPUT_TOKEN_LIMIT, rules)
+    ranges = calibrate_kv_ranges(model, prompts, observer or "MinMax", momentum)
+    path = write_kv_calibration(out_path, ranges, config, model_path, calibration_path, observer or "MinMax", momentum)
+    log.info("K/V calibration of %s on %d prompts written to %s", model_path, ranges.samples, path)
+    return path

@@ -98,7 +98,11 @@ def plan_quantization(quant_config, dataset_path: Optional[str], device: str, mo
         if backend != "open":
             raise UserError("--calibration-scales is read by the open backend; LiteML calibrates by itself "
                             "(use --quant-backend open)")
-        check_scales_file(scales_path, config_id(qc.liteml_config), model_path)
+        meta = check_scales_file(scales_path, config_id(qc.liteml_config), model_path)
+        if meta.get("writer") == "engine" and rules is not None and _static_beyond_kv(rules):
+            raise UserError(f"--calibration-scales {scales_path}: an engine calibration holds only K/V scales; "
+                            f"{os.path.basename(qc.liteml_config)} has other static quantizers: calibrate with "
+                            "the reference backend (no --calibration-scales)")
     calibration_path = None if scales_path else qc.calibration_path or default_calibration_path(dataset_path)
     if static and calibration_path is None and scales_path is None:
         raise UserError(f"{qc.liteml_config} has static quantizers and needs calibration data: pass "
@@ -107,6 +111,13 @@ def plan_quantization(quant_config, dataset_path: Optional[str], device: str, mo
                         batch_shared_scale=qc.batch_shared_scale)
     return QuantPlan(backend, qc.liteml_config, qc.quant_mode, calibration_path, numerics, rules, static,
                      scales_path, model_path, output_dir)
+
+
+def _static_beyond_kv(rules: QuantRules) -> bool:
+    """Whether the config has static quantizers besides K (matmul_qkt in2) and V (matmul_pv in2)."""
+    kv = {("matmul_qkt", "quantizer_in2"), ("matmul_pv", "quantizer_in2")}
+    return any(not spec.dynamic and (rule.source_name, role) not in kv
+               for rule in rules.rules for role, spec in rule.quantizers)
 
 
 def apply_quantization(model: torch.nn.Module, plan: QuantPlan, device: str):

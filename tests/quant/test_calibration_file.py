@@ -93,7 +93,8 @@ def test_mismatches_and_corruption_are_one_line(tiny_model_dir, tiny_tokenizer_d
 # --- through main.py -------------------------------------------------------------------------------------------
 def workdir(tmp_path, tokenizer_dir):
     write_dataset(tmp_path / "data.pkl", tokenizer_dir)
-    pd.read_pickle(tmp_path / "data.pkl").iloc[:3].to_pickle(tmp_path / "open_orca_gpt4_tokenized_llama.calibration_3.pkl")
+    calibration = tmp_path / "open_orca_gpt4_tokenized_llama.calibration_3.pkl"
+    pd.read_pickle(tmp_path / "data.pkl").iloc[:3].to_pickle(calibration)
     (tmp_path / "user.conf").write_text(SMALL_USER_CONF)
     return tmp_path
 
@@ -127,7 +128,8 @@ def test_calibration_writes_the_file_and_a_second_run_reuses_it(tmp_path, tiny_m
     assert not (root / "logs2" / cf.FILE_NAME).exists()
     assert outputs(root / "logs2") == outputs(root / "logs1") and len(outputs(root / "logs1")) == 6
 
-    other_config = run_main(args(root, tiny_model_dir, "logs3", "--calibration-scales", written, config=PV16), root, 120)
+    other_config = run_main(args(root, tiny_model_dir, "logs3", "--calibration-scales", written, config=PV16), root,
+                            120)
     corrupt = root / "corrupt.safetensors"
     corrupt.write_bytes(written.read_bytes()[:-10])
     truncated = run_main(args(root, tiny_model_dir, "logs4", "--calibration-scales", corrupt), root, 120)
