@@ -303,7 +303,7 @@ def test_main_refuses_a_bad_checkpoint_before_loading(e2e_results, case):
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith("main.py: error: "), proc.stderr[-3000:]
     assert all(w in lines[0] for w in words), lines[0]
-    for loader_line in ("Loading weights", "hf_loading: loading", "engine.weights: loaded", "backend: ",
+    for loader_line in ("Loading weights", "hf_loading: loading", "engine.loader: built", "backend: ",
                         "starting LoadGen"):
         assert loader_line not in proc.stderr, proc.stderr[-3000:]
     print(f"{name}: {lines[0]}")

@@ -30,6 +30,7 @@ ENGINE_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--m
 ENGINE_SWITCHES = {"cuda_graphs": "--no-cuda-graphs", "overlap_steps": "--no-overlap-steps"}
 QUANT_FLAGS = {"liteml_config": "--liteml-config", "quantization": "--quantization", "quant_backend": "--quant-backend",
                "quant_mode": "--quant-mode", "calibration_path": "--calibration-path",
+               "calibration_scales": "--calibration-scales",
                "momentum": "--quant-momentum", "rounding": "--quant-rounding"}
 QUANT_SWITCHES = {"narrow_range": "--quant-full-range", "batch_shared_scale": "--quant-per-sample-scale"}
 

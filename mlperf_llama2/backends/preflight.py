@@ -27,12 +27,16 @@ def _local_checkpoint(config: "RunConfig") -> tuple[int, int]:
 
 
 def _quantization_plan(config: "RunConfig", num_layers: Optional[int] = None) -> None:
-    """--liteml-config as the reference backend applies it: YAML, quantization backend, calibration file,
-    and (with the checkpoint here) the rules against the model's module names."""
+    """--liteml-config as the reference backend applies it: YAML, quantization backend, calibration pickle,
+    --calibration-scales against config and model, and (with the checkpoint here) the rules against the
+    model's module names."""
     if config.quant.enabled:
         from mlperf_llama2.quant.setup import plan_quantization
 
-        plan_quantization(config.quant, config.dataset_path, config.device, num_layers)
+        plan_quantization(config.quant, config.dataset_path, config.device, num_layers,
+                          model_path=config.model_path if num_layers is not None else None)
+    elif config.quant.calibration_scales:
+        raise UserError("--calibration-scales holds a quantization config's static scales: give its --liteml-config")
 
 
 def check_reference(config: "RunConfig") -> int:
@@ -49,6 +53,13 @@ def check_engine(config: "RunConfig") -> int:
 
         rules = engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
         check_rules_for_model(rules, num_layers)
+        if config.quant.calibration_scales:
+            from mlperf_llama2.quant.calibration_file import check_scales_file, config_id
+
+            check_scales_file(config.quant.calibration_scales, config_id(config.quant.liteml_config),
+                              config.model_path)
+    elif config.quant.calibration_scales:
+        raise UserError("--calibration-scales holds a quantization config's static scales: give its --liteml-config")
     return vocab_size
 
 

@@ -199,7 +199,8 @@ def create_reference_backend(config: "RunConfig") -> ReferenceBackend:
     if config.quant.enabled:  # --liteml-config: the loaded model is wrapped (LiteML) or quantized in place
         from mlperf_llama2.quant.setup import apply_quantization, plan_quantization
 
-        plan = plan_quantization(config.quant, config.dataset_path, config.device)
+        plan = plan_quantization(config.quant, config.dataset_path, config.device, model_path=config.model_path,
+                                 output_dir=config.output_log_dir)
         model, quant_report = apply_quantization(model, plan, config.device)
     elif config.quant.fp8:  # --quantization fp8: the engine's FP8 numerics as fake-quant (the accuracy reference)
         from mlperf_llama2.quant.fp8 import simulate_fp8

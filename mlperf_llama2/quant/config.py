@@ -25,6 +25,7 @@ class QuantConfig:
     quant_backend: str = "auto"  # auto | liteml | open
     quant_mode: str = "simulate"  # simulate | int8
     calibration_path: Optional[str] = None
+    calibration_scales: Optional[str] = None  # calibration_scales.safetensors of an earlier run: no calibration
     # Open-backend numerics public material leaves open (docs/quantization.md).
     momentum: float = 0.01
     rounding: str = "half_even"  # half_even | half_away
@@ -38,6 +39,8 @@ class QuantConfig:
             raise UserError(f"--liteml-config: file not found: {self.liteml_config}")
         if self.calibration_path is not None and not os.path.isfile(self.calibration_path):
             raise UserError(f"--calibration-path: file not found: {self.calibration_path}")
+        if self.calibration_scales is not None and not os.path.isfile(self.calibration_scales):
+            raise UserError(f"--calibration-scales: file not found: {self.calibration_scales}")
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.quantization is not None and self.liteml_config is not None:
@@ -72,6 +75,10 @@ class QuantConfig:
         g.add_argument("--calibration-path", default=None,
                        help="calibration pickle for static quantizers (default: the processorca "
                             "calibration_*.pkl beside the dataset)")
+        g.add_argument("--calibration-scales", default=None, metavar="FILE",
+                       help="static scales written by an earlier run's calibration (calibration_scales.safetensors "
+                            "in its --output-log-dir): reused instead of calibrating; checked against the config "
+                            "and the model")
         g.add_argument("--quant-momentum", type=float, default=QuantConfig.momentum,
                        help="open backend: MovingAverage observer update weight (default %(default)s)")
         g.add_argument("--quant-rounding", choices=("half_even", "half_away"), default=QuantConfig.rounding,
@@ -90,6 +97,7 @@ class QuantConfig:
             quant_backend=ns.quant_backend,
             quant_mode=ns.quant_mode,
             calibration_path=ns.calibration_path,
+            calibration_scales=ns.calibration_scales,
             momentum=ns.quant_momentum,
             rounding=ns.quant_rounding,
             narrow_range=not ns.quant_full_range,

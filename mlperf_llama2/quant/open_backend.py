@@ -40,11 +40,13 @@ class QuantReport:
     int8_linears: int = 0
     approximations: list[str] = field(default_factory=list)  # what int8 mode does not compute as written
     calibration_samples: int = 0
+    scales_file: Optional[str] = None  # static scales read from this file instead of calibrating
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} x{v}" for k, v in sorted(self.replaced.items()))
-        return f"quantization ({self.mode}): {parts}; int8 Linears {self.int8_linears}; " \
-               f"calibrated on {self.calibration_samples} samples"
+        source = f"static scales from {self.scales_file}" if self.scales_file else \
+            f"calibrated on {self.calibration_samples} samples"
+        return f"quantization ({self.mode}): {parts}; int8 Linears {self.int8_linears}; {source}"
 
 
 def slot_kind(module: nn.Module) -> Optional[str]:
@@ -84,8 +86,9 @@ def _set_module(model: nn.Module, qualified_name: str, new: nn.Module) -> None:
 
 
 def quantize_model(model: nn.Module, rules: QuantRules, mode: str = "simulate", numerics: Numerics = Numerics(),
-                   calibration: Optional[Iterable[torch.Tensor]] = None) -> QuantReport:
-    """Quantize `model` in place as `rules` say; `calibration` yields (1, L) token tensors for static rules."""
+                   calibration: Optional[Iterable[torch.Tensor]] = None, scales=None) -> QuantReport:
+    """Quantize `model` in place as `rules` say; `calibration` yields (1, L) token tensors for static rules,
+    or `scales` (a calibration_file.ScalesFile) gives them their ranges without calibrating."""
     if mode not in MODES:
         raise UserError(f"--quant-mode must be one of {', '.join(MODES)}, got {mode!r}")
     device = next(model.parameters()).device  # int8 on CPU runs the exact int64 GEMM (tests only)
@@ -111,7 +114,12 @@ def quantize_model(model: nn.Module, rules: QuantRules, mode: str = "simulate", 
     if mode == "int8":
         report.approximations = sorted(set(report.approximations))
         logger.info("int8 mode approximates: %s", "; ".join(report.approximations) or "nothing")
-    if rules.needs_calibration:
+    if rules.needs_calibration and scales is not None:
+        from mlperf_llama2.quant.calibration_file import load_static_ranges
+
+        load_static_ranges(model, scales, device)
+        report.scales_file = scales.path
+    elif rules.needs_calibration:
         report.calibration_samples = calibrate(model, calibration, device)
     logger.info(report.summary())
     return report

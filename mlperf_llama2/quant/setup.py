@@ -1,12 +1,14 @@
 """`--liteml-config` end to end: check the request at start-up, then quantize the loaded model.
 
-`plan_quantization(quant_config, dataset_path, device, num_layers)` runs before any model loads: it
-picks the backend (auto: LiteML when the real package is installed, else the open backend; logged),
-reads and validates the YAML for the open backend (every rule must reach a module of the model,
-with dims inside the rank of what it quantizes: `check_rules_for_model`), and finds the calibration
-pickle. `apply_quantization`
-then wraps the loaded transformers model (LiteML's RetrainerModel, or the open backend in place)
-and returns it with a `QuantReport` for the run summary.
+`plan_quantization(quant_config, dataset_path, device, num_layers, model_path, output_dir)` runs before
+any model loads: it picks the backend (auto: LiteML when the real package is installed, else the open
+backend; logged), reads and validates the YAML for the open backend (every rule must reach a module of
+the model, with dims inside the rank of what it quantizes: `check_rules_for_model`), finds the
+calibration pickle, and checks a `--calibration-scales` file against the config and the model.
+`apply_quantization` then wraps the loaded transformers model (LiteML's RetrainerModel, or the open
+backend in place) and returns it with a `QuantReport` for the run summary; the open backend's
+calibration writes its scales to `output_dir/calibration_scales.safetensors` (`calibration_file.py`),
+or reads them from that flag.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class QuantPlan:
     numerics: Numerics
     rules: Optional[QuantRules]  # open backend only
     static: bool  # the config has static quantizers (needs calibration)
+    scales_path: Optional[str] = None  # --calibration-scales: static ranges from this file, no calibration
+    model_path: Optional[str] = None  # for the scales file's model identity
+    output_dir: Optional[str] = None  # where calibration writes calibration_scales.safetensors
 
 
 def default_calibration_path(dataset_path: Optional[str]) -> Optional[str]:
@@ -89,8 +94,8 @@ def check_rules_for_model(rules: QuantRules, num_layers: int) -> None:
                                     f"rank-{rank} tensor it quantizes at {name} (axes {-rank}..{rank - 1})")
 
 
-def plan_quantization(quant_config, dataset_path: Optional[str], device: str,
-                      num_layers: Optional[int] = None) -> Optional[QuantPlan]:
+def plan_quantization(quant_config, dataset_path: Optional[str], device: str, num_layers: Optional[int] = None,
+                      model_path: Optional[str] = None, output_dir: Optional[str] = None) -> Optional[QuantPlan]:
     """Check everything about quantization a run needs before its model loads; None when off.
 
     With `num_layers` (from config.json) the open backend's rules are checked against the model too."""
@@ -123,24 +128,66 @@ def plan_quantization(quant_config, dataset_path: Optional[str], device: str,
     else:
         data_q = (read_yaml(qc.liteml_config)["QAT"] or {}).get("data_quantization") or {}
         static = data_q.get("quantization_mode") == "static"
-    calibration_path = qc.calibration_path or default_calibration_path(dataset_path)
-    if static and calibration_path is None:
+    scales_path = qc.calibration_scales
+    if scales_path is not None:
+        from mlperf_llama2.quant.calibration_file import check_scales_file, config_id
+
+        if backend != "open":
+            raise UserError("--calibration-scales is read by the open backend; LiteML calibrates by itself "
+                            "(use --quant-backend open)")
+        meta = check_scales_file(scales_path, config_id(qc.liteml_config), model_path)
+        if meta.get("writer") == "engine" and rules is not None and _static_beyond_kv(rules):
+            raise UserError(f"--calibration-scales {scales_path}: an engine calibration holds only K/V scales; "
+                            f"{os.path.basename(qc.liteml_config)} has other static quantizers: calibrate with "
+                            "the reference backend (no --calibration-scales)")
+    calibration_path = None if scales_path else qc.calibration_path or default_calibration_path(dataset_path)
+    if static and calibration_path is None and scales_path is None:
         raise UserError(f"{qc.liteml_config} has static quantizers and needs calibration data: pass "
                         "--calibration-path (the processorca calibration_*.pkl)")
     numerics = Numerics(momentum=qc.momentum, rounding=qc.rounding, narrow_range=qc.narrow_range,
                         batch_shared_scale=qc.batch_shared_scale)
-    return QuantPlan(backend, qc.liteml_config, qc.quant_mode, calibration_path, numerics, rules, static)
+    return QuantPlan(backend, qc.liteml_config, qc.quant_mode, calibration_path, numerics, rules, static,
+                     scales_path, model_path, output_dir)
+
+
+def _static_beyond_kv(rules: QuantRules) -> bool:
+    """Whether the config has static quantizers besides K (matmul_qkt in2) and V (matmul_pv in2)."""
+    kv = {("matmul_qkt", "quantizer_in2"), ("matmul_pv", "quantizer_in2")}
+    return any(not spec.dynamic and (rule.source_name, role) not in kv
+               for rule in rules.rules for role, spec in rule.quantizers)
 
 
 def apply_quantization(model: torch.nn.Module, plan: QuantPlan, device: str):
     """Quantize a loaded LlamaForCausalLM as planned; returns (model to call generate on, report or None)."""
     vocab = getattr(model.config, "vocab_size", None)
-    samples = calibration_samples(plan.calibration_path, vocab) if plan.static else None
+    reuse = plan.static and plan.scales_path is not None
+    samples = calibration_samples(plan.calibration_path, vocab) if plan.static and not reuse else None
     if plan.backend == "liteml":
         from mlperf_llama2.quant.liteml_adapter import wrap_with_liteml
 
         return wrap_with_liteml(model, plan.config_path, samples, device), None
+    from mlperf_llama2.quant import calibration_file as cf
     from mlperf_llama2.quant.open_backend import quantize_model
 
-    report = quantize_model(model, plan.rules, plan.mode, plan.numerics, samples)
+    scales = cf.read_scales(plan.scales_path) if reuse else None
+    report = quantize_model(model, plan.rules, plan.mode, plan.numerics, samples, scales=scales)
+    if samples is not None and plan.output_dir is not None:
+        path = write_calibration(model, plan, len(samples))
+        logger.info("calibration scales written to %s (reuse with --calibration-scales %s)", path, path)
     return model, report
+
+
+def write_calibration(model: torch.nn.Module, plan: QuantPlan, rows: int) -> str:
+    """The open backend's calibrated static ranges -> output_dir/calibration_scales.safetensors."""
+    from mlperf_llama2.quant import calibration_file as cf
+
+    observers = sorted({spec.observer for rule in plan.rules.rules for _, spec in rule.quantizers if not spec.dynamic})
+    metadata = {
+        "config_id": cf.config_id(plan.config_path), "config_name": os.path.basename(plan.config_path),
+        **(cf.model_identity(plan.model_path) if plan.model_path else
+           {"model_config_sha256": "", "model_weights_sha256": ""}),
+        **cf.calibration_metadata(plan.calibration_path, rows),
+        "observer": f"{'+'.join(observers)} momentum={plan.numerics.momentum}, one update per sample (1, len)",
+        "quant_mode": plan.mode, "writer": "reference",
+    }
+    return cf.write_scales(os.path.join(plan.output_dir, cf.FILE_NAME), cf.static_ranges(model), metadata)

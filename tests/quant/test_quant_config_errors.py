@@ -162,6 +162,6 @@ def test_main_refuses_a_config_that_would_run_in_float(e2e_results, case):
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith("main.py: error: --liteml-config "), proc.stderr[-3000:]
     assert all(w in lines[0] for w in words), lines[0]
-    for loader_line in ("Loading weights", "hf_loading: loading", "engine.weights: loaded", "backend: "):
+    for loader_line in ("Loading weights", "hf_loading: loading", "engine.loader: built", "backend: "):
         assert loader_line not in proc.stderr, proc.stderr[-3000:]
     print(f"{name}: {lines[0]}")
