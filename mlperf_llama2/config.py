@@ -21,6 +21,10 @@ SCENARIOS = ("Offline", "Server")
 DTYPES = ("float16", "bfloat16", "float32")
 BACKENDS = ("reference", "engine", "api")
 REFERENCE_MODEL_NAME = "meta-llama/Llama-2-70b-chat-hf"
+KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # auto: the model dtype (engine/kv_cache.py)
+KV_SCALES_HINT = ("needs static K/V scales [2, layers, kv_heads] calibrated on the calibration set; no scales "
+                  "were given (until the calibration file is wired in, pass kv_scales to LLMEngine.from_pretrained), "
+                  "or use --kv-cache-dtype auto")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class EngineConfig:
     num_kv_blocks: Optional[int] = None
     cuda_graphs: bool = True
     overlap_steps: Optional[bool] = None  # queue step N+1 before reading step N's tokens; None: on CUDA only
+    kv_cache_dtype: str = "auto"  # auto | fp8 | int8 (8-bit: static scales, engine/kv_cache.py)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -47,6 +52,9 @@ class EngineConfig:
             raise UserError(f"--kv-cache-memory-fraction must be in (0, 1], got {self.kv_cache_memory_fraction}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise UserError(f"--num-kv-blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                            f"got {self.kv_cache_dtype!r}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +75,10 @@ class EngineConfig:
         g.add_argument("--no-overlap-steps", action="store_true",
                        help="wait for each step's tokens before scheduling the next (default on CUDA: the next "
                             "step is queued on the GPU while the host reads the last one's tokens)")
+        g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=EngineConfig.kv_cache_dtype,
+                       help="KV-cache storage: auto = the model dtype; fp8 (E4M3) or int8 store K and V in 8 bits "
+                            "with static per-layer, per-KV-head scales (half the KV memory and reads) "
+                            "(default %(default)s)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "EngineConfig":
@@ -78,6 +90,7 @@ class EngineConfig:
             num_kv_blocks=ns.num_kv_blocks,
             cuda_graphs=not ns.no_cuda_graphs,
             overlap_steps=False if ns.no_overlap_steps else None,
+            kv_cache_dtype=ns.kv_cache_dtype,
         )
 
 
@@ -300,6 +313,10 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_new_tokens <= constants.MAX_NEW_TOKENS:
             raise UserError(f"--max-new-tokens must be in 1..{constants.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if self.engine.kv_cache_dtype != "auto":
+            if self.backend != "engine":
+                raise UserError(f"--kv-cache-dtype {self.engine.kv_cache_dtype} applies to --backend engine only")
+            raise UserError(f"--kv-cache-dtype {self.engine.kv_cache_dtype} {KV_SCALES_HINT}")
         if self.dist.sut_nodes and (self.backend == "api" or self.tensor_parallel > 1 or self.data_parallel > 1):
             raise UserError("--sut-nodes: the SUT nodes generate; give --tensor-parallel/--data-parallel to the nodes "
                             "(python -m mlperf_llama2.sut_node), and do not combine with --vllm/--backend api")

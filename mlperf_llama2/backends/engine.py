@@ -45,8 +45,9 @@ class EngineBackend(Backend):
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig = EngineConfig(), device: str = "cpu",
-                        dtype: str = "float32", quant_rules=None) -> "EngineBackend":
-        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype], quant_rules))
+                        dtype: str = "float32", quant_rules=None,
+                        kv_scales: Optional[torch.Tensor] = None) -> "EngineBackend":
+        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype], quant_rules, kv_scales))
 
     @property
     def eos_token_id(self) -> int:

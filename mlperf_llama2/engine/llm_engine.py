@@ -61,17 +61,21 @@ class LLMEngine:
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32, quant_rules=None) -> "LLMEngine":
-        """`quant_rules` (a quant `QuantRules`): int8 mode, the Linears it names become W8A8 int8 (`int8.py`)."""
+                        dtype: torch.dtype = torch.float32, quant_rules=None,
+                        kv_scales: Optional[torch.Tensor] = None) -> "LLMEngine":
+        """`quant_rules` (a quant `QuantRules`): int8 mode, the Linears it names become W8A8 int8 (`int8.py`).
+        `kv_scales` [2, layers, kv_heads]: the static K/V scales an 8-bit `kv_cache_dtype` needs (kv_cache.py)."""
+        from mlperf_llama2.engine.kv_cache import KVCacheSpec
         from mlperf_llama2.engine.weights import load_checkpoint
 
+        KVCacheSpec(config.kv_cache_dtype, kv_scales)  # a missing or malformed scale tensor fails before loading
         dev = torch.device(device)
         model, hf_config = load_checkpoint(model_path, dev, dtype, MAX_MODEL_LEN, quant_rules)
         eos = hf_config.eos_token_id
         eos = eos[0] if isinstance(eos, (list, tuple)) else eos
         if eos is None:
             raise ValueError(f"{model_path}: config.json has no eos_token_id; the engine needs one to stop")
-        return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype), config, eos)
+        return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype, kv_scales), config, eos)
 
     # ---- requests -----------------------------------------------------------------------------
     def add_request(self, request_id: int, prompt: Seq[int], params: SamplingParams) -> Sequence:
