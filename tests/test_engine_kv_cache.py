@@ -315,3 +315,23 @@ def test_paged_decode_kernel_reads_the_8bit_cache(name, heads, kv_heads):
                                        decode_context_slots=meta.decode_context_slots.cpu(),
                                        decode_context_lens=meta.decode_context_lens), d ** -0.5)
     torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_tensor_parallel_ranks_hold_their_heads_scales_and_give_the_same_tokens(tiny_model_dir, calibrated_scales):
+    """TP=2 on CPU (gloo): each rank stores its KV head with that head's scales; tokens equal one process's."""
+    from mlperf_llama2.parallel.tp_group import ShardSpec, start_tp_engine
+
+    config = dataclasses.replace(COMPOSITIONS["chunked_prefill"], kv_cache_dtype="int8", cuda_graphs=False)
+    scales = calibrated_scales["int8"]  # [2, L, 2]: the two KV heads have different scales
+    assert not torch.equal(scales[:, :, 0], scales[:, :, 1])
+    single = LLMEngine.from_pretrained(tiny_model_dir, config, "cpu", torch.float32, kv_scales=scales)
+    want = single.generate(prompts(), SamplingParams(max_new_tokens=NEW_TOKENS))
+    spec = ShardSpec(world=2, port=0, base_device="cpu", dtype="float32", engine=dataclasses.asdict(config),
+                     model_path=str(tiny_model_dir), kv_scales=scales.tolist())
+    engine, group = start_tp_engine(spec)
+    try:
+        assert torch.equal(engine.runner.local.kv_scales, scales[:, :, :1].transpose(0, 1))  # rank 0: head 0
+        got = engine.generate(prompts(), SamplingParams(max_new_tokens=NEW_TOKENS))
+    finally:
+        group.shutdown()
+    assert got == want
