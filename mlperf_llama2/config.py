@@ -16,7 +16,7 @@ from typing import Optional
 
 from mlperf_llama2 import constants
 from mlperf_llama2.backends import registry
-from mlperf_llama2.engine.config import EngineConfig  # the engine's knobs live with the engine (no cycle)
+from mlperf_llama2.engine.config import KV_CACHE_DTYPES, EngineConfig  # noqa: F401 - the engine's knobs (no cycle)
 from mlperf_llama2.quant.config import QUANTIZATIONS, QuantConfig  # noqa: F401 - likewise, with quant
 from mlperf_llama2.errors import UserError
 

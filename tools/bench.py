@@ -20,6 +20,8 @@ for the ratio and the automatic points).
 
 `--weights int8`: the engine's int8 mode (W8A8 Int8Linears as --liteml-config says) with random int8
 weights made in int8 on the device (a 70B model never exists in fp16); no reference, no fidelity.
+`--kv-cache-dtype fp8|int8`: the 8-bit KV cache with UNIT scales (1.0 for every layer and KV head; random
+weights have no calibration): right for timing and memory, meaningless for tokens, so no fidelity.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2 import constants  # noqa: E402
-from mlperf_llama2.config import EngineConfig  # noqa: E402
+from mlperf_llama2.config import KV_CACHE_DTYPES, EngineConfig  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
@@ -149,6 +151,8 @@ def main(argv=None) -> int:
                          "--server-auto (default: this run's Offline)")
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                    help="engine KV cache: auto (model dtype), or fp8/int8 with unit scales (timing only)")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--output-cap", type=int, default=None, help="clip drawn output lengths (quick smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
@@ -166,6 +170,11 @@ def main(argv=None) -> int:
     if args.weights != "fp16" and (args.ref_samples or args.fidelity_prompts):
         raise SystemExit(f"bench: --weights {args.weights} has no float reference model; "
                          "pass --ref-samples 0 --fidelity-prompts 0")
+    if args.kv_cache_dtype != "auto" and args.fidelity_prompts:
+        raise SystemExit("bench: --kv-cache-dtype fp8/int8 runs with unit scales (no calibration for random "
+                         "weights): its tokens mean nothing; pass --fidelity-prompts 0")
+    if args.kv_cache_dtype != "auto" and (args.tensor_parallel > 1 or args.data_parallel > 1):
+        raise SystemExit("bench: --kv-cache-dtype fp8/int8 is not wired into the multi-GPU benchmark yet")
     if not args.samples and (args.ref_samples or args.fidelity_prompts):
         raise SystemExit("bench: --samples 0 has no Offline prompts for the reference and fidelity; "
                          "pass --ref-samples 0 --fidelity-prompts 0")
@@ -237,9 +246,14 @@ def main(argv=None) -> int:
         result["memory"]["gpu_free_before_engine_gib"] = torch.cuda.mem_get_info(device)[0] / GIB
 
     econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                         num_kv_blocks=None if device.type == "cuda" else 4096)
+                         num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype)
+    kv_scales = None
+    if args.kv_cache_dtype != "auto":
+        kv_scales = torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only
+    result["kv_cache"] = {"dtype": args.kv_cache_dtype,
+                          "scales": "unit (1.0 per layer and KV head; timing only)" if kv_scales is not None else None}
     t = time.perf_counter()
-    engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
+    engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype, kv_scales), econf,
                        cfg.eos_token_id)
     result["engine_setup_s"] = time.perf_counter() - t
     kv = engine.runner.kv_cache
@@ -270,7 +284,9 @@ def main(argv=None) -> int:
     engine.generate((prompts or server_prompts)[:32], SamplingParams(8, ignore_eos=True))  # warm-up
     kv_capacity = engine.runner.num_blocks * econf.block_size
     live = min(args.max_num_seqs, kv_capacity / float(w_p.mean() + w_o.mean()))
-    roof = roofline_tokens_per_s(cfg, w_p, w_o, live, dtype.itemsize, 1 if args.weights in ("int8", "fp8") else None)
+    kv_bytes = 1 if args.kv_cache_dtype != "auto" else None
+    roof = roofline_tokens_per_s(cfg, w_p, w_o, live, dtype.itemsize, 1 if args.weights in ("int8", "fp8") else None,
+                                 kv_bytes)
     if args.samples:
         engine_offline(args, engine, prompts, o_len, roof, result, lg_dir)
         save()
@@ -370,6 +386,8 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
                  f"{mem.get('gpu_free_before_engine_gib', float('nan')):.1f} GiB; KV cache "
                  f"{mem.get('kv_cache_gib', 0):.1f} GiB = {mem.get('kv_blocks', 0)} blocks "
                  f"({mem.get('kv_tokens', 0)} tokens); engine setup {result.get('engine_setup_s', 0):.0f} s")
+    kv = result.get("kv_cache", {})
+    lines.append(f"KV cache dtype {kv.get('dtype', 'auto')}" + (f", scales {kv['scales']}" if kv.get("scales") else ""))
     if result["rows"]:
         lines.append(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
     for r in result["rows"]:

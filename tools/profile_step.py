@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     def eager(b):
         def fn():
             input_ids, positions, meta, last_rows, suppress = runner._prepare(b)
-            hidden = runner.model(input_ids, positions, runner.kv_cache, meta)
+            hidden = runner.model(input_ids, positions, runner.kv_cache, meta, runner.kv_scales)
             return runner._sample(hidden[last_rows], suppress).tolist()
         return fn
 

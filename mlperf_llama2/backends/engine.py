@@ -55,8 +55,9 @@ class EngineBackend(Backend):
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig = EngineConfig(), device: str = "cpu",
-                        dtype: str = "float32", quant=None) -> "EngineBackend":
-        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype], quant))
+                        dtype: str = "float32", quant=None,
+                        kv_scales: Optional[torch.Tensor] = None) -> "EngineBackend":
+        return cls(LLMEngine.from_pretrained(model_path, config, device, _DTYPES[dtype], quant, kv_scales))
 
     @property
     def eos_token_id(self) -> int:
@@ -117,6 +118,23 @@ class EngineBackend(Backend):
         self.faults.check(indices)
 
 
+def kv_scales_for_run(config: "RunConfig") -> Optional[torch.Tensor]:
+    """[2, layers, kv_heads] K/V scales of an 8-bit KV cache, from --calibration-scales (per KV head)."""
+    if config.engine.kv_cache_dtype == "auto":
+        return None
+    from mlperf_llama2.engine.config import KV_SCALES_HINT
+    from mlperf_llama2.engine.kv_cache import QMAX
+    from mlperf_llama2.engine.llama import LlamaShape
+    from mlperf_llama2.engine.loader import read_config
+    from mlperf_llama2.quant.calibration_file import kv_scales_from_file
+
+    if not config.quant.calibration_scales:
+        raise UserError(f"--kv-cache-dtype {config.engine.kv_cache_dtype} {KV_SCALES_HINT}")
+    shape = LlamaShape.from_hf_config(read_config(config.model_path))
+    return kv_scales_from_file(config.quant.calibration_scales, shape.num_layers, shape.num_kv_heads, "head",
+                               QMAX[config.engine.kv_cache_dtype])
+
+
 def create_single_device_backend(config: "RunConfig") -> EngineBackend:
     """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
     if config.tensor_parallel != 1 or config.data_parallel != 1:
@@ -125,9 +143,10 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
 
     faults = FaultPlan.from_env()  # a bad spec fails before the weights load
     engine_rules(config.quant)  # --liteml-config needs --quant-mode int8 here: one line before the weights load
+    kv_scales = kv_scales_for_run(config)
     try:
         engine = LLMEngine.from_pretrained(config.model_path, config.engine, config.device, _DTYPES[config.dtype],
-                                           config.quant)
+                                           config.quant, kv_scales)
     except ValueError as exc:  # a check the pre-flight could not make (the loader's own are UserErrors)
         raise UserError(f"--model-path {config.model_path}: the engine cannot load it: "
                         f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from mlperf_llama2.backends.engine import EngineBackend, create_single_device_backend as single_device_backend
@@ -61,7 +62,12 @@ def create_engine_backend(cfg):
         from mlperf_llama2.parallel.tp_group import start_tp_engine, tp_spec_from_run_config
 
         check_devices(cfg.device, tp, "--tensor-parallel")
-        engine, group = start_tp_engine(tp_spec_from_run_config(cfg, MAX_MODEL_LEN))
+        from mlperf_llama2.backends.engine import kv_scales_for_run
+
+        kv_scales = kv_scales_for_run(cfg)
+        spec = dataclasses.replace(tp_spec_from_run_config(cfg, MAX_MODEL_LEN),
+                                   kv_scales=None if kv_scales is None else kv_scales.tolist())
+        engine, group = start_tp_engine(spec)
         return TensorParallelEngineBackend(engine, group)
     if dp > 1:
         from mlperf_llama2.backends.data_parallel import DataParallelBackend

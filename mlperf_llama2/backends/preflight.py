@@ -46,6 +46,10 @@ def check_reference(config: "RunConfig") -> int:
 
 
 def check_engine(config: "RunConfig") -> int:
+    if config.engine.kv_cache_dtype != "auto" and not config.quant.calibration_scales:
+        from mlperf_llama2.engine.config import KV_SCALES_HINT
+
+        raise UserError(f"--kv-cache-dtype {config.engine.kv_cache_dtype} {KV_SCALES_HINT}")
     vocab_size, num_layers = _local_checkpoint(config)
     if config.quant.enabled:
         from mlperf_llama2.engine.quant_plan import engine_rules
@@ -59,8 +63,22 @@ def check_engine(config: "RunConfig") -> int:
             check_scales_file(config.quant.calibration_scales, config_id(config.quant.liteml_config),
                               config.model_path)
     elif config.quant.calibration_scales:
-        raise UserError("--calibration-scales holds a quantization config's static scales: give its --liteml-config")
+        _kv_only_scales(config)
     return vocab_size
+
+
+def _kv_only_scales(config: "RunConfig") -> None:
+    """--calibration-scales without --liteml-config: an engine K/V calibration of this model (8-bit KV cache)."""
+    from mlperf_llama2.quant.calibration_file import check_scales_file, read_metadata
+
+    path = config.quant.calibration_scales
+    if config.engine.kv_cache_dtype == "auto":
+        raise UserError("--calibration-scales without --liteml-config holds K/V scales for an 8-bit KV cache: "
+                        "add --kv-cache-dtype fp8|int8, or give the file's --liteml-config")
+    config_id = read_metadata(path).get("config_id") or ""
+    if config_id.startswith("sha256:"):
+        raise UserError(f"--calibration-scales {path}: made for a LiteML config; give that --liteml-config too")
+    check_scales_file(path, config_id, config.model_path)
 
 
 def check_api(config: "RunConfig") -> Optional[int]:

@@ -5,7 +5,9 @@ block_size + offset). A step's tokens are flattened, decodes first: the first `n
 each attend to their whole context through the block table (a Triton kernel on CUDA, a gather plus
 SDPA on CPU); the remaining rows are prefill chunks that attend causally to their cached prefix and
 themselves (FlashAttention varlen on CUDA in fp16/bf16, SDPA per sequence otherwise). GQA is handled inside the
-kernels: key/value heads are never repeated in memory.
+kernels: key/value heads are never repeated in memory. An 8-bit cache (`kv_scales` [2, KV], the
+layer's K and V scales, kv_cache.py) is read by the decode kernel as is; the CPU paths and a prefill
+with a cached prefix dequantize only the rows they gather, for that step.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from mlperf_llama2.engine.kv_cache import dequantize, gather
 
 log = logging.getLogger(__name__)
 
@@ -51,39 +55,47 @@ class AttentionMetadata:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-              meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """q: [T, H, D]; k, v: [T, KV, D] (already stored in the cache). Returns [T, H, D]."""
+              meta: AttentionMetadata, scale: float, kv_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """q: [T, H, D]; k, v: [T, KV, D] (already stored in the cache; dequantized if it is 8-bit, then
+    kv_scales: [2, KV] float32). Returns [T, H, D]."""
     nd = meta.num_decodes
     if nd == q.shape[0]:
-        return _decode(q, k_cache, v_cache, meta, scale)
+        return _decode(q, k_cache, v_cache, meta, scale, kv_scales)
     if nd == 0:
-        return _prefill(q, k, v, k_cache, v_cache, meta, scale)
+        return _prefill(q, k, v, k_cache, v_cache, meta, scale, kv_scales)
     return torch.cat([
-        _decode(q[:nd], k_cache, v_cache, meta, scale),
-        _prefill(q[nd:], k[nd:], v[nd:], k_cache, v_cache, meta, scale),
+        _decode(q[:nd], k_cache, v_cache, meta, scale, kv_scales),
+        _prefill(q[nd:], k[nd:], v[nd:], k_cache, v_cache, meta, scale, kv_scales),
     ])
 
 
-def _decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def _gathered(rows: torch.Tensor, kv_scales: Optional[torch.Tensor], which: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows gathered from a cache ([N, KV, D]) as attention reads them: dequantized when the cache is 8-bit."""
+    return rows if kv_scales is None else dequantize(rows, kv_scales[which], dtype)
+
+
+def _decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float, kv_scales=None) -> torch.Tensor:
     if q.is_cuda:
         from mlperf_llama2.engine.paged_decode_triton import paged_decode_attention
 
         return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
-                                      meta.block_size)
+                                      meta.block_size, kv_scales=kv_scales)
     # CPU: gather each sequence's context from its blocks, then SDPA (one query row per sequence).
-    k_all = k_cache.index_select(0, meta.decode_context_slots)
-    v_all = v_cache.index_select(0, meta.decode_context_slots)
+    k_all = gather(k_cache, meta.decode_context_slots)
+    v_all = gather(v_cache, meta.decode_context_slots)
     outs, start = [], 0
     for i, n in enumerate(meta.decode_context_lens):
-        outs.append(_sdpa(q[i:i + 1], k_all[start:start + n], v_all[start:start + n], scale, causal=False))
+        k = _gathered(k_all[start:start + n], kv_scales, 0, q.dtype)
+        v = _gathered(v_all[start:start + n], kv_scales, 1, q.dtype)
+        outs.append(_sdpa(q[i:i + 1], k, v, scale, causal=False))
         start += n
     return torch.cat(outs)
 
 
-def _prefill(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def _prefill(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float, kv_scales=None) -> torch.Tensor:
     if meta.context_slots is not None:  # some chunk has a cached prefix: attend to the whole context
-        k = k_cache.index_select(0, meta.context_slots)
-        v = v_cache.index_select(0, meta.context_slots)
+        k = _gathered(gather(k_cache, meta.context_slots), kv_scales, 0, q.dtype)
+        v = _gathered(gather(v_cache, meta.context_slots), kv_scales, 1, q.dtype)
     if q.is_cuda and _varlen_attn is not None and q.dtype in (torch.float16, torch.bfloat16):
         extra = {"enable_gqa": True} if _VARLEN_GQA else {}
         # window (-1, 0) = causal, aligned to the end of the keys (queries are the last q_len of k_len)

@@ -14,6 +14,9 @@ from typing import Optional
 from mlperf_llama2.errors import UserError
 
 ENGINE_OPS = ("auto", "eager", "fused")  # engine/ops.py's choices (that module imports torch)
+KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # auto: the model dtype (engine/kv_cache.py)
+KV_SCALES_HINT = ("needs static K/V scales calibrated on the calibration set: pass --calibration-scales FILE "
+                  "(python3 tools/calibrate_kv.py writes one), or use --kv-cache-dtype auto")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class EngineConfig:
     cuda_graphs: bool = True
     overlap_steps: Optional[bool] = None  # queue step N+1 before reading step N's tokens; None: on CUDA only
     ops: str = "auto"  # elementwise ops: auto (fused Triton on CUDA, eager elsewhere) | eager | fused
+    kv_cache_dtype: str = "auto"  # auto | fp8 | int8 (8-bit: static scales, engine/kv_cache.py)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -43,6 +47,9 @@ class EngineConfig:
             raise UserError(f"--num-kv-blocks must be >= 1, got {self.num_kv_blocks}")
         if self.ops not in ENGINE_OPS:
             raise UserError(f"--engine-ops must be one of {', '.join(ENGINE_OPS)}, got {self.ops!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                            f"got {self.kv_cache_dtype!r}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +74,10 @@ class EngineConfig:
                        help="elementwise ops (RMSNorm, RoPE + KV store, SiLU gate): auto = fused Triton kernels "
                             "on CUDA, eager torch elsewhere; eager or fused forces one, for A/B runs "
                             "(default %(default)s)")
+        g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=EngineConfig.kv_cache_dtype,
+                       help="KV-cache storage: auto = the model dtype; fp8 (E4M3) or int8 store K and V in 8 bits "
+                            "with static per-layer, per-KV-head scales from --calibration-scales (half the KV "
+                            "memory and reads) (default %(default)s)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "EngineConfig":
@@ -78,5 +89,6 @@ class EngineConfig:
             num_kv_blocks=ns.num_kv_blocks,
             cuda_graphs=not ns.no_cuda_graphs,
             overlap_steps=False if ns.no_overlap_steps else None,
+            kv_cache_dtype=ns.kv_cache_dtype,
             ops=ns.engine_ops,
         )

@@ -75,10 +75,40 @@ def add_rms_norm(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.T
 
 
 @triton.jit
-def _rope_store_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, k_cache_ptr, v_cache_ptr,
-                       slot_ptr, stride_qkv, stride_cs, stride_cache_s, stride_cache_h,
+def _rint(x, INTERPRET: tl.constexpr):
+    """Round half to even (fp32; |x| < 2**22 in the interpreter, where 1.5 * 2**23 does the rounding)."""
+    if INTERPRET:
+        return (x + 12582912.0) - 12582912.0
+    else:
+        return libdevice.rint(x)
+
+
+@triton.jit
+def _quant_kv(x, scale, QUANT: tl.constexpr, INTERPRET: tl.constexpr):
+    """x: [R, C] fp32; scale: [R, 1] fp32 -> (quant(x / scale) as int8 / float8e4nv, its dequantized fp32 value).
+
+    Rounds as kv_cache.quantize does: int8 half to even, clamp +-127; fp8 E4M3 saturated at +-448 and
+    rounded to nearest even in value space (so the interpreter, whose cast flushes subnormals, agrees)."""
+    y = tl.math.div_rn(x, scale)
+    if QUANT == 1:
+        q = _rint(tl.minimum(tl.maximum(y, -127.0), 127.0), INTERPRET)
+        stored = q.to(tl.int8)
+    else:
+        y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+        exp = ((y.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+        exp = tl.maximum(exp, -6)  # subnormals share the smallest normal binade's step
+        step = ((exp - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 2**(exp-3): 3 mantissa bits
+        inv_step = ((127 - exp + 3) << 23).to(tl.float32, bitcast=True)
+        q = _rint(y * inv_step, INTERPRET) * step  # exact: powers of two
+        stored = q.to(tl.float8e4nv)
+    return stored, q * scale
+
+
+@triton.jit
+def _rope_store_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, v_out_ptr, k_cache_ptr,
+                       v_cache_ptr, slot_ptr, scales_ptr, stride_qkv, stride_cs, stride_cache_s, stride_cache_h,
                        NUM_HEADS: tl.constexpr, NUM_KV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                       BLOCK_H: tl.constexpr):
+                       BLOCK_H: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr):
     t = tl.program_id(0)
     head0 = tl.program_id(1) * BLOCK_H
     half: tl.constexpr = HEAD_DIM // 2
@@ -108,32 +138,62 @@ def _rope_store_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
     tl.store(q_off + half, r2, mask=is_q[:, None])
     kv_head = tl.where(is_k, heads - NUM_HEADS, heads - NUM_HEADS - NUM_KV)
     k_off = k_out_ptr + (t * NUM_KV + kv_head)[:, None] * HEAD_DIM + dims[None, :]
-    tl.store(k_off, r1, mask=is_k[:, None])
-    tl.store(k_off + half, r2, mask=is_k[:, None])
     slot = tl.load(slot_ptr + t).to(tl.int64)
     c_off = slot * stride_cache_s + kv_head[:, None].to(tl.int64) * stride_cache_h + dims[None, :]
-    tl.store(k_cache_ptr + c_off, r1, mask=is_k[:, None])
-    tl.store(k_cache_ptr + c_off + half, r2, mask=is_k[:, None])
-    tl.store(v_cache_ptr + c_off, x1, mask=is_v[:, None])
-    tl.store(v_cache_ptr + c_off + half, x2, mask=is_v[:, None])
+    if QUANT == 0:
+        tl.store(k_off, r1, mask=is_k[:, None])
+        tl.store(k_off + half, r2, mask=is_k[:, None])
+        tl.store(k_cache_ptr + c_off, r1, mask=is_k[:, None])
+        tl.store(k_cache_ptr + c_off + half, r2, mask=is_k[:, None])
+        tl.store(v_cache_ptr + c_off, x1, mask=is_v[:, None])
+        tl.store(v_cache_ptr + c_off + half, x2, mask=is_v[:, None])
+    else:
+        # 8-bit cache: k rows quantized with the layer's K scale, v rows with its V scale (scales: [2, KV])
+        is_kv = is_k | is_v
+        scale = tl.load(scales_ptr + tl.where(is_k, kv_head, NUM_KV + kv_head), mask=is_kv, other=1.0)[:, None]
+        y1 = tl.where(is_k[:, None], r1, x1).to(tl.float32)
+        y2 = tl.where(is_k[:, None], r2, x2).to(tl.float32)
+        st1, dq1 = _quant_kv(y1, scale, QUANT, INTERPRET)
+        st2, dq2 = _quant_kv(y2, scale, QUANT, INTERPRET)
+        tl.store(k_cache_ptr + c_off, st1, mask=is_k[:, None])
+        tl.store(k_cache_ptr + c_off + half, st2, mask=is_k[:, None])
+        tl.store(v_cache_ptr + c_off, st1, mask=is_v[:, None])
+        tl.store(v_cache_ptr + c_off + half, st2, mask=is_v[:, None])
+        # what attention reads: the dequantized values, rounded to the model dtype once
+        tl.store(k_off, dq1.to(dt), mask=is_k[:, None])
+        tl.store(k_off + half, dq2.to(dt), mask=is_k[:, None])
+        v_off = v_out_ptr + (t * NUM_KV + kv_head)[:, None] * HEAD_DIM + dims[None, :]
+        tl.store(v_off, dq1.to(dt), mask=is_v[:, None])
+        tl.store(v_off + half, dq2.to(dt), mask=is_v[:, None])
+
+
+_QUANT_CODES = {torch.int8: 1, torch.float8_e4m3fn: 2}
 
 
 def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, num_heads: int,
-               num_kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               num_kv_heads: int, head_dim: int,
+               kv_scales: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """qkv: [T, (H + 2 KV) * D]; cos, sin: [P, D]; caches [S, KV, D]. Rotates q and k, writes k and v at
-    their slots, returns q [T, H, D], k [T, KV, D] (rotated, contiguous) and v [T, KV, D] (a view of qkv)."""
+    their slots, returns q [T, H, D], k [T, KV, D] (rotated, contiguous) and v [T, KV, D] (a view of qkv).
+    8-bit caches (kv_scales [2, KV] float32, contiguous): stores quant(x / scale) and returns k and v
+    dequantized (v then a new tensor), exactly as `EagerOps.rope_store`."""
     t = qkv.shape[0]
+    quant = 0 if kv_scales is None else _QUANT_CODES[k_cache.dtype]
     q = torch.empty(t, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     k = torch.empty(t, num_kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
-    v = qkv[:, (num_heads + num_kv_heads) * head_dim:].view(t, num_kv_heads, head_dim)
+    if quant:
+        v = torch.empty(t, num_kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    else:
+        v = qkv[:, (num_heads + num_kv_heads) * head_dim:].view(t, num_kv_heads, head_dim)
     if t:
         block_h = 16
         grid = (t, triton.cdiv(num_heads + 2 * num_kv_heads, block_h))
         _rope_store_kernel[grid](
-            qkv, positions, cos, sin, q, k, k_cache, v_cache, slot_mapping,
-            qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1),
-            NUM_HEADS=num_heads, NUM_KV=num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, num_warps=4,
+            qkv, positions, cos, sin, q, k, v, k_cache, v_cache, slot_mapping,
+            kv_scales if quant else k, qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1),
+            NUM_HEADS=num_heads, NUM_KV=num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, QUANT=quant,
+            INTERPRET=_INTERPRET, num_warps=4,
         )
     return q, k, v
 

@@ -94,15 +94,17 @@ class DecoderLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, delta: Optional[torch.Tensor], positions: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
-                ops=EagerOps) -> tuple[torch.Tensor, torch.Tensor]:
+                ops=EagerOps, kv_scales: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """h: the residual stream [T, hidden], still without `delta` (the previous layer's MLP output, or
-        None). Returns this layer's (residual stream, MLP output): the add is fused into the next norm."""
+        None). Returns this layer's (residual stream, MLP output): the add is fused into the next norm.
+        kv_scales: [2, KV] float32, this layer's K and V scales when the cache is 8-bit (kv_cache.py)."""
         s = self.s
         t = h.shape[0]
         h, x = ops.add_rms_norm(h, delta, self.input_layernorm.weight, self.input_layernorm.eps)
         q, k, v = ops.rope_store(self.qkv_proj(x), positions, cos, sin, k_cache, v_cache, meta.slot_mapping,
-                                 s.num_heads, s.num_kv_heads, s.head_dim)  # q [T, H, D]; k, v [T, KV, D]
-        o = attention(q, k, v, k_cache, v_cache, meta, self.scale)  # [T, H, D]
+                                 s.num_heads, s.num_kv_heads, s.head_dim,
+                                 kv_scales=kv_scales)  # q [T, H, D]; k, v [T, KV, D]
+        o = attention(q, k, v, k_cache, v_cache, meta, self.scale, kv_scales)  # [T, H, D]
         h, x = ops.add_rms_norm(h, self.o_proj(o.reshape(t, s.num_heads * s.head_dim)),
                                 self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
         return h, self.down_proj(ops.silu_mul(self.gate_up_proj(x)))
@@ -124,13 +126,15 @@ class LlamaForCausalLM(nn.Module):
         self.rope_cos, self.rope_sin = cos, sin
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions: [T]; kv_cache: [2, L, S, KV, D]. Returns final hidden states [T, hidden]."""
+                meta: AttentionMetadata, kv_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids, positions: [T]; kv_cache: [2, L, S, KV, D]; kv_scales: [L, 2, KV] float32 for an 8-bit
+        cache, else None. Returns final hidden states [T, hidden]."""
         h = self.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = self.ops.rope_tables(positions, self.rope_cos, self.rope_sin)
         delta = None
         for i, layer in enumerate(self.layers):
-            h, delta = layer(h, delta, positions, cos, sin, kv_cache[0, i], kv_cache[1, i], meta, self.ops)
+            h, delta = layer(h, delta, positions, cos, sin, kv_cache[0, i], kv_cache[1, i], meta, self.ops,
+                             None if kv_scales is None else kv_scales[i])
         return h + delta
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -53,18 +53,22 @@ class LLMEngine:
 
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32, quant=None) -> "LLMEngine":
-        """`quant` (a `QuantConfig`): the Linears it names are built int8 or FP8 (`quant_plan.py`)."""
+                        dtype: torch.dtype = torch.float32, quant=None,
+                        kv_scales: Optional[torch.Tensor] = None) -> "LLMEngine":
+        """`quant` (a `QuantConfig`): the Linears it names are built int8 or FP8 (`quant_plan.py`).
+        `kv_scales` [2, layers, kv_heads]: the static K/V scales an 8-bit `kv_cache_dtype` needs (kv_cache.py)."""
+        from mlperf_llama2.engine.kv_cache import KVCacheSpec
         from mlperf_llama2.engine.llama import LlamaShape
         from mlperf_llama2.engine.loader import build_model, eos_id, read_config
         from mlperf_llama2.engine.quant_plan import weight_plan
 
+        KVCacheSpec(config.kv_cache_dtype, kv_scales)  # a missing or malformed scale tensor fails before loading
         dev = torch.device(device)
         hf_config = read_config(model_path)
         eos = eos_id(hf_config, model_path)
         plan = weight_plan(quant, LlamaShape.from_hf_config(hf_config)) if quant is not None else {}
         model = build_model(hf_config, plan, dev, dtype, MAX_MODEL_LEN, model_path=model_path)
-        return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype), config, eos)
+        return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype, kv_scales), config, eos)
 
     # ---- requests -----------------------------------------------------------------------------
     def add_request(self, request_id: int, prompt: Seq[int], params: SamplingParams) -> Sequence:

@@ -1,9 +1,10 @@
 """Runs one scheduled step on the model: builds the step's tensors, runs the forward, argmaxes on device.
 
 Owns every tensor of the engine: the model, the paged KV cache `[2, layers, slots, kv_heads,
-head_dim]` and, on CUDA, one captured graph per bucketed batch size for decode-only steps. Greedy
-sampling happens on the device; EOS is masked (logit -inf) for sequences still below
-min_new_tokens, as transformers' MinNewTokensLengthLogitsProcessor does. `launch` queues a step
+head_dim]` (model dtype, or 8 bits with static per-layer, per-KV-head scales: `kv_cache.py`) and,
+on CUDA, one captured graph per bucketed batch size for decode-only steps. Greedy sampling happens
+on the device; EOS is masked (logit -inf) for sequences still below min_new_tokens, as
+transformers' MinNewTokensLengthLogitsProcessor does. `launch` queues a step
 and returns (inputs up in one copy, tokens back through `step_io`); the only host sync is reading a
 step's tokens, which the engine does after queuing the next. The CPU path has the same structure
 without Triton, graphs or fused kernels.
@@ -20,6 +21,7 @@ import torch
 
 from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.engine.attention import AttentionMetadata
+from mlperf_llama2.engine import kv_cache
 from mlperf_llama2.engine.block_manager import blocks_needed
 from mlperf_llama2.engine.llama import LlamaForCausalLM
 from mlperf_llama2.engine.ops import ops_for
@@ -41,7 +43,10 @@ class ModelRunner:
     overlap_capable = True  # launch() queues a step; the engine may read it back after queuing the next
 
     def __init__(self, model: LlamaForCausalLM, config: EngineConfig, eos_token_id: int, max_model_len: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, kv_scales: Optional[torch.Tensor] = None) -> None:
+        """kv_scales: [2, layers, kv_heads] float32 static K/V scales, required by `kv_cache_dtype` fp8/int8."""
+        self.kv_spec = kv_cache.KVCacheSpec(config.kv_cache_dtype, kv_scales)
+        self.kv_spec.check_shape(model.shape.num_layers, model.shape.num_kv_heads)
         self.model = model
         model.ops = ops_for(device, config.ops)
         self.config = config
@@ -55,11 +60,13 @@ class ModelRunner:
             self._warm_up_int8()
         self.num_blocks = self._count_kv_blocks()
         # one extra block at the end: scratch slots that padded graph rows write to and read from
-        self.kv_cache = torch.zeros(2, s.num_layers, (self.num_blocks + 1) * self.block_size, s.num_kv_heads,
-                                    s.head_dim, device=device, dtype=dtype)
+        self.kv_cache = kv_cache.allocate(self.kv_spec, s.num_layers, (self.num_blocks + 1) * self.block_size,
+                                          s.num_kv_heads, s.head_dim, device, dtype)
+        self.kv_scales = self.kv_spec.layer_scales(device)  # [L, 2, KV] float32, or None (auto)
         self.scratch_block = self.num_blocks
-        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", self.num_blocks, self.block_size,
-                 self.kv_cache.numel() * self.kv_cache.element_size() / 2**30)
+        log.info("KV cache: %d blocks of %d tokens (%.2f GiB, %s)", self.num_blocks, self.block_size,
+                 self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
+                 str(self.kv_cache.dtype).removeprefix("torch."))
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._staging = Staging(device)
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's tokens, on the device
@@ -84,7 +91,8 @@ class ModelRunner:
         if self.device.type != "cuda":
             return CPU_DEFAULT_KV_BLOCKS
         s = self.model.shape
-        block_bytes = 2 * s.num_layers * self.block_size * s.num_kv_heads * s.head_dim * self.dtype.itemsize
+        block_bytes = (2 * s.num_layers * self.block_size * s.num_kv_heads * s.head_dim
+                       * kv_cache.element_size(self.kv_spec, self.dtype))
         free, _ = torch.cuda.mem_get_info(self.device)
         # keep room for activations of a full-budget step (logits and the MLP's widest tensor dominate)
         reserve = self.config.max_num_batched_tokens * (4 * s.intermediate_size + 8 * s.hidden_size) * 2 + 2**30
@@ -113,7 +121,7 @@ class ModelRunner:
             tokens = self._launch_graph(batch)
         else:
             input_ids, positions, meta, last_rows, suppress = self._prepare(batch)
-            hidden = self.model(input_ids, positions, self.kv_cache, meta)
+            hidden = self.model(input_ids, positions, self.kv_cache, meta, self.kv_scales)
             tokens = self._sample(hidden[last_rows], suppress)
         self._last_tokens = tokens
         return self._readback(tokens)
@@ -231,7 +239,8 @@ class ModelRunner:
                                          block_tables=self.g_block_tables[:bs], context_lens=self.g_context_lens[:bs])
 
                 def step(bs=bs, meta=meta):
-                    hidden = self.model(self.g_input_ids[:bs], self.g_positions[:bs], self.kv_cache, meta)
+                    hidden = self.model(self.g_input_ids[:bs], self.g_positions[:bs], self.kv_cache, meta,
+                                        self.kv_scales)
                     return self._sample(hidden, self.g_suppress[:bs])
 
                 step()  # warm-up: compiles kernels, picks cuBLAS algorithms

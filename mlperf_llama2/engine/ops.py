@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from mlperf_llama2.engine import kv_cache
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
@@ -49,17 +51,25 @@ class EagerOps:
     @staticmethod
     def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, num_heads: int,
-                   num_kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   num_kv_heads: int, head_dim: int,
+                   kv_scales: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rotate q and k of qkv [T, (H + 2 KV) * D] (cos, sin: [T, D] from rope_tables), store k, v at their
-        slots; q, k, v as [T, heads, D]."""
+        slots; q, k, v as [T, heads, D]. An 8-bit cache (kv_scales [2, KV]: the layer's K, V scales) stores
+        quantize(k), quantize(v) and the k, v returned are their dequantized values, as attention reads them."""
         t = qkv.shape[0]
         q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
         q = apply_rope(q.view(t, num_heads, head_dim), cos, sin)
         k = apply_rope(k.view(t, num_kv_heads, head_dim), cos, sin)
         v = v.view(t, num_kv_heads, head_dim)
-        k_cache.index_copy_(0, slot_mapping, k)
-        v_cache.index_copy_(0, slot_mapping, v)
-        return q, k, v
+        if kv_scales is None:
+            k_cache.index_copy_(0, slot_mapping, k)
+            v_cache.index_copy_(0, slot_mapping, v)
+            return q, k, v
+        k8 = kv_cache.quantize(k, kv_scales[0], k_cache.dtype)  # [T, KV, D] 8-bit
+        v8 = kv_cache.quantize(v, kv_scales[1], v_cache.dtype)
+        kv_cache.store(k_cache, slot_mapping, k8)
+        kv_cache.store(v_cache, slot_mapping, v8)
+        return q, kv_cache.dequantize(k8, kv_scales[0], k.dtype), kv_cache.dequantize(v8, kv_scales[1], v.dtype)
 
     @staticmethod
     def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -79,11 +89,12 @@ class FusedOps:
         return add_rms_norm(h, delta, weight, eps)
 
     @staticmethod
-    def rope_store(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, num_heads, num_kv_heads, head_dim):
+    def rope_store(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, num_heads, num_kv_heads, head_dim,
+                   kv_scales=None):
         from mlperf_llama2.engine.fused_triton import rope_store
 
         return rope_store(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, num_heads, num_kv_heads,
-                          head_dim)
+                          head_dim, kv_scales)
 
     @staticmethod
     def silu_mul(gate_up):

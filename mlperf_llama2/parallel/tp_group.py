@@ -52,6 +52,7 @@ class ShardSpec:
     seed: int = 0
     max_model_len: int = 2048
     quant: Optional[dict] = None  # the run's QuantConfig fields (int8 or FP8 Linears, as on one GPU)
+    kv_scales: Optional[list] = None  # [2][layers][kv_heads] of the whole model (8-bit KV cache); each rank slices
     rank: int = 0
 
     def for_rank(self, rank: int) -> "ShardSpec":
@@ -84,6 +85,7 @@ def init_group(spec: ShardSpec, store=None):
 
 def build_runner(spec: ShardSpec, ctrl_group):
     """(ModelRunner on this rank's shard, eos id, KV blocks agreed by all ranks)."""
+    from mlperf_llama2.engine.kv_cache import KVCacheSpec
     from mlperf_llama2.engine.model_runner import ModelRunner
 
     from mlperf_llama2.quant.config import QuantConfig
@@ -103,7 +105,10 @@ def build_runner(spec: ShardSpec, ctrl_group):
     model = build_model(hf_config, plan, device, dtype, spec.max_model_len, model_path=spec.model_path,
                         parallel=Parallel(spec.rank, spec.world), init_std=spec.init_std, seed=spec.seed)
     eos = eos_id(hf_config, spec.model_path or "random config")
-    runner = ModelRunner(model, EngineConfig(**spec.engine), eos, spec.max_model_len, device, dtype)
+    config = EngineConfig(**spec.engine)
+    kv_spec = KVCacheSpec(config.kv_cache_dtype, None if spec.kv_scales is None else torch.tensor(spec.kv_scales))
+    kv_scales = kv_spec.shard(spec.rank, spec.world).scales  # this rank's KV heads
+    runner = ModelRunner(model, config, eos, spec.max_model_len, device, dtype, kv_scales)
     blocks = torch.tensor([runner.num_blocks], dtype=torch.int64)
     dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=ctrl_group)
     return runner, eos, int(blocks.item())

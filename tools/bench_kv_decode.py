@@ -1,0 +1,131 @@
+"""Times the paged decode kernel over auto (fp16), fp8 and int8 KV caches at 70B shapes; prints a table and JSON.
+
+One decode step's attention for B sequences of `--context` tokens each (64 query heads, 8 KV heads,
+head dim 128, blocks of 16 scattered over the cache), per layer. The 8-bit caches hold the fp16
+cache's random values quantized with synthetic per-head scales (each head's absolute maximum over
+the 8-bit range: no calibration, these are random numbers); each 8-bit row also reports its largest
+difference from the fp16 kernel run over the dequantized cache (a sanity check of the kernel on the GPU).
+
+  python3 tools/bench_kv_decode.py --out /tmp/kv_decode.json
+  TRITON_INTERPRET=1 python3 tools/bench_kv_decode.py --device cpu --batches 2 --context 40 --heads 8 \\
+      --kv-heads 2 --head-dim 32 --configs 16x4 --iters 1   # a smoke run of the script on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mlperf_llama2.engine.kv_cache import FP8_MAX, INT8_MAX, dequantize, quantize  # noqa: E402
+
+STORAGE = {"fp8": (torch.float8_e4m3fn, FP8_MAX), "int8": (torch.int8, INT8_MAX)}
+
+
+def paged_case(batch: int, context: int, heads: int, kv_heads: int, head_dim: int, block_size: int,
+               device: torch.device, seed: int):
+    """(q [B, H, D], fp16 k/v caches [S, KV, D], block tables [B, W] int32 scattered, context lens [B] int32)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    blocks = -(-context // block_size)
+    k = torch.randn(batch * blocks * block_size, kv_heads, head_dim, generator=g, device=device).half()
+    v = torch.randn(k.shape, generator=g, device=device).half()
+    table = torch.randperm(batch * blocks, generator=g, device=device).to(torch.int32).view(batch, blocks)
+    lens = torch.full((batch,), context, dtype=torch.int32, device=device)
+    q = torch.randn(batch, heads, head_dim, generator=g, device=device).half()
+    return q, k, v, table, lens
+
+
+def timed_ms(fn, device: torch.device, iters: int) -> float:
+    for _ in range(min(iters, 3)):
+        fn()
+    if device.type != "cuda":
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t) / iters * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end) / iters
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batches", default="256,384,512", help="comma-separated batch sizes")
+    ap.add_argument("--context", type=int, default=750, help="cached tokens per sequence")
+    ap.add_argument("--heads", type=int, default=64)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--configs", default="64x4,128x4,128x8", help="kernel BLOCK_N x num_warps variants to time")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("bench_kv_decode: needs a CUDA device (or TRITON_INTERPRET=1 for a CPU smoke run)")
+    from mlperf_llama2.engine.paged_decode_triton import paged_decode_attention
+
+    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",") if c]
+    scale = args.head_dim ** -0.5
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",") if b]:
+        q, k, v, table, lens = paged_case(batch, args.context, args.heads, args.kv_heads, args.head_dim,
+                                          args.block_size, device, seed=batch)
+        caches = {"auto": (k, v, None, k, v)}
+        for name, (storage, qmax) in STORAGE.items():
+            scales = torch.stack([x.float().abs().amax(dim=(0, 2)) / qmax for x in (k, v)])  # [2, KV] synthetic
+            k8, v8 = quantize(k, scales[0], storage), quantize(v, scales[1], storage)
+            caches[name] = (k8, v8, scales.contiguous(),
+                            dequantize(k8, scales[0], torch.float16), dequantize(v8, scales[1], torch.float16))
+        for name, (kc, vc, scales, kd, vd) in caches.items():
+            read_gb = 2 * batch * args.context * args.kv_heads * args.head_dim * kc.element_size() / 1e9
+            err = None
+            if scales is not None:
+                got = paged_decode_attention(q, kc, vc, table, lens, scale, args.block_size, kv_scales=scales)
+                want = paged_decode_attention(q, kd, vd, table, lens, scale, args.block_size)
+                err = float((got.float() - want.float()).abs().max())
+            for block_n, warps in configs:
+                ms = timed_ms(lambda: paged_decode_attention(q, kc, vc, table, lens, scale, args.block_size,
+                                                             block_n=block_n, num_warps=warps, kv_scales=scales),
+                              device, args.iters)
+                rows.append({"kv_cache_dtype": name, "batch": batch, "context": args.context, "heads": args.heads,
+                             "kv_heads": args.kv_heads, "head_dim": args.head_dim, "block_n": block_n,
+                             "num_warps": warps, "ms": ms, "kv_gb_read": read_gb, "tb_per_s": read_gb / ms,
+                             "max_abs_diff_vs_fp16_over_dequantized": err})
+        del caches, q, k, v
+    best = {}
+    for r in rows:
+        key = (r["kv_cache_dtype"], r["batch"])
+        if key not in best or r["ms"] < best[key]["ms"]:
+            best[key] = r
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
+    print(f"paged decode, one layer: H {args.heads} KV {args.kv_heads} D {args.head_dim} context {args.context}, "
+          f"{device_name}; 8-bit scales synthetic (per-head amax / qmax of random data)")
+    print(f"{'kv dtype':<9}{'batch':>6}{'best':>10}{'ms':>9}{'TB/s':>7}{'vs auto':>9}{'max diff':>10}")
+    for (name, batch), r in best.items():
+        auto = best[("auto", batch)]["ms"]
+        diff = "-" if r["max_abs_diff_vs_fp16_over_dequantized"] is None else \
+            f"{r['max_abs_diff_vs_fp16_over_dequantized']:.1e}"
+        print(f"{name:<9}{batch:>6}{r['block_n']:>5}x{r['num_warps']:<4}{r['ms']:>9.3f}{r['tb_per_s']:>7.2f}"
+              f"{auto / r['ms']:>8.2f}x{diff:>10}")
+    result = {"device": device_name, "scales": "synthetic: per-head amax / qmax of the random cache", "rows": rows}
+    print(json.dumps(result))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
