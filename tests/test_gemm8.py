@@ -120,3 +120,19 @@ def test_autotuned_70b_width_on_gpu(kind, m):
     want = gemm8_reference(qx.cpu(), qw.cpu(), s_x.cpu(), s_w.cpu(), None, torch.float32)
     tol = fp32_sum_bound(qx.cpu(), qw.cpu(), s_x.cpu(), s_w.cpu()) + want.double().abs() * 2.0 ** -11
     assert ((got.cpu().double() - want.double()).abs() <= tol + 1e-6).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 200, 1024])
+def test_int8_linear_gemm8_option_equals_fused_on_gpu(m):
+    """Int8Linear.gemm = "gemm8" gives the fused Triton int8 GEMM's numbers bit for bit (exact int32 sums, the
+    same float32 epilogue), bias included."""
+    from mlperf_llama2.quant.int8_linear import Int8Linear
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    w = torch.randn(512, 1024, generator=g, device="cuda", dtype=torch.float16) * 0.02
+    bias = torch.randn(512, generator=g, device="cuda", dtype=torch.float16)
+    x = torch.randn(m, 1024, generator=g, device="cuda", dtype=torch.float16)
+    fused, new = Int8Linear.from_float(w, bias, per_channel=True), Int8Linear.from_float(w, bias, per_channel=True)
+    fused.gemm, new.gemm = "fused", "gemm8"
+    assert torch.equal(new(x), fused(x))
