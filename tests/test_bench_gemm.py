@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
 import bench_gemm  # noqa: E402
-from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
+from mlperf_llama2.errors import run_cli  # noqa: E402
 
 
 def test_defaults_cover_the_70b_shapes_and_m_16_to_16384():
