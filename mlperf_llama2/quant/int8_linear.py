@@ -95,14 +95,15 @@ def row_absmax(x: torch.Tensor, group) -> torch.Tensor:
     return absmax
 
 
-GEMM_PATHS = ("int_mm", "fused")
+GEMM_PATHS = ("int_mm", "fused", "gemm8")
 
 
 class Int8Linear(nn.Module):
     """Drop-in for nn.Linear (y = x W^T + b) with int8 weights and per-token dynamic int8 activations.
 
     `gemm` (CUDA with Triton): "int_mm" = torch._int_mm then the Triton rescale; "fused" = one Triton
-    int8 GEMM with the rescale in its epilogue. Both give the same numbers (same float32 epilogue)."""
+    int8 GEMM with the rescale in its epilogue; "gemm8" = the persistent, TMA-fed 8-bit GEMM
+    (quant/gemm8_triton.py). All give the same numbers (exact int32 sums, same float32 epilogue)."""
 
     gemm: str = "fused"  # measured faster than "int_mm" at every 7B/70B shape and M (docs/quantization.md)
     row_parallel = False  # tensor parallelism splits the input along K: all-reduce each token's absmax
@@ -169,6 +170,11 @@ class Int8Linear(nn.Module):
             qx, s_x = quantize_rows_reference(x2, row_absmax(x2, self.act_scale_group))
         else:
             qx, s_x = kernels.quantize_rows(x2) if kernels else quantize_rows_reference(x2)
+        if kernels and self.gemm == "gemm8":
+            from mlperf_llama2.quant.gemm8_triton import gemm8
+
+            y = gemm8(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="int8")
+            return y.reshape(*lead, self.out_features)
         if kernels and self.gemm == "fused":
             y = kernels.fused_int8_matmul(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype)
             return y.reshape(*lead, self.out_features)

@@ -1,0 +1,201 @@
+"""Producers that quantize what they produce: add+RMSNorm and SiLU·up writing 8-bit values and per-token scales.
+
+The next GEMM's input (fp8 e4m3 or int8, one float32 scale per token) comes out of the kernel that computes
+it, so the 16-bit activation is never written and read back by a separate quantizer:
+
+    add_rms_norm_quant(h, delta, w, eps, kind) -> (h + delta [T, N] 16-bit residual, q [T, N], scale [T])
+    silu_mul_quant(gate_up, kind)              -> (q [T, I], scale [T])
+
+Contract: the outputs equal `fused_triton.add_rms_norm` / `silu_mul` followed by the per-token quantizer
+(`quantize_rows_torch`), bit for bit: the producer arithmetic is `fused_triton`'s, rounded to the model dtype
+at the same places, and the quantizer is the one of int8_linear / quant.fp8: scale = absmax / qmax (correctly
+rounded, never 0), int8 = round-half-even(x / scale) clamped to ±127, e4m3 = round-to-nearest-even of
+x / scale clamped to ±448. The e4m3 rounding is done explicitly in float32 (the cast then is exact), because
+Triton's interpreter rounds fp32 -> e4m3 ties away from zero. The `*_reference` functions state the same in
+torch (any device). Integration into the model is the engine's; this module only exposes the functions.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _exp, _rsqrt  # the producers' own rounding helpers
+from mlperf_llama2.engine.ops import EagerOps
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.int8_linear import quantize_rows_reference
+
+KINDS = ("fp8", "int8")
+FP8_MAX = 448.0
+INT8_MAX = 127.0
+_FP32_TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(float32).tiny: a zero row's scale, never 0
+_ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: (x + M) - M rounds |x| < 2**22 to nearest even in fp32
+_OUT_DTYPE = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
+_SILU_BLOCK = 2048
+
+
+@triton.jit
+def _rint(x, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        return (x + _ROUND_MAGIC) - _ROUND_MAGIC  # |x| <= 128 here; the interpreter has no libdevice
+    else:
+        return libdevice.rint(x)
+
+
+@triton.jit
+def _round_to_e4m3(v, INTERPRET: tl.constexpr):
+    """fp32 |v| <= 448 -> the nearest e4m3 value (ties to even), still in fp32: a power-of-two quantum per
+    binade (3 mantissa bits; 2**-9 below the smallest normal 2**-6), so the scaling is exact."""
+    bits = v.to(tl.int32, bitcast=True)
+    exponent = ((bits >> 23) & 0xFF) - 127
+    q_exp = tl.maximum(exponent, -6) - 3
+    quantum = ((q_exp + 127) << 23).to(tl.float32, bitcast=True)
+    inv_quantum = ((127 - q_exp) << 23).to(tl.float32, bitcast=True)
+    r = _rint(tl.abs(v) * inv_quantum, INTERPRET) * quantum
+    sign = (bits >> 31) << 31  # v's sign bit: tiny negatives round to -0, as torch's cast does
+    return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _row_scale(amax, IS_FP8: tl.constexpr):
+    if IS_FP8:
+        return tl.maximum(tl.div_rn(amax, 448.0), _FP32_TINY)
+    else:
+        return tl.maximum(tl.div_rn(amax, 127.0), _FP32_TINY)
+
+
+@triton.jit
+def _quantize(v, scale, IS_FP8: tl.constexpr, INTERPRET: tl.constexpr):
+    """fp32 values and their row's scale -> 8-bit values, as the torch per-token quantizers compute them."""
+    if IS_FP8:
+        r = tl.minimum(tl.maximum(tl.div_rn(v, scale), -448.0), 448.0)
+        return _round_to_e4m3(r, INTERPRET).to(tl.float8e4nv)
+    else:
+        r = _rint(tl.div_rn(v, scale), INTERPRET)
+        return tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int8)
+
+
+@triton.jit
+def _add_rms_norm_quant_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, q_ptr, s_ptr, eps, n_cols,
+                               stride_h, stride_d, stride_ho, stride_q,
+                               HAS_DELTA: tl.constexpr, IS_FP8: tl.constexpr, BLOCK: tl.constexpr,
+                               INTERPRET: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    h = tl.load(h_ptr + row * stride_h + cols, mask=mask, other=0.0)
+    if HAS_DELTA:
+        d = tl.load(delta_ptr + row * stride_d + cols, mask=mask, other=0.0)
+        h = (h.to(tl.float32) + d.to(tl.float32)).to(h.dtype)  # the residual add, rounded like torch's
+        tl.store(h_out_ptr + row * stride_ho + cols, h, mask=mask)
+    h32 = h.to(tl.float32)
+    var = tl.sum(h32 * h32, axis=0) / n_cols
+    y = (h32 * _rsqrt(var + eps, INTERPRET)).to(h.dtype)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    x = (w.to(tl.float32) * y.to(tl.float32)).to(w.dtype).to(tl.float32)  # RMSNorm's output in the model dtype
+    scale = _row_scale(tl.max(tl.abs(x), axis=0), IS_FP8)
+    tl.store(q_ptr + row * stride_q + cols, _quantize(x, scale, IS_FP8, INTERPRET), mask=mask)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit
+def _silu_mul_value(gu_ptr, row_off, cols, mask, N_COLS: tl.constexpr, INTERPRET: tl.constexpr):
+    g = tl.load(gu_ptr + row_off + cols, mask=mask, other=0.0)
+    u = tl.load(gu_ptr + row_off + N_COLS + cols, mask=mask, other=0.0)
+    g32 = g.to(tl.float32)
+    act = tl.math.div_rn(g32, 1.0 + _exp(-g32, INTERPRET)).to(g.dtype)  # silu, as ATen computes it
+    return (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype).to(tl.float32)
+
+
+@triton.jit
+def _silu_mul_quant_kernel(gu_ptr, q_ptr, s_ptr, stride_gu, stride_q, N_COLS: tl.constexpr,
+                           IS_FP8: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+    # one program per token: pass 1 finds the row's absmax, pass 2 recomputes the (cheap) values and quantizes,
+    # so the 16-bit row is never stored; the second read of gate_up mostly hits L2
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    row_off = row.to(tl.int64) * stride_gu
+    amax = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, N_COLS, BLOCK):
+        cols = start + offs
+        v = _silu_mul_value(gu_ptr, row_off, cols, cols < N_COLS, N_COLS, INTERPRET)
+        amax = tl.maximum(amax, tl.abs(v))
+    scale = _row_scale(tl.max(amax, axis=0), IS_FP8)
+    for start in range(0, N_COLS, BLOCK):
+        cols = start + offs
+        mask = cols < N_COLS
+        v = _silu_mul_value(gu_ptr, row_off, cols, mask, N_COLS, INTERPRET)
+        tl.store(q_ptr + row.to(tl.int64) * stride_q + cols, _quantize(v, scale, IS_FP8, INTERPRET), mask=mask)
+    tl.store(s_ptr + row, scale)
+
+
+def _check_kind(kind: str) -> bool:
+    if kind not in KINDS:
+        raise UserError(f"activation quantization kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return kind == "fp8"
+
+
+def add_rms_norm_quant(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor, eps: float,
+                       kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h, delta: [T, N] 16-bit. Returns (h + delta, 8-bit RMSNorm(h + delta) [T, N], float32 scale [T]);
+    without delta the residual returned is h itself."""
+    is_fp8 = _check_kind(kind)
+    t, n = h.shape
+    q = torch.empty(t, n, dtype=_OUT_DTYPE[kind], device=h.device)
+    scale = torch.empty(t, dtype=torch.float32, device=h.device)
+    h_out = torch.empty_like(h) if delta is not None else h
+    if t:
+        block = triton.next_power_of_2(n)
+        d = delta if delta is not None else h
+        _add_rms_norm_quant_kernel[(t,)](
+            h, d, weight, h_out, q, scale, eps, n, h.stride(0), d.stride(0), h_out.stride(0), q.stride(0),
+            HAS_DELTA=delta is not None, IS_FP8=is_fp8, BLOCK=block, INTERPRET=_INTERPRET,
+            num_warps=min(16, max(4, block // 512)),
+        )
+    return h_out, q, scale
+
+
+def silu_mul_quant(gate_up: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """gate_up: [T, 2 I] 16-bit (gate then up) -> (8-bit silu(gate) * up [T, I], float32 scale [T])."""
+    is_fp8 = _check_kind(kind)
+    t, two_i = gate_up.shape
+    n = two_i // 2
+    q = torch.empty(t, n, dtype=_OUT_DTYPE[kind], device=gate_up.device)
+    scale = torch.empty(t, dtype=torch.float32, device=gate_up.device)
+    if t:
+        if gate_up.stride(-1) != 1:
+            gate_up = gate_up.contiguous()
+        block = min(_SILU_BLOCK, triton.next_power_of_2(n))
+        _silu_mul_quant_kernel[(t,)](gate_up, q, scale, gate_up.stride(0), q.stride(0), N_COLS=n, IS_FP8=is_fp8,
+                                     BLOCK=block, INTERPRET=_INTERPRET, num_warps=8 if block >= 2048 else 4)
+    return q, scale
+
+
+def quantize_rows_fp8_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, K] -> (e4m3 [T, K], float32 scale [T]): quant.fp8's per-token quantizer, stated in torch."""
+    xf = x.float()
+    divisor = torch.full((), FP8_MAX, dtype=torch.float32, device=x.device)  # a true division, as the kernel
+    scale = (xf.abs().amax(dim=1) / divisor).clamp_min(torch.finfo(torch.float32).tiny)  # [T]
+    return (xf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def quantize_rows_torch(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unfused per-token quantizer of each kind: x [T, K] -> (8-bit [T, K], float32 scale [T])."""
+    return quantize_rows_fp8_torch(x) if _check_kind(kind) else quantize_rows_reference(x)
+
+
+def add_rms_norm_quant_reference(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor, eps: float,
+                                 kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eager add+RMSNorm, then the per-token quantizer (the unfused path, any device)."""
+    h_out, x = EagerOps.add_rms_norm(h, delta, weight, eps)
+    q, scale = quantize_rows_torch(x, kind)
+    return h_out, q, scale
+
+
+def silu_mul_quant_reference(gate_up: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager silu(gate) * up, then the per-token quantizer (the unfused path, any device)."""
+    return quantize_rows_torch(EagerOps.silu_mul(gate_up), kind)

@@ -1,0 +1,107 @@
+"""tools/bench_gemm.py's CPU side: flags and their errors, the TOPS and L2-rotation arithmetic, the table, and
+(under TRITON_INTERPRET=1) that each gemm8 kernel's operands and float64 reference agree, so the relative
+error the GPU run prints means what it says. The timing itself needs a GPU (run by hand, docs)."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+
+import bench_gemm  # noqa: E402
+from mlperf_llama2.errors import run_cli  # noqa: E402
+
+
+def test_defaults_cover_the_70b_shapes_and_m_16_to_16384():
+    args = bench_gemm.parse_args(["--out", "x"])
+    assert args.m_values[0] == 16 and args.m_values[-1] == 16384 and len(args.m_values) == 11
+    assert all(b == 2 * a for a, b in zip(args.m_values, args.m_values[1:]))
+    assert {(k, n) for _, k, n in bench_gemm.SHAPES[args.shapes]} == {
+        (8192, 10240), (8192, 8192), (8192, 57344), (28672, 8192), (8192, 32000)}
+    assert "gemm8_fp8" in args.kernel_names and "gemm8_fp8_fast" in args.kernel_names
+    assert "gemm8_fp8_mma" not in args.kernel_names  # opt-in: it costs a third set of compiles
+    assert "scaled_mm_row_fast" in args.kernel_names and "int8_triton" in args.kernel_names
+
+
+def test_flags_select_shapes_m_and_kernels():
+    args = bench_gemm.parse_args(["--shapes", "7b", "--m-list", "32, 4096", "--kernels", "fp16,gemm8_int8",
+                                  "--out", "x"])
+    assert args.shapes == "7b" and args.m_values == [32, 4096] and args.kernel_names == ["fp16", "gemm8_int8"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--kernels", "fp16,cutlass"], "--kernels: unknown cutlass; choose from fp16, int_mm"),
+    (["--m-list", "16,x"], "--m-list must be comma-separated integers"),
+    (["--m-list", "0"], "--m-list needs at least one M >= 1"),
+])
+def test_bad_flags_are_one_line_errors(argv, message, capsys):
+    assert run_cli(bench_gemm.main, argv + ["--out", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_without_a_gpu_it_says_so(tmp_path, capsys):
+    assert run_cli(bench_gemm.main, ["--out", str(tmp_path / "o")]) == 2
+    assert "bench_gemm needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # failed before writing anything
+
+
+def test_tops_and_peak_fraction():
+    m, n, k = 4096, 8192, 28672
+    ms_at_peak = 2 * m * n * k / (bench_gemm.PEAK_8BIT_TOPS * 1e12) * 1e3
+    assert bench_gemm.tops(m, n, k, ms_at_peak) == pytest.approx(bench_gemm.PEAK_8BIT_TOPS)
+    assert bench_gemm.tops(m, n, k, 2 * ms_at_peak) == pytest.approx(bench_gemm.PEAK_8BIT_TOPS / 2)
+
+
+def test_rotation_keeps_operands_out_of_l2():
+    l2 = 50 * 2 ** 20
+    assert bench_gemm.rotation_sets(470 * 2 ** 20, l2) == 1  # gate_up's int8 weight alone is 9 x L2
+    sets = bench_gemm.rotation_sets(64 * 2 ** 20 + 300, l2)  # o_proj int8 weight + a small x
+    assert sets * (64 * 2 ** 20) > 2 * l2 and (sets - 1) * (64 * 2 ** 20 + 300) <= 2 * l2
+    assert bench_gemm.rotation_sets(1000, l2) == 64  # capped
+
+
+def _row(shape, m, kernel, value=None, rel=1e-3, error=None):
+    row = {"shape": shape, "M": m, "kernel": kernel}
+    if error:
+        row["error"] = error
+    else:
+        row.update(tops=value, frac_peak=value / bench_gemm.PEAK_8BIT_TOPS, rel_err=rel)
+    return row
+
+
+def test_table_marks_best_8bit_kernel_errors_and_worst_error():
+    names = ["fp16", "int8_triton", "gemm8_fp8", "scaled_mm_row"]
+    rows = [_row("o", 256, "fp16", 1500.0), _row("o", 256, "int8_triton", 900.0, rel=0.0),
+            _row("o", 256, "gemm8_fp8", 1400.0, rel=2e-4), _row("o", 256, "scaled_mm_row", error="RuntimeError: no"),
+            _row("o", 4096, "gemm8_fp8", 1600.0, rel=5e-4), _row("qkv", 4096, "gemm8_fp8", 1300.0, rel=1e-4)]
+    lines = bench_gemm.format_table(rows, names).splitlines()
+    o256 = next(line for line in lines if line.split()[:2] == ["o", "256"])
+    assert o256.endswith("gemm8_fp8")  # fp16's 1500 is not an 8-bit kernel
+    assert "err" in o256 and "(71%)" in o256  # 1400 / 1979
+    o4096 = next(line for line in lines if line.split()[:2] == ["o", "4096"])
+    assert o4096.split()[2] == "-"  # fp16 not run there
+    qkv_row = [line for line in lines if line.split()[:2] == ["qkv", "4096"]]
+    assert lines.index(qkv_row[0]) < lines.index(o256)  # the engine's order: qkv before o
+    o_err = next(line for line in lines if line.split()[:2] == ["o", "all"])
+    assert "5.00e-04" in o_err and "0.00e+00" in o_err  # worst over M; the exact int8 kernel shows 0
+    assert lines[-1] == "error: scaled_mm_row o M=256: RuntimeError: no"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or torch.cuda.is_available(),
+                    reason="runs gemm8 under the Triton interpreter")
+@pytest.mark.parametrize("name", ["gemm8_int8", "gemm8_fp8", "gemm8_fp8_fast"])
+def test_operands_and_reference_agree_for_gemm8(name):
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(0)
+    x16 = torch.randn(20, 64, generator=g).half()
+    w16 = (torch.randn(48, 64, generator=g) * 0.02).half()
+    ops = bench_gemm.make_operands(bench_gemm.BY_NAME[name].operands, x16, w16)
+    out = bench_gemm.kernel_call(name, ops)()
+    err = bench_gemm.rel_error(out, bench_gemm.reference(name, ops, 8))
+    assert err < 2 ** -10  # only the fp16 rounding of the output
+    exact = (x16.double() @ w16.double().t())
+    assert bench_gemm.rel_error(out, exact[:8]) > err  # quantization shows against the unquantized product

@@ -1,0 +1,331 @@
+"""Time every GEMM the engine could use at the Llama-2 projection shapes: fp16, int8 and fp8, M from 16 to 16,384.
+
+Kernels (--kernels, comma-separated; default: all but gemm8_fp8_mma):
+  fp16                torch.mm on fp16 operands (dense fp16 peak is half the 8-bit one)
+  int_mm              torch._int_mm, int8 -> int32, no rescale (M = 16 padded to 17, as Int8Linear does)
+  int8_triton         the engine's Triton int8 GEMM with the rescale fused (quant/int8_kernels.py)
+  scaled_mm_tensor    torch._scaled_mm fp8, one scale per tensor
+  scaled_mm_row       torch._scaled_mm fp8, per-token x per-channel scales, fp32 accumulation
+  scaled_mm_row_fast  the same with use_fast_accum=True (Hopper's reduced-precision accumulation)
+  gemm8_fp8           quant/gemm8_triton.py fp8, fp32 accumulator promoted every 128 elements of K
+  gemm8_fp8_mma       the same, promotion left to Triton (max_num_imprecise_acc)
+  gemm8_fp8_fast      gemm8 fp8 without promotion
+  gemm8_int8          gemm8 int8 (int32 accumulation, exact)
+
+Each (shape, M, kernel) is timed as CUDA-graph replays of calls that cycle through copies of the operands
+whose total exceeds twice the L2 cache (so weights come from HBM, as in a model), the median replay taken;
+Triton autotuning happens in the warm-up before capture. TOPS = 2 M N K / time (FLOP/s for fp16), and the
+fraction of the 1,979 TOPS dense 8-bit peak of an H100/H200 SXM. Each kernel's output is checked once per
+(shape, M) against a float64 reference on the same (quantized) operands, on the first 256 rows: relative
+Frobenius error. Prints a table; writes bench_gemm.json and table.txt into --out.
+
+    python tools/bench_gemm.py --out results/gemm                              # 70B shapes, all M (H200: < 6 min)
+    python tools/bench_gemm.py --shapes 7b --m-list 256,4096 --kernels fp16,gemm8_fp8 --out /tmp/g
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
+
+PEAK_8BIT_TOPS = 1979.0  # H100 / H200 SXM, dense FP8 and INT8 tensor-core peak
+SHAPES = {  # (name, K, N): the projections as the engine runs them (fused QKV and gate/up)
+    "70b": [("qkv", 8192, 10240), ("o", 8192, 8192), ("gate_up", 8192, 57344), ("down", 28672, 8192),
+            ("lm_head", 8192, 32000)],
+    "7b": [("qkv", 4096, 12288), ("o", 4096, 4096), ("gate_up", 4096, 22016), ("down", 11008, 4096),
+           ("lm_head", 4096, 32000)],
+}
+DEFAULT_M = [2 ** i for i in range(4, 15)]  # 16 .. 16384
+CHECK_ROWS = 256
+REPLAYS = 7
+GRAPH_MS = 3.0  # each replay runs at least this long, so launch gaps are amortised
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    name: str
+    operands: str  # "fp16", "int8", "fp8_row" (per-token x per-channel scales) or "fp8_tensor"
+    label: str  # column header
+
+
+KERNELS = [
+    Kernel("fp16", "fp16", "fp16"), Kernel("int_mm", "int8", "int_mm"),
+    Kernel("int8_triton", "int8", "i8_triton"), Kernel("scaled_mm_tensor", "fp8_tensor", "smm_tens"),
+    Kernel("scaled_mm_row", "fp8_row", "smm_row"), Kernel("scaled_mm_row_fast", "fp8_row", "smm_fast"),
+    Kernel("gemm8_fp8", "fp8_row", "g8_fp8"), Kernel("gemm8_fp8_mma", "fp8_row", "g8_fp8mma"),
+    Kernel("gemm8_fp8_fast", "fp8_row", "g8_fp8fst"), Kernel("gemm8_int8", "int8", "g8_int8"),
+]
+BY_NAME = {k.name: k for k in KERNELS}
+DEFAULT_KERNELS = [k.name for k in KERNELS if k.name != "gemm8_fp8_mma"]
+
+
+def parse_m_list(text: str) -> list[int]:
+    try:
+        ms = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--m-list must be comma-separated integers, got {text!r}") from None
+    if not ms or any(m < 1 for m in ms):
+        raise UserError(f"--m-list needs at least one M >= 1, got {text!r}")
+    return ms
+
+
+def parse_kernels(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown or not names:
+        raise UserError(f"--kernels: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(BY_NAME)}")
+    return names
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", choices=sorted(SHAPES), default="70b")
+    ap.add_argument("--m-list", default=",".join(map(str, DEFAULT_M)), help="comma-separated M values")
+    ap.add_argument("--kernels", default=",".join(DEFAULT_KERNELS), help="comma-separated, from: " + ", ".join(BY_NAME))
+    ap.add_argument("--out", required=True, help="directory for bench_gemm.json and table.txt")
+    args = ap.parse_args(argv)
+    args.m_values = parse_m_list(args.m_list)
+    args.kernel_names = parse_kernels(args.kernels)
+    return args
+
+
+def tops(m: int, n: int, k: int, ms: float) -> float:
+    """Tera-operations per second of one M x N x K GEMM taking `ms` milliseconds."""
+    return 2.0 * m * n * k / (ms * 1e-3) / 1e12
+
+
+def rotation_sets(bytes_per_set: int, l2_bytes: int) -> int:
+    """Operand copies to cycle through so consecutive calls never find their inputs in L2 (total > 2 x L2)."""
+    return max(1, min(64, math.ceil(2 * l2_bytes / max(bytes_per_set, 1))))
+
+
+def format_table(rows: list[dict], kernel_names: list[str]) -> str:
+    """TOPS per (shape, M) and kernel with the fraction of the 8-bit peak; then each kernel's worst relative
+    error per shape. A cell is '-' when not run and 'err' when the kernel failed."""
+    labels = [BY_NAME[n].label for n in kernel_names]
+    head = f"{'shape':>8} {'M':>6} " + " ".join(f"{lab:>13}" for lab in labels) + "   best 8-bit"
+    lines = [f"TOPS (fraction of {PEAK_8BIT_TOPS:,.0f} dense 8-bit peak)", head, "-" * len(head)]
+    cells: dict = {(r["shape"], r["M"], r["kernel"]): r for r in rows}
+    keys = sorted({(r["shape"], r["M"]) for r in rows}, key=lambda sm: (_shape_order(sm[0]), sm[1]))
+    for shape, m in keys:
+        parts, best = [], None
+        for name in kernel_names:
+            r = cells.get((shape, m, name))
+            if r is None:
+                parts.append(f"{'-':>13}")
+            elif r.get("error"):
+                parts.append(f"{'err':>13}")
+            else:
+                parts.append(f"{r['tops']:>7.0f} {'(%.0f%%)' % (r['frac_peak'] * 100):>5}")
+                if name != "fp16" and (best is None or r["tops"] > best[1]):
+                    best = (name, r["tops"])
+        lines.append(f"{shape:>8} {m:>6} " + " ".join(parts) + (f"   {best[0]}" if best else ""))
+    lines += ["", "max relative error vs the float64 reference (first rows), per shape", head.rsplit("   ", 1)[0]]
+    for shape in sorted({r["shape"] for r in rows}, key=_shape_order):
+        parts = []
+        for name in kernel_names:
+            errs = [r["rel_err"] for r in rows if r["shape"] == shape and r["kernel"] == name
+                    and r.get("rel_err") is not None]
+            parts.append(f"{max(errs):>13.2e}" if errs else f"{'-':>13}")
+        lines.append(f"{shape:>8} {'all':>6} " + " ".join(parts))
+    failed = [r for r in rows if r.get("error")]
+    for r in failed:
+        lines.append(f"error: {r['kernel']} {r['shape']} M={r['M']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def _shape_order(name: str) -> int:
+    order = [s for s, _, _ in SHAPES["70b"]]
+    return order.index(name) if name in order else len(order)
+
+
+# --- GPU side ---------------------------------------------------------------------------------------------
+
+def _fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[R, K] -> (e4m3 [R, K], float32 scale [R]), one scale per row (per token for x, per channel for w)."""
+    scale = (x.float().abs().amax(dim=1) / 448.0).clamp_min(torch.finfo(torch.float32).tiny)
+    return (x.float() / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn), scale
+
+
+def _fp8_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = (x.float().abs().amax() / 448.0).clamp_min(torch.finfo(torch.float32).tiny)
+    return (x.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn), scale
+
+
+def make_operands(kind: str, x16: torch.Tensor, w16: torch.Tensor) -> dict:
+    """One set of a kernel family's inputs, quantized from the same fp16 x [M, K] and w [N, K]."""
+    from mlperf_llama2.quant.int8_linear import quantize_rows_reference, quantize_weight
+
+    if kind == "fp16":
+        return {"x": x16, "w": w16}
+    if kind == "int8":
+        qx, sx = quantize_rows_reference(x16)
+        qw, sw = quantize_weight(w16, per_channel=True)
+        return {"x": qx, "w": qw, "sx": sx, "sw": sw}
+    quant = _fp8_rows if kind == "fp8_row" else _fp8_tensor
+    (qx, sx), (qw, sw) = quant(x16), quant(w16)
+    return {"x": qx, "w": qw, "sx": sx, "sw": sw}
+
+
+def kernel_call(name: str, ops: dict) -> Callable[[], torch.Tensor]:
+    from mlperf_llama2.quant import int8_kernels
+    from mlperf_llama2.quant.gemm8_triton import gemm8
+    from mlperf_llama2.quant.int8_linear import int_matmul
+
+    x, w, sx, sw = ops["x"], ops["w"], ops.get("sx"), ops.get("sw")
+    half = torch.float16
+    calls = {
+        "fp16": lambda: torch.mm(x, w.t()),
+        "int_mm": lambda: int_matmul(x, w),
+        "int8_triton": lambda: int8_kernels.fused_int8_matmul(x, w, sx, sw, None, half),
+        "scaled_mm_tensor": lambda: torch._scaled_mm(x, w.t(), scale_a=sx, scale_b=sw, out_dtype=half),
+        "scaled_mm_row": lambda: torch._scaled_mm(x, w.t(), scale_a=sx[:, None], scale_b=sw[None, :],
+                                                  out_dtype=half),
+        "scaled_mm_row_fast": lambda: torch._scaled_mm(x, w.t(), scale_a=sx[:, None], scale_b=sw[None, :],
+                                                       out_dtype=half, use_fast_accum=True),
+        "gemm8_fp8": lambda: gemm8(x, w, sx, sw, None, half, kind="fp8"),
+        "gemm8_fp8_mma": lambda: gemm8(x, w, sx, sw, None, half, kind="fp8", promote_by="mma"),
+        "gemm8_fp8_fast": lambda: gemm8(x, w, sx, sw, None, half, kind="fp8", promote_every=0),
+        "gemm8_int8": lambda: gemm8(x, w, sx, sw, None, half, kind="int8"),
+    }
+    return calls[name]
+
+
+def reference(name: str, ops: dict, rows: int) -> torch.Tensor:
+    """float64 result of the first `rows` rows on the kernel's own operands (its rescale included)."""
+    acc = ops["x"][:rows].double() @ ops["w"].double().t()
+    if name in ("fp16", "int_mm"):
+        return acc
+    sx, sw = ops["sx"].double(), ops["sw"].double()
+    if sx.dim() == 0:
+        return acc * sx * sw
+    return acc * sx[:rows, None] * sw[None, :]
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    diff = out[: ref.shape[0]].double() - ref
+    return float(diff.norm() / ref.norm().clamp_min(1e-30))
+
+
+def time_graph(fns: list[Callable[[], torch.Tensor]]) -> float:
+    """Median ms per call: the calls (cycling through operand sets) captured in one CUDA graph, replayed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in fns:  # warm-up: Triton autotunes and compiles here, outside the capture
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for fn in fns:
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    per_call = max(start.elapsed_time(end) / len(fns), 1e-3)
+    calls = len(fns) * max(1, math.ceil(GRAPH_MS / per_call / len(fns)))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fns[i % len(fns)]()
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(REPLAYS):
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) / calls)
+    del graph
+    return statistics.median(samples)
+
+
+def bench_point(shape: str, m: int, k: int, n: int, kernel_names: list[str], l2_bytes: int) -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(m * 7 + n)
+    x16 = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=g)
+    w16 = (torch.randn(n, k, device="cuda", dtype=torch.float16, generator=g) * 0.02)
+    rows = []
+    by_kind: dict = {}
+    for name in kernel_names:
+        kind = BY_NAME[name].operands
+        row = {"shape": shape, "M": m, "N": n, "K": k, "kernel": name}
+        try:
+            if kind not in by_kind:
+                by_kind.clear()  # one family's operands in memory at a time
+                by_kind[kind] = make_operands(kind, x16, w16)
+            base = by_kind[kind]
+            per_set = sum(t.numel() * t.element_size() for t in base.values()) + m * n * 2
+            sets = [base] + [{key: t.clone() for key, t in base.items()}
+                             for _ in range(rotation_sets(per_set, l2_bytes) - 1)]
+            fns = [kernel_call(name, ops) for ops in sets]
+            out = fns[0]()
+            row["rel_err"] = rel_error(out, reference(name, base, min(m, CHECK_ROWS)))
+            row["ms"] = time_graph(fns)
+            row["tops"] = tops(m, n, k, row["ms"])
+            row["frac_peak"] = row["tops"] / PEAK_8BIT_TOPS
+            row["rotation_sets"] = len(sets)
+            del sets, fns, out
+        except Exception as exc:  # noqa: BLE001 - one kernel failing (unsupported shape, compile error) is a cell
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        rows.append(row)
+    return rows
+
+
+def autotune_choices() -> dict:
+    """The tile shape each Triton autotuner picked, per key (for the JSON)."""
+    from mlperf_llama2.quant import gemm8_triton, int8_kernels
+
+    picked = {}
+    for label, tuner in (("gemm8", gemm8_triton._gemm8_autotuned), ("int8_triton", int8_kernels._int8_gemm_kernel)):
+        picked[label] = {str(key): str(cfg) for key, cfg in getattr(tuner, "cache", {}).items()}
+    return picked
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise UserError("bench_gemm needs a CUDA GPU (none is visible)")
+    import triton
+
+    os.makedirs(args.out, exist_ok=True)
+    props = torch.cuda.get_device_properties(0)
+    l2_bytes = getattr(props, "L2_cache_size", 50 * 2 ** 20)
+    result = {"device": props.name, "sms": props.multi_processor_count, "l2_bytes": l2_bytes,
+              "torch": torch.__version__, "triton": triton.__version__, "peak_8bit_tops": PEAK_8BIT_TOPS,
+              "args": {"shapes": args.shapes, "m_list": args.m_values, "kernels": args.kernel_names}, "rows": []}
+    t0 = time.perf_counter()
+    for shape, k, n in SHAPES[args.shapes]:
+        for m in args.m_values:
+            rows = bench_point(shape, m, k, n, args.kernel_names, l2_bytes)
+            result["rows"] += rows
+            cells = "  ".join(f"{r['kernel']} {r['tops']:.0f}" if "tops" in r else f"{r['kernel']} err"
+                              for r in rows)
+            print(f"[{time.perf_counter() - t0:6.0f} s] {shape} M={m} K={k} N={n}: {cells}", flush=True)
+            torch.cuda.empty_cache()
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["autotune"] = autotune_choices()
+    table = format_table(result["rows"], args.kernel_names)
+    print("\n" + table)
+    with open(os.path.join(args.out, "bench_gemm.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    with open(os.path.join(args.out, "table.txt"), "w") as fh:
+        fh.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
