@@ -11,7 +11,10 @@ dequantize, then a float32 matmul) are float32 summation order and the place of 
 
 `Fp8Linear` is the engine's drop-in for nn.Linear. Its GEMM (`gemm`):
   * "scaled_mm": cuBLASLt through `torch._scaled_mm` with row-wise scales (CUDA);
+  * "scaled_mm_fast_accum": the same with Hopper's reduced-precision accumulation (measured option);
+  * "gemm8": the project's persistent Triton GEMM (quant/gemm8_triton.py), promoting to float32 every 128 of K;
   * "reference": the float32 matmul of the e4m3 values, then the rescale (CPU, and any device).
+On CUDA the activations are quantized by one Triton pass per row (int8_kernels.quantize_rows_fp8).
 """
 
 from __future__ import annotations
@@ -90,7 +93,14 @@ def scaled_mm_gemm(qx: torch.Tensor, s_x: torch.Tensor, qweight: torch.Tensor, w
     return y if bias is None else y + bias
 
 
-GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "reference")
+GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "gemm8", "reference")
+
+
+def _triton_kernels():
+    """The Triton quantizer on a CUDA machine with Triton (one pass per token row), else None (torch)."""
+    from mlperf_llama2.quant.int8_linear import triton_kernels
+
+    return triton_kernels()
 
 
 class Fp8Linear(nn.Module):
@@ -135,8 +145,13 @@ class Fp8Linear(nn.Module):
 
             qx, s_x = quantize_rows_fp8(x2, row_absmax(x2, self.act_scale_group))
         else:
-            qx, s_x = quantize_rows_fp8(x2)
-        if x2.is_cuda and self.gemm != "reference":
+            kernels = _triton_kernels() if x2.is_cuda else None
+            qx, s_x = kernels.quantize_rows_fp8(x2) if kernels is not None else quantize_rows_fp8(x2)
+        if x2.is_cuda and self.gemm == "gemm8":
+            from mlperf_llama2.quant.gemm8_triton import gemm8
+
+            y = gemm8(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8")
+        elif x2.is_cuda and self.gemm != "reference":
             y = scaled_mm_gemm(qx, s_x, self.qweight, self.weight_scale, self.bias, self.out_dtype,
                                fast_accum=self.gemm == "scaled_mm_fast_accum")
         else:
