@@ -133,6 +133,7 @@ def main(argv=None) -> int:
     base = ["--model-path", args.model_path, "--dataset-path", args.dataset_path, "--scenario", args.scenario,
             "--device", args.device, "--max-new-tokens", str(args.max_new_tokens), "--batch-size",
             str(args.batch_size), "--output-log-dir", log_dir, "--user-conf", conf]
+    Path(conf).write_text(user_conf(args.scenario, args.queries, args.target_qps, 1))  # checked with the inputs
     dataset = check_inputs(parse_config(base))
     Path(conf).write_text(user_conf(args.scenario, args.queries, args.target_qps, dataset.total_sample_count))
     config = parse_config(base)

@@ -1,0 +1,45 @@
+"""Steady-state rate and drain share of an engine Offline run, from tools/bench.py's step log.
+
+  python3 tools/steady_state.py docs/results/bench_engine_70b_fp8_h200.json [...]
+
+A step log row is (decode only, sequences, tokens, milliseconds, decodes). Steady state: the steps
+whose batch holds at least 95% of the run's largest batch; their decode tokens over their time.
+Drain: the steps after the last one that prefilled a prompt (no new work left), as a share of the
+run's time. Whole-run rate extrapolated to N samples: the drain (a fixed cost of one batch finishing)
+is spread over N / samples times the steady part.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def analyse(row: dict, extrapolate_to: int = 24576) -> dict:
+    log = row["step_log"]
+    largest = max(r[1] for r in log)
+    full = [r for r in log if r[1] >= 0.95 * largest]
+    steady = sum(r[4] for r in full) / (sum(r[3] for r in full) / 1e3) if full else 0.0
+    last_prefill = max((i for i, r in enumerate(log) if r[2] > r[4]), default=len(log) - 1)
+    total_ms = sum(r[3] for r in log)
+    drain_ms = sum(r[3] for r in log[last_prefill + 1:])
+    tokens = row["tokens_per_s"] * row["wall_s"]
+    busy_s, drain_s = (row["wall_s"] - drain_ms / 1e3), drain_ms / 1e3
+    scale = extrapolate_to / row["samples"]
+    return {"samples": row["samples"], "tokens_per_s": round(row["tokens_per_s"]), "steady_tokens_per_s":
+            round(steady), "largest_batch": largest, "full_batch_steps": len(full), "steps": len(log),
+            "drain_share": round(drain_ms / total_ms, 3),
+            f"extrapolated_{extrapolate_to}": round(tokens * scale / (busy_s * scale + drain_s))}
+
+
+def main(argv: list[str]) -> int:
+    for path in argv:
+        data = json.load(open(path))
+        for row in data["rows"]:
+            if row.get("backend") == "engine" and row.get("step_log"):
+                print(path, json.dumps(analyse(row)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
