@@ -6,13 +6,18 @@ English punkt splitter), every pair is scored with `RougeScorer(["rouge1", "roug
 use_aggregator=False), each metric is `round(np.mean(fmeasures) * 100, 4)`. Pairs are scored in
 worker processes; every pair's score depends on that pair alone, so the result equals a serial run.
 Everything returned is a plain Python number, so the printed dict matches the submission checker's regex.
+Workers ignore SIGINT (Ctrl-C is the parent's to handle) and die silently on SIGTERM: the entry point's
+SIGTERM handler, inherited through fork, would otherwise print a worker's traceback when the pool ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -50,6 +55,28 @@ def score_pair(pair: tuple[str, str]) -> tuple[int, tuple[float, ...]]:
     return len(prediction), tuple(scores[t].fmeasure for t in ROUGE_TYPES)
 
 
+def _quiet_worker() -> None:
+    """Pool initializer: the parent owns Ctrl-C; `Pool.terminate()`'s SIGTERM just ends the worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _quiet_forks():
+    """While workers fork, this process's SIGINT/SIGTERM handlers are the workers' (no window before the
+    initializer runs); the parent's own handlers are back as soon as the pool exists."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, signal.SIG_DFL))}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -69,8 +96,17 @@ def score_pairs(
         return [score_pair(p) for p in pairs]
     chunksize = max(1, len(pairs) // (workers * 8))
     log.info("scoring %d samples on %d processes", len(pairs), workers)
-    with multiprocessing.get_context().Pool(workers) as pool:
-        return pool.map(score_pair, pairs, chunksize=chunksize)
+    with _quiet_forks():
+        pool = multiprocessing.get_context().Pool(workers, initializer=_quiet_worker)
+    try:
+        scored = pool.map(score_pair, pairs, chunksize=chunksize)
+    except BaseException:
+        pool.terminate()  # Ctrl-C or an error: end the workers (silently, see _quiet_worker)
+        pool.join()
+        raise
+    pool.close()  # normal end: the workers leave on their own, no signal sent
+    pool.join()
+    return scored
 
 
 def aggregate(scored: Sequence[tuple[int, tuple[float, ...]]], gen_tok_len: int) -> dict:
