@@ -138,19 +138,29 @@ def _ms(value: Any) -> Optional[float]:
     return None if value is None else float(value) / 1e6
 
 
-def _accuracy_log_counts(run_dir: str) -> tuple[Optional[int], int]:
-    """Unique samples and their tokens in mlperf_log_accuracy.json (first entry per qsl_idx, as scored)."""
+def accuracy_log_lengths(run_dir: str) -> dict[int, int]:
+    """qsl_idx -> generated tokens, first entry per sample (as scored); {} when the log is absent, and a
+    warning (not a traceback) when it is partial or corrupt, e.g. a stopped run's."""
     path = os.path.join(run_dir, ACCURACY_LOG)
+    if not os.path.isfile(path):
+        return {}
+    lengths: dict[int, int] = {}
     try:
         with open(path, encoding="utf-8") as f:
             entries = json.load(f)
-    except (OSError, ValueError):
-        return None, 0
-    seen: dict[int, int] = {}
-    for entry in entries:
-        if entry["qsl_idx"] not in seen:
-            seen[entry["qsl_idx"]] = int(entry.get("token_count") or len(entry["data"]) // 8)
-    return len(seen), sum(seen.values())
+        for entry in entries:
+            lengths.setdefault(int(entry["qsl_idx"]), int(entry.get("token_count") or len(entry["data"]) // 8))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("%s: unreadable, partial or corrupt (%s): its samples are not counted", path,
+                    getattr(exc, "strerror", None) or exc)
+        return {}
+    return lengths
+
+
+def _accuracy_log_counts(run_dir: str) -> tuple[Optional[int], int]:
+    """Unique samples and their tokens in mlperf_log_accuracy.json (first entry per qsl_idx, as scored)."""
+    lengths = accuracy_log_lengths(run_dir)
+    return (len(lengths) if lengths else None), sum(lengths.values())
 
 
 def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSummary:
