@@ -127,11 +127,19 @@ def convert_gguf(gguf_path: str, out_dir: str) -> DemoModelInfo:
     return info
 
 
+def gguf_tensor_names(gguf_path: str) -> set[str]:
+    import gguf
+
+    return {t.name for t in gguf.GGUFReader(gguf_path).tensors}
+
+
 def _plain_model_from_gguf(source_dir: str, file_name: str):
     """The GGUF's weights in a model built from its config alone: nothing of the GGUF loader is kept.
 
     Some transformers versions refuse `save_pretrained` on a GGUF-loaded model (its quantizer says it
     cannot be serialized); a model built from the config and given the dequantized state dict saves on all.
+    A GGUF without `output.weight` ties the output layer to the embedding; transformers 4.46 does not
+    tie it and leaves `lm_head` random, so the tie is made here from the file's own tensor list.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -143,8 +151,20 @@ def _plain_model_from_gguf(source_dir: str, file_name: str):
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.name_or_path = MODEL_NAME
+    tied = "output.weight" not in gguf_tensor_names(os.path.join(source_dir, file_name))
+    config.tie_word_embeddings = tied
     plain = AutoModelForCausalLM.from_config(config, **dtype_kwargs(torch.float32))
-    plain.load_state_dict(loaded.state_dict(), strict=True)
+    state = loaded.state_dict()
+    if tied:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if tied else set()):
+        raise UserError(f"{file_name}: converted weights do not fit the model built from its config "
+                        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    if tied:
+        plain.tie_weights()
+        if not torch.equal(plain.get_output_embeddings().weight, plain.get_input_embeddings().weight):
+            raise UserError(f"{file_name}: the output layer could not be tied to the embedding")
     return plain.eval()
 
 
@@ -193,11 +213,13 @@ def check_checkpoint(model_dir: str) -> None:
         raise UserError(f"{model_dir}: tokenizer has {len(tokenizer)} tokens, model only {config.vocab_size}")
 
 
-def smoke_check(model_dir: str, prompt: str = "The capital of France is", new_tokens: int = 4) -> str:
+def smoke_check(model_dir: str, prompt: str = "The capital of France is", expect: str = "Paris",
+                new_tokens: int = 4) -> str:
     """A prepared checkpoint agrees with itself and generates: one line saying what was checked.
 
     Tokenizer, config and generation config name the same BOS/EOS; a prompt survives encode/decode;
-    greedy generation of a few tokens decodes to non-empty text.
+    greedy generation of a few tokens decodes to text holding `expect` (SmolLM2 knows this one; random
+    or untied output weights do not).
     """
     import torch
     import transformers
@@ -219,8 +241,9 @@ def smoke_check(model_dir: str, prompt: str = "The capital of France is", new_to
         out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)  # out: [1, S + new_tokens]
-    if not text.strip():
-        raise UserError(f"{model_dir}: greedy generation decoded to empty text ({out[0, len(ids):].tolist()})")
+    if expect not in text:
+        raise UserError(f"{model_dir}: greedy continuation of {prompt!r} is {text!r}, expected it to name "
+                        f"{expect!r}: the converted weights are wrong")
     return (f"demo check: transformers {transformers.__version__}: BOS/EOS {tokenizer.bos_token_id}/"
             f"{tokenizer.eos_token_id} agree; {prompt!r} -> {text!r}")
 
