@@ -60,6 +60,8 @@ def stopped_run_line(accuracy_file: str) -> str | None:
 
 def report_targets(result: dict, judged: bool) -> dict:
     checks = dict(scoring.check_targets(result), judged=judged)
+    if not checks["full_dataset"]:
+        log.info("only %d samples scored: a submission's accuracy run scores all of them", result["gen_num"])
     if not judged:
         log.info("accuracy targets not judged: the checkpoint is not Llama-2-70B (a stand-in)")
         return checks
@@ -68,8 +70,6 @@ def report_targets(result: dict, judged: bool) -> dict:
         log.info("%s: %s (ROUGE %s thresholds %s; tokens/sample %s in %s: %s)", name,
                  "PASS" if c["passed"] else "FAIL", "ok" if c["rouge_ok"] else "below", c["thresholds"],
                  result["tokens_per_sample"], checks["tokens_per_sample_range"], checks["tokens_per_sample_ok"])
-    if not checks["full_dataset"]:
-        log.info("only %d samples scored: a submission's accuracy run scores all of them", result["gen_num"])
     return checks
 
 

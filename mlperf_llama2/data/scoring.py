@@ -7,17 +7,16 @@ use_aggregator=False), each metric is `round(np.mean(fmeasures) * 100, 4)`. Pair
 worker processes; every pair's score depends on that pair alone, so the result equals a serial run.
 Everything returned is a plain Python number, so the printed dict matches the submission checker's regex.
 Workers ignore SIGINT (Ctrl-C is the parent's to handle) and die silently on SIGTERM: the entry point's
-SIGTERM handler, inherited through fork, would otherwise print a worker's traceback when the pool ends.
+SIGTERM handler, inherited through fork, would otherwise print a worker's traceback when the pool ends
+(`Pool.terminate()` sends SIGTERM); a normal end closes the pool instead of terminating it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
 import signal
-import threading
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -55,26 +54,25 @@ def score_pair(pair: tuple[str, str]) -> tuple[int, tuple[float, ...]]:
     return len(prediction), tuple(scores[t].fmeasure for t in ROUGE_TYPES)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _quiet_worker() -> None:
-    """Pool initializer: the parent owns Ctrl-C; `Pool.terminate()`'s SIGTERM just ends the worker."""
+    """Pool initializer: the parent owns Ctrl-C; `Pool.terminate()`'s SIGTERM just ends the worker.
+    The stop signals arrive blocked (see `_start_pool`) and are unblocked once these handlers are set."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
-@contextlib.contextmanager
-def _quiet_forks():
-    """While workers fork, this process's SIGINT/SIGTERM handlers are the workers' (no window before the
-    initializer runs); the parent's own handlers are back as soon as the pool exists."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig, handler in
-                ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, signal.SIG_DFL))}
+def _start_pool(workers: int):
+    """A pool whose workers never run the parent's handlers: SIGINT/SIGTERM are blocked while they fork
+    (a signal arriving then is held, not lost, and reaches this process as soon as the pool exists)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        yield
+        return multiprocessing.get_context().Pool(workers, initializer=_quiet_worker)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def default_workers() -> int:
@@ -96,13 +94,14 @@ def score_pairs(
         return [score_pair(p) for p in pairs]
     chunksize = max(1, len(pairs) // (workers * 8))
     log.info("scoring %d samples on %d processes", len(pairs), workers)
-    with _quiet_forks():
-        pool = multiprocessing.get_context().Pool(workers, initializer=_quiet_worker)
+    pool = None
     try:
+        pool = _start_pool(workers)
         scored = pool.map(score_pair, pairs, chunksize=chunksize)
     except BaseException:
-        pool.terminate()  # Ctrl-C or an error: end the workers (silently, see _quiet_worker)
-        pool.join()
+        if pool is not None:
+            pool.terminate()  # Ctrl-C or an error: end the workers (silently, see _quiet_worker)
+            pool.join()
         raise
     pool.close()  # normal end: the workers leave on their own, no signal sent
     pool.join()
