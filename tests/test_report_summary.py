@@ -100,7 +100,7 @@ def test_targets_are_judged_for_llama2_70b_only(runs, tmp_path):
     info_path.write_text(json.dumps(dict(info, model_path=str(model))))
     s = build_summary(run_dir, accuracy_text=ROUGE_LINE)
     assert s.targets == {"99": True, "99.9": True, "tokens_per_sample": True}
-    assert "99.9% target" in render_table(s)
+    assert "llama2-70b-99.9" in render_table(s) and "PASS" in render_table(s)
 
 
 def test_accuracy_targets_boundaries():
@@ -145,3 +145,56 @@ def test_report_command_rejects_a_directory_without_loadgen_logs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mlperf_llama2.report", str(tmp_path)], capture_output=True,
                          text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)), timeout=60)
     assert out.returncode == 2 and "no mlperf_log_detail.txt" in out.stderr and out.stderr.count("\n") == 1
+
+
+# --- partial, corrupt and read-only runs (issue 17, item 5): a warning or one line, never a traceback --------
+def report(run_dir, *extra):
+    return subprocess.run([sys.executable, "-m", "mlperf_llama2.report", str(run_dir), *extra], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)), timeout=120)
+
+
+@pytest.mark.parametrize("damage, warned", [
+    (lambda d: (d / "mlperf_log_accuracy.json").write_text('[{"qsl_idx": 0, "data": "0500'), "mlperf_log_accuracy.json"),
+    (lambda d: (d / "mlperf_log_accuracy.json").write_text('[{"seq_id": 0}, 7]'), "mlperf_log_accuracy.json"),
+    (lambda d: (d / "sample_timings.csv").write_text("sample_index,issued_s\n1,abc\n"), "sample_timings.csv"),
+])
+def test_partial_or_corrupt_run_files_are_a_warning_not_a_traceback(runs, tmp_path, damage, warned):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[("Offline", "accuracy")], run_dir)
+    damage(run_dir)
+    out = report(run_dir, "--no-plots")
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "LoadGen verdict" in out.stdout
+    warnings = [line for line in out.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and warned in warnings[0] and "partial or corrupt" in warnings[0]
+
+
+def test_unreadable_detail_log_is_one_line(tmp_path):
+    (tmp_path / "mlperf_log_detail.txt").mkdir()  # there, but no file to read
+    out = report(tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no mlperf_log_detail.txt" in out.stderr
+
+
+def test_read_only_run_directory_is_one_line_before_anything_is_written(runs, tmp_path, monkeypatch, capsys):
+    """Root ignores chmod, so the refused write probe is simulated; summary.json must not be (re)written."""
+    import shutil
+    import tempfile
+
+    from mlperf_llama2.errors import run_cli
+    from mlperf_llama2.report.__main__ import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[("Server", "performance")], run_dir)
+    before = sorted(p.name for p in run_dir.iterdir())
+
+    def refuse(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert run_cli(main, [str(run_dir)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "cannot write in" in err[0] and "Permission denied" in err[0]
+    assert captured.out == "" and sorted(p.name for p in run_dir.iterdir()) == before
