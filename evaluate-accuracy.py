@@ -2,11 +2,13 @@
 """Score an accuracy run: ROUGE of the logged outputs against the dataset's answers (SPEC §4).
 
 Prints "\\nResults\\n" and the reference's one dict line on stdout (the submission checker parses it);
-whether the llama2-70b-99 / -99.9 targets are met goes to stderr and, with --output-json, to a file (the
-same PASS/FAIL the run summary shows; a checkpoint that is not Llama-2-70B is not judged). A run that was
-stopped (RUN_STOPPED.txt beside the log) is named in the first line of stdout and of the log. Output paths,
-token ids (in the tokenizer's vocabulary, the --dtype the log was written with) are checked before scoring.
+whether the llama2-70b-99 / -99.9 targets are met goes to stderr and, with --output-json, to a file.
 The logic lives in mlperf_llama2.data.{accuracy_log, scoring, sentences} and mlperf_llama2.tokenization.
+
+The PASS/FAIL lines are the run summary's (one check); a checkpoint that is not Llama-2-70B is not judged.
+A stopped run (RUN_STOPPED.txt beside the log) is named in the first line of stdout and of the log.
+Output paths, and the token ids (in the tokenizer's vocabulary, of the --dtype the log was written with),
+are checked before scoring.
 """
 
 import argparse
@@ -87,11 +89,11 @@ def main(argv=None) -> int:
     predictions = load_predictions(args.mlperf_accuracy_file, args.dtype, len(targets))
     tokenizer = load_tokenizer(args.checkpoint_path)
     check_token_ids(predictions, tokenizer.vocab_size, args.dtype, args.mlperf_accuracy_file)
+    if stopped:
+        print(stopped, flush=True)
     texts = tokenizer.batch_decode([p.tokens for p in predictions], skip_special_tokens=True)
     wanted = ["" if not isinstance(targets[p.qsl_idx], str) else targets[p.qsl_idx] for p in predictions]
     result = scoring.evaluate(texts, wanted, (len(p.tokens) for p in predictions), args.workers)
-    if stopped:
-        print(stopped)
     print("\nResults\n")
     print(scoring.format_result_line(result), flush=True)
     checks = report_targets(result, is_llama2_70b(args.checkpoint_path))
