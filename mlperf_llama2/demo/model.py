@@ -128,6 +128,7 @@ def convert_gguf(gguf_path: str, out_dir: str) -> DemoModelInfo:
 
 
 def gguf_tensor_names(gguf_path: str) -> set[str]:
+    """Names of the tensors the GGUF file holds (read from its header, no weights loaded)."""
     import gguf
 
     return {t.name for t in gguf.GGUFReader(gguf_path).tensors}
@@ -136,8 +137,8 @@ def gguf_tensor_names(gguf_path: str) -> set[str]:
 def _plain_model_from_gguf(source_dir: str, file_name: str):
     """The GGUF's weights in a model built from its config alone: nothing of the GGUF loader is kept.
 
-    Some transformers versions refuse `save_pretrained` on a GGUF-loaded model (its quantizer says it
-    cannot be serialized); a model built from the config and given the dequantized state dict saves on all.
+    transformers may refuse `save_pretrained` on a GGUF-loaded model (the loader's quantizer state); a
+    model built from the config and given the dequantized state dict saves the same way on every version.
     A GGUF without `output.weight` ties the output layer to the embedding; transformers 4.46 does not
     tie it and leaves `lm_head` random, so the tie is made here from the file's own tensor list.
     """
@@ -171,8 +172,8 @@ def _plain_model_from_gguf(source_dir: str, file_name: str):
 def _align_special_tokens(tokenizer, config) -> None:
     """Give the tokenizer the model config's BOS/EOS where the GGUF tokenizer conversion disagrees.
 
-    transformers 5.17's conversion reports SmolLM2's EOS as 1 (`<|im_start|>`); the model's config
-    (from the GGUF's own `tokenizer.ggml.eos_token_id`) says 2 (`<|im_end|>`), which is what it generates.
+    The conversions of transformers 4.46.3, 4.57.6 and 5.17.0 report SmolLM2's EOS as 1 (`<|im_start|>`);
+    the model's config says 2 (`<|im_end|>`), which is what it generates (5.25.0 agrees with the config).
     """
     for role in ("bos", "eos"):
         want = getattr(config, f"{role}_token_id", None)
