@@ -60,7 +60,7 @@ test-compat: $(COMPAT_STAMP)
 	HF_HUB_OFFLINE=1 $(COMPAT_PY) -m pytest -q -m tf_compat
 
 # The demo is prepared (into a temporary directory) and checked under the oldest transformers the project
-# accepts (make test-compat's environment), a middle one, 5.17 (whose GGUF conversion names the wrong EOS)
+# accepts (make test-compat's environment), a middle one, 5.17 (where the EOS mismatch was reported)
 # and the newest; each other version is a small venv that borrows $(VENV)'s torch (tools/demo_versions.sh).
 DEMO_TF_VERSIONS ?= 4.46.3 4.57.6 5.17.0 latest
 
