@@ -13,13 +13,14 @@ TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.
 HAS_GPU := $(shell command -v nvidia-smi 2>/dev/null)
 DEMO_ARGS ?= $(if $(HAS_GPU),--batch-size 64,--batch-size 16 --max-new-tokens 128)
 
-.PHONY: venv test test-gpu test-compat accuracy clean help
+.PHONY: venv test test-gpu test-compat test-demo-versions accuracy clean help
 
 help:
 	@echo "make test      create $(VENV) if missing, install the project, run the test suite"
 	@echo "make test-gpu  run only the GPU-marked tests"
 	@echo "make accuracy  prepare the embedded demo model and data, run Offline accuracy, score it, plot it"
 	@echo "make test-compat  run the tf_compat-marked tests under transformers 4.46 (in $(COMPAT_VENV))"
+	@echo "make test-demo-versions  prepare and check the demo under transformers $(DEMO_TF_VERSIONS)"
 
 venv: $(STAMP)
 
@@ -59,5 +60,13 @@ $(COMPAT_STAMP): pyproject.toml constraints-tf446.txt
 test-compat: $(COMPAT_STAMP)
 	HF_HUB_OFFLINE=1 $(COMPAT_PY) -m pytest -q -m tf_compat
 
+# The demo is prepared (into a temporary directory) and checked under the oldest transformers the project
+# accepts (make test-compat's environment), a middle one, 5.17 (where the EOS mismatch was reported)
+# and the newest; each other version is a small venv that borrows $(VENV)'s torch (tools/demo_versions.sh).
+DEMO_TF_VERSIONS ?= 4.46.3 4.57.6 5.17.0 latest
+
+test-demo-versions: $(STAMP) $(COMPAT_STAMP)
+	tools/demo_versions.sh $(VENV) $(COMPAT_VENV) $(DEMO_TF_VERSIONS)
+
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) .venv-tf-* .pytest_cache

@@ -5,6 +5,11 @@ Prints the accuracy log's `hash=<sha256>` line (as MLCommons' truncate_accuracy_
 accuracy.txt), then "\\nResults\\n" and the reference's one dict line on stdout (the checker parses both);
 whether the llama2-70b-99 / -99.9 targets are met goes to stderr and, with --output-json, to a file.
 The logic lives in mlperf_llama2.data.{accuracy_log, scoring, sentences} and mlperf_llama2.tokenization.
+
+The PASS/FAIL lines are the run summary's (one check); a checkpoint that is not Llama-2-70B is not judged.
+A stopped run (RUN_STOPPED.txt beside the log) is named in the first line of stdout and of the log.
+Output paths, and the token ids (in the tokenizer's vocabulary, of the --dtype the log was written with),
+are checked before scoring.
 """
 
 import argparse
@@ -18,10 +23,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from mlperf_llama2.data import scoring  # noqa: E402
-from mlperf_llama2.data.accuracy_log import DTYPES, load_predictions  # noqa: E402
+from mlperf_llama2.data.accuracy_log import DTYPES, check_token_ids, load_predictions  # noqa: E402
 from mlperf_llama2.data.dataset import TARGET_COLUMN, read_frame  # noqa: E402
 from mlperf_llama2.errors import UserError, configure_logging, run_cli  # noqa: E402
+from mlperf_llama2.loadgen.interrupt import STOP_NOTE  # noqa: E402
+from mlperf_llama2.report.summary import is_llama2_70b  # noqa: E402
 from mlperf_llama2.tokenization import load_tokenizer  # noqa: E402
+from mlperf_llama2.writable import check_writable_file  # noqa: E402
 
 log = logging.getLogger("evaluate-accuracy")
 
@@ -45,15 +53,27 @@ def read_targets(path: str) -> list[str]:
     return frame[TARGET_COLUMN].tolist()
 
 
-def report_targets(result: dict) -> dict:
-    checks = scoring.check_targets(result)
+def stopped_run_line(accuracy_file: str) -> str | None:
+    """The warning for a run that was stopped (RUN_STOPPED.txt beside its accuracy log), else None."""
+    note = os.path.join(os.path.dirname(os.path.abspath(accuracy_file)), STOP_NOTE)
+    if not os.path.isfile(note):
+        return None
+    return (f"STOPPED RUN: {note} says this run was stopped before completion; its unanswered samples are "
+            "empty and these scores are not a result")
+
+
+def report_targets(result: dict, judged: bool) -> dict:
+    checks = dict(scoring.check_targets(result), judged=judged)
+    if not checks["full_dataset"]:
+        log.info("only %d samples scored: a submission's accuracy run scores all of them", result["gen_num"])
+    if not judged:
+        log.info("accuracy targets not judged: the checkpoint is not Llama-2-70B (a stand-in)")
+        return checks
     for name in ("llama2-70b-99", "llama2-70b-99.9"):
         c = checks[name]
         log.info("%s: %s (ROUGE %s thresholds %s; tokens/sample %s in %s: %s)", name,
                  "PASS" if c["passed"] else "FAIL", "ok" if c["rouge_ok"] else "below", c["thresholds"],
                  result["tokens_per_sample"], checks["tokens_per_sample_range"], checks["tokens_per_sample_ok"])
-    if not checks["full_dataset"]:
-        log.info("only %d samples scored: a submission's accuracy run scores all of them", result["gen_num"])
     return checks
 
 
@@ -71,9 +91,17 @@ def main(argv=None) -> int:
     configure_logging(args.verbose)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    stopped = stopped_run_line(args.mlperf_accuracy_file)
+    if stopped:
+        log.warning("%s", stopped)
+    if args.output_json:
+        check_writable_file(args.output_json, "--output-json")
     targets = read_targets(args.dataset_file)
     predictions = load_predictions(args.mlperf_accuracy_file, args.dtype, len(targets))
     tokenizer = load_tokenizer(args.checkpoint_path)
+    check_token_ids(predictions, tokenizer.vocab_size, args.dtype, args.mlperf_accuracy_file)
+    if stopped:
+        print(stopped, flush=True)
     texts = tokenizer.batch_decode([p.tokens for p in predictions], skip_special_tokens=True)
     wanted = ["" if not isinstance(targets[p.qsl_idx], str) else targets[p.qsl_idx] for p in predictions]
     result = scoring.evaluate(texts, wanted, (len(p.tokens) for p in predictions), args.workers)
@@ -82,10 +110,11 @@ def main(argv=None) -> int:
     print(f"hash={file_sha256(args.mlperf_accuracy_file)}")
     print("\nResults\n")
     print(scoring.format_result_line(result), flush=True)
-    checks = report_targets(result)
+    checks = report_targets(result, is_llama2_70b(args.checkpoint_path))
     if args.output_json:
         with open(args.output_json, "w", encoding="utf-8") as f:
             json.dump({"results": result, "targets": checks, "decode_backend": tokenizer.decode_backend,
+                       "run_stopped": stopped is not None,
                        "accuracy_file": args.mlperf_accuracy_file, "dataset_file": args.dataset_file}, f, indent=2)
     return 0
 

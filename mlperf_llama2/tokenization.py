@@ -106,6 +106,11 @@ class TextTokenizer:
         return self.hf.eos_token_id
 
     @property
+    def vocab_size(self) -> int:
+        """Ids 0..vocab_size-1 decode: the sentencepiece model's pieces, else the HF tokenizer's (added included)."""
+        return int(self.sp.get_piece_size()) if self.sp is not None else len(self.hf)
+
+    @property
     def special_ids(self) -> frozenset[int]:
         return frozenset(int(i) for i in self.hf.all_special_ids)
 

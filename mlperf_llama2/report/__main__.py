@@ -2,6 +2,8 @@
 
 RUN_DIR is a LoadGen output directory (e.g. offline_accuracy_loadgen_logs). The ROUGE line is read from
 RUN_DIR/accuracy.txt (evaluate-accuracy.py's output) unless --accuracy-file names another file.
+A directory without a readable detail log, or where summary.json and plots/ cannot be written, is one line
+(exit 2) before anything is read; a partial accuracy log or timings file is a warning, not a traceback.
 """
 
 import argparse
@@ -9,8 +11,9 @@ import os
 import sys
 
 from mlperf_llama2.errors import UserError, configure_logging, run_cli
-from mlperf_llama2.report.plots import write_plots
-from mlperf_llama2.report.summary import DETAIL_FILE, build_summary, render_table, write_summary
+from mlperf_llama2.report.plots import PLOTS_DIR, write_plots
+from mlperf_llama2.report.summary import DETAIL_FILE, SUMMARY_JSON, build_summary, render_table, write_summary
+from mlperf_llama2.writable import check_writable_dir, check_writable_file
 
 
 def main(argv=None) -> int:
@@ -23,8 +26,17 @@ def main(argv=None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    if not os.path.isfile(os.path.join(args.run_dir, DETAIL_FILE)):
+    detail = os.path.join(args.run_dir, DETAIL_FILE)
+    if not os.path.isfile(detail):
         raise UserError(f"{args.run_dir}: no {DETAIL_FILE}; pass a LoadGen output directory (--output-log-dir)")
+    try:
+        with open(detail, "rb"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{detail}: cannot read it ({exc.strerror or exc})") from None
+    check_writable_file(os.path.join(args.run_dir, SUMMARY_JSON), "summary")
+    if not args.no_plots:
+        check_writable_dir(os.path.join(args.run_dir, PLOTS_DIR), "plots")
     accuracy_text = None
     if args.accuracy_file:
         if not os.path.isfile(args.accuracy_file):

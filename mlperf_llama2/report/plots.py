@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from mlperf_llama2 import constants
 from mlperf_llama2.report.run_info import read_run_info
-from mlperf_llama2.report.summary import ACCURACY_LOG, DETAIL_FILE, parse_detail
+from mlperf_llama2.report.summary import DETAIL_FILE, accuracy_log_lengths, parse_detail
 from mlperf_llama2.report.timings import SampleTiming, read_timings
 
 log = logging.getLogger(__name__)
@@ -118,15 +118,7 @@ def plot_throughput(timings: Sequence[SampleTiming], out_dir: str) -> Optional[s
 
 def generated_lengths(run_dir: str) -> dict[int, int]:
     """qsl_idx -> generated tokens, first accuracy-log entry per sample (as evaluate-accuracy.py scores)."""
-    path = os.path.join(run_dir, ACCURACY_LOG)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        entries = json.load(f)
-    lengths: dict[int, int] = {}
-    for entry in entries:
-        lengths.setdefault(int(entry["qsl_idx"]), int(entry.get("token_count") or len(entry["data"]) // 8))
-    return lengths
+    return accuracy_log_lengths(run_dir)
 
 
 def reference_lengths(dataset_path: Optional[str], indices: Sequence[int]) -> list[int]:
@@ -135,7 +127,11 @@ def reference_lengths(dataset_path: Optional[str], indices: Sequence[int]) -> li
         return []
     import pandas as pd
 
-    frame = pd.read_pickle(dataset_path)
+    try:
+        frame = pd.read_pickle(dataset_path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable pickle: plot without the reference lengths
+        log.warning("%s: cannot read the dataset (%s): output lengths plotted without the reference", dataset_path, exc)
+        return []
     if "tok_output_length" in frame.columns:
         column = frame["tok_output_length"]
     elif "tok_output" in frame.columns:

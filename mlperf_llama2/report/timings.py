@@ -9,11 +9,14 @@ not stream). The plots read it: TTFT = first_token - issued, TPOT = (completed -
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
 
 TIMINGS_FILE = "sample_timings.csv"
 FIELDS = ("sample_index", "issued_s", "first_token_s", "completed_s", "n_tokens")
@@ -83,14 +86,19 @@ def read_timings(run_dir: str) -> list[SampleTiming]:
     path = os.path.join(run_dir, TIMINGS_FILE)
     if not os.path.isfile(path):
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [
-            SampleTiming(
-                sample_index=int(row["sample_index"]),
-                issued_s=float(row["issued_s"]),
-                first_token_s=float(row["first_token_s"]) if row["first_token_s"] else None,
-                completed_s=float(row["completed_s"]),
-                n_tokens=int(row["n_tokens"]),
-            )
-            for row in csv.DictReader(f)
-        ]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [
+                SampleTiming(
+                    sample_index=int(row["sample_index"]),
+                    issued_s=float(row["issued_s"]),
+                    first_token_s=float(row["first_token_s"]) if row["first_token_s"] else None,
+                    completed_s=float(row["completed_s"]),
+                    n_tokens=int(row["n_tokens"]),
+                )
+                for row in csv.DictReader(f)
+            ]
+    except (OSError, ValueError, TypeError, KeyError, csv.Error) as exc:
+        log.warning("%s: unreadable, partial or corrupt (%s): no sample timings", path,
+                    getattr(exc, "strerror", None) or exc)
+        return []
