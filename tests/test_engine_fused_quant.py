@@ -19,6 +19,7 @@ from mlperf_llama2.engine.attention import AttentionMetadata
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.ops import EagerOps, quantize_tokens
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.parallel.tensor_parallel import RowParallel
 from mlperf_llama2.quant import int8_linear
 from mlperf_llama2.quant.activation import QuantizedActivation, prequantized_kind
 from mlperf_llama2.quant.fp8 import Fp8Linear
@@ -119,8 +120,8 @@ def test_which_linears_take_a_quantized_input():
     lin_fp8 = Fp8Linear.from_float(torch.randn(16, 32))
     assert (prequantized_kind(lin8), prequantized_kind(lin_fp8)) == ("int8", "fp8")
     assert prequantized_kind(torch.nn.Linear(32, 16)) is None
-    lin8.row_parallel = True
-    assert prequantized_kind(lin8) is None
+    wrapper = RowParallel(lin8)  # how tensor parallelism splits o_proj and down_proj along K
+    assert lin8.row_parallel and prequantized_kind(lin8) is None and prequantized_kind(wrapper) is None
 
 
 @pytest.mark.parametrize("kind,cls", [("int8", Int8Linear), ("fp8", Fp8Linear)])
