@@ -2,7 +2,8 @@
 
 Builds a random-weight model in a real shape on the GPU (as tools/bench.py does), fills the KV cache
 with `--batch` sequences of `--context` tokens, and times, for each op set (the eager torch ops and
-the fused Triton kernels of engine/ops.py):
+the fused Triton kernels of engine/ops.py; with 8-bit Linears, the fused kernels again with each Linear
+quantizing its own input, `model.fused_quant = False`, against the producers that write it):
   * a decode-only step through its CUDA graph (what Offline's steady state runs), and eagerly;
   * a mixed step: the same decodes plus one `--prefill`-token prompt (run eagerly, as the engine does);
   * both again overlapped: each step queued before the last one's tokens are read, as the engine runs;
@@ -152,8 +153,11 @@ def main(argv=None) -> int:
             return runner._sample(hidden[last_rows], suppress).tolist()
         return fn
 
-    for name, ops in (("eager ops", EagerOps), ("fused ops", FusedOps)):
-        model.ops = ops
+    op_sets = [("eager ops", EagerOps, True), ("fused ops", FusedOps, True)]
+    if any(hasattr(m, "act_kind") for m in model.modules()):  # 8-bit Linears: A/B the quantizing producers
+        op_sets.append(("fused ops, Linears quantize", FusedOps, False))
+    for name, ops, fused_quant in op_sets:
+        model.ops, model.fused_quant = ops, fused_quant
         runner.graphs.clear()
         runner._capture_graphs()
         graph_ms = time_ms(lambda: runner.run(decode), args.reps)

@@ -11,8 +11,9 @@ Contract: the outputs equal `fused_triton.add_rms_norm` / `silu_mul` followed by
 at the same places, and the quantizer is the one of int8_linear / quant.fp8: scale = absmax / qmax (correctly
 rounded, never 0), int8 = round-half-even(x / scale) clamped to ±127, e4m3 = round-to-nearest-even of
 x / scale clamped to ±448. The e4m3 rounding is done explicitly in float32 (the cast then is exact), because
-Triton's interpreter rounds fp32 -> e4m3 ties away from zero. The `*_reference` functions state the same in
-torch (any device). Integration into the model is the engine's; this module only exposes the functions.
+Triton's interpreter rounds fp32 -> e4m3 ties away from zero. engine/ops.py's `EagerOps.add_rms_norm_quant` /
+`silu_mul_quant` state the same in torch (any device; kept there so that ops imports this module, not the
+reverse); `FusedOps` runs these kernels in the decoder.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from mlperf_llama2.engine.fused_triton import _INTERPRET, _exp, _rsqrt  # the producers' own rounding helpers
-from mlperf_llama2.engine.ops import EagerOps
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.int8_linear import quantize_rows_reference
 
@@ -186,16 +186,3 @@ def quantize_rows_fp8_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def quantize_rows_torch(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The unfused per-token quantizer of each kind: x [T, K] -> (8-bit [T, K], float32 scale [T])."""
     return quantize_rows_fp8_torch(x) if _check_kind(kind) else quantize_rows_reference(x)
-
-
-def add_rms_norm_quant_reference(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor, eps: float,
-                                 kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eager add+RMSNorm, then the per-token quantizer (the unfused path, any device)."""
-    h_out, x = EagerOps.add_rms_norm(h, delta, weight, eps)
-    q, scale = quantize_rows_torch(x, kind)
-    return h_out, q, scale
-
-
-def silu_mul_quant_reference(gate_up: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager silu(gate) * up, then the per-token quantizer (the unfused path, any device)."""
-    return quantize_rows_torch(EagerOps.silu_mul(gate_up), kind)

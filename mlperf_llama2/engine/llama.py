@@ -4,7 +4,11 @@ Numerically it follows transformers' LlamaForCausalLM step by step (RMSNorm in f
 rotate-half RoPE with cos/sin cast to the model dtype, SiLU-gated MLP) so greedy tokens match
 `generate`. Token rows are flattened across sequences ([T, hidden]); attention goes through the
 paged KV cache (`attention.py`). The Linears are plain `nn.Linear`s here; the loader (`loader.py`)
-swaps them for int8 or FP8 ones and fills every weight from a checkpoint.
+swaps them for int8 or FP8 ones and fills every weight from a checkpoint. When `qkv_proj`, `gate_up_proj`
+or `down_proj` is 8-bit (and not row-parallel), the op before it quantizes its output per token for it
+(`ops.add_rms_norm_quant`, `ops.silu_mul_quant`): the same numbers, without a 16-bit round trip.
+`o_proj` quantizes its own input (its per-token scale spans all heads). `model.fused_quant = False` turns
+the quantizing producers off (for A/B timing).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 
 from mlperf_llama2.engine.attention import AttentionMetadata, attention
 from mlperf_llama2.engine.ops import EagerOps, rms_norm
+from mlperf_llama2.quant.activation import QuantizedActivation, prequantized_kind
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +99,35 @@ class DecoderLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, delta: Optional[torch.Tensor], positions: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
-                ops=EagerOps, kv_scales: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                ops=EagerOps, kv_scales: Optional[torch.Tensor] = None,
+                fused_quant: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """h: the residual stream [T, hidden], still without `delta` (the previous layer's MLP output, or
         None). Returns this layer's (residual stream, MLP output): the add is fused into the next norm.
-        kv_scales: [2, KV] float32, this layer's K and V scales when the cache is 8-bit (kv_cache.py)."""
+        kv_scales: [2, KV] float32, this layer's K and V scales when the cache is 8-bit (kv_cache.py).
+        fused_quant: 8-bit Linears get their input quantized by the op that produces it."""
         s = self.s
         t = h.shape[0]
-        h, x = ops.add_rms_norm(h, delta, self.input_layernorm.weight, self.input_layernorm.eps)
+        h, x = self._add_norm(ops, h, delta, self.input_layernorm, self.qkv_proj, fused_quant)
         q, k, v = ops.rope_store(self.qkv_proj(x), positions, cos, sin, k_cache, v_cache, meta.slot_mapping,
                                  s.num_heads, s.num_kv_heads, s.head_dim,
                                  kv_scales=kv_scales)  # q [T, H, D]; k, v [T, KV, D]
         o = attention(q, k, v, k_cache, v_cache, meta, self.scale, kv_scales)  # [T, H, D]
-        h, x = ops.add_rms_norm(h, self.o_proj(o.reshape(t, s.num_heads * s.head_dim)),
-                                self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
-        return h, self.down_proj(ops.silu_mul(self.gate_up_proj(x)))
+        h, x = self._add_norm(ops, h, self.o_proj(o.reshape(t, s.num_heads * s.head_dim)),
+                              self.post_attention_layernorm, self.gate_up_proj, fused_quant)
+        gate_up = self.gate_up_proj(x)  # [T, 2 I]
+        kind = prequantized_kind(self.down_proj) if fused_quant else None
+        act = QuantizedActivation(*ops.silu_mul_quant(gate_up, kind)) if kind else ops.silu_mul(gate_up)
+        return h, self.down_proj(act)
+
+    @staticmethod
+    def _add_norm(ops, h: torch.Tensor, delta: Optional[torch.Tensor], norm: RMSNorm, consumer: nn.Module,
+                  fused_quant: bool):
+        """(h + delta, RMSNorm(h + delta)), the latter quantized per token when `consumer` takes it so."""
+        kind = prequantized_kind(consumer) if fused_quant else None
+        if kind is None:
+            return ops.add_rms_norm(h, delta, norm.weight, norm.eps)
+        h, q, scale = ops.add_rms_norm_quant(h, delta, norm.weight, norm.eps, kind)
+        return h, QuantizedActivation(q, scale)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -121,6 +141,7 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.ops = EagerOps  # the runner sets ops_for(device)
+        self.fused_quant = True  # 8-bit inputs written by their producers (False: each Linear quantizes; A/B)
 
     def set_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
         self.rope_cos, self.rope_sin = cos, sin
@@ -134,7 +155,7 @@ class LlamaForCausalLM(nn.Module):
         delta = None
         for i, layer in enumerate(self.layers):
             h, delta = layer(h, delta, positions, cos, sin, kv_cache[0, i], kv_cache[1, i], meta, self.ops,
-                             None if kv_scales is None else kv_scales[i])
+                             None if kv_scales is None else kv_scales[i], self.fused_quant)
         return h + delta
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

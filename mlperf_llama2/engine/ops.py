@@ -4,6 +4,11 @@
 `FusedOps` (`fused_triton.py`) does the same work in three kernels per step kind and rounds the
 same way. `ops_for(device, choice)` picks by `EngineConfig.ops` (`--engine-ops`): auto is fused on
 CUDA and eager elsewhere; eager or fused forces one (for A/B runs).
+
+The quantizing producers (`add_rms_norm_quant`, `silu_mul_quant`; kind "int8" or "fp8") also return the
+next 8-bit Linear's input, values and per-token scales: eagerly, the producer then that Linear's own
+quantizer (`quantize_tokens`: so an engine gives the same numbers with or without them); fused, one kernel
+that writes no 16-bit activation (`fused_quant_triton.py`, equal to the unfused path bit for bit).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import torch
 from torch import nn
 
 from mlperf_llama2.engine import kv_cache
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.fp8 import Fp8Linear
+from mlperf_llama2.quant.int8_linear import Int8Linear
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -24,6 +32,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: [T, heads, D]; cos, sin: [T, D]
     return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
+
+
+def quantize_tokens(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, K] -> (8-bit [T, K], float32 scale [T]): the per-token quantizer an 8-bit Linear of `kind` runs."""
+    linears = {"int8": Int8Linear, "fp8": Fp8Linear}
+    if kind not in linears:
+        raise UserError(f"activation quantization kind must be one of fp8, int8, got {kind!r}")
+    return tuple(linears[kind].quantize_tokens(x))
 
 
 def rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -76,6 +92,18 @@ class EagerOps:
         gate, up = gate_up.chunk(2, dim=-1)
         return nn.functional.silu(gate) * up
 
+    @staticmethod
+    def add_rms_norm_quant(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor, eps: float,
+                           kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(h + delta [T, N], 8-bit RMSNorm(h + delta) [T, N], float32 scale [T])."""
+        h, x = EagerOps.add_rms_norm(h, delta, weight, eps)
+        return (h, *quantize_tokens(x, kind))
+
+    @staticmethod
+    def silu_mul_quant(gate_up: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """gate_up [T, 2 I] -> (8-bit silu(gate) * up [T, I], float32 scale [T])."""
+        return quantize_tokens(EagerOps.silu_mul(gate_up), kind)
+
 
 class FusedOps:
     @staticmethod
@@ -101,6 +129,18 @@ class FusedOps:
         from mlperf_llama2.engine.fused_triton import silu_mul
 
         return silu_mul(gate_up)
+
+    @staticmethod
+    def add_rms_norm_quant(h, delta, weight, eps, kind):
+        from mlperf_llama2.engine.fused_quant_triton import add_rms_norm_quant
+
+        return add_rms_norm_quant(h, delta, weight, eps, kind)
+
+    @staticmethod
+    def silu_mul_quant(gate_up, kind):
+        from mlperf_llama2.engine.fused_quant_triton import silu_mul_quant
+
+        return silu_mul_quant(gate_up, kind)
 
 
 def ops_for(device: torch.device, choice: str = "auto"):

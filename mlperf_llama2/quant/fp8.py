@@ -25,6 +25,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from mlperf_llama2.quant.activation import QuantizedActivation
+
 log = logging.getLogger(__name__)
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -106,6 +108,7 @@ def _triton_kernels():
 class Fp8Linear(nn.Module):
     """Drop-in for nn.Linear (y = x W^T + b) with e4m3 weights per channel and per-token e4m3 activations."""
 
+    act_kind = "fp8"  # takes a QuantizedActivation of this kind in place of a float input (quant/activation.py)
     gemm: str = "scaled_mm"  # on CUDA; CPU always runs "reference"
     row_parallel = False  # tensor parallelism splits the input along K: all-reduce each token's absmax
     act_scale_group = None  # ... over this group (None: the default group)
@@ -137,21 +140,33 @@ class Fp8Linear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return self.qweight.float() * self.weight_scale[:, None]  # [N, K]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)  # [M, K]
-        if self.row_parallel:
-            from mlperf_llama2.quant.int8_linear import row_absmax
+    @staticmethod
+    def quantize_tokens(x: torch.Tensor) -> QuantizedActivation:
+        """x [M, K] float -> e4m3 [M, K] and scale [M], as forward quantizes a float input that is not split
+        over ranks (one Triton pass per row on CUDA, torch elsewhere)."""
+        kernels = _triton_kernels() if x.is_cuda else None
+        return QuantizedActivation(*(kernels.quantize_rows_fp8(x) if kernels is not None else quantize_rows_fp8(x)))
 
-            qx, s_x = quantize_rows_fp8(x2, row_absmax(x2, self.act_scale_group))
+    def forward(self, x) -> torch.Tensor:
+        """x: float [..., K], or a QuantizedActivation (e4m3 [M, K], scale [M]) from a quantizing producer."""
+        if isinstance(x, QuantizedActivation):
+            if x.q.dtype != FP8_DTYPE:
+                raise ValueError(f"Fp8Linear takes an {FP8_DTYPE} QuantizedActivation, got {x.q.dtype}")
+            lead, (qx, s_x) = x.q.shape[:-1], x
         else:
-            kernels = _triton_kernels() if x2.is_cuda else None
-            qx, s_x = kernels.quantize_rows_fp8(x2) if kernels is not None else quantize_rows_fp8(x2)
-        if x2.is_cuda and self.gemm == "gemm8":
+            lead = x.shape[:-1]
+            x2 = x.reshape(-1, self.in_features)  # [M, K]
+            if self.row_parallel:
+                from mlperf_llama2.quant.int8_linear import row_absmax
+
+                qx, s_x = quantize_rows_fp8(x2, row_absmax(x2, self.act_scale_group))
+            else:
+                qx, s_x = self.quantize_tokens(x2)
+        if qx.is_cuda and self.gemm == "gemm8":
             from mlperf_llama2.quant.gemm8_triton import gemm8
 
             y = gemm8(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8")
-        elif x2.is_cuda and self.gemm != "reference":
+        elif qx.is_cuda and self.gemm != "reference":
             y = scaled_mm_gemm(qx, s_x, self.qweight, self.weight_scale, self.bias, self.out_dtype,
                                fast_accum=self.gemm == "scaled_mm_fast_accum")
         else:

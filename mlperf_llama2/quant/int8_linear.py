@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.activation import QuantizedActivation
 from mlperf_llama2.quant.fake_quant import symmetric_scale
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Int8Linear(nn.Module):
     int8 GEMM with the rescale in its epilogue; "gemm8" = the persistent, TMA-fed 8-bit GEMM
     (quant/gemm8_triton.py). All give the same numbers (exact int32 sums, same float32 epilogue)."""
 
+    act_kind = "int8"  # takes a QuantizedActivation of this kind in place of a float input (quant/activation.py)
     gemm: str = "fused"  # measured faster than "int_mm" at every 7B/70B shape and M (docs/quantization.md)
     row_parallel = False  # tensor parallelism splits the input along K: all-reduce each token's absmax
     act_scale_group = None  # ... over this group (None: the default group)
@@ -162,14 +164,27 @@ class Int8Linear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return self.qweight.float() * self.weight_scale[:, None]  # [N, K]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)  # [M, K]
-        kernels = triton_kernels() if x2.is_cuda else None
-        if self.row_parallel:
-            qx, s_x = quantize_rows_reference(x2, row_absmax(x2, self.act_scale_group))
+    @staticmethod
+    def quantize_tokens(x: torch.Tensor) -> QuantizedActivation:
+        """x [M, K] float -> int8 [M, K] and scale [M], as forward quantizes a float input that is not split
+        over ranks (one Triton pass per row on CUDA, torch elsewhere)."""
+        kernels = triton_kernels() if x.is_cuda else None
+        return QuantizedActivation(*(kernels.quantize_rows(x) if kernels else quantize_rows_reference(x)))
+
+    def forward(self, x) -> torch.Tensor:
+        """x: float [..., K], or a QuantizedActivation (int8 [M, K], scale [M]) from a quantizing producer."""
+        if isinstance(x, QuantizedActivation):
+            if x.q.dtype != torch.int8:
+                raise ValueError(f"Int8Linear takes an int8 QuantizedActivation, got {x.q.dtype}")
+            lead, (qx, s_x) = x.q.shape[:-1], x
         else:
-            qx, s_x = kernels.quantize_rows(x2) if kernels else quantize_rows_reference(x2)
+            lead = x.shape[:-1]
+            x2 = x.reshape(-1, self.in_features)  # [M, K]
+            if self.row_parallel:
+                qx, s_x = quantize_rows_reference(x2, row_absmax(x2, self.act_scale_group))
+            else:
+                qx, s_x = self.quantize_tokens(x2)
+        kernels = triton_kernels() if qx.is_cuda else None
         if kernels and self.gemm == "gemm8":
             from mlperf_llama2.quant.gemm8_triton import gemm8
 
