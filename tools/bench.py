@@ -326,7 +326,8 @@ def offline_reference(args, result) -> tuple[float | None, str | None]:
 
 
 def server_workload(args, vocab: int, n: int) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-    """The Server prompt set: n random prompts of the workload's lengths (the Offline set when the counts match) and output lengths."""
+    """The Server prompt set: n random prompts of the workload's lengths (the Offline set when the counts
+    match) and their output lengths."""
     workload = workload_lengths(n, args.seed, args.lengths_from, synthetic_lengths)
     p_len, o_len = workload.prompt, workload.output
     if args.output_cap:

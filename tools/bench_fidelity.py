@@ -14,16 +14,14 @@ transformers fp16 (what `--backend reference` runs) and the engine in fp16 (`LLM
    reference), batch 16 and fp32 batch 1 as controls, the engine (CUDA graphs on): fraction identical
    and first divergences. Context check: the same prompts with a new random prefix before the same
    last token.
-
-  PYTHONPATH=$PWD python3 tools/bench_fidelity.py --shape 7b --out OUT/fid          # H200
-  python tools/bench_fidelity.py --shape tiny --device cpu --prompts 4 --tokens 8 --out /tmp/fid
-
 3. 8-bit variants (--variants, tools/fidelity_variants.py): the engine with FP8 Linears, an FP8 KV cache
-   with scales it calibrates itself (per KV head or per layer) on --calib-prompts other prompts, both, and
-   FP8 with fast accumulation (CUDA). Each goes through steps 1 and 2 like the fp16 engine, against the
-   fp32 truth and against the fp16 engine.
+   with scales it calibrates itself (per KV head or per layer) on --calib-prompts other prompts, both,
+   and on CUDA FP8 through the Triton gemm8 kernel and with fast accumulation. Each goes through steps
+   1 and 2 like the fp16 engine, against the fp32 truth and against the fp16 engine.
 
+  PYTHONPATH=$PWD python3 tools/bench_fidelity.py --shape 7b --out OUT/fid                 # H200
   PYTHONPATH=$PWD python3 tools/bench_fidelity.py --shape 70b --layers 4 --out OUT/fid70   # H200, 70B width
+  python tools/bench_fidelity.py --shape tiny --device cpu --prompts 4 --tokens 8 --out /tmp/fid
 
 It prints a table and writes fidelity.json and table.txt into --out.
 """
@@ -282,7 +280,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-len", default="200,800", help="min,max prompt length (uniform)")
     ap.add_argument("--variants", default="all",
                     help="8-bit engine variants: all, none, or comma-separated of fp8, kv-head, kv-tensor, "
-                         "fp8+kv-head, fp8+kv-tensor, fp8-fast (CUDA)")
+                         "fp8+kv-head, fp8+kv-tensor, fp8-gemm8 and fp8-fast (CUDA)")
     ap.add_argument("--calib-prompts", type=int, default=16,
                     help="prompts (other than the measured ones) the engine calibrates its FP8 K/V scales on")
     ap.add_argument("--seed", type=int, default=0)

@@ -4,8 +4,10 @@ A variant is the engine with FP8 Linears (`--quantization fp8`: E4M3 weights per
 activations per token), an FP8 KV cache (`--kv-cache-dtype fp8`) or both. KV scales are calibrated by the
 engine itself (`engine/kv_calibration.py`) on calibration prompts distinct from the measured ones, on the
 variant's own model (the FP8 model for "both"), at one granularity: one scale per layer and KV head
-(`head`) or one per layer (`tensor`). `fp8-fast` is FP8 with Hopper's fast low-precision accumulation
-(`Fp8Linear.gemm = "scaled_mm_fast_accum"`; CUDA only: on a CPU every FP8 GEMM is the reference one).
+(`head`) or one per layer (`tensor`). `fp8` runs Fp8Linear's default GEMM (cuBLASLt `_scaled_mm`, FP32
+accumulation); on CUDA only (a CPU runs every FP8 GEMM on the reference path) `fp8-gemm8` runs the
+project's Triton GEMM (FP32 promotion every 128 of K) and `fp8-fast` Hopper's fast low-precision
+accumulation (`Fp8Linear.gemm = "scaled_mm_fast_accum"`), so their accuracy cost is measured.
 Each variant's logits are compared with the fp32 truth and with the fp16 engine's; greedy outputs with the
 reference's, the fp16 engine's and fp32's.
 """
@@ -50,9 +52,10 @@ VARIANTS = {v.name: v for v in (
     Variant("kv-tensor", "float", "fp8", "tensor"),
     Variant("fp8+kv-head", "fp8", "fp8", "head"),
     Variant("fp8+kv-tensor", "fp8", "fp8", "tensor"),
+    Variant("fp8-gemm8", "fp8", gemm="gemm8"),
     Variant("fp8-fast", "fp8", gemm="scaled_mm_fast_accum"),
 )}
-CUDA_ONLY = ("fp8-fast",)
+CUDA_ONLY = ("fp8-gemm8", "fp8-fast")
 SHORT_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
@@ -67,8 +70,9 @@ def parse_variants(text: str, device: torch.device) -> list[Variant]:
     if unknown:
         raise UserError(f"--variants: unknown {', '.join(unknown)}; choose from all, none, "
                          f"{', '.join(VARIANTS)}")
-    if device.type != "cuda" and any(n in CUDA_ONLY for n in names):
-        raise UserError(f"--variants {', '.join(CUDA_ONLY)}: needs --device cuda "
+    cuda_only = [n for n in names if n in CUDA_ONLY]
+    if device.type != "cuda" and cuda_only:
+        raise UserError(f"--variants {', '.join(cuda_only)}: needs --device cuda "
                          "(a CPU runs every FP8 GEMM on the reference path)")
     return [VARIANTS[n] for n in names]
 
@@ -134,6 +138,6 @@ def variant_lines(result: dict) -> list[str]:
     for model, per in (scales or {}).items():
         for g, s in per.items():
             lines.append(f"KV scales ({model} model, per {g}): K {s['k_min']:.3g}..{s['k_max']:.3g}, "
-                         f"V {s['v_min']:.3g}..{s['v_max']:.3g}; largest max/min over the heads of one layer: K {s['k_head_spread']:.3g}, "
-                         f"V {s['v_head_spread']:.3g}")
+                         f"V {s['v_min']:.3g}..{s['v_max']:.3g}; largest max/min over the heads of one layer: "
+                         f"K {s['k_head_spread']:.3g}, V {s['v_head_spread']:.3g}")
     return lines
