@@ -360,7 +360,7 @@ def main(argv=None) -> int:
         del eager
         variant_logits = {}
         for v in variants:
-            with fp8_gemm(models[v.weights], v.gemm):
+            with fp8_gemm(models[v.weights], v.gemm, EngineConfig.max_num_batched_tokens, dtype):
                 eager = variant_engine(v, prompts, 2, cuda_graphs=False)
                 variant_logits[v.key] = engine_teacher_forced(eager, prompts, args.tf_decode)
             del eager
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
         del engine
         result["greedy"]["variants"] = {}
         for v in variants:
-            with fp8_gemm(models[v.weights], v.gemm):
+            with fp8_gemm(models[v.weights], v.gemm, EngineConfig.max_num_batched_tokens, dtype):
                 outs = variant_engine(v, prompts, args.tokens + 1, cuda_graphs=True).generate(
                     prompts, SamplingParams(args.tokens))
             result["greedy"]["variants"][v.key] = {f"vs_{ref}": compare(outs, outputs[ref])

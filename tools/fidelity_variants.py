@@ -85,14 +85,31 @@ def kv_scales_by_granularity(model, prompts: list[list[int]], granularities: set
     return {g: amax_to_scale(ranges.amax(g), FP8_MAX) for g in sorted(granularities)}
 
 
+@torch.inference_mode()
+def warm_up_gemm8(linears: list[Fp8Linear], max_rows: int, dtype: torch.dtype) -> None:
+    """Autotune the Triton GEMM for every distinct shape and M bucket now, not inside CUDA graph capture."""
+    shapes = {(m.in_features, m.out_features): m for m in linears}
+    rows, m = [], 1
+    while m < max_rows:
+        rows += [m, m - 1] if m >= 32 else [m]  # Triton compiles apart for M divisible by 16 or not
+        m *= 2
+    rows += [max_rows, max_rows - 1]
+    for (k, _), module in shapes.items():
+        for r in rows:
+            module(torch.zeros(r, k, dtype=dtype, device=module.qweight.device))  # [r, K]
+
+
 @contextmanager
-def fp8_gemm(model, gemm: Optional[str]):
-    """Every Fp8Linear of `model` runs `gemm` inside the block (None: as it is)."""
+def fp8_gemm(model, gemm: Optional[str], max_rows: int, dtype: torch.dtype):
+    """Every Fp8Linear of `model` runs `gemm` inside the block (None: as it is); gemm8 is warmed up first
+    for up to `max_rows` rows (the engine's token budget)."""
     linears = [m for m in model.modules() if isinstance(m, Fp8Linear)]
     before = [m.gemm for m in linears]
     if gemm is not None:
         for m in linears:
             m.gemm = gemm
+    if gemm == "gemm8" and linears and linears[0].qweight.is_cuda:
+        warm_up_gemm8(linears, max_rows, dtype)
     try:
         yield
     finally:
