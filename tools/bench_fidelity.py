@@ -2,7 +2,8 @@
 
 One random checkpoint (tools/fidelity_weights.py; `decisive` by default) is written to a temporary
 directory and loaded three times, each through its own loader: transformers fp32 (the truth),
-transformers fp16 (what `--backend reference` runs) and the engine in fp16 (`LLMEngine.from_pretrained`).
+transformers fp16 (what `--backend reference` runs) and the engine in fp16 (`LLMEngine.from_pretrained`),
+plus the engine with FP8 Linears when an fp8 variant is asked for.
 
 1. Teacher-forced logits over --tf-prompts prompts: transformers runs each prompt in one forward; the
    engine runs its own steps (chunked prefill with the cached prefix, then --tf-decode positions on
