@@ -101,6 +101,11 @@ def test_bad_datasets_name_the_problem(tmp_path, columns, message):
         bench_lengths.dataset_lengths(path)
 
 
+def test_missing_file_names_the_flag(tmp_path):
+    with pytest.raises(UserError, match="--lengths-from .*nope.pkl: no such file"):
+        bench_lengths.dataset_lengths(str(tmp_path / "nope.pkl"))
+
+
 def test_bench_cli_rejects_a_bad_dataset_in_one_line(tmp_path):
     path = write(tmp_path / "bad.pkl", tok_input_length=[5])
     proc = run_main(["--shape", "tiny", "--device", "cpu", "--samples", 4, "--ref-samples", 0,

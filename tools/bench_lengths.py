@@ -9,6 +9,7 @@ same seed gives the same workload. Bad files fail with one `UserError` line befo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -57,6 +58,8 @@ def _column_lengths(frame, columns: tuple[str, str], what: str, path: str) -> np
 
 def dataset_lengths(path: str) -> tuple[np.ndarray, np.ndarray]:
     """All rows' (prompt lengths, output lengths), each [rows]; outputs clipped to 1..MAX_NEW_TOKENS."""
+    if not os.path.isfile(path):
+        raise UserError(f"--lengths-from {path}: no such file (a processed dataset pickle, e.g. from processorca.py)")
     frame = read_frame(path)
     if len(frame) == 0:
         raise UserError(f"--lengths-from {path}: the dataset has no rows")
