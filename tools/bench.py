@@ -10,7 +10,9 @@ One invocation measures, side by side on the same weights, prompts and forced ou
     capacity), LoadGen's p99 TTFT/TPOT against 2 s/200 ms (--interactive: 450/40 ms), the highest QPS
     meeting them, its tokens/s and their ratio to Offline (this run's, or --offline-json's).
 It prints a table and writes bench.json into --out. The synthetic lengths are documented in
-docs/engine.md (`synthetic_lengths`). `--samples 0` skips Offline (Server then needs --offline-json
+docs/engine.md (`synthetic_lengths`); `--lengths-from PATH.pkl` takes them from a processed dataset instead
+(tools/bench_lengths.py: its prompt lengths and reference answers' token counts), and the table and JSON
+say which workload ran. `--samples 0` skips Offline (Server then needs --offline-json
 for the ratio and the automatic points).
 
   python3 tools/bench.py --shape 7b --samples 2048 --ref-samples 64 --ref-batch-sizes 64 --kernel-bench --out /tmp/b
@@ -46,7 +48,9 @@ from mlperf_llama2.config import KV_CACHE_DTYPES, EngineConfig  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
+from mlperf_llama2.errors import run_cli  # noqa: E402
 
+from bench_lengths import workload_lengths  # noqa: E402
 from bench_paths import (  # noqa: E402
     ForcedLengthEngine, ForcedLengthReference, bench_model, build_hf, engine_model_from_hf, engine_offline,
     first_divergence, hf_generate, kernel_bench, loadgen_offline,
@@ -154,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                     help="engine KV cache: auto (model dtype), or fp8/int8 with unit scales (timing only)")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
+    ap.add_argument("--lengths-from", default=None, metavar="PATH.pkl",
+                    help="prompt/output lengths from a processed dataset pickle (tok_input_length, "
+                         "tok_output_length), drawn with --seed; default: the synthetic PERF.md workload")
     ap.add_argument("--output-cap", type=int, default=None, help="clip drawn output lengths (quick smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tensor-parallel", type=int, default=1,
@@ -183,6 +190,7 @@ def main(argv=None) -> int:
     if args.server_auto and not args.samples and not args.offline_json:
         raise SystemExit("bench: --server-auto starts from the Offline tokens/s: keep --samples > 0 or pass "
                          "--offline-json of an earlier run")
+    workload = workload_lengths(args.samples, args.seed, args.lengths_from, synthetic_lengths)
     os.makedirs(args.out, exist_ok=True)
     lg_dir = tempfile.mkdtemp(prefix="bench-loadgen-")
     device = torch.device(args.device)
@@ -194,12 +202,12 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "bench.json"), "w") as fh:
             json.dump(result, fh, indent=1, default=float)
 
-    p_len, o_len = synthetic_lengths(args.samples, args.seed)
+    p_len, o_len = workload.prompt, workload.output
     if args.output_cap:
         o_len = np.minimum(o_len, args.output_cap)
     prompts = synthetic_prompts(p_len, cfg.vocab_size, args.seed)
     if args.samples:
-        result["workload"] = {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())}
+        result["workload"] = {**workload.summary(), "output_mean": float(o_len.mean())}
     if args.kernel_bench and device.type == "cuda":
         result["kernels"] = kernel_bench(device)
         for row in result["kernels"]:
@@ -318,11 +326,17 @@ def offline_reference(args, result) -> tuple[float | None, str | None]:
 
 
 def server_workload(args, vocab: int, n: int) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-    """The Server prompt set: n synthetic prompts (the Offline set when the counts match) and output lengths."""
-    p_len, o_len = synthetic_lengths(n, args.seed)
+    """The Server prompt set: n random prompts of the workload's lengths (the Offline set when the counts
+    match) and their output lengths."""
+    workload = workload_lengths(n, args.seed, args.lengths_from, synthetic_lengths)
+    p_len, o_len = workload.prompt, workload.output
     if args.output_cap:
         o_len = np.minimum(o_len, args.output_cap)
     return p_len, o_len, synthetic_prompts(p_len, vocab, args.seed)
+
+
+def workload_source(args) -> str:
+    return f"dataset {args.lengths_from}" if args.lengths_from else "synthetic (PERF.md)"
 
 
 def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> dict:
@@ -345,7 +359,8 @@ def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> di
         log.info("server: %g QPS for %g s needs %d prompts; drawing %d instead of --server-samples %d", top,
                  args.server_seconds, needed, needed, len(prompts))
         p_len, o_len, prompts = server_workload(args, vocab, needed)
-    result["server_workload"] = {"samples": len(prompts), "prompt_mean": float(p_len.mean()),
+    result["server_workload"] = {"source": workload_source(args), "samples": len(prompts),
+                                 "prompt_mean": float(p_len.mean()),
                                  "output_mean": float(o_len.mean())}
     dataset = Dataset(path="synthetic", prompts=tuple(tuple(p) for p in prompts), targets=None)
     backend = ForcedLengthEngine(engine, o_len)
@@ -380,7 +395,7 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
     best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
     mem = result.get("memory", {})
     lines.append(f"shape {args.shape} layers {cfg.num_hidden_layers} {dtype} weights {args.weights}; prompts mean "
-                 f"{p_len.mean():.0f}, outputs mean {o_len.mean():.0f}; "
+                 f"{p_len.mean():.0f}, outputs mean {o_len.mean():.0f} ({workload_source(args)} lengths); "
                  f"{'LoadGen Offline PerformanceOnly' if args.samples else 'no Offline (--samples 0): the Server set'}")
     lines.append(f"weights {mem.get('weights_gib', 0):.1f} GiB; GPU free before the engine "
                  f"{mem.get('gpu_free_before_engine_gib', float('nan')):.1f} GiB; KV cache "
@@ -409,4 +424,4 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -1,8 +1,9 @@
-"""How close the engine's fp16 numbers are to an fp32 truth, next to transformers' own fp16 (issue #6).
+"""How close the engine's fp16 and 8-bit numbers are to an fp32 truth, next to transformers' own fp16 (#6, #19).
 
 One random checkpoint (tools/fidelity_weights.py; `decisive` by default) is written to a temporary
 directory and loaded three times, each through its own loader: transformers fp32 (the truth),
-transformers fp16 (what `--backend reference` runs) and the engine in fp16 (`LLMEngine.from_pretrained`).
+transformers fp16 (what `--backend reference` runs) and the engine in fp16 (`LLMEngine.from_pretrained`),
+plus the engine with FP8 Linears when an fp8 variant is asked for.
 
 1. Teacher-forced logits over --tf-prompts prompts: transformers runs each prompt in one forward; the
    engine runs its own steps (chunked prefill with the cached prefix, then --tf-decode positions on
@@ -14,8 +15,13 @@ transformers fp16 (what `--backend reference` runs) and the engine in fp16 (`LLM
    reference), batch 16 and fp32 batch 1 as controls, the engine (CUDA graphs on): fraction identical
    and first divergences. Context check: the same prompts with a new random prefix before the same
    last token.
+3. 8-bit variants (--variants, tools/fidelity_variants.py): the engine with FP8 Linears, an FP8 KV cache
+   with scales it calibrates itself (per KV head or per layer) on --calib-prompts other prompts, both,
+   and on CUDA FP8 through the Triton gemm8 kernel and with fast accumulation. Each goes through steps
+   1 and 2 like the fp16 engine, against the fp32 truth and against the fp16 engine.
 
-  PYTHONPATH=$PWD python3 tools/bench_fidelity.py --shape 7b --out OUT/fid          # H200
+  PYTHONPATH=$PWD python3 tools/bench_fidelity.py --shape 7b --out OUT/fid                 # H200
+  PYTHONPATH=$PWD python3 tools/bench_fidelity.py --shape 70b --layers 4 --out OUT/fid70   # H200, 70B width
   python tools/bench_fidelity.py --shape tiny --device cpu --prompts 4 --tokens 8 --out /tmp/fid
 
 It prints a table and writes fidelity.json and table.txt into --out.
@@ -43,9 +49,14 @@ from mlperf_llama2.config import EngineConfig  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
+from mlperf_llama2.quant.config import QuantConfig  # noqa: E402
 
 from bench import hf_config_for  # noqa: E402
 from bench_paths import first_divergence, hf_generate  # noqa: E402
+from fidelity_variants import (  # noqa: E402
+    fp8_gemm, kv_scales_by_granularity, parse_variants, scale_summary, variant_lines,
+)
 from fidelity_weights import DECISIVE_DEFAULTS, write_checkpoint  # noqa: E402
 
 log = logging.getLogger("bench_fidelity")
@@ -60,15 +71,16 @@ def random_prompts(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[list
             for k in rng.integers(lo, hi + 1, n)]
 
 
-def engine_for(model, device, dtype, prompts, extra_tokens: int, cuda_graphs: bool) -> LLMEngine:
+def engine_for(model, device, dtype, prompts, extra_tokens: int, cuda_graphs: bool, kv_cache_dtype: str = "auto",
+               kv_scales: torch.Tensor | None = None) -> LLMEngine:
     """An engine around an already loaded model, its KV cache just large enough for `prompts`. Without CUDA
     graphs (teacher forcing, which hooks the forward and replaces tokens) its steps are not overlapped either:
-    `runner.run` is then the method every step calls."""
+    `runner.run` is then the method every step calls. `kv_scales` [2, L, KV]: for an 8-bit `kv_cache_dtype`."""
     econf = EngineConfig(max_num_seqs=max(len(prompts), 1), cuda_graphs=cuda_graphs,
-                         overlap_steps=None if cuda_graphs else False,
+                         overlap_steps=None if cuda_graphs else False, kv_cache_dtype=kv_cache_dtype,
                          num_kv_blocks=sum(-(-(len(p) + extra_tokens) // 16) for p in prompts) + 8)
     eos = constants.LLAMA2_EOS_TOKEN
-    return LLMEngine(ModelRunner(model, econf, eos, MAX_MODEL_LEN, device, dtype), econf, eos)
+    return LLMEngine(ModelRunner(model, econf, eos, MAX_MODEL_LEN, device, dtype, kv_scales), econf, eos)
 
 
 @torch.inference_mode()
@@ -136,12 +148,17 @@ class ErrorStats:
 
 
 @torch.inference_mode()
-def teacher_forced_errors(hf32, hflow, engine_logits, prompts, decode_tail: int) -> dict:
-    """Step 1: transformers and the engine in --dtype against fp32 transformers, per region of positions."""
+def teacher_forced_errors(hf32, hflow, engine_logits, prompts, decode_tail: int,
+                          variant_logits: dict[str, list[torch.Tensor]] | None = None) -> dict:
+    """Step 1: transformers and the engine in --dtype against fp32 transformers, per region of positions;
+    each 8-bit variant (name -> logits per prompt) against fp32 and against the engine in --dtype."""
     regions = ("all", "decode", "last")
+    variant_logits = variant_logits or {}
     stats = {v: {r: ErrorStats() for r in regions} for v in VARIANTS}
+    q_stats = {v: {ref: {r: ErrorStats() for r in regions} for ref in ("vs_fp32", "vs_engine")}
+               for v in variant_logits}
     margins, logit_std = [], []
-    for p, eng in zip(prompts, engine_logits):
+    for i, (p, eng) in enumerate(zip(prompts, engine_logits)):
         ids = torch.tensor([p], device=hf32.device)  # [1, L]
         truth = hf32(ids).logits[0].float()  # [L, vocab]
         low = hflow(ids).logits[0].float()
@@ -154,8 +171,17 @@ def teacher_forced_errors(hf32, hflow, engine_logits, prompts, decode_tail: int)
             stats[name]["all"].add(x, ref)
             stats[name]["decode"].add(x[tail:], ref[tail:])
             stats[name]["last"].add(x[-1:], ref[-1:])
+        for name, logits in variant_logits.items():
+            x = logits[i].float()
+            for ref_name, ref in (("vs_fp32", truth), ("vs_engine", eng)):
+                per = q_stats[name][ref_name]
+                per["all"].add(x, ref)
+                per["decode"].add(x[tail:], ref[tail:])
+                per["last"].add(x[-1:], ref[-1:])
     margin = torch.cat(margins)
     out = {name: {r: s.result() for r, s in per.items()} for name, per in stats.items()}
+    out["variants"] = {name: {ref: {r: s.result() for r, s in per.items()} for ref, per in refs.items()}
+                       for name, refs in q_stats.items()}
     out["fp32_top2_gap_over_std"] = {"median": float(margin.median()), "p1": float(margin.quantile(0.01)),
                                     "p5": float(margin.quantile(0.05))}
     out["fp32_logit_std_mean"] = float(np.mean(logit_std))
@@ -182,8 +208,9 @@ def compare(outs: list[list[int]], ref: list[list[int]]) -> dict:
             "first_divergence": [d for d in div if d is not None]}
 
 
-def greedy_identity(hf32, hflow, engine: LLMEngine, prompts, tokens: int, seed: int) -> dict:
-    """Step 2: greedy outputs of the engine and the controls against transformers in --dtype, batch 1."""
+def greedy_identity(hf32, hflow, engine: LLMEngine, prompts, tokens: int, seed: int) -> tuple[dict, dict]:
+    """Step 2: greedy outputs of the engine and the controls against transformers in --dtype, batch 1; and
+    the outputs the variants are compared with (reference, fp32, engine)."""
     n, t0 = len(prompts), time.perf_counter()
     ref, _ = hf_generate(hflow, prompts, [tokens] * n, batch_size=1)
     ref_b16, _ = hf_generate(hflow, prompts, [tokens] * n, batch_size=16)
@@ -194,12 +221,13 @@ def greedy_identity(hf32, hflow, engine: LLMEngine, prompts, tokens: int, seed: 
     rng = np.random.default_rng(seed + 7)
     other = [[p[0]] + rng.integers(3, hf32.config.vocab_size, len(p) - 2).tolist() + [p[-1]] for p in prompts]
     eng_other = engine.generate(other, SamplingParams(tokens))
+    outputs = {"reference": ref, "fp32": ref32, "engine": eng}
     return {"engine_vs_reference": compare(eng, ref), "reference_batch16_vs_batch1": compare(ref_b16, ref),
             "reference_vs_fp32": compare(ref, ref32), "engine_vs_fp32": compare(eng, ref32),
             "other_prefix_same_last_token": {
                 "outputs_differing": sum(a != b for a, b in zip(eng, eng_other)) / max(n, 1),
                 "first_token_differing": sum(a[:1] != b[:1] for a, b in zip(eng, eng_other)) / max(n, 1)},
-            "distinct_output_tokens": len({t for o in ref for t in o})}
+            "distinct_output_tokens": len({t for o in ref for t in o})}, outputs
 
 
 def table_lines(result: dict) -> list[str]:
@@ -230,12 +258,13 @@ def table_lines(result: dict) -> list[str]:
         lines.append(f"  other prefix, same last token: {o['outputs_differing']:.0%} of engine outputs differ "
                      f"({o['first_token_differing']:.0%} at the first token); {g['distinct_output_tokens']} "
                      f"distinct tokens in the reference outputs")
+    lines.extend(variant_lines(result))
     return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shape", choices=("tiny", "7b"), default="7b")
+    ap.add_argument("--shape", choices=("tiny", "7b", "70b"), default="7b")
     ap.add_argument("--layers", type=int, default=None, help="override the layer count")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
@@ -250,6 +279,11 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=32, help="greedy prompts (0: skip step 2)")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--prompt-len", default="200,800", help="min,max prompt length (uniform)")
+    ap.add_argument("--variants", default="all",
+                    help="8-bit engine variants: all, none, or comma-separated of fp8, kv-head, kv-tensor, "
+                         "fp8+kv-head, fp8+kv-tensor, fp8-gemm8 and fp8-fast (CUDA)")
+    ap.add_argument("--calib-prompts", type=int, default=16,
+                    help="prompts (other than the measured ones) the engine calibrates its FP8 K/V scales on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint-dir", default=None, help="where to write the checkpoint (default: a temp dir)")
     ap.add_argument("--out", required=True)
@@ -258,8 +292,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     lo, hi = (int(x) for x in args.prompt_len.split(","))
     if not 2 <= lo <= hi or hi + args.tokens + 1 > MAX_MODEL_LEN or args.tf_decode >= lo:
-        raise SystemExit(f"bench_fidelity: --prompt-len {args.prompt_len} must satisfy 2 <= min <= max, "
+        raise UserError(f"--prompt-len {args.prompt_len} must satisfy 2 <= min <= max, "
                          f"max + --tokens <= {MAX_MODEL_LEN} and --tf-decode < min")
+    variants = parse_variants(args.variants, torch.device(args.device))
+    if args.calib_prompts < 1 and any(v.kv_cache_dtype != "auto" for v in variants):
+        raise UserError("FP8 KV variants need --calib-prompts >= 1")
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 truth really in fp32
     torch.backends.cudnn.allow_tf32 = False
     os.makedirs(args.out, exist_ok=True)
@@ -291,26 +328,61 @@ def main(argv=None) -> int:
             m.generation_config.pad_token_id = constants.LLAMA2_EOS_TOKEN
         engine = LLMEngine.from_pretrained(ckpt, EngineConfig(num_kv_blocks=16, cuda_graphs=False), args.device, dtype)
         model = engine.runner.model
+        models = {"float": model}
+        if any(v.weights == "fp8" for v in variants):
+            fp8 = LLMEngine.from_pretrained(ckpt, EngineConfig(num_kv_blocks=16, cuda_graphs=False), args.device,
+                                            dtype, quant=QuantConfig(quantization="fp8"))
+            models["fp8"] = fp8.runner.model
+            del fp8
         del engine  # only its loaded model is kept; each step below sizes its own KV cache
         t = mark("load_three_models", t)
     finally:
         if args.checkpoint_dir is None:
             shutil.rmtree(ckpt, ignore_errors=True)
 
+    kv_scales: dict[str, dict[str, torch.Tensor]] = {}  # weights -> granularity -> [2, L, KV]
+    if variants:
+        calib = random_prompts(args.calib_prompts, lo, hi, cfg.vocab_size, args.seed + 300)
+        for weights, m in models.items():
+            wanted = {v.granularity for v in variants if v.weights == weights and v.granularity}
+            kv_scales[weights] = kv_scales_by_granularity(m, calib, wanted)
+        result["kv_scales"] = {w: scale_summary(per) for w, per in kv_scales.items() if per}
+        t = mark("calibrate_kv", t)
+
+    def variant_engine(v, prompts, extra_tokens: int, cuda_graphs: bool) -> LLMEngine:
+        scales = kv_scales[v.weights].get(v.granularity) if v.granularity else None
+        return engine_for(models[v.weights], device, dtype, prompts, extra_tokens, cuda_graphs, v.kv_cache_dtype,
+                          scales)
+
     if args.tf_prompts:
         prompts = random_prompts(args.tf_prompts, lo, hi, cfg.vocab_size, args.seed + 100)
         eager = engine_for(model, device, dtype, prompts, 2, cuda_graphs=False)
         engine_logits = engine_teacher_forced(eager, prompts, args.tf_decode)
         del eager
-        result["teacher_forced"] = teacher_forced_errors(hf32, hflow, engine_logits, prompts, args.tf_decode)
-        del engine_logits
+        variant_logits = {}
+        for v in variants:
+            with fp8_gemm(models[v.weights], v.gemm, EngineConfig.max_num_batched_tokens, dtype):
+                eager = variant_engine(v, prompts, 2, cuda_graphs=False)
+                variant_logits[v.key] = engine_teacher_forced(eager, prompts, args.tf_decode)
+            del eager
+        result["teacher_forced"] = teacher_forced_errors(hf32, hflow, engine_logits, prompts, args.tf_decode,
+                                                         variant_logits)
+        del engine_logits, variant_logits
         result["context_changes_argmax"] = context_changes_argmax(hf32, prompts)
         t = mark("teacher_forced", t)
         save()
     if args.prompts:
         prompts = random_prompts(args.prompts, lo, hi, cfg.vocab_size, args.seed + 200)
         engine = engine_for(model, device, dtype, prompts, args.tokens + 1, cuda_graphs=True)
-        result["greedy"] = greedy_identity(hf32, hflow, engine, prompts, args.tokens, args.seed)
+        result["greedy"], outputs = greedy_identity(hf32, hflow, engine, prompts, args.tokens, args.seed)
+        del engine
+        result["greedy"]["variants"] = {}
+        for v in variants:
+            with fp8_gemm(models[v.weights], v.gemm, EngineConfig.max_num_batched_tokens, dtype):
+                outs = variant_engine(v, prompts, args.tokens + 1, cuda_graphs=True).generate(
+                    prompts, SamplingParams(args.tokens))
+            result["greedy"]["variants"][v.key] = {f"vs_{ref}": compare(outs, outputs[ref])
+                                                   for ref in ("reference", "engine", "fp32")}
         t = mark("greedy", t)
     result["timings_s"]["total"] = round(time.perf_counter() - t_start, 1)
     if device.type == "cuda":
@@ -324,4 +396,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))
