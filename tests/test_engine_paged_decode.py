@@ -108,6 +108,7 @@ def test_variants_in_fp16_agree_and_the_int8_bit_trick_is_exact(cache_dtype):
 
 
 def test_split_count_and_config_checks():
+    pytest.importorskip("triton")
     from mlperf_llama2.engine.paged_decode_triton import (DEFAULT_DECODE_CONFIG_8BIT, DEFAULT_DECODE_CONFIG_16BIT,
                                                           DecodeKernelConfig, auto_splits, decode_config)
 
