@@ -119,7 +119,8 @@ def test_split_count_and_config_checks():
     with pytest.raises(UserError, match="unknown decode kernel config 'n999'; choose from base,"):
         decode_config("n999")
     for bad, what in [({"splits": 3}, "splits must be 0"), ({"block_n": 8}, "block_n must be >= 16"),
-                      ({"num_stages": 3, "block_n": 96}, "block_n must be a power of 2"), ({"num_stages": 0}, "num_stages must be >= 1"),
+                      ({"num_stages": 3, "block_n": 96}, "block_n must be a power of 2"),
+                      ({"num_stages": 0}, "num_stages must be >= 1"),
                       ({"base": True, "splits": 2}, "base kernel has no splits")]:
         with pytest.raises(UserError, match=what):
             DecodeKernelConfig(**bad)

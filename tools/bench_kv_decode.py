@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                 try:
                     err = float((run().float() - want.float()).abs().max())
                     ms = timed_ms(run, device, args.iters)
-                except Exception as e:  # a variant that does not compile here (e.g. shared memory) is reported, not fatal
+                except Exception as e:  # a variant that fails to compile here (shared memory...): reported
                     rows.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
                     continue
                 rows.append({**row, "ms": ms, "tb_per_s": read_gb / ms, "max_abs_diff_vs_base_fp16": err})
@@ -155,7 +155,7 @@ def report(rows, args, device: torch.device) -> None:
                 totals.setdefault(r["config"], []).append(r["ms"])
         full = {c: sum(v) for c, v in totals.items() if len(v) == max(map(len, totals.values()))}
         if full:
-            print(f"suggested: {label} = {min(full, key=full.get)!r} (least total ms over its cache dtypes and batches)")
+            print(f"suggested: {label} = {min(full, key=full.get)!r} (least total ms over its dtypes and batches)")
     for r in rows:
         if "error" in r:
             print(f"failed: {r['config']} {r['kv_cache_dtype']} B={r['batch']}: {r['error']}")

@@ -72,6 +72,9 @@ DECODE_CONFIGS = {
     "n256w8s2v": DecodeKernelConfig(block_n=256, num_warps=8, num_stages=2, vec_table=True),
     "n128w4s3": DecodeKernelConfig(block_n=128, num_warps=4, num_stages=3),
     "n128w4s3vm": DecodeKernelConfig(block_n=128, num_warps=4, num_stages=3, vec_table=True, int8_magic=True),
+    "n128w4s4vm": DecodeKernelConfig(block_n=128, num_warps=4, num_stages=4, vec_table=True, int8_magic=True),
+    "n64w4s3vm": DecodeKernelConfig(block_n=64, num_warps=4, num_stages=3, vec_table=True, int8_magic=True),
+    "n64w2s3vm": DecodeKernelConfig(block_n=64, num_warps=2, num_stages=3, vec_table=True, int8_magic=True),
     "n256w8s2vm": DecodeKernelConfig(block_n=256, num_warps=8, num_stages=2, vec_table=True, int8_magic=True),
     "n64w4s4v": DecodeKernelConfig(block_n=64, num_warps=4, num_stages=4, vec_table=True),
     "n128w4s3v_split2": DecodeKernelConfig(block_n=128, num_stages=3, splits=2, vec_table=True),
@@ -141,7 +144,7 @@ def _load_rows(cache_ptr, kv_off, n_mask, DTYPE: tl.constexpr, MAGIC: tl.constex
     """[BLOCK_N, D] cache rows in the compute dtype; MAGIC: int8 rows into fp16 by bits (exact)."""
     x = tl.load(cache_ptr + kv_off, mask=n_mask[:, None], other=0.0)
     if MAGIC:  # fp16 bits 0x6400 + n are 1024 + n for 0 <= n < 1024, so 0x6480 + x is 1152 + x
-        return (x.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0
+        return ((x.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0).to(tl.float16)
     return x.to(DTYPE)
 
 
