@@ -82,3 +82,32 @@ def test_mixed_step_prefill_with_cached_prefix_and_decodes(heads, kv_heads):
         want = reference(q[row:row + q_lens[i]] * 1.0, k_cache[idx], v_cache[idx])
         torch.testing.assert_close(out[row:row + q_lens[i]].float(), want, atol=2e-3, rtol=2e-3)
         row += q_lens[i]
+
+
+@pytest.mark.parametrize("cache_dtype", ["auto", "int8", "fp8"])
+def test_every_paged_decode_variant_matches_sdpa_at_70b_shapes(cache_dtype):
+    """Each DECODE_CONFIGS variant over a 16-bit or 8-bit cache equals SDPA over the dequantized context."""
+    from mlperf_llama2.engine.kv_cache import FP8_MAX, INT8_MAX, dequantize, quantize
+    from mlperf_llama2.engine.paged_decode_triton import DECODE_CONFIGS, paged_decode_attention
+
+    bs, d, heads, kv_heads = 16, 128, 64, 8
+    ctx = [1, 15, 16, 17, 100, 777, 1500]
+    k_cache, v_cache, tables = random_paged_cache(ctx, kv_heads, d, bs, seed=2)
+    scales = None
+    if cache_dtype != "auto":
+        storage, qmax = {"int8": (torch.int8, INT8_MAX), "fp8": (torch.float8_e4m3fn, FP8_MAX)}[cache_dtype]
+        scales = torch.stack([c.float().abs().amax(dim=(0, 2)) / qmax for c in (k_cache, v_cache)]).contiguous()
+        k_cache, v_cache = quantize(k_cache, scales[0], storage), quantize(v_cache, scales[1], storage)
+    k_full = k_cache if scales is None else dequantize(k_cache, scales[0], torch.float16)
+    v_full = v_cache if scales is None else dequantize(v_cache, scales[1], torch.float16)
+    q = torch.randn(len(ctx), heads, d, device="cuda", dtype=torch.float16)
+    width = max(map(len, tables))
+    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device="cuda")
+    lens = torch.tensor(ctx, dtype=torch.int32, device="cuda")
+    wants = [reference(q[i:i + 1], k_full[idx], v_full[idx])
+             for i, n in enumerate(ctx) for idx in [torch.tensor(slots_of(tables[i], n, bs), device="cuda")]]
+    for name in DECODE_CONFIGS:
+        out = paged_decode_attention(q, k_cache, v_cache, bt, lens, d ** -0.5, bs, kv_scales=scales, config=name)
+        for i, want in enumerate(wants):
+            torch.testing.assert_close(out[i:i + 1].float(), want, atol=2e-3, rtol=2e-3,
+                                       msg=lambda m: f"{name}, context {ctx[i]}: {m}")

@@ -3,19 +3,24 @@
 One decode step's attention for B sequences of `--context` tokens each (64 query heads, 8 KV heads,
 head dim 128, blocks of 16 scattered over the cache), per layer. The 8-bit caches hold the fp16
 cache's random values quantized with synthetic per-head scales (each head's absolute maximum over
-the 8-bit range: no calibration, these are random numbers); each 8-bit row also reports its largest
-difference from the fp16 kernel run over the dequantized cache (a sanity check of the kernel on the GPU).
+the 8-bit range: no calibration, these are random numbers). Every kernel variant of
+`paged_decode_triton.DECODE_CONFIGS` is timed (or those named by --configs); each row also reports
+its largest difference from the base kernel run over the dequantized fp16 cache (a sanity check of
+the variant on the GPU), and a variant that fails to compile is listed, not fatal. The last lines
+suggest the values of `DEFAULT_DECODE_CONFIG_16BIT` / `_8BIT` (least total time over the batches).
 
   python3 tools/bench_kv_decode.py --out /tmp/kv_decode.json
   TRITON_INTERPRET=1 python3 tools/bench_kv_decode.py --device cpu --batches 2 --context 40 --heads 8 \\
-      --kv-heads 2 --head-dim 32 --configs 16x4 --iters 1   # a smoke run of the script on a CPU
+      --kv-heads 2 --head-dim 32 --configs base,n64w4s3v_split4 --iters 1   # a smoke run of the script on a CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import time
 
@@ -24,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2.engine.kv_cache import FP8_MAX, INT8_MAX, dequantize, quantize  # noqa: E402
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
 
 STORAGE = {"fp8": (torch.float8_e4m3fn, FP8_MAX), "int8": (torch.int8, INT8_MAX)}
 
@@ -67,16 +73,19 @@ def main(argv=None) -> int:
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--configs", default="64x4,128x4,128x8", help="kernel BLOCK_N x num_warps variants to time")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated kernel variants to time: paged_decode_triton.DECODE_CONFIGS names, or "
+                         "BLOCK_NxWARPS (the base kernel with that tile); default: every DECODE_CONFIGS name")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise SystemExit("bench_kv_decode: needs a CUDA device (or TRITON_INTERPRET=1 for a CPU smoke run)")
-    from mlperf_llama2.engine.paged_decode_triton import paged_decode_attention
+        raise UserError("needs a CUDA device (or TRITON_INTERPRET=1 for a CPU smoke run)")
+    from mlperf_llama2.engine import paged_decode_triton as pdt
 
-    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",") if c]
+    names = args.configs.split(",") if args.configs else list(pdt.DECODE_CONFIGS)
+    configs = {name: parse_config(name, pdt) for name in names if name}  # a bad name: UserError, exit 2
     scale = args.head_dim ** -0.5
     rows = []
     for batch in [int(b) for b in args.batches.split(",") if b]:
@@ -90,42 +99,72 @@ def main(argv=None) -> int:
                             dequantize(k8, scales[0], torch.float16), dequantize(v8, scales[1], torch.float16))
         for name, (kc, vc, scales, kd, vd) in caches.items():
             read_gb = 2 * batch * args.context * args.kv_heads * args.head_dim * kc.element_size() / 1e9
-            err = None
-            if scales is not None:
-                got = paged_decode_attention(q, kc, vc, table, lens, scale, args.block_size, kv_scales=scales)
-                want = paged_decode_attention(q, kd, vd, table, lens, scale, args.block_size)
-                err = float((got.float() - want.float()).abs().max())
-            for block_n, warps in configs:
-                ms = timed_ms(lambda: paged_decode_attention(q, kc, vc, table, lens, scale, args.block_size,
-                                                             block_n=block_n, num_warps=warps, kv_scales=scales),
-                              device, args.iters)
-                rows.append({"kv_cache_dtype": name, "batch": batch, "context": args.context, "heads": args.heads,
-                             "kv_heads": args.kv_heads, "head_dim": args.head_dim, "block_n": block_n,
-                             "num_warps": warps, "ms": ms, "kv_gb_read": read_gb, "tb_per_s": read_gb / ms,
-                             "max_abs_diff_vs_fp16_over_dequantized": err})
+            # every variant is checked against the base kernel over the (dequantized) 16-bit cache
+            want = pdt.paged_decode_attention(q, kd, vd, table, lens, scale, args.block_size, config="base")
+            for cname, cfg in configs.items():
+                row = {"kv_cache_dtype": name, "batch": batch, "context": args.context, "heads": args.heads,
+                       "kv_heads": args.kv_heads, "head_dim": args.head_dim, "config": cname,
+                       "kernel": dataclasses.asdict(cfg), "kv_gb_read": read_gb}
+                run = lambda cfg=cfg: pdt.paged_decode_attention(q, kc, vc, table, lens, scale,  # noqa: E731
+                                                                 args.block_size, kv_scales=scales, config=cfg)
+                try:
+                    err = float((run().float() - want.float()).abs().max())
+                    ms = timed_ms(run, device, args.iters)
+                except Exception as e:  # a variant that fails to compile here (shared memory...): reported
+                    rows.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+                    continue
+                rows.append({**row, "ms": ms, "tb_per_s": read_gb / ms, "max_abs_diff_vs_base_fp16": err})
         del caches, q, k, v
+    report(rows, args, device)
+    return 0
+
+
+def parse_config(text: str, pdt):
+    """A DECODE_CONFIGS name, or BLOCK_NxWARPS (the base kernel with that tile, as before)."""
+    tile = re.fullmatch(r"(\d+)x(\d+)", text)
+    if tile:
+        return dataclasses.replace(pdt.decode_config("base"), block_n=int(tile[1]), num_warps=int(tile[2]))
+    return pdt.decode_config(text)
+
+
+def report(rows, args, device: torch.device) -> None:
+    """Prints the best variant per (cache dtype, batch), every variant's ms, the suggested defaults, and the JSON."""
+    ok = [r for r in rows if "ms" in r]
     best = {}
-    for r in rows:
+    for r in ok:
         key = (r["kv_cache_dtype"], r["batch"])
         if key not in best or r["ms"] < best[key]["ms"]:
             best[key] = r
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
     print(f"paged decode, one layer: H {args.heads} KV {args.kv_heads} D {args.head_dim} context {args.context}, "
           f"{device_name}; 8-bit scales synthetic (per-head amax / qmax of random data)")
-    print(f"{'kv dtype':<9}{'batch':>6}{'best':>10}{'ms':>9}{'TB/s':>7}{'vs auto':>9}{'max diff':>10}")
+    print(f"{'kv dtype':<9}{'batch':>6}  {'best':<18}{'ms':>9}{'TB/s':>7}{'vs auto':>9}{'max diff':>10}")
     for (name, batch), r in best.items():
-        auto = best[("auto", batch)]["ms"]
-        diff = "-" if r["max_abs_diff_vs_fp16_over_dequantized"] is None else \
-            f"{r['max_abs_diff_vs_fp16_over_dequantized']:.1e}"
-        print(f"{name:<9}{batch:>6}{r['block_n']:>5}x{r['num_warps']:<4}{r['ms']:>9.3f}{r['tb_per_s']:>7.2f}"
-              f"{auto / r['ms']:>8.2f}x{diff:>10}")
+        auto = best[("auto", batch)]["ms"] if ("auto", batch) in best else float("nan")
+        print(f"{name:<9}{batch:>6}  {r['config']:<18}{r['ms']:>9.3f}{r['tb_per_s']:>7.2f}"
+              f"{auto / r['ms']:>8.2f}x{r['max_abs_diff_vs_base_fp16']:>10.1e}")
+    columns = sorted({(r["kv_cache_dtype"], r["batch"]) for r in rows}, key=lambda c: (c[0] != "auto", c))
+    print("ms per variant:" + "".join(f"{f'{n}@{b}':>12}" for n, b in columns))
+    for cname in dict.fromkeys(r["config"] for r in rows):
+        ms = {(r["kv_cache_dtype"], r["batch"]): r["ms"] for r in ok if r["config"] == cname}
+        print(f"{cname:<15}" + "".join(f"{ms[c]:>12.3f}" if c in ms else f"{'failed':>12}" for c in columns))
+    for label, dtypes in (("DEFAULT_DECODE_CONFIG_16BIT", ("auto",)), ("DEFAULT_DECODE_CONFIG_8BIT", ("fp8", "int8"))):
+        totals = {}
+        for r in ok:
+            if r["kv_cache_dtype"] in dtypes:
+                totals.setdefault(r["config"], []).append(r["ms"])
+        full = {c: sum(v) for c, v in totals.items() if len(v) == max(map(len, totals.values()))}
+        if full:
+            print(f"suggested: {label} = {min(full, key=full.get)!r} (least total ms over its dtypes and batches)")
+    for r in rows:
+        if "error" in r:
+            print(f"failed: {r['config']} {r['kv_cache_dtype']} B={r['batch']}: {r['error']}")
     result = {"device": device_name, "scales": "synthetic: per-head amax / qmax of the random cache", "rows": rows}
     print(json.dumps(result))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -7,15 +7,83 @@ the device, so a captured graph replays with any lengths. An 8-bit cache (int8 o
 `kv_scales [2, KV]`, kv_cache.py) is read as is: each key/value row converts exactly to the query's
 dtype, the head's K scale multiplies the scores and its V scale the output, so no 16-bit copy of
 the cache is ever made.
+
+`DECODE_CONFIGS` names the variants (the original kernel `base`; bigger tiles with pipelining, a
+vectorised block-table read, an exact int8 -> fp16 bit trick, and a split of the context over several
+programs merged by a second kernel, flash-decoding style). `tools/bench_kv_decode.py` times them all;
+`DEFAULT_DECODE_CONFIG_*` pick the one the engine runs. Every variant keeps the graph-capture contract:
+a fixed grid per batch size, context lengths read on the device.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import Optional, Union
 
 import torch
 import triton
 import triton.language as tl
+
+from mlperf_llama2.errors import UserError
+
+
+@dataclass(frozen=True)
+class DecodeKernelConfig:
+    """One variant of the decode kernel. `base` is the original kernel; the others run `_paged_decode_split_kernel`.
+
+    block_n: tokens per loop iteration; num_warps / num_stages: Triton launch options; splits: programs per
+    (sequence, KV head) over the context (flash-decoding; 1 = none, 0 = chosen from the batch so the grid
+    covers the SMs twice; else a power of 2), merged by `_merge_splits_kernel`; vec_table: read one
+    block-table entry per cache block of an iteration (BLOCK_N // block_size loads) instead of one per token;
+    int8_magic: an int8 cache with fp16 queries converts by bits (0x6480 + x is the fp16 1152 + x, exactly)
+    instead of an integer-to-float conversion, which runs at a fraction of the ALU rate.
+    """
+
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    splits: int = 1
+    vec_table: bool = False
+    int8_magic: bool = False
+    base: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "num_warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise UserError(f"decode kernel config: {name} must be a power of 2 >= 1, got {value}")
+        if self.num_stages < 1:
+            raise UserError(f"decode kernel config: num_stages must be >= 1, got {self.num_stages}")
+        if self.block_n < 16:
+            raise UserError(f"decode kernel config: block_n must be >= 16 (tl.dot), got {self.block_n}")
+        if self.splits < 0 or self.splits & (self.splits - 1):
+            raise UserError(f"decode kernel config: splits must be 0 (auto) or a power of 2, got {self.splits}")
+        if self.base and (self.splits != 1 or self.vec_table or self.int8_magic):
+            raise UserError("decode kernel config: the base kernel has no splits, vec_table or int8_magic")
+
+
+# Variants the benchmark times (tools/bench_kv_decode.py --configs NAME,...). The 64-token base kernel is the
+# measured one; bigger tiles keep more loads in flight per program, stages pipeline them, splits add programs.
+DECODE_CONFIGS = {
+    "base": DecodeKernelConfig(base=True),
+    "n64v": DecodeKernelConfig(block_n=64, vec_table=True),
+    "n128w4s3v": DecodeKernelConfig(block_n=128, num_warps=4, num_stages=3, vec_table=True),
+    "n128w8s3v": DecodeKernelConfig(block_n=128, num_warps=8, num_stages=3, vec_table=True),
+    "n256w8s2v": DecodeKernelConfig(block_n=256, num_warps=8, num_stages=2, vec_table=True),
+    "n128w4s3": DecodeKernelConfig(block_n=128, num_warps=4, num_stages=3),
+    "n128w4s3vm": DecodeKernelConfig(block_n=128, num_warps=4, num_stages=3, vec_table=True, int8_magic=True),
+    "n128w4s4vm": DecodeKernelConfig(block_n=128, num_warps=4, num_stages=4, vec_table=True, int8_magic=True),
+    "n64w4s3vm": DecodeKernelConfig(block_n=64, num_warps=4, num_stages=3, vec_table=True, int8_magic=True),
+    "n64w2s3vm": DecodeKernelConfig(block_n=64, num_warps=2, num_stages=3, vec_table=True, int8_magic=True),
+    "n256w8s2vm": DecodeKernelConfig(block_n=256, num_warps=8, num_stages=2, vec_table=True, int8_magic=True),
+    "n64w4s4v": DecodeKernelConfig(block_n=64, num_warps=4, num_stages=4, vec_table=True),
+    "n128w4s3v_split2": DecodeKernelConfig(block_n=128, num_stages=3, splits=2, vec_table=True),
+    "n64w4s3v_split4": DecodeKernelConfig(block_n=64, num_stages=3, splits=4, vec_table=True),
+    "n64w4s3v_auto": DecodeKernelConfig(block_n=64, num_stages=3, splits=0, vec_table=True),
+}
+# The variant `paged_decode_attention` runs when not told: edit after timing on the GPU (bench_kv_decode.py).
+DEFAULT_DECODE_CONFIG_16BIT = "base"
+DEFAULT_DECODE_CONFIG_8BIT = "base"
 
 
 @triton.jit
@@ -71,12 +139,162 @@ def _paged_decode_kernel(
              out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
 
 
+@triton.jit
+def _load_rows(cache_ptr, kv_off, n_mask, DTYPE: tl.constexpr, MAGIC: tl.constexpr):
+    """[BLOCK_N, D] cache rows in the compute dtype; MAGIC: int8 rows into fp16 by bits (exact)."""
+    x = tl.load(cache_ptr + kv_off, mask=n_mask[:, None], other=0.0)
+    if MAGIC:  # fp16 bits 0x6400 + n are 1024 + n for 0 <= n < 1024, so 0x6480 + x is 1152 + x
+        return ((x.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0).to(tl.float16)
+    return x.to(DTYPE)
+
+
+@triton.jit
+def _paged_decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr, part_ptr, ml_ptr, scales_ptr,
+    scale_log2e, num_kv,
+    stride_qt, stride_qh, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, VEC_TABLE: tl.constexpr, MAGIC: tl.constexpr,
+    IEEE: tl.constexpr, QUANT: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    ctx_len = tl.load(context_lens_ptr + seq)
+    # each split covers whole BLOCK_N tiles, so a tile never straddles two splits; late splits may be empty
+    chunk = tl.cdiv(tl.cdiv(ctx_len, SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, ctx_len)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_n = tl.arange(0, BLOCK_N)
+    g_mask = offs_g < GROUP
+    heads = kv_head * GROUP + offs_g
+    q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=g_mask[:, None], other=0.0)  # [BLOCK_G, D]
+    qk_scale = scale_log2e
+    if QUANT:
+        qk_scale = scale_log2e * tl.load(scales_ptr + kv_head)
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+    table = block_tables_ptr + seq * stride_bt
+    for start in range(lo, hi, BLOCK_N):
+        pos = start + offs_n
+        n_mask = pos < hi
+        if VEC_TABLE:  # one table entry per cache block of the tile, broadcast over its rows
+            offs_b = start // BLOCK_SIZE + tl.arange(0, BLOCK_N // BLOCK_SIZE)
+            block = tl.load(table + offs_b, mask=offs_b * BLOCK_SIZE < hi, other=0).to(tl.int64)
+            slot = tl.reshape(block[:, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :], [BLOCK_N])
+        else:
+            block = tl.load(table + pos // BLOCK_SIZE, mask=n_mask, other=0)
+            slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
+        kv_off = slot[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
+        k = _load_rows(k_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N], log2 units
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_rows(v_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+        m_i = m_new
+    if QUANT:
+        acc = acc * tl.load(scales_ptr + num_kv + kv_head)
+    if SPLITS == 1:
+        out = acc / l_i[:, None]
+        tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
+    else:  # unnormalised partials: part [B, H, SPLITS, D], ml [2, B, H, SPLITS] (running max, sum)
+        row = (seq * num_kv * GROUP + heads) * SPLITS + split  # [BLOCK_G]
+        tl.store(part_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=g_mask[:, None])
+        total = tl.num_programs(0) * num_kv * GROUP * SPLITS
+        tl.store(ml_ptr + row, m_i, mask=g_mask)
+        tl.store(ml_ptr + total + row, l_i, mask=g_mask)
+
+
+@triton.jit
+def _merge_splits_kernel(part_ptr, ml_ptr, out_ptr, num_heads, stride_ot, stride_oh,
+                         HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    """out[b, h] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s; an empty split has m = -inf, weight 0."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, SPLITS)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row = (seq * num_heads + head) * SPLITS + offs_s  # [SPLITS]
+    total = tl.num_programs(0) * num_heads * SPLITS
+    m = tl.load(ml_ptr + row)
+    l = tl.load(ml_ptr + total + row)
+    w = tl.exp2(m - tl.max(m, 0))  # [SPLITS]; split 0 is never empty (context >= 1), so the max is finite
+    acc = tl.load(part_ptr + row[:, None] * HEAD_DIM + offs_d[None, :])  # [SPLITS, D]
+    out = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    tl.store(out_ptr + seq * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
+
+
+def decode_config(name: str) -> DecodeKernelConfig:
+    """The named variant, or a UserError listing the names."""
+    if name not in DECODE_CONFIGS:
+        raise UserError(f"unknown decode kernel config {name!r}; choose from {', '.join(DECODE_CONFIGS)}")
+    return DECODE_CONFIGS[name]
+
+
+def auto_splits(programs: int, device: torch.device, max_splits: int = 16) -> int:
+    """Splits per (sequence, KV head) so the grid holds about two programs per SM (a power of 2, <= max_splits)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return min(max_splits, triton.next_power_of_2(max(1, -(-2 * sms // programs))))
+
+
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                           block_size: int, block_n: int = 64, num_warps: int = 4,
-                           kv_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           block_size: int, block_n: Optional[int] = None, num_warps: Optional[int] = None,
+                           kv_scales: Optional[torch.Tensor] = None,
+                           config: Union[str, DecodeKernelConfig, None] = None) -> torch.Tensor:
     """q: [B, H, D]; caches: [S, KV, D] (model dtype, or 8-bit with kv_scales [2, KV] float32 contiguous);
-    block_tables: [B, W] int32; context_lens: [B] int32 -> [B, H, D]."""
+    block_tables: [B, W] int32; context_lens: [B] int32 -> [B, H, D]. `config`: a DECODE_CONFIGS name or a
+    DecodeKernelConfig (default: DEFAULT_DECODE_CONFIG_8BIT or _16BIT); block_n / num_warps override it."""
+    if config is None:
+        config = DEFAULT_DECODE_CONFIG_16BIT if kv_scales is None else DEFAULT_DECODE_CONFIG_8BIT
+    cfg = decode_config(config) if isinstance(config, str) else config
+    if block_n is not None or num_warps is not None:
+        cfg = replace(cfg, block_n=block_n or cfg.block_n, num_warps=num_warps or cfg.num_warps)
+    if cfg.base:
+        return _base_decode(q, k_cache, v_cache, block_tables, context_lens, scale, block_size, cfg, kv_scales)
+    b, h, d = q.shape
+    kv = k_cache.shape[1]
+    group = h // kv
+    splits = cfg.splits or auto_splits(b * kv, q.device)
+    vec = cfg.vec_table and cfg.block_n % block_size == 0 and block_size & (block_size - 1) == 0
+    magic = cfg.int8_magic and k_cache.dtype == torch.int8 and q.dtype == torch.float16
+    out = torch.empty_like(q)
+    part = ml = out
+    if splits > 1:  # graph-safe: the workspace's shape depends on the batch size only
+        part = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
+        ml = torch.empty(2, b, h, splits, dtype=torch.float32, device=q.device)
+    _paged_decode_split_kernel[(b, kv, splits)](
+        q, k_cache, v_cache, block_tables, context_lens, out, part, ml, q if kv_scales is None else kv_scales,
+        scale * 1.4426950408889634, kv,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_SIZE=block_size,
+        BLOCK_N=cfg.block_n, SPLITS=splits, VEC_TABLE=vec, MAGIC=magic, IEEE=q.dtype == torch.float32,
+        QUANT=kv_scales is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if splits > 1:
+        _merge_splits_kernel[(b, h)](part, ml, out, h, out.stride(0), out.stride(1), HEAD_DIM=d, SPLITS=splits,
+                                     num_warps=4)
+    return out
+
+
+def _base_decode(q, k_cache, v_cache, block_tables, context_lens, scale: float, block_size: int,
+                 cfg: DecodeKernelConfig, kv_scales: Optional[torch.Tensor]) -> torch.Tensor:
+    """The original kernel: one program per (sequence, KV head), one table entry read per token."""
     b, h, d = q.shape
     kv = k_cache.shape[1]
     group = h // kv
@@ -87,7 +305,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, IEEE=q.dtype == torch.float32,
-        QUANT=kv_scales is not None, num_warps=num_warps, num_stages=2,
+        BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, IEEE=q.dtype == torch.float32,
+        QUANT=kv_scales is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -1,0 +1,48 @@
+"""tools/bench_kv_decode.py's CPU side: variant names and their errors, and (under TRITON_INTERPRET=1) one tiny
+run whose JSON holds a timed, checked row per (cache dtype, batch, variant) and suggests defaults that exist.
+The timing itself needs a GPU (run by hand, docs/engine.md)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+
+import bench_kv_decode  # noqa: E402
+from mlperf_llama2.errors import run_cli  # noqa: E402
+
+TINY = ["--device", "cpu", "--batches", "1,2", "--context", "21", "--heads", "8", "--kv-heads", "2",
+        "--head-dim", "16", "--iters", "1"]
+
+
+@pytest.mark.parametrize("configs,message", [
+    ("base,n999", "unknown decode kernel config 'n999'; choose from base,"),
+    ("64x3", "num_warps must be a power of 2"),
+    ("8x4", "block_n must be >= 16"),
+])
+def test_bad_variants_are_one_line_errors(configs, message, capsys, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert run_cli(bench_kv_decode.main, TINY + ["--configs", configs]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="a CPU run needs TRITON_INTERPRET=1")
+def test_a_tiny_run_times_and_checks_every_named_variant(tmp_path, capsys):
+    pytest.importorskip("triton")
+    out = tmp_path / "kv.json"
+    names = ["base", "n64w4s3v_split4", "32x4"]
+    assert run_cli(bench_kv_decode.main, TINY + ["--configs", ",".join(names), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["kv_cache_dtype"], r["batch"], r["config"]) for r in rows) == sorted(
+        (d, b, n) for d in ("auto", "fp8", "int8") for b in (1, 2) for n in names)
+    assert all("error" not in r and r["ms"] > 0 for r in rows)
+    for r in rows:  # every variant agrees with the base kernel over the dequantized fp16 cache
+        assert r["max_abs_diff_vs_base_fp16"] < 5e-3, r
+    assert {r["kernel"]["splits"] for r in rows if r["config"] == "n64w4s3v_split4"} == {4}
+    assert {r["kernel"]["block_n"] for r in rows if r["config"] == "32x4"} == {32}
+    suggested = [line.split("'")[1] for line in capsys.readouterr().out.splitlines() if line.startswith("suggested")]
+    assert len(suggested) == 2 and all(s in names for s in suggested)
