@@ -77,7 +77,8 @@ def kv_cache_honours(rules: QuantRules, num_layers: int, quant_config, engine_co
     rule is static, symmetric, 8-bit and per tensor, and the cache uses the config's own per-tensor scales
     (`--calibration-scales`, checked against the config before loading) with the same numerics as simulate
     (round half to even, narrow range: kv_cache.py's int8)."""
-    if engine_config is None or engine_config.kv_cache_dtype != "int8" or engine_config.kv_scale_granularity != "tensor":
+    kv = None if engine_config is None else (engine_config.kv_cache_dtype, engine_config.kv_scale_granularity)
+    if kv != ("int8", "tensor"):
         return False
     if not quant_config.calibration_scales or not quant_config.narrow_range or quant_config.rounding != "half_even":
         return False
