@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -28,6 +29,7 @@ from mlperf_llama2.engine.sequence import SamplingParams
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.calibration_file import K_SLOT, V_SLOT, kv_granularity, kv_scales_from_file, write_scales
 from mlperf_llama2.quant.yaml_config import load_rules
+from mlperf_llama2.report.summary import build_summary, render_table
 from reliability_fixtures import error_lines
 
 NPM = str(REPO / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
@@ -155,6 +157,8 @@ def test_main_with_an_8bit_cache_gives_the_engines_direct_tokens(root, runs, tin
     assert f"{kv_dtype} KV cache: static K/V scales per KV head" in runs[name].stderr
     info = json.loads((root / name / "run_info.json").read_text())
     assert info["kv_cache_dtype"] == kv_dtype
+    summary = build_summary(str(root / name))
+    assert summary.kv_cache_dtype == kv_dtype and re.search(rf"^KV cache +: {kv_dtype}$", render_table(summary), re.M)
 
 
 def test_whole_config_int8_cache_uses_the_configs_per_tensor_scales(root, runs, tiny_model_dir):
