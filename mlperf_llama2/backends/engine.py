@@ -8,6 +8,7 @@ then the whole output once the sequence ends. Interactive is the same code with 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence as Seq
@@ -118,21 +119,28 @@ class EngineBackend(Backend):
         self.faults.check(indices)
 
 
-def kv_scales_for_run(config: "RunConfig") -> Optional[torch.Tensor]:
-    """[2, layers, kv_heads] K/V scales of an 8-bit KV cache, from --calibration-scales (per KV head)."""
-    if config.engine.kv_cache_dtype == "auto":
-        return None
+def kv_cache_for_run(config: "RunConfig") -> tuple[EngineConfig, Optional[torch.Tensor]]:
+    """The run's engine config, its K/V scale granularity resolved against --calibration-scales, and the
+    [2, layers, kv_heads] K/V scales of an 8-bit KV cache (None for --kv-cache-dtype auto)."""
+    engine = config.engine
+    if engine.kv_cache_dtype == "auto":
+        return engine, None
     from mlperf_llama2.engine.config import KV_SCALES_HINT
     from mlperf_llama2.engine.kv_cache import QMAX
     from mlperf_llama2.engine.llama import LlamaShape
     from mlperf_llama2.engine.loader import read_config
-    from mlperf_llama2.quant.calibration_file import kv_scales_from_file
+    from mlperf_llama2.quant.calibration_file import kv_granularity, kv_scales_from_file
 
-    if not config.quant.calibration_scales:
-        raise UserError(f"--kv-cache-dtype {config.engine.kv_cache_dtype} {KV_SCALES_HINT}")
+    path = config.quant.calibration_scales
+    if not path:
+        raise UserError(f"--kv-cache-dtype {engine.kv_cache_dtype} {KV_SCALES_HINT}")
+    granularity = kv_granularity(path, engine.kv_scale_granularity, config.quant.enabled)
     shape = LlamaShape.from_hf_config(read_config(config.model_path))
-    return kv_scales_from_file(config.quant.calibration_scales, shape.num_layers, shape.num_kv_heads, "head",
-                               QMAX[config.engine.kv_cache_dtype])
+    scales = kv_scales_from_file(path, shape.num_layers, shape.num_kv_heads, granularity,
+                                 QMAX[engine.kv_cache_dtype])  # [2, L, KV]
+    log.info("%s KV cache: static K/V scales per %s from %s", engine.kv_cache_dtype,
+             "KV head" if granularity == "head" else "tensor (one per layer)", path)
+    return dataclasses.replace(engine, kv_scale_granularity=granularity), scales
 
 
 def create_single_device_backend(config: "RunConfig") -> EngineBackend:
@@ -143,9 +151,9 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
 
     faults = FaultPlan.from_env()  # a bad spec fails before the weights load
     engine_rules(config.quant)  # --liteml-config needs --quant-mode int8 here: one line before the weights load
-    kv_scales = kv_scales_for_run(config)
+    engine_config, kv_scales = kv_cache_for_run(config)
     try:
-        engine = LLMEngine.from_pretrained(config.model_path, config.engine, config.device, _DTYPES[config.dtype],
+        engine = LLMEngine.from_pretrained(config.model_path, engine_config, config.device, _DTYPES[config.dtype],
                                            config.quant, kv_scales)
     except ValueError as exc:  # a check the pre-flight could not make (the loader's own are UserErrors)
         raise UserError(f"--model-path {config.model_path}: the engine cannot load it: "

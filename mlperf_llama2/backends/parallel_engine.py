@@ -62,10 +62,10 @@ def create_engine_backend(cfg):
         from mlperf_llama2.parallel.tp_group import start_tp_engine, tp_spec_from_run_config
 
         check_devices(cfg.device, tp, "--tensor-parallel")
-        from mlperf_llama2.backends.engine import kv_scales_for_run
+        from mlperf_llama2.backends.engine import kv_cache_for_run
 
-        kv_scales = kv_scales_for_run(cfg)
-        spec = dataclasses.replace(tp_spec_from_run_config(cfg, MAX_MODEL_LEN),
+        engine_config, kv_scales = kv_cache_for_run(cfg)
+        spec = dataclasses.replace(tp_spec_from_run_config(cfg.replace(engine=engine_config), MAX_MODEL_LEN),
                                    kv_scales=None if kv_scales is None else kv_scales.tolist())
         engine, group = start_tp_engine(spec)
         return TensorParallelEngineBackend(engine, group)

@@ -39,7 +39,15 @@ def _quantization_plan(config: "RunConfig", num_layers: Optional[int] = None) ->
         raise UserError("--calibration-scales holds a quantization config's static scales: give its --liteml-config")
 
 
+def _no_kv_cache_dtype(config: "RunConfig", backend: str) -> None:
+    """--kv-cache-dtype is the engine's own KV cache; other backends would silently keep 16 bits."""
+    if config.engine.kv_cache_dtype != "auto":
+        raise UserError(f"--kv-cache-dtype {config.engine.kv_cache_dtype} is the engine's 8-bit KV cache: "
+                        f"use --backend engine (--backend {backend} keeps K and V in the model dtype)")
+
+
 def check_reference(config: "RunConfig") -> int:
+    _no_kv_cache_dtype(config, "reference")
     vocab_size, num_layers = _local_checkpoint(config)
     _quantization_plan(config, num_layers)
     return vocab_size
@@ -64,6 +72,10 @@ def check_engine(config: "RunConfig") -> int:
                               config.model_path)
     elif config.quant.calibration_scales:
         _kv_only_scales(config)
+    if config.engine.kv_cache_dtype != "auto":
+        from mlperf_llama2.quant.calibration_file import kv_granularity
+
+        kv_granularity(config.quant.calibration_scales, config.engine.kv_scale_granularity, config.quant.enabled)
     return vocab_size
 
 
@@ -84,6 +96,7 @@ def _kv_only_scales(config: "RunConfig") -> None:
 def check_api(config: "RunConfig") -> Optional[int]:
     if not config.api.api_servers:
         raise UserError("--vllm/--backend api needs --api-server URL")
+    _no_kv_cache_dtype(config, "api")
     _quantization_plan(config)
     return None
 

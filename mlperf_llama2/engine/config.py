@@ -15,6 +15,8 @@ from mlperf_llama2.errors import UserError
 
 ENGINE_OPS = ("auto", "eager", "fused")  # engine/ops.py's choices (that module imports torch)
 KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # auto: the model dtype (engine/kv_cache.py)
+# auto: with --liteml-config its own per-tensor K/V scales, else per KV head when the file has them (calibration_file)
+KV_SCALE_GRANULARITIES = ("auto", "tensor", "head")
 KV_SCALES_HINT = ("needs static K/V scales calibrated on the calibration set: pass --calibration-scales FILE "
                   "(python3 tools/calibrate_kv.py writes one), or use --kv-cache-dtype auto")
 
@@ -32,6 +34,7 @@ class EngineConfig:
     overlap_steps: Optional[bool] = None  # queue step N+1 before reading step N's tokens; None: on CUDA only
     ops: str = "auto"  # elementwise ops: auto (fused Triton on CUDA, eager elsewhere) | eager | fused
     kv_cache_dtype: str = "auto"  # auto | fp8 | int8 (8-bit: static scales, engine/kv_cache.py)
+    kv_scale_granularity: str = "auto"  # auto | tensor | head: which K/V ranges of --calibration-scales are used
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -50,6 +53,9 @@ class EngineConfig:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
                             f"got {self.kv_cache_dtype!r}")
+        if self.kv_scale_granularity not in KV_SCALE_GRANULARITIES:
+            raise UserError(f"--kv-scale-granularity must be one of {', '.join(KV_SCALE_GRANULARITIES)}, "
+                            f"got {self.kv_scale_granularity!r}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +84,11 @@ class EngineConfig:
                        help="KV-cache storage: auto = the model dtype; fp8 (E4M3) or int8 store K and V in 8 bits "
                             "with static per-layer, per-KV-head scales from --calibration-scales (half the KV "
                             "memory and reads) (default %(default)s)")
+        g.add_argument("--kv-scale-granularity", choices=KV_SCALE_GRANULARITIES,
+                       default=EngineConfig.kv_scale_granularity,
+                       help="K/V scales of an 8-bit KV cache: one per layer (tensor) or per layer and KV head "
+                            "(head); auto = the config's own per-tensor scales with --liteml-config, else per KV "
+                            "head when the file holds them, else per tensor (default %(default)s)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "EngineConfig":
@@ -90,5 +101,6 @@ class EngineConfig:
             cuda_graphs=not ns.no_cuda_graphs,
             overlap_steps=False if ns.no_overlap_steps else None,
             kv_cache_dtype=ns.kv_cache_dtype,
+            kv_scale_granularity=ns.kv_scale_granularity,
             ops=ns.engine_ops,
         )

@@ -66,7 +66,7 @@ class LLMEngine:
         dev = torch.device(device)
         hf_config = read_config(model_path)
         eos = eos_id(hf_config, model_path)
-        plan = weight_plan(quant, LlamaShape.from_hf_config(hf_config)) if quant is not None else {}
+        plan = weight_plan(quant, LlamaShape.from_hf_config(hf_config), config) if quant is not None else {}
         model = build_model(hf_config, plan, dev, dtype, MAX_MODEL_LEN, model_path=model_path)
         return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype, kv_scales), config, eos)
 

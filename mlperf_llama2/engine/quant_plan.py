@@ -5,8 +5,9 @@
   * `--liteml-config FILE --quant-mode int8`: each engine Linear is matched under the transformers names it
     stands for (`loader.hf_names`); a Linear whose rule is W8A8 as int8 mode computes it
     (`open_backend.int8_capable`) is `int8` (weights per tensor) or `int8_channel`; fused projections keep
-    one weight scale per projection. Everything else stays in float: the config's non-Linear rules are
-    listed by `left_out` and logged once at start-up.
+    one weight scale per projection. An int8 KV cache with the config's own per-tensor scales computes the
+    K and V quantizers of Q·Kᵀ and P·V (`kv_cache_honours`). Everything else stays in float: the config's
+    other non-Linear rules are listed by `left_out` and logged once at start-up.
 The plan is a dict (engine Linear name -> format) that `loader.build_model` builds the model from.
 `warm_up_gemms` runs each distinct int8 GEMM shape at every M bucket so the Triton autotuner never tunes
 mid-run or mid-capture.
@@ -67,31 +68,74 @@ def int8_plan(shape: LlamaShape, rules: QuantRules) -> dict[str, str]:
     return plan
 
 
-def left_out(rules: QuantRules, plan: dict[str, str]) -> list[str]:
-    """Each rule of the config that the engine's int8 mode does not compute, with what it does instead."""
-    notes = [f"{_rule_label(r)}: not applied, the engine computes {r.source_kind} in float"
-             for r in rules.rules if r.source_kind != "Linear"]
+KV_MATMULS = ("matmul_qkt", "matmul_pv")  # their quantizer_in2 quantizes K, resp. V
+KV_ROLE = "quantizer_in2"
+
+
+def kv_cache_honours(rules: QuantRules, num_layers: int, quant_config, engine_config) -> bool:
+    """True when the int8 KV cache computes the config's K and V quantizers exactly: every layer's K and V
+    rule is static, symmetric, 8-bit and per tensor, and the cache uses the config's own per-tensor scales
+    (`--calibration-scales`, checked against the config before loading) with the same numerics as simulate
+    (round half to even, narrow range: kv_cache.py's int8)."""
+    kv = None if engine_config is None else (engine_config.kv_cache_dtype, engine_config.kv_scale_granularity)
+    if kv != ("int8", "tensor"):
+        return False
+    if not quant_config.calibration_scales or not quant_config.narrow_range or quant_config.rounding != "half_even":
+        return False
+    for layer in range(num_layers):
+        for matmul in KV_MATMULS:
+            rule = rules.match("Matmul", f"model.layers.{layer}.self_attn.{matmul}")
+            spec = rule.quantizer(KV_ROLE) if rule is not None else None
+            if spec is None or spec.dynamic or spec.bits != 8 or not spec.symmetric or not _per_tensor(spec.dims):
+                return False
+    return True
+
+
+def _per_tensor(dims: tuple[int, ...]) -> bool:
+    """One scale for K [B, H, S, D]: no dims, or all four reduced."""
+    return not dims or {d % 4 for d in dims} == {0, 1, 2, 3}
+
+
+def left_out(rules: QuantRules, plan: dict[str, str], kv_honoured: bool = False) -> list[str]:
+    """Each rule of the config that the engine's int8 mode does not compute, with what it does instead.
+    `kv_honoured` (`kv_cache_honours`): the K and V quantizers of Q·Kᵀ and P·V are the int8 KV cache, so
+    only those rules' other quantizers (Q, P, outputs) are listed."""
+    notes = []
+    for r in rules.rules:
+        if r.source_kind == "Linear":
+            continue
+        if kv_honoured and r.source_kind == "Matmul" and r.quantizer(KV_ROLE) is not None:
+            rest = tuple((role, spec) for role, spec in r.quantizers if role != KV_ROLE)
+            if rest:
+                notes.append(f"{_rule_label(r, rest)}: not applied, the engine computes these in float "
+                             f"({KV_ROLE} is the int8 KV cache)")
+            continue
+        notes.append(f"{_rule_label(r)}: not applied, the engine computes {r.source_kind} in float")
     kept = sorted(name for name, fmt in plan.items() if fmt == "float")
     if kept:
         notes.append(f"{len(kept)} Linears kept in float (no int8-capable rule), e.g. {', '.join(kept[:3])}")
     return notes
 
 
-def _rule_label(rule: Rule) -> str:
-    specs = "; ".join(f"{role} {spec.describe()}" for role, spec in rule.quantizers)
+def _rule_label(rule: Rule, quantizers=None) -> str:
+    specs = "; ".join(f"{role} {spec.describe()}" for role, spec in (quantizers or rule.quantizers))
     return f"{rule.label} [{specs}]"
 
 
-def log_plan(rules: QuantRules, plan: dict[str, str]) -> None:
+def log_plan(rules: QuantRules, plan: dict[str, str], kv_honoured: bool = False) -> None:
     count = sum(fmt != "float" for fmt in plan.values())
     log.info("int8 mode (%s): %d of %d Linears int8 W8A8 (weights per %s)", rules.path, count, len(plan),
              "channel" if "int8_channel" in plan.values() else "tensor")
-    for note in left_out(rules, plan):
+    if kv_honoured:
+        log.info("int8 mode: K and V (%s of %s) int8 in the KV cache with the config's static per-tensor scales",
+                 KV_ROLE, " and ".join(KV_MATMULS))
+    for note in left_out(rules, plan, kv_honoured):
         log.warning("int8 mode leaves out %s", note)
 
 
-def weight_plan(quant_config, shape: LlamaShape) -> dict[str, str]:
-    """The format plan of a run's quantization settings ({} = everything in the model dtype); logs it once."""
+def weight_plan(quant_config, shape: LlamaShape, engine_config=None) -> dict[str, str]:
+    """The format plan of a run's quantization settings ({} = everything in the model dtype); logs it once.
+    `engine_config` (an `EngineConfig`): its KV cache counts for the config's K/V rules (`kv_cache_honours`)."""
     if getattr(quant_config, "quantization", None) == "fp8":
         plan = fp8_plan(shape)
         log.info("fp8 mode: %d of %d Linears FP8 E4M3 (weights per output channel, activations per token, "
@@ -101,7 +145,7 @@ def weight_plan(quant_config, shape: LlamaShape) -> dict[str, str]:
     if rules is None:
         return {}
     plan = int8_plan(shape, rules)
-    log_plan(rules, plan)
+    log_plan(rules, plan, kv_cache_honours(rules, shape.num_layers, quant_config, engine_config))
     return plan
 
 

@@ -101,11 +101,11 @@ def build_runner(spec: ShardSpec, ctrl_group):
     else:
         hf_config = read_config(spec.model_path)
     quant = QuantConfig(**spec.quant) if spec.quant is not None else None
-    plan = weight_plan(quant, LlamaShape.from_hf_config(hf_config)) if quant is not None else {}
+    config = EngineConfig(**spec.engine)
+    plan = weight_plan(quant, LlamaShape.from_hf_config(hf_config), config) if quant is not None else {}
     model = build_model(hf_config, plan, device, dtype, spec.max_model_len, model_path=spec.model_path,
                         parallel=Parallel(spec.rank, spec.world), init_std=spec.init_std, seed=spec.seed)
     eos = eos_id(hf_config, spec.model_path or "random config")
-    config = EngineConfig(**spec.engine)
     kv_spec = KVCacheSpec(config.kv_cache_dtype, None if spec.kv_scales is None else torch.tensor(spec.kv_scales))
     kv_scales = kv_spec.shard(spec.rank, spec.world).scales  # this rank's KV heads
     runner = ModelRunner(model, config, eos, spec.max_model_len, device, dtype, kv_scales)

@@ -196,6 +196,24 @@ def _short(identity: Optional[str]) -> str:
     return identity[:19] if identity and identity.startswith("sha256:") else str(identity)
 
 
+def kv_granularity(path: str, requested: str, with_config: bool) -> str:
+    """"tensor" or "head": which K/V ranges of the file an 8-bit KV cache uses (header only, before loading).
+
+    `requested` "auto": with a quantization config (`with_config`), the config's own per-tensor K and V
+    scales (its static quantizers' slots; a LiteML simulate calibration holds nothing else); without one,
+    per KV head when the file holds kv_heads.*, else per tensor."""
+    if requested not in ("auto",) + GRANULARITIES:
+        raise UserError(f"KV scale granularity must be one of auto, {', '.join(GRANULARITIES)}, got {requested!r}")
+    has_heads = f"{KV_HEADS}.min" in _safetensors_header(path, "--calibration-scales")
+    if requested == "head" and not has_heads:
+        raise UserError(f"--calibration-scales {path}: holds no per-KV-head K/V ranges (a quantization config's "
+                        "calibration is per tensor): use --kv-scale-granularity tensor, or calibrate with "
+                        "tools/calibrate_kv.py")
+    if requested != "auto":
+        return requested
+    return "head" if has_heads and not with_config else "tensor"
+
+
 def kv_scales_from_file(path: str, num_layers: int, num_kv_heads: int, granularity: str,
                         dtype_max: float) -> torch.Tensor:
     """K and V scales [2, L, KV] float32 = amax / dtype_max (127 int8, 448 fp8 e4m3); per tensor: one value

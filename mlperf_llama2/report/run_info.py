@@ -51,6 +51,7 @@ class RunInfo:
     quantization: Optional[str] = None  # --quantization (fp8), exclusive with liteml_config
     quant_backend: Optional[str] = None
     quant_mode: Optional[str] = None
+    kv_cache_dtype: Optional[str] = None  # engine --kv-cache-dtype (auto | fp8 | int8); None: not the engine
     command: Optional[str] = None
     harness_commit: Optional[str] = None  # commit, "-dirty" appended when tracked files were modified
     harness_changes: tuple[str, ...] = ()  # `git status --porcelain --untracked-files=no` lines at run time

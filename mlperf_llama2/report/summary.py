@@ -58,6 +58,7 @@ class RunSummary:
     quantization: Optional[str] = None  # the --liteml-config YAML (or "fp8") the run used; None: not quantized
     quant_mode: Optional[str] = None  # simulate | int8 (with a quantization config only)
     quant_backend: Optional[str] = None  # auto | liteml | open, as requested
+    kv_cache_dtype: Optional[str] = None  # the engine's --kv-cache-dtype; None: not recorded (not the engine)
     submittable: str = ""  # "submittable for v6.1 closed: yes" or ": no (why)" (submission/rules.py)
 
     @property
@@ -223,6 +224,7 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         quantization=info.liteml_config or info.quantization,
         quant_mode=info.quant_mode if info.liteml_config else None,
         quant_backend=info.quant_backend if info.liteml_config else None,
+        kv_cache_dtype=info.kv_cache_dtype,
         submittable=submittable(detail, errors, info, rouge),
     )
 
@@ -257,6 +259,8 @@ def render_table(s: RunSummary) -> str:
                                      f"({s.quant_backend} backend)"))
     elif s.model is not None:
         rows.append(("quantization", "none"))
+    if s.kv_cache_dtype:
+        rows.append(("KV cache", "model dtype" if s.kv_cache_dtype == "auto" else s.kv_cache_dtype))
     rows.append(("LoadGen verdict", s.verdict + (f" ({s.reason})" if s.reason else "")))
     if s.loadgen_errors:
         rows.append(("LoadGen errors", f"{s.loadgen_errors} (see {DETAIL_FILE})"))
