@@ -13,40 +13,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlperf_llama2.config import EngineConfig, QuantConfig
+from quant_engine_fixtures import COMPOSITIONS, NEW_TOKENS, greedy_reference, prompts
+from mlperf_llama2.config import QuantConfig
 from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.sequence import SamplingParams
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.fp8 import (FP8_DTYPE, Fp8Linear, fake_quant_linear, quantize_rows_fp8,
                                      quantize_weight_fp8, reference_gemm, simulate_fp8)
 
-NEW_TOKENS = 16
-EOS = 2
 FP8 = QuantConfig(quantization="fp8")
-COMPOSITIONS = {
-    "roomy": EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64),
-    "chunked_prefill": EngineConfig(max_num_seqs=16, max_num_batched_tokens=7, block_size=4, num_kv_blocks=256),
-    "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30),
-}
-
-
-def prompts():
-    g = torch.Generator().manual_seed(3)
-    return [[1] + torch.randint(3, 500, (n - 1,), generator=g).tolist() for n in (5, 17, 40, 2, 64, 9)]
-
-
 @pytest.fixture(scope="module")
 def simulate_tokens(tiny_model_dir):
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     assert simulate_fp8(model) == 7 * model.config.num_hidden_layers  # every Linear but lm_head
-    outs = []
-    for p in prompts():
-        gen = model.generate(torch.tensor([p]), max_new_tokens=NEW_TOKENS, min_new_tokens=1, do_sample=False,
-                             num_beams=1, pad_token_id=EOS)[0, len(p):].tolist()
-        outs.append(gen[:gen.index(EOS) + 1] if EOS in gen else gen)
-    return outs
+    return greedy_reference(model)
 
 
 @pytest.mark.parametrize("composition", sorted(COMPOSITIONS))

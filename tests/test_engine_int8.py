@@ -20,7 +20,8 @@ import torch
 
 from mlperf_llama2 import constants
 from loadgen_fixtures import SMALL_USER_CONF, read_accuracy_log, run_main, summary, tokens, write_dataset
-from mlperf_llama2.config import EngineConfig, QuantConfig
+from quant_engine_fixtures import COMPOSITIONS, NEW_TOKENS, greedy_reference, prompts
+from mlperf_llama2.config import QuantConfig
 from mlperf_llama2.engine.llama import LlamaShape
 from mlperf_llama2.engine.loader import build_model, empty_model, load_weights
 from mlperf_llama2.engine.quant_plan import engine_rules, int8_plan, left_out
@@ -32,20 +33,6 @@ from mlperf_llama2.quant.yaml_config import load_rules
 
 NPM = str(Path(__file__).resolve().parents[1] / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
 INT8 = QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8")
-NEW_TOKENS = 16
-EOS = 2
-COMPOSITIONS = {
-    "roomy": EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64),
-    "chunked_prefill": EngineConfig(max_num_seqs=16, max_num_batched_tokens=7, block_size=4, num_kv_blocks=256),
-    "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30),
-}
-
-
-def prompts():
-    g = torch.Generator().manual_seed(3)
-    return [[1] + torch.randint(3, 500, (n - 1,), generator=g).tolist() for n in (5, 17, 40, 2, 64, 9)]
-
-
 def linear_rules_only():
     rules = load_rules(NPM)
     return dataclasses.replace(rules, rules=tuple(r for r in rules.rules if r.source_kind == "Linear"))
@@ -60,12 +47,7 @@ def simulate_tokens(tiny_model_dir):
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     report = quantize_model(model, linear_rules_only(), "simulate")
     assert report.replaced["LinearQuant"] == 7 * model.config.num_hidden_layers + 1  # q k v o gate up down; lm_head
-    outs = []
-    for p in prompts():
-        gen = model.generate(torch.tensor([p]), max_new_tokens=NEW_TOKENS, min_new_tokens=1, do_sample=False,
-                             num_beams=1, pad_token_id=EOS)[0, len(p):].tolist()
-        outs.append(gen[:gen.index(EOS) + 1] if EOS in gen else gen)
-    return outs
+    return greedy_reference(model)
 
 
 @pytest.mark.parametrize("composition", sorted(COMPOSITIONS))
