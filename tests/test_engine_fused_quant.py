@@ -26,7 +26,7 @@ from mlperf_llama2.quant.fp8 import Fp8Linear
 from mlperf_llama2.quant.int8_linear import Int8Linear
 
 NPM = str(Path(__file__).resolve().parents[1] / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
-QUANT = {"int8": QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8"),
+QUANT = {"int8": QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8", int8_rules="linear"),
          "fp8": QuantConfig(quantization="fp8")}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

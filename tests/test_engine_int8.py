@@ -32,7 +32,7 @@ from mlperf_llama2.quant.int8_linear import Int8Linear, quantize_weight
 from mlperf_llama2.quant.yaml_config import load_rules
 
 NPM = str(Path(__file__).resolve().parents[1] / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
-INT8 = QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8")
+INT8 = QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8", int8_rules="linear")
 def linear_rules_only():
     rules = load_rules(NPM)
     return dataclasses.replace(rules, rules=tuple(r for r in rules.rules if r.source_kind == "Linear"))
@@ -114,25 +114,36 @@ def test_engine_quant_config_must_be_int8_open():
         engine_rules(QuantConfig(liteml_config=NPM, quant_backend="liteml", quant_mode="int8"))
 
 
+@pytest.mark.parametrize("rules", ["linear", "all"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_main_engine_int8_under_loadgen_answers_with_the_int8_tokens(tmp_path, tiny_tokenizer_dir, tiny_model_dir,
-                                                                      device):
+                                                                      device, rules):
     """The issue's accuracy run in int8 mode: CPU (exact int64 GEMM) and CUDA (fused Triton GEMM, CUDA graphs,
-    overlapped steps), each equal to the engine called directly on the same device."""
+    overlapped steps), each equal to the engine called directly on the same device. `--int8-rules all` (the
+    default) calibrates the whole config on the pickle beside the dataset, writes its scales file, and leaves
+    nothing out; the direct engine reuses that file."""
+    import pandas as pd
+
     from mlperf_llama2.data.dataset import load_dataset
 
     write_dataset(tmp_path / "data.pkl", tiny_tokenizer_dir)
+    pd.read_pickle(tmp_path / "data.pkl").iloc[:3].to_pickle(tmp_path / "calibration_1000.pkl")
     (tmp_path / "user.conf").write_text(SMALL_USER_CONF)
     result = run_main(["--backend", "engine", "--model-path", tiny_model_dir, "--dataset-path", tmp_path / "data.pkl",
                        "--user-conf", tmp_path / "user.conf", "--max-new-tokens", 8, "--output-log-dir", "out",
                        "--num-kv-blocks", 256, "--max-num-batched-tokens", 32, "--no-progress", "--accuracy",
-                       "--device", device, "--dtype", "float32",
-                       "--liteml-config", NPM, "--quant-backend", "open", "--quant-mode", "int8"], tmp_path)
+                       "--device", device, "--dtype", "float32", "--liteml-config", NPM, "--quant-backend", "open",
+                       "--quant-mode", "int8", "--int8-rules", rules], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "int8 mode leaves out" in result.stderr and "No errors encountered" in summary(tmp_path / "out")
+    assert ("int8 mode leaves out" in result.stderr) == (rules == "linear")
+    assert "No errors encountered" in summary(tmp_path / "out")
     answers = {e["qsl_idx"]: tokens(e["data"]).tolist() for e in read_accuracy_log(tmp_path / "out")}
-    engine = LLMEngine.from_pretrained(tiny_model_dir, COMPOSITIONS["roomy"], device, torch.float32,
-                                       quant=INT8)
+    quant = INT8
+    if rules == "all":
+        assert "calibrated 22 static quantizers on 3 prompts" in result.stderr
+        quant = dataclasses.replace(INT8, int8_rules="all",
+                                    calibration_scales=str(tmp_path / "out" / "calibration_scales.safetensors"))
+    engine = LLMEngine.from_pretrained(tiny_model_dir, COMPOSITIONS["roomy"], device, torch.float32, quant=quant)
     direct = engine.generate(load_dataset(str(tmp_path / "data.pkl")).prompts,
                              SamplingParams(max_new_tokens=8, min_new_tokens=constants.MIN_NEW_TOKENS))
     assert answers == dict(enumerate(direct))

@@ -118,13 +118,19 @@ def test_engine_calibrates_alone_from_the_pickle_and_writes_a_checked_file(tiny_
     result = run_main(["--model-path", tiny_model_dir, "--calibration-path", tmp_path / "cal.pkl", "--out", out,
                        "--liteml-config", npm], tmp_path, 300, script="tools/calibrate_kv.py")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "K/V ranges calibrated on 3 prompts (MovingAverage)" in result.stderr  # the config's K/V observer
+    assert "calibrated 22 static quantizers on 3 prompts (engine, int8 mode)" in result.stderr
     meta = check_scales_file(str(out), config_id(npm), str(tiny_model_dir))
-    assert meta["writer"] == "engine" and meta["calibration_rows"] == "3"
-    assert kv_scales_from_file(str(out), 2, 2, "head", 127.0).shape == (2, 2, 2)
+    assert meta["writer"] == "engine-whole-config" and meta["calibration_rows"] == "3"
+    assert kv_scales_from_file(str(out), 2, 2, "tensor", 127.0).shape == (2, 2, 2)
     qc = QuantConfig(liteml_config=npm, quant_backend="open", calibration_scales=str(out))
-    with pytest.raises(UserError, match="an engine calibration holds only K/V scales"):
-        plan_quantization(qc, str(tmp_path / "data.pkl"), "cpu", model_path=str(tiny_model_dir))
+    plan = plan_quantization(qc, str(tmp_path / "data.pkl"), "cpu", 2, model_path=str(tiny_model_dir))
+    assert plan.scales_path == str(out)  # every static quantizer of the config is in it: simulate reuses it
+    kv_only = tmp_path / "kv_only.safetensors"
+    assert run_main(["--model-path", tiny_model_dir, "--calibration-path", tmp_path / "cal.pkl", "--out", kv_only,
+                     "--name", "fp8-kv"], tmp_path, 300, script="tools/calibrate_kv.py").returncode == 0
+    with pytest.raises(UserError, match=r"calibrated for another config"):
+        plan_quantization(dataclasses.replace(qc, calibration_scales=str(kv_only)), str(tmp_path / "data.pkl"),
+                          "cpu", 2, model_path=str(tiny_model_dir))
     bad = run_main(["--model-path", tiny_model_dir, "--calibration-path", tmp_path / "none.pkl", "--out", out,
                     "--name", "fp8-kv"], tmp_path, 120, script="tools/calibrate_kv.py")
     assert bad.returncode == 2 and "none.pkl" in bad.stderr.strip().splitlines()[-1]

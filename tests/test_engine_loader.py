@@ -131,7 +131,7 @@ def test_a_row_parallel_quantized_linear_computes_what_the_unsplit_one_computes(
 def test_tp2_int8_greedy_tokens_equal_tp1(tiny_model_dir):
     from mlperf_llama2.parallel.tp_group import ShardSpec, start_tp_engine
 
-    quant = QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8")
+    quant = QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8", int8_rules="linear")
     params = SamplingParams(max_new_tokens=12)
     single = LLMEngine.from_pretrained(str(tiny_model_dir), ENGINE, "cpu", torch.float32, quant).generate(PROMPTS,
                                                                                                          params)

@@ -123,7 +123,7 @@ def runs(root, tiny_model_dir):
         "int8": _args(root, tiny_model_dir, "int8", "--kv-cache-dtype", "int8", "--calibration-scales", kv),
         "fp8": _args(root, tiny_model_dir, "fp8", "--quantization", "fp8", "--kv-cache-dtype", "fp8",
                      "--calibration-scales", kv),
-        "npm": _args(root, tiny_model_dir, "npm", "--liteml-config", NPM, "--quant-mode", "int8",
+        "npm": _args(root, tiny_model_dir, "npm", "--liteml-config", NPM, "--quant-mode", "int8", "--int8-rules", "linear",
                      "--kv-cache-dtype", "int8", "--calibration-scales", npm),
         "tp2": _args(root, tiny_model_dir, "tp2", "--kv-cache-dtype", "int8", "--calibration-scales", kv,
                      "--tensor-parallel", 2),
@@ -164,7 +164,7 @@ def test_main_with_an_8bit_cache_gives_the_engines_direct_tokens(root, runs, tin
 def test_whole_config_int8_cache_uses_the_configs_per_tensor_scales(root, runs, tiny_model_dir):
     scales = kv_scales_from_file(str(root / "npm.safetensors"), 2, 2, "tensor", 127.0)
     assert torch.equal(scales[:, :, 0], scales[:, :, 1])
-    quant = QuantConfig(liteml_config=NPM, quant_mode="int8")
+    quant = QuantConfig(liteml_config=NPM, quant_mode="int8", int8_rules="linear")
     assert _accuracy_tokens(root, "npm", runs["npm"]) == _direct(root, tiny_model_dir, "int8", scales, quant)
     log = runs["npm"].stderr
     assert "int8 KV cache: static K/V scales per tensor (one per layer)" in log

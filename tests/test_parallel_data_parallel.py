@@ -67,7 +67,7 @@ def test_node_argv_rebuilds_the_replica_config():
     engine = EngineConfig(max_num_seqs=7, max_num_batched_tokens=99, block_size=8, kv_cache_memory_fraction=0.5,
                           num_kv_blocks=33, cuda_graphs=False)
     quant = QuantConfig(quant_backend="open", quant_mode="int8", momentum=0.5, rounding="half_away",
-                        narrow_range=False, batch_shared_scale=False)
+                        narrow_range=False, batch_shared_scale=False, int8_rules="linear")
     cfg = RunConfig(backend="engine", model_path="/m", device="cpu", dtype="bfloat16", tensor_parallel=2,
                     data_parallel=3, scenario="Server", engine=engine, quant=quant)
     rebuilt = RunConfig.from_cli_args(build_node_parser().parse_args(node_argv(cfg, "cpu")))

@@ -1,6 +1,9 @@
-"""Calibrate the static K/V scales with the engine alone (int8 weights when a config says so; no 16-bit 70B).
+"""Calibrate static scales with the engine alone: a config's every static quantizer, or K/V only (no 16-bit 70B).
 
-Prefills every prompt of the calibration pickle one at a time and writes calibration_scales.safetensors
+With --liteml-config the model runs in int8 mode with every rule of the config (engine/whole_config.py) and
+every static quantizer observes (the file the engine's and simulate's int8/simulate runs reuse); with --name
+(e.g. fp8-kv) float weights and K/V ranges per layer and KV head. Prefills every prompt of the calibration
+pickle one at a time and writes calibration_scales.safetensors
 (docs/quantization.md, "Calibration"), which `main.py --calibration-scales FILE` and the engine's 8-bit
 KV cache read.
 
@@ -27,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--calibration-path", required=True, help="processorca calibration_*.pkl")
     p.add_argument("--out", required=True, help="the calibration_scales.safetensors to write")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--liteml-config", help="the config whose K/V scales these are (int8 weights as it says)")
+    which.add_argument("--liteml-config", help="the config whose static scales these are (int8 mode, every rule as it says)")
     which.add_argument("--name", help="identity of a KV-only calibration, e.g. fp8-kv (float weights)")
     p.add_argument("--observer", choices=("MinMax", "MovingAverage"), default=None,
                    help="default: the config's K/V observer, else MinMax")

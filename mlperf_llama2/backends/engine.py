@@ -143,6 +143,17 @@ def kv_cache_for_run(config: "RunConfig") -> tuple[EngineConfig, Optional[torch.
     return dataclasses.replace(engine, kv_scale_granularity=granularity), scales
 
 
+def quant_for_engine(config: "RunConfig"):
+    """The run's QuantConfig with the calibration pickle resolved as the reference resolves it (--calibration-path,
+    else the processorca calibration_*.pkl beside the dataset) when the whole config calibrates at start-up."""
+    quant = config.quant
+    if not quant.enabled or quant.int8_rules != "all" or quant.calibration_scales or quant.calibration_path:
+        return quant
+    from mlperf_llama2.quant.setup import default_calibration_path
+
+    return dataclasses.replace(quant, calibration_path=default_calibration_path(config.dataset_path))
+
+
 def create_single_device_backend(config: "RunConfig") -> EngineBackend:
     """Registry factory (`--backend engine`): load the checkpoint into the engine on the run's device."""
     if config.tensor_parallel != 1 or config.data_parallel != 1:
@@ -152,9 +163,10 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
     faults = FaultPlan.from_env()  # a bad spec fails before the weights load
     engine_rules(config.quant)  # --liteml-config needs --quant-mode int8 here: one line before the weights load
     engine_config, kv_scales = kv_cache_for_run(config)
+    quant = quant_for_engine(config)
     try:
         engine = LLMEngine.from_pretrained(config.model_path, engine_config, config.device, _DTYPES[config.dtype],
-                                           config.quant, kv_scales)
+                                           quant, kv_scales, output_dir=config.output_log_dir)
     except ValueError as exc:  # a check the pre-flight could not make (the loader's own are UserErrors)
         raise UserError(f"--model-path {config.model_path}: the engine cannot load it: "
                         f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None

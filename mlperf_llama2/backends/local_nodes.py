@@ -32,7 +32,7 @@ ENGINE_SWITCHES = {"cuda_graphs": "--no-cuda-graphs", "overlap_steps": "--no-ove
 QUANT_FLAGS = {"liteml_config": "--liteml-config", "quantization": "--quantization", "quant_backend": "--quant-backend",
                "quant_mode": "--quant-mode", "calibration_path": "--calibration-path",
                "calibration_scales": "--calibration-scales",
-               "momentum": "--quant-momentum", "rounding": "--quant-rounding"}
+               "momentum": "--quant-momentum", "rounding": "--quant-rounding", "int8_rules": "--int8-rules"}
 QUANT_SWITCHES = {"narrow_range": "--quant-full-range", "batch_shared_scale": "--quant-per-sample-scale"}
 
 

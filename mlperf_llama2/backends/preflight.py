@@ -63,13 +63,28 @@ def check_engine(config: "RunConfig") -> int:
         from mlperf_llama2.engine.quant_plan import engine_rules
         from mlperf_llama2.quant.setup import check_rules_for_model
 
-        rules = engine_rules(config.quant)  # int8 Linears only: no calibration, CPU runs the exact integer GEMM
+        rules = engine_rules(config.quant)  # int8 on CPU runs the exact integer GEMM
         check_rules_for_model(rules, num_layers)
+        whole = config.quant.int8_rules == "all"  # every rule: static ones need scales or calibration data
+        if whole and config.tensor_parallel > 1:
+            raise UserError(f"--tensor-parallel {config.tensor_parallel} with --int8-rules all: the config's Q and "
+                            "P scales span every head, which tensor parallelism splits over ranks; use one GPU "
+                            "per replica (--data-parallel) or --int8-rules linear")
         if config.quant.calibration_scales:
             from mlperf_llama2.quant.calibration_file import check_scales_file, config_id
+            from mlperf_llama2.quant.setup import check_scales_cover
 
             check_scales_file(config.quant.calibration_scales, config_id(config.quant.liteml_config),
                               config.model_path)
+            if whole:
+                check_scales_cover(config.quant.calibration_scales, rules, num_layers)
+        elif whole and rules.needs_calibration:
+            from mlperf_llama2.backends.engine import quant_for_engine
+
+            if quant_for_engine(config).calibration_path is None:
+                raise UserError(f"{config.quant.liteml_config} has static quantizers and needs calibration data: "
+                                "pass --calibration-scales FILE or --calibration-path (the processorca "
+                                "calibration_*.pkl)")
     elif config.quant.calibration_scales:
         _kv_only_scales(config)
     if config.engine.kv_cache_dtype != "auto":

@@ -13,6 +13,7 @@ Scale = amax / dtype_max (127 for int8, 448 for fp8 e4m3).
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -211,6 +212,17 @@ def calibrate_engine(model_path: str, calibration_path: str, out_path: str, conf
     plan = int8_plan(LlamaShape.from_hf_config(hf_config), rules) if rules is not None else {}
     model = build_model(hf_config, plan, torch.device(device), dtype, constants.INPUT_TOKEN_LIMIT,
                         model_path=model_path)
+    if rules is not None:  # every static quantizer of the config, as int8 mode computes them (whole_config.py)
+        from mlperf_llama2.engine import whole_config
+        from mlperf_llama2.quant.config import QuantConfig
+
+        qc = QuantConfig(liteml_config=config, quant_backend="open", quant_mode="int8", momentum=momentum)
+        wc = whole_config.attach(model, rules, whole_config.engine_numerics(qc))
+        rows = whole_config.calibrate(model, prompts)
+        path = whole_config.write_scales(wc, dataclasses.replace(qc, calibration_path=calibration_path), model_path,
+                                         rows, out_path)
+        log.info("whole-config calibration of %s on %d prompts written to %s", model_path, rows, path)
+        return path
     ranges = calibrate_kv_ranges(model, prompts, observer or "MinMax", momentum)
     path = write_kv_calibration(out_path, ranges, config, model_path, calibration_path, observer or "MinMax", momentum)
     log.info("K/V calibration of %s on %d prompts written to %s", model_path, ranges.samples, path)

@@ -142,6 +142,7 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.ops = EagerOps  # the runner sets ops_for(device)
         self.fused_quant = True  # 8-bit inputs written by their producers (False: each Linear quantizes; A/B)
+        self.whole_config = None  # a whole_config.WholeConfig: every rule of a LiteML config (int8 mode)
 
     def set_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
         self.rope_cos, self.rope_sin = cos, sin
@@ -150,6 +151,8 @@ class LlamaForCausalLM(nn.Module):
                 meta: AttentionMetadata, kv_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
         """input_ids, positions: [T]; kv_cache: [2, L, S, KV, D]; kv_scales: [L, 2, KV] float32 for an 8-bit
         cache, else None. Returns final hidden states [T, hidden]."""
+        if self.whole_config is not None:
+            return self.whole_config(self, input_ids, positions, kv_cache, meta, kv_scales)
         h = self.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = self.ops.rope_tables(positions, self.rope_cos, self.rope_sin)
         delta = None
@@ -160,4 +163,6 @@ class LlamaForCausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in the model dtype (what transformers' generate argmaxes)."""
+        if self.whole_config is not None:
+            return self.whole_config.logits(self, hidden)
         return self.lm_head(self.norm(hidden))

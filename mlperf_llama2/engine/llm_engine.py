@@ -54,8 +54,10 @@ class LLMEngine:
     @classmethod
     def from_pretrained(cls, model_path: str, config: EngineConfig, device: str = "cpu",
                         dtype: torch.dtype = torch.float32, quant=None,
-                        kv_scales: Optional[torch.Tensor] = None) -> "LLMEngine":
-        """`quant` (a `QuantConfig`): the Linears it names are built int8 or FP8 (`quant_plan.py`).
+                        kv_scales: Optional[torch.Tensor] = None, output_dir: Optional[str] = None) -> "LLMEngine":
+        """`quant` (a `QuantConfig`): the Linears it names are built int8 or FP8 (`quant_plan.py`); in int8 mode
+        with `int8_rules` "all" the config's other rules too (`whole_config.py`; a calibration it runs writes its
+        scales into `output_dir`).
         `kv_scales` [2, layers, kv_heads]: the static K/V scales an 8-bit `kv_cache_dtype` needs (kv_cache.py)."""
         from mlperf_llama2.engine.kv_cache import KVCacheSpec
         from mlperf_llama2.engine.llama import LlamaShape
@@ -68,6 +70,10 @@ class LLMEngine:
         eos = eos_id(hf_config, model_path)
         plan = weight_plan(quant, LlamaShape.from_hf_config(hf_config), config) if quant is not None else {}
         model = build_model(hf_config, plan, dev, dtype, MAX_MODEL_LEN, model_path=model_path)
+        if quant is not None and quant.enabled and quant.int8_rules == "all":
+            from mlperf_llama2.engine.whole_config import setup
+
+            setup(model, quant, model_path, output_dir)
         return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype, kv_scales), config, eos)
 
     # ---- requests -----------------------------------------------------------------------------

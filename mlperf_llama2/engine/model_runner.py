@@ -70,7 +70,11 @@ class ModelRunner:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._staging = Staging(device)
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's tokens, on the device
-        if device.type == "cuda" and config.cuda_graphs:
+        # the whole config's eager path (whole_config.py) loops over sequences with host-side lengths: no graphs
+        wc = model.whole_config
+        eager_wc = wc is not None and not wc.fused
+        self._host_contexts = device.type != "cuda" or eager_wc
+        if device.type == "cuda" and config.cuda_graphs and not eager_wc:
             self._capture_graphs()
 
     def _warm_up_int8(self) -> None:
@@ -186,7 +190,7 @@ class ModelRunner:
             ctx = [p + 1 for p in d_pos]
             host["ctx"] = np.asarray(ctx, dtype=np.int64)
             host["tables"] = self._block_table_array(d_seqs).astype(np.int64).ravel()
-            if self.device.type != "cuda":
+            if self._host_contexts:
                 host["decode_slots"] = np.concatenate([self._slots(s, 0, c) for s, c in zip(d_seqs, ctx)])
         if prefills:
             q_lens = [n for _, n in prefills]
@@ -201,7 +205,7 @@ class ModelRunner:
         if decodes:
             meta.context_lens = dev["ctx"].to(torch.int32)
             meta.block_tables = dev["tables"].view(len(decodes), self.max_blocks_per_seq).to(torch.int32)
-            if self.device.type != "cuda":
+            if self._host_contexts:
                 meta.decode_context_lens = tuple(ctx)
                 meta.decode_context_slots = dev["decode_slots"]
         if prefills:

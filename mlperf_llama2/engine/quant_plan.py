@@ -6,8 +6,9 @@
     stands for (`loader.hf_names`); a Linear whose rule is W8A8 as int8 mode computes it
     (`open_backend.int8_capable`) is `int8` (weights per tensor) or `int8_channel`; fused projections keep
     one weight scale per projection. An int8 KV cache with the config's own per-tensor scales computes the
-    K and V quantizers of Q·Kᵀ and P·V (`kv_cache_honours`). Everything else stays in float: the config's
-    other non-Linear rules are listed by `left_out` and logged once at start-up.
+    K and V quantizers of Q·Kᵀ and P·V (`kv_cache_honours`). With `--int8-rules all` (the default) every other
+    rule is computed by `whole_config.py`; with `--int8-rules linear` they stay in float and `left_out` lists
+    them, logged once at start-up.
 The plan is a dict (engine Linear name -> format) that `loader.build_model` builds the model from.
 `warm_up_gemms` runs each distinct int8 GEMM shape at every M bucket so the Triton autotuner never tunes
 mid-run or mid-capture.
@@ -96,13 +97,15 @@ def _per_tensor(dims: tuple[int, ...]) -> bool:
     return not dims or {d % 4 for d in dims} == {0, 1, 2, 3}
 
 
-def left_out(rules: QuantRules, plan: dict[str, str], kv_honoured: bool = False) -> list[str]:
+def left_out(rules: QuantRules, plan: dict[str, str], kv_honoured: bool = False,
+             whole_config: bool = False) -> list[str]:
     """Each rule of the config that the engine's int8 mode does not compute, with what it does instead.
     `kv_honoured` (`kv_cache_honours`): the K and V quantizers of Q·Kᵀ and P·V are the int8 KV cache, so
-    only those rules' other quantizers (Q, P, outputs) are listed."""
+    only those rules' other quantizers (Q, P, outputs) are listed. `whole_config` (`--int8-rules all`):
+    every non-Linear rule is computed (`whole_config.py`), so only Linears without an int8 rule are listed."""
     notes = []
     for r in rules.rules:
-        if r.source_kind == "Linear":
+        if r.source_kind == "Linear" or whole_config:
             continue
         if kv_honoured and r.source_kind == "Matmul" and r.quantizer(KV_ROLE) is not None:
             rest = tuple((role, spec) for role, spec in r.quantizers if role != KV_ROLE)
@@ -122,14 +125,17 @@ def _rule_label(rule: Rule, quantizers=None) -> str:
     return f"{rule.label} [{specs}]"
 
 
-def log_plan(rules: QuantRules, plan: dict[str, str], kv_honoured: bool = False) -> None:
+def log_plan(rules: QuantRules, plan: dict[str, str], kv_honoured: bool = False, whole_config: bool = False) -> None:
     count = sum(fmt != "float" for fmt in plan.values())
     log.info("int8 mode (%s): %d of %d Linears int8 W8A8 (weights per %s)", rules.path, count, len(plan),
              "channel" if "int8_channel" in plan.values() else "tensor")
-    if kv_honoured:
+    if whole_config:
+        log.info("int8 mode: every other rule of %s as simulate computes it, per sequence (--int8-rules all)",
+                 rules.path)
+    elif kv_honoured:
         log.info("int8 mode: K and V (%s of %s) int8 in the KV cache with the config's static per-tensor scales",
                  KV_ROLE, " and ".join(KV_MATMULS))
-    for note in left_out(rules, plan, kv_honoured):
+    for note in left_out(rules, plan, kv_honoured, whole_config):
         log.warning("int8 mode leaves out %s", note)
 
 
@@ -145,7 +151,8 @@ def weight_plan(quant_config, shape: LlamaShape, engine_config=None) -> dict[str
     if rules is None:
         return {}
     plan = int8_plan(shape, rules)
-    log_plan(rules, plan, kv_cache_honours(rules, shape.num_layers, quant_config, engine_config))
+    log_plan(rules, plan, kv_cache_honours(rules, shape.num_layers, quant_config, engine_config),
+             getattr(quant_config, "int8_rules", "all") == "all")
     return plan
 
 

@@ -196,6 +196,12 @@ def _short(identity: Optional[str]) -> str:
     return identity[:19] if identity and identity.startswith("sha256:") else str(identity)
 
 
+def slot_names_in(path: str) -> set[str]:
+    """The slots a scales file holds a range for (header only)."""
+    header = _safetensors_header(path, "--calibration-scales")
+    return {name[:-4] for name in header if name.endswith(".min") and f"{name[:-4]}.max" in header}
+
+
 def kv_granularity(path: str, requested: str, with_config: bool) -> str:
     """"tensor" or "head": which K/V ranges of the file an 8-bit KV cache uses (header only, before loading).
 

@@ -14,6 +14,7 @@ from typing import Optional
 from mlperf_llama2.errors import UserError
 
 QUANTIZATIONS = ("fp8",)
+INT8_RULES = ("all", "linear")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class QuantConfig:
     rounding: str = "half_even"  # half_even | half_away
     narrow_range: bool = True
     batch_shared_scale: bool = True
+    int8_rules: str = "all"  # engine int8 mode: every rule of the config, or its Linear rules only (A/B)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.momentum <= 1.0:
@@ -43,6 +45,8 @@ class QuantConfig:
             raise UserError(f"--calibration-scales: file not found: {self.calibration_scales}")
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.int8_rules not in INT8_RULES:
+            raise UserError(f"--int8-rules must be one of {', '.join(INT8_RULES)}, got {self.int8_rules!r}")
         if self.quantization is not None and self.liteml_config is not None:
             raise UserError(f"--quantization {self.quantization} and --liteml-config are exclusive: a LiteML "
                             "config names its own numerics; pass one of them")
@@ -88,6 +92,11 @@ class QuantConfig:
         g.add_argument("--quant-per-sample-scale", action="store_true",
                        help="open backend: a per-token scale whose dims list the batch axis is computed per "
                             "sample instead of across the batch")
+        g.add_argument("--int8-rules", choices=INT8_RULES, default=QuantConfig.int8_rules,
+                       help="engine --quant-mode int8: all = every rule of the config (norms, RoPE adds, Q/K/V/P, "
+                            "mask add, P.V output, SiLU, mul, residual adds; scales per sequence, as simulate's "
+                            "--quant-per-sample-scale); linear = the W8A8 Linears only, the rest in float and "
+                            "logged (default %(default)s)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "QuantConfig":
@@ -102,4 +111,5 @@ class QuantConfig:
             rounding=ns.quant_rounding,
             narrow_range=not ns.quant_full_range,
             batch_shared_scale=not ns.quant_per_sample_scale,
+            int8_rules=ns.int8_rules,
         )

@@ -135,11 +135,9 @@ def plan_quantization(quant_config, dataset_path: Optional[str], device: str, nu
         if backend != "open":
             raise UserError("--calibration-scales is read by the open backend; LiteML calibrates by itself "
                             "(use --quant-backend open)")
-        meta = check_scales_file(scales_path, config_id(qc.liteml_config), model_path)
-        if meta.get("writer") == "engine" and rules is not None and _static_beyond_kv(rules):
-            raise UserError(f"--calibration-scales {scales_path}: an engine calibration holds only K/V scales; "
-                            f"{os.path.basename(qc.liteml_config)} has other static quantizers: calibrate with "
-                            "the reference backend (no --calibration-scales)")
+        check_scales_file(scales_path, config_id(qc.liteml_config), model_path)
+        if rules is not None:
+            check_scales_cover(scales_path, rules, num_layers or 1)
     calibration_path = None if scales_path else qc.calibration_path or default_calibration_path(dataset_path)
     if static and calibration_path is None and scales_path is None:
         raise UserError(f"{qc.liteml_config} has static quantizers and needs calibration data: pass "
@@ -150,11 +148,29 @@ def plan_quantization(quant_config, dataset_path: Optional[str], device: str, nu
                      scales_path, model_path, output_dir)
 
 
-def _static_beyond_kv(rules: QuantRules) -> bool:
-    """Whether the config has static quantizers besides K (matmul_qkt in2) and V (matmul_pv in2)."""
-    kv = {("matmul_qkt", "quantizer_in2"), ("matmul_pv", "quantizer_in2")}
-    return any(not spec.dynamic and (rule.source_name, role) not in kv
-               for rule in rules.rules for role, spec in rule.quantizers)
+def static_slots(rules: QuantRules, num_layers: int) -> list[str]:
+    """Every static quantizer's slot name (`model.layers.3.mlp.mul.quantizer_in1`) in a `num_layers` Llama."""
+    from mlperf_llama2.quant.llama_slots import slot_names
+
+    names = []
+    for kind, name in slot_names(num_layers):
+        rule = rules.match(kind, name)
+        if rule is not None and kind != "Linear":
+            names += [f"{name}.{role}" for role, spec in rule.quantizers
+                      if not spec.dynamic and role != "weights_quantizer"]
+    return names
+
+
+def check_scales_cover(scales_path: str, rules: QuantRules, num_layers: int) -> None:
+    """One line when the file lacks a static quantizer the config needs (e.g. a K/V-only engine calibration)."""
+    from mlperf_llama2.quant.calibration_file import slot_names_in
+
+    held = slot_names_in(scales_path)
+    missing = [name for name in static_slots(rules, num_layers) if name not in held]
+    if missing:
+        raise UserError(f"--calibration-scales {scales_path}: holds no range for {len(missing)} static quantizer(s) "
+                        f"of {os.path.basename(rules.path)}, e.g. {missing[0]}; calibrate with the whole config "
+                        "(a run without --calibration-scales writes one)")
 
 
 def apply_quantization(model: torch.nn.Module, plan: QuantPlan, device: str):

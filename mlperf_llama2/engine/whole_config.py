@@ -1,0 +1,298 @@
+"""The whole LiteML config in the engine's int8 mode: every non-Linear rule, per sequence, as simulate computes it.
+
+`attach(model, rules, numerics)` gives the engine's `LlamaForCausalLM` a `WholeConfig`: per decoder layer a
+`LayerSlots` holding the destination modules of simulate (`quant/destinations.py`) for each slot a rule names,
+built by the same classes from the same rules under simulate's qualified names (`model.layers.3.self_attn.
+matmul_qkt`, ...). The model's forward then runs the decoder in simulate's order (`llama_slots.py`): quantized
+RMSNorm, the W8A8 Linears (the plan's int8 Linears, unchanged), RoPE through `rotary_mul_*` / `rotary_add_*`,
+Q·Kᵀ with its Q and K quantizers, the mask add, softmax, P·V with its P, V and output quantizers, the residual
+adds `add_1` / `add_2`, SiLU and `mul`, and `model.norm` before lm_head. A slot no rule names computes in float.
+
+Layout. The engine flattens a step's tokens ([T, ...]); each module sees a tensor of simulate's rank with a
+batch of one (`[1, T, N]` for norms, adds and the MLP; `[1, T, heads, D]` for RoPE; per sequence `[1, H, Lq, D]`
+/ `[1, H, Lq, Lk]` in attention), so a static observer's range has simulate's shape (the calibration file is
+shared) and a per-token scale is per sequence and position. A scale whose dims span the batch (axis 0, as the
+Q and P rules' `[0, -1, -3]`) is therefore per sequence here: simulate's `--quant-per-sample-scale`.
+
+K and V. An int8 KV cache with the config's own per-tensor scales stores what the K and V quantizers compute;
+attention reads it dequantized and the quantizers then reproduce those values exactly (a fake-quantized value
+re-quantized with its own scale is itself). With a 16-bit cache the K and V quantizers act on the fly.
+
+Speed. This module is the eager path (any device; CPU tests compare it with simulate). The Triton kernels of the
+fused path compute the same steps with the scales `kernel_scales` extracts (engine/whole_config_*_triton.py).
+Calibration: `WholeConfig` holds `FakeQuantizer`s; `quant.fake_quant.set_calibrating` switches the static ones
+to observing, and `calibrate` runs each calibration prompt alone as one prefill (docs/quantization.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from mlperf_llama2.engine import kv_cache
+from mlperf_llama2.engine.attention import AttentionMetadata
+from mlperf_llama2.engine.ops import rms_norm, rotate_half
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.destinations import DESTINATION_CLASSES
+from mlperf_llama2.quant.fake_quant import Numerics, set_calibrating
+from mlperf_llama2.quant.llama_slots import ATTENTION_SLOTS, AddSlot, MatmulSlot, MulSlot
+from mlperf_llama2.quant.yaml_config import QuantRules
+
+log = logging.getLogger(__name__)
+
+_PLAIN = {"Add": AddSlot, "Mul": MulSlot, "Matmul": MatmulSlot}
+
+
+def _attention_kind(slot: str) -> str:
+    return "Matmul" if slot.startswith("matmul") else "Mul" if "_mul_" in slot else "Add"
+
+
+class _EngineNorm(nn.Module):
+    """The engine's RMSNorm where no rule names the norm (transformers' LlamaRMSNorm numerics)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.norm.weight, self.norm.eps)
+
+
+def _slot(rules: QuantRules, numerics: Numerics, kind: str, name: str, source: nn.Module) -> tuple[nn.Module, bool]:
+    """(module for the slot, whether a rule quantizes it): the rule's destination around `source`, or the float op
+    (an engine RMSNorm `source` computes as `_EngineNorm`)."""
+    rule = rules.match(kind, name)
+    if rule is None:
+        return (_EngineNorm(source) if kind == "RMSNorm" else source), False
+    return DESTINATION_CLASSES[rule.destination](source, rule, numerics, name), True
+
+
+class LayerSlots(nn.Module):
+    """One decoder layer's slots (simulate's names without the `model.layers.N.` prefix)."""
+
+    def __init__(self, layer: nn.Module, index: int, rules: QuantRules, numerics: Numerics) -> None:
+        super().__init__()
+        prefix = f"model.layers.{index}."
+        self.quantized: list[str] = []
+
+        def make(kind, name, source):
+            module, quantized = _slot(rules, numerics, kind, prefix + name, source)
+            if quantized:
+                self.quantized.append(prefix + name)
+            return module
+
+        self.input_layernorm = make("RMSNorm", "input_layernorm", layer.input_layernorm)
+        self.post_attention_layernorm = make("RMSNorm", "post_attention_layernorm",
+                                             layer.post_attention_layernorm)
+        self.add_1 = make("Add", "add_1", AddSlot())
+        self.add_2 = make("Add", "add_2", AddSlot())
+        self.attn = nn.ModuleDict({slot: make(_attention_kind(slot), f"self_attn.{slot}",
+                                              _PLAIN[_attention_kind(slot)]()) for slot in ATTENTION_SLOTS})
+        self.act_fn = make("SiLU", "mlp.act_fn", nn.SiLU())
+        self.mul = make("Mul", "mlp.mul", MulSlot())
+
+    def forward(self, layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, meta: AttentionMetadata, kv_scales: Optional[torch.Tensor]) -> torch.Tensor:
+        """h: residual stream [T, hidden] (the previous layer's add_2 done); cos, sin: [T, D]. Returns the next."""
+        s = layer.s
+        t = h.shape[0]
+        x = self.input_layernorm(h[None])  # [1, T, hidden]
+        q, k, v = layer.qkv_proj(x[0]).split(
+            [s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim], dim=-1)
+        q = self._rope(q.view(1, t, s.num_heads, s.head_dim), cos, sin, "q")[0]  # [T, H, D]
+        k = self._rope(k.view(1, t, s.num_kv_heads, s.head_dim), cos, sin, "k")[0]  # [T, KV, D]
+        v = v.view(t, s.num_kv_heads, s.head_dim)
+        k, v = _store(k, v, k_cache, v_cache, meta.slot_mapping, kv_scales)
+        o = self._attention(q, k, v, k_cache, v_cache, meta, layer.scale, kv_scales)  # [T, H, D]
+        h = self.add_1(h[None], layer.o_proj(o.reshape(t, -1))[None])  # [1, T, hidden]
+        x = self.post_attention_layernorm(h)
+        gate, up = layer.gate_up_proj(x[0]).chunk(2, dim=-1)  # [T, I] each
+        m = self.mul(self.act_fn(gate[None]), up[None])[0]
+        return self.add_2(h, layer.down_proj(m)[None])[0]
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, which: str) -> torch.Tensor:
+        """x [1, T, heads, D] -> x*cos + rotate_half(x)*sin through the rotary slots (cos, sin [T, D])."""
+        a = self.attn
+        c, sn = cos[None, :, None, :], sin[None, :, None, :]
+        return a[f"rotary_add_{which}"](a[f"rotary_mul_{which}_cos"](x, c), a[f"rotary_mul_{which}_sin"](rotate_half(x), sn))
+
+    def _attention(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                   kv_scales: Optional[torch.Tensor]) -> torch.Tensor:
+        """Each sequence alone: decode rows first (their context from the cache), then prefill chunks."""
+        outs = []
+        nd = meta.num_decodes
+        if nd:
+            k_all, v_all = _read(k_cache, meta.decode_context_slots, kv_scales, 0, q.dtype), \
+                _read(v_cache, meta.decode_context_slots, kv_scales, 1, q.dtype)
+            start = 0
+            for i, n in enumerate(meta.decode_context_lens):
+                outs.append(self._one(q[i:i + 1], k_all[start:start + n], v_all[start:start + n], scale))
+                start += n
+        if nd < q.shape[0]:
+            if meta.context_slots is not None:  # a chunk with a cached prefix attends to its whole context
+                k = _read(k_cache, meta.context_slots, kv_scales, 0, q.dtype)
+                v = _read(v_cache, meta.context_slots, kv_scales, 1, q.dtype)
+            else:
+                k, v = k[nd:], v[nd:]
+            qs, ks = nd, 0
+            for q_len, k_len in zip(meta.prefill_q_lens, meta.prefill_k_lens):
+                outs.append(self._one(q[qs:qs + q_len], k[ks:ks + k_len], v[ks:ks + k_len], scale))
+                qs += q_len
+                ks += k_len
+        return torch.cat(outs)
+
+    def _one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """One sequence as simulate's eager attention: q [Lq, H, D] (the last Lq of Lk positions); k, v [Lk, KV, D]."""
+        a = self.attn
+        groups = q.shape[1] // k.shape[1]
+        q4 = q.transpose(0, 1)[None]  # [1, H, Lq, D]
+        k4 = k.transpose(0, 1)[None].repeat_interleave(groups, dim=1)  # [1, H, Lk, D]
+        v4 = v.transpose(0, 1)[None].repeat_interleave(groups, dim=1)
+        scores = a["matmul_qkt"](q4, k4.transpose(2, 3)) * scale  # [1, H, Lq, Lk]
+        lq, lk = q.shape[0], k.shape[0]
+        allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+        mask = torch.zeros(lq, lk, dtype=scores.dtype, device=q.device).masked_fill(
+            ~allowed, torch.finfo(scores.dtype).min)[None, None]  # additive, as transformers' eager mask
+        probs = torch.softmax(a["add_mask"](scores, mask), dim=-1, dtype=torch.float32).to(q.dtype)
+        return a["matmul_pv"](probs, v4)[0].transpose(0, 1)  # [Lq, H, D]
+
+
+def _store(k, v, k_cache, v_cache, slots, kv_scales):
+    """Store k, v [T, KV, D] at their slots; return them as attention reads them back (dequantized if 8-bit)."""
+    if kv_scales is None:
+        k_cache.index_copy_(0, slots, k)
+        v_cache.index_copy_(0, slots, v)
+        return k, v
+    k8, v8 = kv_cache.quantize(k, kv_scales[0], k_cache.dtype), kv_cache.quantize(v, kv_scales[1], v_cache.dtype)
+    kv_cache.store(k_cache, slots, k8)
+    kv_cache.store(v_cache, slots, v8)
+    return kv_cache.dequantize(k8, kv_scales[0], k.dtype), kv_cache.dequantize(v8, kv_scales[1], v.dtype)
+
+
+def _read(cache, slots, kv_scales, which: int, dtype):
+    rows = kv_cache.gather(cache, slots)
+    return rows if kv_scales is None else kv_cache.dequantize(rows, kv_scales[which], dtype)
+
+
+class WholeConfig(nn.Module):
+    """Every layer's slots plus `model.norm`; `forward` / `logits` replace the model's when attached."""
+
+    def __init__(self, model: nn.Module, rules: QuantRules, numerics: Numerics) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(LayerSlots(layer, i, rules, numerics) for i, layer in enumerate(model.layers))
+        self.norm, quantized = _slot(rules, numerics, "RMSNorm", "model.norm", model.norm)
+        self.quantized = [n for slots in self.layers for n in slots.quantized] + (["model.norm"] if quantized else [])
+        self.fused = False  # the Triton path (CUDA); False: this module's eager ops
+
+    def forward(self, model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache_: torch.Tensor,
+                meta: AttentionMetadata, kv_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = model.embed_tokens(input_ids)  # [T, hidden]
+        cos, sin = model.rope_cos[positions], model.rope_sin[positions]  # [T, D]
+        for i, (layer, slots) in enumerate(zip(model.layers, self.layers)):
+            h = slots(layer, h, cos, sin, kv_cache_[0, i], kv_cache_[1, i], meta,
+                      None if kv_scales is None else kv_scales[i])
+        return h
+
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return model.lm_head(self.norm(hidden[None])[0])
+
+
+def attach(model: nn.Module, rules: QuantRules, numerics: Numerics) -> WholeConfig:
+    """Give `model` (weights loaded: the norms' weight quantizers freeze now) the config's slots."""
+    wc = WholeConfig(model, rules, numerics).to(model.embed_tokens.weight.device)
+    model.whole_config = wc
+    log.info("int8 mode: %d slots quantized as the config says (norms, RoPE adds, Q/K/V/P, mask add, P.V "
+             "output, SiLU, mul, residual adds); per-token scales per sequence (simulate's "
+             "--quant-per-sample-scale)", len(wc.quantized))
+    return wc
+
+
+def _prefill_metadata(t: int, device: torch.device) -> AttentionMetadata:
+    """One sequence of t tokens with no cached prefix in slots 0..t-1 of a scratch cache."""
+    cu = torch.tensor([0, t], dtype=torch.int32, device=device)
+    return AttentionMetadata(slot_mapping=torch.arange(t, device=device), num_decodes=0, block_size=t,
+                             cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=t, max_seqlen_k=t,
+                             prefill_q_lens=(t,), prefill_k_lens=(t,))
+
+
+@torch.inference_mode()
+def calibrate(model: nn.Module, prompts: Iterable[Sequence[int]]) -> int:
+    """Each prompt alone, one prefill, static quantizers observing (one update per prompt); returns the count."""
+    wc = model.whole_config
+    s = model.shape
+    device, dtype = model.embed_tokens.weight.device, model.rope_cos.dtype
+    count = set_calibrating(wc, True)
+    n = 0
+    try:
+        for prompt in prompts:
+            ids = torch.as_tensor(list(prompt), dtype=torch.long, device=device)  # [T]
+            t = ids.shape[0]
+            if t == 0:
+                raise UserError(f"calibration prompt {n} is empty")
+            cache = torch.empty(2, s.num_layers, t, s.num_kv_heads, s.head_dim, dtype=dtype, device=device)
+            wc(model, ids, torch.arange(t, device=device), cache, _prefill_metadata(t, device))
+            n += 1
+    finally:
+        set_calibrating(wc, False)
+    if n == 0:
+        raise UserError("calibration data is empty; static quantizers cannot be calibrated")
+    log.info("calibrated %d static quantizers on %d prompts (engine, int8 mode)", count, n)
+    return n
+
+
+def engine_numerics(quant_config) -> Numerics:
+    """The run's open-backend numerics, per sequence (the engine has no padded batch to share a scale over)."""
+    qc = quant_config
+    return Numerics(momentum=qc.momentum, rounding=qc.rounding, narrow_range=qc.narrow_range, batch_shared_scale=False)
+
+
+def setup(model: nn.Module, quant_config, model_path: str, output_dir: Optional[str] = None) -> WholeConfig:
+    """Attach the config's slots to a loaded engine model and give its static quantizers their ranges: from
+    `--calibration-scales`, else by calibrating on `quant_config.calibration_path` (written to output_dir)."""
+    from mlperf_llama2.quant import calibration_file as cf
+    from mlperf_llama2.quant.yaml_config import load_rules
+
+    qc = quant_config
+    rules = load_rules(qc.liteml_config)
+    if qc.batch_shared_scale:
+        log.info("int8 mode computes per-token scales per sequence: simulate's equal is --quant-per-sample-scale")
+    wc = attach(model, rules, engine_numerics(qc))
+    if not cf.static_quantizers(wc):
+        return wc
+    device = model.embed_tokens.weight.device
+    if qc.calibration_scales:
+        cf.load_static_ranges(wc, cf.read_scales(qc.calibration_scales), device)
+        return wc
+    if not qc.calibration_path:
+        raise UserError(f"{qc.liteml_config} has static quantizers: pass --calibration-scales FILE or "
+                        "--calibration-path (the processorca calibration_*.pkl)")
+    from mlperf_llama2.data.dataset import load_dataset
+
+    prompts = load_dataset(qc.calibration_path, total_sample_count=10**9, vocab_size=model.shape.vocab_size).prompts
+    rows = calibrate(model, prompts)
+    if output_dir is not None:
+        import os
+
+        path = write_scales(wc, qc, model_path, rows, os.path.join(output_dir, cf.FILE_NAME))
+        log.info("calibration scales written to %s (reuse with --calibration-scales %s)", path, path)
+    return wc
+
+
+def write_scales(wc: WholeConfig, quant_config, model_path: str, rows: int, path: str) -> str:
+    """The engine's calibrated static ranges -> `path` (a calibration_scales.safetensors, simulate's format)."""
+    import os
+
+    from mlperf_llama2.quant import calibration_file as cf
+
+    qc = quant_config
+    observers = sorted({q.spec.observer for q in cf.static_quantizers(wc).values()})
+    metadata = {
+        "config_id": cf.config_id(qc.liteml_config), "config_name": os.path.basename(qc.liteml_config),
+        **cf.model_identity(model_path), **cf.calibration_metadata(qc.calibration_path, rows),
+        "observer": f"{'+'.join(observers)} momentum={qc.momentum}, one update per sample (1, len)",
+        "quant_mode": "int8", "writer": "engine-whole-config",
+    }
+    return cf.write_scales(path, cf.static_ranges(wc), metadata)
