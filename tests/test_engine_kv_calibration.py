@@ -1,5 +1,6 @@
 """Engine K/V calibration follows the one definition simulate follows: equal ranges, equal scales, one file."""
 
+import dataclasses
 import pandas as pd
 import pytest
 import torch
@@ -128,7 +129,7 @@ def test_engine_calibrates_alone_from_the_pickle_and_writes_a_checked_file(tiny_
     kv_only = tmp_path / "kv_only.safetensors"
     assert run_main(["--model-path", tiny_model_dir, "--calibration-path", tmp_path / "cal.pkl", "--out", kv_only,
                      "--name", "fp8-kv"], tmp_path, 300, script="tools/calibrate_kv.py").returncode == 0
-    with pytest.raises(UserError, match=r"calibrated for another config"):
+    with pytest.raises(UserError, match=r"calibrated for config fp8-kv \(fp8-kv\), not this run.s"):
         plan_quantization(dataclasses.replace(qc, calibration_scales=str(kv_only)), str(tmp_path / "data.pkl"),
                           "cpu", 2, model_path=str(tiny_model_dir))
     bad = run_main(["--model-path", tiny_model_dir, "--calibration-path", tmp_path / "none.pkl", "--out", out,
