@@ -8,9 +8,10 @@ Three kernels; whole_config_ref.py states each in torch (what the eager path run
 
 Contract: the kernels equal the torch references (`*_torch`, the simulate path's numerics) bit for bit,
 except where two implementations of one fp32 primitive may differ in the last bit (the RMSNorm mean's
-summation order; exp in SiLU under the CPU interpreter), as in fused_triton.py. A 16-bit quantizer is fq(x, s) = (clamp(rne(x.float() / s), -qmax, qmax) * s).to(dt) with a correctly rounded
-division; dynamic scales are max(absmax / qmax, FLT_TINY). A quantizer that a config lacks is skipped:
-add_bits / norm_bits None, a rope scale <= 0, silu_scale / mul_scales None.
+summation order; exp in SiLU under the CPU interpreter), as in fused_triton.py. A 16-bit quantizer is
+fq(x, s) = (clamp(rne(x.float() / s), -qmax, qmax) * s).to(dt) with a correctly rounded division; dynamic
+scales are max(absmax / qmax, FLT_TINY). A quantizer that a config lacks is skipped: add_bits / norm_bits
+None, a rope scale <= 0, silu_scale / mul_scales None.
 """
 
 from __future__ import annotations
