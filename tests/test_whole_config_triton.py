@@ -4,7 +4,8 @@ the simulate path's destination modules built from w8a8_npm_v1_3_4.yaml.
 Kernels run on CUDA, or on CPU under Triton's interpreter when TRITON_INTERPRET=1 and triton is importable
 (skipped otherwise); the reference-vs-simulate tests need no Triton. Exact everywhere except the RMSNorm
 mean, whose fp32 summation order differs between tl.sum and torch: random rows agree to one rounding
-there, and bit for bit on rows whose sum of squares is exact in any order.
+there, and bit for bit on rows whose sum of squares is exact in any order. bfloat16 runs only on the GPU:
+the interpreter rounds fp32 -> bf16 toward zero.
 """
 
 from __future__ import annotations
@@ -62,13 +63,13 @@ def _clamps(x: torch.Tensor, scale: torch.Tensor) -> int:
     return int((x.float() / scale).abs().gt(QMAX16).sum())
 
 
-def _assert_one_rounding(got: tuple, want: tuple) -> None:
-    """(x8, xs) of an RMSNorm: the fp32 mean's summation order may move a value by an ulp, so at most a few
-    int8 values by one step and the scales by an ulp."""
+def _assert_one_rounding(got: tuple, want: tuple, dtype: torch.dtype) -> None:
+    """(x8, xs) of an RMSNorm: the fp32 mean's summation order may move an output by one ulp of the model
+    dtype, so a few int8 values by one step and a scale (absmax / 127) by about one such ulp."""
     (x8, xs), (x8_want, xs_want) = got, want
     step = (x8.int() - x8_want.int()).abs()
     assert step.max() <= 1 and step.float().mean() < 0.02
-    assert torch.allclose(xs, xs_want, rtol=2.5e-7, atol=0)
+    assert torch.allclose(xs, xs_want, rtol=2 * torch.finfo(dtype).eps, atol=0)
 
 
 # ------------------------------------------------------------------------------------------- add + RMSNorm
@@ -99,7 +100,7 @@ def test_add_rms_norm_q8_matches_reference(wc, dtype, variant, with_delta):
     assert torch.equal(h_new, h_want)
     if delta is None:
         assert h_new is h  # no add: the residual is passed on, not copied
-    _assert_one_rounding(x, x_want)
+    _assert_one_rounding(x, x_want, dtype)
     assert x[0].dtype == torch.int8 and x[1].shape == (T,) and x[1][-1] == torch.finfo(torch.float32).tiny
 
 
@@ -368,7 +369,7 @@ def test_kernels_match_references_at_70b_widths(wc, dtype):
     weight = (torch.rand(n, generator=_gen(22)) + 0.5).to(dtype).to(DEVICE)
     got, want = wc.add_rms_norm_q8(h, delta, weight, EPS), ref.add_rms_norm_q8_torch(h, delta, weight, EPS)
     assert torch.equal(got[0], want[0])
-    _assert_one_rounding(got[1:], want[1:])
+    _assert_one_rounding(got[1:], want[1:], dtype)
     qkv = _randn(t, (heads + 2 * kv) * d, seed=23, scale=3.0, dtype=dtype)
     positions = torch.randint(0, 4096, (t,), generator=_gen(24)).to(DEVICE)
     angles = torch.rand(4096, d, generator=_gen(25)) * 6.3
