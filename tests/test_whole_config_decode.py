@@ -95,14 +95,15 @@ S_OUT = scale_of(3.0, 16)  # outputs reach about +-5: some are clamped
 
 @needs_triton
 @pytest.mark.parametrize("quantizers", ["both", "none"])
-@pytest.mark.parametrize("contexts,block_n", [(CONTEXTS, 16), ((1, 5, 13, 40), 16), (CONTEXTS, 64)])
-def test_kernel_equals_the_reference_fp32(quantizers, contexts, block_n):
+@pytest.mark.parametrize("contexts,block_n,heads", [(CONTEXTS, 16, H), ((1, 5, 13, 40), 16, H), (CONTEXTS, 64, H),
+                                                    (CONTEXTS, 16, 6)])  # 6 heads: groups of 3, padded lanes
+def test_kernel_equals_the_reference_fp32(quantizers, contexts, block_n, heads):
     s_mask, s_out = (S_MASK, S_OUT) if quantizers == "both" else (None, None)
     for seed in range(2):
-        *_, args, _ = make_case(torch.float32, seed, contexts)
+        *_, args, _ = make_case(torch.float32, seed, contexts, heads=heads)
         want = decode_q8_torch(*args, s_mask, s_out, torch.float32)
         got = run_kernel(args, s_mask, s_out, torch.float32, block_n)
-        assert got.shape == (len(contexts), H, D) and got.dtype == torch.float32
+        assert got.shape == (len(contexts), heads, D) and got.dtype == torch.float32
         # fp rounding of the scores / output may move a value across one of the output quantizer's rounding
         # boundaries (one 16-bit step), rarely; without it only fp32 rounding separates them
         err = (got - want).abs()
