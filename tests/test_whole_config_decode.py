@@ -114,37 +114,34 @@ def test_kernel_equals_the_reference_fp32(quantizers, contexts, block_n, heads):
             assert (steps - steps.round()).abs().max() < 1e-2 and steps.abs().max() <= 32767
 
 
+def assert_within_one_p_step(got: torch.Tensor, want: torch.Tensor, args, dt: torch.dtype) -> None:
+    """|got - want| <= 3 s_out + 4 ulp(want) + ps * sum_j |vd_j| (each p8_j one integer off, at most), and the
+    mean error is a few ulps: a P element may round to its neighbour, most do not."""
+    q8, qs, k8, v8, bt, lens, sm_scale, block, kv_scales = args
+    group = q8.shape[1] // k8.shape[1]
+    eps = torch.finfo(dt).eps
+    for b, n in enumerate(lens.tolist()):
+        slots = [int(bt[b, p // block]) * block + p % block for p in range(n)]
+        qd = (q8[b].float() * qs[b]).to(dt)  # [H, D]: the reference's P scale, recomputed
+        kd = dequantize(k8[slots], kv_scales[0], dt).repeat_interleave(group, 1)  # [n, H, D]
+        p = torch.softmax(torch.einsum("hd,nhd->hn", qd.float(), kd.float()) * sm_scale, -1).to(dt).float()
+        ps = symmetric_scale(p.amax(), 8).item()
+        vd = dequantize(v8[slots], kv_scales[1], dt).float().abs().sum(0).repeat_interleave(group, 0)  # [H, D]
+        bound = 3 * S_OUT + 4 * eps * want[b].abs() + ps * vd
+        err = (got[b] - want[b]).abs()
+        assert (err <= bound).all(), f"seq {b}: error {err.max():.4g} over the bound"
+    assert (got - want).abs().mean() < 4 * eps * want.abs().mean()
+
+
 @needs_triton
 @pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16])
 def test_kernel_in_16_bits_is_within_one_int8_step_of_p(dt):
-    """|got - want| <= 3 s_out + 4 ulp(want) + ps * sum_j |vd_j| (each p8_j one integer off, at most)."""
     for seed in range(3):
-        q, k, v, args, tables = make_case(dt, seed)
+        *_, args, _ = make_case(dt, seed)
         want = decode_q8_torch(*args, S_MASK, S_OUT, dt).float()
         got = run_kernel(args, S_MASK, S_OUT, dt).float()
-        assert got.dtype == torch.float32 and torch.isfinite(got).all()
-        _, _, _, v8, bt, lens, _, _, kv_scales = args
-        eps = torch.finfo(dt).eps
-        for b, n in enumerate(CONTEXTS):
-            ps = want_ps(args, b, dt)
-            slots = [tables[b][p // BLOCK] * BLOCK + p % BLOCK for p in range(n)]
-            vd = dequantize(v8[slots], kv_scales[1], dt).float().abs().sum(0)  # [KV, D]
-            bound = 3 * S_OUT + 4 * eps * want[b].abs() + ps * vd.repeat_interleave(H // KV, 0)
-            err = (got[b] - want[b]).abs()
-            assert (err <= bound).all(), f"seed {seed} seq {b}: error {err.max():.4g} over bound"
-        assert (got - want).abs().mean() < 0.05 * want.abs().mean()  # most elements agree closely
-
-
-def want_ps(args, b: int, dt: torch.dtype) -> float:
-    """The reference's P scale of sequence b: max over heads and keys of softmax(S) in dt, / 127."""
-    q8, qs, k8, _, bt, lens, sm_scale, block, kv_scales = args
-    n = int(lens[b])
-    slots = [int(bt[b, p // block]) * block + p % block for p in range(n)]
-    qd = (q8[b].float() * qs[b]).to(dt)  # [H, D]
-    kd = dequantize(k8[slots], kv_scales[0], dt).repeat_interleave(H // KV, 1)  # [n, H, D]
-    s = torch.einsum("hd,nhd->hn", qd.float(), kd.float()) * sm_scale
-    p = torch.softmax(s, -1).to(dt).float()
-    return symmetric_scale(p.amax(), 8).item()
+        assert torch.isfinite(got).all()
+        assert_within_one_p_step(got, want, args, dt)
 
 
 def simulate_modules(k_absmax: float, v_absmax: float, s_mask_absmax: float, s_out_absmax: float):
@@ -233,9 +230,8 @@ def test_kernel_at_70b_head_shapes_on_the_gpu():
     contexts = (1, 17, 300, 1100)
     for dt in (torch.float16, torch.bfloat16):
         *_, args, _ = make_case(dt, seed=5, contexts=contexts, heads=64, kv_heads=8, d=128, block=16)
-        s_mask, s_out = scale_of(40.0, 16), scale_of(3.0, 16)
+        s_mask, s_out = scale_of(40.0, 16), S_OUT
         want = decode_q8_torch(*args, s_mask, s_out, dt).float()
         got = run_kernel(args, s_mask, s_out, dt, block_n=64).float()
         assert torch.isfinite(got).all()
-        assert (got - want).abs().mean() < 0.05 * want.abs().mean()
-        torch.testing.assert_close(got, want, atol=0.1 * want.abs().max().item(), rtol=0.05)
+        assert_within_one_p_step(got, want, args, dt)

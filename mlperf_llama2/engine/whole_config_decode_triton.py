@@ -109,7 +109,8 @@ def _pv_kernel(q_ptr, qs_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, contex
     heads = kv_head * GROUP + offs_g
     offs_h = tl.arange(0, BLOCK_H)
     l_all = tl.load(l_ptr + seq * num_heads + offs_h, mask=offs_h < num_heads, other=float("inf"))  # [BLOCK_H]
-    p_max = tl.div_rn(1.0, tl.min(l_all, 0)).to(DT).to(tl.float32)  # the sequence's largest P, in DT
+    l_min = tl.min(l_all, 0)
+    p_max = tl.div_rn(tl.zeros_like(l_min) + 1.0, l_min).to(DT).to(tl.float32)  # the sequence's largest P, in DT
     ps = tl.maximum(tl.div_rn(p_max, 127.0), _FP32_TINY)
     m_i = tl.load(m_ptr + seq * num_heads + heads, mask=g_mask, other=0.0)  # [BLOCK_G]
     l_i = tl.load(l_ptr + seq * num_heads + heads, mask=g_mask, other=1.0)
