@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine.fused_triton import _INTERPRET, _exp, _rint
-from mlperf_llama2.engine.whole_config_decode import check_inputs, decode_q8_torch  # noqa: F401 (the reference, re-exported)
+from mlperf_llama2.engine.whole_config_decode import check_inputs, decode_q8_torch  # noqa: F401 (re-exported)
 from mlperf_llama2.errors import UserError
 
 log = logging.getLogger(__name__)
