@@ -1,0 +1,165 @@
+"""Paged decode attention of the whole-config int8 mode (w8a8_npm_v1_3_4, spec steps 6-10) as Triton kernels.
+
+Contract: `decode_q8` equals `whole_config_decode.decode_q8_torch` (simulate's numerics) up to float rounding:
+the scores are the exact int32 dot q8 . k8 times qs * s_k (rounded to dt), times sm_scale (rounded to dt), then
+add_mask's 16-bit quantizer; P.V is the exact int32 dot p8 . v8 times ps * s_v (rounded to dt), then
+matmul_pv's 16-bit output quantizer. Every division is correctly rounded (div_rn), as fake_quant's.
+
+P's int8 scale spans all heads of a sequence: ps = max_h max_j P[h, j] / 127, and the largest P of a head is
+exp(0) / l_h, so ps = round_dt(1 / min_h l_h) / 127 needs every head's denominator l before any head can
+quantize. Hence two passes over the context: pass 1 writes m and l per (sequence, head); pass 2 reads the
+sequence's l, recomputes the same scores, quantizes P and accumulates p8 . v8 in int32 (tl.dot on int8).
+One program per (sequence, KV head) covers its GQA group, as paged_decode_triton's kernels; context lengths
+are read on the device, so the grid depends on the batch size only (graph-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _exp, _rint
+from mlperf_llama2.engine.whole_config_decode import check_inputs, decode_q8_torch  # noqa: F401 (re-exported)
+from mlperf_llama2.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+_FP32_TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(float32).tiny: symmetric_scale's floor
+DEFAULT_BLOCK_N = 64  # keys per loop iteration
+
+
+@triton.jit
+def _fq16(x, scale, DT: tl.constexpr, INTERPRET: tl.constexpr):
+    """fp32 x -> fake_quant(x, scale, 16 bits) rounded to DT, back in fp32."""
+    r = _rint(tl.div_rn(x, scale), INTERPRET)
+    return (tl.minimum(tl.maximum(r, -32767.0), 32767.0) * scale).to(DT).to(tl.float32)
+
+
+@triton.jit
+def _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask,
+            HAS_MASK_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr):
+    """q8 [BLOCK_G, D] int8 against one tile of cached keys -> S [BLOCK_G, BLOCK_N] fp32 (-inf past the context)."""
+    k8 = tl.load(k_cache_ptr + kv_off, mask=n_mask[:, None], other=0)  # [BLOCK_N, D] int8
+    dot = tl.dot(q8, tl.trans(k8), out_dtype=tl.int32)  # [BLOCK_G, BLOCK_N], exact
+    s = (dot.to(tl.float32) * coef).to(DT).to(tl.float32)  # qd . kd, rounded as matmul_qkt's output
+    s = (s * sm_scale).to(DT).to(tl.float32)
+    if HAS_MASK_Q:
+        s = _fq16(s, s_mask, DT, INTERPRET)
+    return tl.where(n_mask[None, :], s, float("-inf"))
+
+
+@triton.jit
+def _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs, stride_ch,
+                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """(cache offsets [BLOCK_N, D] of the tile's rows for this KV head, mask [BLOCK_N] of positions < ctx_len)."""
+    pos = start + tl.arange(0, BLOCK_N)
+    n_mask = pos < ctx_len
+    block = tl.load(block_tables_ptr + seq * stride_bt + pos // BLOCK_SIZE, mask=n_mask, other=0)
+    slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
+    return slot[:, None] * stride_cs + kv_head * stride_ch + tl.arange(0, HEAD_DIM)[None, :], n_mask
+
+
+@triton.jit
+def _stats_kernel(q_ptr, qs_ptr, k_cache_ptr, block_tables_ptr, context_lens_ptr, scales_ptr, m_ptr, l_ptr,
+                  sm_scale, s_mask, num_heads, stride_qt, stride_qh, stride_cs, stride_ch, stride_bt,
+                  GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                  BLOCK_N: tl.constexpr, HAS_MASK_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr):
+    """Pass 1: the softmax max m and denominator l of every head of the group: m, l [B, H] fp32."""
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    ctx_len = tl.load(context_lens_ptr + seq)
+    offs_g = tl.arange(0, BLOCK_G)
+    g_mask = offs_g < GROUP
+    heads = kv_head * GROUP + offs_g
+    q8 = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + tl.arange(0, HEAD_DIM)[None, :],
+                 mask=g_mask[:, None], other=0)  # [BLOCK_G, D] int8
+    coef = tl.load(qs_ptr + seq) * tl.load(scales_ptr + kv_head)  # qs * s_k
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    for start in range(0, ctx_len, BLOCK_N):
+        kv_off, n_mask = _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs,
+                                       stride_ch, BLOCK_SIZE, BLOCK_N, HEAD_DIM)
+        s = _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET)
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the first tile holds position 0
+        l_i = l_i * _exp(m_i - m_new, INTERPRET) + tl.sum(_exp(s - m_new[:, None], INTERPRET), 1)
+        m_i = m_new
+    tl.store(m_ptr + seq * num_heads + heads, m_i, mask=g_mask)
+    tl.store(l_ptr + seq * num_heads + heads, l_i, mask=g_mask)
+
+
+@triton.jit
+def _pv_kernel(q_ptr, qs_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, scales_ptr, m_ptr,
+               l_ptr, out_ptr, sm_scale, s_mask, s_out, num_heads, num_kv, stride_qt, stride_qh, stride_cs,
+               stride_ch, stride_bt, stride_ot, stride_oh,
+               GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK_Q: tl.constexpr,
+               HAS_OUT_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr):
+    """Pass 2: P = exp(S - m) / l in DT, p8 = rne(P / ps), O = fq16((p8 . v8) * ps * s_v) for the group's heads."""
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    ctx_len = tl.load(context_lens_ptr + seq)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HEAD_DIM)
+    g_mask = offs_g < GROUP
+    heads = kv_head * GROUP + offs_g
+    offs_h = tl.arange(0, BLOCK_H)
+    l_all = tl.load(l_ptr + seq * num_heads + offs_h, mask=offs_h < num_heads, other=float("inf"))  # [BLOCK_H]
+    l_min = tl.min(l_all, 0)
+    p_max = tl.div_rn(tl.zeros_like(l_min) + 1.0, l_min).to(DT).to(tl.float32)  # the sequence's largest P, in DT
+    ps = tl.maximum(tl.div_rn(p_max, 127.0), _FP32_TINY)
+    m_i = tl.load(m_ptr + seq * num_heads + heads, mask=g_mask, other=0.0)  # [BLOCK_G]
+    l_i = tl.load(l_ptr + seq * num_heads + heads, mask=g_mask, other=1.0)
+    q8 = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                 mask=g_mask[:, None], other=0)  # [BLOCK_G, D] int8
+    coef = tl.load(qs_ptr + seq) * tl.load(scales_ptr + kv_head)
+    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.int32)
+    for start in range(0, ctx_len, BLOCK_N):
+        kv_off, n_mask = _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs,
+                                       stride_ch, BLOCK_SIZE, BLOCK_N, HEAD_DIM)
+        s = _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET)
+        p = tl.div_rn(_exp(s - m_i[:, None], INTERPRET), l_i[:, None]).to(DT).to(tl.float32)  # softmax in DT
+        p8 = tl.minimum(_rint(tl.div_rn(p, ps), INTERPRET), 127.0).to(tl.int8)  # P >= 0: only the top clamps
+        v8 = tl.load(v_cache_ptr + kv_off, mask=n_mask[:, None], other=0)  # [BLOCK_N, D] int8
+        acc += tl.dot(p8, v8, out_dtype=tl.int32)
+    o = (acc.to(tl.float32) * (ps * tl.load(scales_ptr + num_kv + kv_head))).to(DT).to(tl.float32)
+    if HAS_OUT_Q:
+        o = _fq16(o, s_out, DT, INTERPRET)
+    tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+             o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
+
+
+def decode_q8(q8: torch.Tensor, qs: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              block_tables: torch.Tensor, context_lens: torch.Tensor, sm_scale: float, block_size: int,
+              kv_scales: torch.Tensor, s_mask: Optional[float], s_out: Optional[float], out_dtype: torch.dtype,
+              block_n: int = DEFAULT_BLOCK_N) -> torch.Tensor:
+    """q8 [B, H, D] int8, qs [B] fp32; caches [S, KV, D] int8 (row stride D); block_tables [B, W] int32;
+    context_lens [B] int32 (>= 1); kv_scales [2, KV] fp32 -> [B, H, D] out_dtype. s_mask / s_out: the 16-bit
+    static scales of add_mask and matmul_pv's output (None: that quantizer is absent)."""
+    check_inputs(q8, qs, k_cache, v_cache, block_tables, context_lens, kv_scales, out_dtype)
+    if block_n < 16 or block_n & (block_n - 1):
+        raise UserError(f"whole-config decode: block_n must be a power of 2 >= 16 (tl.dot), got {block_n}")
+    if k_cache.stride(2) != 1 or q8.stride(2) != 1:
+        raise UserError("whole-config decode: q8 and the caches need contiguous head_dim rows")
+    b, h, d = q8.shape
+    kv = k_cache.shape[1]
+    group = h // kv
+    ml = torch.empty(2, b, h, dtype=torch.float32, device=q8.device)  # [0]: softmax max m, [1]: denominator l
+    out = torch.empty(b, h, d, dtype=out_dtype, device=q8.device)
+    kv_scales = kv_scales.contiguous()
+    common = dict(GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_SIZE=block_size,
+                  BLOCK_N=block_n, HAS_MASK_Q=s_mask is not None, DT=_TL_DTYPE[out_dtype], INTERPRET=_INTERPRET)
+    mask_scale = 1.0 if s_mask is None else float(s_mask)
+    _stats_kernel[(b, kv)](
+        q8, qs, k_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], float(sm_scale), mask_scale, h,
+        q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0), **common)
+    _pv_kernel[(b, kv)](
+        q8, qs, k_cache, v_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], out, float(sm_scale),
+        mask_scale, 1.0 if s_out is None else float(s_out), h, kv,
+        q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
+        out.stride(0), out.stride(1), BLOCK_H=triton.next_power_of_2(h), HAS_OUT_Q=s_out is not None, **common)
+    return out
