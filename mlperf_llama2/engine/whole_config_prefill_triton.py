@@ -8,8 +8,8 @@ first. Hence two passes, each one program per (chunk, query block, KV head) over
 pass 1 runs a flash-attention loop over key blocks for m (row max) and l; pass 2 reduces l over the heads
 into ps, recomputes the same scores, quantizes P = exp(S - m) / l to p8 and accumulates p8 . v8 exactly in
 int32 (or, with int_dot=False, fp32 dots of the same integers), then scales by ps * s_v and applies the
-16-bit output quantizer s_out. Queries are the last q_len of a chunk's k_len keys, causal. Heads are padded to BLOCK_D >= 16 with zeros, so the
-int8 dots always have the shapes tl.dot needs.
+16-bit output quantizer s_out. Queries are the last q_len of a chunk's k_len keys, causal. Heads are padded
+to BLOCK_D >= 16 with zeros, so the int8 dots always have the shapes tl.dot needs.
 """
 
 from __future__ import annotations
@@ -83,6 +83,20 @@ def _rows(cu_q_ptr, cu_k_ptr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _token_ps(l_ptr, cu_q_ptr, num_heads, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, DT: tl.constexpr):
+    """[BLOCK_M] P's int8 scale of the program's query tokens: (1 / min over heads of l, in DT) / 127."""
+    chunk = tl.program_id(0)
+    q_row0 = tl.load(cu_q_ptr + chunk)
+    q_len = tl.load(cu_q_ptr + chunk + 1) - q_row0
+    token = q_row0 + tl.minimum(tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M), q_len - 1)  # as _rows
+    offs_h = tl.arange(0, BLOCK_H)
+    l_all = tl.load(l_ptr + token[:, None] * num_heads + offs_h[None, :], mask=offs_h[None, :] < num_heads,
+                    other=float("inf"))  # [BLOCK_M, BLOCK_H]
+    p_max = tl.div_rn(1.0, tl.min(l_all, 1)).to(DT).to(tl.float32)
+    return tl.maximum(tl.div_rn(p_max, _Q8), 1.1754943508222875e-38)
+
+
+@triton.jit
 def _pass1_kernel(q8_ptr, qs_ptr, k8_ptr, cu_q_ptr, cu_k_ptr, kv_scales_ptr, m_ptr, l_ptr, sm_scale, s_mask,
                   num_heads, stride_qt, stride_qh, stride_kt, stride_kh,
                   GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -127,11 +141,8 @@ def _pass2_kernel(q8_ptr, qs_ptr, k8_ptr, v8_ptr, cu_q_ptr, cu_k_ptr, kv_scales_
         m_i = tl.load(m_ptr + row, mask=valid, other=0.0)  # [ROWS]
         l_i = tl.load(l_ptr + row, mask=valid, other=1.0)
         # ps per token: the largest P of any head is 1 / l of the head with the smallest l
-        offs_h = tl.arange(0, BLOCK_H)
-        l_all = tl.load(l_ptr + token[:, None] * num_heads + offs_h[None, :], mask=offs_h[None, :] < num_heads,
-                        other=float("inf"))  # [ROWS, BLOCK_H]
-        p_max = tl.div_rn(1.0, tl.min(l_all, 1)).to(DT).to(tl.float32)
-        ps = tl.maximum(tl.div_rn(p_max, _Q8), 1.1754943508222875e-38)  # [ROWS]
+        ps = tl.reshape(tl.broadcast_to(_token_ps(l_ptr, cu_q_ptr, num_heads, BLOCK_M, BLOCK_H, DT)[:, None],
+                                        [BLOCK_M, BLOCK_G]), [BLOCK_M * BLOCK_G])  # [ROWS]
         acc = tl.zeros([BLOCK_M * BLOCK_G, BLOCK_D], tl.int32 if INT_DOT else tl.float32)
         kv_off = kv_head * stride_kh
         k_end = tl.minimum(k_len, k_len - q_len + q0 + BLOCK_M)
