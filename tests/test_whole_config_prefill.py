@@ -174,6 +174,19 @@ def test_kernel_without_quantizers_and_default_blocks():
     assert not torch.equal(prefill_q8_torch(*args_q), ref)  # the quantizers do change the result
 
 
+@pytest.mark.parametrize("shape", [(6, 2, 24), (3, 3, 8)])
+def test_kernel_pads_groups_and_head_dims(shape):
+    """A GQA group of 3 (padded to 4 rows per token), no GQA, head dims that are no power of 2 or under 16."""
+    device = _triton_device()
+    from mlperf_llama2.engine.whole_config_prefill_triton import prefill_q8
+
+    args = _case(CASES["mixed"], torch.float32, pow2=True, seed=7, device=device, shape=shape)
+    ref = prefill_q8_torch(*args)
+    err = (prefill_q8(*args, block_m=4, block_n=16).float() - ref.float()).abs()
+    assert err.max().item() <= _bound(args, ref, pow2=True)
+    assert (err == 0).float().mean().item() >= BIT_EQUAL[torch.float32]
+
+
 def test_int8_and_fp32_dots_agree_exactly():
     device = _triton_device()
     from mlperf_llama2.engine.whole_config_prefill_triton import prefill_q8

@@ -205,7 +205,7 @@ def prefill_q8(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, v8: torch.T
     m = torch.empty(t, h, dtype=torch.float32, device=q8.device)  # row max of the quantized scores
     l = torch.empty(t, h, dtype=torch.float32, device=q8.device)  # softmax denominator
     qs, kv_scales = qs.float().contiguous(), kv_scales.float().contiguous()
-    k8, v8 = k8.contiguous(), v8.contiguous()  # one set of strides for both
+    q8, k8, v8 = q8.contiguous(), k8.contiguous(), v8.contiguous()  # unit last stride; one set for k8 and v8
     grid = (num_chunks, triton.cdiv(max_seqlen_q, block_m), kv)
     has_mask_q, has_out_q = s_mask is not None, s_out is not None
     common = dict(GROUP=group, BLOCK_G=block_g, BLOCK_M=block_m, BLOCK_N=max(16, block_n), HEAD_DIM=d,
