@@ -37,7 +37,7 @@ CASES = {
 }
 
 # the least share of outputs bit-equal to the reference (fp32: the scores are the same numbers)
-BIT_EQUAL = {torch.float32: 0.95, torch.float16: 0.4, torch.bfloat16: 0.1}
+BIT_EQUAL = {torch.float32: 0.95, torch.float16: 0.4, torch.bfloat16: 0.4}
 
 
 def _triton_device() -> str:
@@ -213,7 +213,14 @@ def test_kernel_at_70b_head_shapes_on_gpu(dtype):
     from mlperf_llama2.engine.whole_config_prefill_triton import prefill_q8
 
     args = _case([(300, 300), (37, 900), (1, 129)], dtype, pow2=True, device="cuda", shape=(64, 8, 128))
-    args[10], args[11] = 2e-3, 2e-4
-    ref = prefill_q8_torch(*args)
+    args[8], args[10], args[11] = 2.0**-3, 2e-3, 2e-4  # sm_scale a power of 2, like the other scales
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction
+    try:  # the reference's scores summed in fp32 (exact here), so both sides hold the same scores
+        matmul.allow_fp16_reduced_precision_reduction = matmul.allow_bf16_reduced_precision_reduction = False
+        ref = prefill_q8_torch(*args)
+    finally:
+        matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction = saved
     err = (prefill_q8(*args).float() - ref.float()).abs()
     assert err.max().item() <= _bound(args, ref, pow2=True)
+    assert (err == 0).float().mean().item() >= BIT_EQUAL[dtype]

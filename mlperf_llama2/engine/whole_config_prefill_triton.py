@@ -33,11 +33,23 @@ _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float
 
 
 @triton.jit
+def _round(x, DT: tl.constexpr, INTERPRET: tl.constexpr):
+    """fp32 x rounded to DT (nearest, ties to even), kept in fp32. The interpreter truncates fp32 -> bf16,
+    so there the rounding is done on the bits (x finite or infinite, never NaN here)."""
+    if INTERPRET and DT == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(DT).to(tl.float32)
+
+
+@triton.jit
 def _fq16(x, scale, DT: tl.constexpr, INTERPRET: tl.constexpr):
     """fp32 x already rounded to DT -> fq(x, scale, 16) rounded to DT, back in fp32 (clamping first keeps the
     interpreter's rounding trick in range and changes nothing: the bounds are integers)."""
     r = tl.minimum(tl.maximum(tl.div_rn(x, scale), -_Q16), _Q16)
-    return (_rint(r, INTERPRET) * scale).to(DT).to(tl.float32)
+    return _round(_rint(r, INTERPRET) * scale, DT, INTERPRET)
 
 
 @triton.jit
@@ -55,7 +67,7 @@ def _scores(q8, k8_ptr, k_row0, k_start, k_len, q_pos, stride_kt, kv_off, offs_d
         dots = tl.dot(q8, tl.trans(k8), out_dtype=tl.int32).to(tl.float32)  # exact
     else:
         dots = tl.dot(q8.to(tl.float32), tl.trans(k8.to(tl.float32)), input_precision="ieee")  # exact integers
-    s = (dots * qk_scale[:, None]).to(DT).to(tl.float32)  # [ROWS, BLOCK_N]
+    s = _round(dots * qk_scale[:, None], DT, INTERPRET)  # [ROWS, BLOCK_N]
     if HAS_MASK_Q:
         s = _fq16(s, s_mask, DT, INTERPRET)
     keep = (pos[None, :] <= q_pos[:, None]) & k_mask[None, :]
@@ -83,7 +95,8 @@ def _rows(cu_q_ptr, cu_k_ptr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def _token_ps(l_ptr, cu_q_ptr, num_heads, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, DT: tl.constexpr):
+def _token_ps(l_ptr, cu_q_ptr, num_heads, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, DT: tl.constexpr,
+              INTERPRET: tl.constexpr):
     """[BLOCK_M] P's int8 scale of the program's query tokens: (1 / min over heads of l, in DT) / 127."""
     chunk = tl.program_id(0)
     q_row0 = tl.load(cu_q_ptr + chunk)
@@ -92,7 +105,7 @@ def _token_ps(l_ptr, cu_q_ptr, num_heads, BLOCK_M: tl.constexpr, BLOCK_H: tl.con
     offs_h = tl.arange(0, BLOCK_H)
     l_all = tl.load(l_ptr + token[:, None] * num_heads + offs_h[None, :], mask=offs_h[None, :] < num_heads,
                     other=float("inf"))  # [BLOCK_M, BLOCK_H]
-    p_max = tl.div_rn(1.0, tl.min(l_all, 1)).to(DT).to(tl.float32)
+    p_max = _round(tl.div_rn(1.0, tl.min(l_all, 1)), DT, INTERPRET)
     return tl.maximum(tl.div_rn(p_max, _Q8), 1.1754943508222875e-38)
 
 
@@ -141,15 +154,15 @@ def _pass2_kernel(q8_ptr, qs_ptr, k8_ptr, v8_ptr, cu_q_ptr, cu_k_ptr, kv_scales_
         m_i = tl.load(m_ptr + row, mask=valid, other=0.0)  # [ROWS]
         l_i = tl.load(l_ptr + row, mask=valid, other=1.0)
         # ps per token: the largest P of any head is 1 / l of the head with the smallest l
-        ps = tl.reshape(tl.broadcast_to(_token_ps(l_ptr, cu_q_ptr, num_heads, BLOCK_M, BLOCK_H, DT)[:, None],
-                                        [BLOCK_M, BLOCK_G]), [BLOCK_M * BLOCK_G])  # [ROWS]
+        ps_tok = _token_ps(l_ptr, cu_q_ptr, num_heads, BLOCK_M, BLOCK_H, DT, INTERPRET)  # [BLOCK_M]
+        ps = tl.reshape(tl.broadcast_to(ps_tok[:, None], [BLOCK_M, BLOCK_G]), [BLOCK_M * BLOCK_G])  # [ROWS]
         acc = tl.zeros([BLOCK_M * BLOCK_G, BLOCK_D], tl.int32 if INT_DOT else tl.float32)
         kv_off = kv_head * stride_kh
         k_end = tl.minimum(k_len, k_len - q_len + q0 + BLOCK_M)
         for k_start in range(0, k_end, BLOCK_N):
             s = _scores(q8, k8_ptr, k_row0, k_start, k_len, q_pos, stride_kt, kv_off, offs_d, d_mask,
                         qk_scale, s_mask, BLOCK_N, INT_DOT, HAS_MASK_Q, DT, INTERPRET)
-            p = tl.div_rn(_exp(s - m_i[:, None], INTERPRET), l_i[:, None]).to(DT).to(tl.float32)  # softmax in DT
+            p = _round(tl.div_rn(_exp(s - m_i[:, None], INTERPRET), l_i[:, None]), DT, INTERPRET)  # softmax in DT
             p8 = tl.minimum(tl.maximum(_rint(tl.div_rn(p, ps[:, None]), INTERPRET), -_Q8), _Q8)  # [ROWS, BLOCK_N]
             pos = k_start + tl.arange(0, BLOCK_N)
             v8 = tl.load(v8_ptr + (k_row0 + pos)[:, None] * stride_kt + kv_off + offs_d[None, :],
@@ -158,7 +171,7 @@ def _pass2_kernel(q8_ptr, qs_ptr, k8_ptr, v8_ptr, cu_q_ptr, cu_k_ptr, kv_scales_
                 acc += tl.dot(p8.to(tl.int8), v8, out_dtype=tl.int32)
             else:
                 acc += tl.dot(p8, v8.to(tl.float32), input_precision="ieee")  # integers: exact
-        o = (acc.to(tl.float32) * (ps * tl.load(kv_scales_ptr + num_kv + kv_head))[:, None]).to(DT).to(tl.float32)
+        o = _round(acc.to(tl.float32) * (ps * tl.load(kv_scales_ptr + num_kv + kv_head))[:, None], DT, INTERPRET)
         if HAS_OUT_Q:
             o = _fq16(o, s_out, DT, INTERPRET)
         tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :], o.to(DT),
