@@ -145,3 +145,29 @@ def test_a_scales_file_without_every_static_quantizer_is_one_line(tiny_model_dir
     with pytest.raises(UserError, match=r"holds no range for 18 static quantizer\(s\) of w8a8_npm_v1_3_4.yaml, "
                                         r"e.g. model.layers.0.self_attn.matmul_pv.quantizer_out"):
         check_scales_cover(path, load_rules(NPM), 2)
+
+
+def _fused_available() -> bool:
+    import os
+
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.skipif(not _fused_available(), reason="the whole-config kernels need a CUDA GPU (or TRITON_INTERPRET=1 "
+                                                    "with triton installed)")
+@pytest.mark.parametrize("composition", ["roomy", "chunked_prefill", "preemption"])
+def test_the_kernels_give_the_eager_paths_tokens(tiny_model_dir, reference, composition):
+    """--engine-ops fused runs the whole config in the Triton kernels (int8 KV cache with the config's K/V scales):
+    the same greedy tokens as the eager path (simulate's modules) on the decisive fixture."""
+    _, expected, scales = reference
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kv = cf.kv_scales_from_file(scales, 2, 2, "tensor", 127.0)
+    config = dataclasses.replace(COMPOSITIONS[composition], kv_cache_dtype="int8", ops="fused", cuda_graphs=False)
+    quant = QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8", calibration_scales=scales)
+    eng = LLMEngine.from_pretrained(tiny_model_dir, config, device, torch.float32, quant=quant, kv_scales=kv)
+    assert eng.runner.model.whole_config.fused
+    assert eng.generate(prompts(), SamplingParams(max_new_tokens=NEW_TOKENS)) == expected

@@ -24,7 +24,7 @@ from mlperf_llama2.engine.attention import AttentionMetadata
 from mlperf_llama2.engine import kv_cache
 from mlperf_llama2.engine.block_manager import blocks_needed
 from mlperf_llama2.engine.llama import LlamaForCausalLM
-from mlperf_llama2.engine.ops import ops_for
+from mlperf_llama2.engine.ops import FusedOps, ops_for
 from mlperf_llama2.engine.scheduler import ScheduledBatch
 from mlperf_llama2.engine.sequence import Sequence
 from mlperf_llama2.engine.step_io import Staging, StepOutput
@@ -70,8 +70,13 @@ class ModelRunner:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._staging = Staging(device)
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's tokens, on the device
-        # the whole config's eager path (whole_config.py) loops over sequences with host-side lengths: no graphs
+        # the whole config (whole_config.py): its Triton kernels with the fused ops, else its eager path, which
+        # loops over sequences with host-side lengths (no graphs)
         wc = model.whole_config
+        if wc is not None and model.ops is FusedOps:
+            from mlperf_llama2.engine.whole_config import use_kernels
+
+            use_kernels(model, self.kv_scales)
         eager_wc = wc is not None and not wc.fused
         self._host_contexts = device.type != "cuda" or eager_wc
         if device.type == "cuda" and config.cuda_graphs and not eager_wc:

@@ -27,6 +27,7 @@ to observing, and `calibrate` runs each calibration prompt alone as one prefill 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -37,7 +38,7 @@ from mlperf_llama2.engine.attention import AttentionMetadata
 from mlperf_llama2.engine.ops import rms_norm, rotate_half
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.destinations import DESTINATION_CLASSES
-from mlperf_llama2.quant.fake_quant import Numerics, set_calibrating
+from mlperf_llama2.quant.fake_quant import Numerics, set_calibrating, symmetric_scale
 from mlperf_llama2.quant.llama_slots import ATTENTION_SLOTS, AddSlot, MatmulSlot, MulSlot
 from mlperf_llama2.quant.yaml_config import QuantRules
 
@@ -185,10 +186,13 @@ class WholeConfig(nn.Module):
         self.layers = nn.ModuleList(LayerSlots(layer, i, rules, numerics) for i, layer in enumerate(model.layers))
         self.norm, quantized = _slot(rules, numerics, "RMSNorm", "model.norm", model.norm)
         self.quantized = [n for slots in self.layers for n in slots.quantized] + (["model.norm"] if quantized else [])
-        self.fused = False  # the Triton path (CUDA); False: this module's eager ops
+        self.fused = False  # the Triton path (`use_kernels`); False: this module's eager ops
+        self.kernel_args: list = []  # LayerKernelArgs per layer, when fused
 
     def forward(self, model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache_: torch.Tensor,
                 meta: AttentionMetadata, kv_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.fused:  # calibration runs before the runner turns this on
+            return forward_fused(self, model, input_ids, positions, kv_cache_, meta, kv_scales)
         h = model.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = model.rope_cos[positions], model.rope_sin[positions]  # [T, D]
         for i, (layer, slots) in enumerate(zip(model.layers, self.layers)):
@@ -296,3 +300,205 @@ def write_scales(wc: WholeConfig, quant_config, model_path: str, rows: int, path
         "quant_mode": "int8", "writer": "engine-whole-config",
     }
     return cf.write_scales(path, cf.static_ranges(wc), metadata)
+
+
+# ---- the fused path: the same steps in Triton kernels (CUDA, or the Triton interpreter in tests) ----------------
+
+@dataclass
+class LayerKernelArgs:
+    """What one layer's kernels take: norm weights (already fake-quantized), quantizer widths, static scales."""
+
+    w_in: torch.Tensor  # [N] input_layernorm weight
+    w_post: torch.Tensor  # [N] post_attention_layernorm weight
+    norm_in_bits: Optional[int]
+    norm_post_bits: Optional[int]
+    add_1_bits: Optional[int]
+    add_2_bits: Optional[int]
+    rope: torch.Tensor  # [4] float32: s_qc, s_qs, s_kc, s_ks (<= 0: absent)
+    s_mask: Optional[float]
+    s_out: Optional[float]
+    silu: Optional[torch.Tensor]  # float32 scalar
+    mul: Optional[torch.Tensor]  # [2] float32
+
+
+def _static_scale(q) -> float:
+    return float(symmetric_scale(torch.maximum(q.running_min.abs(), q.running_max.abs()), q.spec.bits).reshape(()))
+
+
+def _dims_per_token_all_heads(spec) -> bool:
+    """dims of a [B, H, S, X] Q or P quantizer that reduce heads and X per (sequence, position): {0, 1, 3} or {1, 3}."""
+    return {d % 4 for d in spec.dims} in ({0, 1, 3}, {1, 3})
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Unsupported(what)
+
+
+def _absent_or(q, check) -> None:
+    if q is not None:
+        check(q)
+
+
+def _static16(q, where: str) -> float:
+    s = q.spec
+    _need(not s.dynamic and s.symmetric and s.bits == 16 and q.running_min is not None and q.running_min.numel() == 1,
+          f"{where}: a static 16-bit per-tensor quantizer")
+    return _static_scale(q)
+
+
+def _norm_args(module, where: str) -> tuple[torch.Tensor, Optional[int]]:
+    if isinstance(module, _EngineNorm):
+        return module.norm.weight, None
+    a = module.act_quantizer
+    _need(module.quantizer_out is None, f"{where}: no output quantizer")
+    if a is None:
+        return module.weight, None
+    s = a.spec
+    _need(s.dynamic and s.symmetric and tuple(d % 3 for d in s.dims) == (2,), f"{where}: input per token, dynamic")
+    return module.weight, s.bits
+
+
+def _add_bits(module, where: str) -> Optional[int]:
+    if isinstance(module, AddSlot):
+        return None
+    q = getattr(module, "quantizer", None)
+    _need(type(module).__name__ == "QuantAddCommonScalePerToken" and q is not None and module.quantizer_out is None,
+          f"{where}: a common-scale per-token add")
+    s = q.spec
+    _need(s.dynamic and s.symmetric and tuple(d % 3 for d in s.dims) == (2,), f"{where}: per token, dynamic")
+    return s.bits
+
+
+def _binary(module, where: str):
+    """(in1, in2, out) of a QuantBinary-like slot, or (None, None, None) for a plain op."""
+    if isinstance(module, (AddSlot, MulSlot, MatmulSlot)):
+        return None, None, None
+    return (getattr(module, "quantizer_in1", None), getattr(module, "quantizer_in2", None),
+            getattr(module, "quantizer_out", None))
+
+
+def layer_kernel_args(slots: LayerSlots, kv_scales: Optional[torch.Tensor], device) -> LayerKernelArgs:
+    """The kernels' arguments for one layer, or _Unsupported naming the first slot they cannot compute."""
+    prefix = "int8 kernels: "
+    w_in, norm_in = _norm_args(slots.input_layernorm, prefix + "input_layernorm")
+    w_post, norm_post = _norm_args(slots.post_attention_layernorm, prefix + "post_attention_layernorm")
+    a = slots.attn
+    rope = []
+    for which in ("q", "k"):
+        for part in ("cos", "sin"):
+            _need(isinstance(a[f"rotary_mul_{which}_{part}"], MulSlot), f"{prefix}rotary_mul_{which}_{part} in float")
+        in1, in2, out = _binary(a[f"rotary_add_{which}"], f"rotary_add_{which}")
+        _need(out is None, f"{prefix}rotary_add_{which} without an output quantizer")
+        rope += [_static16(q, f"rotary_add_{which}") if q is not None else 0.0 for q in (in1, in2)]
+    q_in, k_in, qk_out = _binary(a["matmul_qkt"], "matmul_qkt")
+    p_in, v_in, pv_out = _binary(a["matmul_pv"], "matmul_pv")
+    _need(qk_out is None, prefix + "matmul_qkt without an output quantizer")
+    for q, name in ((q_in, "matmul_qkt Q"), (p_in, "matmul_pv P")):
+        _need(q is not None and q.spec.dynamic and q.spec.symmetric and q.spec.bits == 8 and
+              _dims_per_token_all_heads(q.spec), f"{prefix}{name}: int8 per token over all heads, dynamic")
+    _need(kv_scales is not None, prefix + "an int8 KV cache with the config's K and V scales (--kv-cache-dtype int8)")
+    for q, which, name in ((k_in, 0, "K"), (v_in, 1, "V")):
+        _need(q is not None and not q.spec.dynamic and q.spec.bits == 8 and q.running_min.numel() == 1,
+              f"{prefix}{name}: int8 static per tensor")
+        _need(torch.allclose(kv_scales[which].float().cpu(), torch.tensor(_static_scale(q)), rtol=1e-6, atol=0),
+              f"{prefix}the KV cache's {name} scale is the config's")
+    mask_in, _, mask_out = _binary(a["add_mask"], "add_mask")
+    _need(mask_out is None, prefix + "add_mask without an output quantizer")
+    silu = slots.act_fn
+    if isinstance(silu, nn.SiLU):
+        s_silu = None
+    else:
+        _need(silu.quantizer_out is None and silu.quantizer is not None, prefix + "SiLU: input quantizer only")
+        s_silu = torch.tensor(_static16(silu.quantizer, "SiLU"), dtype=torch.float32, device=device)
+    m1, m2, m_out = _binary(slots.mul, "mul")
+    _need(m_out is None and (m1 is None) == (m2 is None), prefix + "mul: both inputs or neither, no output quantizer")
+    mul = None if m1 is None else torch.tensor([_static16(m1, "mul"), _static16(m2, "mul")], dtype=torch.float32,
+                                               device=device)
+    return LayerKernelArgs(
+        w_in=w_in, w_post=w_post, norm_in_bits=norm_in, norm_post_bits=norm_post,
+        add_1_bits=_add_bits(slots.add_1, prefix + "add_1"), add_2_bits=_add_bits(slots.add_2, prefix + "add_2"),
+        rope=torch.tensor(rope, dtype=torch.float32, device=device),
+        s_mask=None if mask_in is None else _static16(mask_in, "add_mask"),
+        s_out=None if pv_out is None else _static16(pv_out, "matmul_pv output"), silu=s_silu, mul=mul)
+
+
+def use_kernels(model: nn.Module, kv_scales: Optional[torch.Tensor]) -> bool:
+    """Switch `model.whole_config` to the Triton path when every layer's slots are what the kernels compute (the
+    shipped configs, with an int8 KV cache holding the config's K and V scales) and every Linear but lm_head is
+    int8; otherwise keep the eager path and say why in one line. kv_scales: the runner's [L, 2, KV]."""
+    from mlperf_llama2.quant.int8_linear import Int8Linear
+
+    wc = model.whole_config
+    device = model.embed_tokens.weight.device
+    try:
+        _need(all(q.numerics.rounding == "half_even" and q.numerics.narrow_range for q in _quantizers(wc)),
+              "int8 kernels: round half to even, narrow range")
+        for layer in model.layers:
+            for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+                _need(isinstance(getattr(layer, name), Int8Linear), f"int8 kernels: {name} int8")
+        args = [layer_kernel_args(slots, None if kv_scales is None else kv_scales[i], device)
+                for i, slots in enumerate(wc.layers)]
+    except _Unsupported as why:
+        log.warning("int8 mode computes the whole config with eager torch ops (slow: no CUDA graphs); the Triton "
+                    "kernels need %s", str(why).removeprefix("int8 kernels: "))
+        wc.fused = False
+        return False
+    wc.kernel_args = args
+    wc.fused = True
+    log.info("int8 mode: the whole config in Triton kernels (norms, adds, RoPE, Q/P, mask, P.V output, SiLU, mul)")
+    return True
+
+
+def _quantizers(wc: nn.Module) -> list:
+    from mlperf_llama2.quant.fake_quant import FakeQuantizer
+
+    return [m for m in wc.modules() if isinstance(m, FakeQuantizer)]
+
+
+def forward_fused(wc: WholeConfig, model: nn.Module, input_ids, positions, kv_cache_, meta: AttentionMetadata,
+                  kv_scales: torch.Tensor) -> torch.Tensor:
+    """The decoder in the whole-config kernels (whole_config_triton, _decode_triton, _prefill_triton)."""
+    from mlperf_llama2.engine.whole_config_triton import add_rms_norm_q8, rope_store_q8, silu_mul_q8
+    from mlperf_llama2.quant.activation import QuantizedActivation
+
+    s = model.shape
+    h = model.embed_tokens(input_ids)  # [T, hidden]
+    t = h.shape[0]
+    delta, delta_bits = None, None
+    for i, (layer, slots, ka) in enumerate(zip(model.layers, wc.layers, wc.kernel_args)):
+        kc, vc, kvs = kv_cache_[0, i], kv_cache_[1, i], kv_scales[i]
+        h, x8, xs = add_rms_norm_q8(h, delta, ka.w_in, layer.input_layernorm.eps, delta_bits, ka.norm_in_bits)
+        qkv = layer.qkv_proj(QuantizedActivation(x8, xs))
+        q8, qs, k8, v8 = rope_store_q8(qkv, positions, model.rope_cos, model.rope_sin, kc, vc, meta.slot_mapping,
+                                       s.num_heads, s.num_kv_heads, s.head_dim, ka.rope, kvs)
+        o = _attention_fused(q8, qs, k8, v8, kc, vc, meta, layer.scale, kvs, ka, h.dtype)  # [T, H, D]
+        h, x8, xs = add_rms_norm_q8(h, layer.o_proj(o.reshape(t, -1)), ka.w_post, layer.post_attention_layernorm.eps,
+                                    ka.add_1_bits, ka.norm_post_bits)
+        m8, ms = silu_mul_q8(layer.gate_up_proj(QuantizedActivation(x8, xs)), ka.silu, ka.mul)
+        delta, delta_bits = layer.down_proj(QuantizedActivation(m8, ms)), ka.add_2_bits
+    return wc.layers[-1].add_2(h[None], delta[None])[0]
+
+
+def _attention_fused(q8, qs, k8, v8, k_cache, v_cache, meta: AttentionMetadata, scale: float, kv_scales,
+                     ka: LayerKernelArgs, dtype) -> torch.Tensor:
+    from mlperf_llama2.engine.whole_config_decode_triton import decode_q8
+    from mlperf_llama2.engine.whole_config_prefill_triton import prefill_q8
+
+    nd = meta.num_decodes
+    outs = []
+    if nd:
+        outs.append(decode_q8(q8[:nd], qs[:nd], k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
+                              meta.block_size, kv_scales, ka.s_mask, ka.s_out, dtype))
+    if nd < q8.shape[0]:
+        if meta.context_slots is not None:  # a chunk with a cached prefix: its whole context from the cache
+            k8, v8 = kv_cache.gather(k_cache, meta.context_slots), kv_cache.gather(v_cache, meta.context_slots)
+        else:
+            k8, v8 = k8[nd:], v8[nd:]
+        outs.append(prefill_q8(q8[nd:], qs[nd:], k8, v8, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
+                               meta.max_seqlen_k, scale, kv_scales, ka.s_mask, ka.s_out, dtype))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
