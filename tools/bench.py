@@ -135,6 +135,9 @@ def main(argv=None) -> int:
                          "(random weights quantized on the device as they are drawn)")
     ap.add_argument("--quantization", choices=("fp8",), default=None, help="the same as --weights fp8")
     ap.add_argument("--liteml-config", default=DEFAULT_QUANT_CONFIG, help="rules for --weights int8")
+    ap.add_argument("--int8-rules", choices=("linear", "all"), default="linear",
+                    help="--weights int8: the config's Linear rules only, or every rule (whole_config.py: needs "
+                         "--kv-cache-dtype int8; static ranges made up, timing only)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--samples", type=int, default=2048, help="engine Offline samples (0: skip Offline)")
     ap.add_argument("--ref-samples", type=int, default=64, help="reference Offline samples (0: skip)")
@@ -174,6 +177,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quantization:
         args.weights = args.quantization
+    if args.int8_rules == "all" and (args.weights != "int8" or args.kv_cache_dtype != "int8"):
+        raise SystemExit("bench: --int8-rules all runs the whole config's kernels: pass --weights int8 "
+                         "--kv-cache-dtype int8")
     if args.weights != "fp16" and (args.ref_samples or args.fidelity_prompts):
         raise SystemExit(f"bench: --weights {args.weights} has no float reference model; "
                          "pass --ref-samples 0 --fidelity-prompts 0")
@@ -247,7 +253,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     else:
         model = bench_model(cfg, args.weights, args.liteml_config, device, dtype, MAX_MODEL_LEN, args.init_std,
-                            args.seed)
+                            args.seed, args.int8_rules)
     result["memory"] = {"weights_gib": sum(t.numel() * t.element_size() for t in
                                            list(model.parameters()) + list(model.buffers())) / GIB}
     if device.type == "cuda":

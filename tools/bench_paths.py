@@ -248,8 +248,9 @@ def kernel_bench(device, batch=256, contexts=(700, 1200), shapes=((32, 32), (64,
 
 
 def bench_model(cfg, weights: str, liteml_config: str, device, dtype, max_positions: int, init_std: float,
-                seed: int):
-    """A random-weight engine model through the engine's one loader: fp16, int8 (the config's Linear rules) or fp8."""
+                seed: int, int8_rules: str = "linear"):
+    """A random-weight engine model through the engine's one loader: fp16, int8 (the config's Linear rules, or with
+    `int8_rules` "all" every rule: whole_config.py, static ranges made up for timing) or fp8."""
     from mlperf_llama2.config import QuantConfig
     from mlperf_llama2.engine.llama import LlamaShape
     from mlperf_llama2.engine.loader import build_model
@@ -258,7 +259,27 @@ def bench_model(cfg, weights: str, liteml_config: str, device, dtype, max_positi
     quant = {"int8": lambda: QuantConfig(liteml_config=liteml_config, quant_backend="open", quant_mode="int8"),
              "fp8": lambda: QuantConfig(quantization="fp8")}.get(weights, lambda: None)()
     plan = weight_plan(quant, LlamaShape.from_hf_config(cfg)) if quant is not None else {}
-    return build_model(cfg, plan, device, dtype, max_positions, init_std=init_std, seed=seed)
+    model = build_model(cfg, plan, device, dtype, max_positions, init_std=init_std, seed=seed)
+    if weights == "int8" and int8_rules == "all":
+        timing_only_whole_config(model, liteml_config)
+    return model
+
+
+def timing_only_whole_config(model, liteml_config: str) -> None:
+    """Attach every rule of the config with made-up static ranges: +-127 for K and V (scale 1.0: the bench's unit
+    int8 KV scales), +-1 elsewhere. Right for timing; the tokens mean nothing (random weights, no calibration)."""
+    from mlperf_llama2.engine.whole_config import attach
+    from mlperf_llama2.quant.calibration_file import static_quantizers
+    from mlperf_llama2.quant.fake_quant import Numerics
+    from mlperf_llama2.quant.yaml_config import load_rules
+
+    wc = attach(model, load_rules(liteml_config), Numerics(batch_shared_scale=False))
+    device = model.embed_tokens.weight.device
+    for name, q in static_quantizers(wc).items():
+        r = 127.0 if name.endswith("quantizer_in2") and ".matmul_" in name else 1.0
+        shape = (1,) * (4 if ".self_attn." in name else 3)
+        q.running_min = torch.full(shape, -r, device=device)
+        q.running_max = torch.full(shape, r, device=device)
 
 
 def engine_model_from_hf(hf, cfg, device, dtype, max_positions: int):
