@@ -9,6 +9,8 @@ the same random prompts through each:
 - int8_full: int8 mode of the whole config (main.py --quant-mode int8, reference backend)
 - sim_linear / int8_linear: the config's Linear rule alone in each mode (GEMM rounding alone)
 - engine_int8: the engine's int8 path (LLMEngine with the config's rules; Linears only), greedy only
+- engine_int8_full: the engine's int8 mode with every rule (engine/whole_config.py; on CUDA its Triton kernels
+  and an int8 KV cache), sim_full's static scales, greedy only
 
 Static quantizers are calibrated on --calib random sequences. Greedy decoding runs batched without
 padding, so the quantizers' per-token scales must not span the batch (--quant-per-sample-scale,
@@ -56,7 +58,8 @@ PAIRS = (("float_noise", "float", "noise floor: float vs float with tiny weight 
          ("int8_full", "sim_full", "int8 mode vs simulate (whole config)"),
          ("int8_linear", "sim_linear", "int8 vs simulate, Linear rule only (GEMM rounding)"),
          ("sim_linear", "float", "simulate Linear rule only vs float"),
-         ("engine_int8", "sim_linear", "engine int8 vs simulate Linear rule only"))
+         ("engine_int8", "sim_linear", "engine int8 vs simulate Linear rule only"),
+         ("engine_int8_full", "sim_full", "engine int8 (whole config) vs simulate (whole config)"))
 
 
 def llama_config(layers: int, hidden: int, ffn: int | None, vocab: int):
@@ -111,8 +114,9 @@ def greedy(model, prompts: torch.Tensor, new_tokens: int) -> list[list[int]]:
     return out[:, prompts.shape[1]:].tolist()
 
 
-def engine_greedy(hf, rules, prompts: torch.Tensor, new_tokens: int, device) -> list[list[int]]:
-    """The engine's int8 mode built from the transformers model's weights, greedy on the same prompts."""
+def engine_greedy(hf, rules, prompts: torch.Tensor, new_tokens: int, device, ranges=None) -> list[list[int]]:
+    """The engine's int8 mode built from the transformers model's weights, greedy on the same prompts. `ranges`
+    (a simulate model's static ranges): every rule of `rules`, those scales, an int8 KV cache with its K/V."""
     from mlperf_llama2.config import EngineConfig
     from mlperf_llama2.engine.llama import LlamaShape
     from mlperf_llama2.engine.loader import empty_model, load_weights
@@ -126,9 +130,22 @@ def engine_greedy(hf, rules, prompts: torch.Tensor, new_tokens: int, device) -> 
     plan = int8_plan(shape, rules)
     model = empty_model(hf.config, plan, device, torch.float32, max_len)
     load_weights(model, hf.state_dict().items(), plan, shape, source="transformers model")
+    kv_scales = None
+    if ranges is not None:
+        from mlperf_llama2.engine.whole_config import attach
+        from mlperf_llama2.quant.calibration_file import K_SLOT, V_SLOT, static_quantizers
+        from mlperf_llama2.quant.fake_quant import symmetric_scale
+
+        for name, q in static_quantizers(attach(model, rules, NUMERICS)).items():
+            q.running_min, q.running_max = ranges[name]
+        amax = [[torch.maximum(*(r.abs() for r in ranges[t.format(layer=i)])).reshape(()) for i in
+                 range(shape.num_layers)] for t in (K_SLOT, V_SLOT)]
+        kv_scales = symmetric_scale(torch.tensor(amax), 8)[:, :, None].expand(2, shape.num_layers,
+                                                                             shape.num_kv_heads).contiguous().cpu()
     econf = EngineConfig(max_num_seqs=prompts.shape[0], max_num_batched_tokens=prompts.numel(), block_size=16,
-                         num_kv_blocks=prompts.shape[0] * (max_len // 16 + 2) + 8)
-    engine = LLMEngine(ModelRunner(model, econf, 2, max_len, device, torch.float32), econf, 2, max_len)
+                         num_kv_blocks=prompts.shape[0] * (max_len // 16 + 2) + 8,
+                         kv_cache_dtype="auto" if ranges is None else "int8")
+    engine = LLMEngine(ModelRunner(model, econf, 2, max_len, device, torch.float32, kv_scales), econf, 2, max_len)
     return engine.generate(prompts.tolist(), SamplingParams(new_tokens, min_new_tokens=new_tokens))
 
 
@@ -190,7 +207,8 @@ def parse_args(argv=None):
     ap.add_argument("--branch-std", type=float, default=None, help="default 0.1 / sqrt(hidden)")
     ap.add_argument("--lm-margin", type=float, default=7.0,
                     help="the permuted-embedding logit in units of the random lm_head logits' std (0.02 sqrt(hidden))")
-    ap.add_argument("--variants", default="float_noise,sim_full,int8_full,sim_linear,int8_linear,engine_int8")
+    ap.add_argument("--variants",
+                    default="float_noise,sim_full,int8_full,sim_linear,int8_linear,engine_int8,engine_int8_full")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -214,6 +232,7 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     logits, tokens = {}, {}
+    sim_ranges = None  # sim_full's calibrated static ranges, for engine_int8_full
     os.makedirs(args.out, exist_ok=True)
 
     def save() -> None:  # after every variant, so a run cut short keeps what it measured
@@ -225,9 +244,11 @@ def main(argv=None) -> dict:
     for name in ["float"] + args.variants.split(","):
         t = time.perf_counter()
         info = result["variants"].setdefault(name, {})
-        if name == "engine_int8":
+        if name.startswith("engine_int8"):
             try:  # last: its failure must not cost the other rows
-                tokens[name] = engine_greedy(base, linear_rules(rules), prompts, args.new_tokens, device)
+                full = name.endswith("_full")
+                tokens[name] = engine_greedy(base, rules if full else linear_rules(rules), prompts, args.new_tokens,
+                                             device, sim_ranges if full else None)
             except Exception as exc:  # recorded in the JSON and printed
                 info["error"] = repr(exc)
                 print(f"engine_int8 failed: {exc!r}", flush=True)
@@ -241,6 +262,10 @@ def main(argv=None) -> dict:
                 chosen = rules if name.endswith("_full") else linear_rules(rules)
                 mode = "int8" if name.startswith("int8") else "simulate"
                 info["approximations"] = quantize_model(model, chosen, mode, NUMERICS, calibration=calib).approximations
+                if name == "sim_full":
+                    from mlperf_llama2.quant.calibration_file import static_ranges
+
+                    sim_ranges = {k: (lo.clone(), hi.clone()) for k, (lo, hi) in static_ranges(model).items()}
             logits[name] = teacher_forced(model, ids)
             tokens[name] = greedy(model, prompts, args.new_tokens)
             del model
