@@ -5,20 +5,15 @@ Runs on CUDA; on a CPU machine it runs under Triton's interpreter when TRITON_IN
 importable, and is skipped otherwise.
 """
 
-import os
 
 import pytest
 import torch
 
 from mlperf_llama2.engine.ops import EagerOps
 
-if torch.cuda.is_available():
-    DEVICE = "cuda"
-elif os.environ.get("TRITON_INTERPRET") == "1":
-    pytest.importorskip("triton")
-    DEVICE = "cpu"
-else:
-    pytest.skip("needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)", allow_module_level=True)
+from triton_device import module_device  # noqa: E402
+
+DEVICE = module_device()
 
 from mlperf_llama2.engine.ops import FusedOps  # noqa: E402
 

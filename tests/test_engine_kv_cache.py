@@ -12,7 +12,6 @@ K and V are fake-quantized after RoPE, in several batch compositions; (4) the Tr
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 import torch
@@ -259,21 +258,9 @@ def test_engine_refuses_an_8bit_cache_without_scales_before_loading(tmp_path):
 
 
 # ---- Triton kernels: CUDA, or the interpreter on a CPU ---------------------------------------------------------
-def _triton_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return None
-        return "cpu"
-    return None
+from triton_device import needs_triton, triton_device  # noqa: E402
 
-
-KERNEL_DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(KERNEL_DEVICE is None,
-                                  reason="needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)")
+KERNEL_DEVICE = triton_device()
 
 
 @needs_triton

@@ -9,7 +9,6 @@ is one clear error. Runs under TRITON_INTERPRET=1 on a CPU (or on CUDA).
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -19,20 +18,9 @@ from mlperf_llama2.engine.kv_cache import FP8_MAX, INT8_MAX, dequantize, quantiz
 from mlperf_llama2.errors import UserError
 
 
-def _triton_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return None
-        return "cpu"
-    return None
+from triton_device import needs_triton, triton_device  # noqa: E402
 
-
-DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA GPU (or TRITON_INTERPRET=1 with triton)")
+DEVICE = triton_device()
 STORAGE = {"int8": (torch.int8, INT8_MAX), "fp8": (torch.float8_e4m3fn, FP8_MAX)}
 CONTEXTS = [1, 6, 23, 64, 137]
 

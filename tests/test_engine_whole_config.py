@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from quant_engine_fixtures import COMPOSITIONS, NEW_TOKENS, greedy_reference, prompts
+from triton_device import needs_triton, triton_device
 from mlperf_llama2.config import EngineConfig, QuantConfig
 from mlperf_llama2.engine import whole_config
 from mlperf_llama2.engine.attention import AttentionMetadata
@@ -102,10 +103,7 @@ def test_teacher_forced_logits_agree_to_float_rounding(tiny_model_dir, reference
         ids = torch.tensor(p)
         t = len(p)
         cache = torch.zeros(2, model.shape.num_layers, t, model.shape.num_kv_heads, model.shape.head_dim)
-        cu = torch.tensor([0, t], dtype=torch.int32)
-        meta = AttentionMetadata(slot_mapping=torch.arange(t), num_decodes=0, block_size=t, cu_seqlens_q=cu,
-                                 cu_seqlens_k=cu, max_seqlen_q=t, max_seqlen_k=t, prefill_q_lens=(t,),
-                                 prefill_k_lens=(t,))
+        meta = AttentionMetadata.single_prefill(t, "cpu")
         with torch.no_grad():
             ours = model.logits(model(ids, torch.arange(t), cache, meta))  # [T, vocab]
             theirs = sim(ids[None]).logits[0]
@@ -147,16 +145,6 @@ def test_a_scales_file_without_every_static_quantizer_is_one_line(tiny_model_dir
         check_scales_cover(path, load_rules(NPM), 2)
 
 
-def _fused_available() -> bool:
-    import os
-
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 @pytest.fixture(scope="module")
 def wide_heads(tiny_tokenizer_dir, tmp_path_factory):
     """(model dir, scales file of simulate's calibration, simulate's greedy tokens) of a tiny Llama with head_dim 32:
@@ -180,13 +168,12 @@ def wide_engine(wide_heads, composition: str, device: str, ops: str) -> LLMEngin
     return LLMEngine.from_pretrained(model_dir, config, device, torch.float32, quant=quant, kv_scales=kv)
 
 
-@pytest.mark.skipif(not _fused_available(), reason="the whole-config kernels need a CUDA GPU (or TRITON_INTERPRET=1 "
-                                                    "with triton installed)")
+@needs_triton
 @pytest.mark.parametrize("composition", ["roomy", "chunked_prefill", "preemption"])
 def test_the_kernels_give_the_eager_paths_tokens(wide_heads, composition):
     """--engine-ops fused runs the whole config in the Triton kernels (int8 KV cache with the config's K/V scales):
     the same greedy tokens as the eager path (simulate's modules) on the same device, and as simulate."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = triton_device()
     eager = wide_engine(wide_heads, "roomy", device, "eager")
     fused = wide_engine(wide_heads, composition, device, "fused")
     assert fused.runner.model.whole_config.fused and not eager.runner.model.whole_config.fused

@@ -6,18 +6,13 @@ Runs on CUDA; on a CPU machine under Triton's interpreter when TRITON_INTERPRET=
 and is skipped otherwise.
 """
 
-import os
 
 import pytest
 import torch
 
-if torch.cuda.is_available():
-    DEVICE = "cuda"
-elif os.environ.get("TRITON_INTERPRET") == "1":
-    pytest.importorskip("triton")
-    DEVICE = "cpu"
-else:
-    pytest.skip("needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)", allow_module_level=True)
+from triton_device import module_device  # noqa: E402
+
+DEVICE = module_device()
 
 from mlperf_llama2.engine import fused_triton  # noqa: E402
 from mlperf_llama2.engine.fused_quant_triton import (  # noqa: E402

@@ -6,18 +6,13 @@ On a CPU machine it runs under Triton's interpreter (TRITON_INTERPRET=1 with tri
 otherwise; on CUDA the same checks run compiled, plus a 70B-width autotuned case (gpu marker).
 """
 
-import os
 
 import pytest
 import torch
 
-if torch.cuda.is_available():
-    DEVICE = "cuda"
-elif os.environ.get("TRITON_INTERPRET") == "1":
-    pytest.importorskip("triton")
-    DEVICE = "cpu"
-else:
-    pytest.skip("needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)", allow_module_level=True)
+from triton_device import module_device  # noqa: E402
+
+DEVICE = module_device()
 
 from mlperf_llama2.errors import UserError  # noqa: E402
 from mlperf_llama2.quant.gemm8_triton import Gemm8Config, gemm8, gemm8_reference  # noqa: E402

@@ -10,7 +10,6 @@ and 13 tokens through a shuffled block table, GQA groups of 2. Kernels run under
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -29,20 +28,9 @@ H, KV, D, BLOCK = 4, 2, 16, 4
 CONTEXTS = (1, 5, 13)
 
 
-def _triton_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return None
-        return "cpu"
-    return None
+from triton_device import needs_triton, triton_device  # noqa: E402
 
-
-DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA GPU (or TRITON_INTERPRET=1 with triton)")
+DEVICE = triton_device()
 
 
 def scale_of(absmax: float, bits: int) -> float:

@@ -53,6 +53,13 @@ class AttentionMetadata:
     decode_context_slots: Optional[torch.Tensor] = None  # [sum ctx] int64, CPU decode path only
     decode_context_lens: tuple[int, ...] = ()
 
+    @classmethod
+    def single_prefill(cls, t: int, device) -> "AttentionMetadata":
+        """One sequence of t tokens, no cached prefix, in slots 0..t-1 of a scratch cache (calibration passes)."""
+        cu = torch.tensor([0, t], dtype=torch.int32, device=device)
+        return cls(slot_mapping=torch.arange(t, device=device), num_decodes=0, block_size=t, cu_seqlens_q=cu,
+                   cu_seqlens_k=cu, max_seqlen_q=t, max_seqlen_k=t, prefill_q_lens=(t,), prefill_k_lens=(t,))
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
               meta: AttentionMetadata, scale: float, kv_scales: Optional[torch.Tensor] = None) -> torch.Tensor:

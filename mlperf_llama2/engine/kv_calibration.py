@@ -106,14 +106,6 @@ class _RecordingOps:
         return [head_min, head_max, head_min.amin(dim=-1), head_max.amax(dim=-1)]
 
 
-def _prefill_metadata(t: int, device: torch.device) -> AttentionMetadata:
-    """One sequence of t tokens with no cached prefix, stored in slots 0..t-1 of a scratch cache."""
-    cu = torch.tensor([0, t], dtype=torch.int32, device=device)
-    return AttentionMetadata(slot_mapping=torch.arange(t, device=device), num_decodes=0, block_size=t,
-                             cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=t, max_seqlen_k=t,
-                             prefill_q_lens=(t,), prefill_k_lens=(t,))
-
-
 @torch.inference_mode()
 def calibrate_kv_ranges(model, prompts: Iterable[Sequence[int]], observer: str = "MinMax",
                         momentum: float = 0.01) -> KVRanges:
@@ -132,7 +124,7 @@ def calibrate_kv_ranges(model, prompts: Iterable[Sequence[int]], observer: str =
             if t == 0:
                 raise UserError(f"calibration prompt {n} is empty")
             kv_cache = torch.empty(2, s.num_layers, t, s.num_kv_heads, s.head_dim, dtype=dtype, device=device)
-            model(ids, torch.arange(t, device=device), kv_cache, _prefill_metadata(t, device))
+            model(ids, torch.arange(t, device=device), kv_cache, AttentionMetadata.single_prefill(t, device))
             obs.update(recorder.take())
             n += 1
     finally:

@@ -214,14 +214,6 @@ def attach(model: nn.Module, rules: QuantRules, numerics: Numerics) -> WholeConf
     return wc
 
 
-def _prefill_metadata(t: int, device: torch.device) -> AttentionMetadata:
-    """One sequence of t tokens with no cached prefix in slots 0..t-1 of a scratch cache."""
-    cu = torch.tensor([0, t], dtype=torch.int32, device=device)
-    return AttentionMetadata(slot_mapping=torch.arange(t, device=device), num_decodes=0, block_size=t,
-                             cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=t, max_seqlen_k=t,
-                             prefill_q_lens=(t,), prefill_k_lens=(t,))
-
-
 @torch.inference_mode()
 def calibrate(model: nn.Module, prompts: Iterable[Sequence[int]]) -> int:
     """Each prompt alone, one prefill, static quantizers observing (one update per prompt); returns the count."""
@@ -237,7 +229,7 @@ def calibrate(model: nn.Module, prompts: Iterable[Sequence[int]]) -> int:
             if t == 0:
                 raise UserError(f"calibration prompt {n} is empty")
             cache = torch.empty(2, s.num_layers, t, s.num_kv_heads, s.head_dim, dtype=dtype, device=device)
-            wc(model, ids, torch.arange(t, device=device), cache, _prefill_metadata(t, device))
+            wc(model, ids, torch.arange(t, device=device), cache, AttentionMetadata.single_prefill(t, device))
             n += 1
     finally:
         set_calibrating(wc, False)

@@ -1,0 +1,35 @@
+"""Where the Triton kernels' tests run: CUDA, else Triton's interpreter on the CPU (TRITON_INTERPRET=1 with triton
+importable), else nowhere (the tests skip). One definition for every kernel test module."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import pytest
+import torch
+
+SKIP_REASON = "needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)"
+
+
+def triton_device() -> Optional[str]:
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return None
+        return "cpu"
+    return None
+
+
+def module_device() -> str:
+    """triton_device(), skipping the whole calling module when there is none."""
+    device = triton_device()
+    if device is None:
+        pytest.skip(SKIP_REASON, allow_module_level=True)
+    return device
+
+
+needs_triton = pytest.mark.skipif(triton_device() is None, reason=SKIP_REASON)
