@@ -107,7 +107,8 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
                    device=config.device, dtype=config.dtype, user_conf=os.path.abspath(config.user_conf),
                    liteml_config=config.quant.liteml_config, quantization=config.quant.quantization,
                    quant_backend=config.quant.quant_backend, quant_mode=config.quant.quant_mode,
-                   kv_cache_dtype=config.engine.kv_cache_dtype if config.backend == "engine" else None,
+                   kv_cache_dtype=(getattr(backend, "kv_cache_dtype", None) or config.engine.kv_cache_dtype)
+                   if config.backend == "engine" else None,
                    command=shlex.join(sys.argv))
     write_run_info(settings.output_dir, with_git_state(info, git_state()))
     expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)

@@ -179,3 +179,38 @@ def test_the_kernels_give_the_eager_paths_tokens(wide_heads, composition):
     assert fused.runner.model.whole_config.fused and not eager.runner.model.whole_config.fused
     params = SamplingParams(max_new_tokens=NEW_TOKENS)
     assert fused.generate(prompts(), params) == eager.generate(prompts(), params) == wide_heads[2]
+
+
+def test_kv_cache_auto_in_int8_mode_is_the_configs_int8_cache(tiny_model_dir, reference):
+    """--kv-cache-dtype auto with a whole config: the cache stores the config's K and V quantizers (int8, its own
+    per-tensor scales, which the kernels need); the tokens stay simulate's."""
+    _, expected, scales = reference
+    eng = engine(tiny_model_dir, scales, COMPOSITIONS["chunked_prefill"])
+    assert eng.runner.kv_cache.dtype == torch.int8 and eng.runner.kv_spec.dtype == "int8"
+    assert torch.equal(eng.runner.kv_spec.scales, cf.kv_scales_from_file(scales, 2, 2, "tensor", 127.0))
+    assert eng.generate(prompts(), SamplingParams(max_new_tokens=NEW_TOKENS)) == expected
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--kv-cache-dtype", "fp8"], "main.py: error: --kv-cache-dtype fp8 with --int8-rules all: the config quantizes K "
+                                  "and V to int8 itself; use --kv-cache-dtype int8 or auto (the config's own scales)"),
+    (["--tensor-parallel", "2"], "main.py: error: --tensor-parallel 2 with --int8-rules all: the config's Q and P "
+                                 "scales span every head"),
+    ([], "main.py: error: " + NPM + " has static quantizers and needs calibration data: pass --calibration-scales "
+         "FILE or --calibration-path"),
+])
+def test_settings_the_whole_config_cannot_honour_are_one_line_before_loading(tmp_path, tiny_model_dir,
+                                                                             tiny_tokenizer_dir, reference, extra,
+                                                                             line):
+    from loadgen_fixtures import SMALL_USER_CONF, run_main, write_dataset
+
+    write_dataset(tmp_path / "data.pkl", tiny_tokenizer_dir)  # no calibration pickle beside it
+    (tmp_path / "user.conf").write_text(SMALL_USER_CONF)
+    scales = ["--calibration-scales", reference[2]] if extra else []
+    result = run_main(["--backend", "engine", "--model-path", tiny_model_dir, "--dataset-path", tmp_path / "data.pkl",
+                       "--user-conf", tmp_path / "user.conf", "--output-log-dir", "out", "--accuracy",
+                       "--liteml-config", NPM, "--quant-backend", "open", "--quant-mode", "int8", *scales, *extra],
+                      tmp_path, 120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(line)
+    assert "Loading weights" not in result.stderr

@@ -44,6 +44,8 @@ class EngineBackend(Backend):
         request, and the run stops with exit 1 (the SUT answers LoadGen for every sample, so nothing hangs).
         """
         self.engine = engine
+        # the KV cache as resolved (auto in int8 mode with a whole config becomes int8); None where not known here
+        self.kv_cache_dtype = getattr(getattr(getattr(engine, "runner", None), "kv_spec", None), "dtype", None)
         self.faults = faults
         if faults:
             engine.before_step = self._check_faults

@@ -66,6 +66,9 @@ def check_engine(config: "RunConfig") -> int:
         rules = engine_rules(config.quant)  # int8 on CPU runs the exact integer GEMM
         check_rules_for_model(rules, num_layers)
         whole = config.quant.int8_rules == "all"  # every rule: static ones need scales or calibration data
+        if whole and config.engine.kv_cache_dtype == "fp8" and _config_quantizes_kv(rules, num_layers):
+            raise UserError("--kv-cache-dtype fp8 with --int8-rules all: the config quantizes K and V to int8 "
+                            "itself; use --kv-cache-dtype int8 or auto (the config's own scales)")
         if whole and config.tensor_parallel > 1:
             raise UserError(f"--tensor-parallel {config.tensor_parallel} with --int8-rules all: the config's Q and "
                             "P scales span every head, which tensor parallelism splits over ranks; use one GPU "
@@ -92,6 +95,13 @@ def check_engine(config: "RunConfig") -> int:
 
         kv_granularity(config.quant.calibration_scales, config.engine.kv_scale_granularity, config.quant.enabled)
     return vocab_size
+
+
+def _config_quantizes_kv(rules, num_layers: int) -> bool:
+    """Whether some layer's K or V (quantizer_in2 of matmul_qkt / matmul_pv) has a rule."""
+    return any(rule is not None and rule.quantizer("quantizer_in2") is not None
+               for i in range(num_layers) for slot in ("matmul_qkt", "matmul_pv")
+               for rule in [rules.match("Matmul", f"model.layers.{i}.self_attn.{slot}")])
 
 
 def _kv_only_scales(config: "RunConfig") -> None:

@@ -81,7 +81,9 @@ class EngineConfig:
                             "on CUDA, eager torch elsewhere; eager or fused forces one, for A/B runs "
                             "(default %(default)s)")
         g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=EngineConfig.kv_cache_dtype,
-                       help="KV-cache storage: auto = the model dtype; fp8 (E4M3) or int8 store K and V in 8 bits "
+                       help="KV-cache storage: auto = the model dtype (engine int8 mode with a config whose K and V "
+                            "quantizers are int8 static per tensor: int8 with the config's own scales); fp8 (E4M3) "
+                            "or int8 store K and V in 8 bits "
                             "with static per-layer, per-KV-head scales from --calibration-scales (half the KV "
                             "memory and reads) (default %(default)s)")
         g.add_argument("--kv-scale-granularity", choices=KV_SCALE_GRANULARITIES,

@@ -11,6 +11,7 @@ they arrive, and reports events through two callbacks (called on the loop thread
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Callable, Optional, Sequence as Seq
@@ -73,7 +74,15 @@ class LLMEngine:
         if quant is not None and quant.enabled and quant.int8_rules == "all":
             from mlperf_llama2.engine.whole_config import setup
 
-            setup(model, quant, model_path, output_dir)
+            wc = setup(model, quant, model_path, output_dir)
+            if config.kv_cache_dtype == "auto" and kv_scales is None:
+                from mlperf_llama2.engine.whole_config import config_kv_scales
+
+                kv_scales = config_kv_scales(wc)
+                if kv_scales is not None:  # the config's K and V quantizers are the cache (and the kernels need it)
+                    config = dataclasses.replace(config, kv_cache_dtype="int8", kv_scale_granularity="tensor")
+                    log.info("int8 KV cache with the config's own static per-tensor K and V scales (its K and V "
+                             "quantizers; --kv-cache-dtype auto in int8 mode)")
         return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype, kv_scales), config, eos)
 
     # ---- requests -----------------------------------------------------------------------------

@@ -187,6 +187,7 @@ class WholeConfig(nn.Module):
         self.norm, quantized = _slot(rules, numerics, "RMSNorm", "model.norm", model.norm)
         self.quantized = [n for slots in self.layers for n in slots.quantized] + (["model.norm"] if quantized else [])
         self.fused = False  # the Triton path (`use_kernels`); False: this module's eager ops
+        self.num_kv_heads = model.shape.num_kv_heads
         self.kernel_args: list = []  # LayerKernelArgs per layer, when fused
 
     def forward(self, model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache_: torch.Tensor,
@@ -237,6 +238,23 @@ def calibrate(model: nn.Module, prompts: Iterable[Sequence[int]]) -> int:
         raise UserError("calibration data is empty; static quantizers cannot be calibrated")
     log.info("calibrated %d static quantizers on %d prompts (engine, int8 mode)", count, n)
     return n
+
+
+def config_kv_scales(wc: WholeConfig) -> Optional[torch.Tensor]:
+    """[2, L, KV] float32 K and V scales when every layer's K and V quantizer (quantizer_in2 of Q·Kᵀ and P·V) is
+    what an int8 KV cache computes (8-bit, symmetric, static, per tensor, round half to even, ±127), else None."""
+    rows = []
+    for slots in wc.layers:
+        layer = []
+        for slot in ("matmul_qkt", "matmul_pv"):
+            q = getattr(slots.attn[slot], "quantizer_in2", None)
+            if q is None or q.spec.dynamic or q.spec.bits != 8 or not q.spec.symmetric or not q.calibrated or \
+                    q.running_min.numel() != 1 or q.numerics.rounding != "half_even" or not q.numerics.narrow_range:
+                return None
+            layer.append(_static_scale(q))
+        rows.append(layer)
+    kv_heads = wc.num_kv_heads
+    return torch.tensor(rows, dtype=torch.float32).T[:, :, None].expand(2, len(rows), kv_heads).contiguous()
 
 
 def engine_numerics(quant_config) -> Numerics:
