@@ -11,7 +11,7 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -x -m "gpu" tests/test_whol
 timeout 130 python3 -m pytest -q -p no:cacheprovider tests/test_engine_whole_config.py \
     "tests/test_engine_int8.py::test_main_engine_int8_under_loadgen_answers_with_the_int8_tokens" 2>&1 | tail -15 \
     | tee "$OUT"/gpu_engine_tests.txt
-COMMON=(--shape 70b --layers ${LAYERS:-20} --samples ${SAMPLES:-512} --ref-samples 0 --fidelity-prompts 0 --weights int8 --kv-cache-dtype int8)
+COMMON=(--shape 70b --layers "${LAYERS:-20}" --samples "${SAMPLES:-512}" --ref-samples 0 --fidelity-prompts 0 --weights int8 --kv-cache-dtype int8)
 for rules in linear all; do
   timeout 135 python3 tools/bench.py "${COMMON[@]}" --int8-rules $rules --out "$OUT"/int8_$rules 2>&1 \
       | grep -v "^WARNING\|Warning" | tail -8
