@@ -216,3 +216,13 @@ def test_settings_the_whole_config_cannot_honour_are_one_line_before_loading(tmp
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(line)
     assert "Loading weights" not in result.stderr
+
+
+def test_int8_rules_outside_the_engines_int8_mode_is_one_line():
+    with pytest.raises(UserError, match=r"--int8-rules linear chooses what the engine's int8 mode computes: it needs "
+                                        r"--liteml-config and --quant-mode int8"):
+        QuantConfig(liteml_config=NPM, quant_mode="simulate", int8_rules="linear")
+    with pytest.raises(UserError, match="--int8-rules linear chooses"):
+        QuantConfig(int8_rules="linear")
+    with pytest.raises(UserError, match="--int8-rules must be one of all, linear, got 'some'"):
+        QuantConfig(liteml_config=NPM, quant_mode="int8", int8_rules="some")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from parallel_fixtures import SMALL_ENGINE, RecordingSink
@@ -66,8 +68,9 @@ def test_node_argv_rebuilds_the_replica_config():
     assert set(QUANT_FLAGS) | set(QUANT_SWITCHES) == {f.name for f in dataclasses.fields(QuantConfig)}
     engine = EngineConfig(max_num_seqs=7, max_num_batched_tokens=99, block_size=8, kv_cache_memory_fraction=0.5,
                           num_kv_blocks=33, cuda_graphs=False)
-    quant = QuantConfig(quant_backend="open", quant_mode="int8", momentum=0.5, rounding="half_away",
-                        narrow_range=False, batch_shared_scale=False, int8_rules="linear")
+    npm = str(Path(__file__).resolve().parents[1] / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
+    quant = QuantConfig(liteml_config=npm, quant_backend="open", quant_mode="int8", momentum=0.5,
+                        rounding="half_away", narrow_range=False, batch_shared_scale=False, int8_rules="linear")
     cfg = RunConfig(backend="engine", model_path="/m", device="cpu", dtype="bfloat16", tensor_parallel=2,
                     data_parallel=3, scenario="Server", engine=engine, quant=quant)
     rebuilt = RunConfig.from_cli_args(build_node_parser().parse_args(node_argv(cfg, "cpu")))

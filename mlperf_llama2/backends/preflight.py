@@ -48,6 +48,9 @@ def _no_kv_cache_dtype(config: "RunConfig", backend: str) -> None:
 
 def check_reference(config: "RunConfig") -> int:
     _no_kv_cache_dtype(config, "reference")
+    if config.quant.int8_rules != "all":
+        raise UserError(f"--int8-rules {config.quant.int8_rules} is the engine's int8 mode (--backend engine); the "
+                        "reference backend applies the config as --quant-mode says")
     vocab_size, num_layers = _local_checkpoint(config)
     _quantization_plan(config, num_layers)
     return vocab_size

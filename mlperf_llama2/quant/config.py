@@ -47,6 +47,9 @@ class QuantConfig:
             raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.int8_rules not in INT8_RULES:
             raise UserError(f"--int8-rules must be one of {', '.join(INT8_RULES)}, got {self.int8_rules!r}")
+        if self.int8_rules != "all" and (self.liteml_config is None or self.quant_mode != "int8"):
+            raise UserError(f"--int8-rules {self.int8_rules} chooses what the engine's int8 mode computes: it needs "
+                            "--liteml-config and --quant-mode int8")
         if self.quantization is not None and self.liteml_config is not None:
             raise UserError(f"--quantization {self.quantization} and --liteml-config are exclusive: a LiteML "
                             "config names its own numerics; pass one of them")
