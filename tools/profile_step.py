@@ -121,6 +121,10 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="7b", choices=("tiny", "7b", "70b"))
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--weights", choices=("fp16", "int8", "fp8"), default="fp16")
+    ap.add_argument("--kv-cache-dtype", choices=("auto", "fp8", "int8"), default="auto",
+                    help="8-bit KV cache with unit scales (timing only)")
+    ap.add_argument("--int8-rules", choices=("linear", "all"), default="linear",
+                    help="--weights int8: every rule of the config (whole_config.py; needs --kv-cache-dtype int8)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")
     ap.add_argument("--prefill", type=int, default=460, help="prompt tokens added in the mixed step")
@@ -131,9 +135,15 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     device, dtype = torch.device("cuda"), torch.float16
     cfg = hf_config_for(args.shape, args.layers)
-    model = bench_model(cfg, args.weights, DEFAULT_QUANT_CONFIG, device, dtype, MAX_MODEL_LEN, 0.02, 0)
-    econf = EngineConfig(max_num_seqs=args.batch, max_num_batched_tokens=max(8192, args.batch + args.prefill))
-    engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
+    if args.int8_rules == "all" and (args.weights != "int8" or args.kv_cache_dtype != "int8"):
+        raise SystemExit("profile_step: --int8-rules all needs --weights int8 --kv-cache-dtype int8")
+    model = bench_model(cfg, args.weights, DEFAULT_QUANT_CONFIG, device, dtype, MAX_MODEL_LEN, 0.02, 0,
+                        args.int8_rules)
+    econf = EngineConfig(max_num_seqs=args.batch, max_num_batched_tokens=max(8192, args.batch + args.prefill),
+                         kv_cache_dtype=args.kv_cache_dtype)
+    kv_scales = None if args.kv_cache_dtype == "auto" else \
+        torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only
+    engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype, kv_scales), econf,
                        cfg.eos_token_id)
     runner = engine.runner
     decode = make_batch(engine, args.batch, args.context, 0, cfg.vocab_size)
@@ -142,7 +152,7 @@ def main(argv=None) -> int:
     weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
                        if t.numel() > 1_000_000)  # int8 weights are buffers; RoPE tables are not weights
     kv_bytes = args.batch * args.context * 2 * model.shape.num_layers * model.shape.num_kv_heads * \
-        model.shape.head_dim * 2
+        model.shape.head_dim * engine.runner.kv_cache.element_size()
     result = {"args": vars(args), "bounds_ms": {"weights": weight_bytes / 4.3e9, "kv": kv_bytes / 4.3e9},
               "rows": []}
 
