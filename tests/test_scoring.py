@@ -209,6 +209,12 @@ def test_five_parallel_runs_print_no_worker_traceback(case):
         assert "scoring 5 samples on 2 processes" in proc.stderr  # the pool was used
 
 
+def _terminal_signals() -> None:
+    """The child starts as from a terminal, with SIGINT at its default: a suite launched in the background by a
+    non-interactive shell (`make test &`) inherits SIGINT ignored, and Python then keeps ignoring Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_ctrl_c_or_sigterm_while_scoring_is_one_line(case, tmp_path, sig, code, name):
     """The whole process group gets the signal, as from a terminal's Ctrl-C: workers stay quiet."""
@@ -221,7 +227,8 @@ def test_ctrl_c_or_sigterm_while_scoring_is_one_line(case, tmp_path, sig, code, 
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--checkpoint-path", case["checkpoint"],
                              "--mlperf-accuracy-file", log, "--dataset-file", str(dataset), "--workers", "2"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                            env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+                            preexec_fn=_terminal_signals)
     seen = []
     for line in proc.stderr:
         seen.append(line)
