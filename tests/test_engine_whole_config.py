@@ -43,7 +43,9 @@ def simulate(model_dir, rules=None):
 
     from mlperf_llama2.quant.open_backend import quantize_model
 
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    from mlperf_llama2.hf_compat import dtype_kwargs
+
+    model = LlamaForCausalLM.from_pretrained(model_dir, **dtype_kwargs(torch.float32)).eval()
     samples = [torch.tensor([p]) for p in calibration_prompts()]
     quantize_model(model, rules or load_rules(NPM), "simulate", PER_SAMPLE, samples)
     return model
