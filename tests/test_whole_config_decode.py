@@ -71,10 +71,10 @@ def on_device(args):
     return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def run_kernel(args, s_mask, s_out, dt, block_n: int = 16) -> torch.Tensor:
+def run_kernel(args, s_mask, s_out, dt, block_n: int = 16, config=None) -> torch.Tensor:
     from mlperf_llama2.engine.whole_config_decode_triton import decode_q8
 
-    return decode_q8(*on_device(args), s_mask, s_out, dt, block_n=block_n).cpu()
+    return decode_q8(*on_device(args), s_mask, s_out, dt, block_n=block_n, config=config).cpu()
 
 
 S_MASK = scale_of(12.0, 16)  # the scores here reach about +-15: the largest are clamped
@@ -205,6 +205,40 @@ def test_bad_inputs_are_one_clear_line(change, message):
         decode_q8_torch(*args, None, None, torch.int8)
 
 
+def wc_configs():
+    try:
+        from mlperf_llama2.engine.whole_config_decode_triton import WC_DECODE_CONFIGS
+    except ImportError:  # no triton: the tests using it skip
+        return ["base"]
+    return list(WC_DECODE_CONFIGS)
+
+
+@needs_triton
+@pytest.mark.parametrize("dt", [torch.float32, torch.float16])
+def test_every_launch_variant_gives_the_base_kernels_values(dt):
+    """Tiles of 16 and more over blocks of 4 (the vectorised table read), the scores buffer instead of the
+    recomputation: the same numbers, bit for bit, as the base variant at its own tile size."""
+    from mlperf_llama2.engine.whole_config_decode_triton import WC_DECODE_CONFIGS
+
+    *_, args, _ = make_case(dt, seed=6, contexts=(1, 5, 13, 40))
+    want = run_kernel(args, S_MASK, S_OUT, dt, block_n=16, config="base")
+    for name, cfg in WC_DECODE_CONFIGS.items():
+        for block_n in (16, None):  # None: the variant's own tile
+            got = run_kernel(args, S_MASK, S_OUT, dt, block_n=block_n, config=name)
+            if block_n is None and cfg.block_n != 16:  # another tile sums l in another order: fp32 rounding
+                assert_within_one_p_step(got.float(), want.float(), args, dt) if dt != torch.float32 else \
+                    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 + 1.001 * S_OUT)
+            else:
+                assert torch.equal(got, want), f"{name} block_n={block_n}: {(got - want).abs().max()}"
+
+
+@needs_triton
+def test_an_unknown_launch_variant_is_one_line():
+    *_, args, _ = make_case(torch.float32)
+    with pytest.raises(UserError, match="unknown whole-config decode config 'fast'; choose from base, "):
+        run_kernel(args, None, None, torch.float32, config="fast")
+
+
 @needs_triton
 def test_kernel_refuses_a_block_n_tl_dot_cannot_take():
     *_, args, _ = make_case(torch.float32)
@@ -220,6 +254,7 @@ def test_kernel_at_70b_head_shapes_on_the_gpu():
         *_, args, _ = make_case(dt, seed=5, contexts=contexts, heads=64, kv_heads=8, d=128, block=16)
         s_mask, s_out = scale_of(40.0, 16), S_OUT
         want = decode_q8_torch(*args, s_mask, s_out, dt).float()
-        got = run_kernel(args, s_mask, s_out, dt, block_n=64).float()
-        assert torch.isfinite(got).all()
-        assert_within_one_p_step(got, want, args, dt)
+        for config in wc_configs():  # every launch variant compiles and computes the same numbers on the GPU
+            got = run_kernel(args, s_mask, s_out, dt, block_n=None, config=config).float()
+            assert torch.isfinite(got).all(), config
+            assert_within_one_p_step(got, want, args, dt)

@@ -12,6 +12,12 @@ suggest the values of `DEFAULT_DECODE_CONFIG_16BIT` / `_8BIT` (least total time 
   python3 tools/bench_kv_decode.py --out /tmp/kv_decode.json
   TRITON_INTERPRET=1 python3 tools/bench_kv_decode.py --device cpu --batches 2 --context 40 --heads 8 \\
       --kv-heads 2 --head-dim 32 --configs base,n64w4s3v_split4 --iters 1   # a smoke run of the script on a CPU
+
+`--whole-config` times instead the whole-config int8 mode's decode attention (whole_config_decode_triton: two
+passes, int8 Q, P and K/V, the 16-bit mask and output quantizers) in each of its `WC_DECODE_CONFIGS` variants,
+beside the Linear-only mode's int8-cache kernel (`DEFAULT_DECODE_CONFIG_8BIT`) on the same cache: what honouring
+every rule costs in attention. Each variant's largest difference from the `base` variant is reported (0 expected
+at the same tile size).
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", default=None,
                     help="comma-separated kernel variants to time: paged_decode_triton.DECODE_CONFIGS names, or "
                          "BLOCK_NxWARPS (the base kernel with that tile); default: every DECODE_CONFIGS name")
+    ap.add_argument("--whole-config", action="store_true",
+                    help="time the whole-config int8 decode variants (WC_DECODE_CONFIGS) against the int8 cache kernel")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -84,6 +92,9 @@ def main(argv=None) -> int:
         raise UserError("needs a CUDA device (or TRITON_INTERPRET=1 for a CPU smoke run)")
     from mlperf_llama2.engine import paged_decode_triton as pdt
 
+    if args.whole_config:
+        report(whole_config_rows(args, device, pdt), args, device, reference="int8")
+        return 0
     names = args.configs.split(",") if args.configs else list(pdt.DECODE_CONFIGS)
     configs = {name: parse_config(name, pdt) for name in names if name}  # a bad name: UserError, exit 2
     scale = args.head_dim ** -0.5
@@ -119,6 +130,47 @@ def main(argv=None) -> int:
     return 0
 
 
+def whole_config_rows(args, device: torch.device, pdt) -> list:
+    """Per batch: the int8-cache kernel of the Linear-only mode, then every whole-config decode variant."""
+    from mlperf_llama2.engine import whole_config_decode_triton as wcd
+
+    names = args.configs.split(",") if args.configs else list(wcd.WC_DECODE_CONFIGS)
+    configs = {name: wcd.wc_decode_config(name) for name in names if name}
+    scale = args.head_dim ** -0.5
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",") if b]:
+        q, k, v, table, lens = paged_case(batch, args.context, args.heads, args.kv_heads, args.head_dim,
+                                          args.block_size, device, seed=batch)
+        scales = torch.stack([x.float().abs().amax(dim=(0, 2)) / INT8_MAX for x in (k, v)]).contiguous()
+        k8, v8 = quantize(k, scales[0], torch.int8), quantize(v, scales[1], torch.int8)
+        qs = q.float().abs().amax(dim=(1, 2)) / INT8_MAX  # [B]: the per-token scale over all heads
+        q8 = torch.round(q.float() / qs[:, None, None]).clamp(-127, 127).to(torch.int8)
+        read_gb = 2 * batch * args.context * args.kv_heads * args.head_dim / 1e9
+        base = dict(batch=batch, context=args.context, heads=args.heads, kv_heads=args.kv_heads,
+                    head_dim=args.head_dim, kv_gb_read=read_gb)
+        linear = lambda: pdt.paged_decode_attention(q, k8, v8, table, lens, scale, args.block_size,  # noqa: E731
+                                                    kv_scales=scales)
+        rows.append({**base, "kv_cache_dtype": "int8", "config": f"linear-only:{pdt.DEFAULT_DECODE_CONFIG_8BIT}",
+                     "ms": timed_ms(linear, device, args.iters), "max_abs_diff_vs_base_fp16": 0.0})
+        rows[-1]["tb_per_s"] = read_gb / rows[-1]["ms"]
+        s_mask, s_out = 40.0 / 32767, 8.0 / 32767  # 16-bit static scales (synthetic ranges)
+        want = None
+        for cname, cfg in configs.items():
+            row = {**base, "kv_cache_dtype": "wc-int8", "config": cname, "kernel": dataclasses.asdict(cfg)}
+            run = lambda cfg=cfg: wcd.decode_q8(q8, qs, k8, v8, table, lens, scale, args.block_size,  # noqa: E731
+                                                scales, s_mask, s_out, torch.float16, config=cfg)
+            try:
+                got = run().float()
+                want = got if want is None else want
+                ms = timed_ms(run, device, args.iters)
+            except Exception as e:  # a variant that fails to compile here: reported
+                rows.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+                continue
+            rows.append({**row, "ms": ms, "tb_per_s": read_gb / ms,
+                         "max_abs_diff_vs_base_fp16": float((got - want).abs().max())})
+    return rows
+
+
 def parse_config(text: str, pdt):
     """A DECODE_CONFIGS name, or BLOCK_NxWARPS (the base kernel with that tile, as before)."""
     tile = re.fullmatch(r"(\d+)x(\d+)", text)
@@ -127,7 +179,7 @@ def parse_config(text: str, pdt):
     return pdt.decode_config(text)
 
 
-def report(rows, args, device: torch.device) -> None:
+def report(rows, args, device: torch.device, reference: str = "auto") -> None:
     """Prints the best variant per (cache dtype, batch), every variant's ms, the suggested defaults, and the JSON."""
     ok = [r for r in rows if "ms" in r]
     best = {}
@@ -138,17 +190,21 @@ def report(rows, args, device: torch.device) -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
     print(f"paged decode, one layer: H {args.heads} KV {args.kv_heads} D {args.head_dim} context {args.context}, "
           f"{device_name}; 8-bit scales synthetic (per-head amax / qmax of random data)")
-    print(f"{'kv dtype':<9}{'batch':>6}  {'best':<18}{'ms':>9}{'TB/s':>7}{'vs auto':>9}{'max diff':>10}")
+    print(f"{'kv dtype':<9}{'batch':>6}  {'best':<18}{'ms':>9}{'TB/s':>7}{'vs ' + reference:>9}{'max diff':>10}")
     for (name, batch), r in best.items():
-        auto = best[("auto", batch)]["ms"] if ("auto", batch) in best else float("nan")
+        auto = best[(reference, batch)]["ms"] if (reference, batch) in best else float("nan")
         print(f"{name:<9}{batch:>6}  {r['config']:<18}{r['ms']:>9.3f}{r['tb_per_s']:>7.2f}"
               f"{auto / r['ms']:>8.2f}x{r['max_abs_diff_vs_base_fp16']:>10.1e}")
-    columns = sorted({(r["kv_cache_dtype"], r["batch"]) for r in rows}, key=lambda c: (c[0] != "auto", c))
+    columns = sorted({(r["kv_cache_dtype"], r["batch"]) for r in rows}, key=lambda c: (c[0] != reference, c))
     print("ms per variant:" + "".join(f"{f'{n}@{b}':>12}" for n, b in columns))
     for cname in dict.fromkeys(r["config"] for r in rows):
         ms = {(r["kv_cache_dtype"], r["batch"]): r["ms"] for r in ok if r["config"] == cname}
-        print(f"{cname:<15}" + "".join(f"{ms[c]:>12.3f}" if c in ms else f"{'failed':>12}" for c in columns))
-    for label, dtypes in (("DEFAULT_DECODE_CONFIG_16BIT", ("auto",)), ("DEFAULT_DECODE_CONFIG_8BIT", ("fp8", "int8"))):
+        failed = {(r["kv_cache_dtype"], r["batch"]) for r in rows if r["config"] == cname and "error" in r}
+        print(f"{cname:<15}" + "".join(f"{ms[c]:>12.3f}" if c in ms else f"{'failed' if c in failed else '-':>12}"
+                                       for c in columns))
+    defaults = (("DEFAULT_WC_DECODE_CONFIG", ("wc-int8",)),) if args.whole_config else \
+        (("DEFAULT_DECODE_CONFIG_16BIT", ("auto",)), ("DEFAULT_DECODE_CONFIG_8BIT", ("fp8", "int8")))
+    for label, dtypes in defaults:
         totals = {}
         for r in ok:
             if r["kv_cache_dtype"] in dtypes:

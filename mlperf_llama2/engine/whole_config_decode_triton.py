@@ -11,12 +11,19 @@ quantize. Hence two passes over the context: pass 1 writes m and l per (sequence
 sequence's l, recomputes the same scores, quantizes P and accumulates p8 . v8 in int32 (tl.dot on int8).
 One program per (sequence, KV head) covers its GQA group, as paged_decode_triton's kernels; context lengths
 are read on the device, so the grid depends on the batch size only (graph-safe).
+
+`WC_DECODE_CONFIGS` names launch variants, all with the same numbers: tile size, warps and pipeline stages, a
+vectorised block-table read (one entry per cache block of a tile), and `scores`: pass 1 also writes the scores
+(already rounded to DT and 16-bit quantized, so DT holds them exactly) to a scratch buffer that pass 2 reads
+instead of reading K again and recomputing them (2 bytes per head and key instead of 1 per key and head_dim).
+`tools/bench_kv_decode.py --whole-config` times them; `DEFAULT_WC_DECODE_CONFIG` is the engine's.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 import triton
@@ -31,6 +38,49 @@ log = logging.getLogger(__name__)
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 _FP32_TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(float32).tiny: symmetric_scale's floor
 DEFAULT_BLOCK_N = 64  # keys per loop iteration
+
+
+@dataclass(frozen=True)
+class WCDecodeConfig:
+    """Launch options of the two passes (see the module docstring); every variant computes the same values."""
+
+    block_n: int = DEFAULT_BLOCK_N
+    num_warps: int = 4
+    num_stages: int = 2
+    vec_table: bool = False
+    scores: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "num_warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise UserError(f"whole-config decode: {name} must be a power of 2, got {value}")
+        if self.block_n < 16:
+            raise UserError(f"whole-config decode: block_n must be a power of 2 >= 16 (tl.dot), got {self.block_n}")
+        if self.num_stages < 1:
+            raise UserError(f"whole-config decode: num_stages must be >= 1, got {self.num_stages}")
+
+
+WC_DECODE_CONFIGS = {
+    "base": WCDecodeConfig(),
+    "n64v": WCDecodeConfig(vec_table=True),
+    "n64w2s3v": WCDecodeConfig(num_warps=2, num_stages=3, vec_table=True),
+    "n128w4s3v": WCDecodeConfig(block_n=128, num_stages=3, vec_table=True),
+    "n64v_scores": WCDecodeConfig(vec_table=True, scores=True),
+    "n64w2s3v_scores": WCDecodeConfig(num_warps=2, num_stages=3, vec_table=True, scores=True),
+    "n128w4s3v_scores": WCDecodeConfig(block_n=128, num_stages=3, vec_table=True, scores=True),
+    "n128w8s3v_scores": WCDecodeConfig(block_n=128, num_warps=8, num_stages=3, vec_table=True, scores=True),
+}
+DEFAULT_WC_DECODE_CONFIG = "base"  # until a GPU sweep (tools/bench_kv_decode.py --whole-config) picks another
+
+
+def wc_decode_config(config: Union[str, WCDecodeConfig, None]) -> WCDecodeConfig:
+    if isinstance(config, WCDecodeConfig):
+        return config
+    name = DEFAULT_WC_DECODE_CONFIG if config is None else config
+    if name not in WC_DECODE_CONFIGS:
+        raise UserError(f"unknown whole-config decode config {name!r}; choose from {', '.join(WC_DECODE_CONFIGS)}")
+    return WC_DECODE_CONFIGS[name]
 
 
 @triton.jit
@@ -55,21 +105,30 @@ def _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask,
 
 @triton.jit
 def _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs, stride_ch,
-                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """(cache offsets [BLOCK_N, D] of the tile's rows for this KV head, mask [BLOCK_N] of positions < ctx_len)."""
+                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, VEC_TABLE: tl.constexpr):
+    """(cache offsets [BLOCK_N, D] of the tile's rows for this KV head, mask [BLOCK_N] of positions < ctx_len).
+    VEC_TABLE (BLOCK_N a multiple of BLOCK_SIZE): one table entry per cache block, broadcast over its rows."""
     pos = start + tl.arange(0, BLOCK_N)
     n_mask = pos < ctx_len
-    block = tl.load(block_tables_ptr + seq * stride_bt + pos // BLOCK_SIZE, mask=n_mask, other=0)
-    slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
+    table = block_tables_ptr + seq * stride_bt
+    if VEC_TABLE:
+        offs_b = start // BLOCK_SIZE + tl.arange(0, BLOCK_N // BLOCK_SIZE)
+        block = tl.load(table + offs_b, mask=offs_b * BLOCK_SIZE < ctx_len, other=0).to(tl.int64)
+        slot = tl.reshape(block[:, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :], [BLOCK_N])
+    else:
+        block = tl.load(table + pos // BLOCK_SIZE, mask=n_mask, other=0)
+        slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
     return slot[:, None] * stride_cs + kv_head * stride_ch + tl.arange(0, HEAD_DIM)[None, :], n_mask
 
 
 @triton.jit
-def _stats_kernel(q_ptr, qs_ptr, k_cache_ptr, block_tables_ptr, context_lens_ptr, scales_ptr, m_ptr, l_ptr,
-                  sm_scale, s_mask, num_heads, stride_qt, stride_qh, stride_cs, stride_ch, stride_bt,
+def _stats_kernel(q_ptr, qs_ptr, k_cache_ptr, block_tables_ptr, context_lens_ptr, scales_ptr, m_ptr, l_ptr, s_buf_ptr,
+                  sm_scale, s_mask, num_heads, n_cols, stride_qt, stride_qh, stride_cs, stride_ch, stride_bt,
                   GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                  BLOCK_N: tl.constexpr, HAS_MASK_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr):
-    """Pass 1: the softmax max m and denominator l of every head of the group: m, l [B, H] fp32."""
+                  BLOCK_N: tl.constexpr, HAS_MASK_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr,
+                  VEC_TABLE: tl.constexpr, SCORES: tl.constexpr):
+    """Pass 1: the softmax max m and denominator l of every head of the group: m, l [B, H] fp32; SCORES: the
+    scores too, into s_buf [B, H, n_cols] (DT)."""
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     ctx_len = tl.load(context_lens_ptr + seq)
@@ -79,12 +138,16 @@ def _stats_kernel(q_ptr, qs_ptr, k_cache_ptr, block_tables_ptr, context_lens_ptr
     q8 = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + tl.arange(0, HEAD_DIM)[None, :],
                  mask=g_mask[:, None], other=0)  # [BLOCK_G, D] int8
     coef = tl.load(qs_ptr + seq) * tl.load(scales_ptr + kv_head)  # qs * s_k
+    s_rows = s_buf_ptr + (seq.to(tl.int64) * num_heads + heads[:, None]) * n_cols  # [BLOCK_G, 1]
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
-    for start in range(0, ctx_len, BLOCK_N):
+    for start in tl.range(0, ctx_len, BLOCK_N):
         kv_off, n_mask = _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs,
-                                       stride_ch, BLOCK_SIZE, BLOCK_N, HEAD_DIM)
+                                       stride_ch, BLOCK_SIZE, BLOCK_N, HEAD_DIM, VEC_TABLE)
         s = _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET)
+        if SCORES:  # exact in DT: every score was rounded to DT
+            tl.store(s_rows + start + tl.arange(0, BLOCK_N)[None, :], s.to(DT),
+                     mask=g_mask[:, None] & n_mask[None, :])
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the first tile holds position 0
         l_i = l_i * _exp(m_i - m_new, INTERPRET) + tl.sum(_exp(s - m_new[:, None], INTERPRET), 1)
         m_i = m_new
@@ -94,12 +157,14 @@ def _stats_kernel(q_ptr, qs_ptr, k_cache_ptr, block_tables_ptr, context_lens_ptr
 
 @triton.jit
 def _pv_kernel(q_ptr, qs_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, scales_ptr, m_ptr,
-               l_ptr, out_ptr, sm_scale, s_mask, s_out, num_heads, num_kv, stride_qt, stride_qh, stride_cs,
-               stride_ch, stride_bt, stride_ot, stride_oh,
+               l_ptr, s_buf_ptr, out_ptr, sm_scale, s_mask, s_out, num_heads, num_kv, n_cols, stride_qt, stride_qh,
+               stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
                GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK_Q: tl.constexpr,
-               HAS_OUT_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr):
-    """Pass 2: P = exp(S - m) / l in DT, p8 = rne(P / ps), O = fq16((p8 . v8) * ps * s_v) for the group's heads."""
+               HAS_OUT_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr, VEC_TABLE: tl.constexpr,
+               SCORES: tl.constexpr):
+    """Pass 2: P = exp(S - m) / l in DT, p8 = rne(P / ps), O = fq16((p8 . v8) * ps * s_v) for the group's heads;
+    S recomputed from q8 and the K cache, or (SCORES) read from pass 1's s_buf."""
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     ctx_len = tl.load(context_lens_ptr + seq)
@@ -114,14 +179,20 @@ def _pv_kernel(q_ptr, qs_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, contex
     ps = tl.maximum(tl.div_rn(p_max, 127.0), _FP32_TINY)
     m_i = tl.load(m_ptr + seq * num_heads + heads, mask=g_mask, other=0.0)  # [BLOCK_G]
     l_i = tl.load(l_ptr + seq * num_heads + heads, mask=g_mask, other=1.0)
-    q8 = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-                 mask=g_mask[:, None], other=0)  # [BLOCK_G, D] int8
-    coef = tl.load(qs_ptr + seq) * tl.load(scales_ptr + kv_head)
+    if not SCORES:
+        q8 = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                     mask=g_mask[:, None], other=0)  # [BLOCK_G, D] int8
+        coef = tl.load(qs_ptr + seq) * tl.load(scales_ptr + kv_head)
+    s_rows = s_buf_ptr + (seq.to(tl.int64) * num_heads + heads[:, None]) * n_cols  # [BLOCK_G, 1]
     acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.int32)
-    for start in range(0, ctx_len, BLOCK_N):
+    for start in tl.range(0, ctx_len, BLOCK_N):
         kv_off, n_mask = _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs,
-                                       stride_ch, BLOCK_SIZE, BLOCK_N, HEAD_DIM)
-        s = _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET)
+                                       stride_ch, BLOCK_SIZE, BLOCK_N, HEAD_DIM, VEC_TABLE)
+        if SCORES:
+            s = tl.load(s_rows + start + tl.arange(0, BLOCK_N)[None, :], mask=g_mask[:, None] & n_mask[None, :],
+                        other=float("-inf")).to(tl.float32)
+        else:
+            s = _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET)
         p = tl.div_rn(_exp(s - m_i[:, None], INTERPRET), l_i[:, None]).to(DT).to(tl.float32)  # softmax in DT
         p8 = tl.minimum(_rint(tl.div_rn(p, ps), INTERPRET), 127.0).to(tl.int8)  # P >= 0: only the top clamps
         v8 = tl.load(v_cache_ptr + kv_off, mask=n_mask[:, None], other=0)  # [BLOCK_N, D] int8
@@ -136,30 +207,38 @@ def _pv_kernel(q_ptr, qs_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, contex
 def decode_q8(q8: torch.Tensor, qs: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
               block_tables: torch.Tensor, context_lens: torch.Tensor, sm_scale: float, block_size: int,
               kv_scales: torch.Tensor, s_mask: Optional[float], s_out: Optional[float], out_dtype: torch.dtype,
-              block_n: int = DEFAULT_BLOCK_N) -> torch.Tensor:
+              block_n: Optional[int] = None, config: Union[str, WCDecodeConfig, None] = None) -> torch.Tensor:
     """q8 [B, H, D] int8, qs [B] fp32; caches [S, KV, D] int8 (row stride D); block_tables [B, W] int32;
-    context_lens [B] int32 (>= 1); kv_scales [2, KV] fp32 -> [B, H, D] out_dtype. s_mask / s_out: the 16-bit
-    static scales of add_mask and matmul_pv's output (None: that quantizer is absent)."""
+    context_lens [B] int32 (>= 1, <= W * block_size); kv_scales [2, KV] fp32 -> [B, H, D] out_dtype. s_mask /
+    s_out: the 16-bit static scales of add_mask and matmul_pv's output (None: that quantizer is absent).
+    config: a WC_DECODE_CONFIGS name or a WCDecodeConfig (default DEFAULT_WC_DECODE_CONFIG); block_n overrides
+    its tile size."""
     check_inputs(q8, qs, k_cache, v_cache, block_tables, context_lens, kv_scales, out_dtype)
-    if block_n < 16 or block_n & (block_n - 1):
-        raise UserError(f"whole-config decode: block_n must be a power of 2 >= 16 (tl.dot), got {block_n}")
+    cfg = wc_decode_config(config)
+    if block_n is not None:
+        cfg = WCDecodeConfig(block_n, cfg.num_warps, cfg.num_stages, cfg.vec_table, cfg.scores)
     if k_cache.stride(2) != 1 or q8.stride(2) != 1:
         raise UserError("whole-config decode: q8 and the caches need contiguous head_dim rows")
     b, h, d = q8.shape
     kv = k_cache.shape[1]
     group = h // kv
+    vec_table = cfg.vec_table and cfg.block_n % block_size == 0
     ml = torch.empty(2, b, h, dtype=torch.float32, device=q8.device)  # [0]: softmax max m, [1]: denominator l
+    n_cols = block_tables.shape[1] * block_size  # the longest context a table can hold: graph-safe
+    s_buf = torch.empty((b, h, n_cols) if cfg.scores else (1,), dtype=out_dtype, device=q8.device)
     out = torch.empty(b, h, d, dtype=out_dtype, device=q8.device)
     kv_scales = kv_scales.contiguous()
     common = dict(GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_SIZE=block_size,
-                  BLOCK_N=block_n, HAS_MASK_Q=s_mask is not None, DT=_TL_DTYPE[out_dtype], INTERPRET=_INTERPRET)
+                  BLOCK_N=cfg.block_n, HAS_MASK_Q=s_mask is not None, DT=_TL_DTYPE[out_dtype], INTERPRET=_INTERPRET,
+                  VEC_TABLE=vec_table, SCORES=cfg.scores, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     mask_scale = 1.0 if s_mask is None else float(s_mask)
     _stats_kernel[(b, kv)](
-        q8, qs, k_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], float(sm_scale), mask_scale, h,
-        q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0), **common)
+        q8, qs, k_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], s_buf, float(sm_scale), mask_scale,
+        h, n_cols, q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
+        **common)
     _pv_kernel[(b, kv)](
-        q8, qs, k_cache, v_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], out, float(sm_scale),
-        mask_scale, 1.0 if s_out is None else float(s_out), h, kv,
+        q8, qs, k_cache, v_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], s_buf, out, float(sm_scale),
+        mask_scale, 1.0 if s_out is None else float(s_out), h, kv, n_cols,
         q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
         out.stride(0), out.stride(1), BLOCK_H=triton.next_power_of_2(h), HAS_OUT_Q=s_out is not None, **common)
     return out
