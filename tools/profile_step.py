@@ -45,7 +45,8 @@ def kernel_class(name: str) -> str:
     n = name.lower()
     if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "matmul", "nvjet", "wgmma", "gemv")):
         return "gemm"
-    if any(k in n for k in ("paged_decode", "flash", "fmha", "attn")):
+    if any(k in n for k in ("paged_decode", "flash", "fmha", "attn", "_stats_kernel", "_pv_kernel", "_pass1_kernel",
+                            "_pass2_kernel", "prefill")):  # the last five: the whole config's attention passes
         return "attention"
     if any(k in n for k in ("elementwise", "reduce", "norm", "rope", "silu", "index", "cat", "copy", "fill",
                             "scatter", "gather", "_kernel")):
@@ -107,12 +108,16 @@ def gpu_breakdown(fn) -> dict:
         torch.cuda.synchronize()
     classes: dict = {"gemm": 0.0, "attention": 0.0, "elementwise": 0.0, "other": 0.0}
     kernels = 0
+    by_name: dict = {}
     for evt in prof.events():
         if evt.device_type == torch.autograd.DeviceType.CUDA:
             classes[kernel_class(evt.name)] += evt.device_time / 1e3  # us -> ms
+            by_name[evt.name] = by_name.get(evt.name, 0.0) + evt.device_time / 1e3
             kernels += 1
     classes["gpu_total"] = sum(classes.values())
     classes["kernels"] = kernels
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:15]
+    classes["top_kernels_ms"] = {name[:120]: round(ms, 4) for name, ms in top}  # where a class's time goes
     return classes
 
 
@@ -164,7 +169,9 @@ def main(argv=None) -> int:
         return fn
 
     op_sets = [("eager ops", EagerOps, True), ("fused ops", FusedOps, True)]
-    if any(hasattr(m, "act_kind") for m in model.modules()):  # 8-bit Linears: A/B the quantizing producers
+    if args.int8_rules == "all":  # the whole config runs its own kernels (whole_config.forward_fused), not model.ops
+        op_sets = [("whole-config kernels", FusedOps, True)]
+    elif any(hasattr(m, "act_kind") for m in model.modules()):  # 8-bit Linears: A/B the quantizing producers
         op_sets.append(("fused ops, Linears quantize", FusedOps, False))
     for name, ops, fused_quant in op_sets:
         model.ops, model.fused_quant = ops, fused_quant
@@ -191,6 +198,9 @@ def main(argv=None) -> int:
     for r in result["rows"]:
         lines.append(f"| {r['ops']} | {r['step']} | {r['wall_ms']:.2f} | {r['gpu_total']:.2f} | {r['gemm']:.2f} | "
                      f"{r['attention']:.2f} | {r['elementwise']:.2f} | {r['other']:.2f} | {r['kernels']} |")
+    graph = next(r for r in result["rows"] if r["step"] == "graph decode")
+    lines.append(f"top kernels of the graph decode step ({graph['ops']}), ms:")
+    lines += [f"  {ms:8.3f}  {name}" for name, ms in graph["top_kernels_ms"].items()]
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(args.out, "table.txt"), "w") as fh:
