@@ -16,7 +16,10 @@ from triton.language.extra import libdevice
 
 
 @triton.jit
-def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, stride_x, K: tl.constexpr, BLOCK: tl.constexpr):
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, stride_x, K: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr):
+    """One row: scale = max(amax / qmax, fp32 tiny); int8: clamp(rint(x / scale)); FP8 (E4M3, qmax 448): x / scale
+    clamped, rounded to nearest even by the conversion."""
+    QMAX: tl.constexpr = 448.0 if FP8 else 127.0
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     x_row = x_ptr + row.to(tl.int64) * stride_x
@@ -26,13 +29,16 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, stride_x, K: tl.constexpr, BLOCK: tl
         mask = start + offs < K
         v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(v))
-    scale = tl.maximum(tl.div_rn(tl.max(amax, axis=0), 127.0), 1.1754943508222875e-38)  # never 0
+    scale = tl.maximum(tl.div_rn(tl.max(amax, axis=0), QMAX), 1.1754943508222875e-38)  # never 0
     for start in range(0, K, BLOCK):
         mask = start + offs < K
         v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
-        q = libdevice.rint(tl.div_rn(v, scale))
-        q = tl.minimum(tl.maximum(q, -127.0), 127.0)
-        tl.store(q_row + start + offs, q.to(tl.int8), mask=mask)
+        if FP8:
+            q = tl.minimum(tl.maximum(tl.div_rn(v, scale), -QMAX), QMAX)
+            tl.store(q_row + start + offs, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=mask)
+        else:
+            q = tl.minimum(tl.maximum(libdevice.rint(tl.div_rn(v, scale)), -QMAX), QMAX)
+            tl.store(q_row + start + offs, q.to(tl.int8), mask=mask)
     tl.store(s_ptr + row, scale)
 
 
@@ -52,48 +58,26 @@ def _rescale_kernel(acc_ptr, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, N, HAS_BIAS: 
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] (CUDA) -> (int8 [M, K], float32 scale [M])."""
+def _quantize_rows(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     if x.stride(-1) != 1:
         x = x.contiguous()
     m, k = x.shape
-    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    q = torch.empty((m, k), dtype=dtype, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     block = min(triton.next_power_of_2(k), 4096)
-    _quant_rows_kernel[(m,)](x, q, s, x.stride(0), K=k, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    _quant_rows_kernel[(m,)](x, q, s, x.stride(0), K=k, BLOCK=block, FP8=dtype == torch.float8_e4m3fn,
+                             num_warps=8 if block >= 2048 else 4)
     return q, s
 
 
-@triton.jit
-def _quant_rows_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, K: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    x_row = x_ptr + row.to(tl.int64) * stride_x
-    q_row = q_ptr + row.to(tl.int64) * K
-    amax = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, K, BLOCK):
-        mask = start + offs < K
-        v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(v))
-    scale = tl.maximum(tl.div_rn(tl.max(amax, axis=0), 448.0), 1.1754943508222875e-38)  # never 0
-    for start in range(0, K, BLOCK):
-        mask = start + offs < K
-        v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(tl.div_rn(v, scale), -448.0), 448.0)
-        tl.store(q_row + start + offs, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=mask)
-    tl.store(s_ptr + row, scale)
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (CUDA) -> (int8 [M, K], float32 scale [M])."""
+    return _quantize_rows(x, torch.int8)
 
 
 def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] (CUDA) -> (float8_e4m3fn [M, K], float32 scale [M]): quant/fp8.py's numerics in one pass."""
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    m, k = x.shape
-    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
-    s = torch.empty((m,), dtype=torch.float32, device=x.device)
-    block = min(triton.next_power_of_2(k), 4096)
-    _quant_rows_fp8_kernel[(m,)](x, q, s, x.stride(0), K=k, BLOCK=block, num_warps=8 if block >= 2048 else 4)
-    return q, s
+    return _quantize_rows(x, torch.float8_e4m3fn)
 
 
 def rescale(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optional[torch.Tensor],
