@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from mlperf_llama2.engine.fused_triton import _INTERPRET, _exp, _rsqrt  # the producers' own rounding helpers
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _rsqrt  # the producers' own rounding helpers
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.int8_linear import quantize_rows_reference
 
@@ -72,10 +72,10 @@ def _row_scale(amax, IS_FP8: tl.constexpr):
 def _quantize(v, scale, IS_FP8: tl.constexpr, INTERPRET: tl.constexpr):
     """fp32 values and their row's scale -> 8-bit values, as the torch per-token quantizers compute them."""
     if IS_FP8:
-        r = tl.minimum(tl.maximum(tl.div_rn(v, scale), -448.0), 448.0)
+        r = tl.minimum(tl.maximum(_div_by(v, scale, INTERPRET), -448.0), 448.0)
         return _round_to_e4m3(r, INTERPRET).to(tl.float8e4nv)
     else:
-        r = _rint(tl.div_rn(v, scale), INTERPRET)
+        r = _rint(_div_by(v, scale, INTERPRET), INTERPRET)
         return tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int8)
 
 

@@ -75,6 +75,26 @@ def add_rms_norm(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.T
 
 
 @triton.jit
+def _div_by(a, b, INTERPRET: tl.constexpr):
+    """a / b correctly rounded (= tl.div_rn(a, b)) for a divisor b shared by many a: a scalar, or a row's value
+    broadcast over its columns. One division, for y = RN(1 / b) at b's shape; then per element a product and
+    two remainder corrections by fma (exact remainders): the first makes the quotient faithful, the second
+    correctly rounded (Markstein's theorem). No branches, so unlike div_rn's slow-path check per element the
+    compiler can interleave many of them. b > 0, normal and with a normal reciprocal (every quantizer scale here
+    is >= float32 tiny and <= 2^126). Quotients of magnitude >= 2^126 return the plain product (infinite on
+    overflow, as div_rn's); below 2^-126 they may differ from div_rn by one subnormal step, which every caller
+    rounds to zero (integer grids, or P below a 16-bit value's resolution)."""
+    if INTERPRET:
+        return tl.div_rn(a, b)
+    else:
+        y = tl.div_rn(tl.zeros_like(b) + 1.0, b)
+        q0 = a * y
+        q1 = tl.fma(tl.fma(-q0, b, a), y, q0)
+        q2 = tl.fma(tl.fma(-q1, b, a), y, q1)
+        return tl.where(tl.abs(q0) < 8.507059173023462e37, q2, q0)  # 2^126
+
+
+@triton.jit
 def _rint(x, INTERPRET: tl.constexpr):
     """Round half to even (fp32; |x| < 2**22 in the interpreter, where 1.5 * 2**23 does the rounding)."""
     if INTERPRET:
@@ -89,7 +109,7 @@ def _quant_kv(x, scale, QUANT: tl.constexpr, INTERPRET: tl.constexpr):
 
     Rounds as kv_cache.quantize does: int8 half to even, clamp +-127; fp8 E4M3 saturated at +-448 and
     rounded to nearest even in value space (so the interpreter, whose cast flushes subnormals, agrees)."""
-    y = tl.math.div_rn(x, scale)
+    y = _div_by(x, scale, INTERPRET)
     if QUANT == 1:
         q = _rint(tl.minimum(tl.maximum(y, -127.0), 127.0), INTERPRET)
         stored = q.to(tl.int8)

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mlperf_llama2.engine.fused_triton import _INTERPRET, _exp, _rint
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _rint
 from mlperf_llama2.engine.whole_config_prefill import prefill_q8_torch  # noqa: F401  (the reference, re-exported)
 from mlperf_llama2.errors import UserError
 
@@ -48,7 +48,7 @@ def _round(x, DT: tl.constexpr, INTERPRET: tl.constexpr):
 def _fq16(x, scale, DT: tl.constexpr, INTERPRET: tl.constexpr):
     """fp32 x already rounded to DT -> fq(x, scale, 16) rounded to DT, back in fp32 (clamping first keeps the
     interpreter's rounding trick in range and changes nothing: the bounds are integers)."""
-    r = tl.minimum(tl.maximum(tl.div_rn(x, scale), -_Q16), _Q16)
+    r = tl.minimum(tl.maximum(_div_by(x, scale, INTERPRET), -_Q16), _Q16)
     return _round(_rint(r, INTERPRET) * scale, DT, INTERPRET)
 
 
@@ -162,8 +162,8 @@ def _pass2_kernel(q8_ptr, qs_ptr, k8_ptr, v8_ptr, cu_q_ptr, cu_k_ptr, kv_scales_
         for k_start in range(0, k_end, BLOCK_N):
             s = _scores(q8, k8_ptr, k_row0, k_start, k_len, q_pos, stride_kt, kv_off, offs_d, d_mask,
                         qk_scale, s_mask, BLOCK_N, INT_DOT, HAS_MASK_Q, DT, INTERPRET)
-            p = _round(tl.div_rn(_exp(s - m_i[:, None], INTERPRET), l_i[:, None]), DT, INTERPRET)  # softmax in DT
-            p8 = tl.minimum(tl.maximum(_rint(tl.div_rn(p, ps[:, None]), INTERPRET), -_Q8), _Q8)  # [ROWS, BLOCK_N]
+            p = _round(_div_by(_exp(s - m_i[:, None], INTERPRET), l_i[:, None], INTERPRET), DT, INTERPRET)  # softmax in DT
+            p8 = tl.minimum(tl.maximum(_rint(_div_by(p, ps[:, None], INTERPRET), INTERPRET), -_Q8), _Q8)  # [ROWS, BLOCK_N]
             pos = k_start + tl.arange(0, BLOCK_N)
             v8 = tl.load(v8_ptr + (k_row0 + pos)[:, None] * stride_kt + kv_off + offs_d[None, :],
                          mask=(pos < k_len)[:, None] & d_mask[None, :], other=0)  # [BLOCK_N, BLOCK_D] int8
@@ -195,12 +195,13 @@ def prefill_q8(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, v8: torch.T
                cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
                sm_scale: float, kv_scales: torch.Tensor, s_mask: Optional[float], s_out: Optional[float],
                out_dtype: torch.dtype, block_m: Optional[int] = None, block_n: int = 64,
-               int_dot: bool = True) -> torch.Tensor:
+               int_dot: bool = True, num_warps: int = 8) -> torch.Tensor:
     """q8: [Tq, H, D] int8, qs: [Tq] fp32; k8, v8: [Tk, KV, D] int8 (chunk i's whole context at rows
     cu_seqlens_k[i]:cu_seqlens_k[i + 1]); cu_seqlens_q / _k: [P + 1] int32; kv_scales: [2, KV] fp32;
     s_mask / s_out: static 16-bit scales, None = no quantizer. -> [Tq, H, D] out_dtype.
     block_m: queries per program (default: 128 rows of (token, head)); block_n: keys per loop step (>= 16);
-    int_dot: int8 x int8 -> int32 dots (False: fp32 dots of the same integers, also exact)."""
+    int_dot: int8 x int8 -> int32 dots (False: fp32 dots of the same integers, also exact). num_warps: 8 keeps
+    pass 2's 128-row int32 accumulator in registers (with 4, sm_90 spills it: 255 registers and a stack)."""
     _check(q8, qs, k8, v8, kv_scales)
     t, h, d = q8.shape
     kv = k8.shape[1]
@@ -223,7 +224,7 @@ def prefill_q8(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, v8: torch.T
     has_mask_q, has_out_q = s_mask is not None, s_out is not None
     common = dict(GROUP=group, BLOCK_G=block_g, BLOCK_M=block_m, BLOCK_N=max(16, block_n), HEAD_DIM=d,
                   BLOCK_D=block_d, INT_DOT=int_dot, HAS_MASK_Q=has_mask_q, DT=_TL_DTYPE[out_dtype],
-                  INTERPRET=_INTERPRET)
+                  INTERPRET=_INTERPRET, num_warps=num_warps)
     _pass1_kernel[grid](
         q8, qs, k8, cu_seqlens_q, cu_seqlens_k, kv_scales, m, l, float(sm_scale), float(s_mask or 1.0),
         h, q8.stride(0), q8.stride(1), k8.stride(0), k8.stride(1), **common)

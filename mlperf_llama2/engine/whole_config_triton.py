@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine.fused_quant_triton import _FP32_TINY, _quantize, _row_scale
-from mlperf_llama2.engine.fused_triton import _INTERPRET, _exp, _quant_kv, _rint, _rsqrt
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _quant_kv, _rint, _rsqrt
 from mlperf_llama2.engine.whole_config_ref import (  # noqa: F401 - the references, importable from here too
     ACT_BITS, add_rms_norm_q8_torch, rope_store_q8_torch, silu_mul_q8_torch)
 
@@ -42,7 +42,7 @@ def _qmax(bits: int) -> float:
 def _fq(x, scale, QMAX: tl.constexpr, INTERPRET: tl.constexpr):
     """fp32 x, fp32 scale (> 0) -> the fake-quantized value, fp32 (the caller rounds it to the model dtype).
     Clamping before rounding equals rounding then clamping (integer bounds) and keeps |y| < 2**22 for _rint."""
-    y = tl.minimum(tl.maximum(tl.div_rn(x, scale), -QMAX), QMAX)
+    y = tl.minimum(tl.maximum(_div_by(x, scale, INTERPRET), -QMAX), QMAX)
     return _rint(y, INTERPRET) * scale
 
 

@@ -1,7 +1,7 @@
 """Triton kernels around `torch._int_mm`: per-token int8 quantization and the fused int32 -> float rescale.
 
 Both reproduce int8_linear's torch reference bit for bit: float32 arithmetic, correctly rounded
-division (`div_rn`), round half to even (`rint`), the same order of multiplications. This module
+division (`div_rn`, or fused_triton._div_by's exact equivalent), round half to even (`rint`), the same order of multiplications. This module
 imports Triton; int8_linear imports it only on CUDA and falls back to torch when that fails.
 """
 
@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from mlperf_llama2.engine.fused_triton import _div_by  # x / scale correctly rounded, without a division each
 
 
 @triton.jit
@@ -34,10 +36,10 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, stride_x, K: tl.constexpr, BLOCK: tl
         mask = start + offs < K
         v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32)
         if FP8:
-            q = tl.minimum(tl.maximum(tl.div_rn(v, scale), -QMAX), QMAX)
+            q = tl.minimum(tl.maximum(_div_by(v, scale, False), -QMAX), QMAX)
             tl.store(q_row + start + offs, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=mask)
         else:
-            q = tl.minimum(tl.maximum(libdevice.rint(tl.div_rn(v, scale)), -QMAX), QMAX)
+            q = tl.minimum(tl.maximum(libdevice.rint(_div_by(v, scale, False)), -QMAX), QMAX)
             tl.store(q_row + start + offs, q.to(tl.int8), mask=mask)
     tl.store(s_ptr + row, scale)
 

@@ -6,7 +6,10 @@
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT"/gpu.txt
-timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_whole_config_decode.py tests/quant/test_quant_int8_linear.py tests/test_engine_fp8.py 2>&1 | tail -3
+timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_exact_div_gpu.py tests/test_whole_config_decode.py \
+    tests/test_whole_config_prefill.py tests/test_whole_config_triton.py tests/test_fused_quant_producers.py \
+    tests/quant/test_quant_int8_linear.py tests/test_engine_fp8.py tests/test_engine_kernels_gpu.py 2>&1 \
+    | tee "$OUT"/gpu_tests.txt | tail -12
 timeout 120 python3 tools/bench_kv_decode.py --whole-config --batches 256,512 --out "$OUT"/wc_decode.json 2>&1 \
     | grep -v '^{"device' | tail -16
 for rules in linear all; do
