@@ -242,7 +242,7 @@ def test_an_unknown_launch_variant_is_one_line():
 @needs_triton
 def test_kernel_refuses_a_block_n_tl_dot_cannot_take():
     *_, args, _ = make_case(torch.float32)
-    with pytest.raises(UserError, match="block_n must be a power of 2 >= 16"):
+    with pytest.raises(UserError, match="whole-config decode: block_n must be >= 16"):
         run_kernel(args, None, None, torch.float32, block_n=8)
 
 

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _rsqrt  # the producers' own rounding helpers
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _add_rms_norm_row, _div_by, _exp  # the producers' own rounding helpers
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.int8_linear import quantize_rows_reference
 
@@ -85,18 +85,9 @@ def _add_rms_norm_quant_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, q_ptr, s_ptr,
                                HAS_DELTA: tl.constexpr, IS_FP8: tl.constexpr, BLOCK: tl.constexpr,
                                INTERPRET: tl.constexpr):
     row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    h = tl.load(h_ptr + row * stride_h + cols, mask=mask, other=0.0)
-    if HAS_DELTA:
-        d = tl.load(delta_ptr + row * stride_d + cols, mask=mask, other=0.0)
-        h = (h.to(tl.float32) + d.to(tl.float32)).to(h.dtype)  # the residual add, rounded like torch's
-        tl.store(h_out_ptr + row * stride_ho + cols, h, mask=mask)
-    h32 = h.to(tl.float32)
-    var = tl.sum(h32 * h32, axis=0) / n_cols
-    y = (h32 * _rsqrt(var + eps, INTERPRET)).to(h.dtype)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-    x = (w.to(tl.float32) * y.to(tl.float32)).to(w.dtype).to(tl.float32)  # RMSNorm's output in the model dtype
+    cols, mask, w, x = _add_rms_norm_row(h_ptr, delta_ptr, w_ptr, h_out_ptr, row, eps, n_cols, stride_h, stride_d,
+                                         stride_ho, HAS_DELTA, BLOCK, INTERPRET)
+    x = x.to(w.dtype).to(tl.float32)  # RMSNorm's output in the model dtype
     scale = _row_scale(tl.max(tl.abs(x), axis=0), IS_FP8)
     tl.store(q_ptr + row * stride_q + cols, _quantize(x, scale, IS_FP8, INTERPRET), mask=mask)
     tl.store(s_ptr + row, scale)

@@ -39,10 +39,10 @@ def _rsqrt(x, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, x_out_ptr, eps, n_cols,
-                         stride_h, stride_d, stride_ho, stride_xo,
-                         HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
-    row = tl.program_id(0)
+def _add_rms_norm_row(h_ptr, delta_ptr, w_ptr, h_out_ptr, row, eps, n_cols, stride_h, stride_d, stride_ho,
+                      HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+    """One row's residual add (stored to h_out) and RMSNorm, rounded as the eager ops: returns (cols, mask, the
+    norm weight row, the weight times the normalised row in fp32, not yet rounded to the weight's dtype)."""
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     h = tl.load(h_ptr + row * stride_h + cols, mask=mask, other=0.0)
@@ -54,8 +54,17 @@ def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, x_out_ptr, eps, n_c
     var = tl.sum(h32 * h32, axis=0) / n_cols
     y = (h32 * _rsqrt(var + eps, INTERPRET)).to(h.dtype)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-    x = (w.to(tl.float32) * y.to(tl.float32)).to(x_out_ptr.dtype.element_ty)
-    tl.store(x_out_ptr + row * stride_xo + cols, x, mask=mask)
+    return cols, mask, w, w.to(tl.float32) * y.to(tl.float32)
+
+
+@triton.jit
+def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, x_out_ptr, eps, n_cols,
+                         stride_h, stride_d, stride_ho, stride_xo,
+                         HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+    row = tl.program_id(0)
+    cols, mask, w, x = _add_rms_norm_row(h_ptr, delta_ptr, w_ptr, h_out_ptr, row, eps, n_cols, stride_h, stride_d,
+                                         stride_ho, HAS_DELTA, BLOCK, INTERPRET)
+    tl.store(x_out_ptr + row * stride_xo + cols, x.to(x_out_ptr.dtype.element_ty), mask=mask)
 
 
 def add_rms_norm(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor,

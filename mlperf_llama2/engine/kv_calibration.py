@@ -107,30 +107,42 @@ class _RecordingOps:
 
 
 @torch.inference_mode()
+def prefill_each(model, prompts: Iterable[Sequence[int]], forward, what: str) -> int:
+    """Each prompt (token ids) alone as one prefill through `forward(ids, positions, kv_cache, meta)` (a cache of
+    its own length, so calibration sees no other prompt); returns the count. `what`: the error's subject when
+    there is none."""
+    s = model.shape
+    device, dtype = model.embed_tokens.weight.device, model.rope_cos.dtype
+    n = 0
+    for prompt in prompts:
+        ids = torch.as_tensor(list(prompt), dtype=torch.long, device=device)  # [T]
+        t = ids.shape[0]
+        if t == 0:
+            raise UserError(f"calibration prompt {n} is empty")
+        kv_cache = torch.empty(2, s.num_layers, t, s.num_kv_heads, s.head_dim, dtype=dtype, device=device)
+        forward(ids, torch.arange(t, device=device), kv_cache, AttentionMetadata.single_prefill(t, device))
+        n += 1
+    if n == 0:
+        raise UserError(f"calibration data is empty; {what} cannot be calibrated")
+    return n
+
+
 def calibrate_kv_ranges(model, prompts: Iterable[Sequence[int]], observer: str = "MinMax",
                         momentum: float = 0.01) -> KVRanges:
     """Run each prompt (token ids) through the engine's LlamaForCausalLM and fold its K/V ranges."""
-    s = model.shape
-    device, dtype = model.embed_tokens.weight.device, model.rope_cos.dtype
     base_ops = model.ops
-    recorder = _RecordingOps(base_ops, s.num_layers)
+    recorder = _RecordingOps(base_ops, model.shape.num_layers)
     obs = _Observer(observer, momentum)
-    n = 0
+
+    def forward(*args) -> None:
+        model(*args)
+        obs.update(recorder.take())
+
     model.ops = recorder
     try:
-        for prompt in prompts:
-            ids = torch.as_tensor(list(prompt), dtype=torch.long, device=device)  # [T]
-            t = ids.shape[0]
-            if t == 0:
-                raise UserError(f"calibration prompt {n} is empty")
-            kv_cache = torch.empty(2, s.num_layers, t, s.num_kv_heads, s.head_dim, dtype=dtype, device=device)
-            model(ids, torch.arange(t, device=device), kv_cache, AttentionMetadata.single_prefill(t, device))
-            obs.update(recorder.take())
-            n += 1
+        n = prefill_each(model, prompts, forward, "K/V scales")
     finally:
         model.ops = base_ops
-    if n == 0:
-        raise UserError("calibration data is empty; K/V scales cannot be calibrated")
     log.info("K/V ranges calibrated on %d prompts (%s)", n, observer)
     return KVRanges(*(r.cpu() for r in obs.running), samples=n)
 

@@ -27,6 +27,17 @@ import triton.language as tl
 from mlperf_llama2.errors import UserError
 
 
+def check_launch(what: str, block_n: int, num_warps: int, num_stages: int) -> None:
+    """A decode kernel's launch options: powers of 2, tiles of at least 16 keys (tl.dot), at least one stage."""
+    for name, value in (("block_n", block_n), ("num_warps", num_warps)):
+        if value < 1 or value & (value - 1):
+            raise UserError(f"{what}: {name} must be a power of 2 >= 1, got {value}")
+    if num_stages < 1:
+        raise UserError(f"{what}: num_stages must be >= 1, got {num_stages}")
+    if block_n < 16:
+        raise UserError(f"{what}: block_n must be >= 16 (tl.dot), got {block_n}")
+
+
 @dataclass(frozen=True)
 class DecodeKernelConfig:
     """One variant of the decode kernel. `base` is the original kernel; the others run `_paged_decode_split_kernel`.
@@ -48,14 +59,7 @@ class DecodeKernelConfig:
     base: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("block_n", "num_warps"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise UserError(f"decode kernel config: {name} must be a power of 2 >= 1, got {value}")
-        if self.num_stages < 1:
-            raise UserError(f"decode kernel config: num_stages must be >= 1, got {self.num_stages}")
-        if self.block_n < 16:
-            raise UserError(f"decode kernel config: block_n must be >= 16 (tl.dot), got {self.block_n}")
+        check_launch("decode kernel config", self.block_n, self.num_warps, self.num_stages)
         if self.splits < 0 or self.splits & (self.splits - 1):
             raise UserError(f"decode kernel config: splits must be 0 (auto) or a power of 2, got {self.splits}")
         if self.base and (self.splits != 1 or self.vec_table or self.int8_magic):

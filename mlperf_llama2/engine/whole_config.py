@@ -218,24 +218,14 @@ def attach(model: nn.Module, rules: QuantRules, numerics: Numerics) -> WholeConf
 @torch.inference_mode()
 def calibrate(model: nn.Module, prompts: Iterable[Sequence[int]]) -> int:
     """Each prompt alone, one prefill, static quantizers observing (one update per prompt); returns the count."""
+    from mlperf_llama2.engine.kv_calibration import prefill_each
+
     wc = model.whole_config
-    s = model.shape
-    device, dtype = model.embed_tokens.weight.device, model.rope_cos.dtype
     count = set_calibrating(wc, True)
-    n = 0
     try:
-        for prompt in prompts:
-            ids = torch.as_tensor(list(prompt), dtype=torch.long, device=device)  # [T]
-            t = ids.shape[0]
-            if t == 0:
-                raise UserError(f"calibration prompt {n} is empty")
-            cache = torch.empty(2, s.num_layers, t, s.num_kv_heads, s.head_dim, dtype=dtype, device=device)
-            wc(model, ids, torch.arange(t, device=device), cache, AttentionMetadata.single_prefill(t, device))
-            n += 1
+        n = prefill_each(model, prompts, lambda *args: wc(model, *args), "static quantizers")
     finally:
         set_calibrating(wc, False)
-    if n == 0:
-        raise UserError("calibration data is empty; static quantizers cannot be calibrated")
     log.info("calibrated %d static quantizers on %d prompts (engine, int8 mode)", count, n)
     return n
 

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _rint
+from mlperf_llama2.engine.paged_decode_triton import check_launch
 from mlperf_llama2.engine.whole_config_decode import check_inputs, decode_q8_torch  # noqa: F401 (re-exported)
 from mlperf_llama2.errors import UserError
 
@@ -51,14 +52,7 @@ class WCDecodeConfig:
     scores: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("block_n", "num_warps"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise UserError(f"whole-config decode: {name} must be a power of 2, got {value}")
-        if self.block_n < 16:
-            raise UserError(f"whole-config decode: block_n must be a power of 2 >= 16 (tl.dot), got {self.block_n}")
-        if self.num_stages < 1:
-            raise UserError(f"whole-config decode: num_stages must be >= 1, got {self.num_stages}")
+        check_launch("whole-config decode", self.block_n, self.num_warps, self.num_stages)
 
 
 WC_DECODE_CONFIGS = {

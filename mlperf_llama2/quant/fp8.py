@@ -20,12 +20,12 @@ On CUDA the activations are quantized by one Triton pass per row (int8_kernels.q
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
 
-from mlperf_llama2.quant.activation import QuantizedActivation
+from mlperf_llama2.quant.activation import Quant8Linear
 
 log = logging.getLogger(__name__)
 
@@ -105,28 +105,19 @@ def _triton_kernels():
     return triton_kernels()
 
 
-class Fp8Linear(nn.Module):
+class Fp8Linear(Quant8Linear):
     """Drop-in for nn.Linear (y = x W^T + b) with e4m3 weights per channel and per-token e4m3 activations."""
 
-    act_kind = "fp8"  # takes a QuantizedActivation of this kind in place of a float input (quant/activation.py)
+    act_kind = "fp8"
+    weight_dtype = FP8_DTYPE
     gemm: str = "scaled_mm"  # on CUDA; CPU always runs "reference"
-    row_parallel = False  # tensor parallelism splits the input along K: all-reduce each token's absmax
-    act_scale_group = None  # ... over this group (None: the default group)
 
-    def __init__(self, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                 out_dtype: torch.dtype = torch.float16, split_sizes: Optional[Sequence[int]] = None) -> None:
-        super().__init__()
-        if qweight.dtype != FP8_DTYPE or qweight.dim() != 2:
-            raise ValueError(f"qweight must be a 2-D {FP8_DTYPE} tensor, got {qweight.dtype} {tuple(qweight.shape)}")
-        n, k = qweight.shape
-        if weight_scale.shape != (n,):
-            raise ValueError(f"weight_scale must have shape ({n},), got {tuple(weight_scale.shape)}")
-        self.in_features, self.out_features = k, n
-        self.out_dtype = out_dtype
-        self.split_sizes = tuple(split_sizes) if split_sizes else (n,)
-        self.register_buffer("qweight", qweight.contiguous())  # [N, K] e4m3
-        self.register_buffer("weight_scale", weight_scale.float().contiguous())  # [N]
-        self.register_buffer("bias", None if bias is None else bias.detach().to(out_dtype))
+    @staticmethod
+    def quantize_rows(x: torch.Tensor, absmax: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [M, K] float -> (e4m3 [M, K], scale [M]): one Triton pass per row on CUDA, torch elsewhere and when
+        the row absmax is given (tensor parallel)."""
+        kernels = _triton_kernels() if x.is_cuda and absmax is None else None
+        return kernels.quantize_rows_fp8(x) if kernels is not None else quantize_rows_fp8(x, absmax)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -134,34 +125,9 @@ class Fp8Linear(nn.Module):
         qweight, scale = quantize_weight_fp8(weight)
         return cls(qweight, scale, bias, out_dtype or weight.dtype)
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, splits={self.split_sizes}"
-
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.weight_scale[:, None]  # [N, K]
-
-    @staticmethod
-    def quantize_tokens(x: torch.Tensor) -> QuantizedActivation:
-        """x [M, K] float -> e4m3 [M, K] and scale [M], as forward quantizes a float input that is not split
-        over ranks (one Triton pass per row on CUDA, torch elsewhere)."""
-        kernels = _triton_kernels() if x.is_cuda else None
-        return QuantizedActivation(*(kernels.quantize_rows_fp8(x) if kernels is not None else quantize_rows_fp8(x)))
-
     def forward(self, x) -> torch.Tensor:
         """x: float [..., K], or a QuantizedActivation (e4m3 [M, K], scale [M]) from a quantizing producer."""
-        if isinstance(x, QuantizedActivation):
-            if x.q.dtype != FP8_DTYPE:
-                raise ValueError(f"Fp8Linear takes an {FP8_DTYPE} QuantizedActivation, got {x.q.dtype}")
-            lead, (qx, s_x) = x.q.shape[:-1], x
-        else:
-            lead = x.shape[:-1]
-            x2 = x.reshape(-1, self.in_features)  # [M, K]
-            if self.row_parallel:
-                from mlperf_llama2.quant.int8_linear import row_absmax
-
-                qx, s_x = quantize_rows_fp8(x2, row_absmax(x2, self.act_scale_group))
-            else:
-                qx, s_x = self.quantize_tokens(x2)
+        lead, qx, s_x = self.quantized_input(x)
         if qx.is_cuda and self.gemm == "gemm8":
             from mlperf_llama2.quant.gemm8_triton import gemm8
 

@@ -23,10 +23,9 @@ import logging
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
 
 from mlperf_llama2.errors import UserError
-from mlperf_llama2.quant.activation import QuantizedActivation
+from mlperf_llama2.quant.activation import Quant8Linear
 from mlperf_llama2.quant.fake_quant import symmetric_scale
 
 logger = logging.getLogger(__name__)
@@ -99,34 +98,30 @@ def row_absmax(x: torch.Tensor, group) -> torch.Tensor:
 GEMM_PATHS = ("int_mm", "fused", "gemm8")
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(Quant8Linear):
     """Drop-in for nn.Linear (y = x W^T + b) with int8 weights and per-token dynamic int8 activations.
 
     `gemm` (CUDA with Triton): "int_mm" = torch._int_mm then the Triton rescale; "fused" = one Triton
     int8 GEMM with the rescale in its epilogue; "gemm8" = the persistent, TMA-fed 8-bit GEMM
     (quant/gemm8_triton.py). All give the same numbers (exact int32 sums, same float32 epilogue)."""
 
-    act_kind = "int8"  # takes a QuantizedActivation of this kind in place of a float input (quant/activation.py)
+    act_kind = "int8"
+    weight_dtype = torch.int8
     gemm: str = "fused"  # measured faster than "int_mm" at every 7B/70B shape and M (docs/quantization.md)
-    row_parallel = False  # tensor parallelism splits the input along K: all-reduce each token's absmax
-    act_scale_group = None  # ... over this group (None: the default group)
 
     def __init__(self, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
                  out_dtype: torch.dtype = torch.float16, split_sizes: Optional[Sequence[int]] = None) -> None:
-        super().__init__()
-        if qweight.dtype != torch.int8 or qweight.dim() != 2:
-            raise ValueError(f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {tuple(qweight.shape)}")
-        n, k = qweight.shape
-        if weight_scale.shape != (n,):
-            raise ValueError(f"weight_scale must have shape ({n},), got {tuple(weight_scale.shape)}")
-        if qweight.is_cuda and (n % 8 or k % 8):
-            raise UserError(f"int8 Linear on CUDA needs in/out features that are multiples of 8, got {k}x{n}")
-        self.in_features, self.out_features = k, n
-        self.out_dtype = out_dtype
-        self.split_sizes = tuple(split_sizes) if split_sizes else (n,)
-        self.register_buffer("qweight", qweight.contiguous())  # [N, K] int8
-        self.register_buffer("weight_scale", weight_scale.float().contiguous())  # [N]
-        self.register_buffer("bias", None if bias is None else bias.detach().to(out_dtype))
+        super().__init__(qweight, weight_scale, bias, out_dtype, split_sizes)
+        if qweight.is_cuda and (self.out_features % 8 or self.in_features % 8):
+            raise UserError(f"int8 Linear on CUDA needs in/out features that are multiples of 8, got "
+                            f"{self.in_features}x{self.out_features}")
+
+    @staticmethod
+    def quantize_rows(x: torch.Tensor, absmax: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [M, K] float -> (int8 [M, K], scale [M]): one Triton pass per row on CUDA, torch elsewhere and when
+        the row absmax is given (tensor parallel)."""
+        kernels = triton_kernels() if x.is_cuda and absmax is None else None
+        return kernels.quantize_rows(x) if kernels else quantize_rows_reference(x, absmax)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, per_channel: bool = False,
@@ -158,32 +153,9 @@ class Int8Linear(nn.Module):
         scale = torch.full((out_features,), std * 3 ** 0.5 / QMAX, dtype=torch.float32, device=device)  # uniform std
         return cls(qweight, scale, None, out_dtype)
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, splits={self.split_sizes}"
-
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.weight_scale[:, None]  # [N, K]
-
-    @staticmethod
-    def quantize_tokens(x: torch.Tensor) -> QuantizedActivation:
-        """x [M, K] float -> int8 [M, K] and scale [M], as forward quantizes a float input that is not split
-        over ranks (one Triton pass per row on CUDA, torch elsewhere)."""
-        kernels = triton_kernels() if x.is_cuda else None
-        return QuantizedActivation(*(kernels.quantize_rows(x) if kernels else quantize_rows_reference(x)))
-
     def forward(self, x) -> torch.Tensor:
         """x: float [..., K], or a QuantizedActivation (int8 [M, K], scale [M]) from a quantizing producer."""
-        if isinstance(x, QuantizedActivation):
-            if x.q.dtype != torch.int8:
-                raise ValueError(f"Int8Linear takes an int8 QuantizedActivation, got {x.q.dtype}")
-            lead, (qx, s_x) = x.q.shape[:-1], x
-        else:
-            lead = x.shape[:-1]
-            x2 = x.reshape(-1, self.in_features)  # [M, K]
-            if self.row_parallel:
-                qx, s_x = quantize_rows_reference(x2, row_absmax(x2, self.act_scale_group))
-            else:
-                qx, s_x = self.quantize_tokens(x2)
+        lead, qx, s_x = self.quantized_input(x)
         kernels = triton_kernels() if qx.is_cuda else None
         if kernels and self.gemm == "gemm8":
             from mlperf_llama2.quant.gemm8_triton import gemm8
@@ -199,7 +171,3 @@ class Int8Linear(nn.Module):
         else:
             y = rescale_reference(acc, s_x, self.weight_scale, self.bias, self.out_dtype)
         return y.reshape(*lead, self.out_features)
-
-    def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Outputs of a fused Int8Linear, one per projection."""
-        return torch.split(y, self.split_sizes, dim=-1)
