@@ -214,19 +214,18 @@ def wc_configs():
 
 
 @needs_triton
-@pytest.mark.parametrize("dt,heads", [(torch.float32, H), (torch.float16, H), (torch.float16, 16)])  # 16: GQA 8
-def test_every_launch_variant_gives_the_base_kernels_values(dt, heads):
+@pytest.mark.parametrize("dt", [torch.float32, torch.float16])
+def test_every_launch_variant_gives_the_base_kernels_values(dt):
     """Tiles of 16 and more over blocks of 4 (the vectorised table read), the scores buffer instead of the
-    recomputation: the same numbers, bit for bit, as the base variant at its own tile size; packed rows (groups of
-    2 heads here: 8 key tiles per step) and other tile sizes add l's fp32 summation order, nothing else."""
+    recomputation: the same numbers, bit for bit, as the base variant at its own tile size."""
     from mlperf_llama2.engine.whole_config_decode_triton import WC_DECODE_CONFIGS
 
-    *_, args, _ = make_case(dt, seed=6, contexts=(1, 5, 13, 40, 70), heads=heads)
+    *_, args, _ = make_case(dt, seed=6, contexts=(1, 5, 13, 40))
     want = run_kernel(args, S_MASK, S_OUT, dt, block_n=16, config="base")
     for name, cfg in WC_DECODE_CONFIGS.items():
         for block_n in (16, None):  # None: the variant's own tile
             got = run_kernel(args, S_MASK, S_OUT, dt, block_n=block_n, config=name)
-            if (block_n is None and cfg.block_n != 16) or cfg.pack:  # l summed in another order: fp32 rounding
+            if block_n is None and cfg.block_n != 16:  # another tile sums l in another order: fp32 rounding
                 assert_within_one_p_step(got.float(), want.float(), args, dt) if dt != torch.float32 else \
                     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 + 1.001 * S_OUT)
             else:

@@ -15,12 +15,7 @@ are read on the device, so the grid depends on the batch size only (graph-safe).
 `WC_DECODE_CONFIGS` names launch variants, all with the same numbers: tile size, warps and pipeline stages, a
 vectorised block-table read (one entry per cache block of a tile), and `scores`: pass 1 also writes the scores
 (already rounded to DT and 16-bit quantized, so DT holds them exactly) to a scratch buffer that pass 2 reads
-instead of reading K again and recomputing them (2 bytes per head and key instead of 1 per key and head_dim);
-and `pack`: a GQA group smaller than the 16 rows of an int8 tensor-core dot (Llama-2-70B: 8 heads) no longer pads
-its tile with idle rows: row r works on head r % G over the (r // G)-th of 16 // G consecutive key tiles, the
-score dot is done for all of them and each row keeps its own tile (exact integer selection), P.V multiplies a
-block-diagonal P by the stacked V tiles, and the rows of one head are merged at the end (m and l as flash-decoding
-merges splits; the int32 P.V sums exactly). Same numbers up to the fp32 summation order of l.
+instead of reading K again and recomputing them (2 bytes per head and key instead of 1 per key and head_dim).
 `tools/bench_kv_decode.py --whole-config` times them; `DEFAULT_WC_DECODE_CONFIG` is the engine's.
 """
 
@@ -55,12 +50,9 @@ class WCDecodeConfig:
     num_stages: int = 2
     vec_table: bool = False
     scores: bool = False
-    pack: bool = False
 
     def __post_init__(self) -> None:
         check_launch("whole-config decode", self.block_n, self.num_warps, self.num_stages)
-        if self.pack and not self.scores:
-            raise UserError("whole-config decode: pack needs scores (pass 2 reads the packed rows' scores)")
 
 
 WC_DECODE_CONFIGS = {
@@ -72,10 +64,6 @@ WC_DECODE_CONFIGS = {
     "n64w2s3v_scores": WCDecodeConfig(num_warps=2, num_stages=3, vec_table=True, scores=True),
     "n128w4s3v_scores": WCDecodeConfig(block_n=128, num_stages=3, vec_table=True, scores=True),
     "n128w8s3v_scores": WCDecodeConfig(block_n=128, num_warps=8, num_stages=3, vec_table=True, scores=True),
-    "n32v_scores_pack": WCDecodeConfig(block_n=32, vec_table=True, scores=True, pack=True),
-    "n64v_scores_pack": WCDecodeConfig(vec_table=True, scores=True, pack=True),
-    "n64w4s3v_scores_pack": WCDecodeConfig(num_stages=3, vec_table=True, scores=True, pack=True),
-    "n64w8s3v_scores_pack": WCDecodeConfig(num_warps=8, num_stages=3, vec_table=True, scores=True, pack=True),
 }
 DEFAULT_WC_DECODE_CONFIG = "n128w4s3v_scores"  # 0.205 vs base 0.247 ms at B 256, 0.382 vs 0.472 at 512 (H100)
 
@@ -102,19 +90,11 @@ def _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask,
     """q8 [BLOCK_G, D] int8 against one tile of cached keys -> S [BLOCK_G, BLOCK_N] fp32 (-inf past the context)."""
     k8 = tl.load(k_cache_ptr + kv_off, mask=n_mask[:, None], other=0)  # [BLOCK_N, D] int8
     dot = tl.dot(q8, tl.trans(k8), out_dtype=tl.int32)  # [BLOCK_G, BLOCK_N], exact
-    return tl.where(n_mask[None, :], _scale_scores(dot, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET),
-                    float("-inf"))
-
-
-@triton.jit
-def _scale_scores(dot, coef, sm_scale, s_mask, HAS_MASK_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr):
-    """int32 q8 . k8 -> the score in fp32 holding a DT value: times qs * s_k and rounded (matmul_qkt's output),
-    times sm_scale and rounded, then add_mask's 16-bit quantizer."""
-    s = (dot.to(tl.float32) * coef).to(DT).to(tl.float32)
+    s = (dot.to(tl.float32) * coef).to(DT).to(tl.float32)  # qd . kd, rounded as matmul_qkt's output
     s = (s * sm_scale).to(DT).to(tl.float32)
     if HAS_MASK_Q:
         s = _fq16(s, s_mask, DT, INTERPRET)
-    return s
+    return tl.where(n_mask[None, :], s, float("-inf"))
 
 
 @triton.jit
@@ -218,107 +198,6 @@ def _pv_kernel(q_ptr, qs_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, contex
              o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
 
 
-@triton.jit
-def _packed_rows(GROUP: tl.constexpr, GROUP_P2: tl.constexpr, PACK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Rows r = j * GROUP_P2 + g: head g of the group over key tile j of PACK; (g, j, g_mask, tile offsets
-    [R, BLOCK_N] of each row's keys within a PACK * BLOCK_N step)."""
-    r = tl.arange(0, GROUP_P2 * PACK)
-    g = r % GROUP_P2
-    j = r // GROUP_P2
-    return g, j, g < GROUP, j[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-
-
-@triton.jit
-def _own_tile(x, j, ROWS: tl.constexpr, PACK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """x [ROWS, PACK * BLOCK_N] -> [ROWS, BLOCK_N]: each row's own tile j (exact: a select and a sum of zeros)."""
-    x3 = tl.reshape(x, [ROWS, PACK, BLOCK_N])
-    mine = tl.arange(0, PACK)[None, :, None] == j[:, None, None]
-    return tl.sum(tl.where(mine, x3, tl.zeros_like(x3)), axis=1)
-
-
-@triton.jit
-def _stats_packed_kernel(q_ptr, qs_ptr, k_cache_ptr, block_tables_ptr, context_lens_ptr, scales_ptr, m_ptr, l_ptr,
-                         s_buf_ptr, sm_scale, s_mask, num_heads, n_cols, stride_qt, stride_qh, stride_cs, stride_ch,
-                         stride_bt, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, PACK: tl.constexpr,
-                         HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                         HAS_MASK_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr,
-                         VEC_TABLE: tl.constexpr):
-    """Pass 1, packed rows: the scores into s_buf, and m, l per head (each head's PACK rows merged at the end)."""
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    ctx_len = tl.load(context_lens_ptr + seq)
-    g, j, g_mask, offs = _packed_rows(GROUP, GROUP_P2, PACK, BLOCK_N)
-    heads = kv_head * GROUP + g
-    q8 = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + tl.arange(0, HEAD_DIM)[None, :],
-                 mask=g_mask[:, None], other=0)  # [R, D] int8: each head's query once per tile of the step
-    coef = tl.load(qs_ptr + seq) * tl.load(scales_ptr + kv_head)
-    s_rows = s_buf_ptr + (seq.to(tl.int64) * num_heads + heads[:, None]) * n_cols  # [R, 1]
-    m_i = tl.full([GROUP_P2 * PACK], float("-inf"), tl.float32)
-    l_i = tl.zeros([GROUP_P2 * PACK], tl.float32)
-    for start in tl.range(0, ctx_len, PACK * BLOCK_N):
-        kv_off, n_mask = _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs,
-                                       stride_ch, BLOCK_SIZE, PACK * BLOCK_N, HEAD_DIM, VEC_TABLE)
-        k8 = tl.load(k_cache_ptr + kv_off, mask=n_mask[:, None], other=0)  # [PACK * BLOCK_N, D]
-        dot = _own_tile(tl.dot(q8, tl.trans(k8), out_dtype=tl.int32), j, GROUP_P2 * PACK, PACK, BLOCK_N)  # [R, N]
-        pos = start + offs
-        valid = pos < ctx_len
-        s = tl.where(valid, _scale_scores(dot, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET), float("-inf"))
-        tl.store(s_rows + pos, s.to(DT), mask=g_mask[:, None] & valid)
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # -inf while a row has seen no key yet
-        alpha = tl.where(m_new == float("-inf"), 0.0, _exp(m_i - m_new, INTERPRET))
-        p_sum = tl.sum(tl.where(valid, _exp(s - m_new[:, None], INTERPRET), 0.0), 1)
-        l_i = l_i * alpha + p_sum
-        m_i = m_new
-    m3 = tl.reshape(m_i, [PACK, GROUP_P2])
-    l3 = tl.reshape(l_i, [PACK, GROUP_P2])
-    m_h = tl.max(m3, 0)  # finite: tile 0 of the first step holds position 0
-    l_h = tl.sum(tl.where(m3 == float("-inf"), 0.0, l3 * _exp(m3 - m_h[None, :], INTERPRET)), 0)
-    offs_h = tl.arange(0, GROUP_P2)
-    tl.store(m_ptr + seq * num_heads + kv_head * GROUP + offs_h, m_h, mask=offs_h < GROUP)
-    tl.store(l_ptr + seq * num_heads + kv_head * GROUP + offs_h, l_h, mask=offs_h < GROUP)
-
-
-@triton.jit
-def _pv_packed_kernel(block_tables_ptr, context_lens_ptr, scales_ptr, m_ptr, l_ptr, s_buf_ptr, v_cache_ptr,
-                      out_ptr, s_out, num_heads, num_kv, n_cols, stride_cs, stride_ch, stride_bt, stride_ot,
-                      stride_oh, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, PACK: tl.constexpr,
-                      BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                      HAS_OUT_Q: tl.constexpr, DT: tl.constexpr, INTERPRET: tl.constexpr, VEC_TABLE: tl.constexpr):
-    """Pass 2, packed rows: P from pass 1's scores, p8 block-diagonal against the step's stacked V tiles."""
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    ctx_len = tl.load(context_lens_ptr + seq)
-    g, j, g_mask, offs = _packed_rows(GROUP, GROUP_P2, PACK, BLOCK_N)
-    heads = kv_head * GROUP + g
-    offs_h = tl.arange(0, BLOCK_H)
-    l_all = tl.load(l_ptr + seq * num_heads + offs_h, mask=offs_h < num_heads, other=float("inf"))
-    p_max = tl.div_rn(tl.zeros_like(tl.min(l_all, 0)) + 1.0, tl.min(l_all, 0)).to(DT).to(tl.float32)
-    ps = tl.maximum(tl.div_rn(p_max, 127.0), _FP32_TINY)
-    m_i = tl.load(m_ptr + seq * num_heads + heads, mask=g_mask, other=0.0)  # [R]
-    l_i = tl.load(l_ptr + seq * num_heads + heads, mask=g_mask, other=1.0)
-    s_rows = s_buf_ptr + (seq.to(tl.int64) * num_heads + heads[:, None]) * n_cols  # [R, 1]
-    mine = tl.arange(0, PACK)[None, :, None] == j[:, None, None]  # [R, PACK, 1]
-    acc = tl.zeros([GROUP_P2 * PACK, HEAD_DIM], tl.int32)
-    for start in tl.range(0, ctx_len, PACK * BLOCK_N):
-        kv_off, n_mask = _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs,
-                                       stride_ch, BLOCK_SIZE, PACK * BLOCK_N, HEAD_DIM, VEC_TABLE)
-        pos = start + offs
-        s = tl.load(s_rows + pos, mask=g_mask[:, None] & (pos < ctx_len), other=float("-inf")).to(tl.float32)
-        p = _div_by(_exp(s - m_i[:, None], INTERPRET), l_i[:, None], INTERPRET).to(DT).to(tl.float32)
-        p8 = tl.minimum(_rint(_div_by(p, ps, INTERPRET), INTERPRET), 127.0).to(tl.int8)  # [R, BLOCK_N]
-        p8_3 = tl.broadcast_to(p8[:, None, :], [GROUP_P2 * PACK, PACK, BLOCK_N])
-        p8_diag = tl.reshape(tl.where(mine, p8_3, tl.zeros_like(p8_3)), [GROUP_P2 * PACK, PACK * BLOCK_N])
-        v8 = tl.load(v_cache_ptr + kv_off, mask=n_mask[:, None], other=0)  # [PACK * BLOCK_N, D] int8
-        acc += tl.dot(p8_diag, v8, out_dtype=tl.int32)
-    acc_h = tl.sum(tl.reshape(acc, [PACK, GROUP_P2, HEAD_DIM]), 0)  # [GROUP_P2, D]: exact integer sums
-    o = (acc_h.to(tl.float32) * (ps * tl.load(scales_ptr + num_kv + kv_head))).to(DT).to(tl.float32)
-    if HAS_OUT_Q:
-        o = _fq16(o, s_out, DT, INTERPRET)
-    offs_g = tl.arange(0, GROUP_P2)
-    tl.store(out_ptr + seq * stride_ot + (kv_head * GROUP + offs_g)[:, None] * stride_oh +
-             tl.arange(0, HEAD_DIM)[None, :], o.to(out_ptr.dtype.element_ty), mask=(offs_g < GROUP)[:, None])
-
-
 def decode_q8(q8: torch.Tensor, qs: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
               block_tables: torch.Tensor, context_lens: torch.Tensor, sm_scale: float, block_size: int,
               kv_scales: torch.Tensor, s_mask: Optional[float], s_out: Optional[float], out_dtype: torch.dtype,
@@ -331,7 +210,7 @@ def decode_q8(q8: torch.Tensor, qs: torch.Tensor, k_cache: torch.Tensor, v_cache
     check_inputs(q8, qs, k_cache, v_cache, block_tables, context_lens, kv_scales, out_dtype)
     cfg = wc_decode_config(config)
     if block_n is not None:
-        cfg = WCDecodeConfig(block_n, cfg.num_warps, cfg.num_stages, cfg.vec_table, cfg.scores, cfg.pack)
+        cfg = WCDecodeConfig(block_n, cfg.num_warps, cfg.num_stages, cfg.vec_table, cfg.scores)
     if k_cache.stride(2) != 1 or q8.stride(2) != 1:
         raise UserError("whole-config decode: q8 and the caches need contiguous head_dim rows")
     b, h, d = q8.shape
@@ -347,23 +226,6 @@ def decode_q8(q8: torch.Tensor, qs: torch.Tensor, k_cache: torch.Tensor, v_cache
                   BLOCK_N=cfg.block_n, HAS_MASK_Q=s_mask is not None, DT=_TL_DTYPE[out_dtype], INTERPRET=_INTERPRET,
                   VEC_TABLE=vec_table, SCORES=cfg.scores, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     mask_scale = 1.0 if s_mask is None else float(s_mask)
-    group_p2 = triton.next_power_of_2(group)
-    if cfg.pack and group_p2 < 16:
-        pack = 16 // group_p2
-        packed = dict(GROUP=group, GROUP_P2=group_p2, PACK=pack, HEAD_DIM=d, BLOCK_SIZE=block_size,
-                      BLOCK_N=cfg.block_n, DT=_TL_DTYPE[out_dtype], INTERPRET=_INTERPRET,
-                      VEC_TABLE=cfg.vec_table and pack * cfg.block_n % block_size == 0, num_warps=cfg.num_warps,
-                      num_stages=cfg.num_stages)
-        _stats_packed_kernel[(b, kv)](
-            q8, qs, k_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], s_buf, float(sm_scale),
-            mask_scale, h, n_cols, q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1),
-            block_tables.stride(0), HAS_MASK_Q=s_mask is not None, **packed)
-        _pv_packed_kernel[(b, kv)](
-            block_tables, context_lens, kv_scales, ml[0], ml[1], s_buf, v_cache, out,
-            1.0 if s_out is None else float(s_out), h, kv, n_cols, k_cache.stride(0), k_cache.stride(1),
-            block_tables.stride(0), out.stride(0), out.stride(1), BLOCK_H=triton.next_power_of_2(h),
-            HAS_OUT_Q=s_out is not None, **packed)
-        return out
     _stats_kernel[(b, kv)](
         q8, qs, k_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], s_buf, float(sm_scale), mask_scale,
         h, n_cols, q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
