@@ -1,0 +1,39 @@
+#!/bin/bash
+# The H200 measurements issues #19 and #20 still owe, one part per device call (each under the 10-minute limit).
+# Device tool: run "PART=<part> bash tools/gpu/owed_h200.sh" with carry [".whl"] and needs_h200 true (the whole
+# 70B: 65 GiB of 8-bit weights plus a KV cache worth measuring do not fit an 80 GB H100). Copy each part's $OUT
+# into docs/results/ (the Server/Interactive parts read the Offline JSON from there: OFFLINE_JSON).
+#   PART=fp8_offline      70B FP8 + FP8 KV, 4,096 samples, 512 sequences (#19's Offline row), + steady state
+#   PART=fp8_server       Server, auto QPS points from OFFLINE_JSON (default: docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json)
+#   PART=fp8_interactive  Interactive (450 ms / 40 ms), 128 sequences, 1,024-token chunks, from OFFLINE_JSON
+#   PART=fp8_profile      where an FP8 step's time goes (tools/profile_step.py)
+#   PART=wc80_all         #20: the whole LiteML config in int8 mode, all 80 layers, 2,048 samples, 512 sequences
+#   PART=wc80_linear      the same with the Linear rules only (the baseline of the row above, same card)
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT"/gpu.txt
+OFFLINE_JSON=${OFFLINE_JSON:-docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json}
+BENCH=(python3 tools/bench.py --shape 70b --ref-samples 0 --fidelity-prompts 0)
+FP8=(--weights fp8 --kv-cache-dtype fp8)
+filter() { grep -v "^WARNING\|Warning" | tail -"${1:-20}"; }
+case "$PART" in
+  fp8_offline)
+    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 4096 --max-num-seqs 512 --out "$OUT"/fp8 2>&1 | filter 24
+    python3 tools/steady_state.py "$OUT"/fp8/bench.json ;;
+  fp8_server)
+    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 512 --offline-json "$OFFLINE_JSON" \
+        --server-auto 2 --server-seconds 60 --out "$OUT"/fp8_server 2>&1 | filter 24 ;;
+  fp8_interactive)
+    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
+        --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 --out "$OUT"/fp8_interactive 2>&1 | filter 24 ;;
+  fp8_profile)
+    timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --out "$OUT"/prof_fp8 2>&1 \
+        | grep -v "WARNING\|Warning\|INFO" | tail -40 ;;
+  wc80_all|wc80_linear)
+    timeout 560 "${BENCH[@]}" --weights int8 --kv-cache-dtype int8 --int8-rules "${PART#wc80_}" --samples 2048 \
+        --max-num-seqs 512 --out "$OUT"/int8_"${PART#wc80_}" 2>&1 | filter 12
+    python3 tools/steady_state.py "$OUT"/int8_"${PART#wc80_}"/bench.json ;;
+  *) echo "owed_h200.sh: PART must be one of fp8_offline fp8_server fp8_interactive fp8_profile wc80_all wc80_linear" \
+        "(got '${PART}')"; exit 2 ;;
+esac
