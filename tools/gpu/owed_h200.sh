@@ -9,6 +9,10 @@
 #   PART=fp8_profile      where an FP8 step's time goes (tools/profile_step.py)
 #   PART=wc80_all         #20: the whole LiteML config in int8 mode, all 80 layers, 2,048 samples, 512 sequences
 #   PART=wc80_linear      the same with the Linear rules only (the baseline of the row above, same card)
+case "$PART" in fp8_offline|fp8_server|fp8_interactive|fp8_profile|wc80_all|wc80_linear) ;;
+  *) echo "owed_h200.sh: PART must be one of fp8_offline fp8_server fp8_interactive fp8_profile wc80_all wc80_linear" \
+        "(got '${PART}')"; exit 2 ;;
+esac
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD
@@ -34,6 +38,4 @@ case "$PART" in
     timeout 560 "${BENCH[@]}" --weights int8 --kv-cache-dtype int8 --int8-rules "${PART#wc80_}" --samples 2048 \
         --max-num-seqs 512 --out "$OUT"/int8_"${PART#wc80_}" 2>&1 | filter 12
     python3 tools/steady_state.py "$OUT"/int8_"${PART#wc80_}"/bench.json ;;
-  *) echo "owed_h200.sh: PART must be one of fp8_offline fp8_server fp8_interactive fp8_profile wc80_all wc80_linear" \
-        "(got '${PART}')"; exit 2 ;;
 esac
