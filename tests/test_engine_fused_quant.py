@@ -20,7 +20,7 @@ from mlperf_llama2.engine.llm_engine import LLMEngine
 from mlperf_llama2.engine.ops import EagerOps, quantize_tokens
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.parallel.tensor_parallel import RowParallel
-from mlperf_llama2.quant import int8_linear
+from mlperf_llama2.quant import activation
 from mlperf_llama2.quant.activation import QuantizedActivation, prequantized_kind
 from mlperf_llama2.quant.fp8 import Fp8Linear
 from mlperf_llama2.quant.int8_linear import Int8Linear
@@ -106,7 +106,7 @@ def test_fused_producers_give_the_unfused_output_bit_for_bit(quantized_model):
 def test_row_parallel_down_proj_quantizes_its_own_input(quantized_model, monkeypatch):
     """A row-parallel Linear's scale is the absmax over all ranks' slices; one rank here, so the same numbers."""
     kind, model = quantized_model
-    monkeypatch.setattr(int8_linear, "row_absmax", lambda x, group: x.float().abs().amax(dim=1))
+    monkeypatch.setattr(activation, "row_absmax", lambda x, group: x.float().abs().amax(dim=1))
     want, _ = prefill(model, EagerOps, fused_quant=False)
     for layer in model.layers:
         monkeypatch.setattr(layer.down_proj, "row_parallel", True, raising=False)

@@ -19,7 +19,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-from mlperf_llama2.engine.attention import AttentionMetadata
+from mlperf_llama2.engine.calibration_prefill import prefill_each
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.calibration_file import GRANULARITIES, K_SLOT, KV_HEADS, V_SLOT, amax_to_scale
 
@@ -107,26 +107,6 @@ class _RecordingOps:
 
 
 @torch.inference_mode()
-def prefill_each(model, prompts: Iterable[Sequence[int]], forward, what: str) -> int:
-    """Each prompt (token ids) alone as one prefill through `forward(ids, positions, kv_cache, meta)` (a cache of
-    its own length, so calibration sees no other prompt); returns the count. `what`: the error's subject when
-    there is none."""
-    s = model.shape
-    device, dtype = model.embed_tokens.weight.device, model.rope_cos.dtype
-    n = 0
-    for prompt in prompts:
-        ids = torch.as_tensor(list(prompt), dtype=torch.long, device=device)  # [T]
-        t = ids.shape[0]
-        if t == 0:
-            raise UserError(f"calibration prompt {n} is empty")
-        kv_cache = torch.empty(2, s.num_layers, t, s.num_kv_heads, s.head_dim, dtype=dtype, device=device)
-        forward(ids, torch.arange(t, device=device), kv_cache, AttentionMetadata.single_prefill(t, device))
-        n += 1
-    if n == 0:
-        raise UserError(f"calibration data is empty; {what} cannot be calibrated")
-    return n
-
-
 def calibrate_kv_ranges(model, prompts: Iterable[Sequence[int]], observer: str = "MinMax",
                         momentum: float = 0.01) -> KVRanges:
     """Run each prompt (token ids) through the engine's LlamaForCausalLM and fold its K/V ranges."""

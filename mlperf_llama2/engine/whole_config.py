@@ -35,6 +35,7 @@ from torch import nn
 
 from mlperf_llama2.engine import kv_cache
 from mlperf_llama2.engine.attention import AttentionMetadata
+from mlperf_llama2.engine.calibration_prefill import prefill_each
 from mlperf_llama2.engine.ops import rms_norm, rotate_half
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.destinations import DESTINATION_CLASSES
@@ -218,8 +219,6 @@ def attach(model: nn.Module, rules: QuantRules, numerics: Numerics) -> WholeConf
 @torch.inference_mode()
 def calibrate(model: nn.Module, prompts: Iterable[Sequence[int]]) -> int:
     """Each prompt alone, one prefill, static quantizers observing (one update per prompt); returns the count."""
-    from mlperf_llama2.engine.kv_calibration import prefill_each
-
     wc = model.whole_config
     count = set_calibrating(wc, True)
     try:

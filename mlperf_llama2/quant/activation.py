@@ -26,6 +26,15 @@ def prequantized_kind(linear: nn.Module) -> Optional[str]:
     return getattr(linear, "act_kind", None)
 
 
+def row_absmax(x: torch.Tensor, group) -> torch.Tensor:
+    """Each row's absolute maximum over the whole row when its columns are split over `group`'s ranks."""
+    import torch.distributed as dist
+
+    absmax = x.float().abs().amax(dim=1)  # [M]
+    dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=group)
+    return absmax
+
+
 class Quant8Linear(nn.Module):
     """What the 8-bit Linears (int8_linear.Int8Linear, fp8.Fp8Linear) share: weights [N, K] in `weight_dtype` with
     one float32 scale per output channel, an optional bias in the output dtype, `split_sizes` (the projections a
@@ -72,11 +81,7 @@ class Quant8Linear(nn.Module):
                                  f"got {x.q.dtype}")
             return x.q.shape[:-1], x.q, x.scale
         x2 = x.reshape(-1, self.in_features)  # [M, K]
-        absmax = None
-        if self.row_parallel:
-            from mlperf_llama2.quant.int8_linear import row_absmax
-
-            absmax = row_absmax(x2, self.act_scale_group)
+        absmax = row_absmax(x2, self.act_scale_group) if self.row_parallel else None
         return (x.shape[:-1], *self.quantize_rows(x2, absmax))
 
     @classmethod

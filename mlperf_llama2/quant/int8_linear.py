@@ -86,15 +86,6 @@ def rescale_reference(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, b
     return y.to(dtype)
 
 
-def row_absmax(x: torch.Tensor, group) -> torch.Tensor:
-    """Each row's absolute maximum over the whole row when its columns are split over `group`'s ranks."""
-    import torch.distributed as dist
-
-    absmax = x.float().abs().amax(dim=1)  # [M]
-    dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=group)
-    return absmax
-
-
 GEMM_PATHS = ("int_mm", "fused", "gemm8")
 
 
