@@ -410,11 +410,15 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
     kv = result.get("kv_cache", {})
     lines.append(f"KV cache dtype {kv.get('dtype', 'auto')}" + (f", scales {kv['scales']}" if kv.get("scales") else ""))
     if result["rows"]:
-        lines.append(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}")
+        lines.append(f"{'backend':<10}{'batch':>6}{'samples':>8}{'tok/s':>10}{'vs ref':>8}{'roofline':>10}"
+                     f"{'steady':>9}{'drain':>7}{'->24,576':>10}")
     for r in result["rows"]:
         ratio = f"{r['tokens_per_s'] / best_ref:.2f}x" if best_ref else "-"
+        st = r.get("steady")  # tools/steady_state.py on the engine's step log
+        steady = (f"{st['steady_tokens_per_s']:>9.0f}{st['drain_share']:>7.0%}{st['extrapolated_24576']:>10.0f}"
+                  if st else f"{'-':>9}{'-':>7}{'-':>10}")
         lines.append(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"
-                     f"{r['tokens_per_s'] / roof:>10.0%}")
+                     f"{r['tokens_per_s'] / roof:>10.0%}" + steady)
     if "server" in result:
         lines.extend(bench_server.sweep_lines(result["server"]))
     for row in result.get("kernels", []):

@@ -203,6 +203,10 @@ def engine_offline(args, engine, prompts, o_len, roof, result, lg_dir) -> None:
                            "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
                            "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
                            "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
+    if step_log:
+        from steady_state import analyse
+
+        result["rows"][-1]["steady"] = analyse(result["rows"][-1])  # steady rate, drain share, 24,576 extrapolation
     log.info("engine: %.0f tok/s (%d steps)", tps, engine.num_steps - steps0)
 
 

@@ -1,0 +1,53 @@
+"""tools/steady_state.py on a hand-made step log, and tools/bench.py's table carrying its figures.
+
+The step log (decode only, sequences, tokens, ms, decodes): a prefill ramp, four steps at the largest batch (one
+of them mixed, so the last prefill is step 3), then a drain of three steps. Worked out by hand: steady = the 16
+decodes of the full-batch steps over their 80 ms = 200 tok/s; drain = 20 of 190 ms; extrapolated to 24,576
+samples from 8: 10 tokens in 0.2 s of which 0.02 s drain -> 10 * 3072 / (0.18 * 3072 + 0.02) = 55.55."""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+
+import steady_state  # noqa: E402
+
+STEP_LOG = [[0, 2, 102, 100.0, 2], [1, 4, 4, 10.0, 4], [1, 4, 4, 10.0, 4], [0, 4, 54, 50.0, 4],
+            [1, 4, 4, 10.0, 4], [1, 2, 2, 5.0, 2], [1, 1, 1, 5.0, 1]]
+ROW = {"backend": "engine", "batch": 4, "samples": 8, "tokens_per_s": 50.0, "wall_s": 0.2, "step_log": STEP_LOG}
+
+
+def test_steady_rate_drain_and_extrapolation_by_hand():
+    got = steady_state.analyse(ROW)
+    assert got["largest_batch"] == 4 and got["full_batch_steps"] == 4 and got["steps"] == 7
+    assert got["steady_tokens_per_s"] == 200
+    assert got["drain_share"] == round(20 / 190, 3)
+    assert got["extrapolated_24576"] == round(10 * 3072 / (0.18 * 3072 + 0.02))  # 56
+
+
+def test_a_run_that_never_stops_prefilling_has_no_drain():
+    log = [[0, 2, 50, 10.0, 2], [0, 2, 40, 10.0, 2]]
+    got = steady_state.analyse({**ROW, "step_log": log})
+    assert got["drain_share"] == 0.0 and got["steady_tokens_per_s"] == 200  # 4 decodes in 20 ms
+
+
+def test_bench_table_prints_the_steady_columns():
+    import bench
+
+    args = SimpleNamespace(shape="70b", weights="int8", samples=8, lengths_from=None)
+    cfg = SimpleNamespace(num_hidden_layers=80)
+    engine_row = {**ROW, "steady": steady_state.analyse(ROW)}
+    ref_row = {"backend": "reference", "batch": 4, "samples": 8, "tokens_per_s": 5.0}
+    result = {"rows": [ref_row, engine_row]}
+    lines = bench.table_lines(args, cfg, "torch.float16", np.array([10.0]), np.array([5.0]), result, roof=100.0)
+    header = next(line for line in lines if line.startswith("backend"))
+    assert header.split()[-3:] == ["steady", "drain", "->24,576"]
+    engine_line = next(line for line in lines if line.startswith("engine"))
+    assert engine_line.split()[-6:] == ["50", "10.00x", "50%", "200", f"{round(20 / 190, 3):.0%}", "56"]
+    ref_line = next(line for line in lines if line.startswith("reference"))
+    assert ref_line.split()[-3:] == ["-", "-", "-"]
