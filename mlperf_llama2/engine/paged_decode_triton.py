@@ -153,6 +153,23 @@ def _load_rows(cache_ptr, kv_off, n_mask, DTYPE: tl.constexpr, MAGIC: tl.constex
 
 
 @triton.jit
+def tile_slots(table, start, hi, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, VEC_TABLE: tl.constexpr):
+    """Cache slots (int64 [BLOCK_N]) of positions start .. start + BLOCK_N through a sequence's block table, and
+    the mask of those below hi. VEC_TABLE (BLOCK_N a multiple of BLOCK_SIZE): one table entry per cache block of
+    the tile, broadcast over its rows; else one per position."""
+    pos = start + tl.arange(0, BLOCK_N)
+    n_mask = pos < hi
+    if VEC_TABLE:
+        offs_b = start // BLOCK_SIZE + tl.arange(0, BLOCK_N // BLOCK_SIZE)
+        block = tl.load(table + offs_b, mask=offs_b * BLOCK_SIZE < hi, other=0).to(tl.int64)
+        slot = tl.reshape(block[:, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :], [BLOCK_N])
+    else:
+        block = tl.load(table + pos // BLOCK_SIZE, mask=n_mask, other=0)
+        slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
+    return slot, n_mask
+
+
+@triton.jit
 def _paged_decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr, part_ptr, ml_ptr, scales_ptr,
     scale_log2e, num_kv,
@@ -171,7 +188,6 @@ def _paged_decode_split_kernel(
     hi = tl.minimum(lo + chunk, ctx_len)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
-    offs_n = tl.arange(0, BLOCK_N)
     g_mask = offs_g < GROUP
     heads = kv_head * GROUP + offs_g
     q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
@@ -184,15 +200,7 @@ def _paged_decode_split_kernel(
     acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
     table = block_tables_ptr + seq * stride_bt
     for start in range(lo, hi, BLOCK_N):
-        pos = start + offs_n
-        n_mask = pos < hi
-        if VEC_TABLE:  # one table entry per cache block of the tile, broadcast over its rows
-            offs_b = start // BLOCK_SIZE + tl.arange(0, BLOCK_N // BLOCK_SIZE)
-            block = tl.load(table + offs_b, mask=offs_b * BLOCK_SIZE < hi, other=0).to(tl.int64)
-            slot = tl.reshape(block[:, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :], [BLOCK_N])
-        else:
-            block = tl.load(table + pos // BLOCK_SIZE, mask=n_mask, other=0)
-            slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
+        slot, n_mask = tile_slots(table, start, hi, BLOCK_SIZE, BLOCK_N, VEC_TABLE)
         kv_off = slot[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
         k = _load_rows(k_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
         if IEEE:

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _rint
-from mlperf_llama2.engine.paged_decode_triton import check_launch
+from mlperf_llama2.engine.paged_decode_triton import check_launch, tile_slots
 from mlperf_llama2.engine.whole_config_decode import check_inputs, decode_q8_torch  # noqa: F401 (re-exported)
 from mlperf_llama2.errors import UserError
 
@@ -102,16 +102,7 @@ def _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, str
                   BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, VEC_TABLE: tl.constexpr):
     """(cache offsets [BLOCK_N, D] of the tile's rows for this KV head, mask [BLOCK_N] of positions < ctx_len).
     VEC_TABLE (BLOCK_N a multiple of BLOCK_SIZE): one table entry per cache block, broadcast over its rows."""
-    pos = start + tl.arange(0, BLOCK_N)
-    n_mask = pos < ctx_len
-    table = block_tables_ptr + seq * stride_bt
-    if VEC_TABLE:
-        offs_b = start // BLOCK_SIZE + tl.arange(0, BLOCK_N // BLOCK_SIZE)
-        block = tl.load(table + offs_b, mask=offs_b * BLOCK_SIZE < ctx_len, other=0).to(tl.int64)
-        slot = tl.reshape(block[:, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :], [BLOCK_N])
-    else:
-        block = tl.load(table + pos // BLOCK_SIZE, mask=n_mask, other=0)
-        slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
+    slot, n_mask = tile_slots(block_tables_ptr + seq * stride_bt, start, ctx_len, BLOCK_SIZE, BLOCK_N, VEC_TABLE)
     return slot[:, None] * stride_cs + kv_head * stride_ch + tl.arange(0, HEAD_DIM)[None, :], n_mask
 
 
