@@ -3,12 +3,14 @@
 Contract: `decode_q8` equals `whole_config_decode.decode_q8_torch` (simulate's numerics) up to float rounding:
 the scores are the exact int32 dot q8 . k8 times qs * s_k (rounded to dt), times sm_scale (rounded to dt), then
 add_mask's 16-bit quantizer; P.V is the exact int32 dot p8 . v8 times ps * s_v (rounded to dt), then
-matmul_pv's 16-bit output quantizer. Every division is correctly rounded (div_rn), as fake_quant's.
+matmul_pv's 16-bit output quantizer. Every division is correctly rounded, as fake_quant's (div_rn, or
+fused_triton._div_by's equal result where the divisor is shared).
 
 P's int8 scale spans all heads of a sequence: ps = max_h max_j P[h, j] / 127, and the largest P of a head is
 exp(0) / l_h, so ps = round_dt(1 / min_h l_h) / 127 needs every head's denominator l before any head can
 quantize. Hence two passes over the context: pass 1 writes m and l per (sequence, head); pass 2 reads the
-sequence's l, recomputes the same scores, quantizes P and accumulates p8 . v8 in int32 (tl.dot on int8).
+sequence's l, recomputes the same scores (or reads them: `scores` below), quantizes P and accumulates p8 . v8
+in int32 (tl.dot on int8).
 One program per (sequence, KV head) covers its GQA group, as paged_decode_triton's kernels; context lengths
 are read on the device, so the grid depends on the batch size only (graph-safe).
 
