@@ -7,15 +7,18 @@ samples from 8: 10 tokens in 0.2 s of which 0.02 s drain -> 10 * 3072 / (0.18 * 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
 import steady_state  # noqa: E402
+from mlperf_llama2.errors import run_cli  # noqa: E402
 
 STEP_LOG = [[0, 2, 102, 100.0, 2], [1, 4, 4, 10.0, 4], [1, 4, 4, 10.0, 4], [0, 4, 54, 50.0, 4],
             [1, 4, 4, 10.0, 4], [1, 2, 2, 5.0, 2], [1, 1, 1, 5.0, 1]]
@@ -51,3 +54,28 @@ def test_bench_table_prints_the_steady_columns():
     assert engine_line.split()[-6:] == ["50", "10.00x", "50%", "200", f"{round(20 / 190, 3):.0%}", "56"]
     ref_line = next(line for line in lines if line.startswith("reference"))
     assert ref_line.split()[-3:] == ["-", "-", "-"]
+
+
+def test_the_command_line_prints_each_engine_row(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"rows": [{"backend": "reference", "tokens_per_s": 5.0}, ROW]}))
+    assert run_cli(steady_state.main, [str(path), "--samples", "16"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(str(path))
+    got = json.loads(out[0][len(str(path)) + 1:])
+    assert got["steady_tokens_per_s"] == 200 and got["extrapolated_16"] == round(20 / (0.18 * 2 + 0.02))
+
+
+@pytest.mark.parametrize("content,args,message", [
+    (None, [], "steady_state: cannot read"),
+    ("{not json", [], "steady_state: cannot read"),
+    (json.dumps({"rows": [{"backend": "reference"}]}), [], "has no engine Offline row with a step log"),
+    (json.dumps({"rows": [ROW]}), ["--samples", "0"], "--samples must be >= 1, got 0"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, content, args, message):
+    path = tmp_path / "bench.json"
+    if content is not None:
+        path.write_text(content)
+    assert run_cli(steady_state.main, [str(path)] + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

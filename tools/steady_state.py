@@ -11,8 +11,14 @@ is spread over N / samples times the steady part.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
 
 
 def analyse(row: dict, extrapolate_to: int = 24576) -> dict:
@@ -32,14 +38,27 @@ def analyse(row: dict, extrapolate_to: int = 24576) -> dict:
             f"extrapolated_{extrapolate_to}": round(tokens * scale / (busy_s * scale + drain_s))}
 
 
-def main(argv: list[str]) -> int:
-    for path in argv:
-        data = json.load(open(path))
-        for row in data["rows"]:
-            if row.get("backend") == "engine" and row.get("step_log"):
-                print(path, json.dumps(analyse(row)))
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench_json", nargs="+", help="bench.json files written by tools/bench.py")
+    ap.add_argument("--samples", type=int, default=24576, help="extrapolate the whole-run rate to this many samples")
+    args = ap.parse_args(argv)
+    if args.samples < 1:
+        raise UserError(f"steady_state: --samples must be >= 1, got {args.samples}")
+    for path in args.bench_json:
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"steady_state: cannot read {path}: {exc}")
+        rows = [r for r in data.get("rows", []) if r.get("backend") == "engine" and r.get("step_log")]
+        if not rows:
+            raise UserError(f"steady_state: {path} has no engine Offline row with a step log")
+        for row in rows:
+            print(path, json.dumps(analyse(row, args.samples)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_cli(main))
