@@ -105,3 +105,26 @@ def test_operands_and_reference_agree_for_gemm8(name):
     assert err < 2 ** -10  # only the fp16 rounding of the output
     exact = (x16.double() @ w16.double().t())
     assert bench_gemm.rel_error(out, exact[:8]) > err  # quantization shows against the unquantized product
+
+
+def test_gemm8_ws_kernels_take_a_tile_suffix():
+    args = bench_gemm.parse_args(["--kernels", "ws_fp8,ws_fp8@128x128s5p2,ws_int8@64x256s4p1", "--out", "x"])
+    assert args.kernel_names == ["ws_fp8", "ws_fp8@128x128s5p2", "ws_int8@64x256s4p1"]
+    assert bench_gemm.ws_config("128x128s5p2") == (128, 128, 5, 2)
+    info = bench_gemm.kernel_info("ws_fp8@128x128s5p2")
+    assert info.operands == "fp8_row" and info.label == "ws_fp8@128x128s5p2"
+    assert bench_gemm.kernel_info("ws_int8").operands == "int8"
+    rows = [_row("o", 4096, "ws_fp8@128x128s5p2", 1500.0), _row("o", 4096, "gemm8_fp8", 1000.0)]
+    table = bench_gemm.format_table(rows, ["gemm8_fp8", "ws_fp8@128x128s5p2"])
+    assert "ws_fp8@128x128s5p2" in table.splitlines()[1] and table.splitlines()[3].endswith("ws_fp8@128x128s5p2")
+
+
+@pytest.mark.parametrize("kernels,message", [
+    ("ws_fp8@128x128", "a gemm8_ws tile is BMxBNsSTAGESpSPLIT"),
+    ("gemm8_fp8@128x128s5p1", "only the ws_* kernels take a @tile suffix"),
+    ("ws_fp9@128x128s5p1", "--kernels: unknown ws_fp9@128x128s5p1"),
+])
+def test_bad_tile_suffixes_are_one_line_errors(kernels, message, capsys):
+    assert run_cli(bench_gemm.main, ["--kernels", kernels, "--out", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

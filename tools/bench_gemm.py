@@ -11,6 +11,12 @@ Kernels (--kernels, comma-separated; default: all but gemm8_fp8_mma):
   gemm8_fp8_mma       the same, promotion left to Triton (max_num_imprecise_acc)
   gemm8_fp8_fast      gemm8 fp8 without promotion
   gemm8_int8          gemm8 int8 (int32 accumulation, exact)
+  ws_fp8              quant/gemm8_ws.py (warp-specialised Gluon kernel) fp8, promoted every 128 elements of K
+  ws_fp8_fast         gemm8_ws fp8 without promotion
+  ws_int8             gemm8_ws int8
+
+A gemm8_ws kernel takes a fixed tile with a suffix, BMxBN s STAGES p SPLIT (the candidates are
+gemm8_ws.CONFIGS): ws_fp8@128x128s5p2; without one, gemm8_ws.default_config(M).
 
 Each (shape, M, kernel) is timed as CUDA-graph replays of calls that cycle through copies of the operands
 whose total exceeds twice the L2 cache (so weights come from HBM, as in a model), the median replay taken;
@@ -21,6 +27,7 @@ Frobenius error. Prints a table; writes bench_gemm.json and table.txt into --out
 
     python tools/bench_gemm.py --out results/gemm                              # 70B shapes, all M (H200: < 6 min)
     python tools/bench_gemm.py --shapes 7b --m-list 256,4096 --kernels fp16,gemm8_fp8 --out /tmp/g
+    python tools/bench_gemm.py --m-list 1024,4096 --kernels gemm8_fp8,ws_fp8@128x128s5p1,ws_fp8@128x128s5p2 --out /tmp/w
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -67,9 +75,27 @@ KERNELS = [
     Kernel("scaled_mm_row", "fp8_row", "smm_row"), Kernel("scaled_mm_row_fast", "fp8_row", "smm_fast"),
     Kernel("gemm8_fp8", "fp8_row", "g8_fp8"), Kernel("gemm8_fp8_mma", "fp8_row", "g8_fp8mma"),
     Kernel("gemm8_fp8_fast", "fp8_row", "g8_fp8fst"), Kernel("gemm8_int8", "int8", "g8_int8"),
+    Kernel("ws_fp8", "fp8_row", "ws_fp8"), Kernel("ws_fp8_fast", "fp8_row", "ws_fp8fst"),
+    Kernel("ws_int8", "int8", "ws_int8"),
 ]
 BY_NAME = {k.name: k for k in KERNELS}
 DEFAULT_KERNELS = [k.name for k in KERNELS if k.name != "gemm8_fp8_mma"]
+WS_CONFIG = re.compile(r"^(\d+)x(\d+)s(\d+)p(\d+)$")
+
+
+def ws_config(suffix: str) -> tuple[int, int, int, int]:
+    """'128x128s5p2' -> (BM 128, BN 128, stages 5, split 2), the fields of a gemm8_ws.WsConfig."""
+    match = WS_CONFIG.match(suffix)
+    if not match:
+        raise UserError(f"--kernels: a gemm8_ws tile is BMxBNsSTAGESpSPLIT (e.g. 128x128s5p1), got {suffix!r}")
+    return tuple(map(int, match.groups()))
+
+
+def kernel_info(name: str) -> Kernel:
+    """The registry entry of a kernel name, a gemm8_ws one possibly with its @tile suffix."""
+    base, _, suffix = name.partition("@")
+    k = BY_NAME[base]
+    return dataclasses.replace(k, name=name, label=f"{k.label}@{suffix}") if suffix else k
 
 
 def parse_m_list(text: str) -> list[int]:
@@ -84,7 +110,13 @@ def parse_m_list(text: str) -> list[int]:
 
 def parse_kernels(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [n for n in names if n not in BY_NAME]
+    unknown = [n for n in names if n.partition("@")[0] not in BY_NAME]
+    for n in names:
+        base, at, suffix = n.partition("@")
+        if at and base in BY_NAME and not base.startswith("ws_"):
+            raise UserError(f"--kernels: only the ws_* kernels take a @tile suffix, got {n!r}")
+        if at and base in BY_NAME:
+            ws_config(suffix)
     if unknown or not names:
         raise UserError(f"--kernels: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(BY_NAME)}")
     return names
@@ -115,8 +147,9 @@ def rotation_sets(bytes_per_set: int, l2_bytes: int) -> int:
 def format_table(rows: list[dict], kernel_names: list[str]) -> str:
     """TOPS per (shape, M) and kernel with the fraction of the 8-bit peak; then each kernel's worst relative
     error per shape. A cell is '-' when not run and 'err' when the kernel failed."""
-    labels = [BY_NAME[n].label for n in kernel_names]
-    head = f"{'shape':>8} {'M':>6} " + " ".join(f"{lab:>13}" for lab in labels) + "   best 8-bit"
+    labels = [kernel_info(n).label for n in kernel_names]
+    width = max([13] + [len(lab) for lab in labels])
+    head = f"{'shape':>8} {'M':>6} " + " ".join(f"{lab:>{width}}" for lab in labels) + "   best 8-bit"
     lines = [f"TOPS (fraction of {PEAK_8BIT_TOPS:,.0f} dense 8-bit peak)", head, "-" * len(head)]
     cells: dict = {(r["shape"], r["M"], r["kernel"]): r for r in rows}
     keys = sorted({(r["shape"], r["M"]) for r in rows}, key=lambda sm: (_shape_order(sm[0]), sm[1]))
@@ -125,11 +158,11 @@ def format_table(rows: list[dict], kernel_names: list[str]) -> str:
         for name in kernel_names:
             r = cells.get((shape, m, name))
             if r is None:
-                parts.append(f"{'-':>13}")
+                parts.append(f"{'-':>{width}}")
             elif r.get("error"):
-                parts.append(f"{'err':>13}")
+                parts.append(f"{'err':>{width}}")
             else:
-                parts.append(f"{r['tops']:>7.0f} {'(%.0f%%)' % (r['frac_peak'] * 100):>5}")
+                parts.append(f"{r['tops']:>{width - 6}.0f} {'(%.0f%%)' % (r['frac_peak'] * 100):>5}")
                 if name != "fp16" and (best is None or r["tops"] > best[1]):
                     best = (name, r["tops"])
         lines.append(f"{shape:>8} {m:>6} " + " ".join(parts) + (f"   {best[0]}" if best else ""))
@@ -139,7 +172,7 @@ def format_table(rows: list[dict], kernel_names: list[str]) -> str:
         for name in kernel_names:
             errs = [r["rel_err"] for r in rows if r["shape"] == shape and r["kernel"] == name
                     and r.get("rel_err") is not None]
-            parts.append(f"{max(errs):>13.2e}" if errs else f"{'-':>13}")
+            parts.append(f"{max(errs):>{width}.2e}" if errs else f"{'-':>{width}}")
         lines.append(f"{shape:>8} {'all':>6} " + " ".join(parts))
     failed = [r for r in rows if r.get("error")]
     for r in failed:
@@ -187,6 +220,14 @@ def kernel_call(name: str, ops: dict) -> Callable[[], torch.Tensor]:
 
     x, w, sx, sw = ops["x"], ops["w"], ops.get("sx"), ops.get("sw")
     half = torch.float16
+    base, _, suffix = name.partition("@")
+    if base.startswith("ws_"):
+        from mlperf_llama2.quant.gemm8_ws import WsConfig, gemm8_ws
+
+        cfg = WsConfig(*ws_config(suffix)) if suffix else None
+        kind = "int8" if base == "ws_int8" else "fp8"
+        promote = 128 if base == "ws_fp8" else 0
+        return lambda: gemm8_ws(x, w, sx, sw, None, half, kind=kind, promote_every=promote, config=cfg)
     calls = {
         "fp16": lambda: torch.mm(x, w.t()),
         "int_mm": lambda: int_matmul(x, w),
@@ -261,7 +302,7 @@ def bench_point(shape: str, m: int, k: int, n: int, kernel_names: list[str], l2_
     rows = []
     by_kind: dict = {}
     for name in kernel_names:
-        kind = BY_NAME[name].operands
+        kind = kernel_info(name).operands
         row = {"shape": shape, "M": m, "N": n, "K": k, "kernel": name}
         try:
             if kind not in by_kind:

@@ -1,0 +1,416 @@
+"""Warp-specialised, persistent Hopper GEMM for 8-bit operands (FP8 E4M3 or int8), written in Gluon.
+
+    out[m, n] = acc[m, n] * s_x[m] * s_w[n]  (+ bias[n]),   acc = sum_k qx[m, k] * qw[n, k]
+
+The same contract and the same numbers as `gemm8_triton.gemm8` (int8: exact int32 sums; fp8 with promotion:
+each 128-element chunk of K summed inside the tensor core from zero, the chunks joined by float32 adds in
+K order; then the float32 rescale in the order acc * s_x * s_w). What differs is the schedule, which plain
+Triton cannot express on sm_90 (tools/kernel_sass.py shows why: Triton's pipeliner makes a warpgroup MMA
+asynchronous only when its fp32 result feeds the next MMA, so both the promoted fp8 loop and every int8 loop
+wait for each MMA to finish before issuing the next: `warp_group_dot_wait {pendings = 0}`):
+
+* one loader warp feeds a ring of STAGES shared-memory slots by TMA (mbarriers `ready` / `empty`), and runs
+  ahead into the next output tile while the MMA warps finish the epilogue of this one;
+* the MMA warps (two warpgroups, 128 rows; or one, 64 rows) keep one MMA group in flight while the CUDA
+  cores work: for fp8 with promotion the tile's columns are cut into SPLIT groups and the float32 add of
+  one group's chunk overlaps the MMA of the next group (SPLIT=1: two whole-tile partial sums alive, SPLIT=2:
+  half-tile ones, so a 128 x 192 tile fits in registers); int8 and unpromoted fp8 chain their MMAs on one
+  accumulator with `wgmma.wait_group 1`, as Triton does for fp32 accumulators only;
+* persistent grid (one program per SM), tiles in the grouped order of `gemm8_triton._tile_coords`; the output
+  goes through shared memory and a TMA store that completes during the next tile's main loop.
+
+Status: compiled for sm_90 on a CPU (tests/test_gemm8_ws.py checks registers, no spills and the in-loop
+waits in the SASS); bit-for-bit agreement with `gemm8_triton.gemm8` and its speed are measured only on a GPU
+(tests/test_gemm8_ws_gpu.py, tools/bench_gemm.py columns g8ws_*). Nothing in the engine calls it until
+those measurements exist. No TRITON_INTERPRET path: Gluon has no interpreter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
+    warpgroup_mma_wait
+
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant.gemm8_triton import KINDS, MAX_PROMOTE, check_args
+
+LOADER_REGS = gl.constexpr(40)  # the TMA warp needs scalars only; the MMA warps get the registers it gives back
+
+
+@dataclasses.dataclass(frozen=True)
+class WsConfig:
+    """One launch: BM x BN output tile (BM = 16 x warps of the MMA partition), BK = 128 = the promotion chunk,
+    STAGES shared-memory slots, SPLIT column groups for the promoted fp8 pipeline (1 or 2)."""
+
+    bm: int = 128
+    bn: int = 128
+    stages: int = 5
+    split: int = 1
+    group_m: int = 8
+    bk: int = 128
+
+    @property
+    def warps(self) -> int:
+        return self.bm // 16
+
+    def smem_bytes(self, out_bytes: int = 2) -> int:
+        return self.stages * (self.bm + self.bn) * self.bk + self.bm * self.bn * out_bytes + 1024
+
+    def maxnreg(self) -> int:
+        """Registers per thread asked at launch: the loader's warpgroup keeps LOADER_REGS and the MMA warps
+        receive the rest of the 64 K register file (setmaxnreg), 232 for two warpgroups, 256 for one."""
+        total_warps = self.warps + 4
+        return min(256, 65536 // (32 * total_warps) // 8 * 8)
+
+
+# Candidates for tools/bench_gemm.py's sweep: shared memory <= 227 KB, no spills (tests/test_gemm8_ws.py
+# compiles every one). TMA boxes must be powers of two, so BN is 128 or 256; a 128 x 256 tile cannot hold
+# the promoted pipeline's partial sums in registers (that would be 256 a thread), hence 128 x 128 there.
+CONFIGS = {
+    "fp8_promote": [WsConfig(128, 128, 5, 1), WsConfig(128, 128, 6, 1), WsConfig(128, 128, 5, 2),
+                    WsConfig(64, 128, 6, 1)],
+    "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1)],
+}
+SMALL_M = 64  # up to this many rows a 64-row tile wastes less of the MMA
+
+
+def default_config(m: int, promote: bool) -> WsConfig:
+    """Until a GPU sweep (tools/bench_gemm.py) says otherwise: the first candidate, 64-row tiles for small M."""
+    family = CONFIGS["fp8_promote" if promote else "fast"]
+    if m <= SMALL_M:
+        return next(c for c in family if c.bm == 64)
+    return family[0]
+
+
+@gluon.constexpr_function
+def _instr_n(bn, is_fp8):
+    """Widest wgmma N that divides the tile's (or column group's) width: fp8 any multiple of 8 up to 256,
+    int8 only the listed widths (PTX ISA, wgmma.mma_async shapes for .s8)."""
+    allowed = range(256, 7, -8) if is_fp8 else (224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 24, 16, 8)
+    for n in allowed:
+        if n <= bn and bn % n == 0:
+            return n
+    raise ValueError(f"no wgmma width divides {bn}")
+
+
+@gluon.constexpr_function
+def _mma_layout(bm, bn, is_fp8):
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[bm // 16, 1],
+                                     instr_shape=[16, _instr_n(bn, is_fp8), 32])
+
+
+@gluon.jit
+def _tile_mn(tile, num_m, num_n, GROUP_M: gl.constexpr):
+    """Grouped order (GROUP_M tile rows sweep the N tiles together), as gemm8_triton._tile_coords."""
+    per_group = GROUP_M * num_n
+    first_m = (tile // per_group) * GROUP_M
+    size_m = gl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % per_group) % size_m
+    pid_n = (tile % per_group) // size_m
+    return pid_m, pid_n
+
+
+@gluon.jit
+def _loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS,
+            BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr):
+    """The TMA warp: fills slot s once the MMA warps have released it (empty[s]), signals ready[s]."""
+    num_m = gl.cdiv(M, BM)
+    num_n = gl.cdiv(N, BN)
+    k_steps = gl.cdiv(K, BK)
+    it = 0
+    for tile in range(gl.program_id(0), num_m * num_n, NUM_PROGRAMS):
+        pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
+        for ks in range(k_steps):
+            s = it % STAGES
+            mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
+            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a_desc, [pid_m * BM, ks * BK], ready.index(s), a_bufs.index(s))
+            tma.async_copy_global_to_shared(b_desc, [pid_n * BN, ks * BK], ready.index(s), b_bufs.index(s))
+            it += 1
+
+
+@gluon.jit
+def _rescale(acc, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS: gl.constexpr, layout: gl.constexpr):
+    """acc * s_x[m] * s_w[n] (+ bias[n]) in float32, the order of gemm8_reference."""
+    rm = m0 + gl.arange(0, acc.shape[0], layout=gl.SliceLayout(1, layout))
+    rn = n0 + gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, layout))
+    sx = gl.load(sx_ptr + rm, mask=rm < M, other=0.0)
+    sw = gl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    y = acc.to(gl.float32) * gl.expand_dims(sx, 1) * gl.expand_dims(sw, 0)
+    if HAS_BIAS:
+        y = y + gl.expand_dims(gl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(gl.float32), 0)
+    return y
+
+
+@gluon.jit
+def _store(y, c_desc, c_buf, m0, n0):
+    tma.store_wait(0)  # the previous tile's store has left this buffer
+    c_buf.store(y.to(c_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(c_desc, [m0, n0], c_buf)
+
+
+@gluon.jit
+def _mma_chain(a_bufs, b_bufs, ready, empty, it, k_steps, acc, STAGES: gl.constexpr):
+    """Unpromoted: every chunk's MMA accumulates on `acc`; one MMA group stays in flight (wait_group 1) and
+    the slot of the finished one is released."""
+    prev_s = 0
+    for ks in range(k_steps):
+        s = it % STAGES
+        mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+        tok = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(1, deps=(tok,))
+        mbarrier.arrive(empty.index(prev_s), count=1, pred=ks > 0)
+        prev_s = s
+        it += 1
+    acc = warpgroup_mma_wait(0, deps=(acc,))
+    mbarrier.arrive(empty.index(prev_s), count=1)
+    return acc, it
+
+
+@gluon.jit
+def _issue(a_bufs, b_bufs, ready, it, zero, col0: gl.constexpr, cols: gl.constexpr, STAGES: gl.constexpr):
+    """Wait for chunk `it`'s slot and start its MMA from zero on columns [col0, col0 + cols) of the tile."""
+    s = it % STAGES
+    mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+    b = b_bufs.index(s)
+    if cols != b.shape[0]:
+        b = b.slice(col0, cols, dim=0)
+    return warpgroup_mma(a_bufs.index(s), b.permute((1, 0)), zero, use_acc=False, is_async=True)
+
+
+# Promoted fp8. ptxas keeps warpgroup MMAs asynchronous only if no other instruction reads an accumulator while
+# an MMA group is in flight across a loop edge (else it serialises every wgmma: "C7514"), so each partial sum is
+# waited for (wait_group 0) before the loop moves on, and the float32 add of the previous piece runs while the
+# next piece's MMA is in flight. Order of the adds = the order of the chunks, as in gemm8_triton's "adds".
+
+@gluon.jit
+def _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES: gl.constexpr):
+    """Whole-tile pieces, two partial-sum buffers X and Y taking turns (the loop does two chunks a turn so
+    that the buffers keep their registers)."""
+    BN: gl.constexpr = zero.shape[1]
+    sx = it % STAGES
+    x = warpgroup_mma_wait(0, deps=(_issue(a_bufs, b_bufs, ready, it, zero, 0, BN, STAGES),))
+    it += 1
+    acc = zero
+    for _ in range((k_steps - 1) // 2):
+        sy = it % STAGES
+        yt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, STAGES)
+        acc = acc + x
+        mbarrier.arrive(empty.index(sx), count=1)
+        y = warpgroup_mma_wait(0, deps=(yt,))
+        it += 1
+        sx = it % STAGES
+        xt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, STAGES)
+        acc = acc + y
+        mbarrier.arrive(empty.index(sy), count=1)
+        x = warpgroup_mma_wait(0, deps=(xt,))
+        it += 1
+    if (k_steps - 1) % 2 == 1:
+        sy = it % STAGES
+        yt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, STAGES)
+        acc = acc + x
+        mbarrier.arrive(empty.index(sx), count=1)
+        y = warpgroup_mma_wait(0, deps=(yt,))
+        it += 1
+        acc = acc + y
+        mbarrier.arrive(empty.index(sy), count=1)
+    else:
+        acc = acc + x
+        mbarrier.arrive(empty.index(sx), count=1)
+    return acc, it
+
+
+@gluon.jit
+def _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES: gl.constexpr):
+    """Half-tile pieces: the MMA of chunk c's left half runs while chunk c-1's right half is added, the right
+    half's while the left half is added."""
+    HALF: gl.constexpr = zero.shape[1]
+    s = it % STAGES
+    lo = warpgroup_mma_wait(0, deps=(_issue(a_bufs, b_bufs, ready, it, zero, 0, HALF, STAGES),))
+    ht = _issue(a_bufs, b_bufs, ready, it, zero, HALF, HALF, STAGES)
+    acc_lo = zero + lo
+    hi = warpgroup_mma_wait(0, deps=(ht,))
+    acc_hi = zero
+    prev_s = s
+    it += 1
+    for _ in range(1, k_steps):
+        s = it % STAGES
+        lt = _issue(a_bufs, b_bufs, ready, it, zero, 0, HALF, STAGES)
+        acc_hi = acc_hi + hi
+        mbarrier.arrive(empty.index(prev_s), count=1)  # chunk c-1 complete: its slot is free
+        lo = warpgroup_mma_wait(0, deps=(lt,))
+        ht = _issue(a_bufs, b_bufs, ready, it, zero, HALF, HALF, STAGES)
+        acc_lo = acc_lo + lo
+        hi = warpgroup_mma_wait(0, deps=(ht,))
+        prev_s = s
+        it += 1
+    acc_hi = acc_hi + hi
+    mbarrier.arrive(empty.index(prev_s), count=1)
+    return acc_lo, acc_hi, it
+
+
+@gluon.jit
+def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                   NUM_PROGRAMS, IS_FP8: gl.constexpr, PROMOTE: gl.constexpr, HAS_BIAS: gl.constexpr,
+                   BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, GROUP_M: gl.constexpr,
+                   STAGES: gl.constexpr, SPLIT: gl.constexpr):
+    num_m = gl.cdiv(M, BM)
+    num_n = gl.cdiv(N, BN)
+    k_steps = gl.cdiv(K, BK)
+    it = 0
+    if PROMOTE:
+        HALF: gl.constexpr = BN // SPLIT
+        layout: gl.constexpr = _mma_layout(BM, HALF, True)
+        zero = gl.zeros([BM, HALF], gl.float32, layout)
+        for tile in range(gl.program_id(0), num_m * num_n, NUM_PROGRAMS):
+            pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
+            m0 = pid_m * BM
+            n0 = pid_n * BN
+            if SPLIT == 1:
+                acc, it = _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES)
+                _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS, layout), c_desc,
+                       c_bufs.index(0), m0, n0)
+            else:
+                acc_lo, acc_hi, it = _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES)
+                y_lo = _rescale(acc_lo, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS, layout)
+                y_hi = _rescale(acc_hi, sx_ptr, sw_ptr, bias_ptr, m0, n0 + HALF, M, N, HAS_BIAS, layout)
+                tma.store_wait(0)
+                c_bufs.index(0).store(y_lo.to(c_desc.dtype))
+                c_bufs.index(1).store(y_hi.to(c_desc.dtype))
+                fence_async_shared()
+                tma.async_copy_shared_to_global(c_desc, [m0, n0], c_bufs.index(0))
+                tma.async_copy_shared_to_global(c_desc, [m0, n0 + HALF], c_bufs.index(1))
+    else:
+        layout: gl.constexpr = _mma_layout(BM, BN, IS_FP8)
+        if IS_FP8:
+            zero = gl.zeros([BM, BN], gl.float32, layout)
+        else:
+            zero = gl.zeros([BM, BN], gl.int32, layout)
+        for tile in range(gl.program_id(0), num_m * num_n, NUM_PROGRAMS):
+            pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
+            acc, it = _mma_chain(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES)
+            _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, pid_m * BM, pid_n * BN, M, N, HAS_BIAS, layout), c_desc,
+                   c_bufs.index(0), pid_m * BM, pid_n * BN)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                     NUM_PROGRAMS, IS_FP8: gl.constexpr, PROMOTE: gl.constexpr,
+                     HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, SPLIT: gl.constexpr):
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    BN: gl.constexpr = b_desc.block_type.shape[0]
+    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+    c_bufs = gl.allocate_shared_memory(c_desc.dtype, [SPLIT] + c_desc.block_type.shape, c_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    gl.warp_specialize([
+        (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                          NUM_PROGRAMS, IS_FP8, PROMOTE, HAS_BIAS, BM, BN, BK, GROUP_M, STAGES, SPLIT)),
+        (_loader, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS, BM, BN, BK, GROUP_M,
+                   STAGES)),
+    ], [1], [LOADER_REGS])
+
+
+_GL_DTYPE = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8, torch.float16: gl.float16,
+             torch.bfloat16: gl.bfloat16, torch.float32: gl.float32}
+
+
+def operand_layouts(cfg: WsConfig, kind: str, out_dtype: torch.dtype):
+    """The NVMMA shared layouts of the A [BM, BK], B [BN, BK] and C [BM, BN / SPLIT] tiles (TMA and wgmma)."""
+    op = gl.float8e4nv if kind == "fp8" else gl.int8
+    c_block = [cfg.bm, cfg.bn // cfg.split]
+    return ([cfg.bm, cfg.bk], gl.NVMMASharedLayout.get_default_for([cfg.bm, cfg.bk], op)), \
+        ([cfg.bn, cfg.bk], gl.NVMMASharedLayout.get_default_for([cfg.bn, cfg.bk], op)), \
+        (c_block, gl.NVMMASharedLayout.get_default_for(c_block, _GL_DTYPE[out_dtype]))
+
+
+def check_config(cfg: WsConfig, kind: str, promote: bool) -> None:
+    if cfg.bm not in (64, 128) or cfg.bk != MAX_PROMOTE:
+        raise UserError(f"gemm8_ws: BM must be 64 or 128 and BK {MAX_PROMOTE}, got {cfg}")
+    if cfg.split not in (1, 2) or (cfg.split == 2 and not promote) or cfg.bn % (8 * cfg.split):
+        raise UserError(f"gemm8_ws: SPLIT 2 is for promoted fp8 and BN / SPLIT must be a multiple of 8, got {cfg}")
+    if cfg.smem_bytes() > 227 * 1024:
+        raise UserError(f"gemm8_ws: {cfg} needs {cfg.smem_bytes()} B of shared memory (227 KB on sm_90)")
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optional[torch.Tensor],
+             out_dtype: torch.dtype, *, kind: str = "fp8", promote_every: int = MAX_PROMOTE,
+             config: Optional[WsConfig] = None, num_programs: Optional[int] = None) -> torch.Tensor:
+    """qx [M, K] x qw [N, K] (8-bit, row-major as stored) -> out_dtype [M, N], as gemm8_triton.gemm8.
+
+    fp8: promote_every 128 (float32 promotion every 128 elements of K) or 0 (none); int8 exact. sm_90 only,
+    K a multiple of 16 and N of 8 (TMA's 16-byte strides)."""
+    check_args(qx, qw, s_x, s_w, kind, promote_every, "adds")
+    if kind not in KINDS or promote_every not in (0, MAX_PROMOTE):
+        raise UserError(f"gemm8_ws: promote_every must be 0 or {MAX_PROMOTE}, got {promote_every}")
+    if not qx.is_cuda or torch.cuda.get_device_capability(qx.device)[0] != 9:
+        raise UserError("gemm8_ws: needs an sm_90 GPU (Hopper warpgroup MMA)")
+    m, k = qx.shape
+    n = qw.shape[0]
+    if k % 16 or n % 8:
+        raise UserError(f"gemm8_ws: K must be a multiple of 16 and N of 8 (TMA strides), got K={k}, N={n}")
+    out = torch.empty((m, n), dtype=out_dtype, device=qx.device)
+    if m == 0:
+        return out
+    promote = kind == "fp8" and promote_every > 0
+    cfg = config or default_config(m, promote)
+    check_config(cfg, kind, promote)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    qx, qw = qx.contiguous(), qw.contiguous()
+    (a_block, a_layout), (b_block, b_layout), (c_block, c_layout) = operand_layouts(cfg, kind, out_dtype)
+    a = TensorDescriptor.from_tensor(qx, a_block, a_layout)
+    b = TensorDescriptor.from_tensor(qw, b_block, b_layout)
+    c = TensorDescriptor.from_tensor(out, c_block, c_layout)
+    tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bn)
+    programs = min(num_programs or _num_sms(qx.device.index or 0), tiles)
+    _gemm8_ws_kernel[(programs,)](
+        a, b, c, s_x, s_w, bias if bias is not None else s_w, m, n, k, programs,
+        IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=bias is not None,
+        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, num_warps=cfg.warps, maxnreg=cfg.maxnreg())
+    return out
+
+
+def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_dtype: torch.dtype = torch.float16,
+                    has_bias: bool = False, arch: int = 90):
+    """Compile the kernel for `cfg` without a GPU (Triton's bundled ptxas): the CompiledKernel, whose
+    asm["cubin"] / asm["ptx"] tests/test_gemm8_ws.py inspects. Same specialisation as a launch (16-byte
+    aligned scale pointers, runtime M, N, K, program count)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    check_config(cfg, kind, promote)
+    (a_block, a_layout), (b_block, b_layout), (c_block, c_layout) = operand_layouts(cfg, kind, out_dtype)
+    op = "fp8e4nv" if kind == "fp8" else "i8"
+    out = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[out_dtype]
+    kernel = _gemm8_ws_kernel
+    consts = dict(IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=has_bias, GROUP_M=cfg.group_m, STAGES=cfg.stages,
+                  SPLIT=cfg.split)
+    sig = {"a_desc": f"tensordesc<{op}{a_block},{a_layout!r}>", "b_desc": f"tensordesc<{op}{b_block},{b_layout!r}>",
+           "c_desc": f"tensordesc<{out}{c_block},{c_layout!r}>", "sx_ptr": "*fp32", "sw_ptr": "*fp32",
+           "bias_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "NUM_PROGRAMS": "i32"}
+    sig.update({name: "constexpr" for name in consts})
+    sig = {name: sig[name] for name in kernel.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if name.endswith("_ptr")}
+    src = GluonASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=cfg.warps, maxnreg=cfg.maxnreg()))

@@ -1,0 +1,121 @@
+"""gemm8_ws (the warp-specialised Gluon GEMM) compiled for sm_90 on any machine with triton importable: every
+candidate tile fits shared memory and registers without spills, ptxas keeps its warpgroup MMAs asynchronous
+(no "C7514" serialisation, fewer MMA waits than MMAs), the promoted fp8 variants do their float32 adds while
+the next MMA is in flight, and the unpromoted ones keep one MMA group in flight (wait_group 1), which the plain
+Triton kernel cannot do for int8. Bad configurations and CPU tensors fail in one line.
+
+Numbers and speed need the GPU: tests/test_gemm8_ws_gpu.py, tools/bench_gemm.py. No triton here (make test's
+CPU venv): skipped; PYTHONPATH=/path/to/triton runs it (the compile needs no GPU and no TRITON_INTERPRET).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import pytest
+import torch
+
+pytest.importorskip("triton.experimental.gluon")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("compiles real kernels: run without TRITON_INTERPRET", allow_module_level=True)
+
+import triton  # noqa: E402
+
+from mlperf_llama2.errors import UserError  # noqa: E402
+from mlperf_llama2.quant import gemm8_ws as ws  # noqa: E402
+
+TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+SMEM_LIMIT = 227 * 1024
+VARIANTS = ([("fp8", True, c) for c in ws.CONFIGS["fp8_promote"]]
+            + [(kind, False, c) for kind in ("fp8", "int8") for c in ws.CONFIGS["fast"]])
+
+
+def _ids(v):
+    kind, promote, c = v
+    return f"{kind}{'-promote' if promote else ''}-{c.bm}x{c.bn}s{c.stages}p{c.split}"
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Each variant compiled once: (SASS, ptxas -v log, shared bytes)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in VARIANTS:
+            kind, promote, cfg = v
+            k = ws.compile_offline(cfg, kind, promote)
+            cubin, ptx = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
+            with open(cubin, "wb") as fh:
+                fh.write(k.asm["cubin"])
+            with open(ptx, "w") as fh:
+                fh.write(k.asm["ptx"])
+            sass = subprocess.run([os.path.join(TOOLS, "nvdisasm"), "-c", cubin], capture_output=True, text=True,
+                                  check=True).stdout
+            log = subprocess.run([os.path.join(TOOLS, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o",
+                                  os.path.join(tmp, "x.cubin")], capture_output=True, text=True, check=True).stderr
+            out[_ids(v)] = (sass, log, k.metadata.shared)
+    return out
+
+
+def _ops(sass):
+    return re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)([^;]*);", sass, re.M)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_fits_and_mma_stays_asynchronous(built, variant):
+    sass, log, shared = built[_ids(variant)]
+    assert shared <= SMEM_LIMIT
+    assert "0 bytes spill stores, 0 bytes spill loads" in log and "stack frame" in log
+    assert "C7514" not in log, log  # ptxas serialised the wgmmas
+    ops = [name for name, _ in _ops(sass)]
+    mmas = sum(1 for name in ops if re.match(r"[QI]GMMA\.", name))
+    waits = sum(1 for name in ops if name.startswith("WARPGROUP.DEPBAR"))
+    assert mmas >= 4 and waits < mmas  # a serialised kernel waits after every MMA
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1]], ids=_ids)
+def test_promotion_adds_overlap_the_next_mma(built, variant):
+    """Between issuing an MMA group and waiting for it, float32 adds (the previous partial sum) run."""
+    ops = _ops(built[_ids(variant)][0])
+    in_flight, overlapped = False, 0
+    for name, _ in ops:
+        if re.match(r"QGMMA\.", name):
+            in_flight = True
+        elif name.startswith("WARPGROUP.DEPBAR"):
+            in_flight = False
+        elif in_flight and name == "FADD":
+            overlapped += 1
+    cfg = variant[2]
+    tile = cfg.bm * cfg.bn // (32 * cfg.warps)  # float32 values of the tile a thread holds
+    # the main loop adds a whole tile per chunk, in flight: SPLIT 1 unrolls two chunks, SPLIT 2 one
+    assert overlapped >= (2 if cfg.split == 1 else 1) * tile
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v[1]], ids=_ids)
+def test_unpromoted_chain_keeps_one_group_in_flight(built, variant):
+    waits = [args for name, args in _ops(built[_ids(variant)][0]) if name.startswith("WARPGROUP.DEPBAR")]
+    assert any(a.strip().endswith("0x1") for a in waits), waits
+
+
+@pytest.mark.parametrize("cfg,kind,promote,message", [
+    (ws.WsConfig(96, 128, 4, 1), "fp8", True, "BM must be 64 or 128"),
+    (ws.WsConfig(128, 256, 3, 2), "int8", False, "SPLIT 2 is for promoted fp8"),
+    (ws.WsConfig(128, 256, 5, 1), "fp8", False, "shared memory"),
+])
+def test_bad_configs_say_what_is_wrong(cfg, kind, promote, message):
+    with pytest.raises(UserError, match=message):
+        ws.check_config(cfg, kind, promote)
+
+
+def test_default_config_takes_small_tiles_for_small_batches():
+    assert ws.default_config(16, True).bm == 64 and ws.default_config(4096, True).bm == 128
+    assert ws.default_config(64, False).bm == 64 and ws.default_config(65, False).bm == 128
+
+
+def test_cpu_tensors_are_refused():
+    qx = torch.zeros(4, 32, dtype=torch.int8)
+    qw = torch.zeros(8, 32, dtype=torch.int8)
+    with pytest.raises(UserError, match="sm_90"):
+        ws.gemm8_ws(qx, qw, torch.ones(4), torch.ones(8), None, torch.float16, kind="int8")
