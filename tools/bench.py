@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2 import constants  # noqa: E402
 from mlperf_llama2.config import KV_CACHE_DTYPES, EngineConfig  # noqa: E402
+from mlperf_llama2.engine.config import ENGINE_GEMMS  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
@@ -160,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                     help="engine KV cache: auto (model dtype), or fp8/int8 with unit scales (timing only)")
+    ap.add_argument("--engine-gemm", choices=ENGINE_GEMMS, default="auto",
+                    help="GEMM of the 8-bit Linears (main.py's --engine-gemm): auto, cublas, triton, ws")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--lengths-from", default=None, metavar="PATH.pkl",
                     help="prompt/output lengths from a processed dataset pickle (tok_input_length, "
@@ -186,6 +189,10 @@ def main(argv=None) -> int:
     if args.kv_cache_dtype != "auto" and args.fidelity_prompts:
         raise SystemExit("bench: --kv-cache-dtype fp8/int8 runs with unit scales (no calibration for random "
                          "weights): its tokens mean nothing; pass --fidelity-prompts 0")
+    if args.engine_gemm != "auto" and args.weights not in ("int8", "fp8"):
+        raise SystemExit(f"bench: --engine-gemm {args.engine_gemm} picks the 8-bit GEMM: pass --weights int8|fp8")
+    if args.engine_gemm != "auto" and (args.tensor_parallel > 1 or args.data_parallel > 1):
+        raise SystemExit("bench: --engine-gemm is not wired into the multi-GPU benchmark yet")
     if args.kv_cache_dtype != "auto" and (args.tensor_parallel > 1 or args.data_parallel > 1):
         raise SystemExit("bench: --kv-cache-dtype fp8/int8 is not wired into the multi-GPU benchmark yet")
     if not args.samples and (args.ref_samples or args.fidelity_prompts):
@@ -260,7 +267,8 @@ def main(argv=None) -> int:
         result["memory"]["gpu_free_before_engine_gib"] = torch.cuda.mem_get_info(device)[0] / GIB
 
     econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                         num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype)
+                         num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
+                         gemm=args.engine_gemm)
     kv_scales = None
     if args.kv_cache_dtype != "auto":
         kv_scales = torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only

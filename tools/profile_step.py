@@ -130,6 +130,8 @@ def main(argv=None) -> int:
                     help="8-bit KV cache with unit scales (timing only)")
     ap.add_argument("--int8-rules", choices=("linear", "all"), default="linear",
                     help="--weights int8: every rule of the config (whole_config.py; needs --kv-cache-dtype int8)")
+    ap.add_argument("--engine-gemm", choices=("auto", "cublas", "triton", "ws"), default="auto",
+                    help="GEMM of the 8-bit Linears (main.py's --engine-gemm)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")
     ap.add_argument("--prefill", type=int, default=460, help="prompt tokens added in the mixed step")
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
     model = bench_model(cfg, args.weights, DEFAULT_QUANT_CONFIG, device, dtype, MAX_MODEL_LEN, 0.02, 0,
                         args.int8_rules)
     econf = EngineConfig(max_num_seqs=args.batch, max_num_batched_tokens=max(8192, args.batch + args.prefill),
-                         kv_cache_dtype=args.kv_cache_dtype)
+                         kv_cache_dtype=args.kv_cache_dtype, gemm=args.engine_gemm)
     kv_scales = None if args.kv_cache_dtype == "auto" else \
         torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only
     engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype, kv_scales), econf,

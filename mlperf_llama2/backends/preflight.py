@@ -46,8 +46,35 @@ def _no_kv_cache_dtype(config: "RunConfig", backend: str) -> None:
                         f"use --backend engine (--backend {backend} keeps K and V in the model dtype)")
 
 
+def _no_engine_gemm(config: "RunConfig", backend: str) -> None:
+    """--engine-gemm picks the engine's 8-bit GEMM; another backend would silently ignore it."""
+    if config.engine.gemm != "auto":
+        raise UserError(f"--engine-gemm {config.engine.gemm} picks the engine's 8-bit GEMM: use --backend engine "
+                        f"(--backend {backend} has none)")
+
+
+def _engine_gemm(config: "RunConfig") -> None:
+    """--engine-gemm other than auto needs 8-bit Linears to act on, and `ws` a Hopper GPU (sm_90)."""
+    choice = config.engine.gemm
+    if choice == "auto":
+        return
+    if not (config.quant.fp8 or (config.quant.enabled and config.quant.quant_mode == "int8")):
+        raise UserError(f"--engine-gemm {choice} picks the GEMM of 8-bit Linears: the run has none (add "
+                        "--quantization fp8, or --liteml-config with --quant-mode int8)")
+    if not config.device.startswith("cuda"):
+        raise UserError(f"--engine-gemm {choice} chooses among CUDA GEMMs; --device {config.device} runs the exact "
+                        "CPU GEMM (use --engine-gemm auto)")
+    if choice == "ws":
+        import torch
+
+        if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+            raise UserError("--engine-gemm ws is the warp-specialised Hopper GEMM: it needs an sm_90 GPU "
+                            "(H100 / H200); use --engine-gemm auto|cublas|triton")
+
+
 def check_reference(config: "RunConfig") -> int:
     _no_kv_cache_dtype(config, "reference")
+    _no_engine_gemm(config, "reference")
     if config.quant.int8_rules != "all":
         raise UserError(f"--int8-rules {config.quant.int8_rules} is the engine's int8 mode (--backend engine); the "
                         "reference backend applies the config as --quant-mode says")
@@ -57,6 +84,7 @@ def check_reference(config: "RunConfig") -> int:
 
 
 def check_engine(config: "RunConfig") -> int:
+    _engine_gemm(config)
     if config.engine.kv_cache_dtype != "auto" and not config.quant.calibration_scales:
         from mlperf_llama2.engine.config import KV_SCALES_HINT
 
@@ -125,6 +153,7 @@ def check_api(config: "RunConfig") -> Optional[int]:
     if not config.api.api_servers:
         raise UserError("--vllm/--backend api needs --api-server URL")
     _no_kv_cache_dtype(config, "api")
+    _no_engine_gemm(config, "api")
     _quantization_plan(config)
     return None
 

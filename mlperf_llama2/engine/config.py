@@ -14,6 +14,8 @@ from typing import Optional
 from mlperf_llama2.errors import UserError
 
 ENGINE_OPS = ("auto", "eager", "fused")  # engine/ops.py's choices (that module imports torch)
+# the 8-bit Linears' GEMM (int8 mode, --quantization fp8): quant_plan.GEMM_PATHS says what each one runs
+ENGINE_GEMMS = ("auto", "cublas", "triton", "ws")
 KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # auto: the model dtype (engine/kv_cache.py)
 # auto: with --liteml-config its own per-tensor K/V scales, else per KV head when the file has them (calibration_file)
 KV_SCALE_GRANULARITIES = ("auto", "tensor", "head")
@@ -35,6 +37,7 @@ class EngineConfig:
     ops: str = "auto"  # elementwise ops: auto (fused Triton on CUDA, eager elsewhere) | eager | fused
     kv_cache_dtype: str = "auto"  # auto | fp8 | int8 (8-bit: static scales, engine/kv_cache.py)
     kv_scale_granularity: str = "auto"  # auto | tensor | head: which K/V ranges of --calibration-scales are used
+    gemm: str = "auto"  # 8-bit GEMM: auto | cublas | triton | ws (quant_plan.GEMM_PATHS)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -53,6 +56,8 @@ class EngineConfig:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
                             f"got {self.kv_cache_dtype!r}")
+        if self.gemm not in ENGINE_GEMMS:
+            raise UserError(f"--engine-gemm must be one of {', '.join(ENGINE_GEMMS)}, got {self.gemm!r}")
         if self.kv_scale_granularity not in KV_SCALE_GRANULARITIES:
             raise UserError(f"--kv-scale-granularity must be one of {', '.join(KV_SCALE_GRANULARITIES)}, "
                             f"got {self.kv_scale_granularity!r}")
@@ -80,6 +85,12 @@ class EngineConfig:
                        help="elementwise ops (RMSNorm, RoPE + KV store, SiLU gate): auto = fused Triton kernels "
                             "on CUDA, eager torch elsewhere; eager or fused forces one, for A/B runs "
                             "(default %(default)s)")
+        g.add_argument("--engine-gemm", choices=ENGINE_GEMMS, default=EngineConfig.gemm,
+                       help="GEMM of the 8-bit Linears (int8 mode, --quantization fp8), for A/B runs; the same numbers "
+                            "on every path but Hopper's fast fp8 accumulation, which no path uses: auto = fp8 "
+                            "cuBLASLt, int8 the Triton GEMM with the fused rescale; cublas = cuBLASLt fp8, "
+                            "torch._int_mm int8; triton = the persistent Triton GEMM (quant/gemm8_triton.py); ws = the "
+                            "warp-specialised Gluon GEMM (quant/gemm8_ws.py, sm_90 only) (default %(default)s)")
         g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=EngineConfig.kv_cache_dtype,
                        help="KV-cache storage: auto = the model dtype (engine int8 mode with a config whose K and V "
                             "quantizers are int8 static per tensor: int8 with the config's own scales); fp8 (E4M3) "
@@ -105,4 +116,5 @@ class EngineConfig:
             kv_cache_dtype=ns.kv_cache_dtype,
             kv_scale_granularity=ns.kv_scale_granularity,
             ops=ns.engine_ops,
+            gemm=ns.engine_gemm,
         )

@@ -57,7 +57,13 @@ class ModelRunner:
         self.max_blocks_per_seq = blocks_needed(max_model_len, self.block_size)
         s = model.shape
         if device.type == "cuda":
-            self._warm_up_int8()
+            from mlperf_llama2.engine.quant_plan import apply_gemm
+
+            paths = apply_gemm(model, config.gemm)
+            if paths:
+                log.info("8-bit GEMMs (--engine-gemm %s): %s", config.gemm,
+                         ", ".join(f"{n} Linears {path}" for path, n in sorted(paths.items())))
+            self._warm_up_gemms()
         self.num_blocks = self._count_kv_blocks()
         # one extra block at the end: scratch slots that padded graph rows write to and read from
         self.kv_cache = kv_cache.allocate(self.kv_spec, s.num_layers, (self.num_blocks + 1) * self.block_size,
@@ -82,8 +88,8 @@ class ModelRunner:
         if device.type == "cuda" and config.cuda_graphs and not eager_wc:
             self._capture_graphs()
 
-    def _warm_up_int8(self) -> None:
-        """int8 mode: autotune every GEMM shape and M bucket now, not during graph capture or a run."""
+    def _warm_up_gemms(self) -> None:
+        """8-bit Linears: autotune or compile every GEMM shape and M bucket now, not during graph capture or a run."""
         from mlperf_llama2.engine.quant_plan import warm_up_gemms
 
         t0 = time.perf_counter()
@@ -91,7 +97,7 @@ class ModelRunner:
         if calls:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
-            log.info("int8 GEMMs warmed up (%d shape x M buckets) in %.1f s", calls, time.perf_counter() - t0)
+            log.info("8-bit GEMMs warmed up (%d shape x M buckets) in %.1f s", calls, time.perf_counter() - t0)
 
     # ---- sizing -------------------------------------------------------------------------------
     def _count_kv_blocks(self) -> int:

@@ -10,7 +10,7 @@
     rule is computed by `whole_config.py`; with `--int8-rules linear` they stay in float and `left_out` lists
     them, logged once at start-up.
 The plan is a dict (engine Linear name -> format) that `loader.build_model` builds the model from.
-`warm_up_gemms` runs each distinct int8 GEMM shape at every M bucket so the Triton autotuner never tunes
+`warm_up_gemms` runs each distinct 8-bit GEMM shape at every M bucket so the Triton autotuner never tunes
 mid-run or mid-capture.
 """
 
@@ -156,16 +156,37 @@ def weight_plan(quant_config, shape: LlamaShape, engine_config=None) -> dict[str
     return plan
 
 
+# --engine-gemm -> (Int8Linear.gemm, Fp8Linear.gemm). auto: the measured defaults (docs/engine.md, GEMM table)
+GEMM_PATHS = {"auto": ("fused", "scaled_mm"), "cublas": ("int_mm", "scaled_mm"), "triton": ("gemm8", "gemm8"),
+              "ws": ("gemm8_ws", "gemm8_ws")}
+
+
+def apply_gemm(model: nn.Module, choice: str) -> dict[str, int]:
+    """Point every 8-bit Linear at the GEMM `choice` (EngineConfig.gemm) names; returns {path: Linears}."""
+    from mlperf_llama2.quant.fp8 import Fp8Linear
+
+    int8_path, fp8_path = GEMM_PATHS[choice]
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        path = int8_path if isinstance(module, Int8Linear) else fp8_path if isinstance(module, Fp8Linear) else None
+        if path is not None:
+            module.gemm = path
+            counts[path] = counts.get(path, 0) + 1
+    return counts
+
+
 @torch.inference_mode()
 def warm_up_gemms(model: nn.Module, max_rows: int, dtype: torch.dtype) -> int:
-    """Call each distinct Int8Linear shape at every power-of-two M up to `max_rows`; returns the calls made.
+    """Call each distinct 8-bit Linear shape at every power-of-two M up to `max_rows`; returns the calls made.
 
-    The Triton GEMM is autotuned per (M bucket, N, K): doing it here keeps tuning (host syncs, seconds)
-    out of CUDA graph capture and out of timed runs. M - 1 rows as well from 32 on: Triton compiles
-    separately for M divisible by 16 or not, and mixed steps have any M."""
-    seen: dict[tuple[int, int], Int8Linear] = {}
+    The Triton GEMMs are autotuned per (M bucket, N, K) and the Gluon one compiled per tile: doing it here keeps
+    tuning and compiling (host syncs, seconds) out of CUDA graph capture and out of timed runs. M - 1 rows as
+    well from 32 on: Triton compiles separately for M divisible by 16 or not, and mixed steps have any M."""
+    from mlperf_llama2.quant.activation import Quant8Linear
+
+    seen: dict[tuple[int, int], Quant8Linear] = {}
     for module in model.modules():
-        if isinstance(module, Int8Linear):
+        if isinstance(module, Quant8Linear):
             seen.setdefault((module.in_features, module.out_features), module)
     if any(module.qweight.is_cuda for module in seen.values()):
         _shorter_autotuning()

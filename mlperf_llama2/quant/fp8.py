@@ -13,6 +13,7 @@ dequantize, then a float32 matmul) are float32 summation order and the place of 
   * "scaled_mm": cuBLASLt through `torch._scaled_mm` with row-wise scales (CUDA);
   * "scaled_mm_fast_accum": the same with Hopper's reduced-precision accumulation (measured option);
   * "gemm8": the project's persistent Triton GEMM (quant/gemm8_triton.py), promoting to float32 every 128 of K;
+  * "gemm8_ws": its warp-specialised Gluon form (quant/gemm8_ws.py, sm_90), the same numbers;
   * "reference": the float32 matmul of the e4m3 values, then the rescale (CPU, and any device).
 On CUDA the activations are quantized by one Triton pass per row (int8_kernels.quantize_rows_fp8).
 """
@@ -95,7 +96,7 @@ def scaled_mm_gemm(qx: torch.Tensor, s_x: torch.Tensor, qweight: torch.Tensor, w
     return y if bias is None else y + bias
 
 
-GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "gemm8", "reference")
+GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "gemm8", "gemm8_ws", "reference")
 
 
 def _triton_kernels():
@@ -132,6 +133,10 @@ class Fp8Linear(Quant8Linear):
             from mlperf_llama2.quant.gemm8_triton import gemm8
 
             y = gemm8(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8")
+        elif qx.is_cuda and self.gemm == "gemm8_ws":
+            from mlperf_llama2.quant.gemm8_ws import gemm8_ws
+
+            y = gemm8_ws(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8")
         elif qx.is_cuda and self.gemm != "reference":
             y = scaled_mm_gemm(qx, s_x, self.qweight, self.weight_scale, self.bias, self.out_dtype,
                                fast_accum=self.gemm == "scaled_mm_fast_accum")

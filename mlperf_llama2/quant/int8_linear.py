@@ -86,7 +86,7 @@ def rescale_reference(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, b
     return y.to(dtype)
 
 
-GEMM_PATHS = ("int_mm", "fused", "gemm8")
+GEMM_PATHS = ("int_mm", "fused", "gemm8", "gemm8_ws")
 
 
 class Int8Linear(Quant8Linear):
@@ -94,7 +94,8 @@ class Int8Linear(Quant8Linear):
 
     `gemm` (CUDA with Triton): "int_mm" = torch._int_mm then the Triton rescale; "fused" = one Triton
     int8 GEMM with the rescale in its epilogue; "gemm8" = the persistent, TMA-fed 8-bit GEMM
-    (quant/gemm8_triton.py). All give the same numbers (exact int32 sums, same float32 epilogue)."""
+    (quant/gemm8_triton.py); "gemm8_ws" = its warp-specialised Gluon form (quant/gemm8_ws.py, sm_90). All give
+    the same numbers (exact int32 sums, same float32 epilogue)."""
 
     act_kind = "int8"
     weight_dtype = torch.int8
@@ -152,6 +153,11 @@ class Int8Linear(Quant8Linear):
             from mlperf_llama2.quant.gemm8_triton import gemm8
 
             y = gemm8(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="int8")
+            return y.reshape(*lead, self.out_features)
+        if kernels and self.gemm == "gemm8_ws":
+            from mlperf_llama2.quant.gemm8_ws import gemm8_ws
+
+            y = gemm8_ws(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="int8")
             return y.reshape(*lead, self.out_features)
         if kernels and self.gemm == "fused":
             y = kernels.fused_int8_matmul(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype)

@@ -1,0 +1,101 @@
+"""--engine-gemm: which GEMM the engine's 8-bit Linears run (auto | cublas | triton | ws), for A/B runs of the
+same numbers. The flag reaches every Int8Linear and Fp8Linear of a built model, the warm-up compiles or tunes
+every 8-bit Linear (fp8 too), data-parallel nodes get the flag, and misuse (no 8-bit Linears, another backend, a
+CPU device, `ws` without a Hopper GPU) is one line and exit 2 before the model loads."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from mlperf_llama2.backends import preflight
+from mlperf_llama2.config import RunConfig
+from mlperf_llama2.engine.config import ENGINE_GEMMS, EngineConfig
+from mlperf_llama2.engine.quant_plan import GEMM_PATHS, apply_gemm, warm_up_gemms
+from mlperf_llama2.errors import UserError
+from mlperf_llama2.quant import fp8, int8_linear
+from mlperf_llama2.quant.config import QuantConfig
+from mlperf_llama2.quant.fp8 import Fp8Linear
+from mlperf_llama2.quant.int8_linear import Int8Linear
+from reliability_fixtures import REPO, error_lines, run
+
+NPM = str(REPO / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
+
+
+def _model():
+    g = torch.Generator().manual_seed(0)
+    return torch.nn.Sequential(Int8Linear.random(16, 24, device="cpu", out_dtype=torch.float32, generator=g),
+                               Fp8Linear.from_float(torch.randn(8, 24, generator=g)),
+                               torch.nn.Linear(8, 8))
+
+
+def test_every_choice_names_a_path_each_linear_class_has():
+    assert set(GEMM_PATHS) == set(ENGINE_GEMMS)
+    for int8_path, fp8_path in GEMM_PATHS.values():
+        assert int8_path in int8_linear.GEMM_PATHS and fp8_path in fp8.GEMM_PATHS
+    assert GEMM_PATHS["auto"] == (Int8Linear.gemm, Fp8Linear.gemm)  # auto keeps the classes' measured defaults
+
+
+@pytest.mark.parametrize("choice", ENGINE_GEMMS)
+def test_the_choice_reaches_every_8_bit_linear(choice):
+    model = _model()
+    counts = apply_gemm(model, choice)
+    int8_path, fp8_path = GEMM_PATHS[choice]
+    assert model[0].gemm == int8_path and model[1].gemm == fp8_path and not hasattr(model[2], "gemm")
+    assert sum(counts.values()) == 2 and set(counts) == {int8_path, fp8_path}
+
+
+def test_warm_up_calls_fp8_linears_too():
+    model = _model()
+    seen = []
+    for layer in model[:2]:
+        layer.register_forward_pre_hook(lambda mod, args: seen.append(type(mod).__name__))
+    assert warm_up_gemms(model, 4, torch.float32) == 2 * 3  # M 1, 2, 4 for each 8-bit Linear
+    assert seen.count("Int8Linear") == 3 and seen.count("Fp8Linear") == 3
+
+
+def test_flag_parses_and_nodes_receive_it():
+    from mlperf_llama2.backends.local_nodes import node_argv
+
+    parser = argparse.ArgumentParser()
+    EngineConfig.add_cli_args(parser)
+    assert EngineConfig.from_cli_args(parser.parse_args([])).gemm == "auto"
+    assert EngineConfig.from_cli_args(parser.parse_args(["--engine-gemm", "triton"])).gemm == "triton"
+    with pytest.raises(UserError, match="--engine-gemm must be one of auto, cublas, triton, ws, got 'cutlass'"):
+        EngineConfig(gemm="cutlass")
+    cfg = RunConfig(backend="engine", model_path="m", engine=EngineConfig(gemm="ws"))
+    argv = node_argv(cfg, "cuda:1")
+    assert argv[argv.index("--engine-gemm") + 1] == "ws"
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(backend="engine", device="cuda"), "the run has none (add --quantization fp8"),
+    (dict(backend="engine", device="cpu", quant=QuantConfig(quantization="fp8")), "--device cpu runs the exact CPU"),
+    (dict(backend="reference", quant=QuantConfig(quantization="fp8")), "use --backend engine (--backend reference"),
+])
+def test_misuse_is_one_line(changes, message):
+    cfg = RunConfig(engine=EngineConfig(gemm="triton"), model_path="m", **changes)
+    check = preflight.check_engine if cfg.backend == "engine" else preflight.check_reference
+    with pytest.raises(UserError) as info:
+        check(cfg)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9,
+                    reason="checks the refusal without a Hopper GPU")
+def test_ws_needs_a_hopper_gpu():
+    cfg = RunConfig(backend="engine", device="cuda", model_path="m", engine=EngineConfig(gemm="ws"),
+                    quant=QuantConfig(liteml_config=NPM, quant_mode="int8"))
+    with pytest.raises(UserError, match="--engine-gemm ws is the warp-specialised Hopper GEMM: it needs an sm_90"):
+        preflight.check_engine(cfg)
+
+
+def test_main_refuses_before_loading(tmp_path, tiny_model_dir):
+    result = run(["--backend", "engine", "--model-path", tiny_model_dir, "--device", "cpu", "--quantization", "fp8",
+                  "--engine-gemm", "triton", "--output-log-dir", tmp_path / "out"], tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "--engine-gemm triton chooses among CUDA GEMMs" in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "backend: engine" not in result.stderr
