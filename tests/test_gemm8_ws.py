@@ -119,3 +119,11 @@ def test_cpu_tensors_are_refused():
     qw = torch.zeros(8, 32, dtype=torch.int8)
     with pytest.raises(UserError, match="sm_90"):
         ws.gemm8_ws(qx, qw, torch.ones(4), torch.ones(8), None, torch.float16, kind="int8")
+
+
+@pytest.mark.parametrize("k,n", [(0, 8), (40, 8), (32, 12)])
+def test_shapes_tma_cannot_serve_are_refused(k, n):
+    qx = torch.zeros(4, k, dtype=torch.int8)
+    qw = torch.zeros(n, k, dtype=torch.int8)
+    with pytest.raises(UserError, match="K must be a positive multiple of 16 and N of 8"):
+        ws.gemm8_ws(qx, qw, torch.ones(4), torch.ones(n), None, torch.float16, kind="int8")

@@ -362,12 +362,12 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     check_args(qx, qw, s_x, s_w, kind, promote_every, "adds")
     if kind not in KINDS or promote_every not in (0, MAX_PROMOTE):
         raise UserError(f"gemm8_ws: promote_every must be 0 or {MAX_PROMOTE}, got {promote_every}")
-    if not qx.is_cuda or torch.cuda.get_device_capability(qx.device)[0] != 9:
-        raise UserError("gemm8_ws: needs an sm_90 GPU (Hopper warpgroup MMA)")
     m, k = qx.shape
     n = qw.shape[0]
-    if k % 16 or n % 8:
-        raise UserError(f"gemm8_ws: K must be a multiple of 16 and N of 8 (TMA strides), got K={k}, N={n}")
+    if k < 16 or k % 16 or n % 8:  # K = 0 would leave the MMA warps waiting for a chunk no one loads
+        raise UserError(f"gemm8_ws: K must be a positive multiple of 16 and N of 8 (TMA strides), got K={k}, N={n}")
+    if not qx.is_cuda or torch.cuda.get_device_capability(qx.device)[0] != 9:
+        raise UserError("gemm8_ws: needs an sm_90 GPU (Hopper warpgroup MMA)")
     out = torch.empty((m, n), dtype=out_dtype, device=qx.device)
     if m == 0:
         return out
