@@ -6,6 +6,7 @@ CPU device, `ws` without a Hopper GPU) is one line and exit 2 before the model l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 import torch
@@ -99,3 +100,31 @@ def test_main_refuses_before_loading(tmp_path, tiny_model_dir):
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "--engine-gemm triton chooses among CUDA GEMMs" in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "backend: engine" not in result.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                    reason="needs an sm_90 GPU (every --engine-gemm path)")
+@pytest.mark.parametrize("quant", ["int8", "fp8"])
+def test_every_gemm_gives_the_same_tokens_on_gpu(tiny_model_dir, quant):
+    """Every --engine-gemm path computes the same numbers, so in each batch composition (its own GEMM shapes,
+    small-M and large-M tiles) the tiny model's greedy tokens (fp16, CUDA graphs) are equal across them: int8
+    sums are exact, fp8 ones promoted every 128 of K (cuBLASLt's fp8 order differs, so fp8 compares the two
+    project kernels)."""
+    from quant_engine_fixtures import COMPOSITIONS, prompts
+
+    from mlperf_llama2.engine.llm_engine import LLMEngine
+    from mlperf_llama2.engine.sequence import SamplingParams
+
+    qcfg = (QuantConfig(liteml_config=NPM, quant_backend="open", quant_mode="int8", int8_rules="linear")
+            if quant == "int8" else QuantConfig(quantization="fp8"))
+    outs = {}
+    for choice in ("triton", "ws") if quant == "fp8" else ENGINE_GEMMS:  # fp8 cuBLASLt sums in its own order
+        for name, comp in sorted(COMPOSITIONS.items()):
+            engine = LLMEngine.from_pretrained(tiny_model_dir, dataclasses.replace(comp, gemm=choice), "cuda",
+                                               torch.float16, quant=qcfg)
+            outs[(choice, name)] = engine.generate(prompts(), SamplingParams(max_new_tokens=12))
+    for name in COMPOSITIONS:  # per composition: only the GEMM differs
+        runs = {choice: out for (choice, comp), out in outs.items() if comp == name}
+        first = next(iter(runs.values()))
+        assert all(out == first for out in runs.values()), (name, {k: v[:1] for k, v in runs.items()})

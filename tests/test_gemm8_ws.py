@@ -110,8 +110,17 @@ def test_bad_configs_say_what_is_wrong(cfg, kind, promote, message):
 
 
 def test_default_config_takes_small_tiles_for_small_batches():
-    assert ws.default_config(16, True).bm == 64 and ws.default_config(4096, True).bm == 128
-    assert ws.default_config(64, False).bm == 64 and ws.default_config(65, False).bm == 128
+    assert ws.default_config(16, "fp8", True).bm == 64 and ws.default_config(4096, "fp8", True).bm == 128
+    assert ws.default_config(64, "int8", False).bm == 64 and ws.default_config(65, "int8", False).bm == 128
+    assert ws.default_config(4096, "int8", False) == ws.BEST["int8"]
+    assert ws.default_config(4096, "fp8", False) == ws.BEST["fp8_fast"]
+
+
+def test_shared_memory_counts_the_output_width():
+    cfg = ws.WsConfig(128, 256, 3, 1)
+    ws.check_config(cfg, "int8", False, out_bytes=2)
+    with pytest.raises(UserError, match="with a 4-byte output"):
+        ws.check_config(cfg, "int8", False, out_bytes=4)
 
 
 def test_cpu_tensors_are_refused():
@@ -127,3 +136,11 @@ def test_shapes_tma_cannot_serve_are_refused(k, n):
     qw = torch.zeros(n, k, dtype=torch.int8)
     with pytest.raises(UserError, match="K must be a positive multiple of 16 and N of 8"):
         ws.gemm8_ws(qx, qw, torch.ones(4), torch.ones(n), None, torch.float16, kind="int8")
+
+
+def test_epilogue_rounds_each_operation_like_the_torch_statement():
+    """acc * s_x * s_w + bias as three float32 roundings: no fma contraction (the GPU test compares bit for bit
+    with gemm8_reference, whose bias add is a separate torch op)."""
+    k = ws.compile_offline(ws.WsConfig(128, 128, 4, 1), "int8", False, torch.float32, has_bias=True)
+    ptx = k.asm["ptx"]
+    assert "fma.rn.f32" not in ptx and re.search(r"add\.(rn\.)?f32", ptx)

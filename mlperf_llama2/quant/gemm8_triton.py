@@ -3,7 +3,9 @@
     out[m, n] = acc[m, n] * s_x[m] * s_w[n]  (+ bias[n]),   acc = sum_k qx[m, k] * qw[n, k]
 
 acc is int32 for int8 (exact) and float32 for fp8; the epilogue multiplies in that order, in float32, as
-`int8_linear.rescale_reference` and `fp8.reference_gemm` do. Hopper's fp8 tensor-core instruction keeps its
+`int8_linear.rescale_reference` and `fp8.reference_gemm` do, each operation rounded on its own: the kernel is
+compiled with `enable_fp_fusion=False`, since by default the compiler contracts `* s_w[n] + bias[n]` into one fma
+(one rounding fewer than the torch statement; found in the PTX, session 17). Hopper's fp8 tensor-core instruction keeps its
 running sum in reduced precision, so by default the K loop is cut into chunks of `promote_every` (at most 128)
 elements: each chunk's product starts from zero and is added to the float32 accumulator by ordinary fp32 adds
 (DeepGEMM's promotion; Triton does not fold `acc + dot(a, b)` into one fp8 dot on sm_90, so the adds stay).
@@ -273,7 +275,7 @@ def gemm8(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tens
         def grid(meta):
             return (min(num_programs, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)
 
-        _gemm8_autotuned[grid](a, b, s_x, s_w, bias_arg, c, m, n, bucket, k, **args)
+        _gemm8_autotuned[grid](a, b, s_x, s_w, bias_arg, c, m, n, bucket, k, enable_fp_fusion=False, **args)
         return out
     cfg = config or Gemm8Config(bm=16, bn=32, bk=32, group_m=2, stages=1, warps=4)
     if promote and not in_mma and promote % cfg.bk:
@@ -282,7 +284,8 @@ def gemm8(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tens
         _set_block_shapes({"a": a, "b": b, "c": c, "USE_TMA": True, "BM": cfg.bm, "BN": cfg.bn, "BK": cfg.bk})
     grid = (min(num_programs, triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bn)),)
     _gemm8_kernel[grid](a, b, s_x, s_w, bias_arg, c, m, n, bucket, k, BM=cfg.bm, BN=cfg.bn, BK=cfg.bk,
-                        GROUP_M=cfg.group_m, num_stages=cfg.stages, num_warps=cfg.warps, **args)
+                        GROUP_M=cfg.group_m, num_stages=cfg.stages, num_warps=cfg.warps, enable_fp_fusion=False,
+                        **args)
     return out
 
 

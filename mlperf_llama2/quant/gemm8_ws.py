@@ -4,7 +4,8 @@
 
 The same contract and the same numbers as `gemm8_triton.gemm8` (int8: exact int32 sums; fp8 with promotion:
 each 128-element chunk of K summed inside the tensor core from zero, the chunks joined by float32 adds in
-K order; then the float32 rescale in the order acc * s_x * s_w). What differs is the schedule, which plain
+K order; then the float32 rescale in the order acc * s_x * s_w (+ bias), each operation rounded on its own:
+compiled with enable_fp_fusion=False, as gemm8 is). What differs is the schedule, which plain
 Triton cannot express on sm_90 (tools/kernel_sass.py shows why: Triton's pipeliner makes a warpgroup MMA
 asynchronous only when its fp32 result feeds the next MMA, so both the promoted fp8 loop and every int8 loop
 wait for each MMA to finish before issuing the next: `warp_group_dot_wait {pendings = 0}`):
@@ -61,6 +62,7 @@ class WsConfig:
         return self.bm // 16
 
     def smem_bytes(self, out_bytes: int = 2) -> int:
+        """The operand ring plus the output tile(s) (`out_bytes` a value) plus barriers, rounded up."""
         return self.stages * (self.bm + self.bn) * self.bk + self.bm * self.bn * out_bytes + 1024
 
     def maxnreg(self) -> int:
@@ -70,23 +72,26 @@ class WsConfig:
         return min(256, 65536 // (32 * total_warps) // 8 * 8)
 
 
-# Candidates for tools/bench_gemm.py's sweep: shared memory <= 227 KB, no spills (tests/test_gemm8_ws.py
-# compiles every one). TMA boxes must be powers of two, so BN is 128 or 256; a 128 x 256 tile cannot hold
-# the promoted pipeline's partial sums in registers (that would be 256 a thread), hence 128 x 128 there.
+# Candidates for tools/bench_gemm.py's sweep: shared memory <= 227 KB with a 16-bit output, no spills
+# (tests/test_gemm8_ws.py compiles every one). TMA boxes must be powers of two, so BN is 128 or 256; a 128 x 256
+# tile cannot hold the promoted pipeline's partial sums in registers (256 a thread), hence 128 x 128 there.
 CONFIGS = {
     "fp8_promote": [WsConfig(128, 128, 5, 1), WsConfig(128, 128, 6, 1), WsConfig(128, 128, 5, 2),
                     WsConfig(64, 128, 6, 1)],
     "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1)],
 }
 SMALL_M = 64  # up to this many rows a 64-row tile wastes less of the MMA
+# First choice per family, from the H100 sweep (docs/results/bench_gemm_ws_70b_h100.json, 70B shapes, M 256 to
+# 4,096): int8 128 x 128 with 6 stages (its wgmma N is 128 either way), unpromoted fp8 128 x 256.
+BEST = {"fp8_promote": WsConfig(128, 128, 5, 1), "int8": WsConfig(128, 128, 6, 1), "fp8_fast": WsConfig(128, 256, 3, 1)}
 
 
-def default_config(m: int, promote: bool) -> WsConfig:
-    """Until a GPU sweep (tools/bench_gemm.py) says otherwise: the first candidate, 64-row tiles for small M."""
-    family = CONFIGS["fp8_promote" if promote else "fast"]
+def default_config(m: int, kind: str, promote: bool) -> WsConfig:
+    """The measured first choice for this kind; 64-row tiles for small M (not yet measured there)."""
+    family = "fp8_promote" if promote else "int8" if kind == "int8" else "fp8_fast"
     if m <= SMALL_M:
-        return next(c for c in family if c.bm == 64)
-    return family[0]
+        return next(c for c in CONFIGS["fp8_promote" if promote else "fast"] if c.bm == 64)
+    return BEST[family]
 
 
 @gluon.constexpr_function
@@ -338,13 +343,14 @@ def operand_layouts(cfg: WsConfig, kind: str, out_dtype: torch.dtype):
         (c_block, gl.NVMMASharedLayout.get_default_for(c_block, _GL_DTYPE[out_dtype]))
 
 
-def check_config(cfg: WsConfig, kind: str, promote: bool) -> None:
+def check_config(cfg: WsConfig, kind: str, promote: bool, out_bytes: int = 2) -> None:
     if cfg.bm not in (64, 128) or cfg.bk != MAX_PROMOTE:
         raise UserError(f"gemm8_ws: BM must be 64 or 128 and BK {MAX_PROMOTE}, got {cfg}")
     if cfg.split not in (1, 2) or (cfg.split == 2 and not promote) or cfg.bn % (8 * cfg.split):
         raise UserError(f"gemm8_ws: SPLIT 2 is for promoted fp8 and BN / SPLIT must be a multiple of 8, got {cfg}")
-    if cfg.smem_bytes() > 227 * 1024:
-        raise UserError(f"gemm8_ws: {cfg} needs {cfg.smem_bytes()} B of shared memory (227 KB on sm_90)")
+    if cfg.smem_bytes(out_bytes) > 227 * 1024:
+        raise UserError(f"gemm8_ws: {cfg} needs {cfg.smem_bytes(out_bytes)} B of shared memory with a "
+                        f"{out_bytes}-byte output (227 KB on sm_90): fewer stages")
 
 
 @functools.lru_cache(maxsize=None)
@@ -372,8 +378,8 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     if m == 0:
         return out
     promote = kind == "fp8" and promote_every > 0
-    cfg = config or default_config(m, promote)
-    check_config(cfg, kind, promote)
+    cfg = config or default_config(m, kind, promote)
+    check_config(cfg, kind, promote, out.element_size())
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     qx, qw = qx.contiguous(), qw.contiguous()
@@ -386,7 +392,8 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     _gemm8_ws_kernel[(programs,)](
         a, b, c, s_x, s_w, bias if bias is not None else s_w, m, n, k, programs,
         IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=bias is not None,
-        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, num_warps=cfg.warps, maxnreg=cfg.maxnreg())
+        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, num_warps=cfg.warps, maxnreg=cfg.maxnreg(),
+        enable_fp_fusion=False)
     return out
 
 
@@ -398,7 +405,7 @@ def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    check_config(cfg, kind, promote)
+    check_config(cfg, kind, promote, torch.empty(0, dtype=out_dtype).element_size())
     (a_block, a_layout), (b_block, b_layout), (c_block, c_layout) = operand_layouts(cfg, kind, out_dtype)
     op = "fp8e4nv" if kind == "fp8" else "i8"
     out = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[out_dtype]
@@ -413,4 +420,4 @@ def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if name.endswith("_ptr")}
     src = GluonASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=cfg.warps, maxnreg=cfg.maxnreg()))
+                          options=dict(num_warps=cfg.warps, maxnreg=cfg.maxnreg(), enable_fp_fusion=False))
