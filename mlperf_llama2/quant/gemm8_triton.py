@@ -293,8 +293,8 @@ def gemm8_reference(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: 
                     bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
     """The torch statement of the same result: exact int64 sums for int8, a float64 sum for fp8 (products of
     two e4m3 values are exact), then the float32 rescale in the kernel's order."""
-    if qx.dtype == torch.int8:
-        acc = (qx.to(torch.int64) @ qw.to(torch.int64).t()).to(torch.float32)  # exact: |sum| < K * 127^2
+    if qx.dtype == torch.int8:  # exact in float64 (|sum| <= K * 127^2 < 2^53); CUDA has no int64 matmul
+        acc = (qx.double() @ qw.double().t()).to(torch.float32)
     else:
         acc = (qx.double() @ qw.double().t()).float()
     y = acc * s_x[:, None] * s_w[None, :]

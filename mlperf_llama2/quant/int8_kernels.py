@@ -91,7 +91,7 @@ def rescale(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optio
     bm, bn = 32, 128
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     _rescale_kernel[grid](acc, s_x, s_w, bias if bias is not None else s_w, out, m, n, HAS_BIAS=bias is not None,
-                          BM=bm, BN=bn, num_warps=4)
+                          BM=bm, BN=bn, num_warps=4, enable_fp_fusion=False)  # rescale_reference's roundings
     return out
 
 
@@ -150,5 +150,5 @@ def fused_int8_matmul(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w
         return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
 
     _int8_gemm_kernel[grid](qx, qw, s_x, s_w, bias if bias is not None else s_w, out, m, n, bucket, K=k,
-                            HAS_BIAS=bias is not None)
+                            HAS_BIAS=bias is not None, enable_fp_fusion=False)  # no fma: rescale_reference's roundings
     return out
