@@ -128,3 +128,18 @@ def test_every_gemm_gives_the_same_tokens_on_gpu(tiny_model_dir, quant):
         runs = {choice: out for (choice, comp), out in outs.items() if comp == name}
         first = next(iter(runs.values()))
         assert all(out == first for out in runs.values()), (name, {k: v[:1] for k, v in runs.items()})
+
+
+@pytest.mark.parametrize("capability,int8_path", [((9, 0), "gemm8_ws"), ((8, 0), "fused"), ((10, 0), "fused")])
+def test_auto_is_the_warp_specialised_int8_gemm_on_hopper_only(monkeypatch, capability, int8_path):
+    from mlperf_llama2.engine.quant_plan import auto_paths
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert auto_paths(torch.device("cuda", 0)) == (int8_path, "scaled_mm")
+    assert auto_paths(torch.device("cpu")) == GEMM_PATHS["auto"]
+    model = torch.nn.Sequential(Int8Linear.random(32, 16, device="cpu"), Int8Linear.random(24, 16, device="cpu"),
+                                Fp8Linear.from_float(torch.randn(8, 32)))
+    counts = apply_gemm(model, "auto", torch.device("cuda", 0))
+    # K = 24 is no multiple of 16 (TMA strides): that Linear keeps the Triton GEMM
+    assert [m.gemm for m in model] == [int8_path, "fused", "scaled_mm"]
+    assert sum(counts.values()) == 3

@@ -114,6 +114,9 @@ def test_default_config_takes_small_tiles_for_small_batches():
     assert ws.default_config(64, "int8", False).bm == 64 and ws.default_config(65, "int8", False).bm == 128
     assert ws.default_config(4096, "int8", False) == ws.BEST["int8"]
     assert ws.default_config(4096, "fp8", False) == ws.BEST["fp8_fast"]
+    wide = ws.default_config(4096, "int8", False, out_bytes=4)  # a float32 model's output tile
+    assert (wide.bm, wide.bn) == (ws.BEST["int8"].bm, ws.BEST["int8"].bn) and wide.stages < ws.BEST["int8"].stages
+    ws.check_config(wide, "int8", False, out_bytes=4)
 
 
 def test_shared_memory_counts_the_output_width():

@@ -87,8 +87,9 @@ class EngineConfig:
                             "(default %(default)s)")
         g.add_argument("--engine-gemm", choices=ENGINE_GEMMS, default=EngineConfig.gemm,
                        help="GEMM of the 8-bit Linears (int8 mode, --quantization fp8), for A/B runs; the same numbers "
-                            "on every path but Hopper's fast fp8 accumulation, which no path uses: auto = fp8 "
-                            "cuBLASLt, int8 the Triton GEMM with the fused rescale; cublas = cuBLASLt fp8, "
+                            "on every path (no path uses Hopper's fast fp8 accumulation): auto = the measured "
+                            "fastest: fp8 cuBLASLt, int8 the warp-specialised GEMM on sm_90, else the Triton GEMM "
+                            "with the fused rescale; cublas = cuBLASLt fp8, "
                             "torch._int_mm int8; triton = the persistent Triton GEMM (quant/gemm8_triton.py); ws = the "
                             "warp-specialised Gluon GEMM (quant/gemm8_ws.py, sm_90 only) (default %(default)s)")
         g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=EngineConfig.kv_cache_dtype,

@@ -86,12 +86,17 @@ SMALL_M = 64  # up to this many rows a 64-row tile wastes less of the MMA
 BEST = {"fp8_promote": WsConfig(128, 128, 5, 1), "int8": WsConfig(128, 128, 6, 1), "fp8_fast": WsConfig(128, 256, 3, 1)}
 
 
-def default_config(m: int, kind: str, promote: bool) -> WsConfig:
-    """The measured first choice for this kind; 64-row tiles for small M (not yet measured there)."""
+def default_config(m: int, kind: str, promote: bool, out_bytes: int = 2) -> WsConfig:
+    """The measured first choice for this kind; 64-row tiles for small M (not yet measured there); fewer stages
+    where a wider output tile (float32: a float32 model in int8 mode) needs the shared memory."""
     family = "fp8_promote" if promote else "int8" if kind == "int8" else "fp8_fast"
     if m <= SMALL_M:
-        return next(c for c in CONFIGS["fp8_promote" if promote else "fast"] if c.bm == 64)
-    return BEST[family]
+        cfg = next(c for c in CONFIGS["fp8_promote" if promote else "fast"] if c.bm == 64)
+    else:
+        cfg = BEST[family]
+    while cfg.smem_bytes(out_bytes) > 227 * 1024 and cfg.stages > 2:
+        cfg = dataclasses.replace(cfg, stages=cfg.stages - 1)
+    return cfg
 
 
 @gluon.constexpr_function
@@ -378,7 +383,7 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     if m == 0:
         return out
     promote = kind == "fp8" and promote_every > 0
-    cfg = config or default_config(m, kind, promote)
+    cfg = config or default_config(m, kind, promote, out.element_size())
     check_config(cfg, kind, promote, out.element_size())
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
