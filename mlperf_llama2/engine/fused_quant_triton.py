@@ -25,8 +25,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from mlperf_llama2.engine.fused_triton import (  # the producers' own rounding helpers
-    _INTERPRET, _add_rms_norm_row, _div_by, _div_elem, _exp)
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _add_rms_norm_row, _div_by, _exp  # the producers' own rounding helpers
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.int8_linear import quantize_rows_reference
 
@@ -99,7 +98,7 @@ def _silu_mul_value(gu_ptr, row_off, cols, mask, N_COLS: tl.constexpr, INTERPRET
     g = tl.load(gu_ptr + row_off + cols, mask=mask, other=0.0)
     u = tl.load(gu_ptr + row_off + N_COLS + cols, mask=mask, other=0.0)
     g32 = g.to(tl.float32)
-    act = _div_elem(g32, 1.0 + _exp(-g32, INTERPRET), INTERPRET).to(g.dtype)  # silu, as ATen computes it
+    act = tl.math.div_rn(g32, 1.0 + _exp(-g32, INTERPRET)).to(g.dtype)  # silu, as ATen computes it
     return (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype).to(tl.float32)
 
 

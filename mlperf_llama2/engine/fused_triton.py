@@ -3,10 +3,10 @@
 Each replaces a chain of small eager ops (RMSNorm alone is seven kernels) by one kernel, so a
 decode step launches ~9 kernels a layer instead of ~35 and prefill reads its activations once.
 They reproduce the eager ops' rounding: every intermediate that torch rounds to the model dtype
-is rounded here too, in the same order, with the same libdevice functions (expf, rsqrtf) that ATen's
-CUDA kernels use and IEEE division (div_rn, or `_div_by` / `_div_elem`, which equal it without its
-per-element branch). RoPE and SiLU-gate are therefore bit-identical to the eager ops; RMSNorm differs
-only in the summation order of its fp32 mean. `ops.py` picks these on CUDA and the eager ops elsewhere.
+is rounded here too, in the same order, with the same libdevice functions (IEEE division, expf,
+rsqrtf) that ATen's CUDA kernels use. RoPE and SiLU-gate are therefore bit-identical to the eager
+ops; RMSNorm differs only in the summation order of its fp32 mean. `ops.py` picks these on CUDA
+and the eager ops elsewhere.
 """
 
 from __future__ import annotations
@@ -101,62 +101,6 @@ def _div_by(a, b, INTERPRET: tl.constexpr):
         q1 = tl.fma(tl.fma(-q0, b, a), y, q0)
         q2 = tl.fma(tl.fma(-q1, b, a), y, q1)
         return tl.where(tl.abs(q0) < 8.507059173023462e37, q2, q0)  # 2^126
-
-
-@triton.jit
-def _rcp_approx(x):
-    """rcp.approx.ftz.f32 (MUFU.RCP, where div_rn starts): within a step or two of 1 / x for x < 2^126; +0 above
-    (the subnormal result flushed) and for x = +inf."""
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
-
-
-@triton.jit
-def _div_elem(a, b, INTERPRET: tl.constexpr):
-    """a / b correctly rounded (= tl.div_rn(a, b) bit for bit; NaN for NaN) per element, for b >= 1: SiLU's
-    x / (1 + exp(-x)). The per-element analogue of `_div_by`: div_rn's fast path without its slow-path check and
-    branch, so the compiler can interleave elements. y0 = rcp.approx(b), one Newton step y = y0 + y0 (1 - b y0),
-    q0 = a y, then two corrections q + (a - b q) y by fma. The first makes q faithful, so the second's remainder
-    is exact and it returns RN(Q + (Q - q) eps), Q = a / b, eps = b y - 1: RN(Q) when |eps| (B + 1) < 1, B = b's
-    24-bit integer significand (Markstein). Remainders are taken negated (b q - a) and y negated by x * -1.0, the
-    IEEE negation (Triton's -x is 0 - x): an exact correction then adds -0, which keeps a zero quotient's sign.
-    Powers of two keep every intermediate normal:
-      2^-60 <= |a|, b < 2^64: none; |Q| >= 2^-124.
-      b >= 2^64: a and b times 2^-64 (exact for |a| >= 16), Q unchanged. b = inf: y0 = 0 and the fmas see 2^64
-        instead, so +-0 with a's sign (NaN for a = +-inf).
-      |a| < 2^-60: a times 2^71. q1 times 2^-71 rounds once to the output format (a subnormal Q rounds there, to a
-        faithful value), and the last correction, its remainder exact in the scaled format, rounds there too.
-      a = +-inf: q0 = a y, +-inf (NaN for b = inf).
-    Exact for all b in [1, inf] except (i) 2^64 <= b < inf with 0 < |a| < 16, (ii) 2^24 <= b < inf with
-    0 < |a| < 2^-60, (iii) a subnormal Q halfway between two subnormals with b an even integer other than a power
-    of two (a tie needs an even integer b; for a power of two y is exact). SiLU reaches none: b >= 2^64 needs
-    x <= -44, and |x| < 2^-60 gives b within an ulp of 2.
-    The reciprocal: tests/test_exact_div_elem.py shows, for every significand, that each y0 within 2 steps of
-    RN(1 / b) meets the bound, except at b's significands 2 - j 2^-23, j = 1, 3, 5, where a y0 other than
-    RN(1 / b) leaves one dividend significand each an ulp off (SiLU reaches them: x = 2^-23 gives b = 2 - 2^-23
-    with a correctly rounded expf). div_rn's fast path rounds those wrong from the same y0, so a card whose div_rn
-    is right has a good rcp.approx there; tests/test_exact_div_gpu.py checks the card."""
-    if INTERPRET:
-        return tl.div_rn(a, b)
-    else:
-        big = b >= 1.8446744073709552e19  # 2^64
-        tiny = tl.abs(a) < 8.673617379884035e-19  # 2^-60
-        sb = tl.where(big, 5.421010862427522e-20, 1.0)  # 2^-64
-        t = tl.where(tiny, 4.235164736271502e-22, 1.0)  # 2^-71: the output's scale relative to the quotient's
-        t_inv = tl.where(tiny, 2.3611832414348226e21, 1.0)
-        a_s = a * tl.where(tiny, 2.3611832414348226e21, sb)
-        b_s = b * sb
-        y0 = _rcp_approx(b_s)
-        b_c = tl.minimum(b_s, 1.8446744073709552e19)  # finite for b = inf, where y0 = 0
-        y = tl.fma(tl.fma(b_c, y0, -1.0) * -1.0, y0, y0)
-        # x * -1.0 is the IEEE negation (Triton's -x is 0 - x, +0 for -0); -0 is what adds nothing to a +-0 q
-        na = a_s * -1.0
-        ny = y * -1.0
-        q0 = a_s * y
-        q1 = tl.fma(tl.fma(b_c, q0, na), ny, q0)
-        q1_out = q1 * t
-        q = tl.fma(tl.fma(b_c, q1_out * t_inv, na), ny * t, q1_out)
-        return tl.where(tl.abs(a) == float("inf"), q0, q)
 
 
 @triton.jit
@@ -291,7 +235,7 @@ def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, stride_gu, stride_out, BLOCK: tl.c
     g = tl.load(gu_ptr + row * stride_gu + cols, mask=mask, other=0.0)
     u = tl.load(gu_ptr + row * stride_gu + n_cols + cols, mask=mask, other=0.0)
     g32 = g.to(tl.float32)
-    act = _div_elem(g32, 1.0 + _exp(-g32, INTERPRET), INTERPRET).to(g.dtype)  # silu, as ATen computes it
+    act = tl.math.div_rn(g32, 1.0 + _exp(-g32, INTERPRET)).to(g.dtype)  # silu, as ATen computes it
     tl.store(out_ptr + row * stride_out + cols, (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=mask)
 
 

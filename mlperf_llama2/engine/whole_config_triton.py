@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine.fused_quant_triton import _FP32_TINY, _quantize, _row_scale
-from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _div_elem, _exp, _quant_kv, _rint, _rsqrt
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _quant_kv, _rint, _rsqrt
 from mlperf_llama2.engine.whole_config_ref import (  # noqa: F401 - the references, importable from here too
     ACT_BITS, add_rms_norm_q8_torch, rope_store_q8_torch, silu_mul_q8_torch)
 
@@ -184,7 +184,7 @@ def _silu_mul_q_value(gu_ptr, row_off, cols, mask, s_silu, s_m1, s_m2, N_COLS: t
     u32 = u.to(tl.float32)
     if HAS_SILU_Q:
         g32 = _fq(g32, s_silu, QMAX, INTERPRET).to(dt).to(tl.float32)
-    a32 = _div_elem(g32, 1.0 + _exp(-g32, INTERPRET), INTERPRET).to(dt).to(tl.float32)  # silu, as ATen computes it
+    a32 = tl.math.div_rn(g32, 1.0 + _exp(-g32, INTERPRET)).to(dt).to(tl.float32)  # silu, as ATen computes it
     if HAS_MUL_Q:
         a32 = _fq(a32, s_m1, QMAX, INTERPRET).to(dt).to(tl.float32)
         u32 = _fq(u32, s_m2, QMAX, INTERPRET).to(dt).to(tl.float32)
