@@ -110,7 +110,8 @@ def test_operands_and_reference_agree_for_gemm8(name):
 def test_gemm8_ws_kernels_take_a_tile_suffix():
     args = bench_gemm.parse_args(["--kernels", "ws_fp8,ws_fp8@128x128s5p2,ws_int8@64x256s4p1", "--out", "x"])
     assert args.kernel_names == ["ws_fp8", "ws_fp8@128x128s5p2", "ws_int8@64x256s4p1"]
-    assert bench_gemm.ws_config("128x128s5p2") == (128, 128, 5, 2)
+    assert bench_gemm.ws_config("128x128s5p2") == (128, 128, 5, 2, 1)
+    assert bench_gemm.ws_config("128x128s6p1w2") == (128, 128, 6, 1, 2)
     info = bench_gemm.kernel_info("ws_fp8@128x128s5p2")
     assert info.operands == "fp8_row" and info.label == "ws_fp8@128x128s5p2"
     assert bench_gemm.kernel_info("ws_int8").operands == "int8"

@@ -35,7 +35,7 @@ VARIANTS = ([("fp8", True, c) for c in ws.CONFIGS["fp8_promote"]]
 
 def _ids(v):
     kind, promote, c = v
-    return f"{kind}{'-promote' if promote else ''}-{c.bm}x{c.bn}s{c.stages}p{c.split}"
+    return f"{kind}{'-promote' if promote else ''}-{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}"
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_promotion_adds_overlap_the_next_mma(built, variant):
         elif in_flight and name == "FADD":
             overlapped += 1
     cfg = variant[2]
-    tile = cfg.bm * cfg.bn // (32 * cfg.warps)  # float32 values of the tile a thread holds
+    tile = cfg.bn // 2  # float32 values of its rows' tile a thread holds (m64 rows per warpgroup)
     # the main loop adds a whole tile per chunk, in flight: SPLIT 1 unrolls two chunks, SPLIT 2 one
     assert overlapped >= (2 if cfg.split == 1 else 1) * tile
 
@@ -103,6 +103,7 @@ def test_unpromoted_chain_keeps_one_group_in_flight(built, variant):
     (ws.WsConfig(96, 128, 4, 1), "fp8", True, "BM must be 64 or 128"),
     (ws.WsConfig(128, 256, 3, 2), "int8", False, "SPLIT 2 is for promoted fp8"),
     (ws.WsConfig(128, 256, 5, 1), "fp8", False, "shared memory"),
+    (ws.WsConfig(64, 128, 6, 1, wgs=2), "fp8", True, "two MMA partitions .wgs 2. split a 128-row tile"),
 ])
 def test_bad_configs_say_what_is_wrong(cfg, kind, promote, message):
     with pytest.raises(UserError, match=message):

@@ -15,8 +15,9 @@ Kernels (--kernels, comma-separated; default: all but gemm8_fp8_mma):
   ws_fp8_fast         gemm8_ws fp8 without promotion
   ws_int8             gemm8_ws int8
 
-A gemm8_ws kernel takes a fixed tile with a suffix, BMxBN s STAGES p SPLIT (the candidates are
-gemm8_ws.CONFIGS): ws_fp8@128x128s5p2; without one, gemm8_ws.default_config(M).
+A gemm8_ws kernel takes a fixed tile with a suffix, BMxBN s STAGES p SPLIT [w WGS] (the candidates are
+gemm8_ws.CONFIGS; w2 = two MMA partitions): ws_fp8@128x128s5p2, ws_fp8@128x128s6p1w2; without one,
+gemm8_ws.default_config(M).
 
 Each (shape, M, kernel) is timed as CUDA-graph replays of calls that cycle through copies of the operands
 whose total exceeds twice the L2 cache (so weights come from HBM, as in a model), the median replay taken;
@@ -80,15 +81,18 @@ KERNELS = [
 ]
 BY_NAME = {k.name: k for k in KERNELS}
 DEFAULT_KERNELS = [k.name for k in KERNELS if k.name != "gemm8_fp8_mma"]
-WS_CONFIG = re.compile(r"^(\d+)x(\d+)s(\d+)p(\d+)$")
+WS_CONFIG = re.compile(r"^(\d+)x(\d+)s(\d+)p(\d+)(?:w(\d))?$")
 
 
-def ws_config(suffix: str) -> tuple[int, int, int, int]:
-    """'128x128s5p2' -> (BM 128, BN 128, stages 5, split 2), the fields of a gemm8_ws.WsConfig."""
+def ws_config(suffix: str) -> tuple[int, int, int, int, int]:
+    """'128x128s5p2' -> (BM 128, BN 128, stages 5, split 2, MMA partitions 1); '...w2': two MMA partitions.
+    The fields of a gemm8_ws.WsConfig."""
     match = WS_CONFIG.match(suffix)
     if not match:
-        raise UserError(f"--kernels: a gemm8_ws tile is BMxBNsSTAGESpSPLIT (e.g. 128x128s5p1), got {suffix!r}")
-    return tuple(map(int, match.groups()))
+        raise UserError(f"--kernels: a gemm8_ws tile is BMxBNsSTAGESpSPLIT[wWGS] (e.g. 128x128s5p1, 128x128s6p1w2), "
+                        f"got {suffix!r}")
+    bm, bn, stages, split, wgs = match.groups()
+    return int(bm), int(bn), int(stages), int(split), int(wgs or 1)
 
 
 def kernel_info(name: str) -> Kernel:
@@ -224,7 +228,11 @@ def kernel_call(name: str, ops: dict) -> Callable[[], torch.Tensor]:
     if base.startswith("ws_"):
         from mlperf_llama2.quant.gemm8_ws import WsConfig, gemm8_ws
 
-        cfg = WsConfig(*ws_config(suffix)) if suffix else None
+        if suffix:
+            bm, bn, stages, split, wgs = ws_config(suffix)
+            cfg = WsConfig(bm, bn, stages, split, wgs=wgs)
+        else:
+            cfg = None
         kind = "int8" if base == "ws_int8" else "fp8"
         promote = 128 if base == "ws_fp8" else 0
         return lambda: gemm8_ws(x, w, sx, sw, None, half, kind=kind, promote_every=promote, config=cfg)

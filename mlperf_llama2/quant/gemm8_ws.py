@@ -42,6 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.gemm8_triton import KINDS, MAX_PROMOTE, check_args
 
+MMA_WORKER_REGS = gl.constexpr(232)  # the second MMA partition (two-partition mode), as the first gets
 LOADER_REGS = gl.constexpr(40)  # the TMA warp needs scalars only; the MMA warps get the registers it gives back
 
 
@@ -56,10 +57,17 @@ class WsConfig:
     split: int = 1
     group_m: int = 8
     bk: int = 128
+    wgs: int = 1  # MMA partitions: 1 (all BM rows, BM / 16 warps) or 2 (two 4-warp partitions of 64 rows each)
 
     @property
     def warps(self) -> int:
-        return self.bm // 16
+        """The kernel's num_warps = its default (first MMA) partition's warps."""
+        return 4 if self.wgs == 2 else self.bm // 16
+
+    @property
+    def rows(self) -> int:
+        """Rows of the tile one MMA partition computes."""
+        return self.bm // self.wgs
 
     def smem_bytes(self, out_bytes: int = 2) -> int:
         """The operand ring plus the output tile(s) (`out_bytes` a value) plus barriers, rounded up."""
@@ -68,7 +76,7 @@ class WsConfig:
     def maxnreg(self) -> int:
         """Registers per thread asked at launch: the loader's warpgroup keeps LOADER_REGS and the MMA warps
         receive the rest of the 64 K register file (setmaxnreg), 232 for two warpgroups, 256 for one."""
-        total_warps = self.warps + 4
+        total_warps = self.bm // 16 + 4  # MMA warps + the loader's warpgroup
         return min(256, 65536 // (32 * total_warps) // 8 * 8)
 
 
@@ -77,8 +85,9 @@ class WsConfig:
 # tile cannot hold the promoted pipeline's partial sums in registers (256 a thread), hence 128 x 128 there.
 CONFIGS = {
     "fp8_promote": [WsConfig(128, 128, 5, 1), WsConfig(128, 128, 6, 1), WsConfig(128, 128, 5, 2),
-                    WsConfig(64, 128, 6, 1)],
-    "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1)],
+                    WsConfig(64, 128, 6, 1), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(128, 128, 6, 2, wgs=2)],
+    "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1),
+             WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2)],
 }
 SMALL_M = 64  # up to this many rows a 64-row tile wastes less of the MMA
 # First choice per family, from the H100 sweep (docs/results/bench_gemm_ws_70b_h100.json, 70B shapes, M 256 to
@@ -117,7 +126,7 @@ def _mma_layout(bm, bn, is_fp8):
 
 
 @gluon.jit
-def _tile_mn(tile, num_m, num_n, GROUP_M: gl.constexpr):
+def _tile_mn(tile, num_m, num_n, GROUP_M):
     """Grouped order (GROUP_M tile rows sweep the N tiles together), as gemm8_triton._tile_coords."""
     per_group = GROUP_M * num_n
     first_m = (tile // per_group) * GROUP_M
@@ -168,14 +177,15 @@ def _store(y, c_desc, c_buf, m0, n0):
 
 
 @gluon.jit
-def _mma_chain(a_bufs, b_bufs, ready, empty, it, k_steps, acc, STAGES: gl.constexpr):
+def _mma_chain(a_bufs, b_bufs, ready, empty, it, k_steps, acc, ROW0: gl.constexpr, STAGES: gl.constexpr):
     """Unpromoted: every chunk's MMA accumulates on `acc`; one MMA group stays in flight (wait_group 1) and
     the slot of the finished one is released."""
     prev_s = 0
     for ks in range(k_steps):
         s = it % STAGES
         mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-        tok = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc, is_async=True)
+        tok = warpgroup_mma(_rows(a_bufs.index(s), ROW0, acc.shape[0]), b_bufs.index(s).permute((1, 0)), acc,
+                            is_async=True)
         acc = warpgroup_mma_wait(1, deps=(tok,))
         mbarrier.arrive(empty.index(prev_s), count=1, pred=ks > 0)
         prev_s = s
@@ -186,14 +196,25 @@ def _mma_chain(a_bufs, b_bufs, ready, empty, it, k_steps, acc, STAGES: gl.conste
 
 
 @gluon.jit
-def _issue(a_bufs, b_bufs, ready, it, zero, col0: gl.constexpr, cols: gl.constexpr, STAGES: gl.constexpr):
-    """Wait for chunk `it`'s slot and start its MMA from zero on columns [col0, col0 + cols) of the tile."""
+def _issue(a_bufs, b_bufs, ready, it, zero, col0: gl.constexpr, cols: gl.constexpr, ROW0: gl.constexpr,
+           STAGES: gl.constexpr):
+    """Wait for chunk `it`'s slot and start its MMA from zero on columns [col0, col0 + cols) of the tile, for
+    the partition's rows [ROW0, ROW0 + zero.shape[0])."""
     s = it % STAGES
     mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+    a = _rows(a_bufs.index(s), ROW0, zero.shape[0])
     b = b_bufs.index(s)
     if cols != b.shape[0]:
         b = b.slice(col0, cols, dim=0)
-    return warpgroup_mma(a_bufs.index(s), b.permute((1, 0)), zero, use_acc=False, is_async=True)
+    return warpgroup_mma(a, b.permute((1, 0)), zero, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _rows(a, ROW0: gl.constexpr, ROWS: gl.constexpr):
+    """The partition's rows of an A tile in shared memory (all of them with one MMA partition)."""
+    if ROWS != a.shape[0]:
+        a = a.slice(ROW0, ROWS, dim=0)
+    return a
 
 
 # Promoted fp8. ptxas keeps warpgroup MMAs asynchronous only if no other instruction reads an accumulator while
@@ -202,30 +223,30 @@ def _issue(a_bufs, b_bufs, ready, it, zero, col0: gl.constexpr, cols: gl.constex
 # next piece's MMA is in flight. Order of the adds = the order of the chunks, as in gemm8_triton's "adds".
 
 @gluon.jit
-def _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES: gl.constexpr):
+def _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl.constexpr, STAGES: gl.constexpr):
     """Whole-tile pieces, two partial-sum buffers X and Y taking turns (the loop does two chunks a turn so
     that the buffers keep their registers)."""
     BN: gl.constexpr = zero.shape[1]
     sx = it % STAGES
-    x = warpgroup_mma_wait(0, deps=(_issue(a_bufs, b_bufs, ready, it, zero, 0, BN, STAGES),))
+    x = warpgroup_mma_wait(0, deps=(_issue(a_bufs, b_bufs, ready, it, zero, 0, BN, ROW0, STAGES),))
     it += 1
     acc = zero
     for _ in range((k_steps - 1) // 2):
         sy = it % STAGES
-        yt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, STAGES)
+        yt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, ROW0, STAGES)
         acc = acc + x
         mbarrier.arrive(empty.index(sx), count=1)
         y = warpgroup_mma_wait(0, deps=(yt,))
         it += 1
         sx = it % STAGES
-        xt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, STAGES)
+        xt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, ROW0, STAGES)
         acc = acc + y
         mbarrier.arrive(empty.index(sy), count=1)
         x = warpgroup_mma_wait(0, deps=(xt,))
         it += 1
     if (k_steps - 1) % 2 == 1:
         sy = it % STAGES
-        yt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, STAGES)
+        yt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, ROW0, STAGES)
         acc = acc + x
         mbarrier.arrive(empty.index(sx), count=1)
         y = warpgroup_mma_wait(0, deps=(yt,))
@@ -239,13 +260,13 @@ def _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES: gl.co
 
 
 @gluon.jit
-def _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES: gl.constexpr):
+def _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl.constexpr, STAGES: gl.constexpr):
     """Half-tile pieces: the MMA of chunk c's left half runs while chunk c-1's right half is added, the right
     half's while the left half is added."""
     HALF: gl.constexpr = zero.shape[1]
     s = it % STAGES
-    lo = warpgroup_mma_wait(0, deps=(_issue(a_bufs, b_bufs, ready, it, zero, 0, HALF, STAGES),))
-    ht = _issue(a_bufs, b_bufs, ready, it, zero, HALF, HALF, STAGES)
+    lo = warpgroup_mma_wait(0, deps=(_issue(a_bufs, b_bufs, ready, it, zero, 0, HALF, ROW0, STAGES),))
+    ht = _issue(a_bufs, b_bufs, ready, it, zero, HALF, HALF, ROW0, STAGES)
     acc_lo = zero + lo
     hi = warpgroup_mma_wait(0, deps=(ht,))
     acc_hi = zero
@@ -253,11 +274,11 @@ def _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES: gl.co
     it += 1
     for _ in range(1, k_steps):
         s = it % STAGES
-        lt = _issue(a_bufs, b_bufs, ready, it, zero, 0, HALF, STAGES)
+        lt = _issue(a_bufs, b_bufs, ready, it, zero, 0, HALF, ROW0, STAGES)
         acc_hi = acc_hi + hi
         mbarrier.arrive(empty.index(prev_s), count=1)  # chunk c-1 complete: its slot is free
         lo = warpgroup_mma_wait(0, deps=(lt,))
-        ht = _issue(a_bufs, b_bufs, ready, it, zero, HALF, HALF, STAGES)
+        ht = _issue(a_bufs, b_bufs, ready, it, zero, HALF, HALF, ROW0, STAGES)
         acc_lo = acc_lo + lo
         hi = warpgroup_mma_wait(0, deps=(ht,))
         prev_s = s
@@ -270,69 +291,168 @@ def _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES: gl.co
 @gluon.jit
 def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                    NUM_PROGRAMS, IS_FP8: gl.constexpr, PROMOTE: gl.constexpr, HAS_BIAS: gl.constexpr,
-                   BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, GROUP_M: gl.constexpr,
-                   STAGES: gl.constexpr, SPLIT: gl.constexpr):
+                   BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, GROUP_M,
+                   STAGES: gl.constexpr, SPLIT: gl.constexpr, ROW0: gl.constexpr, ROWS: gl.constexpr):
+    """One MMA partition: rows [ROW0, ROW0 + ROWS) of every BM x BN tile, its main loop and its epilogue (output
+    buffers SPLIT * ROW0 / ROWS onwards: one set per partition)."""
+    C0: gl.constexpr = SPLIT * ROW0 // ROWS
     num_m = gl.cdiv(M, BM)
     num_n = gl.cdiv(N, BN)
     k_steps = gl.cdiv(K, BK)
     it = 0
     if PROMOTE:
         HALF: gl.constexpr = BN // SPLIT
-        layout: gl.constexpr = _mma_layout(BM, HALF, True)
-        zero = gl.zeros([BM, HALF], gl.float32, layout)
+        layout: gl.constexpr = _mma_layout(ROWS, HALF, True)
+        zero = gl.zeros([ROWS, HALF], gl.float32, layout)
         for tile in range(gl.program_id(0), num_m * num_n, NUM_PROGRAMS):
             pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
-            m0 = pid_m * BM
+            m0 = pid_m * BM + ROW0
             n0 = pid_n * BN
             if SPLIT == 1:
-                acc, it = _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES)
+                acc, it = _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0, STAGES)
                 _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS, layout), c_desc,
-                       c_bufs.index(0), m0, n0)
+                       c_bufs.index(C0), m0, n0)
             else:
-                acc_lo, acc_hi, it = _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES)
+                acc_lo, acc_hi, it = _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0, STAGES)
                 y_lo = _rescale(acc_lo, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS, layout)
                 y_hi = _rescale(acc_hi, sx_ptr, sw_ptr, bias_ptr, m0, n0 + HALF, M, N, HAS_BIAS, layout)
                 tma.store_wait(0)
-                c_bufs.index(0).store(y_lo.to(c_desc.dtype))
-                c_bufs.index(1).store(y_hi.to(c_desc.dtype))
+                c_bufs.index(C0).store(y_lo.to(c_desc.dtype))
+                c_bufs.index(C0 + 1).store(y_hi.to(c_desc.dtype))
                 fence_async_shared()
-                tma.async_copy_shared_to_global(c_desc, [m0, n0], c_bufs.index(0))
-                tma.async_copy_shared_to_global(c_desc, [m0, n0 + HALF], c_bufs.index(1))
+                tma.async_copy_shared_to_global(c_desc, [m0, n0], c_bufs.index(C0))
+                tma.async_copy_shared_to_global(c_desc, [m0, n0 + HALF], c_bufs.index(C0 + 1))
     else:
-        layout: gl.constexpr = _mma_layout(BM, BN, IS_FP8)
+        layout: gl.constexpr = _mma_layout(ROWS, BN, IS_FP8)
         if IS_FP8:
-            zero = gl.zeros([BM, BN], gl.float32, layout)
+            zero = gl.zeros([ROWS, BN], gl.float32, layout)
         else:
-            zero = gl.zeros([BM, BN], gl.int32, layout)
+            zero = gl.zeros([ROWS, BN], gl.int32, layout)
         for tile in range(gl.program_id(0), num_m * num_n, NUM_PROGRAMS):
             pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
-            acc, it = _mma_chain(a_bufs, b_bufs, ready, empty, it, k_steps, zero, STAGES)
-            _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, pid_m * BM, pid_n * BN, M, N, HAS_BIAS, layout), c_desc,
-                   c_bufs.index(0), pid_m * BM, pid_n * BN)
+            acc, it = _mma_chain(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0, STAGES)
+            m0 = pid_m * BM + ROW0
+            _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, m0, pid_n * BN, M, N, HAS_BIAS, layout), c_desc,
+                   c_bufs.index(C0), m0, pid_n * BN)
     tma.store_wait(0)
 
 
 @gluon.jit
 def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                      NUM_PROGRAMS, IS_FP8: gl.constexpr, PROMOTE: gl.constexpr,
-                     HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, SPLIT: gl.constexpr):
+                     HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, SPLIT: gl.constexpr,
+                     WGS: gl.constexpr):
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = b_desc.block_type.shape[0]
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
-    c_bufs = gl.allocate_shared_memory(c_desc.dtype, [SPLIT] + c_desc.block_type.shape, c_desc.layout)
+    c_bufs = gl.allocate_shared_memory(c_desc.dtype, [SPLIT * WGS] + c_desc.block_type.shape, c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    gl.warp_specialize([
-        (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
-                          NUM_PROGRAMS, IS_FP8, PROMOTE, HAS_BIAS, BM, BN, BK, GROUP_M, STAGES, SPLIT)),
-        (_loader, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS, BM, BN, BK, GROUP_M,
-                   STAGES)),
-    ], [1], [LOADER_REGS])
+        mbarrier.init(empty.index(i), count=WGS)  # every MMA partition releases the slot
+    if WGS == 1:
+        gl.warp_specialize([
+            (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                              NUM_PROGRAMS, IS_FP8, PROMOTE, HAS_BIAS, BM, BN, BK, GROUP_M, STAGES, SPLIT, 0, BM)),
+            (_loader, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS, BM, BN, BK, GROUP_M,
+                       STAGES)),
+        ], [1], [LOADER_REGS])
+    else:
+        # two 4-warp MMA partitions, rows 0-63 and 64-127: each waits for its own MMA groups while the other's
+        # run (no barrier joins them but the slots' mbarriers). Triton 3.6 hands worker partitions their
+        # arguments as runtime values, so a worker reads its constants from the types (descriptor blocks, buffer
+        # shapes) and takes PROMOTE / HAS_BIAS from which function it is; the workers share one signature.
+        # (one call per worker function: a JIT function cannot be held in a variable)
+        if PROMOTE and HAS_BIAS:
+            gl.warp_specialize([
+                (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                                  NUM_PROGRAMS, IS_FP8, PROMOTE, HAS_BIAS, BM, BN, BK, GROUP_M, STAGES, SPLIT, 0,
+                                  BM // 2)),
+                (_loader_worker, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
+                                  bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
+                (_mma_worker_pb, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr,
+                          M, N, K, NUM_PROGRAMS, GROUP_M)),
+            ], [1, 4], [LOADER_REGS, MMA_WORKER_REGS])
+        elif PROMOTE:
+            gl.warp_specialize([
+                (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                                  NUM_PROGRAMS, IS_FP8, PROMOTE, HAS_BIAS, BM, BN, BK, GROUP_M, STAGES, SPLIT, 0,
+                                  BM // 2)),
+                (_loader_worker, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
+                                  bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
+                (_mma_worker_p, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr,
+                          M, N, K, NUM_PROGRAMS, GROUP_M)),
+            ], [1, 4], [LOADER_REGS, MMA_WORKER_REGS])
+        elif HAS_BIAS:
+            gl.warp_specialize([
+                (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                                  NUM_PROGRAMS, IS_FP8, PROMOTE, HAS_BIAS, BM, BN, BK, GROUP_M, STAGES, SPLIT, 0,
+                                  BM // 2)),
+                (_loader_worker, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
+                                  bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
+                (_mma_worker_cb, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr,
+                          M, N, K, NUM_PROGRAMS, GROUP_M)),
+            ], [1, 4], [LOADER_REGS, MMA_WORKER_REGS])
+        else:
+            gl.warp_specialize([
+                (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                                  NUM_PROGRAMS, IS_FP8, PROMOTE, HAS_BIAS, BM, BN, BK, GROUP_M, STAGES, SPLIT, 0,
+                                  BM // 2)),
+                (_loader_worker, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
+                                  bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
+                (_mma_worker_c, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr,
+                          M, N, K, NUM_PROGRAMS, GROUP_M)),
+            ], [1, 4], [LOADER_REGS, MMA_WORKER_REGS])
+
+
+@gluon.jit
+def _loader_worker(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                   NUM_PROGRAMS, GROUP_M):
+    _loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS, a_desc.block_type.shape[0],
+            b_desc.block_type.shape[0], a_desc.block_type.shape[1], GROUP_M, a_bufs.shape[0])
+
+
+@gluon.jit
+def _second_mma(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                NUM_PROGRAMS, GROUP_M, PROMOTE: gl.constexpr, HAS_BIAS: gl.constexpr):
+    """The second MMA partition (rows 64-127), its constants read from the types."""
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    BN: gl.constexpr = b_desc.block_type.shape[0]
+    ROWS: gl.constexpr = c_desc.block_type.shape[0]
+    _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K, NUM_PROGRAMS,
+                   a_desc.dtype.is_fp8(), PROMOTE, HAS_BIAS, BM, BN, a_desc.block_type.shape[1], GROUP_M,
+                   a_bufs.shape[0], BN // c_desc.block_type.shape[1], ROWS, ROWS)
+
+
+@gluon.jit
+def _mma_worker_p(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                  NUM_PROGRAMS, GROUP_M):
+    _second_mma(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                NUM_PROGRAMS, GROUP_M, True, False)
+
+
+@gluon.jit
+def _mma_worker_pb(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                   NUM_PROGRAMS, GROUP_M):
+    _second_mma(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                NUM_PROGRAMS, GROUP_M, True, True)
+
+
+@gluon.jit
+def _mma_worker_c(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                  NUM_PROGRAMS, GROUP_M):
+    _second_mma(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                NUM_PROGRAMS, GROUP_M, False, False)
+
+
+@gluon.jit
+def _mma_worker_cb(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                   NUM_PROGRAMS, GROUP_M):
+    _second_mma(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
+                NUM_PROGRAMS, GROUP_M, False, True)
 
 
 _GL_DTYPE = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8, torch.float16: gl.float16,
@@ -342,7 +462,7 @@ _GL_DTYPE = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8, torch.floa
 def operand_layouts(cfg: WsConfig, kind: str, out_dtype: torch.dtype):
     """The NVMMA shared layouts of the A [BM, BK], B [BN, BK] and C [BM, BN / SPLIT] tiles (TMA and wgmma)."""
     op = gl.float8e4nv if kind == "fp8" else gl.int8
-    c_block = [cfg.bm, cfg.bn // cfg.split]
+    c_block = [cfg.rows, cfg.bn // cfg.split]
     return ([cfg.bm, cfg.bk], gl.NVMMASharedLayout.get_default_for([cfg.bm, cfg.bk], op)), \
         ([cfg.bn, cfg.bk], gl.NVMMASharedLayout.get_default_for([cfg.bn, cfg.bk], op)), \
         (c_block, gl.NVMMASharedLayout.get_default_for(c_block, _GL_DTYPE[out_dtype]))
@@ -353,6 +473,8 @@ def check_config(cfg: WsConfig, kind: str, promote: bool, out_bytes: int = 2) ->
         raise UserError(f"gemm8_ws: BM must be 64 or 128 and BK {MAX_PROMOTE}, got {cfg}")
     if cfg.split not in (1, 2) or (cfg.split == 2 and not promote) or cfg.bn % (8 * cfg.split):
         raise UserError(f"gemm8_ws: SPLIT 2 is for promoted fp8 and BN / SPLIT must be a multiple of 8, got {cfg}")
+    if cfg.wgs not in (1, 2) or (cfg.wgs == 2 and cfg.bm != 128):
+        raise UserError(f"gemm8_ws: two MMA partitions (wgs 2) split a 128-row tile, got {cfg}")
     if cfg.smem_bytes(out_bytes) > 227 * 1024:
         raise UserError(f"gemm8_ws: {cfg} needs {cfg.smem_bytes(out_bytes)} B of shared memory with a "
                         f"{out_bytes}-byte output (227 KB on sm_90): fewer stages")
@@ -397,7 +519,8 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     _gemm8_ws_kernel[(programs,)](
         a, b, c, s_x, s_w, bias if bias is not None else s_w, m, n, k, programs,
         IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=bias is not None,
-        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, num_warps=cfg.warps, maxnreg=cfg.maxnreg(),
+        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, WGS=cfg.wgs, num_warps=cfg.warps,
+        maxnreg=cfg.maxnreg(),
         enable_fp_fusion=False)
     return out
 
@@ -416,7 +539,7 @@ def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_
     out = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[out_dtype]
     kernel = _gemm8_ws_kernel
     consts = dict(IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=has_bias, GROUP_M=cfg.group_m, STAGES=cfg.stages,
-                  SPLIT=cfg.split)
+                  SPLIT=cfg.split, WGS=cfg.wgs)
     sig = {"a_desc": f"tensordesc<{op}{a_block},{a_layout!r}>", "b_desc": f"tensordesc<{op}{b_block},{b_layout!r}>",
            "c_desc": f"tensordesc<{out}{c_block},{c_layout!r}>", "sx_ptr": "*fp32", "sw_ptr": "*fp32",
            "bias_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "NUM_PROGRAMS": "i32"}

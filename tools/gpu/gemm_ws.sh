@@ -11,7 +11,7 @@ timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -x tests/test_gemm8_
     | tee "$OUT"/ws/gpu_tests.txt | tail -15
 WS=$(python3 -c "
 from mlperf_llama2.quant.gemm8_ws import CONFIGS
-tile = lambda c: f'{c.bm}x{c.bn}s{c.stages}p{c.split}'
+tile = lambda c: f'{c.bm}x{c.bn}s{c.stages}p{c.split}' + ('w2' if c.wgs == 2 else '')
 print(','.join([f'ws_fp8@{tile(c)}' for c in CONFIGS['fp8_promote']]
                + [f'ws_{k}@{tile(c)}' for k in ('fp8_fast', 'int8') for c in CONFIGS['fast']]))")
 timeout ${BENCH_S:-400} python3 tools/bench_gemm.py --m-list ${M_LIST:-256,1024,4096} \
