@@ -93,9 +93,13 @@ def test_ws_needs_a_hopper_gpu():
         preflight.check_engine(cfg)
 
 
-def test_main_refuses_before_loading(tmp_path, tiny_model_dir):
-    result = run(["--backend", "engine", "--model-path", tiny_model_dir, "--device", "cpu", "--quantization", "fp8",
-                  "--engine-gemm", "triton", "--output-log-dir", tmp_path / "out"], tmp_path, timeout=120)
+def test_main_refuses_before_loading(tmp_path, tiny_tokenizer_dir, tiny_model_dir):
+    from loadgen_fixtures import write_dataset
+
+    write_dataset(tmp_path / "data.pkl", tiny_tokenizer_dir)
+    result = run(["--backend", "engine", "--model-path", tiny_model_dir, "--dataset-path", tmp_path / "data.pkl",
+                  "--device", "cpu", "--quantization", "fp8", "--engine-gemm", "triton", "--output-log-dir",
+                  tmp_path / "out"], tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "--engine-gemm triton chooses among CUDA GEMMs" in lines[0], result.stderr[-2000:]

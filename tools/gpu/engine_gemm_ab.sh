@@ -15,7 +15,7 @@ for mode in ${MODES:-int8 all fp8}; do
     fp8)  ARGS=(--weights fp8 --kv-cache-dtype fp8) ;;
   esac
   for gemm in auto ws; do
-    timeout "${BENCH_TIMEOUT:-100}" python3 tools/bench.py "${COMMON[@]}" "${ARGS[@]}" --engine-gemm $gemm \
-        --out "$OUT"/${mode}_$gemm 2>&1 | grep -v "^WARNING\|Warning" | tail -4
+    timeout "${BENCH_TIMEOUT:-100}" python3 tools/bench.py "${COMMON[@]}" "${ARGS[@]}" --engine-gemm "$gemm" \
+        --out "$OUT/${mode}_${gemm}" 2>&1 | grep -v "^WARNING\|Warning" | tail -4
   done
 done

@@ -14,5 +14,5 @@ from mlperf_llama2.quant.gemm8_ws import CONFIGS
 tile = lambda c: f'{c.bm}x{c.bn}s{c.stages}p{c.split}' + ('w2' if c.wgs == 2 else '')
 print(','.join([f'ws_fp8@{tile(c)}' for c in CONFIGS['fp8_promote']]
                + [f'ws_{k}@{tile(c)}' for k in ('fp8_fast', 'int8') for c in CONFIGS['fast']]))")
-timeout ${BENCH_S:-400} python3 tools/bench_gemm.py --m-list ${M_LIST:-256,1024,4096} \
-    --kernels scaled_mm_row,scaled_mm_row_fast,gemm8_fp8,gemm8_fp8_fast,gemm8_int8,$WS --out "$OUT"/ws 2>&1 | tail -40
+timeout "${BENCH_S:-400}" python3 tools/bench_gemm.py --m-list "${M_LIST:-256,1024,4096}" \
+    --kernels scaled_mm_row,scaled_mm_row_fast,gemm8_fp8,gemm8_fp8_fast,gemm8_int8,"$WS" --out "$OUT"/ws 2>&1 | tail -40
