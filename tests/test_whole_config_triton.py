@@ -334,8 +334,9 @@ def test_silu_mul_reference_is_simulate(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_rope_reference_is_simulate(dtype):
-    """RoPE's QuantAdd on [B, heads, S, D] as llama_slots runs it, then Q's per-token int8 across all heads."""
-    qkv, positions, cos, sin, slot_mapping, *_ = _rope_inputs(dtype)
+    """RoPE's QuantAdd on [B, heads, S, D] as llama_slots runs it, then Q's per-token int8 across all heads.
+    Both sides are torch (the reference and the simulate modules, whose observers live on the CPU): on the CPU."""
+    qkv, positions, cos, sin, slot_mapping = (t.cpu() for t in _rope_inputs(dtype)[:5])
     layer = "model.layers.0.self_attn."
     adds = {}
     for x, name, heads, offset in (("q", "rotary_add_q", H, 0), ("k", "rotary_add_k", KV, H * D)):
