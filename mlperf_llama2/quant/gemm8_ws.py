@@ -29,7 +29,6 @@ those measurements exist. No TRITON_INTERPRET path: Gluon has no interpreter.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Optional
 
 import torch
@@ -40,7 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 
 from mlperf_llama2.errors import UserError
-from mlperf_llama2.quant.gemm8_triton import KINDS, MAX_PROMOTE, check_args
+from mlperf_llama2.quant.gemm8_triton import MAX_PROMOTE, _num_sms, check_args
 
 MMA_WORKER_REGS = gl.constexpr(232)  # the second MMA partition (two-partition mode), as the first gets
 LOADER_REGS = gl.constexpr(40)  # the TMA warp needs scalars only; the MMA warps get the registers it gives back
@@ -365,7 +364,8 @@ def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
         # run (no barrier joins them but the slots' mbarriers). Triton 3.6 hands worker partitions their
         # arguments as runtime values, so a worker reads its constants from the types (descriptor blocks, buffer
         # shapes) and takes PROMOTE / HAS_BIAS from which function it is; the workers share one signature.
-        # (one call per worker function: a JIT function cannot be held in a variable)
+        # (one call per worker function: Triton 3.6 cannot hold a JIT function in a variable, nor hand
+        # warp_specialize one passed as a constexpr argument; tried)
         if PROMOTE and HAS_BIAS:
             gl.warp_specialize([
                 (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
@@ -373,8 +373,8 @@ def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                                   BM // 2)),
                 (_loader_worker, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
                                   bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
-                (_mma_worker_pb, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr,
-                          M, N, K, NUM_PROGRAMS, GROUP_M)),
+                (_mma_worker_pb, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
+                                  bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
             ], [1, 4], [LOADER_REGS, MMA_WORKER_REGS])
         elif PROMOTE:
             gl.warp_specialize([
@@ -383,8 +383,8 @@ def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                                   BM // 2)),
                 (_loader_worker, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
                                   bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
-                (_mma_worker_p, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr,
-                          M, N, K, NUM_PROGRAMS, GROUP_M)),
+                (_mma_worker_p, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
+                                  bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
             ], [1, 4], [LOADER_REGS, MMA_WORKER_REGS])
         elif HAS_BIAS:
             gl.warp_specialize([
@@ -393,8 +393,8 @@ def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                                   BM // 2)),
                 (_loader_worker, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
                                   bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
-                (_mma_worker_cb, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr,
-                          M, N, K, NUM_PROGRAMS, GROUP_M)),
+                (_mma_worker_cb, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
+                                  bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
             ], [1, 4], [LOADER_REGS, MMA_WORKER_REGS])
         else:
             gl.warp_specialize([
@@ -403,8 +403,8 @@ def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                                   BM // 2)),
                 (_loader_worker, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
                                   bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
-                (_mma_worker_c, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr,
-                          M, N, K, NUM_PROGRAMS, GROUP_M)),
+                (_mma_worker_c, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
+                                  bias_ptr, M, N, K, NUM_PROGRAMS, GROUP_M)),
             ], [1, 4], [LOADER_REGS, MMA_WORKER_REGS])
 
 
@@ -480,11 +480,6 @@ def check_config(cfg: WsConfig, kind: str, promote: bool, out_bytes: int = 2) ->
                         f"{out_bytes}-byte output (227 KB on sm_90): fewer stages")
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optional[torch.Tensor],
              out_dtype: torch.dtype, *, kind: str = "fp8", promote_every: int = MAX_PROMOTE,
              config: Optional[WsConfig] = None, num_programs: Optional[int] = None) -> torch.Tensor:
@@ -493,7 +488,7 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     fp8: promote_every 128 (float32 promotion every 128 elements of K) or 0 (none); int8 exact. sm_90 only,
     K a multiple of 16 and N of 8 (TMA's 16-byte strides)."""
     check_args(qx, qw, s_x, s_w, kind, promote_every, "adds")
-    if kind not in KINDS or promote_every not in (0, MAX_PROMOTE):
+    if promote_every not in (0, MAX_PROMOTE):  # (kind, dtypes and shapes: check_args)
         raise UserError(f"gemm8_ws: promote_every must be 0 or {MAX_PROMOTE}, got {promote_every}")
     m, k = qx.shape
     n = qw.shape[0]
