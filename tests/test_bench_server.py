@@ -64,3 +64,74 @@ def test_best_point_is_the_highest_meeting_the_limits():
     assert not bench_server.meets(failed, bench_server.SERVER)
     assert bench_server.meets({**failed, "failures": 0}, bench_server.INTERACTIVE)
     assert not bench_server.meets({"ttft_p99_ms": 10.0, "tpot_p99_ms": 41.0}, bench_server.INTERACTIVE)
+
+
+def test_step_limits_are_lowered_and_restored_within_what_the_engine_was_built_for():
+    from types import SimpleNamespace
+
+    from mlperf_llama2.engine.config import EngineConfig
+    from mlperf_llama2.engine.llm_engine import LLMEngine
+    from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+
+    engine = LLMEngine(SimpleNamespace(num_blocks=64), EngineConfig(max_num_seqs=8, max_num_batched_tokens=128), 2)
+    engine.set_step_limits(2, 24)
+    for i in range(4):
+        engine.scheduler.add(Sequence.create(i, list(range(3, 23)), SamplingParams(4)))
+    batch = engine.scheduler.schedule()
+    assert [n for _, n in batch.items] == [20, 4]  # 24 tokens, and the second prompt chunked to fit them
+    assert len(engine.scheduler.running) == 2
+    for bad in ({"max_num_seqs": 9}, {"max_num_batched_tokens": 0}, {"max_num_batched_tokens": 129}):
+        with pytest.raises(ValueError, match="built for 1\\.\\."):
+            engine.set_step_limits(**bad)
+    engine.set_step_limits(max_num_batched_tokens=128)  # restored; the other limit is kept
+    assert (engine.scheduler.max_num_seqs, engine.scheduler.max_num_batched_tokens) == (2, 128)
+
+
+def test_each_swept_setting_gets_its_own_best_point():
+    def point(seqs, tokens, qps, ok, tps):
+        return {"max_num_seqs": seqs, "max_num_batched_tokens": tokens, "qps": qps, "meets_limits": ok,
+                "completed_tokens_per_s": tps, "valid": ok}
+    points = [point(64, 1024, 2.0, True, 500.0), point(64, 1024, 3.0, False, 600.0), point(128, 1024, 2.0, False, 0.0),
+              point(64, 1024, 2.5, True, 550.0), point(64, 4096, 2.0, True, 510.0)]
+    rows = bench_server.setting_bests(points)
+    assert [(r["max_num_seqs"], r["max_num_batched_tokens"], r["points"], r["best_qps"]) for r in rows] == [
+        (64, 1024, 3, 2.5), (128, 1024, 1, None), (64, 4096, 1, 2.0)]
+    assert rows[0]["best_tokens_per_s"] == 550.0 and rows[1]["best_valid"] is None
+    lines = bench_server.sweep_lines({"limits": {"lg_model_name": "m", "ttft_ms": 450, "tpot_ms": 40},
+                                      "min_duration_s": 60, "offline_tokens_per_s": None, "offline_source": None,
+                                      "points": [], "settings": rows, "best_qps": None})
+    assert "--max-num-seqs 128 --max-num-batched-tokens 1024: no point met the limits" in "\n".join(lines)
+    assert "--max-num-seqs 64 --max-num-batched-tokens 1024: highest QPS meeting the limits 2.5 (550 tok/s" \
+        in "\n".join(lines)
+
+
+def test_bench_refuses_a_setting_sweep_without_server_points(tmp_path):
+    proc = run_main(["--shape", "tiny", "--device", "cpu", "--samples", 4, "--ref-samples", 0, "--fidelity-prompts",
+                     0, "--seq-caps", "2,4", "--out", tmp_path / "out"], tmp_path, timeout=120,
+                    script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--server-qps" in lines[0], proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_sweeps_sequence_caps_and_token_budgets_on_one_engine(tmp_path):
+    proc = run_main(["--shape", "tiny", "--layers", 1, "--device", "cpu", "--samples", 0, "--ref-samples", 0,
+                     "--fidelity-prompts", 0, "--output-cap", 4, "--server-qps", 4, "--server-seconds", 1,
+                     "--server-samples", 16, "--offline-json", _offline_json(tmp_path), "--seq-caps", "1,4",
+                     "--token-budgets", "32,256", "--out", tmp_path / "out"], tmp_path, timeout=400,
+                    script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    settings = [(p["max_num_seqs"], p["max_num_batched_tokens"]) for p in result["server"]["points"]]
+    assert settings == [(1, 32), (1, 256), (4, 32), (4, 256)]
+    assert all(p["samples"] == p["samples_loaded"] and not p["failures"] for p in result["server"]["points"])
+    assert [(r["max_num_seqs"], r["max_num_batched_tokens"]) for r in result["server"]["settings"]] == settings
+    table = (tmp_path / "out" / "table.txt").read_text()
+    assert "[seqs 4, budget 256]" in table and "--max-num-seqs 1 --max-num-batched-tokens 32:" in table
+
+
+def _offline_json(tmp_path) -> str:
+    path = tmp_path / "offline.json"
+    path.write_text(json.dumps({"rows": [{"backend": "engine", "tokens_per_s": 100.0}]}))
+    return str(path)

@@ -159,6 +159,12 @@ def main(argv=None) -> int:
                          "--server-auto (default: this run's Offline)")
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--seq-caps", default="",
+                    help="Server/Interactive: comma-separated --max-num-seqs values; every QPS point (explicit or "
+                         "automatic) runs once per cap and token budget, on one engine built for the largest")
+    ap.add_argument("--token-budgets", default="",
+                    help="Server/Interactive: comma-separated --max-num-batched-tokens values (prefill chunk + "
+                         "decodes per step), swept like --seq-caps: the measurement behind a scenario's defaults")
     ap.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                     help="engine KV cache: auto (model dtype), or fp8/int8 with unit scales (timing only)")
     ap.add_argument("--engine-gemm", choices=ENGINE_GEMMS, default="auto",
@@ -195,6 +201,21 @@ def main(argv=None) -> int:
         raise SystemExit("bench: --engine-gemm is not wired into the multi-GPU benchmark yet")
     if args.kv_cache_dtype != "auto" and (args.tensor_parallel > 1 or args.data_parallel > 1):
         raise SystemExit("bench: --kv-cache-dtype fp8/int8 is not wired into the multi-GPU benchmark yet")
+    try:
+        args.seq_caps = [int(v) for v in args.seq_caps.split(",") if v]
+        args.token_budgets = [int(v) for v in args.token_budgets.split(",") if v]
+    except ValueError:
+        raise SystemExit("bench: --seq-caps and --token-budgets take comma-separated integers") from None
+    if min(args.seq_caps + args.token_budgets, default=1) < 1:
+        raise SystemExit("bench: --seq-caps and --token-budgets values must be >= 1")
+    if (args.seq_caps or args.token_budgets) and not (args.server_qps or args.server_auto):
+        raise SystemExit("bench: --seq-caps/--token-budgets sweep the Server points: give --server-qps or "
+                         "--server-auto")
+    if (args.seq_caps or args.token_budgets) and (args.tensor_parallel > 1 or args.data_parallel > 1):
+        raise SystemExit("bench: --seq-caps/--token-budgets are not wired into the multi-GPU benchmark")
+    # one engine serves every setting: built for the largest; Offline runs at --max-num-seqs/--max-num-batched-tokens
+    args.built_seqs = max(args.seq_caps + [args.max_num_seqs])
+    args.built_tokens = max(args.token_budgets + [args.max_num_batched_tokens])
     if not args.samples and (args.ref_samples or args.fidelity_prompts):
         raise SystemExit("bench: --samples 0 has no Offline prompts for the reference and fidelity; "
                          "pass --ref-samples 0 --fidelity-prompts 0")
@@ -266,7 +287,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         result["memory"]["gpu_free_before_engine_gib"] = torch.cuda.mem_get_info(device)[0] / GIB
 
-    econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+    econf = EngineConfig(max_num_seqs=args.built_seqs, max_num_batched_tokens=args.built_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
                          gemm=args.engine_gemm)
     kv_scales = None
@@ -310,6 +331,7 @@ def main(argv=None) -> int:
     roof = roofline_tokens_per_s(cfg, w_p, w_o, live, dtype.itemsize, 1 if args.weights in ("int8", "fp8") else None,
                                  kv_bytes)
     if args.samples:
+        engine.set_step_limits(args.max_num_seqs, args.max_num_batched_tokens)
         engine_offline(args, engine, prompts, o_len, roof, result, lg_dir)
         save()
     if server_on:
@@ -382,18 +404,27 @@ def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> di
     runs = bench_server.ServerRuns(backend, dataset, limits, args.server_seconds, os.path.join(lg_dir, "server"))
     sweep["user_conf"] = runs.user_conf
 
-    def measure(qps: float) -> dict:
-        point = runs.measure(qps)
-        sweep["points"].append(point)
-        log.info("%s", bench_server.point_line(point))
-        result["server"] = sweep
-        save()
-        return point
+    # the per-step limits swept (--seq-caps x --token-budgets); without them the one setting of the run
+    settings = [(seqs, tokens) for seqs in args.seq_caps or [args.max_num_seqs]
+                for tokens in args.token_budgets or [args.max_num_batched_tokens]]
+    for seqs, tokens in settings:
+        engine.set_step_limits(seqs, tokens)
 
-    for qps in explicit:
-        measure(qps)
-    if args.server_auto:
-        bench_server.auto_sweep(sweep["capacity_qps"], measure, args.server_auto, limits.auto_range)
+        def measure(qps: float) -> dict:
+            point = runs.measure(qps)
+            point.update(max_num_seqs=seqs, max_num_batched_tokens=tokens)  # measure runs within this iteration
+            sweep["points"].append(point)
+            log.info("%s", bench_server.point_line(point))
+            result["server"] = sweep
+            save()
+            return point
+
+        for qps in explicit:
+            measure(qps)
+        if args.server_auto:
+            bench_server.auto_sweep(sweep["capacity_qps"], measure, args.server_auto, limits.auto_range)
+    if len(settings) > 1:
+        sweep["settings"] = bench_server.setting_bests(sweep["points"])
     best = bench_server.best_point(sweep["points"])
     sweep["best_qps"] = best["qps"] if best else None
     if best:

@@ -139,6 +139,22 @@ def best_point(points: Sequence[dict]) -> Optional[dict]:
     return max(ok, key=lambda p: p["qps"]) if ok else None
 
 
+def setting_bests(points: Sequence[dict]) -> list[dict]:
+    """Per (max_num_seqs, max_num_batched_tokens) setting of a swept run, in first-measured order: its highest QPS
+    meeting the limits (None if none did), that point's tokens/s and LoadGen verdict."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["max_num_seqs"], p["max_num_batched_tokens"]), []).append(p)
+    rows = []
+    for (seqs, tokens), group in groups.items():
+        best = best_point(group)
+        rows.append({"max_num_seqs": seqs, "max_num_batched_tokens": tokens, "points": len(group),
+                     "best_qps": best["qps"] if best else None,
+                     "best_tokens_per_s": best["completed_tokens_per_s"] if best else None,
+                     "best_valid": best["valid"] if best else None})
+    return rows
+
+
 def auto_sweep(capacity_qps: float, measure: Callable[[float], dict], max_points: int,
                auto_range: tuple[float, float, float]) -> list[dict]:
     """Bisect the fraction of `capacity_qps` between auto_range's low and high, starting at its start:
@@ -210,7 +226,10 @@ class ServerRuns:
 
 
 def point_line(p: dict) -> str:
-    return (f"server {p['limits']:<11} qps {p['qps']:>7.3f}: {p.get('completed_samples_per_s', 0):.2f} samples/s, "
+    setting = (f" [seqs {p['max_num_seqs']}, budget {p['max_num_batched_tokens']}]"
+               if "max_num_batched_tokens" in p else "")
+    return (f"server {p['limits']:<11} qps {p['qps']:>7.3f}{setting}: "
+            f"{p.get('completed_samples_per_s', 0):.2f} samples/s, "
             f"{p.get('completed_tokens_per_s', 0):.0f} tok/s, p99 TTFT {p.get('ttft_p99_ms', float('nan')):.0f} ms, "
             f"p99 TPOT {p.get('tpot_p99_ms', float('nan')):.1f} ms, p99s {'meet' if p['meets_limits'] else 'miss'} "
             f"the limits, LoadGen {p['result']}")
@@ -224,6 +243,12 @@ def sweep_lines(sweep: dict) -> list[str]:
              f"Offline {sweep['offline_tokens_per_s'] or float('nan'):.0f} tok/s ({sweep['offline_source']})"
              + (f" = {sweep['capacity_qps']:.2f} QPS at the mean output" if "capacity_qps" in sweep else "")]
     lines += [point_line(p) for p in sweep["points"]]
+    for row in sweep.get("settings", []):
+        lines.append(f"server: --max-num-seqs {row['max_num_seqs']} --max-num-batched-tokens "
+                     f"{row['max_num_batched_tokens']}: " + (
+                         "no point met the limits" if row["best_qps"] is None else
+                         f"highest QPS meeting the limits {row['best_qps']:g} ({row['best_tokens_per_s']:.0f} tok/s, "
+                         f"LoadGen {'VALID' if row['best_valid'] else 'INVALID'})"))
     if sweep.get("best_qps") is None:
         lines.append("server: no QPS point met the limits")
     else:

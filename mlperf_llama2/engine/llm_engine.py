@@ -85,6 +85,20 @@ class LLMEngine:
                              "quantizers; --kv-cache-dtype auto in int8 mode)")
         return cls(ModelRunner(model, config, eos, MAX_MODEL_LEN, dev, dtype, kv_scales), config, eos)
 
+    def set_step_limits(self, max_num_seqs: Optional[int] = None, max_num_batched_tokens: Optional[int] = None) -> None:
+        """Lower (or restore) the scheduler's per-step limits between runs of one built engine, up to the values it
+        was built with (its CUDA-graph buckets, warm-up and activation reserve are sized for those): the
+        benchmark's per-scenario sweep of sequence caps and token budgets (tools/bench.py --seq-caps,
+        --token-budgets). A value outside 1..built raises ValueError."""
+        for name, value, built in (("max_num_seqs", max_num_seqs, self.config.max_num_seqs),
+                                   ("max_num_batched_tokens", max_num_batched_tokens,
+                                    self.config.max_num_batched_tokens)):
+            if value is None:
+                continue
+            if not 1 <= value <= built:
+                raise ValueError(f"{name} {value}: the engine was built for 1..{built}")
+            setattr(self.scheduler, name, value)
+
     # ---- requests -----------------------------------------------------------------------------
     def add_request(self, request_id: int, prompt: Seq[int], params: SamplingParams) -> Sequence:
         """Thread-safe: the sequence joins the scheduler at the start of the next step."""
