@@ -7,10 +7,13 @@
 #   PART=fp8_server       Server, auto QPS points from OFFLINE_JSON (default: docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json)
 #   PART=fp8_interactive  Interactive (450 ms / 40 ms), 128 sequences, 1,024-token chunks, from OFFLINE_JSON
 #   PART=fp8_profile      where an FP8 step's time goes (tools/profile_step.py)
+#   PART=fp8_interactive_grid  Interactive: one automatic point per --seq-caps x --token-budgets setting (45 s each),
+#                         the measurement behind the Interactive defaults (#19 item 4); SEQ_CAPS, TOKEN_BUDGETS
 #   PART=wc80_all         #20: the whole LiteML config in int8 mode, all 80 layers, 2,048 samples, 512 sequences
 #   PART=wc80_linear      the same with the Linear rules only (the baseline of the row above, same card)
-case "$PART" in fp8_offline|fp8_server|fp8_interactive|fp8_profile|wc80_all|wc80_linear) ;;
-  *) echo "owed_h200.sh: PART must be one of fp8_offline fp8_server fp8_interactive fp8_profile wc80_all wc80_linear" \
+case "$PART" in fp8_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
+  *) echo "owed_h200.sh: PART must be one of fp8_offline fp8_server fp8_interactive fp8_interactive_grid" \
+          "fp8_profile wc80_all wc80_linear" \
         "(got '${PART}')"; exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1
@@ -31,6 +34,10 @@ case "$PART" in
   fp8_interactive)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
         --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 --out "$OUT"/fp8_interactive 2>&1 | filter 24 ;;
+  fp8_interactive_grid)
+    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-96,160}" \
+        --token-budgets "${TOKEN_BUDGETS:-512,2048}" --offline-json "$OFFLINE_JSON" --server-auto 1 \
+        --server-seconds 45 --out "$OUT"/fp8_interactive_grid 2>&1 | filter 16 ;;
   fp8_profile)
     timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --out "$OUT"/prof_fp8 2>&1 \
         | grep -v "WARNING\|Warning\|INFO" | tail -40 ;;
