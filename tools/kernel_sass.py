@@ -103,7 +103,7 @@ def constexpr_names(kernel) -> list:
 
 
 def report(kernel, consts: dict, ptrs: dict, arch: int, num_warps: int, num_stages: int,
-           divisibility: bool = True) -> dict:
+           divisibility: bool = True, fp_fusion: bool = True) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -114,7 +114,8 @@ def report(kernel, consts: dict, ptrs: dict, arch: int, num_warps: int, num_stag
     sig, attrs = signature(kernel, consts, ptrs, divisibility)
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
+                              options=dict(num_warps=num_warps, num_stages=num_stages,
+                                           enable_fp_fusion=fp_fusion))
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
@@ -145,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--num-warps", type=int, default=4)
     ap.add_argument("--num-stages", type=int, default=2)
     ap.add_argument("--no-divisibility", action="store_true")
+    ap.add_argument("--no-fp-fusion", action="store_true",
+                    help="compile as launched with enable_fp_fusion=False (no mul+add contracted into an fma: the "
+                         "elementwise and 8-bit GEMM kernels that round as eager torch does)")
     ap.add_argument("--sass", default=None, help="also write the disassembly here")
     ap.add_argument("--json", default=None, help="also write the report here")
     args = ap.parse_args(argv)
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
     kernel = load_kernel(args.kernel)
     consts = {k: const_value(v) for k, v in parse_pairs(args.const, "--const").items()}
     result = report(kernel, consts, parse_pairs(args.ptr, "--ptr"), args.arch, args.num_warps, args.num_stages,
-                    not args.no_divisibility)
+                    not args.no_divisibility, not args.no_fp_fusion)
     sass = result.pop("sass")
     print(f"{result['kernel']} {result['arch']} warps {result['num_warps']} stages {result['num_stages']}: "
           f"{result['registers']} registers, stack {result['stack_bytes']} B, shared {result['shared_bytes']} B, "

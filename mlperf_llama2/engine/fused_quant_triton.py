@@ -145,7 +145,7 @@ def add_rms_norm_quant(h: torch.Tensor, delta: Optional[torch.Tensor], weight: t
         _add_rms_norm_quant_kernel[(t,)](
             h, d, weight, h_out, q, scale, eps, n, h.stride(0), d.stride(0), h_out.stride(0), q.stride(0),
             HAS_DELTA=delta is not None, IS_FP8=is_fp8, BLOCK=block, INTERPRET=_INTERPRET,
-            num_warps=min(16, max(4, block // 512)),
+            num_warps=min(16, max(4, block // 512)), enable_fp_fusion=False,
         )
     return h_out, q, scale
 
@@ -162,7 +162,8 @@ def silu_mul_quant(gate_up: torch.Tensor, kind: str) -> tuple[torch.Tensor, torc
             gate_up = gate_up.contiguous()
         block = min(_SILU_BLOCK, triton.next_power_of_2(n))
         _silu_mul_quant_kernel[(t,)](gate_up, q, scale, gate_up.stride(0), q.stride(0), N_COLS=n, IS_FP8=is_fp8,
-                                     BLOCK=block, INTERPRET=_INTERPRET, num_warps=8 if block >= 2048 else 4)
+                                     BLOCK=block, INTERPRET=_INTERPRET, num_warps=8 if block >= 2048 else 4,
+                                     enable_fp_fusion=False)
     return q, scale
 
 

@@ -5,8 +5,11 @@ decode step launches ~9 kernels a layer instead of ~35 and prefill reads its act
 They reproduce the eager ops' rounding: every intermediate that torch rounds to the model dtype
 is rounded here too, in the same order, with the same libdevice functions (IEEE division, expf,
 rsqrtf) that ATen's CUDA kernels use. RoPE and SiLU-gate are therefore bit-identical to the eager
-ops; RMSNorm differs only in the summation order of its fp32 mean. `ops.py` picks these on CUDA
-and the eager ops elsewhere.
+ops; RMSNorm differs only in the summation order of its fp32 mean. Every launch passes
+`enable_fp_fusion=False`: by default the compiler contracts a product and a sum into one fma (one
+rounding fewer than torch's two ops; in fp32 RoPE's `x*cos + rot*sin` became two FFMA per pair,
+tools/kernel_sass.py --no-fp-fusion shows the difference). `ops.py` picks these on CUDA and the
+eager ops elsewhere.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def add_rms_norm(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.T
             h, delta if delta is not None else h, weight, h_out, x, eps, n,
             h.stride(0), (delta if delta is not None else h).stride(0), h_out.stride(0), x.stride(0),
             HAS_DELTA=delta is not None, BLOCK=block, INTERPRET=_INTERPRET, num_warps=min(16, max(4, block // 512)),
+            enable_fp_fusion=False,
         )
     return h_out, x
 
@@ -222,7 +226,7 @@ def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, si
             qkv, positions, cos, sin, q, k, v, k_cache, v_cache, slot_mapping,
             kv_scales if quant else k, qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1),
             NUM_HEADS=num_heads, NUM_KV=num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, QUANT=quant,
-            INTERPRET=_INTERPRET, num_warps=4,
+            INTERPRET=_INTERPRET, num_warps=4, enable_fp_fusion=False,
         )
     return q, k, v
 
@@ -247,5 +251,6 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if t:
         block = 1024
         _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, out, n, gate_up.stride(0), out.stride(0),
-                                                      BLOCK=block, INTERPRET=_INTERPRET, num_warps=4)
+                                                      BLOCK=block, INTERPRET=_INTERPRET, num_warps=4,
+                                                      enable_fp_fusion=False)
     return out

@@ -276,7 +276,7 @@ def add_rms_norm_q8(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torc
         _add_rms_norm_q8_kernel[(t,)](
             h, d, weight, h_out, x8, xs, eps, n, h.stride(0), d.stride(0), h_out.stride(0), x8.stride(0),
             HAS_DELTA=delta is not None, ADD_QMAX=add_qmax, NORM_QMAX=norm_qmax, BLOCK=block,
-            INTERPRET=_INTERPRET, num_warps=min(16, max(4, block // 512)),
+            INTERPRET=_INTERPRET, num_warps=min(16, max(4, block // 512)), enable_fp_fusion=False,
         )
     return h_out, x8, xs
 
@@ -322,7 +322,7 @@ def rope_store_q8(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
             qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1),
             NUM_HEADS=num_heads, NUM_KV=num_kv_heads, HEAD_DIM=head_dim,
             BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_KV=triton.next_power_of_2(num_kv_heads),
-            QMAX=_qmax(ACT_BITS), INTERPRET=_INTERPRET, num_warps=4,
+            QMAX=_qmax(ACT_BITS), INTERPRET=_INTERPRET, num_warps=4, enable_fp_fusion=False,
         )
     return q8, qs, k8, v8
 
@@ -346,6 +346,6 @@ def silu_mul_q8(gate_up: torch.Tensor, silu_scale: Optional[torch.Tensor],
             gate_up, silu_scale if silu_scale is not None else ms, mul_scales if mul_scales is not None else ms,
             m8, ms, gate_up.stride(0), m8.stride(0), N_COLS=n, HAS_SILU_Q=silu_scale is not None,
             HAS_MUL_Q=mul_scales is not None, QMAX=_qmax(ACT_BITS), BLOCK=block, INTERPRET=_INTERPRET,
-            num_warps=8 if block >= 2048 else 4,
+            num_warps=8 if block >= 2048 else 4, enable_fp_fusion=False,
         )
     return m8, ms
