@@ -192,10 +192,13 @@ def _silu_mul_q_value(gu_ptr, row_off, cols, mask, s_silu, s_m1, s_m2, N_COLS: t
 
 
 @triton.jit
-def _silu_mul_q8_kernel(gu_ptr, silu_s_ptr, mul_s_ptr, q_ptr, s_ptr, stride_gu, stride_q, N_COLS: tl.constexpr,
-                        HAS_SILU_Q: tl.constexpr, HAS_MUL_Q: tl.constexpr, QMAX: tl.constexpr,
+def _silu_mul_q8_kernel(gu_ptr, silu_s_ptr, mul_s_ptr, q_ptr, s_ptr, v_ptr, stride_gu, stride_q,
+                        N_COLS: tl.constexpr, HAS_SILU_Q: tl.constexpr, HAS_MUL_Q: tl.constexpr, QMAX: tl.constexpr,
                         BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
-    # one program per token: pass 1 the row's absmax, pass 2 recomputes the values and quantizes them
+    # one program per token: pass 1 computes the values (exactly representable in dt), keeps them in the scratch
+    # row v (dt, [T, N_COLS] contiguous) and finds the row's absmax; pass 2 reads them back (from L2: the program
+    # wrote them a moment ago) and quantizes. Recomputing them instead cost ~85 SASS instructions an element
+    # (four 16-bit quantizers, exp and an IEEE division), which made this kernel compute-bound.
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     row_off = row.to(tl.int64) * stride_gu
@@ -207,18 +210,21 @@ def _silu_mul_q8_kernel(gu_ptr, silu_s_ptr, mul_s_ptr, q_ptr, s_ptr, stride_gu, 
     if HAS_MUL_Q:
         s_m1 = tl.load(mul_s_ptr)
         s_m2 = tl.load(mul_s_ptr + 1)
+    v_off = row.to(tl.int64) * N_COLS
     amax = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, N_COLS, BLOCK):
-        cols = start + offs
-        v = _silu_mul_q_value(gu_ptr, row_off, cols, cols < N_COLS, s_silu, s_m1, s_m2, N_COLS,
-                              HAS_SILU_Q, HAS_MUL_Q, QMAX, INTERPRET)
-        amax = tl.maximum(amax, tl.abs(v))
-    scale = _row_scale(tl.max(amax, axis=0), False)
     for start in range(0, N_COLS, BLOCK):
         cols = start + offs
         mask = cols < N_COLS
         v = _silu_mul_q_value(gu_ptr, row_off, cols, mask, s_silu, s_m1, s_m2, N_COLS,
                               HAS_SILU_Q, HAS_MUL_Q, QMAX, INTERPRET)
+        tl.store(v_ptr + v_off + cols, v.to(v_ptr.dtype.element_ty), mask=mask)
+        amax = tl.maximum(amax, tl.abs(v))
+    scale = _row_scale(tl.max(amax, axis=0), False)
+    tl.debug_barrier()  # each thread reads back its own stores; the barrier only makes that independent of layout
+    for start in range(0, N_COLS, BLOCK):
+        cols = start + offs
+        mask = cols < N_COLS
+        v = tl.load(v_ptr + v_off + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(q_ptr + row.to(tl.int64) * stride_q + cols, _quantize(v, scale, False, INTERPRET), mask=mask)
     tl.store(s_ptr + row, scale)
 
@@ -342,9 +348,10 @@ def silu_mul_q8(gate_up: torch.Tensor, silu_scale: Optional[torch.Tensor],
     ms = torch.empty(t, dtype=torch.float32, device=gate_up.device)
     if t:
         block = min(_SILU_BLOCK, triton.next_power_of_2(n))
+        scratch = torch.empty(t, n, dtype=gate_up.dtype, device=gate_up.device)  # the 16-bit row, for pass 2
         _silu_mul_q8_kernel[(t,)](
             gate_up, silu_scale if silu_scale is not None else ms, mul_scales if mul_scales is not None else ms,
-            m8, ms, gate_up.stride(0), m8.stride(0), N_COLS=n, HAS_SILU_Q=silu_scale is not None,
+            m8, ms, scratch, gate_up.stride(0), m8.stride(0), N_COLS=n, HAS_SILU_Q=silu_scale is not None,
             HAS_MUL_Q=mul_scales is not None, QMAX=_qmax(ACT_BITS), BLOCK=block, INTERPRET=_INTERPRET,
             num_warps=8 if block >= 2048 else 4, enable_fp_fusion=False,
         )
