@@ -1,0 +1,31 @@
+#!/bin/bash
+# What the CPU cannot check, in one device call (H100 or H200, ~9 min; carry [".whl"]): the Gluon GEMM's bit-for-bit
+# tests at HEAD (both partition modes), the two-partition (wgs=2) tiles beside cuBLASLt and the one-partition
+# default, the elementwise kernels' bit-for-bit tests run whole on CUDA (they launch without fp contraction since
+# session 18), the silu_mul_q8 scratch-row change in a whole-config step profile, and every --engine-gemm path's
+# tokens. One log, $OUT/log.txt; the GEMM table in $OUT/w2. STEPS picks a subset (default: all, in this order).
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site:$PWD
+L="$OUT"/log.txt
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$L"
+T0=$(date +%s)
+step() { echo "=== $* ($(( $(date +%s) - T0 )) s)" | tee -a "$L"; }
+PYTEST=(python3 -m pytest -q -p no:cacheprovider)
+for s in ${STEPS:-gemm w2 elementwise profile engine}; do
+  step "$s"
+  case $s in
+    gemm) timeout 190 "${PYTEST[@]}" tests/test_gemm8_ws_gpu.py tests/test_gemm8.py 2>&1 | tail -25 >> "$L" ;;
+    w2) timeout 150 python3 tools/bench_gemm.py --m-list 256,4096 --kernels scaled_mm_row,ws_fp8@128x128s5p1,\
+ws_fp8@128x128s6p1w2,ws_fp8@128x128s6p2w2,ws_int8@128x128s6p1,ws_int8@128x256s3p1w2,ws_int8@128x128s6p1w2 \
+          --out "$OUT"/w2 2>&1 | tail -30 >> "$L" ;;
+    elementwise) timeout 120 "${PYTEST[@]}" tests/test_engine_fused_ops.py tests/test_whole_config_triton.py \
+          tests/test_engine_fused_quant.py tests/test_fused_quant_producers.py tests/test_exact_launch_options.py \
+          2>&1 | tail -40 >> "$L" ;;
+    profile) timeout 170 python3 tools/profile_step.py --shape 70b --layers 20 --weights int8 --kv-cache-dtype int8 \
+          --int8-rules all --reps 10 --out "$OUT"/prof_all 2>&1 | grep -v "WARNING\|Warning\|INFO" | tail -26 >> "$L" ;;
+    engine) timeout 110 "${PYTEST[@]}" -m gpu tests/test_engine_gemm_choice.py 2>&1 | tail -15 >> "$L" ;;
+    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise profile engine)" | tee -a "$L"; exit 2 ;;
+  esac
+done
+step finished
