@@ -1,5 +1,6 @@
 #!/bin/bash
-# What the CPU cannot check, in one device call (H100 or H200, ~9 min; carry [".whl"]): the Gluon GEMM's bit-for-bit
+# What the CPU cannot check at HEAD (H100 or H200; carry [".whl"]; up to ~12 min: split it over two calls with
+# STEPS="gemm w2 elementwise" then STEPS="profile engine"): the Gluon GEMM's bit-for-bit
 # tests at HEAD (both partition modes), the two-partition (wgs=2) tiles beside cuBLASLt and the one-partition
 # default, the elementwise kernels' bit-for-bit tests run whole on CUDA (they launch without fp contraction since
 # session 18), the silu_mul_q8 scratch-row change in a whole-config step profile, and every --engine-gemm path's
