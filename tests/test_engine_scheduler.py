@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from mlperf_llama2.engine.block_manager import BlockManager, blocks_needed
-from mlperf_llama2.engine.scheduler import Scheduler
+from mlperf_llama2.engine.scheduler import GROWTH_RESERVE, Scheduler
 from mlperf_llama2.engine.sequence import SamplingParams, Sequence, Status
 
 EOS = 2
@@ -18,8 +18,11 @@ def make_seq(i, prompt_len, max_new=8):
     return Sequence.create(i, list(range(3, 3 + prompt_len)), SamplingParams(max_new))
 
 
-def make_sched(num_blocks, block_size, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64):
-    return Scheduler(BlockManager(num_blocks, block_size), max_num_seqs, max_num_batched_tokens, max_model_len, EOS)
+def make_sched(num_blocks, block_size, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64,
+               growth_reserve=0.0):
+    """growth_reserve 0 by default: these tests fill the cache on purpose (the reserve has its own test)."""
+    return Scheduler(BlockManager(num_blocks, block_size), max_num_seqs, max_num_batched_tokens, max_model_len, EOS,
+                     growth_reserve)
 
 
 def run_step(sched, token=7):
@@ -114,6 +117,55 @@ def test_preemption_frees_the_newest_sequence_for_recompute():
     while sched.has_work():
         run_step(sched)
     assert old.output == [7] * 4 and new.output == [7] * 4 and sched.num_preemptions >= 1
+
+
+def test_admission_leaves_running_sequences_room_to_grow():
+    # 10 blocks of 2 tokens; each prompt needs 2 blocks. Without a reserve the fifth prompt takes the last two free
+    # blocks; with 0.5 a block per two running sequences stays free, so it waits for room.
+    def admitted(reserve):
+        sched = make_sched(num_blocks=10, block_size=2, max_num_seqs=8, max_model_len=16, growth_reserve=reserve)
+        for i in range(6):
+            sched.add(make_seq(i, 4, max_new=8))
+        run_step(sched)
+        return len(sched.running), sched.block_manager.num_free_blocks
+
+    assert admitted(0.0) == (5, 0)
+    assert admitted(0.5) == (4, 2)  # a fifth would leave 0 free, below ceil(0.5 * 4) = 2
+    assert admitted(1.0) == (3, 4)  # a fourth would leave 2 free, below 3
+
+
+def test_the_growth_reserve_never_holds_back_a_sequence_when_none_runs():
+    sched = make_sched(num_blocks=4, block_size=2, max_model_len=8, growth_reserve=8.0)
+    seq = make_seq(0, 6, max_new=2)  # needs 3 of the 4 blocks
+    sched.add(seq)
+    run_step(sched)
+    assert sched.running == [seq]
+    while sched.has_work():
+        run_step(sched)
+    assert seq.output == [7, 7] and sched.num_preemptions == 0
+
+
+def test_the_default_reserve_cuts_recompute_in_a_kv_bound_run():
+    """The scheduler alone replays a KV-bound run (the H100 FP8 one's cache: 1,762 blocks) on PERF.md lengths."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    prompts = np.clip(np.rint(rng.lognormal(np.log(395), 0.7, 256)), 16, 1023).astype(int)
+    outputs = np.clip(np.rint(rng.lognormal(np.log(224), 0.8, 256)), 2, 1024).astype(int)
+
+    def computed(reserve):
+        sched = Scheduler(BlockManager(1762, 16), 512, 8192, 2048, EOS, reserve)
+        for i, (p, o) in enumerate(zip(prompts, outputs)):
+            sched.add(Sequence.create(i, [5] * p, SamplingParams(int(o), ignore_eos=True)))
+        tokens = 0
+        while sched.has_work():
+            tokens += run_step(sched).num_tokens
+        return tokens, sched.num_preemptions
+
+    useful = int(prompts.sum() + outputs.sum())
+    plain, reserved = computed(0.0), computed(GROWTH_RESERVE)
+    assert plain[0] >= useful and reserved[0] >= useful - len(prompts)  # every token computed at least once
+    assert reserved[1] < plain[1] / 2 and reserved[0] - useful < (plain[0] - useful) / 2, (plain, reserved, useful)
 
 
 def test_requests_that_can_never_fit_are_refused():

@@ -1,0 +1,145 @@
+"""Replay an engine Offline run's scheduling on the CPU: the real Scheduler and BlockManager, no model, a step-time
+model fitted to a measured run's step log. For choosing scheduler policy (the admission `growth_reserve`) without
+GPU time; the figures it prints are a model, not a measurement.
+
+  python3 tools/sched_sim.py --from-bench docs/results/bench_engine_70b_fp8_fp8kv_h100_1024.json --out OUT
+  python3 tools/sched_sim.py --blocks 4000 --max-num-seqs 512 --samples 1024 --c0-ms 43.7 --c1-ms 0.0574 --out OUT
+
+`--from-bench` takes a tools/bench.py bench.json: its KV blocks, sequence cap, token budget, samples and workload
+draw (same seed and lengths), and fits step ms = c0 + c1 x tokens + c2 x sequences to its step log (least squares
+over the steps within 5x the median; the first 3 steps, autotuning and warm-up, left out). The run itself had no
+reserve, so the reserve-0 row checks the replay: its steps and preemptions should match the measured ones.
+Each row: steps, preemptions, the share of computed tokens that were recomputed, the mean batch, and the modelled
+time and tokens/s (output tokens over modelled time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from mlperf_llama2.engine.block_manager import BlockManager  # noqa: E402
+from mlperf_llama2.engine.scheduler import GROWTH_RESERVE, Scheduler  # noqa: E402
+from mlperf_llama2.engine.sequence import SamplingParams, Sequence  # noqa: E402
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
+
+MAX_MODEL_LEN = 2048
+
+
+def fit_step_model(step_log: list) -> tuple[float, float, float]:
+    """(c0, c1, c2) of ms = c0 + c1 * tokens + c2 * sequences over a bench.json step log
+    (rows: decode only, sequences, tokens, ms, decodes)."""
+    rows = np.asarray(step_log[3:], dtype=float)
+    if len(rows) < 10:
+        raise UserError(f"sched_sim: the step log has {len(step_log)} steps; at least 13 are needed for a fit")
+    ms = rows[:, 3]
+    keep = ms <= 5 * np.median(ms)
+    a = np.column_stack([np.ones(keep.sum()), rows[keep, 2], rows[keep, 1]])
+    coef, *_ = np.linalg.lstsq(a, ms[keep], rcond=None)
+    return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def replay(prompts: np.ndarray, outputs: np.ndarray, blocks: int, block_size: int, max_num_seqs: int,
+           max_num_batched_tokens: int, reserve: float, model: tuple[float, float, float]) -> dict:
+    sched = Scheduler(BlockManager(blocks, block_size), max_num_seqs, max_num_batched_tokens, MAX_MODEL_LEN,
+                      eos_token_id=-1, growth_reserve=reserve)
+    for i, (p, o) in enumerate(zip(prompts, outputs)):
+        sched.add(Sequence.create(i, [5] * int(p), SamplingParams(int(o), ignore_eos=True)))
+    steps = tokens = seqs = 0
+    ms = 0.0
+    while sched.has_work():
+        batch = sched.schedule()
+        sched.on_launched(batch)
+        sched.on_sampled(batch, [7] * len(batch.items))
+        steps += 1
+        tokens += batch.num_tokens
+        seqs += len(batch.items)
+        ms += model[0] + model[1] * batch.num_tokens + model[2] * len(batch.items)
+    useful = int(prompts.sum() + outputs.sum()) - len(prompts)  # a sequence's last token is sampled, never fed
+    return {"reserve": reserve, "steps": steps, "preemptions": sched.num_preemptions,
+            "recomputed_share": (tokens - useful) / tokens, "mean_batch": seqs / steps,
+            "model_s": ms / 1e3, "model_tokens_per_s": float(outputs.sum()) / (ms / 1e3)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--from-bench", default=None, metavar="BENCH.json", help="a tools/bench.py run to replay")
+    ap.add_argument("--blocks", type=int, default=None, help="KV blocks (else the bench run's)")
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--max-num-seqs", type=int, default=None)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None)
+    ap.add_argument("--samples", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--c0-ms", type=float, default=None, help="step-time model: fixed ms per step")
+    ap.add_argument("--c1-ms", type=float, default=None, help="step-time model: ms per token")
+    ap.add_argument("--c2-ms", type=float, default=0.0, help="step-time model: ms per sequence")
+    ap.add_argument("--reserves", default=f"0,{GROWTH_RESERVE:g},1,2", help="growth_reserve values to replay")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    from bench import synthetic_lengths  # noqa: E402 - tools/bench.py's draw (imports torch)
+    from bench_lengths import workload_lengths
+
+    run, measured, lengths_from = {}, None, None
+    if args.from_bench:
+        try:
+            with open(args.from_bench) as fh:
+                bench = json.load(fh)
+            run = bench["args"]
+            measured = next(r for r in bench["rows"] if r["backend"] == "engine" and r.get("step_log"))
+        except (OSError, ValueError, KeyError, StopIteration) as exc:
+            raise UserError(f"sched_sim: --from-bench {args.from_bench}: not a bench.json with an engine step log "
+                            f"({type(exc).__name__}: {exc})")
+        lengths_from = run.get("lengths_from")
+    blocks = args.blocks or (measured or {}).get("kv_blocks")
+    seqs = args.max_num_seqs or run.get("max_num_seqs")
+    budget = args.max_num_batched_tokens or run.get("max_num_batched_tokens") or 8192
+    samples = args.samples or run.get("samples")
+    seed = args.seed if args.seed is not None else run.get("seed", 0)
+    if not (blocks and seqs and samples):
+        raise UserError("sched_sim: give --from-bench, or --blocks, --max-num-seqs and --samples")
+    if measured is not None and args.c0_ms is None:
+        model = fit_step_model(measured["step_log"])
+    elif args.c0_ms is not None and args.c1_ms is not None:
+        model = (args.c0_ms, args.c1_ms, args.c2_ms)
+    else:
+        raise UserError("sched_sim: give --from-bench (the step-time model is fitted to it) or --c0-ms and --c1-ms")
+    try:
+        reserves = [float(r) for r in args.reserves.split(",") if r]
+    except ValueError:
+        raise UserError(f"sched_sim: --reserves takes comma-separated numbers, got {args.reserves!r}") from None
+    workload = workload_lengths(samples, seed, lengths_from, synthetic_lengths)
+    if run.get("output_cap"):
+        workload = dataclasses.replace(workload, output=np.minimum(workload.output, run["output_cap"]))
+    rows = [replay(workload.prompt, workload.output, blocks, args.block_size, seqs, budget, r, model)
+            for r in reserves]
+    result = {"source": args.from_bench, "blocks": blocks, "max_num_seqs": seqs, "max_num_batched_tokens": budget,
+              "samples": samples, "workload": workload.source, "step_model_ms": model, "rows": rows}
+    lines = [f"{samples} samples ({workload.source}), {blocks} KV blocks of {args.block_size}, --max-num-seqs {seqs}, "
+             f"budget {budget}; step ms = {model[0]:.2f} + {model[1]:.4f} x tokens + {model[2]:.4f} x sequences"]
+    if measured is not None:
+        result["measured"] = {k: measured.get(k) for k in ("steps", "preemptions", "wall_s", "tokens_per_s")}
+        lines.append(f"measured (no reserve): {measured.get('steps')} steps, {measured.get('preemptions')} "
+                     f"preemptions, {measured.get('wall_s', 0):.1f} s, {measured.get('tokens_per_s', 0):.0f} tok/s")
+    lines.append(f"{'reserve':>8}{'steps':>8}{'preempt':>9}{'recomputed':>12}{'batch':>8}{'model s':>9}"
+                 f"{'model tok/s':>13}")
+    for r in rows:
+        lines.append(f"{r['reserve']:>8g}{r['steps']:>8}{r['preemptions']:>9}{r['recomputed_share']:>12.1%}"
+                     f"{r['mean_batch']:>8.1f}{r['model_s']:>9.1f}{r['model_tokens_per_s']:>13.0f}")
+    print("\n".join(lines))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "sched_sim.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
