@@ -295,7 +295,8 @@ class RunConfig:
             verbose=ns.verbose,
             tensor_parallel=ns.tensor_parallel,
             data_parallel=ns.data_parallel,
-            engine=EngineConfig.from_cli_args(ns),
+            engine=EngineConfig.from_cli_args(
+                ns, INTERACTIVE if lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE else scenario),
             quant=QuantConfig.from_cli_args(ns),
             api=api,
             dist=DistConfig.from_cli_args(ns),

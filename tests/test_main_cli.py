@@ -109,6 +109,17 @@ def test_sut_nodes_are_a_registry_entry_chosen_by_their_flag_not_by_backend():
     assert registry.entry(registry.selected_name(config)).factory.endswith(":create_node_backend")
 
 
+@pytest.mark.parametrize("argv,seqs", [([], 512), (["--scenario", "Server"], 256), (["--scenario", "Interactive"], 128),
+                                       (["--scenario", "Server", "--lg-model-name", "llama2-70b-interactive"], 128),
+                                       (["--scenario", "Interactive", "--max-num-seqs", "300"], 300),
+                                       (["--max-num-seqs", "64"], 64)])
+def test_max_num_seqs_defaults_by_scenario_and_an_explicit_value_wins(argv, seqs):
+    from mlperf_llama2.engine.config import SCENARIO_MAX_NUM_SEQS
+
+    assert harness.parse_config(["--device", "cpu"] + argv).engine.max_num_seqs == seqs
+    assert set(SCENARIO_MAX_NUM_SEQS) == {"Offline", "Server", "Interactive"}
+
+
 LATENCY_PROBE = """
 import sys
 from mlperf_llama2.config import RunConfig

@@ -172,4 +172,7 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
     except ValueError as exc:  # a check the pre-flight could not make (the loader's own are UserErrors)
         raise UserError(f"--model-path {config.model_path}: the engine cannot load it: "
                         f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    log.info("engine step limits: --max-num-seqs %d, --max-num-batched-tokens %d (%s)", engine_config.max_num_seqs,
+             engine_config.max_num_batched_tokens,
+             "Interactive" if config.interactive else config.scenario)
     return EngineBackend(engine, faults=faults)

@@ -19,6 +19,13 @@ ENGINE_GEMMS = ("auto", "cublas", "triton", "ws")
 KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # auto: the model dtype (engine/kv_cache.py)
 # auto: with --liteml-config its own per-tensor K/V scales, else per KV head when the file has them (calibration_file)
 KV_SCALE_GRANULARITIES = ("auto", "tensor", "head")
+# --max-num-seqs when not given, by scenario (LoadGen's; Interactive = Server with llama2-70b-interactive), from the
+# measurements in docs/engine.md: Offline gains from the largest batch the KV cache holds (70B widths at 20 layers,
+# H100, int8: 512 sequences 8,639 tok/s vs 256's 6,198; the H200's FP8 KV cache holds 512 of PERF.md's workload with
+# no preemption, and the admission reserve keeps a cap above what a smaller cache holds from churning); Server at 256
+# met 0.92 of Offline VALID (70B int8, H200); Interactive's 40 ms TPOT needs a smaller decode step (70B int8: 256
+# sequences ~59 ms a step, 128 gave p99 TPOT 40.2 ms at 3.5 QPS). tools/bench.py --seq-caps measures others.
+SCENARIO_MAX_NUM_SEQS = {"Offline": 512, "Server": 256, "Interactive": 128}
 KV_SCALES_HINT = ("needs static K/V scales calibrated on the calibration set: pass --calibration-scales FILE "
                   "(python3 tools/calibrate_kv.py writes one), or use --kv-cache-dtype auto")
 
@@ -65,8 +72,9 @@ class EngineConfig:
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("engine (--backend engine)")
-        g.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
-                       help="most sequences in flight at once (default %(default)s)")
+        g.add_argument("--max-num-seqs", type=int, default=None,
+                       help="most sequences in flight at once (default by scenario: " + ", ".join(
+                           f"{k} {v}" for k, v in SCENARIO_MAX_NUM_SEQS.items()) + "; docs/engine.md)")
         g.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens,
                        help="token budget of one engine step, prefill chunks plus decodes (default %(default)s)")
         g.add_argument("--block-size", type=int, default=EngineConfig.block_size,
@@ -105,9 +113,10 @@ class EngineConfig:
                             "head when the file holds them, else per tensor (default %(default)s)")
 
     @classmethod
-    def from_cli_args(cls, ns: argparse.Namespace) -> "EngineConfig":
+    def from_cli_args(cls, ns: argparse.Namespace, scenario: str = "Offline") -> "EngineConfig":
+        """`scenario`: Offline, Server or Interactive, for the --max-num-seqs default (SCENARIO_MAX_NUM_SEQS)."""
         return cls(
-            max_num_seqs=ns.max_num_seqs,
+            max_num_seqs=SCENARIO_MAX_NUM_SEQS[scenario] if ns.max_num_seqs is None else ns.max_num_seqs,
             max_num_batched_tokens=ns.max_num_batched_tokens,
             block_size=ns.block_size,
             kv_cache_memory_fraction=ns.kv_cache_memory_fraction,
