@@ -21,10 +21,11 @@ KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # auto: the model dtype (engine/kv_ca
 KV_SCALE_GRANULARITIES = ("auto", "tensor", "head")
 # --max-num-seqs when not given, by scenario (LoadGen's; Interactive = Server with llama2-70b-interactive), from the
 # measurements in docs/engine.md: Offline gains from the largest batch the KV cache holds (70B widths at 20 layers,
-# H100, int8: 512 sequences 8,639 tok/s vs 256's 6,198; the H200's FP8 KV cache holds 512 of PERF.md's workload with
-# no preemption, and the admission reserve keeps a cap above what a smaller cache holds from churning); Server at 256
-# met 0.92 of Offline VALID (70B int8, H200); Interactive's 40 ms TPOT needs a smaller decode step (70B int8: 256
-# sequences ~59 ms a step, 128 gave p99 TPOT 40.2 ms at 3.5 QPS). tools/bench.py --seq-caps measures others.
+# H100, int8: steady state at 512 sequences 10,774 tok/s vs 256's 9,422; the H200's FP8 KV cache holds 512 of the
+# workload with no preemption, and the admission reserve keeps a cap above what a smaller cache holds from
+# churning); Server at 256 met 0.92 of Offline VALID (70B int8, H200); Interactive's 40 ms TPOT needs a smaller
+# decode step (70B int8: 256 sequences ~59 ms a step, 128 gave p99 TPOT 40.2 ms at 3.5 QPS). tools/bench.py
+# --seq-caps measures others.
 SCENARIO_MAX_NUM_SEQS = {"Offline": 512, "Server": 256, "Interactive": 128}
 KV_SCALES_HINT = ("needs static K/V scales calibrated on the calibration set: pass --calibration-scales FILE "
                   "(python3 tools/calibrate_kv.py writes one), or use --kv-cache-dtype auto")
