@@ -56,3 +56,23 @@ def test_bad_input_is_one_line(tmp_path):
                         script=str(REPO / "tools" / "sched_sim.py"))
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+
+
+def test_server_mode_reports_latencies_per_setting(tmp_path):
+    bench = {"args": {"samples": 64, "seed": 0, "max_num_seqs": 64, "max_num_batched_tokens": 8192,
+                      "lengths_from": None, "output_cap": None},
+             "rows": [{"backend": "engine", "kv_blocks": 4000, "step_log": [
+                 [0, 5 + i % 7, 40 + 13 * i, 20.0 + 0.01 * (40 + 13 * i), 5 + i % 7] for i in range(60)]}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    proc = run_main(["--from-bench", path, "--server-qps", 2, "--seq-caps", "4,32", "--token-budgets", "32,4096",
+                     "--out", tmp_path / "out"], tmp_path, timeout=120, script=str(REPO / "tools" / "sched_sim.py"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "sched_sim_server.json").read_text())["rows"]
+    by = {(r["max_num_seqs"], r["max_num_batched_tokens"]): r for r in rows}
+    assert set(by) == {(4, 32), (4, 4096), (32, 32), (32, 4096)}
+    # a 32-token budget chunks every prompt (~450 tokens) over many steps: the first token comes much later
+    assert by[(32, 32)]["ttft_p99_ms"] > 2 * by[(32, 4096)]["ttft_p99_ms"]
+    # 4 sequences at 2 QPS of ~300-token outputs (20 ms steps) cannot keep up: queries wait, TTFT grows
+    assert by[(4, 4096)]["ttft_p99_ms"] > by[(32, 4096)]["ttft_p99_ms"]
+    assert all(r["tpot_p99_ms"] >= 20.0 for r in rows)  # no step is shorter than the model's fixed 20 ms

@@ -11,6 +11,10 @@ over the steps within 5x the median; the first 3 steps, autotuning and warm-up, 
 reserve, so the reserve-0 row checks the replay: its steps and preemptions should match the measured ones.
 Each row: steps, preemptions, the share of computed tokens that were recomputed, the mean batch, and the modelled
 time and tokens/s (output tokens over modelled time).
+
+`--server-qps Q [--seq-caps A,B] [--token-budgets X,Y]`: Server mode instead: the samples arrive as a Poisson
+stream; p99 TTFT and TPOT (LoadGen's definitions) per setting. The model is fitted to Offline steps, mostly large:
+it is for comparing settings, not for a scenario's absolute latencies (docs/engine.md "Admission reserve").
 """
 
 from __future__ import annotations
@@ -69,6 +73,39 @@ def replay(prompts: np.ndarray, outputs: np.ndarray, blocks: int, block_size: in
             "model_s": ms / 1e3, "model_tokens_per_s": float(outputs.sum()) / (ms / 1e3)}
 
 
+def serve(prompts: np.ndarray, outputs: np.ndarray, qps: float, blocks: int, block_size: int, max_num_seqs: int,
+          max_num_batched_tokens: int, reserve: float, model: tuple[float, float, float], seed: int) -> dict:
+    """Server mode: the samples arrive as a Poisson stream at `qps` (in order); each step takes the model's time; a
+    query's first token is out when the step that finishes its prompt ends. TTFT and TPOT as LoadGen computes them
+    ((completion - first token) / (tokens - 1)), their p99s, and output tokens over the span of the run."""
+    arrivals = np.cumsum(np.random.default_rng(seed + 7).exponential(1.0 / qps, len(prompts)))
+    sched = Scheduler(BlockManager(blocks, block_size), max_num_seqs, max_num_batched_tokens, MAX_MODEL_LEN,
+                      eos_token_id=-1, growth_reserve=reserve)
+    first, done = np.zeros(len(prompts)), np.zeros(len(prompts))
+    t, nxt = 0.0, 0
+    while nxt < len(prompts) or sched.has_work():
+        if not sched.has_work() and arrivals[nxt] > t:
+            t = arrivals[nxt]
+        while nxt < len(prompts) and arrivals[nxt] <= t:
+            sched.add(Sequence.create(nxt, [5] * int(prompts[nxt]), SamplingParams(int(outputs[nxt]),
+                                                                                   ignore_eos=True)))
+            nxt += 1
+        batch = sched.schedule()
+        t += (model[0] + model[1] * batch.num_tokens + model[2] * len(batch.items)) / 1e3
+        sched.on_launched(batch)
+        for event in sched.on_sampled(batch, [7] * len(batch.items)):
+            if event.first_token is not None:
+                first[event.seq.request_id] = t
+            if event.finished:
+                done[event.seq.request_id] = t
+    ttft = first - arrivals
+    many = outputs > 1
+    tpot = (done[many] - first[many]) / (outputs[many] - 1)
+    return {"qps": qps, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+            "ttft_p99_ms": float(np.percentile(ttft, 99) * 1e3), "tpot_p99_ms": float(np.percentile(tpot, 99) * 1e3),
+            "tokens_per_s": float(outputs.sum() / (done.max() - arrivals[0])), "preemptions": sched.num_preemptions}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +120,11 @@ def main(argv=None) -> int:
     ap.add_argument("--c1-ms", type=float, default=None, help="step-time model: ms per token")
     ap.add_argument("--c2-ms", type=float, default=0.0, help="step-time model: ms per sequence")
     ap.add_argument("--reserves", default=f"0,{GROWTH_RESERVE:g},1,2", help="growth_reserve values to replay")
+    ap.add_argument("--server-qps", type=float, default=None,
+                    help="Server mode: Poisson arrivals at this QPS; reports p99 TTFT/TPOT per --seq-caps x "
+                         "--token-budgets setting instead of the Offline replay")
+    ap.add_argument("--seq-caps", default="", help="Server mode: --max-num-seqs values (default: the run's)")
+    ap.add_argument("--token-budgets", default="", help="Server mode: --max-num-batched-tokens values")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     from bench import synthetic_lengths  # noqa: E402 - tools/bench.py's draw (imports torch)
@@ -119,6 +161,8 @@ def main(argv=None) -> int:
     workload = workload_lengths(samples, seed, lengths_from, synthetic_lengths)
     if run.get("output_cap"):
         workload = dataclasses.replace(workload, output=np.minimum(workload.output, run["output_cap"]))
+    if args.server_qps is not None:
+        return serve_table(args, workload, blocks, seqs, budget, model, seed)
     rows = [replay(workload.prompt, workload.output, blocks, args.block_size, seqs, budget, r, model)
             for r in reserves]
     result = {"source": args.from_bench, "blocks": blocks, "max_num_seqs": seqs, "max_num_batched_tokens": budget,
@@ -138,6 +182,36 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "sched_sim.json"), "w") as fh:
         json.dump(result, fh, indent=1)
+    return 0
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise UserError(f"sched_sim: {flag} takes comma-separated integers, got {text!r}") from None
+    if min(values, default=1) < 1:
+        raise UserError(f"sched_sim: {flag} values must be >= 1")
+    return values
+
+
+def serve_table(args, workload, blocks: int, seqs: int, budget: int, model, seed: int) -> int:
+    if args.server_qps <= 0:
+        raise UserError(f"sched_sim: --server-qps must be > 0, got {args.server_qps}")
+    rows = [serve(workload.prompt, workload.output, args.server_qps, blocks, args.block_size, cap, tokens,
+                  GROWTH_RESERVE, model, seed)
+            for cap in _ints(args.seq_caps, "--seq-caps") or [seqs]
+            for tokens in _ints(args.token_budgets, "--token-budgets") or [budget]]
+    lines = [f"Server model at {args.server_qps:g} QPS: {len(workload.prompt)} samples ({workload.source}), {blocks} "
+             f"KV blocks; step ms = {model[0]:.2f} + {model[1]:.4f} x tokens + {model[2]:.4f} x sequences",
+             f"{'seqs':>6}{'budget':>8}{'p99 TTFT ms':>13}{'p99 TPOT ms':>13}{'tok/s':>8}{'preempt':>9}"]
+    lines += [f"{r['max_num_seqs']:>6}{r['max_num_batched_tokens']:>8}{r['ttft_p99_ms']:>13.0f}"
+              f"{r['tpot_p99_ms']:>13.1f}{r['tokens_per_s']:>8.0f}{r['preemptions']:>9}" for r in rows]
+    print("\n".join(lines))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "sched_sim_server.json"), "w") as fh:
+        json.dump({"blocks": blocks, "samples": len(workload.prompt), "workload": workload.source,
+                   "step_model_ms": model, "rows": rows}, fh, indent=1)
     return 0
 
 
