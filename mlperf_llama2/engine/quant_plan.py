@@ -164,10 +164,11 @@ GEMM_PATHS = {"auto": ("fused", "scaled_mm"), "cublas": ("int_mm", "scaled_mm"),
 def auto_paths(device: torch.device) -> tuple[str, str]:
     """--engine-gemm auto, by measurement (docs/engine.md, "The 8-bit GEMM"): on sm_90 int8 runs the
     warp-specialised GEMM (H100: 1.53-1.57 POPS at the 70B shapes, M 4,096, against 1.10-1.19 for the Triton
-    one; Offline +6% Linear rules, +8.5% whole config); fp8 stays on cuBLASLt (faster than any promoted kernel
-    here). Elsewhere the Triton int8 GEMM."""
+    one; Offline +6% Linear rules, +8.5% whole config); fp8 runs cuBLASLt (faster than any promoted kernel
+    here from M 256) but the Triton GEMM up to 64 rows, where it streams the weights faster (fp8.SMALL_M_GEMM8).
+    Elsewhere the Triton int8 GEMM and cuBLASLt fp8."""
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
-        return "gemm8_ws", "scaled_mm"
+        return "gemm8_ws", "gemm8_small_m"
     return GEMM_PATHS["auto"]
 
 

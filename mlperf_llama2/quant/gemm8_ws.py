@@ -23,9 +23,9 @@ wait for each MMA to finish before issuing the next: `warp_group_dot_wait {pendi
 Status: compiled for sm_90 on a CPU (tests/test_gemm8_ws.py checks registers, no spills and the in-loop
 waits in the SASS); bit for bit equal to `gemm8_triton.gemm8` on an H100 (tests/test_gemm8_ws_gpu.py) and
 measured there (tools/bench_gemm.py kernels ws_*, docs/engine.md "The 8-bit GEMM"): the engine's int8 GEMM
-on sm_90 (`--engine-gemm auto`); FP8 stays on cuBLASLt, which is faster than the promoted path here. The
-two-partition mode (`wgs=2`) is compiled only: not yet run on a GPU. No TRITON_INTERPRET path: Gluon has no
-interpreter.
+on sm_90 (`--engine-gemm auto`); FP8 runs cuBLASLt (the Triton gemm8 up to 64 rows), faster than this kernel's
+promoted path there. The two-partition mode (`wgs=2`) is compiled only: not yet run on a GPU. No
+TRITON_INTERPRET path: Gluon has no interpreter.
 """
 
 from __future__ import annotations
