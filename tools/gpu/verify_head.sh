@@ -4,7 +4,8 @@
 # tests at HEAD (both partition modes), the two-partition (wgs=2) tiles beside cuBLASLt and the one-partition
 # default, the elementwise kernels' bit-for-bit tests run whole on CUDA (they launch without fp contraction since
 # session 18), the silu_mul_q8 scratch-row change in a whole-config step profile, and every --engine-gemm path's
-# tokens. One log, $OUT/log.txt; the GEMM table in $OUT/w2. STEPS picks a subset (default: all, in this order).
+# tokens; `smallm` (not in the default set) finds where FP8's auto switch from the Triton GEMM to cuBLASLt belongs.
+# One log, $OUT/log.txt; the GEMM tables in $OUT/w2, $OUT/smallm. STEPS picks a subset (default: all but smallm).
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD
@@ -26,7 +27,10 @@ ws_fp8@128x128s6p1w2,ws_fp8@128x128s6p2w2,ws_int8@128x128s6p1,ws_int8@128x256s3p
     profile) timeout 170 python3 tools/profile_step.py --shape 70b --layers 20 --weights int8 --kv-cache-dtype int8 \
           --int8-rules all --reps 10 --out "$OUT"/prof_all 2>&1 | grep -v "WARNING\|Warning\|INFO" | tail -26 >> "$L" ;;
     engine) timeout 110 "${PYTEST[@]}" -m gpu tests/test_engine_gemm_choice.py 2>&1 | tail -15 >> "$L" ;;
-    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise profile engine)" | tee -a "$L"; exit 2 ;;
+    smallm) timeout 150 python3 tools/bench_gemm.py --m-list 16,64,96,128,192 \
+          --kernels scaled_mm_row,gemm8_fp8,ws_fp8@64x128s6p1 --out "$OUT"/smallm 2>&1 | tail -30 >> "$L" ;;
+    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise profile engine smallm)" | tee -a "$L"
+       exit 2 ;;
   esac
 done
 step finished
