@@ -31,7 +31,8 @@ NEW_TOKENS = 12
 COMPOSITIONS = {
     "roomy": EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64),
     "chunked_prefill": EngineConfig(max_num_seqs=16, max_num_batched_tokens=7, block_size=4, num_kv_blocks=256),
-    "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30),
+    # 20 blocks of 4 hold the longest prompt with its new tokens (64 + 12) and little else: sequences are preempted
+    "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=20),
 }
 
 
@@ -243,6 +244,7 @@ def test_engine_with_8bit_cache_equals_fake_quantized_kv_reference(tiny_model_di
     assert eight.runner.kv_cache.dtype == STORAGE[name]
     got = eight.generate(prompts(), SamplingParams(max_new_tokens=NEW_TOKENS))
     assert got == want and all(len(o) >= 2 for o in got)
+    assert (eight.scheduler.num_preemptions > 0) == (composition == "preemption")  # the composition does its job
     # same schedule, same slots: the 8-bit cache dequantizes to exactly the reference's cache
     layer_scales = eight.runner.kv_scales  # [L, 2, KV]
     for layer in range(scales.shape[1]):
