@@ -159,6 +159,9 @@ def main(argv=None) -> int:
                          "--server-auto (default: this run's Offline)")
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--growth-reserve", type=float, default=None,
+                    help="scheduler admission reserve, free KV blocks per running sequence (default: the engine's, "
+                         "scheduler.GROWTH_RESERVE), for A/B runs; 0 = the admission before session 18")
     ap.add_argument("--seq-caps", default="",
                     help="Server/Interactive: comma-separated --max-num-seqs values; every QPS point (explicit or "
                          "automatic) runs once per cap and token budget, on one engine built for the largest")
@@ -206,6 +209,10 @@ def main(argv=None) -> int:
         args.token_budgets = [int(v) for v in args.token_budgets.split(",") if v]
     except ValueError:
         raise SystemExit("bench: --seq-caps and --token-budgets take comma-separated integers") from None
+    if args.growth_reserve is not None and args.growth_reserve < 0:
+        raise SystemExit(f"bench: --growth-reserve must be >= 0, got {args.growth_reserve}")
+    if args.growth_reserve is not None and (args.tensor_parallel > 1 or args.data_parallel > 1):
+        raise SystemExit("bench: --growth-reserve is not wired into the multi-GPU benchmark")
     if min(args.seq_caps + args.token_budgets, default=1) < 1:
         raise SystemExit("bench: --seq-caps and --token-budgets values must be >= 1")
     if (args.seq_caps or args.token_budgets) and not (args.server_qps or args.server_auto):
@@ -299,6 +306,9 @@ def main(argv=None) -> int:
     engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype, kv_scales), econf,
                        cfg.eos_token_id)
     result["engine_setup_s"] = time.perf_counter() - t
+    if args.growth_reserve is not None:
+        engine.scheduler.growth_reserve = args.growth_reserve
+    result["growth_reserve"] = engine.scheduler.growth_reserve
     kv = engine.runner.kv_cache
     result["memory"].update(kv_cache_gib=kv.numel() * kv.element_size() / GIB, kv_blocks=engine.runner.num_blocks,
                             kv_tokens=engine.runner.num_blocks * econf.block_size)
