@@ -76,3 +76,15 @@ def test_server_mode_reports_latencies_per_setting(tmp_path):
     # 4 sequences at 2 QPS of ~300-token outputs (20 ms steps) cannot keep up: queries wait, TTFT grows
     assert by[(4, 4096)]["ttft_p99_ms"] > by[(32, 4096)]["ttft_p99_ms"]
     assert all(r["tpot_p99_ms"] >= 20.0 for r in rows)  # no step is shorter than the model's fixed 20 ms
+
+
+def test_bench_takes_the_admission_reserve_for_ab_runs(tmp_path):
+    bad = run_main(["--shape", "tiny", "--device", "cpu", "--growth-reserve", -1, "--out", tmp_path / "x"], tmp_path,
+                   timeout=120, script=str(REPO / "tools" / "bench.py"))
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode != 0 and len(lines) == 1 and "--growth-reserve must be >= 0" in lines[0]
+    proc = run_main(["--shape", "tiny", "--layers", 1, "--device", "cpu", "--samples", 4, "--ref-samples", 0,
+                     "--fidelity-prompts", 0, "--output-cap", 4, "--growth-reserve", 0, "--out", tmp_path / "out"],
+                    tmp_path, timeout=300, script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["growth_reserve"] == 0.0
