@@ -43,7 +43,7 @@ def fit_step_model(step_log: list) -> tuple[float, float, float]:
     (rows: decode only, sequences, tokens, ms, decodes)."""
     rows = np.asarray(step_log[3:], dtype=float)
     if len(rows) < 10:
-        raise UserError(f"sched_sim: the step log has {len(step_log)} steps; at least 13 are needed for a fit")
+        raise UserError(f"the step log has {len(step_log)} steps; at least 13 are needed for a fit")
     ms = rows[:, 3]
     keep = ms <= 5 * np.median(ms)
     a = np.column_stack([np.ones(keep.sum()), rows[keep, 2], rows[keep, 1]])
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
             run = bench["args"]
             measured = next(r for r in bench["rows"] if r["backend"] == "engine" and r.get("step_log"))
         except (OSError, ValueError, KeyError, StopIteration) as exc:
-            raise UserError(f"sched_sim: --from-bench {args.from_bench}: not a bench.json with an engine step log "
+            raise UserError(f"--from-bench {args.from_bench}: not a bench.json with an engine step log "
                             f"({type(exc).__name__}: {exc})")
         lengths_from = run.get("lengths_from")
     blocks = args.blocks or (measured or {}).get("kv_blocks")
@@ -147,17 +147,17 @@ def main(argv=None) -> int:
     samples = args.samples or run.get("samples")
     seed = args.seed if args.seed is not None else run.get("seed", 0)
     if not (blocks and seqs and samples):
-        raise UserError("sched_sim: give --from-bench, or --blocks, --max-num-seqs and --samples")
+        raise UserError("give --from-bench, or --blocks, --max-num-seqs and --samples")
     if measured is not None and args.c0_ms is None:
         model = fit_step_model(measured["step_log"])
     elif args.c0_ms is not None and args.c1_ms is not None:
         model = (args.c0_ms, args.c1_ms, args.c2_ms)
     else:
-        raise UserError("sched_sim: give --from-bench (the step-time model is fitted to it) or --c0-ms and --c1-ms")
+        raise UserError("give --from-bench (the step-time model is fitted to it) or --c0-ms and --c1-ms")
     try:
         reserves = [float(r) for r in args.reserves.split(",") if r]
     except ValueError:
-        raise UserError(f"sched_sim: --reserves takes comma-separated numbers, got {args.reserves!r}") from None
+        raise UserError(f"--reserves takes comma-separated numbers, got {args.reserves!r}") from None
     workload = workload_lengths(samples, seed, lengths_from, synthetic_lengths)
     if run.get("output_cap"):
         workload = dataclasses.replace(workload, output=np.minimum(workload.output, run["output_cap"]))
@@ -189,15 +189,15 @@ def _ints(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v]
     except ValueError:
-        raise UserError(f"sched_sim: {flag} takes comma-separated integers, got {text!r}") from None
+        raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
     if min(values, default=1) < 1:
-        raise UserError(f"sched_sim: {flag} values must be >= 1")
+        raise UserError(f"{flag} values must be >= 1")
     return values
 
 
 def serve_table(args, workload, blocks: int, seqs: int, budget: int, model, seed: int) -> int:
     if args.server_qps <= 0:
-        raise UserError(f"sched_sim: --server-qps must be > 0, got {args.server_qps}")
+        raise UserError(f"--server-qps must be > 0, got {args.server_qps}")
     rows = [serve(workload.prompt, workload.output, args.server_qps, blocks, args.block_size, cap, tokens,
                   GROWTH_RESERVE, model, seed)
             for cap in _ints(args.seq_caps, "--seq-caps") or [seqs]
