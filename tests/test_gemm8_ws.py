@@ -111,7 +111,9 @@ def test_bad_configs_say_what_is_wrong(cfg, kind, promote, message):
 
 
 def test_default_config_takes_small_tiles_for_small_batches():
-    assert ws.default_config(16, "fp8", True).bm == 64 and ws.default_config(4096, "fp8", True).bm == 128
+    # promoted fp8: one 64-row partition up to M 128, then two (the measured crossover, TILES)
+    assert [(ws.default_config(m, "fp8", True).bm, ws.default_config(m, "fp8", True).wgs)
+            for m in (1, 128, 129, 4096)] == [(64, 1), (64, 1), (128, 2), (128, 2)]
     assert ws.default_config(64, "int8", False).bm == 64 and ws.default_config(65, "int8", False).bm == 128
     assert ws.default_config(4096, "int8", False) == ws.BEST["int8"]
     assert ws.default_config(4096, "fp8", False) == ws.BEST["fp8_fast"]

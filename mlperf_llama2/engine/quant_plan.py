@@ -162,13 +162,14 @@ GEMM_PATHS = {"auto": ("fused", "scaled_mm"), "cublas": ("int_mm", "scaled_mm"),
 
 
 def auto_paths(device: torch.device) -> tuple[str, str]:
-    """--engine-gemm auto, by measurement (docs/engine.md, "The 8-bit GEMM"): on sm_90 int8 runs the
-    warp-specialised GEMM (H100: 1.53-1.57 POPS at the 70B shapes, M 4,096, against 1.10-1.19 for the Triton
-    one; Offline +6% Linear rules, +8.5% whole config); fp8 runs cuBLASLt (faster than any promoted kernel
-    here from M 256) but the Triton GEMM up to 64 rows, where it streams the weights faster (fp8.SMALL_M_GEMM8).
+    """--engine-gemm auto, by measurement (docs/engine.md, "The 8-bit GEMM"): on sm_90 both kinds run the
+    warp-specialised GEMM, its tile chosen by M (gemm8_ws.TILES). int8 (H100: 1.53-1.57 POPS at the 70B shapes,
+    M 4,096, against 1.10-1.19 for the Triton one; Offline +6% Linear rules, +8.5% whole config); fp8 with two
+    MMA partitions is faster than cuBLASLt at every measured M (H100, a decoder layer's four Linears: 0.31 vs
+    0.37-0.40 ms at M 16-64, 0.335 vs 0.349 at 128, 0.380 vs 0.420 at 256, 5.59 vs 5.67 at 4,096).
     Elsewhere the Triton int8 GEMM and cuBLASLt fp8."""
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
-        return "gemm8_ws", "gemm8_small_m"
+        return "gemm8_ws", "gemm8_ws"
     return GEMM_PATHS["auto"]
 
 
@@ -181,11 +182,12 @@ def apply_gemm(model: nn.Module, choice: str, device: Optional[torch.device] = N
     int8_path, fp8_path = auto_paths(device) if choice == "auto" and device is not None else GEMM_PATHS[choice]
     counts: dict[str, int] = {}
     for module in model.modules():
-        path = int8_path if isinstance(module, Int8Linear) else fp8_path if isinstance(module, Fp8Linear) else None
-        if path is None:
+        kind = 0 if isinstance(module, Int8Linear) else 1 if isinstance(module, Fp8Linear) else None
+        if kind is None:
             continue
+        path = (int8_path, fp8_path)[kind]
         if choice == "auto" and path == "gemm8_ws" and module.in_features % 16:
-            path = GEMM_PATHS["auto"][0]
+            path = GEMM_PATHS["auto"][kind]
         module.gemm = path
         counts[path] = counts.get(path, 0) + 1
     return counts

@@ -13,12 +13,9 @@ dequantize, then a float32 matmul) are float32 summation order and the place of 
   * "scaled_mm": cuBLASLt through `torch._scaled_mm` with row-wise scales (CUDA);
   * "scaled_mm_fast_accum": the same with Hopper's reduced-precision accumulation (measured option);
   * "gemm8": the project's persistent Triton GEMM (quant/gemm8_triton.py), promoting to float32 every 128 of K;
-  * "gemm8_ws": its warp-specialised Gluon form (quant/gemm8_ws.py, sm_90), the same numbers;
-  * "gemm8_small_m": "gemm8" for at most SMALL_M_GEMM8 rows, "scaled_mm" above (`--engine-gemm auto` on sm_90):
-    at M 64 on an H200 the Triton GEMM took 249 us per decoder layer's four Linears against cuBLASLt's 325, at
-    M 256 468 against 370 (docs/results/bench_gemm_70b_h200.json). The two sum in different orders, so a
-    sequence's numbers may differ in the last float32 bit between a small-batch and a large-batch step (as
-    cuBLASLt's own per-M algorithm choice may make them);
+  * "gemm8_ws": its warp-specialised Gluon form (quant/gemm8_ws.py, sm_90; `--engine-gemm auto` there): its tile
+    depends on M (gemm8_ws.TILES), and every tile gives gemm8's numbers bit for bit (tests/test_gemm8_ws_gpu.py),
+    so a sequence's numbers do not depend on the batch it runs in;
   * "reference": the float32 matmul of the e4m3 values, then the rescale (CPU, and any device).
 On CUDA the activations are quantized by one Triton pass per row (int8_kernels.quantize_rows_fp8).
 """
@@ -101,15 +98,7 @@ def scaled_mm_gemm(qx: torch.Tensor, s_x: torch.Tensor, qweight: torch.Tensor, w
     return y if bias is None else y + bias
 
 
-GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "gemm8", "gemm8_ws", "gemm8_small_m", "reference")
-SMALL_M_GEMM8 = 64  # the largest M measured faster with gemm8 than cuBLASLt (H200; M 128 not yet measured)
-
-
-def gemm_for_rows(path: str, m: int) -> str:
-    """The GEMM an Fp8Linear whose `gemm` is `path` runs for an M-row input (only "gemm8_small_m" depends on M)."""
-    if path == "gemm8_small_m":
-        return "gemm8" if m <= SMALL_M_GEMM8 else "scaled_mm"
-    return path
+GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "gemm8", "gemm8_ws", "reference")
 
 
 def _triton_kernels():
@@ -142,7 +131,7 @@ class Fp8Linear(Quant8Linear):
     def forward(self, x) -> torch.Tensor:
         """x: float [..., K], or a QuantizedActivation (e4m3 [M, K], scale [M]) from a quantizing producer."""
         lead, qx, s_x = self.quantized_input(x)
-        gemm = gemm_for_rows(self.gemm, qx.shape[0])
+        gemm = self.gemm
         if qx.is_cuda and gemm == "gemm8":
             from mlperf_llama2.quant.gemm8_triton import gemm8
 

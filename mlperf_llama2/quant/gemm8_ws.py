@@ -21,11 +21,9 @@ wait for each MMA to finish before issuing the next: `warp_group_dot_wait {pendi
   goes through shared memory and a TMA store that completes during the next tile's main loop.
 
 Status: compiled for sm_90 on a CPU (tests/test_gemm8_ws.py checks registers, no spills and the in-loop
-waits in the SASS); bit for bit equal to `gemm8_triton.gemm8` on an H100 (tests/test_gemm8_ws_gpu.py) and
-measured there (tools/bench_gemm.py kernels ws_*, docs/engine.md "The 8-bit GEMM"): the engine's int8 GEMM
-on sm_90 (`--engine-gemm auto`); FP8 runs cuBLASLt (the Triton gemm8 up to 64 rows), faster than this kernel's
-promoted path there. The two-partition mode (`wgs=2`) is compiled only: not yet run on a GPU. No
-TRITON_INTERPRET path: Gluon has no interpreter.
+waits in the SASS); bit for bit equal to `gemm8_triton.gemm8` on an H100 (tests/test_gemm8_ws_gpu.py, both
+partition modes) and measured there (tools/bench_gemm.py kernels ws_*, docs/engine.md "The 8-bit GEMM"): the
+engine's int8 and FP8 GEMM on sm_90 (`--engine-gemm auto`). No TRITON_INTERPRET path: Gluon has no interpreter.
 """
 
 from __future__ import annotations
@@ -90,20 +88,25 @@ CONFIGS = {
     "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1),
              WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2)],
 }
-SMALL_M = 64  # up to this many rows a 64-row tile wastes less of the MMA
-# First choice per family, from the H100 sweep (docs/results/bench_gemm_ws_70b_h100.json, 70B shapes, M 256 to
-# 4,096): int8 128 x 128 with 6 stages (its wgmma N is 128 either way), unpromoted fp8 128 x 256.
-BEST = {"fp8_promote": WsConfig(128, 128, 5, 1), "int8": WsConfig(128, 128, 6, 1), "fp8_fast": WsConfig(128, 256, 3, 1)}
+# The tile per family and batch size: (largest M, tile), the first that holds M wins. From the H100 sweeps
+# (docs/results/bench_gemm_ws_70b_h100.json, bench_gemm_w2_70b_h100.json, bench_gemm_smallm_70b_h100.json; the
+# 70B shapes): promoted fp8 takes 64-row tiles up to M 128 (per decoder layer's four Linears 0.335 ms at M 128
+# against 0.349 for cuBLASLt and 0.353 for the Triton gemm8) and two MMA partitions above (M 256: 0.380 against
+# cuBLASLt's 0.420; M 4,096: 5.59 against 5.67); int8 128 x 128 with 6 stages (its wgmma N is 128 either way);
+# unpromoted fp8 128 x 256. Small-batch tiles of int8 and unpromoted fp8: 64 rows up to M 64 (not measured).
+TILES = {
+    "fp8_promote": [(128, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
+    "int8": [(64, WsConfig(64, 256, 4, 1)), (None, WsConfig(128, 128, 6, 1))],
+    "fp8_fast": [(64, WsConfig(64, 256, 4, 1)), (None, WsConfig(128, 256, 3, 1))],
+}
+BEST = {family: tiles[-1][1] for family, tiles in TILES.items()}  # the large-batch tile of each family
 
 
 def default_config(m: int, kind: str, promote: bool, out_bytes: int = 2) -> WsConfig:
-    """The measured first choice for this kind; 64-row tiles for small M (not yet measured there); fewer stages
-    where a wider output tile (float32: a float32 model in int8 mode) needs the shared memory."""
+    """The measured tile for this kind and M (TILES); fewer stages where a wider output tile (float32: a float32
+    model in int8 mode) needs the shared memory."""
     family = "fp8_promote" if promote else "int8" if kind == "int8" else "fp8_fast"
-    if m <= SMALL_M:
-        cfg = next(c for c in CONFIGS["fp8_promote" if promote else "fast"] if c.bm == 64)
-    else:
-        cfg = BEST[family]
+    cfg = next(tile for largest, tile in TILES[family] if largest is None or m <= largest)
     while cfg.smem_bytes(out_bytes) > 227 * 1024 and cfg.stages > 2:
         cfg = dataclasses.replace(cfg, stages=cfg.stages - 1)
     return cfg
