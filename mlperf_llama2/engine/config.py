@@ -98,9 +98,8 @@ class EngineConfig:
                        help="GEMM of the 8-bit Linears (int8 mode, --quantization fp8), for A/B runs; int8 gives "
                             "the same numbers on every path (exact sums), fp8 accumulates in float32 on every path "
                             "(cuBLASLt in its own order; none uses Hopper's fast fp8 accumulation): auto = the "
-                            "measured fastest: on sm_90 int8 the warp-specialised GEMM and fp8 cuBLASLt, but the "
-                            "Triton GEMM up to 64 rows; elsewhere the Triton int8 GEMM with the fused rescale and "
-                            "cuBLASLt fp8; cublas = cuBLASLt fp8, "
+                            "measured fastest: on sm_90 the warp-specialised GEMM for both (its tile chosen by the "
+                            "batch); elsewhere the Triton int8 GEMM with the fused rescale and cuBLASLt fp8; cublas = cuBLASLt fp8, "
                             "torch._int_mm int8; triton = the persistent Triton GEMM (quant/gemm8_triton.py); ws = the "
                             "warp-specialised Gluon GEMM (quant/gemm8_ws.py, sm_90 only) (default %(default)s)")
         g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=EngineConfig.kv_cache_dtype,
