@@ -5,7 +5,7 @@
 # default, the elementwise kernels' bit-for-bit tests run whole on CUDA (they launch without fp contraction since
 # session 18), the silu_mul_q8 scratch-row change in a whole-config step profile, and every --engine-gemm path's
 # tokens; `smallm` (not in the default set) finds where FP8's auto switch from the Triton GEMM to cuBLASLt belongs.
-# `tiles` sweeps gemm8_ws's default tiles (TILES) against the candidates from M 128 to 2,048; `fp8ab` runs FP8
+# `tiles` sweeps gemm8_ws's default tiles (TILES) against the candidates from M 16 to 2,048; `fp8ab` runs FP8
 # end to end (bench.py and profile_step.py, 20 of 80 layers) with --engine-gemm auto and cublas; `reserve` the
 # admission reserve A/B on a KV-bound 70B FP8 run (GR="0.5 0": ~5 min each on an H100, one per call).
 # One log, $OUT/log.txt; the GEMM tables in $OUT/w2, $OUT/smallm, $OUT/tiles. STEPS picks a subset (default: the
@@ -33,7 +33,7 @@ ws_fp8@128x128s6p1w2,ws_fp8@128x128s6p2w2,ws_int8@128x128s6p1,ws_int8@128x256s3p
     engine) timeout 110 "${PYTEST[@]}" -m gpu tests/test_engine_gemm_choice.py 2>&1 | tail -15 >> "$L" ;;
     smallm) timeout 150 python3 tools/bench_gemm.py --m-list 16,64,96,128,192 \
           --kernels scaled_mm_row,gemm8_fp8,ws_fp8@64x128s6p1 --out "$OUT"/smallm 2>&1 | tail -30 >> "$L" ;;
-    tiles) timeout 170 python3 tools/bench_gemm.py --m-list 128,192,512,1024,2048 --kernels scaled_mm_row,ws_fp8,\
+    tiles) timeout 170 python3 tools/bench_gemm.py --m-list 16,64,128,192,512,1024,2048 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x128s6p1 \
           --out "$OUT"/tiles 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
     fp8ab) for g in auto cublas; do  # FP8 end to end at 20 of 80 layers, auto (gemm8_ws) against cuBLASLt
