@@ -6,7 +6,8 @@
 # session 18), the silu_mul_q8 scratch-row change in a whole-config step profile, and every --engine-gemm path's
 # tokens; `smallm` (not in the default set) finds where FP8's auto switch from the Triton GEMM to cuBLASLt belongs.
 # `tiles` sweeps gemm8_ws's default tiles (TILES) against the candidates from M 16 to 2,048; `fp8ab` runs FP8
-# end to end (bench.py and profile_step.py, 20 of 80 layers) with --engine-gemm auto and cublas; `reserve` the
+# end to end (bench.py and profile_step.py, 20 of 80 layers) with --engine-gemm auto and cublas (`fp8prof`: the
+# profiles only); `reserve` the
 # admission reserve A/B on a KV-bound 70B FP8 run (GR="0.5 0": ~5 min each on an H100, one per call).
 # One log, $OUT/log.txt; the GEMM tables in $OUT/w2, $OUT/smallm, $OUT/tiles. STEPS picks a subset (default: the
 # first five).
@@ -41,14 +42,18 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --engine-gemm $g --out "$OUT"/fp8ab_$g 2>&1 \
             | grep -v "WARNING\|Warning" | tail -3 >> "$L"
           timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
-            --engine-gemm $g --reps 10 --out "$OUT"/fp8prof_$g 2>&1 | grep "^|" >> "$L"
+            --engine-gemm $g --reps 10 --out "$OUT"/fp8prof_$g 2>&1 | grep "^|\|bounds" >> "$L"
+        done ;;
+    fp8prof) for g in auto cublas; do  # fp8ab's step profiles only (~40 s each)
+          timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
+            --engine-gemm $g --reps 10 --out "$OUT"/fp8prof_$g 2>&1 | grep "^|\|bounds" >> "$L"
         done ;;
     reserve) for g in ${GR:-0.5 0}; do  # the admission reserve A/B, KV-bound (an H100 holds ~74 of 128 sequences)
           timeout 290 python3 tools/bench.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --samples 1024 \
             --max-num-seqs 128 --ref-samples 0 --fidelity-prompts 0 --growth-reserve "$g" --out "$OUT"/reserve_"$g" \
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
-    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise profile engine smallm tiles fp8ab reserve)" \
+    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise profile engine smallm tiles fp8ab fp8prof reserve)" \
          | tee -a "$L"
        exit 2 ;;
   esac
