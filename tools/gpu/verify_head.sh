@@ -1,16 +1,17 @@
 #!/bin/bash
-# What the CPU cannot check at HEAD (H100 or H200; carry [".whl"]; up to ~12 min: split it over two calls with
-# STEPS="gemm w2 elementwise" then STEPS="profile engine"): the Gluon GEMM's bit-for-bit
-# tests at HEAD (both partition modes), the two-partition (wgs=2) tiles beside cuBLASLt and the one-partition
-# default, the elementwise kernels' bit-for-bit tests run whole on CUDA (they launch without fp contraction since
-# session 18), the silu_mul_q8 scratch-row change in a whole-config step profile, and every --engine-gemm path's
-# tokens; `smallm` (not in the default set) finds where FP8's auto switch from the Triton GEMM to cuBLASLt belongs.
-# `tiles` sweeps gemm8_ws's default tiles (TILES) against the candidates from M 16 to 2,048; `fp8ab` runs FP8
-# end to end (bench.py and profile_step.py, 20 of 80 layers) with --engine-gemm auto and cublas (`fp8prof`: the
-# profiles only); `reserve` the
-# admission reserve A/B on a KV-bound 70B FP8 run (GR="0.5 0": ~5 min each on an H100, one per call).
-# One log, $OUT/log.txt; the GEMM tables in $OUT/w2, $OUT/smallm, $OUT/tiles. STEPS picks a subset (default: the
-# first five).
+# What the CPU cannot check at HEAD (H100 or H200; carry [".whl"]; one log, $OUT/log.txt). STEPS picks the steps
+# (default "gemm w2 elementwise profile engine", ~8 min: split it over two calls):
+#   gemm         the Gluon GEMM's bit-for-bit tests (both partition modes) and the Triton GEMM's
+#   w2           two-partition (wgs=2) tiles beside cuBLASLt and the one-partition ones, M 256 and 4,096
+#   elementwise  the elementwise kernels' bit-for-bit tests, whole on CUDA (launched without fp contraction)
+#   profile      the whole-config step profile (silu_mul_q8's scratch row)
+#   engine       every --engine-gemm path's tokens
+#   smallm       FP8 kernels at M 16-192 (cuBLASLt, Triton gemm8, the 64-row gemm8_ws tile)
+#   tiles        gemm8_ws's default tiles (TILES) against the candidates, M 16-2,048, FP8 and int8
+#   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
+#   fp8prof      fp8ab's step profiles only (~80 s)
+#   reserve      the admission-reserve A/B on a KV-bound 70B FP8 run (GR="0.5 0"; ~5 min each on an H100)
+# GEMM tables land in $OUT/<step>/.
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD
