@@ -115,6 +115,8 @@ def test_default_config_takes_small_tiles_for_small_batches():
     assert [(ws.default_config(m, "fp8", True).bm, ws.default_config(m, "fp8", True).wgs)
             for m in (1, 128, 129, 4096)] == [(64, 1), (64, 1), (128, 2), (128, 2)]
     assert ws.default_config(64, "int8", False).bm == 64 and ws.default_config(65, "int8", False).bm == 128
+    # int8: two partitions up to M 256 (measured faster there), one above
+    assert [ws.default_config(m, "int8", False).wgs for m in (65, 256, 257, 4096)] == [2, 2, 1, 1]
     assert ws.default_config(4096, "int8", False) == ws.BEST["int8"]
     assert ws.default_config(4096, "fp8", False) == ws.BEST["fp8_fast"]
     wide = ws.default_config(4096, "int8", False, out_bytes=4)  # a float32 model's output tile
@@ -150,3 +152,15 @@ def test_epilogue_rounds_each_operation_like_the_torch_statement():
     k = ws.compile_offline(ws.WsConfig(128, 128, 4, 1), "int8", False, torch.float32, has_bias=True)
     ptx = k.asm["ptx"]
     assert "fma.rn.f32" not in ptx and re.search(r"add\.(rn\.)?f32", ptx)
+
+
+DEFAULTS = sorted({(kind, promote, out_dtype, ws.default_config(m, kind, promote, out_dtype.itemsize))
+                   for m in (16, 128, 256, 4096) for kind, promote in (("fp8", True), ("fp8", False), ("int8", False))
+                   for out_dtype in (torch.float16, torch.float32)}, key=str)
+
+
+@pytest.mark.parametrize("kind,promote,out_dtype,cfg", DEFAULTS, ids=[f"{v[0]}-{v[1]}-{v[2]}-{v[3]}" for v in DEFAULTS])
+def test_every_default_tile_compiles_within_shared_memory(kind, promote, out_dtype, cfg):
+    """What default_config picks for each family, M and output width (stages cut for a float32 output) builds."""
+    k = ws.compile_offline(cfg, kind, promote, out_dtype)
+    assert k.metadata.shared <= SMEM_LIMIT
