@@ -74,7 +74,8 @@ def _add_rms_norm_q8_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, q_ptr, s_ptr, ep
         h32 = h.to(tl.float32)
         d32 = d.to(tl.float32)
         if ADD_QMAX > 0:  # step 1: one scale for both inputs of the residual add
-            s_add = _dyn_scale(tl.maximum(tl.max(tl.abs(h32), axis=0), tl.max(tl.abs(d32), axis=0)), ADD_QMAX)
+            # one reduction of the elementwise maximum (max is order-free: the same value as two reductions)
+            s_add = _dyn_scale(tl.max(tl.maximum(tl.abs(h32), tl.abs(d32)), axis=0), ADD_QMAX)
             h32 = _fq(h32, s_add, ADD_QMAX, INTERPRET).to(dt).to(tl.float32)
             d32 = _fq(d32, s_add, ADD_QMAX, INTERPRET).to(dt).to(tl.float32)
         h = (h32 + d32).to(dt)
