@@ -47,3 +47,24 @@ def test_missing_constexprs_and_unknown_parameters_are_named(capsys):
     assert run_cli(kernel_sass.main, [spec, "--const", "HAS_DELTA=1", "BLOCK=1024", "INTERPRET=0",
                                       "--ptr", "q_ptr=i8"]) == 2
     assert "has no parameter ['q_ptr']" in capsys.readouterr().err
+
+
+@COMPILES
+def test_whole_config_decode_moves_its_scores_in_16_byte_accesses():
+    """The scores buffer holds whole tiles, so neither decode pass masks its columns: pass 1 stores a thread's
+    scores in one 16-byte store and pass 2 copies them asynchronously in 16 bytes, not as 2-byte accesses."""
+    pytest.importorskip("triton")
+    import triton.language as tl
+
+    from mlperf_llama2.engine import whole_config_decode_triton as wcd
+
+    consts = {"GROUP": 8, "BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": 128, "HAS_MASK_Q": True,
+              "DT": tl.float16, "INTERPRET": False, "VEC_TABLE": True, "SCORES": True}
+    ptrs = {"q_ptr": "i8", "qs_ptr": "fp32", "k_cache_ptr": "i8", "v_cache_ptr": "i8", "block_tables_ptr": "i32",
+            "context_lens_ptr": "i32", "scales_ptr": "fp32", "m_ptr": "fp32", "l_ptr": "fp32", "s_buf_ptr": "fp16",
+            "out_ptr": "fp16"}
+    stats = kernel_sass.report(wcd._stats_kernel, consts, {k: v for k, v in ptrs.items() if k in
+                                                            {p.name for p in wcd._stats_kernel.params}}, 90, 4, 3)
+    pv = kernel_sass.report(wcd._pv_kernel, {**consts, "BLOCK_H": 64, "HAS_OUT_Q": True}, ptrs, 90, 4, 3)
+    assert "STG.E.U16" not in stats["sass"] and "STG.E.128" in stats["sass"]
+    assert "LDG.E.U16" not in pv["sass"] and "LDGSTS.E.BYPASS.128" in pv["sass"]

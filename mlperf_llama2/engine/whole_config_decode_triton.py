@@ -18,6 +18,10 @@ are read on the device, so the grid depends on the batch size only (graph-safe).
 vectorised block-table read (one entry per cache block of a tile), and `scores`: pass 1 also writes the scores
 (already rounded to DT and 16-bit quantized, so DT holds them exactly) to a scratch buffer that pass 2 reads
 instead of reading K again and recomputing them (2 bytes per head and key instead of 1 per key and head_dim).
+The buffer's rows hold whole tiles (padded to a multiple of BLOCK_N; pass 1 writes -inf past the context), so
+neither pass masks its columns and the traffic vectorises: on sm_90 pass 1's eight 2-byte stores a thread become
+one 16-byte store, and pass 2's eight synchronous 2-byte loads become 16-byte asynchronous copies pipelined with
+the V tiles (tools/kernel_sass.py).
 `tools/bench_kv_decode.py --whole-config` times them; `DEFAULT_WC_DECODE_CONFIG` is the engine's.
 """
 
@@ -133,8 +137,7 @@ def _stats_kernel(q_ptr, qs_ptr, k_cache_ptr, block_tables_ptr, context_lens_ptr
                                        stride_ch, BLOCK_SIZE, BLOCK_N, HEAD_DIM, VEC_TABLE)
         s = _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET)
         if SCORES:  # exact in DT: every score was rounded to DT
-            tl.store(s_rows + start + tl.arange(0, BLOCK_N)[None, :], s.to(DT),
-                     mask=g_mask[:, None] & n_mask[None, :])
+            tl.store(s_rows + start + tl.arange(0, BLOCK_N)[None, :], s.to(DT), mask=g_mask[:, None])
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the first tile holds position 0
         l_i = l_i * _exp(m_i - m_new, INTERPRET) + tl.sum(_exp(s - m_new[:, None], INTERPRET), 1)
         m_i = m_new
@@ -176,7 +179,7 @@ def _pv_kernel(q_ptr, qs_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, contex
         kv_off, n_mask = _tile_offsets(block_tables_ptr, seq, stride_bt, start, ctx_len, kv_head, stride_cs,
                                        stride_ch, BLOCK_SIZE, BLOCK_N, HEAD_DIM, VEC_TABLE)
         if SCORES:
-            s = tl.load(s_rows + start + tl.arange(0, BLOCK_N)[None, :], mask=g_mask[:, None] & n_mask[None, :],
+            s = tl.load(s_rows + start + tl.arange(0, BLOCK_N)[None, :], mask=g_mask[:, None],
                         other=float("-inf")).to(tl.float32)
         else:
             s = _scores(q8, k_cache_ptr, kv_off, n_mask, coef, sm_scale, s_mask, HAS_MASK_Q, DT, INTERPRET)
@@ -211,7 +214,7 @@ def decode_q8(q8: torch.Tensor, qs: torch.Tensor, k_cache: torch.Tensor, v_cache
     group = h // kv
     vec_table = cfg.vec_table and cfg.block_n % block_size == 0
     ml = torch.empty(2, b, h, dtype=torch.float32, device=q8.device)  # [0]: softmax max m, [1]: denominator l
-    n_cols = block_tables.shape[1] * block_size  # the longest context a table can hold: graph-safe
+    n_cols = triton.cdiv(block_tables.shape[1] * block_size, cfg.block_n) * cfg.block_n  # whole tiles: graph-safe
     s_buf = torch.empty((b, h, n_cols) if cfg.scores else (1,), dtype=out_dtype, device=q8.device)
     out = torch.empty(b, h, d, dtype=out_dtype, device=q8.device)
     kv_scales = kv_scales.contiguous()
