@@ -144,8 +144,9 @@ def test_auto_is_the_warp_specialised_gemm_on_hopper_only(monkeypatch, capabilit
     assert auto_paths(torch.device("cuda", 0)) == (int8_path, fp8_path)
     assert auto_paths(torch.device("cpu")) == GEMM_PATHS["auto"]
     model = torch.nn.Sequential(Int8Linear.random(32, 16, device="cpu"), Int8Linear.random(24, 16, device="cpu"),
-                                Fp8Linear.from_float(torch.randn(8, 32)), Fp8Linear.from_float(torch.randn(8, 24)))
+                                Fp8Linear.from_float(torch.randn(8, 32)), Fp8Linear.from_float(torch.randn(8, 24)),
+                                Fp8Linear.from_float(torch.randn(12, 32)))
     counts = apply_gemm(model, "auto", torch.device("cuda", 0))
-    # K = 24 is no multiple of 16 (TMA strides): that Linear keeps its kind's non-TMA GEMM
-    assert [m.gemm for m in model] == [int8_path, "fused", fp8_path, "scaled_mm"]
+    # K = 24 is no multiple of 16, N = 12 none of 8 (TMA strides): those Linears keep their kind's non-TMA GEMM
+    assert [m.gemm for m in model] == [int8_path, "fused", fp8_path, "scaled_mm", "scaled_mm"]
     assert counts == {p: [m.gemm for m in model].count(p) for p in {m.gemm for m in model}}

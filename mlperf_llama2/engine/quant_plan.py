@@ -175,8 +175,8 @@ def auto_paths(device: torch.device) -> tuple[str, str]:
 
 def apply_gemm(model: nn.Module, choice: str, device: Optional[torch.device] = None) -> dict[str, int]:
     """Point every 8-bit Linear at the GEMM `choice` (EngineConfig.gemm) names; returns {path: Linears}.
-    A Linear the warp-specialised GEMM cannot take (K not a multiple of 16: TMA strides) keeps the Triton int8 /
-    cuBLASLt fp8 GEMM under auto; an explicit `ws` leaves it to gemm8_ws's one-line refusal."""
+    A Linear the warp-specialised GEMM cannot take (K not a multiple of 16 or N of 8: TMA strides) keeps the
+    Triton int8 / cuBLASLt fp8 GEMM under auto; an explicit `ws` leaves it to gemm8_ws's one-line refusal."""
     from mlperf_llama2.quant.fp8 import Fp8Linear
 
     int8_path, fp8_path = auto_paths(device) if choice == "auto" and device is not None else GEMM_PATHS[choice]
@@ -186,7 +186,7 @@ def apply_gemm(model: nn.Module, choice: str, device: Optional[torch.device] = N
         if kind is None:
             continue
         path = (int8_path, fp8_path)[kind]
-        if choice == "auto" and path == "gemm8_ws" and module.in_features % 16:
+        if choice == "auto" and path == "gemm8_ws" and (module.in_features % 16 or module.out_features % 8):
             path = GEMM_PATHS["auto"][kind]
         module.gemm = path
         counts[path] = counts.get(path, 0) + 1
