@@ -50,9 +50,10 @@ def test_missing_constexprs_and_unknown_parameters_are_named(capsys):
 
 
 @COMPILES
-def test_whole_config_decode_moves_its_scores_in_16_byte_accesses():
-    """The scores buffer holds whole tiles, so neither decode pass masks its columns: pass 1 stores a thread's
-    scores in one 16-byte store and pass 2 copies them asynchronously in 16 bytes, not as 2-byte accesses."""
+def test_whole_config_decode_stores_its_scores_in_16_byte_accesses():
+    """The scores buffer holds whole tiles, so pass 1 stores without a mask along keys: a thread's scores in one
+    16-byte store, not eight 2-byte ones. Pass 2 keeps masked synchronous loads (measured faster than the
+    async copies an unmasked load becomes)."""
     pytest.importorskip("triton")
     import triton.language as tl
 
@@ -67,4 +68,4 @@ def test_whole_config_decode_moves_its_scores_in_16_byte_accesses():
                                                             {p.name for p in wcd._stats_kernel.params}}, 90, 4, 3)
     pv = kernel_sass.report(wcd._pv_kernel, {**consts, "BLOCK_H": 64, "HAS_OUT_Q": True}, ptrs, 90, 4, 3)
     assert "STG.E.U16" not in stats["sass"] and "STG.E.128" in stats["sass"]
-    assert "LDG.E.U16" not in pv["sass"] and "LDGSTS.E.BYPASS.128" in pv["sass"]
+    assert "LDG.E.U16" in pv["sass"]

@@ -121,6 +121,28 @@ def gpu_breakdown(fn) -> dict:
     return classes
 
 
+def parse_ws_tiles(items: list) -> dict:
+    """['int8=128x128s6p1w2', ...] -> {family: gemm8_ws.WsConfig}; one line for a bad family or tile."""
+    if not items:
+        return {}
+    from bench_gemm import ws_config
+    from mlperf_llama2.errors import UserError
+    from mlperf_llama2.quant.gemm8_ws import TILES, WsConfig
+
+    tiles = {}
+    for item in items:
+        family, sep, tile = item.partition("=")
+        if not sep or family not in TILES:
+            raise SystemExit(f"profile_step: --ws-tile takes FAMILY=TILE with FAMILY one of {', '.join(TILES)}, "
+                             f"got {item!r}")
+        try:
+            bm, bn, stages, split, wgs = ws_config(tile)
+        except UserError as err:
+            raise SystemExit(f"profile_step: --ws-tile: {err}") from None
+        tiles[family] = WsConfig(bm, bn, stages, split, wgs=wgs)
+    return tiles
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="7b", choices=("tiny", "7b", "70b"))
@@ -132,13 +154,22 @@ def main(argv=None) -> int:
                     help="--weights int8: every rule of the config (whole_config.py; needs --kv-cache-dtype int8)")
     ap.add_argument("--engine-gemm", choices=("auto", "cublas", "triton", "ws"), default="auto",
                     help="GEMM of the 8-bit Linears (main.py's --engine-gemm)")
+    ap.add_argument("--ws-tile", action="append", default=[], metavar="FAMILY=TILE",
+                    help="A/B of the warp-specialised GEMM's tile inside the step: FAMILY (int8, fp8_promote, fp8_fast) "
+                         "runs TILE (bench_gemm's BMxBNsSTAGESpSPLIT[wWGS], e.g. int8=128x128s6p1w2) at every M")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")
     ap.add_argument("--prefill", type=int, default=460, help="prompt tokens added in the mixed step")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    tiles = parse_ws_tiles(args.ws_tile)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if tiles:
+        from mlperf_llama2.quant import gemm8_ws
+
+        for family, cfg in tiles.items():
+            gemm8_ws.TILES[family] = [(None, cfg)]
     os.makedirs(args.out, exist_ok=True)
     device, dtype = torch.device("cuda"), torch.float16
     cfg = hf_config_for(args.shape, args.layers)

@@ -89,16 +89,18 @@ CONFIGS = {
              WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2)],
 }
 # The tile per family and batch size: (largest M, tile), the first that holds M wins. From the H100 sweeps
-# (docs/results/bench_gemm_ws_70b_h100.json, bench_gemm_w2_70b_h100.json, bench_gemm_smallm_70b_h100.json; the
-# 70B shapes): promoted fp8 takes 64-row tiles up to M 128 (per decoder layer's four Linears 0.335 ms at M 128
-# against 0.349 for cuBLASLt and 0.353 for the Triton gemm8) and two MMA partitions above (M 256: 0.380 against
-# cuBLASLt's 0.420; M 4,096: 5.59 against 5.67); int8 128 x 128 with 6 stages (its wgmma N is 128 either way),
-# two partitions up to M 256 (0.363 against 0.388 ms at M 256; at 4,096 one partition is 1% faster, M 512-2,048
-# not yet measured); unpromoted fp8 128 x 256. Small-batch tiles of int8 and unpromoted fp8: 64 rows up to M 64
-# (not measured).
+# (docs/results/bench_gemm_ws_70b_h100.json, bench_gemm_w2_70b_h100.json, bench_gemm_smallm_70b_h100.json,
+# bench_gemm_tiles_70b_h100.json; the 70B shapes, a decoder layer's four Linears): 64-row tiles up to M 192 for
+# promoted fp8 and int8 (M 16-64: 0.32-0.33 ms against 0.38-0.42 for cuBLASLt and 0.38 for int8's former
+# 64 x 256 tile; M 192: 0.41-0.44 against 0.50-0.52 for 128-row tiles); above, promoted fp8 with two MMA
+# partitions (M 256: 0.380 against cuBLASLt's 0.420, M 4,096: 5.59 against 5.67; in the FP8 decode step of 256
+# sequences, 20 layers, GEMM 8.05 against cuBLASLt's 8.51 ms, the mixed step 21.5 against 26.5) and int8
+# 128 x 128 with 6 stages, one partition (two are faster alone at M 256-1,024 but the whole-config decode step's
+# GEMMs took 7.67 ms with them against 7.49: not the default until a same-call A/B says so); unpromoted fp8
+# 128 x 256 (64 x 256 up to M 64, not measured).
 TILES = {
-    "fp8_promote": [(128, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
-    "int8": [(64, WsConfig(64, 256, 4, 1)), (256, WsConfig(128, 128, 6, 1, wgs=2)), (None, WsConfig(128, 128, 6, 1))],
+    "fp8_promote": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
+    "int8": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1))],
     "fp8_fast": [(64, WsConfig(64, 256, 4, 1)), (None, WsConfig(128, 256, 3, 1))],
 }
 BEST = {family: tiles[-1][1] for family, tiles in TILES.items()}  # the large-batch tile of each family

@@ -10,6 +10,7 @@
 #   tiles        gemm8_ws's default tiles (TILES) against the candidates, M 16-2,048, FP8 and int8
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
 #   fp8prof      fp8ab's step profiles only (~80 s)
+#   wcab         the whole-config step profile with int8's default gemm8_ws tile and with two partitions (~60 s)
 #   reserve      the admission-reserve A/B on a KV-bound 70B FP8 run (GR="0.5 0"; ~5 min each on an H100)
 # GEMM tables land in $OUT/<step>/.
 export PYTHONUNBUFFERED=1
@@ -49,12 +50,17 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
           timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
             --engine-gemm $g --reps 10 --out "$OUT"/fp8prof_$g 2>&1 | grep "^|\|bounds" >> "$L"
         done ;;
+    wcab) for t in "" "int8=128x128s6p1w2"; do  # the whole-config step with int8's default tile, then two partitions
+          timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights int8 --kv-cache-dtype int8 \
+            --int8-rules all --reps 10 ${t:+--ws-tile "$t"} --out "$OUT"/wcab_"${t:-default}" 2>&1 \
+            | grep "graph decode |\|mixed |\|_kernel$" | head -12 >> "$L"
+        done ;;
     reserve) for g in ${GR:-0.5 0}; do  # the admission reserve A/B, KV-bound (an H100 holds ~74 of 128 sequences)
           timeout 290 python3 tools/bench.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --samples 1024 \
             --max-num-seqs 128 --ref-samples 0 --fidelity-prompts 0 --growth-reserve "$g" --out "$OUT"/reserve_"$g" \
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
-    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise profile engine smallm tiles fp8ab fp8prof reserve)" \
+    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise profile engine smallm tiles fp8ab fp8prof wcab reserve)" \
          | tee -a "$L"
        exit 2 ;;
   esac
