@@ -84,12 +84,12 @@ DEFAULT_KERNELS = [k.name for k in KERNELS if k.name != "gemm8_fp8_mma"]
 WS_CONFIG = re.compile(r"^(\d+)x(\d+)s(\d+)p(\d+)(?:w(\d))?$")
 
 
-def ws_config(suffix: str) -> tuple[int, int, int, int, int]:
+def ws_config(suffix: str, flag: str = "--kernels") -> tuple[int, int, int, int, int]:
     """'128x128s5p2' -> (BM 128, BN 128, stages 5, split 2, MMA partitions 1); '...w2': two MMA partitions.
     The fields of a gemm8_ws.WsConfig."""
     match = WS_CONFIG.match(suffix)
     if not match:
-        raise UserError(f"--kernels: a gemm8_ws tile is BMxBNsSTAGESpSPLIT[wWGS] (e.g. 128x128s5p1, 128x128s6p1w2), "
+        raise UserError(f"{flag}: a gemm8_ws tile is BMxBNsSTAGESpSPLIT[wWGS] (e.g. 128x128s5p1, 128x128s6p1w2), "
                         f"got {suffix!r}")
     bm, bn, stages, split, wgs = match.groups()
     return int(bm), int(bn), int(stages), int(split), int(wgs or 1)

@@ -136,9 +136,9 @@ def parse_ws_tiles(items: list) -> dict:
             raise SystemExit(f"profile_step: --ws-tile takes FAMILY=TILE with FAMILY one of {', '.join(TILES)}, "
                              f"got {item!r}")
         try:
-            bm, bn, stages, split, wgs = ws_config(tile)
+            bm, bn, stages, split, wgs = ws_config(tile, "--ws-tile")
         except UserError as err:
-            raise SystemExit(f"profile_step: --ws-tile: {err}") from None
+            raise SystemExit(f"profile_step: {err}") from None
         tiles[family] = WsConfig(bm, bn, stages, split, wgs=wgs)
     return tiles
 
@@ -155,8 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument("--engine-gemm", choices=("auto", "cublas", "triton", "ws"), default="auto",
                     help="GEMM of the 8-bit Linears (main.py's --engine-gemm)")
     ap.add_argument("--ws-tile", action="append", default=[], metavar="FAMILY=TILE",
-                    help="A/B of the warp-specialised GEMM's tile inside the step: FAMILY (int8, fp8_promote, fp8_fast) "
-                         "runs TILE (bench_gemm's BMxBNsSTAGESpSPLIT[wWGS], e.g. int8=128x128s6p1w2) at every M")
+                    help="A/B of the warp-specialised GEMM's tile inside the step: FAMILY (int8, fp8_promote, "
+                         "fp8_fast) runs TILE (bench_gemm's BMxBNsSTAGESpSPLIT[wWGS], e.g. int8=128x128s6p1w2) at "
+                         "every M")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")
     ap.add_argument("--prefill", type=int, default=460, help="prompt tokens added in the mixed step")

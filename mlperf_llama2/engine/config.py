@@ -99,9 +99,10 @@ class EngineConfig:
                             "the same numbers on every path (exact sums), fp8 accumulates in float32 on every path "
                             "(cuBLASLt in its own order; none uses Hopper's fast fp8 accumulation): auto = the "
                             "measured fastest: on sm_90 the warp-specialised GEMM for both (its tile chosen by the "
-                            "batch); elsewhere the Triton int8 GEMM with the fused rescale and cuBLASLt fp8; cublas = cuBLASLt fp8, "
-                            "torch._int_mm int8; triton = the persistent Triton GEMM (quant/gemm8_triton.py); ws = the "
-                            "warp-specialised Gluon GEMM (quant/gemm8_ws.py, sm_90 only) (default %(default)s)")
+                            "batch); elsewhere the Triton int8 GEMM with the fused rescale and cuBLASLt fp8; "
+                            "cublas = cuBLASLt fp8, torch._int_mm int8; triton = the persistent Triton GEMM "
+                            "(quant/gemm8_triton.py); ws = the warp-specialised Gluon GEMM (quant/gemm8_ws.py, "
+                            "sm_90 only) (default %(default)s)")
         g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=EngineConfig.kv_cache_dtype,
                        help="KV-cache storage: auto = the model dtype (engine int8 mode with a config whose K and V "
                             "quantizers are int8 static per tensor: int8 with the config's own scales); fp8 (E4M3) "

@@ -131,18 +131,17 @@ class Fp8Linear(Quant8Linear):
     def forward(self, x) -> torch.Tensor:
         """x: float [..., K], or a QuantizedActivation (e4m3 [M, K], scale [M]) from a quantizing producer."""
         lead, qx, s_x = self.quantized_input(x)
-        gemm = self.gemm
-        if qx.is_cuda and gemm == "gemm8":
+        if qx.is_cuda and self.gemm == "gemm8":
             from mlperf_llama2.quant.gemm8_triton import gemm8
 
             y = gemm8(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8")
-        elif qx.is_cuda and gemm == "gemm8_ws":
+        elif qx.is_cuda and self.gemm == "gemm8_ws":
             from mlperf_llama2.quant.gemm8_ws import gemm8_ws
 
             y = gemm8_ws(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8")
-        elif qx.is_cuda and gemm != "reference":
+        elif qx.is_cuda and self.gemm != "reference":
             y = scaled_mm_gemm(qx, s_x, self.qweight, self.weight_scale, self.bias, self.out_dtype,
-                               fast_accum=gemm == "scaled_mm_fast_accum")
+                               fast_accum=self.gemm == "scaled_mm_fast_accum")
         else:
             y = reference_gemm(qx, s_x, self.qweight, self.weight_scale, self.bias, self.out_dtype)
         return y.reshape(*lead, self.out_features)
