@@ -152,8 +152,8 @@ def test_a_scales_file_without_every_static_quantizer_is_one_line(tiny_model_dir
 @pytest.fixture(scope="module")
 def wide_heads(tiny_tokenizer_dir, tmp_path_factory):
     """(model dir, scales file of simulate's calibration, simulate's greedy tokens) of a tiny Llama with head_dim 32:
-    on a GPU the kernels' int8 tensor-core dots need it (head_dim 16 runs the eager path there; the interpreter
-    takes either). init_scale 8: decisive at this width (at 4 one prompt in three seeds of five is a near-tie)."""
+    the kernels' int8 tensor-core dots need it (head_dim 16 runs the eager path, on every device). init_scale 8:
+    decisive at this width (at 4 one prompt in three seeds of five is a near-tie)."""
     from tiny_models import build_tiny_llama
 
     model_dir = build_tiny_llama(tmp_path_factory.mktemp("wide_heads"), tiny_tokenizer_dir, seed=1, hidden_size=128,

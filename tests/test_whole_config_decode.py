@@ -5,7 +5,8 @@ matmul_pv modules built from w8a8_npm_v1_3_4.yaml (per-sequence scales) fed the 
 int8 inputs came from. `decode_q8` (two Triton passes) equals `decode_q8_torch` to fp32 rounding in fp32, and in
 fp16 within a few 16-bit steps of the output quantizer plus one int8 step of P per key (a P element may round to
 a neighbouring integer, since the kernel's scores differ from simulate's by a 16-bit rounding). Contexts of 1, 5
-and 13 tokens through a shuffled block table, GQA groups of 2. Kernels run under TRITON_INTERPRET=1 on a CPU.
+and 13 tokens through a shuffled block table, GQA groups of 2. Kernels run under TRITON_INTERPRET=1 on a CPU or on
+CUDA, at shapes a GPU compiles (head_dim and key tiles of 32: an int8 tl.dot's least K on sm_90).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mlperf_llama2.quant.llama_slots import AddSlot, MatmulSlot
 from mlperf_llama2.quant.yaml_config import load_rules
 
 NPM = str(Path(__file__).resolve().parents[1] / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
-H, KV, D, BLOCK = 4, 2, 16, 4
+H, KV, D, BLOCK = 4, 2, 32, 4  # head_dim 32: an int8 tl.dot's least K on a GPU
 CONTEXTS = (1, 5, 13)
 
 
@@ -53,8 +54,9 @@ def make_case(dt: torch.dtype, seed: int = 0, contexts=CONTEXTS, heads: int = H,
     width = max(blocks)
     bt = torch.tensor([t + [perm[-1]] * (width - len(t)) for t in tables], dtype=torch.int32)
     slots = (sum(blocks) + 2) * block
-    q = (torch.randn(len(contexts), heads, d, generator=g) * 2).to(dt)
-    k = (torch.randn(slots, kv_heads, d, generator=g) * 2).to(dt)
+    spread = 2 * (16 / d) ** 0.25  # scores q.k / sqrt(d) spread as at head_dim 16 (std ~4), whatever d
+    q = (torch.randn(len(contexts), heads, d, generator=g) * spread).to(dt)
+    k = (torch.randn(slots, kv_heads, d, generator=g) * spread).to(dt)
     v = (torch.randn(slots, kv_heads, d, generator=g) * 2).to(dt)
     qs = symmetric_scale(q.float().abs().amax(dim=(1, 2)), 8)  # [B]: one scale per token across all heads
     q8 = torch.round(q.float() / qs[:, None, None]).clamp(-127, 127).to(torch.int8)
@@ -71,7 +73,7 @@ def on_device(args):
     return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def run_kernel(args, s_mask, s_out, dt, block_n: int = 16, config=None) -> torch.Tensor:
+def run_kernel(args, s_mask, s_out, dt, block_n: int = 32, config=None) -> torch.Tensor:
     from mlperf_llama2.engine.whole_config_decode_triton import decode_q8
 
     return decode_q8(*on_device(args), s_mask, s_out, dt, block_n=block_n, config=config).cpu()
@@ -83,8 +85,8 @@ S_OUT = scale_of(3.0, 16)  # outputs reach about +-5: some are clamped
 
 @needs_triton
 @pytest.mark.parametrize("quantizers", ["both", "none"])
-@pytest.mark.parametrize("contexts,block_n,heads", [(CONTEXTS, 16, H), ((1, 5, 13, 40), 16, H), (CONTEXTS, 64, H),
-                                                    (CONTEXTS, 16, 6)])  # 6 heads: groups of 3, padded lanes
+@pytest.mark.parametrize("contexts,block_n,heads", [  # 6 heads: groups of 3, padded lanes
+    (CONTEXTS, 32, H), ((1, 5, 13, 40, 70), 32, H), (CONTEXTS, 64, H), (CONTEXTS, 32, 6)])
 def test_kernel_equals_the_reference_fp32(quantizers, contexts, block_n, heads):
     s_mask, s_out = (S_MASK, S_OUT) if quantizers == "both" else (None, None)
     for seed in range(2):
@@ -216,16 +218,16 @@ def wc_configs():
 @needs_triton
 @pytest.mark.parametrize("dt", [torch.float32, torch.float16])
 def test_every_launch_variant_gives_the_base_kernels_values(dt):
-    """Tiles of 16 and more over blocks of 4 (the vectorised table read), the scores buffer instead of the
+    """Tiles of 32 and more over blocks of 4 (the vectorised table read), the scores buffer instead of the
     recomputation: the same numbers, bit for bit, as the base variant at its own tile size."""
     from mlperf_llama2.engine.whole_config_decode_triton import WC_DECODE_CONFIGS
 
     *_, args, _ = make_case(dt, seed=6, contexts=(1, 5, 13, 40))
-    want = run_kernel(args, S_MASK, S_OUT, dt, block_n=16, config="base")
+    want = run_kernel(args, S_MASK, S_OUT, dt, block_n=32, config="base")
     for name, cfg in WC_DECODE_CONFIGS.items():
-        for block_n in (16, None):  # None: the variant's own tile
+        for block_n in (32, None):  # None: the variant's own tile
             got = run_kernel(args, S_MASK, S_OUT, dt, block_n=block_n, config=name)
-            if block_n is None and cfg.block_n != 16:  # another tile sums l in another order: fp32 rounding
+            if block_n is None and cfg.block_n != 32:  # another tile sums l in another order: fp32 rounding
                 assert_within_one_p_step(got.float(), want.float(), args, dt) if dt != torch.float32 else \
                     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 + 1.001 * S_OUT)
             else:
@@ -240,10 +242,21 @@ def test_an_unknown_launch_variant_is_one_line():
 
 
 @needs_triton
-def test_kernel_refuses_a_block_n_tl_dot_cannot_take():
+@pytest.mark.parametrize("block_n", [8, 16])
+def test_kernel_refuses_a_block_n_tl_dot_cannot_take(block_n):
+    """P.V reduces over a tile's keys: an int8 dot on sm_90 needs 32 (the interpreter would take 16)."""
     *_, args, _ = make_case(torch.float32)
-    with pytest.raises(UserError, match="whole-config decode: block_n must be >= 16"):
-        run_kernel(args, None, None, torch.float32, block_n=8)
+    with pytest.raises(UserError, match=f"whole-config decode: block_n must be >= 32 \\(tl.dot\\), got {block_n}"):
+        run_kernel(args, None, None, torch.float32, block_n=block_n)
+
+
+@needs_triton
+@pytest.mark.parametrize("d", [16, 48])
+def test_kernel_refuses_a_head_dim_tl_dot_cannot_take(d):
+    """Q.K^T reduces over head_dim, a power of 2 >= 32 on a GPU; one line on every device, before any launch."""
+    *_, args, _ = make_case(torch.float32, d=d)
+    with pytest.raises(UserError, match=f"whole-config decode: head_dim must be a power of 2 >= 32 .*got {d}$"):
+        run_kernel(args, None, None, torch.float32)
 
 
 @pytest.mark.gpu

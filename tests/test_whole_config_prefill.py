@@ -176,7 +176,8 @@ def test_kernel_without_quantizers_and_default_blocks():
 
 @pytest.mark.parametrize("shape", [(6, 2, 24), (3, 3, 8)])
 def test_kernel_pads_groups_and_head_dims(shape):
-    """A GQA group of 3 (padded to 4 rows per token), no GQA, head dims that are no power of 2 or under 16."""
+    """A GQA group of 3 (padded to 4 rows per token), no GQA, head dims that are no power of 2 or under 32 (padded
+    to the 32 an int8 tl.dot needs on a GPU)."""
     device = _triton_device()
     from mlperf_llama2.engine.whole_config_prefill_triton import prefill_q8
 

@@ -27,15 +27,16 @@ import triton.language as tl
 from mlperf_llama2.errors import UserError
 
 
-def check_launch(what: str, block_n: int, num_warps: int, num_stages: int) -> None:
-    """A decode kernel's launch options: powers of 2, tiles of at least 16 keys (tl.dot), at least one stage."""
+def check_launch(what: str, block_n: int, num_warps: int, num_stages: int, min_block_n: int = 16) -> None:
+    """A decode kernel's launch options: powers of 2, tiles of at least min_block_n keys (tl.dot: 16, or 32 where
+    the tile is an int8 dot's reduction dimension), at least one stage."""
     for name, value in (("block_n", block_n), ("num_warps", num_warps)):
         if value < 1 or value & (value - 1):
             raise UserError(f"{what}: {name} must be a power of 2 >= 1, got {value}")
     if num_stages < 1:
         raise UserError(f"{what}: num_stages must be >= 1, got {num_stages}")
-    if block_n < 16:
-        raise UserError(f"{what}: block_n must be >= 16 (tl.dot), got {block_n}")
+    if block_n < min_block_n:
+        raise UserError(f"{what}: block_n must be >= {min_block_n} (tl.dot), got {block_n}")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 _FP32_TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(float32).tiny: symmetric_scale's floor
 DEFAULT_BLOCK_N = 64  # keys per loop iteration
+MIN_K = 32  # an int8 tl.dot's reduction dimension on sm_90 (head_dim for Q.K^T, block_n for P.V)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class WCDecodeConfig:
     scores: bool = False
 
     def __post_init__(self) -> None:
-        check_launch("whole-config decode", self.block_n, self.num_warps, self.num_stages)
+        check_launch("whole-config decode", self.block_n, self.num_warps, self.num_stages, MIN_K)  # P.V: K = keys
 
 
 WC_DECODE_CONFIGS = {
@@ -211,6 +212,8 @@ def decode_q8(q8: torch.Tensor, qs: torch.Tensor, k_cache: torch.Tensor, v_cache
     if k_cache.stride(2) != 1 or q8.stride(2) != 1:
         raise UserError("whole-config decode: q8 and the caches need contiguous head_dim rows")
     b, h, d = q8.shape
+    if d < MIN_K or d & (d - 1):  # Q.K^T reduces over head_dim; the interpreter would accept any, a GPU does not
+        raise UserError(f"whole-config decode: head_dim must be a power of 2 >= {MIN_K} (int8 tl.dot), got {d}")
     kv = k_cache.shape[1]
     group = h // kv
     vec_table = cfg.vec_table and cfg.block_n % block_size == 0

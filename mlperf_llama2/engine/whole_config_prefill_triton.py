@@ -9,7 +9,8 @@ pass 1 runs a flash-attention loop over key blocks for m (row max) and l; pass 2
 into ps, recomputes the same scores, quantizes P = exp(S - m) / l to p8 and accumulates p8 . v8 exactly in
 int32 (or, with int_dot=False, fp32 dots of the same integers), then scales by ps * s_v and applies the
 16-bit output quantizer s_out. Queries are the last q_len of a chunk's k_len keys, causal. Heads are padded
-to BLOCK_D >= 16 with zeros, so the int8 dots always have the shapes tl.dot needs.
+to BLOCK_D >= 32 with zeros, so the int8 dots always have the shapes tl.dot needs (int8 MMA on sm_90: K >= 32;
+the interpreter accepts any, so CPU tests use the GPU's shapes too).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _Q16 = tl.constexpr(32767.0)  # 16-bit narrow range
 _Q8 = tl.constexpr(127.0)
+_MIN_K = 32  # an int8 tl.dot's reduction dimension on sm_90 (BLOCK_D for Q.K^T, BLOCK_N for P.V)
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
@@ -199,7 +201,7 @@ def prefill_q8(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, v8: torch.T
     """q8: [Tq, H, D] int8, qs: [Tq] fp32; k8, v8: [Tk, KV, D] int8 (chunk i's whole context at rows
     cu_seqlens_k[i]:cu_seqlens_k[i + 1]); cu_seqlens_q / _k: [P + 1] int32; kv_scales: [2, KV] fp32;
     s_mask / s_out: static 16-bit scales, None = no quantizer. -> [Tq, H, D] out_dtype.
-    block_m: queries per program (default: 128 rows of (token, head)); block_n: keys per loop step (>= 16);
+    block_m: queries per program (default: 128 rows of (token, head)); block_n: keys per loop step (32 at least);
     int_dot: int8 x int8 -> int32 dots (False: fp32 dots of the same integers, also exact). num_warps: 8 keeps
     pass 2's 128-row int32 accumulator in registers (with 4, sm_90 spills it: 255 registers and a stack)."""
     _check(q8, qs, k8, v8, kv_scales)
@@ -209,7 +211,7 @@ def prefill_q8(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, v8: torch.T
     block_g = triton.next_power_of_2(group)
     block_m = block_m or max(1, 128 // block_g)
     block_m = max(block_m, triton.cdiv(16, block_g))  # tl.dot needs 16 rows
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(_MIN_K, triton.next_power_of_2(d))
     if out_dtype not in _TL_DTYPE:
         raise UserError(f"whole-config prefill: out_dtype must be one of {list(_TL_DTYPE)}, got {out_dtype}")
     out = torch.empty(t, h, d, dtype=out_dtype, device=q8.device)
@@ -222,7 +224,7 @@ def prefill_q8(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, v8: torch.T
     q8, k8, v8 = q8.contiguous(), k8.contiguous(), v8.contiguous()  # unit last stride; one set for k8 and v8
     grid = (num_chunks, triton.cdiv(max_seqlen_q, block_m), kv)
     has_mask_q, has_out_q = s_mask is not None, s_out is not None
-    common = dict(GROUP=group, BLOCK_G=block_g, BLOCK_M=block_m, BLOCK_N=max(16, block_n), HEAD_DIM=d,
+    common = dict(GROUP=group, BLOCK_G=block_g, BLOCK_M=block_m, BLOCK_N=max(_MIN_K, block_n), HEAD_DIM=d,
                   BLOCK_D=block_d, INT_DOT=int_dot, HAS_MASK_Q=has_mask_q, DT=_TL_DTYPE[out_dtype],
                   INTERPRET=_INTERPRET, num_warps=num_warps)
     _pass1_kernel[grid](
