@@ -17,20 +17,13 @@ pytest.importorskip("triton")
 from mlperf_llama2.engine import fused_quant_triton, fused_triton, whole_config_triton  # noqa: E402
 
 
-class _Launched(Exception):
-    pass
-
-
-def _launch_options(monkeypatch, kernel, call) -> dict:
+def _launch_options(monkeypatch, kernels: dict, call) -> dict:
+    """{name: launch kwargs} of each kernel in `kernels` ({name: JITFunction}) that `call` launches; they record
+    instead of running (the wrapper's outputs stay uninitialised)."""
     seen = {}
-
-    def run(*args, **kwargs):
-        seen.update(kwargs)
-        raise _Launched
-
-    monkeypatch.setattr(kernel, "run", run)
-    with pytest.raises(_Launched):
-        call()
+    for name, kernel in kernels.items():
+        monkeypatch.setattr(kernel, "run", lambda *args, _name=name, **kwargs: seen.setdefault(_name, kwargs))
+    call()
     return seen
 
 
@@ -52,7 +45,7 @@ CASES = {
     "add_rms_norm_quant": (fused_quant_triton, "_add_rms_norm_quant_kernel",
                            lambda: fused_quant_triton.add_rms_norm_quant(torch.randn(T, N), None, torch.ones(N),
                                                                          1e-5, "int8")),
-    "silu_mul_quant": (fused_quant_triton, "_silu_mul_quant_kernel",
+    "silu_mul_quant": (fused_quant_triton, "_silu_mul_values_kernel _quant_values_kernel",
                        lambda: fused_quant_triton.silu_mul_quant(torch.randn(T, 2 * N), "fp8")),
     "add_rms_norm_q8": (whole_config_triton, "_add_rms_norm_q8_kernel",
                         lambda: whole_config_triton.add_rms_norm_q8(torch.randn(T, N), torch.randn(T, N),
@@ -62,13 +55,16 @@ CASES = {
                           torch.randn(T, (H + 2 * KV) * D), torch.arange(T), torch.ones(8, D), torch.zeros(8, D),
                           torch.zeros(10, KV, D, dtype=torch.int8), torch.zeros(10, KV, D, dtype=torch.int8),
                           torch.arange(T), H, KV, D, _scales(4), _scales(2 * KV))),
-    "silu_mul_q8": (whole_config_triton, "_silu_mul_q8_kernel",
+    "silu_mul_q8": (fused_quant_triton, "_silu_mul_values_kernel _quant_values_kernel",
                     lambda: whole_config_triton.silu_mul_q8(torch.randn(T, 2 * N), _scales(1), _scales(2))),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_exact_kernels_are_launched_without_fp_contraction(monkeypatch, name):
-    module, kernel_name, call = CASES[name]
-    options = _launch_options(monkeypatch, getattr(module, kernel_name), call)
-    assert options.get("enable_fp_fusion") is False, f"{name} launches {kernel_name} with {sorted(options)}"
+    module, kernel_names, call = CASES[name]
+    kernels = {k: getattr(module, k) for k in kernel_names.split()}
+    options = _launch_options(monkeypatch, kernels, call)
+    assert sorted(options) == sorted(kernels), f"{name} launched {sorted(options)}"
+    for kernel_name, kwargs in options.items():
+        assert kwargs.get("enable_fp_fusion") is False, f"{name} launches {kernel_name} with {sorted(kwargs)}"

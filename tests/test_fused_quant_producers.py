@@ -55,12 +55,15 @@ def test_add_rms_norm_quant_equals_unfused(kind, dtype, with_delta):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_mul_quant_equals_unfused(kind, dtype):
-    t, i = 5, 2500  # two column blocks of 2048, the second ragged
+    t, i = 5, 2500  # three column blocks of 1024, the last ragged
     gate_up = (torch.randn(t, 2 * i, generator=_gen(2), device=DEVICE) * 4).to(dtype)
+    gate_up[0, 2400] = gate_up[0, i + 2400] = 30.0  # row 0's largest product in the ragged last block,
+    gate_up[1, 5] = gate_up[1, i + 5] = 30.0  # row 1's in the first: each row's scale is its own blocks' maximum
     q, scale = silu_mul_quant(gate_up, kind)
     want_q, want_s = quantize_rows_torch(fused_triton.silu_mul(gate_up), kind)
     assert_same_bits(q, want_q)
     assert torch.equal(scale, want_s)
+    assert scale[0] == scale[1] and q[0, 2400].float().abs() == q.float().abs().amax()  # 30 * 30 sets both
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -215,7 +215,7 @@ def test_silu_mul_q8_matches_reference(wc, dtype, silu_q, mul_q):
 
 
 def test_silu_mul_q8_spans_blocks(wc):
-    """A row wider than one block (2048) and not a power of two: the two passes loop over it."""
+    """A row wider than one block (1024 columns) and not a power of two: three programs a row in each pass."""
     gate_up, silu_scale, mul_scales = _gate_up(torch.float16, width=2500)
     got = wc.silu_mul_q8(gate_up, silu_scale, mul_scales)
     want = ref.silu_mul_q8_torch(gate_up, silu_scale, mul_scales)

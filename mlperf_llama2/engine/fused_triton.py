@@ -117,6 +117,14 @@ def _rint(x, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _fq(x, scale, QMAX: tl.constexpr, INTERPRET: tl.constexpr):
+    """fp32 x, fp32 scale (> 0) -> the fake-quantized value, fp32 (the caller rounds it to the model dtype).
+    Clamping before rounding equals rounding then clamping (integer bounds) and keeps |y| < 2**22 for _rint."""
+    y = tl.minimum(tl.maximum(_div_by(x, scale, INTERPRET), -QMAX), QMAX)
+    return _rint(y, INTERPRET) * scale
+
+
+@triton.jit
 def _quant_kv(x, scale, QUANT: tl.constexpr, INTERPRET: tl.constexpr):
     """x: [R, C] fp32; scale: [R, 1] fp32 -> (quant(x / scale) as int8 / float8e4nv, its dequantized fp32 value).
 

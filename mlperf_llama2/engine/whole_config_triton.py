@@ -6,6 +6,9 @@ Three kernels; whole_config_ref.py states each in torch (what the eager path run
     rope_store_q8(qkv, positions, cos, ...)  -> (q8 [T, H, D], qs [T], k8 [T, KV, D], v8)     steps 4, 5, 6
     silu_mul_q8(gate_up, s_silu, s_mul)      -> (m8 [T, I] int8, ms [T])                      steps 11, 3
 
+(silu_mul_q8 runs fused_quant_triton's two SiLU·up passes, the FP8 / int8-Linear modes' own, with the 16-bit
+quantizers switched on.)
+
 Contract: the kernels equal the torch references (`*_torch`, the simulate path's numerics) bit for bit,
 except where two implementations of one fp32 primitive may differ in the last bit (the RMSNorm mean's
 summation order; exp in SiLU under the CPU interpreter), as in fused_triton.py. A 16-bit quantizer is
@@ -22,13 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
-from mlperf_llama2.engine.fused_quant_triton import _FP32_TINY, _quantize, _row_scale
-from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _quant_kv, _rint, _rsqrt
+from mlperf_llama2.engine.fused_quant_triton import _FP32_TINY, _quantize, _row_scale, silu_mul_split
+from mlperf_llama2.engine.fused_triton import _INTERPRET, _fq, _quant_kv, _rsqrt
 from mlperf_llama2.engine.whole_config_ref import (  # noqa: F401 - the references, importable from here too
     ACT_BITS, add_rms_norm_q8_torch, rope_store_q8_torch, silu_mul_q8_torch)
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_SILU_BLOCK = 2048
 
 
 def _qmax(bits: int) -> float:
@@ -36,14 +38,6 @@ def _qmax(bits: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- kernels
-
-
-@triton.jit
-def _fq(x, scale, QMAX: tl.constexpr, INTERPRET: tl.constexpr):
-    """fp32 x, fp32 scale (> 0) -> the fake-quantized value, fp32 (the caller rounds it to the model dtype).
-    Clamping before rounding equals rounding then clamping (integer bounds) and keeps |y| < 2**22 for _rint."""
-    y = tl.minimum(tl.maximum(_div_by(x, scale, INTERPRET), -QMAX), QMAX)
-    return _rint(y, INTERPRET) * scale
 
 
 @triton.jit
@@ -173,63 +167,6 @@ def _rope_store_q8_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, rope_s_ptr, kv_s_p
     tl.store(v_cache_ptr + c_off + half, v82, mask=is_kv)
 
 
-@triton.jit
-def _silu_mul_q_value(gu_ptr, row_off, cols, mask, s_silu, s_m1, s_m2, N_COLS: tl.constexpr,
-                      HAS_SILU_Q: tl.constexpr, HAS_MUL_Q: tl.constexpr, QMAX: tl.constexpr,
-                      INTERPRET: tl.constexpr):
-    """fq(silu(fq(gate))) * fq(up) for one block of a row, in dt, returned as fp32."""
-    g = tl.load(gu_ptr + row_off + cols, mask=mask, other=0.0)
-    u = tl.load(gu_ptr + row_off + N_COLS + cols, mask=mask, other=0.0)
-    dt = g.dtype
-    g32 = g.to(tl.float32)
-    u32 = u.to(tl.float32)
-    if HAS_SILU_Q:
-        g32 = _fq(g32, s_silu, QMAX, INTERPRET).to(dt).to(tl.float32)
-    a32 = tl.math.div_rn(g32, 1.0 + _exp(-g32, INTERPRET)).to(dt).to(tl.float32)  # silu, as ATen computes it
-    if HAS_MUL_Q:
-        a32 = _fq(a32, s_m1, QMAX, INTERPRET).to(dt).to(tl.float32)
-        u32 = _fq(u32, s_m2, QMAX, INTERPRET).to(dt).to(tl.float32)
-    return (a32 * u32).to(dt).to(tl.float32)
-
-
-@triton.jit
-def _silu_mul_q8_kernel(gu_ptr, silu_s_ptr, mul_s_ptr, q_ptr, s_ptr, v_ptr, stride_gu, stride_q,
-                        N_COLS: tl.constexpr, HAS_SILU_Q: tl.constexpr, HAS_MUL_Q: tl.constexpr, QMAX: tl.constexpr,
-                        BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
-    # one program per token: pass 1 computes the values (exactly representable in dt), keeps them in the scratch
-    # row v (dt, [T, N_COLS] contiguous) and finds the row's absmax; pass 2 reads them back (from L2: the program
-    # wrote them a moment ago) and quantizes. Recomputing them instead cost ~85 SASS instructions an element
-    # (four 16-bit quantizers, exp and an IEEE division), which made this kernel compute-bound.
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    row_off = row.to(tl.int64) * stride_gu
-    s_silu = 1.0
-    s_m1 = 1.0
-    s_m2 = 1.0
-    if HAS_SILU_Q:
-        s_silu = tl.load(silu_s_ptr)
-    if HAS_MUL_Q:
-        s_m1 = tl.load(mul_s_ptr)
-        s_m2 = tl.load(mul_s_ptr + 1)
-    v_off = row.to(tl.int64) * N_COLS
-    amax = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, N_COLS, BLOCK):
-        cols = start + offs
-        mask = cols < N_COLS
-        v = _silu_mul_q_value(gu_ptr, row_off, cols, mask, s_silu, s_m1, s_m2, N_COLS,
-                              HAS_SILU_Q, HAS_MUL_Q, QMAX, INTERPRET)
-        tl.store(v_ptr + v_off + cols, v.to(v_ptr.dtype.element_ty), mask=mask)
-        amax = tl.maximum(amax, tl.abs(v))
-    scale = _row_scale(tl.max(amax, axis=0), False)
-    tl.debug_barrier()  # each thread reads back its own stores; the barrier only makes that independent of layout
-    for start in range(0, N_COLS, BLOCK):
-        cols = start + offs
-        mask = cols < N_COLS
-        v = tl.load(v_ptr + v_off + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(q_ptr + row.to(tl.int64) * stride_q + cols, _quantize(v, scale, False, INTERPRET), mask=mask)
-    tl.store(s_ptr + row, scale)
-
-
 # ---------------------------------------------------------------------------------------------- wrappers
 
 
@@ -343,17 +280,4 @@ def silu_mul_q8(gate_up: torch.Tensor, silu_scale: Optional[torch.Tensor],
            f"gate_up must be a [T, 2 I] row-major tensor, got {tuple(gate_up.shape)}")
     _check_scales("silu_scale", silu_scale, 1, gate_up.device)
     _check_scales("mul_scales", mul_scales, 2, gate_up.device)
-    t, two_i = gate_up.shape
-    n = two_i // 2
-    m8 = torch.empty(t, n, dtype=torch.int8, device=gate_up.device)
-    ms = torch.empty(t, dtype=torch.float32, device=gate_up.device)
-    if t:
-        block = min(_SILU_BLOCK, triton.next_power_of_2(n))
-        scratch = torch.empty(t, n, dtype=gate_up.dtype, device=gate_up.device)  # the 16-bit row, for pass 2
-        _silu_mul_q8_kernel[(t,)](
-            gate_up, silu_scale if silu_scale is not None else ms, mul_scales if mul_scales is not None else ms,
-            m8, ms, scratch, gate_up.stride(0), m8.stride(0), N_COLS=n, HAS_SILU_Q=silu_scale is not None,
-            HAS_MUL_Q=mul_scales is not None, QMAX=_qmax(ACT_BITS), BLOCK=block, INTERPRET=_INTERPRET,
-            num_warps=8 if block >= 2048 else 4, enable_fp_fusion=False,
-        )
-    return m8, ms
+    return silu_mul_split(gate_up, "int8", silu_scale, mul_scales, _qmax(ACT_BITS))

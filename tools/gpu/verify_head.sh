@@ -3,7 +3,9 @@
 # (default "gemm w2 elementwise profile engine", ~8 min: split it over two calls):
 #   gemm         the Gluon GEMM's bit-for-bit tests (both partition modes) and the Triton GEMM's
 #   w2           two-partition (wgs=2) tiles beside cuBLASLt and the one-partition ones, M 256 and 4,096
-#   elementwise  the elementwise and whole-config decode kernels' tests, whole on CUDA (bit for bit where exact)
+#   elementwise  the elementwise and whole-config attention kernels' tests, whole on CUDA (bit for bit where exact)
+#   silu         SiLU·up quantized per token: the two-pass kernels against silu_mul + the Linear's quantizer
+#                (tools/bench_silu_quant.py, T 256-4,096; ~40 s)
 #   profile      the whole-config step profile (silu_mul_q8's scratch row)
 #   engine       every --engine-gemm path's tokens
 #   smallm       FP8 kernels at M 16-192 (cuBLASLt, Triton gemm8, the 64-row gemm8_ws tile)
@@ -28,9 +30,11 @@ for s in ${STEPS:-gemm w2 elementwise profile engine}; do
     w2) timeout 150 python3 tools/bench_gemm.py --m-list 256,4096 --kernels scaled_mm_row,ws_fp8@128x128s5p1,\
 ws_fp8@128x128s6p1w2,ws_fp8@128x128s6p2w2,ws_int8@128x128s6p1,ws_int8@128x256s3p1w2,ws_int8@128x128s6p1w2 \
           --out "$OUT"/w2 2>&1 | tail -30 >> "$L" ;;
-    elementwise) timeout 120 "${PYTEST[@]}" tests/test_engine_fused_ops.py tests/test_whole_config_triton.py \
+    elementwise) timeout 200 "${PYTEST[@]}" tests/test_engine_fused_ops.py tests/test_whole_config_triton.py \
           tests/test_engine_fused_quant.py tests/test_fused_quant_producers.py tests/test_exact_launch_options.py \
-          tests/test_whole_config_decode.py 2>&1 | tail -40 >> "$L" ;;
+          tests/test_whole_config_decode.py tests/test_whole_config_prefill.py 2>&1 | tail -40 >> "$L" ;;
+    silu) peak=3.35; nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && peak=4.8
+          timeout 120 python3 tools/bench_silu_quant.py --peak-tbs $peak --out "$OUT"/silu 2>&1 | tail -25 >> "$L" ;;
     profile) timeout 170 python3 tools/profile_step.py --shape 70b --layers 20 --weights int8 --kv-cache-dtype int8 \
           --int8-rules all --reps 10 --out "$OUT"/prof_all 2>&1 | grep -v "WARNING\|Warning\|INFO" | tail -26 >> "$L" ;;
     engine) timeout 110 "${PYTEST[@]}" -m gpu tests/test_engine_gemm_choice.py 2>&1 | tail -15 >> "$L" ;;
@@ -60,8 +64,8 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
             --max-num-seqs 128 --ref-samples 0 --fidelity-prompts 0 --growth-reserve "$g" --out "$OUT"/reserve_"$g" \
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
-    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise profile engine smallm tiles fp8ab fp8prof" \
-         "wcab reserve)" | tee -a "$L"
+    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles fp8ab" \
+         "fp8prof wcab reserve)" | tee -a "$L"
        exit 2 ;;
   esac
 done
