@@ -75,7 +75,12 @@ def test_fits_and_mma_stays_asynchronous(built, variant):
     assert mmas >= 4 and waits < mmas  # a serialised kernel waits after every MMA
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1]], ids=_ids)
+def _sequential(cfg) -> bool:
+    """A partition of 128 rows on 4 warps (the 256-row tile) takes its half-tile pieces one at a time."""
+    return cfg.wgs == 2 and cfg.bm == 256
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] and not _sequential(v[2])], ids=_ids)
 def test_promotion_adds_overlap_the_next_mma(built, variant):
     """Between issuing an MMA group and waiting for it, float32 adds (the previous partial sum) run."""
     ops = _ops(built[_ids(variant)][0])
@@ -93,6 +98,18 @@ def test_promotion_adds_overlap_the_next_mma(built, variant):
     assert overlapped >= (2 if cfg.split == 1 else 1) * tile
 
 
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] and _sequential(v[2])], ids=_ids)
+def test_the_256_row_tile_adds_each_piece_after_its_mma(built, variant):
+    """Two 128-row partitions: per K chunk and partition, two pieces of 2 x 4 m64n64k32 MMAs (the 128 rows
+    repeat the m64 layout), each waited for, then added: 64 float32 adds a thread a piece, none in flight."""
+    ops = _ops(built[_ids(variant)][0])
+    mmas = [name + args for name, args in ops if re.match(r"QGMMA\.", name)]
+    assert len(mmas) == 2 * 2 * 2 * 4 and all(m.startswith("QGMMA.64x64x32.F32.E4M3.E4M3") for m in mmas), mmas
+    names = [name for name, _ in ops]
+    assert sum(1 for n in names if n.startswith("WARPGROUP.DEPBAR")) == 2 * 2
+    assert names.count("FADD") >= 2 * 2 * 64
+
+
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if not v[1]], ids=_ids)
 def test_unpromoted_chain_keeps_one_group_in_flight(built, variant):
     waits = [args for name, args in _ops(built[_ids(variant)][0]) if name.startswith("WARPGROUP.DEPBAR")]
@@ -100,10 +117,13 @@ def test_unpromoted_chain_keeps_one_group_in_flight(built, variant):
 
 
 @pytest.mark.parametrize("cfg,kind,promote,message", [
-    (ws.WsConfig(96, 128, 4, 1), "fp8", True, "BM must be 64 or 128"),
+    (ws.WsConfig(96, 128, 4, 1), "fp8", True, "BM must be 64, 128 or 256"),
+    (ws.WsConfig(256, 128, 3, 2, wgs=2), "int8", False, "a 256-row tile is for promoted fp8"),
+    (ws.WsConfig(256, 128, 3, 1, wgs=2), "fp8", True, "a 256-row tile is for promoted fp8"),
+    (ws.WsConfig(256, 128, 4, 2, wgs=2), "fp8", True, "shared memory"),
     (ws.WsConfig(128, 256, 3, 2), "int8", False, "SPLIT 2 is for promoted fp8"),
     (ws.WsConfig(128, 256, 5, 1), "fp8", False, "shared memory"),
-    (ws.WsConfig(64, 128, 6, 1, wgs=2), "fp8", True, "two MMA partitions .wgs 2. split a 128-row tile"),
+    (ws.WsConfig(64, 128, 6, 1, wgs=2), "fp8", True, "two MMA partitions .wgs 2. split a 128- or 256-row tile"),
 ])
 def test_bad_configs_say_what_is_wrong(cfg, kind, promote, message):
     with pytest.raises(UserError, match=message):

@@ -12,11 +12,13 @@ wait for each MMA to finish before issuing the next: `warp_group_dot_wait {pendi
 
 * one loader warp feeds a ring of STAGES shared-memory slots by TMA (mbarriers `ready` / `empty`), and runs
   ahead into the next output tile while the MMA warps finish the epilogue of this one;
-* the MMA warps (two warpgroups, 128 rows; or one, 64 rows) keep one MMA group in flight while the CUDA
-  cores work: for fp8 with promotion the tile's columns are cut into SPLIT groups and the float32 add of
-  one group's chunk overlaps the MMA of the next group (SPLIT=1: two whole-tile partial sums alive, SPLIT=2:
-  half-tile ones, so a 128 x 192 tile fits in registers); int8 and unpromoted fp8 chain their MMAs on one
-  accumulator with `wgmma.wait_group 1`, as Triton does for fp32 accumulators only;
+* the MMA warps (two warpgroups, 128 rows; or one, 64 rows; or two of 128 rows each, a 256-row tile) keep one
+  MMA group in flight while the CUDA cores work: for fp8 with promotion the tile's columns are cut into SPLIT
+  groups and the float32 add of one group's chunk overlaps the MMA of the next group (SPLIT=1: two whole-tile
+  partial sums alive, SPLIT=2: half-tile ones); a 128-row partition (the 256-row tile) has registers for one
+  half-tile piece only, so it adds each piece after its MMA and the other partition's MMAs fill the gap; int8
+  and unpromoted fp8 chain their MMAs on one accumulator with `wgmma.wait_group 1`, as Triton does for fp32
+  accumulators only;
 * persistent grid (one program per SM), tiles in the grouped order of `gemm8_triton._tile_coords`; the output
   goes through shared memory and a TMA store that completes during the next tile's main loop.
 
@@ -56,7 +58,7 @@ class WsConfig:
     split: int = 1
     group_m: int = 8
     bk: int = 128
-    wgs: int = 1  # MMA partitions: 1 (all BM rows, BM / 16 warps) or 2 (two 4-warp partitions of 64 rows each)
+    wgs: int = 1  # MMA partitions: 1 (all BM rows, BM / 16 warps) or 2 (two 4-warp partitions of BM / 2 rows)
 
     @property
     def warps(self) -> int:
@@ -75,16 +77,20 @@ class WsConfig:
     def maxnreg(self) -> int:
         """Registers per thread asked at launch: the loader's warpgroup keeps LOADER_REGS and the MMA warps
         receive the rest of the 64 K register file (setmaxnreg), 232 for two warpgroups, 256 for one."""
-        total_warps = self.bm // 16 + 4  # MMA warps + the loader's warpgroup
+        total_warps = self.warps * self.wgs + 4  # MMA warps + the loader's warpgroup
         return min(256, 65536 // (32 * total_warps) // 8 * 8)
 
 
 # Candidates for tools/bench_gemm.py's sweep: shared memory <= 227 KB with a 16-bit output, no spills
 # (tests/test_gemm8_ws.py compiles every one). TMA boxes must be powers of two, so BN is 128 or 256; a 128 x 256
 # tile cannot hold the promoted pipeline's partial sums in registers (256 a thread), hence 128 x 128 there.
+# 256 x 128 (two partitions of 128 rows, half-tile pieces one at a time: 192 registers of sums and a piece) reads
+# 25% fewer operand bytes from L2 per output than 128 x 128, but its 64-wide MMAs read 36% more from shared
+# memory per flop and it has 3 stages: compiled on the CPU (no spills), not yet measured.
 CONFIGS = {
     "fp8_promote": [WsConfig(128, 128, 5, 1), WsConfig(128, 128, 6, 1), WsConfig(128, 128, 5, 2),
-                    WsConfig(64, 128, 6, 1), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(128, 128, 6, 2, wgs=2)],
+                    WsConfig(64, 128, 6, 1), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(128, 128, 6, 2, wgs=2),
+                    WsConfig(256, 128, 3, 2, wgs=2)],
     "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1),
              WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2)],
 }
@@ -128,8 +134,10 @@ def _instr_n(bn, is_fp8):
 
 
 @gluon.constexpr_function
-def _mma_layout(bm, bn, is_fp8):
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[bm // 16, 1],
+def _mma_layout(warps, bn, is_fp8):
+    """The accumulator of a partition of `warps` warps (16 rows each per m64 MMA; a 128-row piece on 4 warps
+    repeats the layout twice along M: two MMAs per chunk)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
                                      instr_shape=[16, _instr_n(bn, is_fp8), 32])
 
 
@@ -297,6 +305,25 @@ def _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl.cons
 
 
 @gluon.jit
+def _mma_promote2_seq(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl.constexpr, STAGES: gl.constexpr):
+    """Half-tile pieces one at a time (128 rows on 4 warps: the two running sums take 128 registers a thread,
+    a piece in flight 64 more, so no second piece can be): MMA the left half, add it, MMA the right half, add
+    it. The other partition's MMAs fill the tensor core during this one's adds."""
+    HALF: gl.constexpr = zero.shape[1]
+    acc_lo = zero
+    acc_hi = zero
+    for _ in range(k_steps):
+        s = it % STAGES
+        lo = warpgroup_mma_wait(0, deps=(_issue(a_bufs, b_bufs, ready, it, zero, 0, HALF, ROW0, STAGES),))
+        acc_lo = acc_lo + lo
+        hi = warpgroup_mma_wait(0, deps=(_issue(a_bufs, b_bufs, ready, it, zero, HALF, HALF, ROW0, STAGES),))
+        mbarrier.arrive(empty.index(s), count=1)
+        acc_hi = acc_hi + hi
+        it += 1
+    return acc_lo, acc_hi, it
+
+
+@gluon.jit
 def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                    NUM_PROGRAMS, IS_FP8: gl.constexpr, PROMOTE: gl.constexpr, HAS_BIAS: gl.constexpr,
                    BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, GROUP_M,
@@ -304,13 +331,14 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
     """One MMA partition: rows [ROW0, ROW0 + ROWS) of every BM x BN tile, its main loop and its epilogue (output
     buffers SPLIT * ROW0 / ROWS onwards: one set per partition)."""
     C0: gl.constexpr = SPLIT * ROW0 // ROWS
+    WARPS: gl.constexpr = BM // 16 if ROWS == BM else 4  # one partition: all BM rows; two: 4 warps each
     num_m = gl.cdiv(M, BM)
     num_n = gl.cdiv(N, BN)
     k_steps = gl.cdiv(K, BK)
     it = 0
     if PROMOTE:
         HALF: gl.constexpr = BN // SPLIT
-        layout: gl.constexpr = _mma_layout(ROWS, HALF, True)
+        layout: gl.constexpr = _mma_layout(WARPS, HALF, True)
         zero = gl.zeros([ROWS, HALF], gl.float32, layout)
         for tile in range(gl.program_id(0), num_m * num_n, NUM_PROGRAMS):
             pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
@@ -321,7 +349,12 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
                 _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS, layout), c_desc,
                        c_bufs.index(C0), m0, n0)
             else:
-                acc_lo, acc_hi, it = _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0, STAGES)
+                if ROWS > 16 * WARPS:
+                    acc_lo, acc_hi, it = _mma_promote2_seq(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0,
+                                                           STAGES)
+                else:
+                    acc_lo, acc_hi, it = _mma_promote2(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0,
+                                                       STAGES)
                 y_lo = _rescale(acc_lo, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS, layout)
                 y_hi = _rescale(acc_hi, sx_ptr, sw_ptr, bias_ptr, m0, n0 + HALF, M, N, HAS_BIAS, layout)
                 tma.store_wait(0)
@@ -331,7 +364,7 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
                 tma.async_copy_shared_to_global(c_desc, [m0, n0], c_bufs.index(C0))
                 tma.async_copy_shared_to_global(c_desc, [m0, n0 + HALF], c_bufs.index(C0 + 1))
     else:
-        layout: gl.constexpr = _mma_layout(ROWS, BN, IS_FP8)
+        layout: gl.constexpr = _mma_layout(WARPS, BN, IS_FP8)
         if IS_FP8:
             zero = gl.zeros([ROWS, BN], gl.float32, layout)
         else:
@@ -478,12 +511,15 @@ def operand_layouts(cfg: WsConfig, kind: str, out_dtype: torch.dtype):
 
 
 def check_config(cfg: WsConfig, kind: str, promote: bool, out_bytes: int = 2) -> None:
-    if cfg.bm not in (64, 128) or cfg.bk != MAX_PROMOTE:
-        raise UserError(f"gemm8_ws: BM must be 64 or 128 and BK {MAX_PROMOTE}, got {cfg}")
+    if cfg.bm not in (64, 128, 256) or cfg.bk != MAX_PROMOTE:
+        raise UserError(f"gemm8_ws: BM must be 64, 128 or 256 and BK {MAX_PROMOTE}, got {cfg}")
+    if cfg.bm == 256 and not (promote and cfg.wgs == 2 and cfg.split == 2):
+        raise UserError(f"gemm8_ws: a 256-row tile is for promoted fp8 with two MMA partitions of 128 rows and "
+                        f"half-tile pieces (wgs 2, SPLIT 2), got {cfg}")
     if cfg.split not in (1, 2) or (cfg.split == 2 and not promote) or cfg.bn % (8 * cfg.split):
         raise UserError(f"gemm8_ws: SPLIT 2 is for promoted fp8 and BN / SPLIT must be a multiple of 8, got {cfg}")
-    if cfg.wgs not in (1, 2) or (cfg.wgs == 2 and cfg.bm != 128):
-        raise UserError(f"gemm8_ws: two MMA partitions (wgs 2) split a 128-row tile, got {cfg}")
+    if cfg.wgs not in (1, 2) or (cfg.wgs == 2 and cfg.bm == 64):
+        raise UserError(f"gemm8_ws: two MMA partitions (wgs 2) split a 128- or 256-row tile, got {cfg}")
     if cfg.smem_bytes(out_bytes) > 227 * 1024:
         raise UserError(f"gemm8_ws: {cfg} needs {cfg.smem_bytes(out_bytes)} B of shared memory with a "
                         f"{out_bytes}-byte output (227 KB on sm_90): fewer stages")

@@ -10,6 +10,8 @@
 #   engine       every --engine-gemm path's tokens
 #   smallm       FP8 kernels at M 16-192 (cuBLASLt, Triton gemm8, the 64-row gemm8_ws tile)
 #   tiles        gemm8_ws's default tiles (TILES) against the candidates, M 16-2,048, FP8 and int8
+#   t256         the promoted FP8 256 x 128 tile (two 128-row partitions) against the default and cuBLASLt,
+#                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
 #   fp8prof      fp8ab's step profiles only (~80 s)
 #   wcab         the whole-config step profile with int8's default gemm8_ws tile and with two partitions (~60 s)
@@ -43,6 +45,8 @@ ws_fp8@128x128s6p1w2,ws_fp8@128x128s6p2w2,ws_int8@128x128s6p1,ws_int8@128x256s3p
     tiles) timeout 170 python3 tools/bench_gemm.py --m-list 16,64,128,192,512,1024,2048 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x128s6p1 \
           --out "$OUT"/tiles 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
+    t256) timeout 150 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 \
+          --kernels scaled_mm_row,ws_fp8,ws_fp8@256x128s3p2w2 --out "$OUT"/t256 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
     fp8ab) for g in auto cublas; do  # FP8 end to end at 20 of 80 layers, auto (gemm8_ws) against cuBLASLt
           timeout 150 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --engine-gemm $g --out "$OUT"/fp8ab_$g 2>&1 \
@@ -64,8 +68,8 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
             --max-num-seqs 128 --ref-samples 0 --fidelity-prompts 0 --growth-reserve "$g" --out "$OUT"/reserve_"$g" \
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
-    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles fp8ab" \
-         "fp8prof wcab reserve)" | tee -a "$L"
+    *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles t256" \
+         "fp8ab fp8prof wcab reserve)" | tee -a "$L"
        exit 2 ;;
   esac
 done
