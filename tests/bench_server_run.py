@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """tools/bench_server.py's `ServerRuns` against a timed fake backend: two real LoadGen Server points, one process.
 
-Usage: python bench_server_run.py WORKDIR QPS1,QPS2 TPOT1_MS,TPOT2_MS [--seconds S] [--tokens N]
+Usage: python bench_server_run.py WORKDIR QPS1,QPS2 TPOT1_MS,TPOT2_MS [--seconds S] [--tokens N] [--min-queries Q]
 The fake backend reports each request's first token 2 ms after it arrives and its N tokens
 (no EOS) TPOT ms per token later. Writes the measured points to WORKDIR/points.json.
 """
@@ -85,10 +85,11 @@ def main() -> None:
     p.add_argument("tpot_ms")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--tokens", type=int, default=8)
+    p.add_argument("--min-queries", type=int, default=1)
     a = p.parse_args()
     backend = TimedBackend(a.tokens)
     dataset = Dataset(path="synthetic", prompts=tuple((1, 5 + i) for i in range(2048)), targets=None)
-    runs = bench_server.ServerRuns(backend, dataset, bench_server.SERVER, a.seconds, a.workdir)
+    runs = bench_server.ServerRuns(backend, dataset, bench_server.SERVER, a.seconds, a.workdir, a.min_queries)
     points = []
     for qps, tpot_ms in zip(a.qps.split(","), a.tpot_ms.split(",")):
         backend.tpot_s = float(tpot_ms) / 1000

@@ -38,6 +38,38 @@ def test_two_server_points_in_one_process(tmp_path):
     assert any("TPOT constrain not met" in note for note in slow["notes"])
 
 
+@pytest.mark.parametrize("min_queries,valid", [(1, False), (500, True)])
+def test_a_point_runs_until_its_minimum_query_count(tmp_path, min_queries, valid):
+    """250 QPS for 1 s is ~250 queries: LoadGen's early stopping calls that INVALID even with every latency far
+    under its limit (it wants ~460 in all); with min_query_count 500 the point issues all 568 loaded samples (equal
+    issue) and is VALID. The issue's Server/Interactive rows ask for >= 500 queries for this reason."""
+    done = run_main([tmp_path, "250", "1", "--seconds", 1, "--tokens", TOKENS, "--min-queries", min_queries],
+                    tmp_path, timeout=120, script="tests/bench_server_run.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (point,) = json.loads((tmp_path / "points.json").read_text())
+    loaded = bench_server.point_sample_count(250, 1, 2048, min_queries=min_queries)
+    assert loaded == (500 + 68 if min_queries == 500 else 250 + 48)
+    assert point["samples"] == point["samples_loaded"] == loaded and point["meets_limits"]
+    assert point["loadgen_errors"] == [] and point["valid"] is valid
+    assert f"Server.min_query_count = {min_queries}\n" in (tmp_path / "user.conf").read_text()
+
+
+def test_sample_counts_and_user_conf_without_a_minimum_keep_the_duration_rule():
+    assert bench_server.point_sample_count(100, 1, 2048) == 100 + 30
+    assert bench_server.point_sample_count(2, 60, 2048, min_queries=500) == 500 + 68
+    assert bench_server.point_sample_count(10, 60, 2048, min_queries=500) == 600 + 74  # the duration governs
+    assert "Server.min_query_count = 1\n" in bench_server.user_conf_text(bench_server.SERVER, 60)
+
+
+def test_bench_refuses_a_minimum_query_count_below_one(tmp_path):
+    proc = run_main(["--shape", "tiny", "--device", "cpu", "--samples", 4, "--ref-samples", 0, "--fidelity-prompts",
+                     0, "--server-qps", 4, "--server-min-queries", 0, "--out", tmp_path / "out"], tmp_path,
+                    timeout=120, script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--server-min-queries must be >= 1, got 0" in lines[0], proc.stderr[-2000:]
+
+
 def _measure_against(edge_qps: float, measured: list[float]):
     def measure(qps: float) -> dict:
         measured.append(qps)

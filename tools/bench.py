@@ -150,6 +150,9 @@ def main(argv=None) -> int:
     ap.add_argument("--server-auto", type=int, default=0,
                     help="Server points chosen automatically around the Offline capacity (0: none)")
     ap.add_argument("--server-seconds", type=float, default=60.0, help="LoadGen Server min_duration per point")
+    ap.add_argument("--server-min-queries", type=int, default=1,
+                    help="LoadGen Server min_query_count per point (1: the duration governs; a point counted as "
+                         "VALID in the docs needs >= 500); a point lasts until both are met")
     ap.add_argument("--server-samples", type=int, default=2048,
                     help="distinct synthetic prompts LoadGen's Server draws from (performance sample count)")
     ap.add_argument("--interactive", action="store_true",
@@ -213,6 +216,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"bench: --growth-reserve must be >= 0, got {args.growth_reserve}")
     if args.growth_reserve is not None and (args.tensor_parallel > 1 or args.data_parallel > 1):
         raise SystemExit("bench: --growth-reserve is not wired into the multi-GPU benchmark")
+    if args.server_min_queries < 1:
+        raise SystemExit(f"bench: --server-min-queries must be >= 1, got {args.server_min_queries}")
     if min(args.seq_caps + args.token_budgets, default=1) < 1:
         raise SystemExit("bench: --seq-caps and --token-budgets values must be >= 1")
     if (args.seq_caps or args.token_budgets) and not (args.server_qps or args.server_auto):
@@ -395,12 +400,13 @@ def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> di
     offline_tps, source = offline_reference(args, result)
     sweep: dict = {"limits": {"name": limits.name, "lg_model_name": limits.lg_model_name, "ttft_ms": limits.ttft_ms,
                               "tpot_ms": limits.tpot_ms},
-                   "min_duration_s": args.server_seconds, "offline_tokens_per_s": offline_tps,
+                   "min_duration_s": args.server_seconds, "min_query_count": args.server_min_queries,
+                   "offline_tokens_per_s": offline_tps,
                    "offline_source": source, "points": []}
     if offline_tps:
         sweep["capacity_qps"] = offline_tps / float(o_len.mean())
     top = max(explicit + ([sweep["capacity_qps"] * limits.auto_range[2]] if args.server_auto else []))
-    needed = bench_server.point_sample_count(top, args.server_seconds, 10**9)
+    needed = bench_server.point_sample_count(top, args.server_seconds, 10**9, args.server_min_queries)
     if needed > len(prompts):  # equal issue would double a point's length: draw enough prompts
         log.info("server: %g QPS for %g s needs %d prompts; drawing %d instead of --server-samples %d", top,
                  args.server_seconds, needed, needed, len(prompts))
@@ -411,7 +417,8 @@ def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> di
     dataset = Dataset(path="synthetic", prompts=tuple(tuple(p) for p in prompts), targets=None)
     backend = ForcedLengthEngine(engine, o_len)
 
-    runs = bench_server.ServerRuns(backend, dataset, limits, args.server_seconds, os.path.join(lg_dir, "server"))
+    runs = bench_server.ServerRuns(backend, dataset, limits, args.server_seconds, os.path.join(lg_dir, "server"),
+                                   args.server_min_queries)
     sweep["user_conf"] = runs.user_conf
 
     # the per-step limits swept (--seq-caps x --token-budgets); without them the one setting of the run

@@ -50,23 +50,25 @@ INTERACTIVE = Limits("interactive", constants.LG_MODEL_NAME_INTERACTIVE, constan
                      constants.INTERACTIVE_TPOT_MS, (0.0, 0.5, 1.0))
 
 
-def user_conf_text(limits: Limits, duration_s: float) -> str:
-    """The sweep's user.conf: everything but the per-point target QPS and sample count (`ServerRuns.measure`)."""
+def user_conf_text(limits: Limits, duration_s: float, min_queries: int = 1) -> str:
+    """The sweep's user.conf: everything but the per-point target QPS and sample count (`ServerRuns.measure`).
+    min_queries: LoadGen's min_query_count (1: the duration governs; the issue's VALID points need >= 500)."""
     m = limits.lg_model_name
     return (f"{m}.Server.min_duration = {int(round(duration_s * 1000))}\n"
-            f"{m}.Server.min_query_count = 1\n"
+            f"{m}.Server.min_query_count = {min_queries}\n"
             f"{m}.Server.ttft_latency = {limits.ttft_ms:g}\n"
             f"{m}.Server.tpot_latency = {limits.tpot_ms:g}\n")
 
 
-def point_sample_count(qps: float, duration_s: float, available: int) -> int:
-    """Samples LoadGen loads for one point: the queries `duration_s` takes at `qps` plus 3 sigma, at most `available`.
+def point_sample_count(qps: float, duration_s: float, available: int, min_queries: int = 1) -> int:
+    """Samples LoadGen loads for one point: the queries `duration_s` takes at `qps` (at least `min_queries`) plus
+    3 sigma, at most `available`.
 
     llama2-70b runs in equal-issue mode (mlperf.conf's sample_concatenate_permutation = 1): the
     query count is rounded up to a multiple of the loaded samples. Loading just more than the
     Poisson schedule needs makes the run last about `duration_s` with every loaded sample issued once.
     """
-    expected = qps * duration_s
+    expected = max(qps * duration_s, min_queries)
     return max(1, min(available, math.ceil(expected + 3 * math.sqrt(expected))))
 
 
@@ -184,13 +186,15 @@ class ServerRuns:
     `server_target_qps` and `performance_sample_count_override`.
     """
 
-    def __init__(self, backend, dataset, limits: Limits, duration_s: float, work_dir: str) -> None:
+    def __init__(self, backend, dataset, limits: Limits, duration_s: float, work_dir: str,
+                 min_queries: int = 1) -> None:
         from mlperf_llama2.config import RunConfig
         from mlperf_llama2.loadgen.settings import build_settings
 
         self.backend, self.dataset, self.limits, self.duration_s = backend, dataset, limits, duration_s
+        self.min_queries = min_queries
         os.makedirs(work_dir, exist_ok=True)
-        self.user_conf = user_conf_text(limits, duration_s)
+        self.user_conf = user_conf_text(limits, duration_s, min_queries)
         conf_path = os.path.join(work_dir, "user.conf")
         with open(conf_path, "w") as fh:
             fh.write(self.user_conf)
@@ -206,9 +210,9 @@ class ServerRuns:
         test = self.settings.test
         test.server_target_qps = qps
         test.performance_sample_count_override = point_sample_count(qps, self.duration_s,
-                                                                    self.dataset.total_sample_count)
-        log.info("server %s: target %g QPS, min duration %.0f s, %d samples loaded, limits %g/%g ms",
-                 self.limits.name, qps, self.duration_s, test.performance_sample_count_override,
+                                                                    self.dataset.total_sample_count, self.min_queries)
+        log.info("server %s: target %g QPS, min duration %.0f s, min queries %d, %d samples loaded, limits %g/%g ms",
+                 self.limits.name, qps, self.duration_s, self.min_queries, test.performance_sample_count_override,
                  self.limits.ttft_ms, self.limits.tpot_ms)
         result = run_test("Server", self.backend, self.dataset, self.settings, audit_conf="no-audit.config",
                           max_new_tokens=constants.MAX_NEW_TOKENS)

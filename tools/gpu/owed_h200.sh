@@ -4,7 +4,8 @@
 # 70B: 65 GiB of 8-bit weights plus a KV cache worth measuring do not fit an 80 GB H100). Copy each part's $OUT
 # into docs/results/ (the Server/Interactive parts read the Offline JSON from there: OFFLINE_JSON).
 #   PART=fp8_offline      70B FP8 + FP8 KV, 4,096 samples, 512 sequences (#19's Offline row), + steady state
-#   PART=fp8_server       Server, auto QPS points from OFFLINE_JSON (default: docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json)
+#   PART=fp8_server       Server, auto QPS points from OFFLINE_JSON (default: docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json),
+#                         each >= 60 s and >= 500 queries (LoadGen's early stopping wants ~460 for VALID)
 #   PART=fp8_interactive  Interactive (450 ms / 40 ms), 128 sequences, 1,024-token chunks, from OFFLINE_JSON
 #   PART=fp8_profile      where an FP8 step's time goes (tools/profile_step.py)
 #   PART=fp8_interactive_grid  Interactive: one automatic point per --seq-caps x --token-budgets setting (45 s each),
@@ -30,10 +31,11 @@ case "$PART" in
     python3 tools/steady_state.py "$OUT"/fp8/bench.json ;;
   fp8_server)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 512 --offline-json "$OFFLINE_JSON" \
-        --server-auto 2 --server-seconds 60 --out "$OUT"/fp8_server 2>&1 | filter 24 ;;
+        --server-auto 2 --server-seconds 60 --server-min-queries 500 --out "$OUT"/fp8_server 2>&1 | filter 24 ;;
   fp8_interactive)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
-        --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 --out "$OUT"/fp8_interactive 2>&1 | filter 24 ;;
+        --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 --server-min-queries 500 \
+        --out "$OUT"/fp8_interactive 2>&1 | filter 24 ;;
   fp8_interactive_grid)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-96,160}" \
         --token-budgets "${TOKEN_BUDGETS:-512,2048}" --offline-json "$OFFLINE_JSON" --server-auto 1 \
