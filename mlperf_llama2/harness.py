@@ -109,6 +109,8 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
                    quant_backend=config.quant.quant_backend, quant_mode=config.quant.quant_mode,
                    kv_cache_dtype=(getattr(backend, "kv_cache_dtype", None) or config.engine.kv_cache_dtype)
                    if config.backend == "engine" else None,
+                   fp8_accumulation=config.engine.fp8_accumulation
+                   if config.backend == "engine" and config.quant.fp8 else None,
                    command=shlex.join(sys.argv))
     write_run_info(settings.output_dir, with_git_state(info, git_state()))
     expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)

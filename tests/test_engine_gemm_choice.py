@@ -93,16 +93,21 @@ def test_ws_needs_a_hopper_gpu():
         preflight.check_engine(cfg)
 
 
-def test_main_refuses_before_loading(tmp_path, tiny_tokenizer_dir, tiny_model_dir):
+@pytest.mark.parametrize("flags,message", [
+    (["--engine-gemm", "triton"], "--engine-gemm triton chooses among CUDA GEMMs"),
+    (["--fp8-accumulation", "fast"], "--fp8-accumulation fast is the tensor cores' own accumulation: it needs a "
+                                     "CUDA GPU"),
+])
+def test_main_refuses_before_loading(tmp_path, tiny_tokenizer_dir, tiny_model_dir, flags, message):
     from loadgen_fixtures import write_dataset
 
     write_dataset(tmp_path / "data.pkl", tiny_tokenizer_dir)
     result = run(["--backend", "engine", "--model-path", tiny_model_dir, "--dataset-path", tmp_path / "data.pkl",
-                  "--device", "cpu", "--quantization", "fp8", "--engine-gemm", "triton", "--output-log-dir",
+                  "--device", "cpu", "--quantization", "fp8", *flags, "--output-log-dir",
                   tmp_path / "out"], tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "--engine-gemm triton chooses among CUDA GEMMs" in lines[0], result.stderr[-2000:]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "backend: engine" not in result.stderr
 
 
@@ -150,3 +155,82 @@ def test_auto_is_the_warp_specialised_gemm_on_hopper_only(monkeypatch, capabilit
     # K = 24 is no multiple of 16, N = 12 none of 8 (TMA strides): those Linears keep their kind's non-TMA GEMM
     assert [m.gemm for m in model] == [int8_path, "fused", fp8_path, "scaled_mm", "scaled_mm"]
     assert counts == {p: [m.gemm for m in model].count(p) for p in {m.gemm for m in model}}
+
+
+# --fp8-accumulation: Hopper's fast FP8 accumulation as a named option (issue #19), never the default
+
+
+@pytest.mark.parametrize("choice", ENGINE_GEMMS)
+def test_fast_accumulation_moves_only_fp8_linears_to_the_unpromoted_form(choice):
+    model = _model()
+    counts = apply_gemm(model, choice, fp8_accumulation="fast")
+    int8_path, fp8_path = GEMM_PATHS[choice]
+    assert model[0].gemm == int8_path  # int8 sums are exact: nothing to choose
+    assert model[1].gemm == fp8.FAST_PATHS[fp8_path] and model[1].gemm in fp8.GEMM_PATHS
+    assert model[1].gemm.endswith(("_fast", "_fast_accum")) and counts[model[1].gemm] == 1
+    assert sum(apply_gemm(model, choice).values()) == 2 and model[1].gemm == fp8_path  # promoted: the default
+
+
+def test_fast_accumulation_reaches_auto_on_hopper(monkeypatch):
+    """auto on sm_90: the warp-specialised GEMM without promotion; a Linear TMA cannot serve (K % 16) keeps
+    cuBLASLt, in its fast form."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(Fp8Linear.from_float(torch.randn(8, 32, generator=g)),
+                                Fp8Linear.from_float(torch.randn(8, 24, generator=g)))
+    assert apply_gemm(model, "auto", torch.device("cuda", 0), "fast") == {"gemm8_ws_fast": 1,
+                                                                          "scaled_mm_fast_accum": 1}
+    assert (model[0].gemm, model[1].gemm) == ("gemm8_ws_fast", "scaled_mm_fast_accum")
+
+
+def test_accumulation_flag_parses_is_promoted_by_default_and_reaches_nodes():
+    from mlperf_llama2.backends.local_nodes import node_argv
+
+    parser = argparse.ArgumentParser()
+    EngineConfig.add_cli_args(parser)
+    assert EngineConfig.from_cli_args(parser.parse_args([])).fp8_accumulation == "promoted"
+    assert EngineConfig.from_cli_args(parser.parse_args(["--fp8-accumulation", "fast"])).fp8_accumulation == "fast"
+    with pytest.raises(UserError, match="--fp8-accumulation must be one of promoted, fast, got 'fp16'"):
+        EngineConfig(fp8_accumulation="fp16")
+    argv = node_argv(RunConfig(backend="engine", model_path="m", engine=EngineConfig(fp8_accumulation="fast")),
+                     "cuda:0")
+    assert argv[argv.index("--fp8-accumulation") + 1] == "fast"
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(backend="engine", device="cuda"), "--fp8-accumulation fast is the accumulation of FP8 GEMMs: add "
+                                            "--quantization fp8"),
+    (dict(backend="engine", device="cuda", quant=QuantConfig(liteml_config=NPM, quant_mode="int8")),
+     "--fp8-accumulation fast is the accumulation of FP8 GEMMs"),
+    (dict(backend="engine", device="cpu", quant=QuantConfig(quantization="fp8")),
+     "it needs a CUDA GPU (--device cpu runs the exact float32 reference GEMM)"),
+    (dict(backend="reference", quant=QuantConfig(quantization="fp8")),
+     "--fp8-accumulation fast is the engine's FP8 GEMM: use --backend engine (--backend reference has none)"),
+])
+def test_fast_accumulation_misuse_is_one_line(changes, message):
+    cfg = RunConfig(engine=EngineConfig(fp8_accumulation="fast"), model_path="m", **changes)
+    check = preflight.check_engine if cfg.backend == "engine" else preflight.check_reference
+    with pytest.raises(UserError) as info:
+        check(cfg)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_fp8_log_line_and_summary_say_which_accumulation(caplog):
+    from mlperf_llama2.engine.quant_plan import weight_plan
+    from mlperf_llama2.engine.llama import LlamaShape
+    from mlperf_llama2.report.summary import RunSummary, render_table
+
+    shape = LlamaShape(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                       num_kv_heads=1, head_dim=16, rms_norm_eps=1e-5, max_position_embeddings=64)
+    with caplog.at_level("INFO", logger="mlperf_llama2.engine.quant_plan"):
+        weight_plan(QuantConfig(quantization="fp8"), shape, EngineConfig())
+        weight_plan(QuantConfig(quantization="fp8"), shape, EngineConfig(fp8_accumulation="fast"))
+    lines = [r.getMessage() for r in caplog.records if "fp8 mode" in r.getMessage()]
+    assert "float32 accumulation" in lines[0] and "fast" not in lines[0]
+    assert "Hopper's fast low-precision accumulation, not promoted (--fp8-accumulation fast)" in lines[1]
+    base = dict(scenario="Offline", mode="PerformanceOnly", samples=1, tokens_per_s=1.0, ttft_p50_ms=None,
+                ttft_p99_ms=None, tpot_p50_ms=None, tpot_p99_ms=None, verdict="VALID", reason=None, loadgen_errors=0,
+                max_new_tokens=1024, rouge=None, targets=None, model="m", quantization="fp8")
+    fast = render_table(RunSummary(**base, fp8_accumulation="fast"))
+    assert "fp8 (E4M3 weights per channel, activations per token; Hopper's fast accumulation, not promoted)" in fast
+    assert "None mode" not in render_table(RunSummary(**base))

@@ -175,6 +175,9 @@ def main(argv=None) -> int:
                     help="engine KV cache: auto (model dtype), or fp8/int8 with unit scales (timing only)")
     ap.add_argument("--engine-gemm", choices=ENGINE_GEMMS, default="auto",
                     help="GEMM of the 8-bit Linears (main.py's --engine-gemm): auto, cublas, triton, ws")
+    ap.add_argument("--fp8-accumulation", choices=("promoted", "fast"), default="promoted",
+                    help="--weights fp8: float32 promotion every 128 of K, or Hopper's fast accumulation (main.py's "
+                         "--fp8-accumulation)")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--lengths-from", default=None, metavar="PATH.pkl",
                     help="prompt/output lengths from a processed dataset pickle (tok_input_length, "
@@ -203,6 +206,10 @@ def main(argv=None) -> int:
                          "weights): its tokens mean nothing; pass --fidelity-prompts 0")
     if args.engine_gemm != "auto" and args.weights not in ("int8", "fp8"):
         raise SystemExit(f"bench: --engine-gemm {args.engine_gemm} picks the 8-bit GEMM: pass --weights int8|fp8")
+    if args.fp8_accumulation != "promoted" and args.weights != "fp8":
+        raise SystemExit(f"bench: --fp8-accumulation {args.fp8_accumulation} is the FP8 GEMMs': pass --weights fp8")
+    if args.fp8_accumulation != "promoted" and (args.tensor_parallel > 1 or args.data_parallel > 1):
+        raise SystemExit("bench: --fp8-accumulation is not wired into the multi-GPU benchmark")
     if args.engine_gemm != "auto" and (args.tensor_parallel > 1 or args.data_parallel > 1):
         raise SystemExit("bench: --engine-gemm is not wired into the multi-GPU benchmark yet")
     if args.kv_cache_dtype != "auto" and (args.tensor_parallel > 1 or args.data_parallel > 1):
@@ -301,7 +308,7 @@ def main(argv=None) -> int:
 
     econf = EngineConfig(max_num_seqs=args.built_seqs, max_num_batched_tokens=args.built_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
-                         gemm=args.engine_gemm)
+                         gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation)
     kv_scales = None
     if args.kv_cache_dtype != "auto":
         kv_scales = torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only

@@ -7,7 +7,8 @@ variant's own model (the FP8 model for "both"), at one granularity: one scale pe
 (`head`) or one per layer (`tensor`). `fp8` runs Fp8Linear's default GEMM (cuBLASLt `_scaled_mm`, FP32
 accumulation); on CUDA only (a CPU runs every FP8 GEMM on the reference path) `fp8-gemm8` runs the
 project's Triton GEMM (FP32 promotion every 128 of K) and `fp8-fast` Hopper's fast low-precision
-accumulation (`Fp8Linear.gemm = "scaled_mm_fast_accum"`), so their accuracy cost is measured.
+accumulation (`Fp8Linear.gemm = "scaled_mm_fast_accum"`), so their accuracy cost is measured; `fp8-ws` and
+`fp8-ws-fast` the warp-specialised GEMM (sm_90) promoted and not (`--fp8-accumulation fast` on sm_90).
 Each variant's logits are compared with the fp32 truth and with the fp16 engine's; greedy outputs with the
 reference's, the fp16 engine's and fp32's.
 """
@@ -54,8 +55,10 @@ VARIANTS = {v.name: v for v in (
     Variant("fp8+kv-tensor", "fp8", "fp8", "tensor"),
     Variant("fp8-gemm8", "fp8", gemm="gemm8"),
     Variant("fp8-fast", "fp8", gemm="scaled_mm_fast_accum"),
+    Variant("fp8-ws", "fp8", gemm="gemm8_ws"),
+    Variant("fp8-ws-fast", "fp8", gemm="gemm8_ws_fast"),
 )}
-CUDA_ONLY = ("fp8-gemm8", "fp8-fast")
+CUDA_ONLY = ("fp8-gemm8", "fp8-fast", "fp8-ws", "fp8-ws-fast")
 SHORT_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 

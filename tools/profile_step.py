@@ -154,6 +154,8 @@ def main(argv=None) -> int:
                     help="--weights int8: every rule of the config (whole_config.py; needs --kv-cache-dtype int8)")
     ap.add_argument("--engine-gemm", choices=("auto", "cublas", "triton", "ws"), default="auto",
                     help="GEMM of the 8-bit Linears (main.py's --engine-gemm)")
+    ap.add_argument("--fp8-accumulation", choices=("promoted", "fast"), default="promoted",
+                    help="--weights fp8: main.py's --fp8-accumulation")
     ap.add_argument("--ws-tile", action="append", default=[], metavar="FAMILY=TILE",
                     help="A/B of the warp-specialised GEMM's tile inside the step: FAMILY (int8, fp8_promote, "
                          "fp8_fast) runs TILE (bench_gemm's BMxBNsSTAGESpSPLIT[wWGS], e.g. int8=128x128s6p1w2) at "
@@ -176,10 +178,13 @@ def main(argv=None) -> int:
     cfg = hf_config_for(args.shape, args.layers)
     if args.int8_rules == "all" and (args.weights != "int8" or args.kv_cache_dtype != "int8"):
         raise SystemExit("profile_step: --int8-rules all needs --weights int8 --kv-cache-dtype int8")
+    if args.fp8_accumulation != "promoted" and args.weights != "fp8":
+        raise SystemExit("profile_step: --fp8-accumulation fast needs --weights fp8")
     model = bench_model(cfg, args.weights, DEFAULT_QUANT_CONFIG, device, dtype, MAX_MODEL_LEN, 0.02, 0,
                         args.int8_rules)
     econf = EngineConfig(max_num_seqs=args.batch, max_num_batched_tokens=max(8192, args.batch + args.prefill),
-                         kv_cache_dtype=args.kv_cache_dtype, gemm=args.engine_gemm)
+                         kv_cache_dtype=args.kv_cache_dtype, gemm=args.engine_gemm,
+                         fp8_accumulation=args.fp8_accumulation)
     kv_scales = None if args.kv_cache_dtype == "auto" else \
         torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only
     engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype, kv_scales), econf,

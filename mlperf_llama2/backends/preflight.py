@@ -72,9 +72,28 @@ def _engine_gemm(config: "RunConfig") -> None:
                             "(H100 / H200); use --engine-gemm auto|cublas|triton")
 
 
+def _no_fp8_accumulation(config: "RunConfig", backend: str) -> None:
+    """--fp8-accumulation is the engine's FP8 GEMM; another backend would silently keep its own."""
+    if config.engine.fp8_accumulation != "promoted":
+        raise UserError(f"--fp8-accumulation {config.engine.fp8_accumulation} is the engine's FP8 GEMM: use "
+                        f"--backend engine (--backend {backend} has none)")
+
+
+def _fp8_accumulation(config: "RunConfig") -> None:
+    """--fp8-accumulation fast needs FP8 Linears and the GPU whose accumulation it names."""
+    if config.engine.fp8_accumulation == "promoted":
+        return
+    if not config.quant.fp8:
+        raise UserError("--fp8-accumulation fast is the accumulation of FP8 GEMMs: add --quantization fp8")
+    if not config.device.startswith("cuda"):
+        raise UserError(f"--fp8-accumulation fast is the tensor cores' own accumulation: it needs a CUDA GPU "
+                        f"(--device {config.device} runs the exact float32 reference GEMM)")
+
+
 def check_reference(config: "RunConfig") -> int:
     _no_kv_cache_dtype(config, "reference")
     _no_engine_gemm(config, "reference")
+    _no_fp8_accumulation(config, "reference")
     if config.quant.int8_rules != "all":
         raise UserError(f"--int8-rules {config.quant.int8_rules} is the engine's int8 mode (--backend engine); the "
                         "reference backend applies the config as --quant-mode says")
@@ -85,6 +104,7 @@ def check_reference(config: "RunConfig") -> int:
 
 def check_engine(config: "RunConfig") -> int:
     _engine_gemm(config)
+    _fp8_accumulation(config)
     if config.engine.kv_cache_dtype != "auto" and not config.quant.calibration_scales:
         from mlperf_llama2.engine.config import KV_SCALES_HINT
 
@@ -154,6 +174,7 @@ def check_api(config: "RunConfig") -> Optional[int]:
         raise UserError("--vllm/--backend api needs --api-server URL")
     _no_kv_cache_dtype(config, "api")
     _no_engine_gemm(config, "api")
+    _no_fp8_accumulation(config, "api")
     _quantization_plan(config)
     return None
 

@@ -16,6 +16,9 @@ from mlperf_llama2.errors import UserError
 ENGINE_OPS = ("auto", "eager", "fused")  # engine/ops.py's choices (that module imports torch)
 # the 8-bit Linears' GEMM (int8 mode, --quantization fp8): quant_plan.GEMM_PATHS says what each one runs
 ENGINE_GEMMS = ("auto", "cublas", "triton", "ws")
+# FP8 GEMM accumulation (--quantization fp8): float32 promotion every 128 of K, or Hopper's fast low-precision
+# accumulation (a named option: its accuracy cost is measured, tools/bench_fidelity.py --variants fp8-fast*)
+FP8_ACCUMULATIONS = ("promoted", "fast")
 KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # auto: the model dtype (engine/kv_cache.py)
 # auto: with --liteml-config its own per-tensor K/V scales, else per KV head when the file has them (calibration_file)
 KV_SCALE_GRANULARITIES = ("auto", "tensor", "head")
@@ -46,6 +49,7 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"  # auto | fp8 | int8 (8-bit: static scales, engine/kv_cache.py)
     kv_scale_granularity: str = "auto"  # auto | tensor | head: which K/V ranges of --calibration-scales are used
     gemm: str = "auto"  # 8-bit GEMM: auto | cublas | triton | ws (quant_plan.GEMM_PATHS)
+    fp8_accumulation: str = "promoted"  # promoted | fast (FP8_ACCUMULATIONS)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -66,6 +70,9 @@ class EngineConfig:
                             f"got {self.kv_cache_dtype!r}")
         if self.gemm not in ENGINE_GEMMS:
             raise UserError(f"--engine-gemm must be one of {', '.join(ENGINE_GEMMS)}, got {self.gemm!r}")
+        if self.fp8_accumulation not in FP8_ACCUMULATIONS:
+            raise UserError(f"--fp8-accumulation must be one of {', '.join(FP8_ACCUMULATIONS)}, "
+                            f"got {self.fp8_accumulation!r}")
         if self.kv_scale_granularity not in KV_SCALE_GRANULARITIES:
             raise UserError(f"--kv-scale-granularity must be one of {', '.join(KV_SCALE_GRANULARITIES)}, "
                             f"got {self.kv_scale_granularity!r}")
@@ -97,12 +104,19 @@ class EngineConfig:
         g.add_argument("--engine-gemm", choices=ENGINE_GEMMS, default=EngineConfig.gemm,
                        help="GEMM of the 8-bit Linears (int8 mode, --quantization fp8), for A/B runs; int8 gives "
                             "the same numbers on every path (exact sums), fp8 accumulates in float32 on every path "
-                            "(cuBLASLt in its own order; none uses Hopper's fast fp8 accumulation): auto = the "
+                            "(cuBLASLt in its own order; Hopper's fast fp8 accumulation only with "
+                            "--fp8-accumulation fast): auto = the "
                             "measured fastest: on sm_90 the warp-specialised GEMM for both (its tile chosen by the "
                             "batch); elsewhere the Triton int8 GEMM with the fused rescale and cuBLASLt fp8; "
                             "cublas = cuBLASLt fp8, torch._int_mm int8; triton = the persistent Triton GEMM "
                             "(quant/gemm8_triton.py); ws = the warp-specialised Gluon GEMM (quant/gemm8_ws.py, "
                             "sm_90 only) (default %(default)s)")
+        g.add_argument("--fp8-accumulation", choices=FP8_ACCUMULATIONS, default=EngineConfig.fp8_accumulation,
+                       help="--quantization fp8 on a CUDA GPU: promoted = float32 accumulation, promoted every "
+                            "128 elements of K (the accuracy reference's numbers up to summation order); fast = "
+                            "Hopper's faster low-precision fp8 accumulation (cuBLASLt use_fast_accum, or the "
+                            "warp-specialised GEMM without promotion): a named option whose accuracy cost is "
+                            "measured in docs/engine.md, not the default (default %(default)s)")
         g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=EngineConfig.kv_cache_dtype,
                        help="KV-cache storage: auto = the model dtype (engine int8 mode with a config whose K and V "
                             "quantizers are int8 static per tensor: int8 with the config's own scales); fp8 (E4M3) "
@@ -130,4 +144,5 @@ class EngineConfig:
             kv_scale_granularity=ns.kv_scale_granularity,
             ops=ns.engine_ops,
             gemm=ns.engine_gemm,
+            fp8_accumulation=ns.fp8_accumulation,
         )

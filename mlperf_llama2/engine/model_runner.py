@@ -59,7 +59,7 @@ class ModelRunner:
         if device.type == "cuda":
             from mlperf_llama2.engine.quant_plan import apply_gemm
 
-            paths = apply_gemm(model, config.gemm, device)
+            paths = apply_gemm(model, config.gemm, device, config.fp8_accumulation)
             if paths:
                 log.info("8-bit GEMMs (--engine-gemm %s): %s", config.gemm,
                          ", ".join(f"{n} Linears {path}" for path, n in sorted(paths.items())))

@@ -144,8 +144,11 @@ def weight_plan(quant_config, shape: LlamaShape, engine_config=None) -> dict[str
     `engine_config` (an `EngineConfig`): its KV cache counts for the config's K/V rules (`kv_cache_honours`)."""
     if getattr(quant_config, "quantization", None) == "fp8":
         plan = fp8_plan(shape)
-        log.info("fp8 mode: %d of %d Linears FP8 E4M3 (weights per output channel, activations per token, "
-                 "float32 accumulation); lm_head in the model dtype", len(plan) - 1, len(plan))
+        fast = getattr(engine_config, "fp8_accumulation", "promoted") == "fast"
+        log.info("fp8 mode: %d of %d Linears FP8 E4M3 (weights per output channel, activations per token, %s); "
+                 "lm_head in the model dtype", len(plan) - 1, len(plan),
+                 "Hopper's fast low-precision accumulation, not promoted (--fp8-accumulation fast)" if fast
+                 else "float32 accumulation")
         return plan
     rules = engine_rules(quant_config)
     if rules is None:
@@ -173,11 +176,13 @@ def auto_paths(device: torch.device) -> tuple[str, str]:
     return GEMM_PATHS["auto"]
 
 
-def apply_gemm(model: nn.Module, choice: str, device: Optional[torch.device] = None) -> dict[str, int]:
+def apply_gemm(model: nn.Module, choice: str, device: Optional[torch.device] = None,
+               fp8_accumulation: str = "promoted") -> dict[str, int]:
     """Point every 8-bit Linear at the GEMM `choice` (EngineConfig.gemm) names; returns {path: Linears}.
     A Linear the warp-specialised GEMM cannot take (K not a multiple of 16 or N of 8: TMA strides) keeps the
-    Triton int8 / cuBLASLt fp8 GEMM under auto; an explicit `ws` leaves it to gemm8_ws's one-line refusal."""
-    from mlperf_llama2.quant.fp8 import Fp8Linear
+    Triton int8 / cuBLASLt fp8 GEMM under auto; an explicit `ws` leaves it to gemm8_ws's one-line refusal.
+    fp8_accumulation "fast": every FP8 Linear takes its path's unpromoted form (fp8.FAST_PATHS)."""
+    from mlperf_llama2.quant.fp8 import FAST_PATHS, Fp8Linear
 
     int8_path, fp8_path = auto_paths(device) if choice == "auto" and device is not None else GEMM_PATHS[choice]
     counts: dict[str, int] = {}
@@ -188,6 +193,8 @@ def apply_gemm(model: nn.Module, choice: str, device: Optional[torch.device] = N
         path = (int8_path, fp8_path)[kind]
         if choice == "auto" and path == "gemm8_ws" and (module.in_features % 16 or module.out_features % 8):
             path = GEMM_PATHS["auto"][kind]
+        if kind == 1 and fp8_accumulation == "fast":
+            path = FAST_PATHS[path]
         module.gemm = path
         counts[path] = counts.get(path, 0) + 1
     return counts

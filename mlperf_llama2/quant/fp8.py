@@ -11,11 +11,13 @@ dequantize, then a float32 matmul) are float32 summation order and the place of 
 
 `Fp8Linear` is the engine's drop-in for nn.Linear. Its GEMM (`gemm`):
   * "scaled_mm": cuBLASLt through `torch._scaled_mm` with row-wise scales (CUDA);
-  * "scaled_mm_fast_accum": the same with Hopper's reduced-precision accumulation (measured option);
+  * "scaled_mm_fast_accum": the same with Hopper's reduced-precision accumulation (`--fp8-accumulation fast`);
   * "gemm8": the project's persistent Triton GEMM (quant/gemm8_triton.py), promoting to float32 every 128 of K;
   * "gemm8_ws": its warp-specialised Gluon form (quant/gemm8_ws.py, sm_90; `--engine-gemm auto` there): its tile
     depends on M (gemm8_ws.TILES), and every tile gives gemm8's numbers bit for bit (tests/test_gemm8_ws_gpu.py),
     so a sequence's numbers do not depend on the batch it runs in;
+  * "gemm8_fast" / "gemm8_ws_fast": gemm8 / gemm8_ws without promotion (`--fp8-accumulation fast`: the tensor
+    cores' own accumulation over all of K; a named option, its accuracy cost measured);
   * "reference": the float32 matmul of the e4m3 values, then the rescale (CPU, and any device).
 On CUDA the activations are quantized by one Triton pass per row (int8_kernels.quantize_rows_fp8).
 """
@@ -98,7 +100,9 @@ def scaled_mm_gemm(qx: torch.Tensor, s_x: torch.Tensor, qweight: torch.Tensor, w
     return y if bias is None else y + bias
 
 
-GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "gemm8", "gemm8_ws", "reference")
+GEMM_PATHS = ("scaled_mm", "scaled_mm_fast_accum", "gemm8", "gemm8_fast", "gemm8_ws", "gemm8_ws_fast",
+              "reference")
+FAST_PATHS = {"scaled_mm": "scaled_mm_fast_accum", "gemm8": "gemm8_fast", "gemm8_ws": "gemm8_ws_fast"}
 
 
 def _triton_kernels():
@@ -131,14 +135,16 @@ class Fp8Linear(Quant8Linear):
     def forward(self, x) -> torch.Tensor:
         """x: float [..., K], or a QuantizedActivation (e4m3 [M, K], scale [M]) from a quantizing producer."""
         lead, qx, s_x = self.quantized_input(x)
-        if qx.is_cuda and self.gemm == "gemm8":
-            from mlperf_llama2.quant.gemm8_triton import gemm8
+        if qx.is_cuda and self.gemm in ("gemm8", "gemm8_fast"):
+            from mlperf_llama2.quant.gemm8_triton import MAX_PROMOTE, gemm8
 
-            y = gemm8(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8")
-        elif qx.is_cuda and self.gemm == "gemm8_ws":
-            from mlperf_llama2.quant.gemm8_ws import gemm8_ws
+            y = gemm8(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8",
+                      promote_every=0 if self.gemm == "gemm8_fast" else MAX_PROMOTE)
+        elif qx.is_cuda and self.gemm in ("gemm8_ws", "gemm8_ws_fast"):
+            from mlperf_llama2.quant.gemm8_ws import MAX_PROMOTE, gemm8_ws
 
-            y = gemm8_ws(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8")
+            y = gemm8_ws(qx, self.qweight, s_x, self.weight_scale, self.bias, self.out_dtype, kind="fp8",
+                         promote_every=0 if self.gemm == "gemm8_ws_fast" else MAX_PROMOTE)
         elif qx.is_cuda and self.gemm != "reference":
             y = scaled_mm_gemm(qx, s_x, self.qweight, self.weight_scale, self.bias, self.out_dtype,
                                fast_accum=self.gemm == "scaled_mm_fast_accum")

@@ -52,6 +52,7 @@ class RunInfo:
     quant_backend: Optional[str] = None
     quant_mode: Optional[str] = None
     kv_cache_dtype: Optional[str] = None  # engine --kv-cache-dtype (auto | fp8 | int8); None: not the engine
+    fp8_accumulation: Optional[str] = None  # engine --fp8-accumulation with --quantization fp8; None: not that
     command: Optional[str] = None
     harness_commit: Optional[str] = None  # commit, "-dirty" appended when tracked files were modified
     harness_changes: tuple[str, ...] = ()  # `git status --porcelain --untracked-files=no` lines at run time

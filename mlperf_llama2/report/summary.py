@@ -59,6 +59,7 @@ class RunSummary:
     quant_mode: Optional[str] = None  # simulate | int8 (with a quantization config only)
     quant_backend: Optional[str] = None  # auto | liteml | open, as requested
     kv_cache_dtype: Optional[str] = None  # the engine's --kv-cache-dtype; None: not recorded (not the engine)
+    fp8_accumulation: Optional[str] = None  # promoted | fast (engine, --quantization fp8); None: not recorded
     submittable: str = ""  # "submittable for v6.1 closed: yes" or ": no (why)" (submission/rules.py)
 
     @property
@@ -225,6 +226,7 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         quant_mode=info.quant_mode if info.liteml_config else None,
         quant_backend=info.quant_backend if info.liteml_config else None,
         kv_cache_dtype=info.kv_cache_dtype,
+        fp8_accumulation=info.fp8_accumulation,
         submittable=submittable(detail, errors, info, rouge),
     )
 
@@ -254,7 +256,12 @@ def render_table(s: RunSummary) -> str:
             ("TTFT p50 / p99 (ms)", f"{_fmt(s.ttft_p50_ms)} / {_fmt(s.ttft_p99_ms)}"),
             ("TPOT p50 / p99 (ms)", f"{_fmt(s.tpot_p50_ms)} / {_fmt(s.tpot_p99_ms)}"),
         ]
-    if s.quantization:
+    if s.quantization == "fp8":
+        accumulation = {"promoted": "float32 accumulation", "fast": "Hopper's fast accumulation, not promoted"}
+        rows.append(("quantization", "fp8 (E4M3 weights per channel, activations per token"
+                                     + (f"; {accumulation.get(s.fp8_accumulation, s.fp8_accumulation)}"
+                                        if s.fp8_accumulation else "") + ")"))
+    elif s.quantization:
         rows.append(("quantization", f"{os.path.basename(s.quantization)}, {s.quant_mode} mode "
                                      f"({s.quant_backend} backend)"))
     elif s.model is not None:
