@@ -90,7 +90,8 @@ def kv_scales_by_granularity(model, prompts: list[list[int]], granularities: set
 
 @torch.inference_mode()
 def warm_up_gemm8(linears: list[Fp8Linear], max_rows: int, dtype: torch.dtype) -> None:
-    """Autotune the Triton GEMM for every distinct shape and M bucket now, not inside CUDA graph capture."""
+    """Autotune the Triton GEMM (compile the Gluon one's tiles) for every distinct shape and M bucket now, not
+    inside CUDA graph capture."""
     shapes = {(m.in_features, m.out_features): m for m in linears}
     rows, m = [], 1
     while m < max_rows:
@@ -104,15 +105,15 @@ def warm_up_gemm8(linears: list[Fp8Linear], max_rows: int, dtype: torch.dtype) -
 
 @contextmanager
 def fp8_gemm(model, gemm: Optional[str], max_rows: int, dtype: torch.dtype):
-    """Every Fp8Linear of `model` runs `gemm` inside the block (None: as it is); gemm8 is warmed up first
-    for up to `max_rows` rows (the engine's token budget)."""
+    """Every Fp8Linear of `model` runs `gemm` inside the block (None: as it is); the project's GEMMs are warmed up
+    first for up to `max_rows` rows (the engine's token budget)."""
     linears = [m for m in model.modules() if isinstance(m, Fp8Linear)]
     before = [m.gemm for m in linears]
     if gemm is not None:
         for m in linears:
             m.gemm = gemm
-    if gemm == "gemm8" and linears and linears[0].qweight.is_cuda:
-        warm_up_gemm8(linears, max_rows, dtype)
+    if gemm in ("gemm8", "gemm8_fast", "gemm8_ws", "gemm8_ws_fast") and linears and linears[0].qweight.is_cuda:
+        warm_up_gemm8(linears, max_rows, dtype)  # tuned / compiled now, not inside a CUDA graph capture
     try:
         yield
     finally:

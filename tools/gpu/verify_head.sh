@@ -12,6 +12,8 @@
 #   tiles        gemm8_ws's default tiles (TILES) against the candidates, M 16-2,048, FP8 and int8
 #   t256         the promoted FP8 256 x 128 tile (two 128-row partitions) against the default and cuBLASLt,
 #                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
+#   fastacc      --fp8-accumulation fast: its GPU error bound, its accuracy cost at the 70B width (4 layers,
+#                bench_fidelity fp8-ws vs fp8-ws-fast) and its FP8 step profile against promoted (~5 min)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
 #   fp8prof      fp8ab's step profiles only (~80 s)
 #   wcab         the whole-config step profile with int8's default gemm8_ws tile and with two partitions (~60 s)
@@ -47,6 +49,13 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
           --out "$OUT"/tiles 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
     t256) timeout 150 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 \
           --kernels scaled_mm_row,ws_fp8,ws_fp8@256x128s3p2w2 --out "$OUT"/t256 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
+    fastacc) timeout 90 "${PYTEST[@]}" -m gpu tests/test_engine_fp8.py 2>&1 | tail -6 >> "$L"
+          timeout 170 python3 tools/bench_fidelity.py --shape 70b --layers 4 --variants fp8-ws,fp8-ws-fast \
+            --prompts 16 --out "$OUT"/fid_fast 2>&1 | tail -12 >> "$L"
+          for a in promoted fast; do
+            timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
+              --fp8-accumulation $a --reps 10 --out "$OUT"/fastprof_$a 2>&1 | grep "^|\|bounds" >> "$L"
+          done ;;
     fp8ab) for g in auto cublas; do  # FP8 end to end at 20 of 80 layers, auto (gemm8_ws) against cuBLASLt
           timeout 150 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --engine-gemm $g --out "$OUT"/fp8ab_$g 2>&1 \
@@ -69,7 +78,7 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
     *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles t256" \
-         "fp8ab fp8prof wcab reserve)" | tee -a "$L"
+         "fastacc fp8ab fp8prof wcab reserve)" | tee -a "$L"
        exit 2 ;;
   esac
 done
