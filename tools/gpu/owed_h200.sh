@@ -4,6 +4,7 @@
 # 70B: 65 GiB of 8-bit weights plus a KV cache worth measuring do not fit an 80 GB H100). Copy each part's $OUT
 # into docs/results/ (the Server/Interactive parts read the Offline JSON from there: OFFLINE_JSON).
 #   PART=fp8_offline      70B FP8 + FP8 KV, 4,096 samples, 512 sequences (#19's Offline row), + steady state
+#   PART=fp8fast_offline  the same with --fp8-accumulation fast (Hopper's unpromoted accumulation; a named option)
 #   PART=fp8_server       Server, auto QPS points from OFFLINE_JSON (default: docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json),
 #                         each >= 60 s and >= 500 queries (LoadGen's early stopping wants ~460 for VALID)
 #   PART=fp8_interactive  Interactive (450 ms / 40 ms), 128 sequences, 1,024-token chunks, from OFFLINE_JSON
@@ -12,8 +13,8 @@
 #                         the measurement behind the Interactive defaults (#19 item 4); SEQ_CAPS, TOKEN_BUDGETS
 #   PART=wc80_all         #20: the whole LiteML config in int8 mode, all 80 layers, 2,048 samples, 512 sequences
 #   PART=wc80_linear      the same with the Linear rules only (the baseline of the row above, same card)
-case "$PART" in fp8_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
-  *) echo "owed_h200.sh: PART must be one of fp8_offline fp8_server fp8_interactive fp8_interactive_grid" \
+case "$PART" in fp8_offline|fp8fast_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
+  *) echo "owed_h200.sh: PART must be one of fp8_offline fp8fast_offline fp8_server fp8_interactive fp8_interactive_grid" \
           "fp8_profile wc80_all wc80_linear" \
         "(got '${PART}')"; exit 2 ;;
 esac
@@ -29,6 +30,10 @@ case "$PART" in
   fp8_offline)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 4096 --max-num-seqs 512 --out "$OUT"/fp8 2>&1 | filter 24
     python3 tools/steady_state.py "$OUT"/fp8/bench.json ;;
+  fp8fast_offline)
+    timeout 560 "${BENCH[@]}" "${FP8[@]}" --fp8-accumulation fast --samples 4096 --max-num-seqs 512 \
+        --out "$OUT"/fp8fast 2>&1 | filter 24
+    python3 tools/steady_state.py "$OUT"/fp8fast/bench.json ;;
   fp8_server)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 512 --offline-json "$OFFLINE_JSON" \
         --server-auto 2 --server-seconds 60 --server-min-queries 500 --out "$OUT"/fp8_server 2>&1 | filter 24 ;;
