@@ -54,6 +54,10 @@ def test_bench_table_prints_the_steady_columns():
     assert engine_line.split()[-6:] == ["50", "10.00x", "50%", "200", f"{round(20 / 190, 3):.0%}", "56"]
     ref_line = next(line for line in lines if line.startswith("reference"))
     assert ref_line.split()[-3:] == ["-", "-", "-"]
+    assert lines[0].startswith("shape 70b layers 80 torch.float16 weights int8;")
+    fast = SimpleNamespace(**{**vars(args), "weights": "fp8", "fp8_accumulation": "fast"})
+    assert bench.table_lines(fast, cfg, "torch.float16", np.array([10.0]), np.array([5.0]), result, roof=100.0)[0] \
+        .startswith("shape 70b layers 80 torch.float16 weights fp8 (fast accumulation);")
 
 
 def test_the_command_line_prints_each_engine_row(tmp_path, capsys):

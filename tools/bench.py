@@ -463,7 +463,8 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
     lines: list[str] = []
     best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
     mem = result.get("memory", {})
-    lines.append(f"shape {args.shape} layers {cfg.num_hidden_layers} {dtype} weights {args.weights}; prompts mean "
+    weights = args.weights + (" (fast accumulation)" if getattr(args, "fp8_accumulation", "promoted") == "fast" else "")
+    lines.append(f"shape {args.shape} layers {cfg.num_hidden_layers} {dtype} weights {weights}; prompts mean "
                  f"{p_len.mean():.0f}, outputs mean {o_len.mean():.0f} ({workload_source(args)} lengths); "
                  f"{'LoadGen Offline PerformanceOnly' if args.samples else 'no Offline (--samples 0): the Server set'}")
     lines.append(f"weights {mem.get('weights_gib', 0):.1f} GiB; GPU free before the engine "
