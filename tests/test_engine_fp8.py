@@ -70,19 +70,25 @@ def test_quantization_and_liteml_config_are_exclusive(tmp_path):
         QuantConfig(quantization="fp8", liteml_config=str(cfg))
 
 
-@pytest.mark.gpu
-def test_scaled_mm_gemm_is_within_float_rounding_of_the_simulate_path():
-    """cuBLASLt's FP8 GEMM (float32 accumulation) against the reference on the same e4m3 values."""
+def _errors_against_the_simulate_path(gemm: str, out_dtype: torch.dtype):
+    """(shape, relative error) of Fp8Linear with `gemm` against the reference on the same e4m3 values, at the 70B
+    shapes (K up to 28,672)."""
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
     for m, k, n in ((17, 8192, 1024), (256, 8192, 10240), (1024, 28672, 8192)):
         x = torch.randn(m, k, device=dev, generator=g, dtype=torch.float16)
         w = torch.randn(n, k, device=dev, generator=g, dtype=torch.float16) * 0.02
-        linear = Fp8Linear.from_float(w, out_dtype=torch.bfloat16)
-        y = linear(x).float()
+        linear = Fp8Linear.from_float(w, out_dtype=out_dtype)
+        linear.gemm = gemm
         ref = fake_quant_linear(x, linear.qweight, linear.weight_scale, None, torch.float32)
-        rel = ((y - ref).norm() / ref.norm()).item()
-        assert rel < 8e-3, (m, k, n, rel)  # bf16 output rounding (2^-9) dominates
+        yield (m, k, n), ((linear(x).float() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.gpu
+def test_scaled_mm_gemm_is_within_float_rounding_of_the_simulate_path():
+    """cuBLASLt's FP8 GEMM (float32 accumulation) against the reference on the same e4m3 values."""
+    for shape, rel in _errors_against_the_simulate_path("scaled_mm", torch.bfloat16):
+        assert rel < 8e-3, (shape, rel)  # bf16 output rounding (2^-9) dominates
 
 
 @pytest.mark.gpu
@@ -92,15 +98,7 @@ def test_scaled_mm_gemm_is_within_float_rounding_of_the_simulate_path():
 def test_fp8_accumulation_error_against_the_simulate_path(gemm):
     """--fp8-accumulation: the promoted paths (float32 promotion every 128 of K) stay within 0.2% of the simulate
     path (float32 sums of the same e4m3 values); the fast ones (the tensor cores' own accumulation over all of
-    K) within a loose 3% at the 70B shapes (K up to 28,672). The measured figures belong in docs/engine.md; these
-    bounds only catch a broken kernel."""
-    dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(0)
-    for m, k, n in ((17, 8192, 1024), (256, 8192, 10240), (1024, 28672, 8192)):
-        x = torch.randn(m, k, device=dev, generator=g, dtype=torch.float16)
-        w = torch.randn(n, k, device=dev, generator=g, dtype=torch.float16) * 0.02
-        linear = Fp8Linear.from_float(w, out_dtype=torch.float32)
-        linear.gemm = gemm
-        ref = fake_quant_linear(x, linear.qweight, linear.weight_scale, None, torch.float32)
-        rel = ((linear(x).float() - ref).norm() / ref.norm()).item()
-        assert rel < (3e-2 if "fast" in gemm else 2e-3), (gemm, m, k, n, rel)
+    K) within a loose 3%. The measured figures belong in docs/engine.md; these bounds only catch a broken
+    kernel."""
+    for shape, rel in _errors_against_the_simulate_path(gemm, torch.float32):
+        assert rel < (3e-2 if "fast" in gemm else 2e-3), (gemm, shape, rel)
