@@ -24,6 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_int8 import time_graph  # noqa: E402  (calls captured in one CUDA graph, replayed)
+
 
 def variants():
     import torch
@@ -41,30 +44,6 @@ def variants():
         "int8 unfused": lambda gu: ik.quantize_rows(ft.silu_mul(gu)),
         "whole-config": lambda gu: wc.silu_mul_q8(gu, scales[0].to(gu.device), scales[1].to(gu.device)),
     }
-
-
-def time_graph(fn, gate_up, calls: int, reps: int) -> float:
-    """µs a call: `calls` launches captured in one CUDA graph, replayed `reps` times after two warm replays."""
-    import torch
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn(gate_up)  # compile and allocate outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn(gate_up)
-    for _ in range(2):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * calls)
 
 
 def main(argv=None) -> int:
@@ -94,7 +73,7 @@ def main(argv=None) -> int:
         fns = variants()
         outputs = {name: fn(gate_up) for name, fn in fns.items()}
         for name, fn in fns.items():
-            us = time_graph(fn, gate_up, args.calls, args.reps)
+            us = 1e3 * time_graph(lambda fn=fn, gu=gate_up: fn(gu), args.calls, args.reps)  # ms a call -> µs
             tbs = least_bytes / (us * 1e-6) / 1e12
             kind = name.split()[0]
             same = None  # fused and unfused: the same bits (the fused kernels' contract)
