@@ -15,16 +15,14 @@ import torch
 pytest.importorskip("triton")
 
 from mlperf_llama2.engine import fused_quant_triton, fused_triton, whole_config_triton  # noqa: E402
+from triton_device import record_launches  # noqa: E402
 
 
 def _launch_options(monkeypatch, kernels: dict, call) -> dict:
-    """{name: launch kwargs} of each kernel in `kernels` ({name: JITFunction}) that `call` launches; they record
-    instead of running (the wrapper's outputs stay uninitialised)."""
-    seen = {}
-    for name, kernel in kernels.items():
-        monkeypatch.setattr(kernel, "run", lambda *args, _name=name, **kwargs: seen.setdefault(_name, kwargs))
+    """{name: launch kwargs} of each kernel in `kernels` ({name: JITFunction}) that `call` launches."""
+    seen = record_launches(monkeypatch, kernels)
     call()
-    return seen
+    return {name: launches[0][1] for name, launches in seen.items() if launches}
 
 
 T, N, H, KV, D = 3, 64, 4, 2, 16

@@ -71,31 +71,20 @@ def test_whole_config_decode_stores_its_scores_in_16_byte_accesses():
     assert "LDG.E.U16" in pv["sass"]
 
 
-class _Recorder:
-    """Stands in for a @triton.jit kernel: records each launch's constexprs, pointer dtypes and launch options
-    instead of running it, so the launch a wrapper makes can be compiled for sm_90 on a machine without a GPU."""
-
-    PTR = {"torch.int8": "i8", "torch.int32": "i32", "torch.int64": "i64", "torch.float32": "fp32",
-           "torch.float16": "fp16", "torch.bfloat16": "bf16"}
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.launches = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            ptrs = {name: self.PTR[str(a.dtype)] for name, a in zip(self.kernel.arg_names, args)
-                    if name.endswith("_ptr") and hasattr(a, "dtype")}
-            consts = {k: v for k, v in kwargs.items() if k not in ("num_warps", "num_stages")}
-            self.launches.append((consts, ptrs, kwargs.get("num_warps", 4), kwargs.get("num_stages", 2)))
-        return launch
+_PTR = {"torch.int8": "i8", "torch.int32": "i32", "torch.int64": "i64", "torch.float32": "fp32",
+        "torch.float16": "fp16", "torch.bfloat16": "bf16"}
 
 
-def _recorded(monkeypatch, module, names):
-    recorders = {name: _Recorder(getattr(module, name)) for name in names}
-    for name, recorder in recorders.items():
-        monkeypatch.setattr(module, name, recorder)
-    return recorders
+def _compile_specs(kernel, launches) -> list:
+    """(kernel, constexprs, pointer dtypes, warps, stages) of each recorded launch (triton_device.record_launches),
+    for kernel_sass.report."""
+    specs = []
+    for args, kwargs in launches:
+        ptrs = {name: _PTR[str(a.dtype)] for name, a in zip(kernel.arg_names, args)
+                if name.endswith("_ptr") and hasattr(a, "dtype")}
+        consts = {k: v for k, v in kwargs.items() if k not in ("num_warps", "num_stages")}
+        specs.append((kernel, consts, ptrs, kwargs.get("num_warps", 4), kwargs.get("num_stages", 2)))
+    return specs
 
 
 @COMPILES
@@ -110,8 +99,11 @@ def test_the_whole_config_attention_launches_of_the_cpu_tests_compile_for_sm90(m
 
     from mlperf_llama2.engine import whole_config_decode_triton as wcd
     from mlperf_llama2.engine import whole_config_prefill_triton as wcp
+    from triton_device import record_launches
 
-    dec = _recorded(monkeypatch, wcd, ["_stats_kernel", "_pv_kernel"])
+    kernels = {k: getattr(wcd, k) for k in ("_stats_kernel", "_pv_kernel")}
+    kernels.update({k: getattr(wcp, k) for k in ("_pass1_kernel", "_pass2_kernel")})
+    seen = record_launches(monkeypatch, kernels)
     b, h, kv, d, block, width = 3, 6, 2, 32, 4, 10
     bt = torch.arange(b * width, dtype=torch.int32).view(b, width)
     args = (torch.zeros(b, h, d, dtype=torch.int8), torch.ones(b), torch.zeros(b * width * block, kv, d,
@@ -119,7 +111,6 @@ def test_the_whole_config_attention_launches_of_the_cpu_tests_compile_for_sm90(m
             torch.tensor([1, 13, 40], dtype=torch.int32), d ** -0.5, block, torch.ones(2, kv))
     wcd.decode_q8(*args, 1e-3, 1e-4, torch.float32, block_n=32, config="base")
     wcd.decode_q8(*args, 1e-3, 1e-4, torch.float16)  # the engine's default variant
-    pre = _recorded(monkeypatch, wcp, ["_pass1_kernel", "_pass2_kernel"])
     for (h, kv, d), dt in (((4, 2, 16), torch.float16), ((3, 3, 8), torch.float32)):
         t = 9
         cu = torch.tensor([0, t], dtype=torch.int32)
@@ -127,12 +118,13 @@ def test_the_whole_config_attention_launches_of_the_cpu_tests_compile_for_sm90(m
         wcp.prefill_q8(torch.zeros(t, h, d, **i8), torch.ones(t), torch.zeros(t, kv, d, **i8),
                        torch.zeros(t, kv, d, **i8), cu, cu, t, t, d ** -0.5, torch.ones(2, kv), 1e-3, 1e-4, dt,
                        block_m=8, block_n=16)
-    launches = [(r.kernel, *launch) for r in (*dec.values(), *pre.values()) for launch in r.launches]
+    launches = [spec for name, kernel in kernels.items() for spec in _compile_specs(kernel, seen[name])]
     assert len(launches) == 8
     for kernel, consts, ptrs, warps, stages in launches:
         assert min(consts.get("BLOCK_D", consts.get("HEAD_DIM")), consts["BLOCK_N"]) >= 32
         result = kernel_sass.report(kernel, consts, ptrs, 90, warps, stages)
         assert result["tensor_core_ops"] > 0 and "IMMA" in result["sass"], kernel.__name__  # the int8 dots
-    kernel, consts, ptrs, warps, stages = launches[1]  # decode pass 2 at head_dim 16: no sm_90 int8 dot
+    kernel, consts, ptrs, warps, stages = next(spec for spec in launches if spec[0] is wcd._pv_kernel)
+    # decode pass 2 at head_dim 16: no sm_90 int8 dot
     with pytest.raises(CompilationError):
         kernel_sass.report(kernel, {**consts, "HEAD_DIM": 16}, ptrs, 90, warps, stages)

@@ -33,3 +33,14 @@ def module_device() -> str:
 
 
 needs_triton = pytest.mark.skipif(triton_device() is None, reason=SKIP_REASON)
+
+
+def record_launches(monkeypatch, kernels: dict) -> dict:
+    """Launches of `kernels` ({name: @triton.jit kernel}) recorded instead of run: {name: [(args, kwargs)]},
+    args the positional arguments in the kernel's parameter order, kwargs its constexprs and launch options.
+    The wrapper's outputs stay uninitialised. Needs triton importable, neither a GPU nor the interpreter."""
+    seen: dict = {name: [] for name in kernels}
+    for name, kernel in kernels.items():
+        monkeypatch.setattr(kernel, "run", lambda *args, _name=name, grid=None, warmup=False, **kwargs:
+                            seen[_name].append((args, kwargs)))
+    return seen
