@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2 import constants  # noqa: E402
 from mlperf_llama2.config import KV_CACHE_DTYPES, EngineConfig  # noqa: E402
-from mlperf_llama2.engine.config import ENGINE_GEMMS  # noqa: E402
+from mlperf_llama2.engine.config import ENGINE_GEMMS, FP8_ACCUMULATIONS  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
                     help="engine KV cache: auto (model dtype), or fp8/int8 with unit scales (timing only)")
     ap.add_argument("--engine-gemm", choices=ENGINE_GEMMS, default="auto",
                     help="GEMM of the 8-bit Linears (main.py's --engine-gemm): auto, cublas, triton, ws")
-    ap.add_argument("--fp8-accumulation", choices=("promoted", "fast"), default="promoted",
+    ap.add_argument("--fp8-accumulation", choices=FP8_ACCUMULATIONS, default="promoted",
                     help="--weights fp8: float32 promotion every 128 of K, or Hopper's fast accumulation (main.py's "
                          "--fp8-accumulation)")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")

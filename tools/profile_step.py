@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import DEFAULT_QUANT_CONFIG, hf_config_for  # noqa: E402
 from bench_paths import bench_model  # noqa: E402
 from mlperf_llama2.config import EngineConfig  # noqa: E402
+from mlperf_llama2.engine.config import FP8_ACCUMULATIONS  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.ops import EagerOps, FusedOps  # noqa: E402
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
                     help="--weights int8: every rule of the config (whole_config.py; needs --kv-cache-dtype int8)")
     ap.add_argument("--engine-gemm", choices=("auto", "cublas", "triton", "ws"), default="auto",
                     help="GEMM of the 8-bit Linears (main.py's --engine-gemm)")
-    ap.add_argument("--fp8-accumulation", choices=("promoted", "fast"), default="promoted",
+    ap.add_argument("--fp8-accumulation", choices=FP8_ACCUMULATIONS, default="promoted",
                     help="--weights fp8: main.py's --fp8-accumulation")
     ap.add_argument("--ws-tile", action="append", default=[], metavar="FAMILY=TILE",
                     help="A/B of the warp-specialised GEMM's tile inside the step: FAMILY (int8, fp8_promote, "
