@@ -131,14 +131,15 @@ def test_bad_configs_say_what_is_wrong(cfg, kind, promote, message):
 
 
 def test_default_config_takes_small_tiles_for_small_batches():
-    # promoted fp8 and int8: one 64-row partition up to M 192 (the measured crossover, TILES), then 128-row tiles
+    # promoted fp8 and int8: one 64-row partition up to M 192 (the measured crossover, TILES), then 128-row tiles;
+    # unpromoted fp8: 64 rows up to M 128, then 128 x 128 with two partitions
     def shape(m, kind, promote):
         cfg = ws.default_config(m, kind, promote)
         return cfg.bm, cfg.wgs
 
     assert [shape(m, "fp8", True) for m in (1, 192, 193, 4096)] == [(64, 1), (64, 1), (128, 2), (128, 2)]
     assert [shape(m, "int8", False) for m in (1, 192, 193, 4096)] == [(64, 1), (64, 1), (128, 1), (128, 1)]
-    assert ws.default_config(64, "fp8", False).bm == 64 and ws.default_config(65, "fp8", False).bm == 128
+    assert [shape(m, "fp8", False) for m in (1, 128, 129, 4096)] == [(64, 1), (64, 1), (128, 2), (128, 2)]
     assert ws.default_config(4096, "int8", False) == ws.BEST["int8"]
     assert ws.default_config(4096, "fp8", False) == ws.BEST["fp8_fast"]
     wide = ws.default_config(4096, "int8", False, out_bytes=4)  # a float32 model's output tile

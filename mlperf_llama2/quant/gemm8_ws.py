@@ -86,7 +86,9 @@ class WsConfig:
 # tile cannot hold the promoted pipeline's partial sums in registers (256 a thread), hence 128 x 128 there.
 # 256 x 128 (two partitions of 128 rows, half-tile pieces one at a time: 192 registers of sums and a piece) reads
 # 25% fewer operand bytes from L2 per output than 128 x 128, but its 64-wide MMAs read 36% more from shared
-# memory per flop and it has 3 stages: compiled on the CPU (no spills), not yet measured.
+# memory per flop and it has 3 stages: measured slower than the default up to M 2,048 and faster from 4,096, but
+# there behind cuBLASLt (H100, a decoder layer's four Linears: 0.51 vs 0.39 ms at M 256, 1.42 vs 1.31 at 1,024,
+# 5.84 vs 6.09 at 4,096 (cuBLASLt 5.45), 11.88 vs 12.80 at 8,192 (11.19); bench_gemm_t256_70b_h100.json).
 CONFIGS = {
     "fp8_promote": [WsConfig(128, 128, 5, 1), WsConfig(128, 128, 6, 1), WsConfig(128, 128, 5, 2),
                     WsConfig(64, 128, 6, 1), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(128, 128, 6, 2, wgs=2),
@@ -103,11 +105,14 @@ CONFIGS = {
 # sequences, 20 layers, GEMM 8.05 against cuBLASLt's 8.51 ms, the mixed step 21.5 against 26.5) and int8
 # 128 x 128 with 6 stages, one partition (two are faster alone at M 256-1,024 but the whole-config decode step's
 # GEMMs took 7.67 ms with them against 7.49: not the default until a same-call A/B says so); unpromoted fp8
-# 128 x 256 (64 x 256 up to M 64, not measured).
+# (--fp8-accumulation fast) like promoted: 64 x 128 up to M 128, then 128 x 128 with two partitions (H100, a
+# layer's four Linears, docs/results/bench_gemm_fasttiles_70b_h100.json: 0.374 ms at M 256 against 0.462 for the
+# former 128 x 256 default, 1.24 against 1.25 at 1,024, 4.99 against 5.12 at 4,096; the FP8 decode step's GEMMs
+# of 256 sequences, 20 layers, 7.76 ms against 9.42 with 128 x 256 and 8.0-8.2 promoted).
 TILES = {
     "fp8_promote": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
     "int8": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1))],
-    "fp8_fast": [(64, WsConfig(64, 256, 4, 1)), (None, WsConfig(128, 256, 3, 1))],
+    "fp8_fast": [(128, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
 }
 BEST = {family: tiles[-1][1] for family, tiles in TILES.items()}  # the large-batch tile of each family
 

@@ -14,6 +14,9 @@
 #                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
 #   fastacc      --fp8-accumulation fast: its GPU error bound, its accuracy cost at the 70B width (4 layers,
 #                bench_fidelity fp8-ws vs fp8-ws-fast) and its FP8 step profile against promoted (~5 min)
+#   fasttiles    unpromoted fp8 (--fp8-accumulation fast): gemm8_ws's candidate tiles against its default, the
+#                promoted default and cuBLASLt fast, M 64-4,096, then the fast FP8 step profile with a 128 x 128
+#                two-partition tile (~2 min)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
 #   fp8prof      fp8ab's step profiles only (~80 s)
 #   wcab         the whole-config step profile with int8's default gemm8_ws tile and with two partitions (~60 s)
@@ -56,6 +59,12 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
             timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
               --fp8-accumulation $a --reps 10 --out "$OUT"/fastprof_$a 2>&1 | grep "^|\|bounds" >> "$L"
           done ;;
+    fasttiles) timeout 170 python3 tools/bench_gemm.py --m-list 64,128,256,512,1024,2048,4096 \
+          --kernels scaled_mm_row_fast,ws_fp8,ws_fp8_fast,ws_fp8_fast@128x128s6p1w2,ws_fp8_fast@128x128s6p1,\
+ws_fp8_fast@64x128s6p1,ws_fp8_fast@128x256s3p1w2 --out "$OUT"/fasttiles 2>&1 | grep -A48 "^TOPS" >> "$L"
+          timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
+            --fp8-accumulation fast --ws-tile fp8_fast=128x128s6p1w2 --reps 10 --out "$OUT"/fastprof_w2 2>&1 \
+            | grep "^|\|bounds" >> "$L" ;;
     fp8ab) for g in auto cublas; do  # FP8 end to end at 20 of 80 layers, auto (gemm8_ws) against cuBLASLt
           timeout 150 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --engine-gemm $g --out "$OUT"/fp8ab_$g 2>&1 \
@@ -78,7 +87,7 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
     *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles t256" \
-         "fastacc fp8ab fp8prof wcab reserve)" | tee -a "$L"
+         "fastacc fasttiles fp8ab fp8prof wcab reserve)" | tee -a "$L"
        exit 2 ;;
   esac
 done
