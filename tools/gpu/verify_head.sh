@@ -17,6 +17,8 @@
 #   fasttiles    unpromoted fp8 (--fp8-accumulation fast): gemm8_ws's candidate tiles against its default, the
 #                promoted default and cuBLASLt fast, M 64-4,096, then the fast FP8 step profile with a 128 x 128
 #                two-partition tile (~2 min)
+#   attnncu      Nsight Compute on the paged decode kernel, fp16 vs fp8 vs int8 cache (tools/decode_attn_once.py):
+#                why the 8-bit caches read at ~2.4 TB/s where fp16 reads at ~2.9 (speed of light, warp stalls)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
 #   fp8prof      fp8ab's step profiles only (~80 s)
 #   wcab         the whole-config step profile with int8's default gemm8_ws tile and with two partitions (~60 s)
@@ -65,6 +67,11 @@ ws_fp8_fast@64x128s6p1,ws_fp8_fast@128x256s3p1w2 --out "$OUT"/fasttiles 2>&1 | g
           timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
             --fp8-accumulation fast --ws-tile fp8_fast=128x128s6p1w2 --reps 10 --out "$OUT"/fastprof_w2 2>&1 \
             | grep "^|\|bounds" >> "$L" ;;
+    attnncu) if ! command -v ncu >/dev/null; then echo "attnncu: no ncu on this machine" >> "$L"; else
+          timeout 200 ncu --profile-from-start off --kernel-name regex:paged_decode --section SpeedOfLight \
+            --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy \
+            python3 tools/decode_attn_once.py 2>&1 | grep -v "^==PROF==" | tee "$OUT"/attnncu.txt | tail -150 >> "$L"
+        fi ;;
     fp8ab) for g in auto cublas; do  # FP8 end to end at 20 of 80 layers, auto (gemm8_ws) against cuBLASLt
           timeout 150 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --engine-gemm $g --out "$OUT"/fp8ab_$g 2>&1 \
@@ -87,7 +94,7 @@ ws_fp8_fast@64x128s6p1,ws_fp8_fast@128x256s3p1w2 --out "$OUT"/fasttiles 2>&1 | g
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
     *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles t256" \
-         "fastacc fasttiles fp8ab fp8prof wcab reserve)" | tee -a "$L"
+         "fastacc fasttiles attnncu fp8ab fp8prof wcab reserve)" | tee -a "$L"
        exit 2 ;;
   esac
 done
