@@ -15,9 +15,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
 import bench_fidelity  # noqa: E402
-from fidelity_variants import VARIANTS, parse_variants  # noqa: E402
+from fidelity_variants import CUDA_ONLY, VARIANTS, parse_variants  # noqa: E402
 
+from mlperf_llama2.config import QuantConfig  # noqa: E402
+from mlperf_llama2.engine.config import ENGINE_GEMMS, FP8_ACCUMULATIONS, EngineConfig  # noqa: E402
+from mlperf_llama2.engine.llm_engine import LLMEngine  # noqa: E402
 from mlperf_llama2.errors import UserError  # noqa: E402
+from mlperf_llama2.quant.fp8 import Fp8Linear  # noqa: E402
 
 CPU_VARIANTS = ["engine_fp8", "engine_kv_head", "engine_kv_tensor", "engine_fp8_kv_head", "engine_fp8_kv_tensor"]
 
@@ -100,9 +104,43 @@ def test_variant_names_checked_before_any_model_loads():
     cpu = torch.device("cpu")
     assert [v.name for v in parse_variants("fp8,kv-head", cpu)] == ["fp8", "kv-head"]
     assert parse_variants("none", cpu) == []
-    assert {"fp8-fast", "fp8-gemm8"} <= {v.name for v in parse_variants("all", torch.device("cuda"))}
+    assert set(CUDA_ONLY) <= {v.name for v in parse_variants("all", torch.device("cuda"))}
     with pytest.raises(UserError, match="unknown fp9"):
         parse_variants("fp8,fp9", cpu)
     with pytest.raises(UserError, match="fp8-gemm8: needs --device cuda"):
         parse_variants("fp8,fp8-gemm8", cpu)
     assert set(VARIANTS) >= {"fp8", "kv-head", "kv-tensor", "fp8+kv-head", "fp8+kv-tensor"}
+
+
+def test_each_cuda_variant_names_its_own_engine_gemm_settings():
+    settings = [(VARIANTS[n].engine_gemm, VARIANTS[n].fp8_accumulation) for n in CUDA_ONLY]
+    assert len(set(settings)) == len(CUDA_ONLY)  # no two variants measure the same path
+    assert all(g in ENGINE_GEMMS and a in FP8_ACCUMULATIONS for g, a in settings)
+    assert (VARIANTS["fp8-ws-fast"].engine_gemm, VARIANTS["fp8-ws-fast"].fp8_accumulation) == ("ws", "fast")
+
+
+def _fp8_model(tiny_model_dir, device: str, dtype: torch.dtype):
+    return LLMEngine.from_pretrained(tiny_model_dir, EngineConfig(num_kv_blocks=16, cuda_graphs=False), device,
+                                     dtype, quant=QuantConfig(quantization="fp8")).runner.model
+
+
+def test_a_variant_engine_is_built_with_the_variants_gemm_settings(tiny_model_dir):
+    """The engine applies --engine-gemm / --fp8-accumulation to every 8-bit Linear when it is built, so a
+    variant's GEMM must be in its EngineConfig (a path set on the Linears beforehand was reset: on 2026-12-06
+    that made fp8-ws-fast measure fp8-ws)."""
+    model = _fp8_model(tiny_model_dir, "cpu", torch.float32)
+    engine = bench_fidelity.engine_for(model, torch.device("cpu"), torch.float32, [[1, 5, 9]], 2, False,
+                                       gemm="triton", fp8_accumulation="fast")
+    assert (engine.runner.config.gemm, engine.runner.config.fp8_accumulation) == ("triton", "fast")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("gemm,accumulation,path", [("cublas", "promoted", "scaled_mm"),
+                                                    ("cublas", "fast", "scaled_mm_fast_accum"),
+                                                    ("triton", "fast", "gemm8_fast")])
+def test_a_variant_engine_puts_every_fp8_linear_on_its_path(tiny_model_dir, gemm, accumulation, path):
+    model = _fp8_model(tiny_model_dir, "cuda", torch.float16)
+    engine = bench_fidelity.engine_for(model, torch.device("cuda"), torch.float16, [[1, 5, 9]], 2, False,
+                                       gemm=gemm, fp8_accumulation=accumulation)
+    assert {m.gemm for m in engine.runner.model.modules() if isinstance(m, Fp8Linear)} == {path}

@@ -55,7 +55,7 @@ from mlperf_llama2.quant.config import QuantConfig  # noqa: E402
 from bench import hf_config_for  # noqa: E402
 from bench_paths import first_divergence, hf_generate  # noqa: E402
 from fidelity_variants import (  # noqa: E402
-    fp8_gemm, kv_scales_by_granularity, parse_variants, scale_summary, variant_lines,
+    kv_scales_by_granularity, parse_variants, scale_summary, variant_lines,
 )
 from fidelity_weights import DECISIVE_DEFAULTS, write_checkpoint  # noqa: E402
 
@@ -72,13 +72,17 @@ def random_prompts(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[list
 
 
 def engine_for(model, device, dtype, prompts, extra_tokens: int, cuda_graphs: bool, kv_cache_dtype: str = "auto",
-               kv_scales: torch.Tensor | None = None) -> LLMEngine:
+               kv_scales: torch.Tensor | None = None, gemm: str = "auto",
+               fp8_accumulation: str = "promoted") -> LLMEngine:
     """An engine around an already loaded model, its KV cache just large enough for `prompts`. Without CUDA
     graphs (teacher forcing, which hooks the forward and replaces tokens) its steps are not overlapped either:
-    `runner.run` is then the method every step calls. `kv_scales` [2, L, KV]: for an 8-bit `kv_cache_dtype`."""
+    `runner.run` is then the method every step calls. `kv_scales` [2, L, KV]: for an 8-bit `kv_cache_dtype`.
+    `gemm` / `fp8_accumulation`: --engine-gemm / --fp8-accumulation, which the engine applies to every 8-bit
+    Linear when it is built (so a path set on the Linears beforehand would be overwritten)."""
     econf = EngineConfig(max_num_seqs=max(len(prompts), 1), cuda_graphs=cuda_graphs,
                          overlap_steps=None if cuda_graphs else False, kv_cache_dtype=kv_cache_dtype,
-                         num_kv_blocks=sum(-(-(len(p) + extra_tokens) // 16) for p in prompts) + 8)
+                         num_kv_blocks=sum(-(-(len(p) + extra_tokens) // 16) for p in prompts) + 8,
+                         gemm=gemm, fp8_accumulation=fp8_accumulation)
     eos = constants.LLAMA2_EOS_TOKEN
     return LLMEngine(ModelRunner(model, econf, eos, MAX_MODEL_LEN, device, dtype, kv_scales), econf, eos)
 
@@ -281,7 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-len", default="200,800", help="min,max prompt length (uniform)")
     ap.add_argument("--variants", default="all",
                     help="8-bit engine variants: all, none, or comma-separated of fp8, kv-head, kv-tensor, "
-                         "fp8+kv-head, fp8+kv-tensor, fp8-gemm8 and fp8-fast (CUDA)")
+                         "fp8+kv-head, fp8+kv-tensor; CUDA: fp8-cublas, fp8-fast, fp8-gemm8, fp8-ws, fp8-ws-fast")
     ap.add_argument("--calib-prompts", type=int, default=16,
                     help="prompts (other than the measured ones) the engine calibrates its FP8 K/V scales on")
     ap.add_argument("--seed", type=int, default=0)
@@ -352,7 +356,7 @@ def main(argv=None) -> int:
     def variant_engine(v, prompts, extra_tokens: int, cuda_graphs: bool) -> LLMEngine:
         scales = kv_scales[v.weights].get(v.granularity) if v.granularity else None
         return engine_for(models[v.weights], device, dtype, prompts, extra_tokens, cuda_graphs, v.kv_cache_dtype,
-                          scales)
+                          scales, v.engine_gemm, v.fp8_accumulation)
 
     if args.tf_prompts:
         prompts = random_prompts(args.tf_prompts, lo, hi, cfg.vocab_size, args.seed + 100)
@@ -361,9 +365,8 @@ def main(argv=None) -> int:
         del eager
         variant_logits = {}
         for v in variants:
-            with fp8_gemm(models[v.weights], v.gemm, EngineConfig.max_num_batched_tokens, dtype):
-                eager = variant_engine(v, prompts, 2, cuda_graphs=False)
-                variant_logits[v.key] = engine_teacher_forced(eager, prompts, args.tf_decode)
+            eager = variant_engine(v, prompts, 2, cuda_graphs=False)
+            variant_logits[v.key] = engine_teacher_forced(eager, prompts, args.tf_decode)
             del eager
         result["teacher_forced"] = teacher_forced_errors(hf32, hflow, engine_logits, prompts, args.tf_decode,
                                                          variant_logits)
@@ -378,9 +381,8 @@ def main(argv=None) -> int:
         del engine
         result["greedy"]["variants"] = {}
         for v in variants:
-            with fp8_gemm(models[v.weights], v.gemm, EngineConfig.max_num_batched_tokens, dtype):
-                outs = variant_engine(v, prompts, args.tokens + 1, cuda_graphs=True).generate(
-                    prompts, SamplingParams(args.tokens))
+            outs = variant_engine(v, prompts, args.tokens + 1, cuda_graphs=True).generate(
+                prompts, SamplingParams(args.tokens))
             result["greedy"]["variants"][v.key] = {f"vs_{ref}": compare(outs, outputs[ref])
                                                    for ref in ("reference", "engine", "fp32")}
         t = mark("greedy", t)

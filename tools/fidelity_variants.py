@@ -4,11 +4,12 @@ A variant is the engine with FP8 Linears (`--quantization fp8`: E4M3 weights per
 activations per token), an FP8 KV cache (`--kv-cache-dtype fp8`) or both. KV scales are calibrated by the
 engine itself (`engine/kv_calibration.py`) on calibration prompts distinct from the measured ones, on the
 variant's own model (the FP8 model for "both"), at one granularity: one scale per layer and KV head
-(`head`) or one per layer (`tensor`). `fp8` runs Fp8Linear's default GEMM (cuBLASLt `_scaled_mm`, FP32
-accumulation); on CUDA only (a CPU runs every FP8 GEMM on the reference path) `fp8-gemm8` runs the
-project's Triton GEMM (FP32 promotion every 128 of K) and `fp8-fast` Hopper's fast low-precision
-accumulation (`Fp8Linear.gemm = "scaled_mm_fast_accum"`), so their accuracy cost is measured; `fp8-ws` and
-`fp8-ws-fast` the warp-specialised GEMM (sm_90) promoted and not (`--fp8-accumulation fast` on sm_90).
+(`head`) or one per layer (`tensor`). A variant names its GEMM the way a run does, by the engine's own
+settings (`--engine-gemm`, `--fp8-accumulation`), which the engine applies when it is built: `fp8` runs
+`--engine-gemm auto` (the warp-specialised GEMM on sm_90, cuBLASLt elsewhere, the reference GEMM on a CPU);
+on CUDA only `fp8-cublas` and `fp8-fast` cuBLASLt promoted and with Hopper's fast low-precision
+accumulation, `fp8-gemm8` the project's Triton GEMM (FP32 promotion every 128 of K), `fp8-ws` and `fp8-ws-fast`
+the warp-specialised GEMM (sm_90) promoted and not, so the accuracy cost of each is measured.
 Each variant's logits are compared with the fp32 truth and with the fp16 engine's; greedy outputs with the
 reference's, the fp16 engine's and fp32's.
 """
@@ -16,7 +17,6 @@ reference's, the fp16 engine's and fp32's.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,7 +26,6 @@ from mlperf_llama2.engine.kv_cache import FP8_MAX
 from mlperf_llama2.engine.kv_calibration import calibrate_kv_ranges
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.calibration_file import amax_to_scale
-from mlperf_llama2.quant.fp8 import Fp8Linear
 
 log = logging.getLogger("bench_fidelity")
 
@@ -39,7 +38,8 @@ class Variant:
     weights: str  # "float" (the engine's dtype) or "fp8"
     kv_cache_dtype: str = "auto"  # auto | fp8
     granularity: Optional[str] = None  # KV scales: "head" | "tensor" (fp8 KV only)
-    gemm: Optional[str] = None  # Fp8Linear.gemm override (fp8 weights only)
+    engine_gemm: str = "auto"  # EngineConfig.gemm (--engine-gemm)
+    fp8_accumulation: str = "promoted"  # EngineConfig.fp8_accumulation (--fp8-accumulation)
 
     @property
     def key(self) -> str:
@@ -53,12 +53,13 @@ VARIANTS = {v.name: v for v in (
     Variant("kv-tensor", "float", "fp8", "tensor"),
     Variant("fp8+kv-head", "fp8", "fp8", "head"),
     Variant("fp8+kv-tensor", "fp8", "fp8", "tensor"),
-    Variant("fp8-gemm8", "fp8", gemm="gemm8"),
-    Variant("fp8-fast", "fp8", gemm="scaled_mm_fast_accum"),
-    Variant("fp8-ws", "fp8", gemm="gemm8_ws"),
-    Variant("fp8-ws-fast", "fp8", gemm="gemm8_ws_fast"),
+    Variant("fp8-cublas", "fp8", engine_gemm="cublas"),
+    Variant("fp8-fast", "fp8", engine_gemm="cublas", fp8_accumulation="fast"),
+    Variant("fp8-gemm8", "fp8", engine_gemm="triton"),
+    Variant("fp8-ws", "fp8", engine_gemm="ws"),
+    Variant("fp8-ws-fast", "fp8", engine_gemm="ws", fp8_accumulation="fast"),
 )}
-CUDA_ONLY = ("fp8-gemm8", "fp8-fast", "fp8-ws", "fp8-ws-fast")
+CUDA_ONLY = ("fp8-cublas", "fp8-fast", "fp8-gemm8", "fp8-ws", "fp8-ws-fast")
 SHORT_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
@@ -86,39 +87,6 @@ def kv_scales_by_granularity(model, prompts: list[list[int]], granularities: set
         return {}
     ranges = calibrate_kv_ranges(model, prompts)
     return {g: amax_to_scale(ranges.amax(g), FP8_MAX) for g in sorted(granularities)}
-
-
-@torch.inference_mode()
-def warm_up_gemm8(linears: list[Fp8Linear], max_rows: int, dtype: torch.dtype) -> None:
-    """Autotune the Triton GEMM (compile the Gluon one's tiles) for every distinct shape and M bucket now, not
-    inside CUDA graph capture."""
-    shapes = {(m.in_features, m.out_features): m for m in linears}
-    rows, m = [], 1
-    while m < max_rows:
-        rows += [m, m - 1] if m >= 32 else [m]  # Triton compiles apart for M divisible by 16 or not
-        m *= 2
-    rows += [max_rows, max_rows - 1]
-    for (k, _), module in shapes.items():
-        for r in rows:
-            module(torch.zeros(r, k, dtype=dtype, device=module.qweight.device))  # [r, K]
-
-
-@contextmanager
-def fp8_gemm(model, gemm: Optional[str], max_rows: int, dtype: torch.dtype):
-    """Every Fp8Linear of `model` runs `gemm` inside the block (None: as it is); the project's GEMMs are warmed up
-    first for up to `max_rows` rows (the engine's token budget)."""
-    linears = [m for m in model.modules() if isinstance(m, Fp8Linear)]
-    before = [m.gemm for m in linears]
-    if gemm is not None:
-        for m in linears:
-            m.gemm = gemm
-    if gemm in ("gemm8", "gemm8_fast", "gemm8_ws", "gemm8_ws_fast") and linears and linears[0].qweight.is_cuda:
-        warm_up_gemm8(linears, max_rows, dtype)  # tuned / compiled now, not inside a CUDA graph capture
-    try:
-        yield
-    finally:
-        for m, g in zip(linears, before):
-            m.gemm = g
 
 
 def scale_summary(scales: dict[str, torch.Tensor]) -> dict:
