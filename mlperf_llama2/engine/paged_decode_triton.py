@@ -82,13 +82,23 @@ DECODE_CONFIGS = {
     "n64w2s3vm": DecodeKernelConfig(block_n=64, num_warps=2, num_stages=3, vec_table=True, int8_magic=True),
     "n256w8s2vm": DecodeKernelConfig(block_n=256, num_warps=8, num_stages=2, vec_table=True, int8_magic=True),
     "n64w4s4v": DecodeKernelConfig(block_n=64, num_warps=4, num_stages=4, vec_table=True),
+    # Smaller key tiles, more stages: the 64-key 2-warp kernel is register-bound at 4 programs (8 warps) an SM,
+    # 12.5% occupancy, 65% of DRAM bandwidth over an fp8 cache (Nsight Compute, H100,
+    # docs/results/ncu_paged_decode_h100.txt); 16 keys on one warp with 8 stages reads at 2.7-2.8 TB/s
+    # (docs/results/bench_kv_decode_small_tiles_70b_h100.json)
+    "n32w2s6vm": DecodeKernelConfig(block_n=32, num_warps=2, num_stages=6, vec_table=True, int8_magic=True),
+    "n32w1s8vm": DecodeKernelConfig(block_n=32, num_warps=1, num_stages=8, vec_table=True, int8_magic=True),
+    "n16w1s8vm": DecodeKernelConfig(block_n=16, num_warps=1, num_stages=8, vec_table=True, int8_magic=True),
+    "n16w2s8vm": DecodeKernelConfig(block_n=16, num_warps=2, num_stages=8, vec_table=True, int8_magic=True),
     "n128w4s3v_split2": DecodeKernelConfig(block_n=128, num_stages=3, splits=2, vec_table=True),
     "n64w4s3v_split4": DecodeKernelConfig(block_n=64, num_stages=3, splits=4, vec_table=True),
     "n64w4s3v_auto": DecodeKernelConfig(block_n=64, num_stages=3, splits=0, vec_table=True),
 }
 # The variant `paged_decode_attention` runs when not told: edit after timing on the GPU (bench_kv_decode.py).
 DEFAULT_DECODE_CONFIG_16BIT = "base"
-DEFAULT_DECODE_CONFIG_8BIT = "n64w2s3vm"  # 13-20% faster than base at B 256-512 (H100, 70B shapes, 2026-12-05)
+# 8-bit: H100, 70B shapes, context 750 (2026-12-06): fp8 0.143 / 0.280 ms at B 256 / 512 against 0.161 / 0.313
+# for the former n64w2s3vm, int8 0.147 / 0.283 against 0.176 / 0.340 (which was 13-20% faster than base)
+DEFAULT_DECODE_CONFIG_8BIT = "n16w1s8vm"
 
 
 @triton.jit
