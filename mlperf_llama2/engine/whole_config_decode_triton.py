@@ -70,6 +70,11 @@ WC_DECODE_CONFIGS = {
     "n64w2s3v_scores": WCDecodeConfig(num_warps=2, num_stages=3, vec_table=True, scores=True),
     "n128w4s3v_scores": WCDecodeConfig(block_n=128, num_stages=3, vec_table=True, scores=True),
     "n128w8s3v_scores": WCDecodeConfig(block_n=128, num_warps=8, num_stages=3, vec_table=True, scores=True),
+    # The tiles that fixed the Linear-only kernel's register-bound occupancy (16 keys, 1 warp, 8 stages there:
+    # paged_decode_triton); 32 keys is the least an int8 P.V allows. Not yet timed on a GPU.
+    "n32w1s8v_scores": WCDecodeConfig(block_n=32, num_warps=1, num_stages=8, vec_table=True, scores=True),
+    "n32w2s6v_scores": WCDecodeConfig(block_n=32, num_warps=2, num_stages=6, vec_table=True, scores=True),
+    "n64w1s6v_scores": WCDecodeConfig(block_n=64, num_warps=1, num_stages=6, vec_table=True, scores=True),
 }
 DEFAULT_WC_DECODE_CONFIG = "n128w4s3v_scores"  # 0.205 vs base 0.247 ms at B 256, 0.382 vs 0.472 at 512 (H100)
 

@@ -19,6 +19,10 @@
 #                two-partition tile (~2 min)
 #   attnncu      Nsight Compute on the paged decode kernel, fp16 vs fp8 vs int8 cache (tools/decode_attn_once.py):
 #                why the 8-bit caches read at ~2.4 TB/s where fp16 reads at ~2.9 (speed of light, warp stalls)
+#   kvdecode     the paged decode kernel's 8-bit default (16 keys, 1 warp, 8 stages) against the former one and
+#                base, fp16/fp8/int8 caches, B 256 and 512 (~20 s; re-time on an H200)
+#   wcsmall      the whole-config decode passes with small tiles (32 keys, 1-2 warps, 6-8 stages) against the
+#                default 128-key one (bench_kv_decode --whole-config; ~30 s)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
 #   fp8prof      fp8ab's step profiles only (~80 s)
 #   wcab         the whole-config step profile with int8's default gemm8_ws tile and with two partitions (~60 s)
@@ -72,6 +76,11 @@ ws_fp8_fast@64x128s6p1,ws_fp8_fast@128x256s3p1w2 --out "$OUT"/fasttiles 2>&1 | g
             --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy \
             python3 tools/decode_attn_once.py 2>&1 | grep -v "^==PROF==" | tee "$OUT"/attnncu.txt | tail -150 >> "$L"
         fi ;;
+    kvdecode) timeout 150 python3 tools/bench_kv_decode.py --batches 256,512 --configs base,n64w2s3vm,n16w1s8vm,\
+n32w2s6vm --out "$OUT"/kvdecode.json 2>&1 | grep -A12 "^ms per variant" >> "$L" ;;
+    wcsmall) timeout 150 python3 tools/bench_kv_decode.py --whole-config --batches 256,512 \
+          --configs n128w4s3v_scores,n32w1s8v_scores,n32w2s6v_scores,n64w1s6v_scores --out "$OUT"/wcsmall.json 2>&1 \
+          | grep -A12 "^ms per variant" >> "$L" ;;
     fp8ab) for g in auto cublas; do  # FP8 end to end at 20 of 80 layers, auto (gemm8_ws) against cuBLASLt
           timeout 150 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --engine-gemm $g --out "$OUT"/fp8ab_$g 2>&1 \
@@ -94,7 +103,7 @@ ws_fp8_fast@64x128s6p1,ws_fp8_fast@128x256s3p1w2 --out "$OUT"/fasttiles 2>&1 | g
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
     *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles t256" \
-         "fastacc fasttiles attnncu fp8ab fp8prof wcab reserve)" | tee -a "$L"
+         "fastacc fasttiles attnncu kvdecode wcsmall fp8ab fp8prof wcab reserve)" | tee -a "$L"
        exit 2 ;;
   esac
 done
