@@ -144,3 +144,13 @@ def test_a_variant_engine_puts_every_fp8_linear_on_its_path(tiny_model_dir, gemm
     engine = bench_fidelity.engine_for(model, torch.device("cuda"), torch.float16, [[1, 5, 9]], 2, False,
                                        gemm=gemm, fp8_accumulation=accumulation)
     assert {m.gemm for m in engine.runner.model.modules() if isinstance(m, Fp8Linear)} == {path}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
+def test_the_default_cuda_device_without_a_gpu_is_one_line_before_any_model(tmp_path, capsys):
+    from mlperf_llama2.errors import run_cli
+
+    assert run_cli(bench_fidelity.main, ["--shape", "tiny", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda but torch sees no CUDA GPU" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

@@ -46,3 +46,13 @@ def test_a_tiny_run_times_and_checks_every_named_variant(tmp_path, capsys):
     assert {r["kernel"]["block_n"] for r in rows if r["config"] == "32x4"} == {32}
     suggested = [line.split("'")[1] for line in capsys.readouterr().out.splitlines() if line.startswith("suggested")]
     assert len(suggested) == 2 and all(s in names for s in suggested)
+
+
+def test_the_default_cuda_device_without_a_gpu_is_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for a machine without CUDA")
+    assert run_cli(bench_kv_decode.main, ["--batches", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda but torch sees no CUDA GPU" in err and "\n" not in err

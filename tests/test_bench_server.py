@@ -70,6 +70,16 @@ def test_bench_refuses_a_minimum_query_count_below_one(tmp_path):
     assert len(lines) == 1 and "--server-min-queries must be >= 1, got 0" in lines[0], proc.stderr[-2000:]
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for a machine without CUDA")
+def test_bench_on_cuda_without_a_gpu_is_one_line_before_building_a_model(tmp_path):
+    proc = run_main(["--shape", "tiny", "--samples", 4, "--ref-samples", 0, "--fidelity-prompts", 0,
+                     "--out", tmp_path / "out"], tmp_path, timeout=120, script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda but torch sees no CUDA GPU" in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()  # refused before anything is written or built
+
+
 def _measure_against(edge_qps: float, measured: list[float]):
     def measure(qps: float) -> dict:
         measured.append(qps)

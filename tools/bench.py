@@ -243,6 +243,9 @@ def main(argv=None) -> int:
     if args.server_auto and not args.samples and not args.offline_json:
         raise SystemExit("bench: --server-auto starts from the Offline tokens/s: keep --samples > 0 or pass "
                          "--offline-json of an earlier run")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"bench: --device {args.device} but torch sees no CUDA GPU (torch {torch.__version__}); "
+                         "pass --device cpu for a (slow) CPU run")
     workload = workload_lengths(args.samples, args.seed, args.lengths_from, synthetic_lengths)
     os.makedirs(args.out, exist_ok=True)
     lg_dir = tempfile.mkdtemp(prefix="bench-loadgen-")

@@ -299,6 +299,9 @@ def main(argv=None) -> int:
         raise UserError(f"--prompt-len {args.prompt_len} must satisfy 2 <= min <= max, "
                          f"max + --tokens <= {MAX_MODEL_LEN} and --tf-decode < min")
     variants = parse_variants(args.variants, torch.device(args.device))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} but torch sees no CUDA GPU (torch {torch.__version__}); "
+                        "pass --device cpu")
     if args.calib_prompts < 1 and any(v.kv_cache_dtype != "auto" for v in variants):
         raise UserError("FP8 KV variants need --calib-prompts >= 1")
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 truth really in fp32

@@ -90,6 +90,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise UserError("needs a CUDA device (or TRITON_INTERPRET=1 for a CPU smoke run)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} but torch sees no CUDA GPU; pass --device cpu with TRITON_INTERPRET=1 "
+                        "for a CPU smoke run")
     from mlperf_llama2.engine import paged_decode_triton as pdt
 
     if args.whole_config:

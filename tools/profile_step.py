@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     tiles = parse_ws_tiles(args.ws_tile)
+    if not torch.cuda.is_available():
+        raise SystemExit(f"profile_step: profiles CUDA kernels, but torch sees no CUDA GPU (torch {torch.__version__})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if tiles:
         from mlperf_llama2.quant import gemm8_ws

@@ -13,9 +13,13 @@
 #                         the measurement behind the Interactive defaults (#19 item 4); SEQ_CAPS, TOKEN_BUDGETS
 #   PART=wc80_all         #20: the whole LiteML config in int8 mode, all 80 layers, 2,048 samples, 512 sequences
 #   PART=wc80_linear      the same with the Linear rules only (the baseline of the row above, same card)
-case "$PART" in fp8_offline|fp8fast_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
+#   PART=wc80_server      #20's Server row (>= 0.9 of the whole-config Offline, VALID): auto QPS points from
+#                         docs/results/bench_engine_70b_int8_wholeconfig_int8kv_h200_2048.json (WC_OFFLINE_JSON)
+case "$PART" in
+  fp8_offline|fp8fast_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
+  wc80_server) ;;
   *) echo "owed_h200.sh: PART must be one of fp8_offline fp8fast_offline fp8_server fp8_interactive fp8_interactive_grid" \
-          "fp8_profile wc80_all wc80_linear" \
+          "fp8_profile wc80_all wc80_linear wc80_server" \
         "(got '${PART}')"; exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1
@@ -52,4 +56,8 @@ case "$PART" in
     timeout 560 "${BENCH[@]}" --weights int8 --kv-cache-dtype int8 --int8-rules "${PART#wc80_}" --samples 2048 \
         --max-num-seqs 512 --out "$OUT"/int8_"${PART#wc80_}" 2>&1 | filter 12
     python3 tools/steady_state.py "$OUT"/int8_"${PART#wc80_}"/bench.json ;;
+  wc80_server)
+    timeout 560 "${BENCH[@]}" --weights int8 --kv-cache-dtype int8 --int8-rules all --samples 0 --max-num-seqs 512 \
+        --offline-json "${WC_OFFLINE_JSON:-docs/results/bench_engine_70b_int8_wholeconfig_int8kv_h200_2048.json}" \
+        --server-auto 2 --server-seconds 60 --server-min-queries 500 --out "$OUT"/wc_server 2>&1 | filter 24 ;;
 esac
