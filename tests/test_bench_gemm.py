@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
 import bench_gemm  # noqa: E402
-from mlperf_llama2.errors import run_cli  # noqa: E402
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
 
 
 def test_defaults_cover_the_70b_shapes_and_m_16_to_16384():
@@ -110,8 +110,12 @@ def test_operands_and_reference_agree_for_gemm8(name):
 def test_gemm8_ws_kernels_take_a_tile_suffix():
     args = bench_gemm.parse_args(["--kernels", "ws_fp8,ws_fp8@128x128s5p2,ws_int8@64x256s4p1", "--out", "x"])
     assert args.kernel_names == ["ws_fp8", "ws_fp8@128x128s5p2", "ws_int8@64x256s4p1"]
-    assert bench_gemm.ws_config("128x128s5p2") == (128, 128, 5, 2, 1)
-    assert bench_gemm.ws_config("128x128s6p1w2") == (128, 128, 6, 1, 2)
+    assert bench_gemm.ws_config("128x128s5p2") == dict(bm=128, bn=128, stages=5, split=2, wgs=1, group_m=8)
+    assert bench_gemm.ws_config("128x128s6p1w2") == dict(bm=128, bn=128, stages=6, split=1, wgs=2, group_m=8)
+    assert bench_gemm.ws_config("128x128s6p1w2g16")["group_m"] == 16
+    for bad in ("128x128s6p1g0", "128x128s6p1w2g", "128x128"):
+        with pytest.raises(UserError, match="a gemm8_ws tile is BMxBNsSTAGESpSPLIT"):
+            bench_gemm.ws_config(bad)
     info = bench_gemm.kernel_info("ws_fp8@128x128s5p2")
     assert info.operands == "fp8_row" and info.label == "ws_fp8@128x128s5p2"
     assert bench_gemm.kernel_info("ws_int8").operands == "int8"

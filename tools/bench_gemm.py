@@ -81,18 +81,20 @@ KERNELS = [
 ]
 BY_NAME = {k.name: k for k in KERNELS}
 DEFAULT_KERNELS = [k.name for k in KERNELS if k.name != "gemm8_fp8_mma"]
-WS_CONFIG = re.compile(r"^(\d+)x(\d+)s(\d+)p(\d+)(?:w(\d))?$")
+WS_CONFIG = re.compile(r"^(\d+)x(\d+)s(\d+)p(\d+)(?:w(\d))?(?:g(\d+))?$")
 
 
-def ws_config(suffix: str, flag: str = "--kernels") -> tuple[int, int, int, int, int]:
-    """'128x128s5p2' -> (BM 128, BN 128, stages 5, split 2, MMA partitions 1); '...w2': two MMA partitions.
-    The fields of a gemm8_ws.WsConfig."""
+def ws_config(suffix: str, flag: str = "--kernels") -> dict:
+    """'128x128s5p2' -> the gemm8_ws.WsConfig fields {bm 128, bn 128, stages 5, split 2, wgs 1, group_m 8};
+    '...w2': two MMA partitions; '...g16': tile rows grouped 16 at a time in the persistent order (GROUP_M).
+    A dict, not the WsConfig itself: gemm8_ws needs triton, which the argument check must not."""
     match = WS_CONFIG.match(suffix)
-    if not match:
-        raise UserError(f"{flag}: a gemm8_ws tile is BMxBNsSTAGESpSPLIT[wWGS] (e.g. 128x128s5p1, 128x128s6p1w2), "
-                        f"got {suffix!r}")
-    bm, bn, stages, split, wgs = match.groups()
-    return int(bm), int(bn), int(stages), int(split), int(wgs or 1)
+    if not match or (match.group(6) is not None and int(match.group(6)) < 1):
+        raise UserError(f"{flag}: a gemm8_ws tile is BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M] (e.g. 128x128s5p1, "
+                        f"128x128s6p1w2, 128x128s6p1w2g16), got {suffix!r}")
+    bm, bn, stages, split, wgs, group_m = match.groups()
+    return dict(bm=int(bm), bn=int(bn), stages=int(stages), split=int(split), wgs=int(wgs or 1),
+                group_m=int(group_m or 8))
 
 
 def kernel_info(name: str) -> Kernel:
@@ -228,11 +230,7 @@ def kernel_call(name: str, ops: dict) -> Callable[[], torch.Tensor]:
     if base.startswith("ws_"):
         from mlperf_llama2.quant.gemm8_ws import WsConfig, gemm8_ws
 
-        if suffix:
-            bm, bn, stages, split, wgs = ws_config(suffix)
-            cfg = WsConfig(bm, bn, stages, split, wgs=wgs)
-        else:
-            cfg = None
+        cfg = WsConfig(**ws_config(suffix)) if suffix else None
         kind = "int8" if base == "ws_int8" else "fp8"
         promote = 128 if base == "ws_fp8" else 0
         return lambda: gemm8_ws(x, w, sx, sw, None, half, kind=kind, promote_every=promote, config=cfg)

@@ -137,10 +137,9 @@ def parse_ws_tiles(items: list) -> dict:
             raise SystemExit(f"profile_step: --ws-tile takes FAMILY=TILE with FAMILY one of {', '.join(TILES)}, "
                              f"got {item!r}")
         try:
-            bm, bn, stages, split, wgs = ws_config(tile, "--ws-tile")
+            tiles[family] = WsConfig(**ws_config(tile, "--ws-tile"))
         except UserError as err:
             raise SystemExit(f"profile_step: {err}") from None
-        tiles[family] = WsConfig(bm, bn, stages, split, wgs=wgs)
     return tiles
 
 

@@ -23,6 +23,8 @@
 #                base, fp16/fp8/int8 caches, B 256 and 512 (~20 s; re-time on an H200)
 #   wcsmall      the whole-config decode passes with small tiles (32 keys, 1-2 warps, 6-8 stages) against the
 #                default 128-key one (bench_kv_decode --whole-config; ~30 s)
+#   groupm       GROUP_M (tile rows that sweep the N tiles together) 4 / 16 / 32 against the default 8 at M 1,024-8,192:
+#                per row, the default FP8 tile is ~20% slower on gate_up at M 4,096 than at 1,024 (~40 s)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
 #   fp8prof      fp8ab's step profiles only (~80 s)
 #   wcab         the whole-config step profile with int8's default gemm8_ws tile and with two partitions (~60 s)
@@ -81,6 +83,9 @@ n32w2s6vm --out "$OUT"/kvdecode.json 2>&1 | grep -A12 "^ms per variant" >> "$L" 
     wcsmall) timeout 150 python3 tools/bench_kv_decode.py --whole-config --batches 256,512 \
           --configs n128w4s3v_scores,n32w1s8v_scores,n32w2s6v_scores,n64w1s6v_scores --out "$OUT"/wcsmall.json 2>&1 \
           | grep -A12 "^ms per variant" >> "$L" ;;
+    groupm) timeout 170 python3 tools/bench_gemm.py --m-list 1024,2048,4096,8192 --kernels scaled_mm_row,ws_fp8,\
+ws_fp8@128x128s6p1w2g4,ws_fp8@128x128s6p1w2g16,ws_fp8@128x128s6p1w2g32,ws_int8,ws_int8@128x128s6p1g16 \
+          --out "$OUT"/groupm 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
     fp8ab) for g in auto cublas; do  # FP8 end to end at 20 of 80 layers, auto (gemm8_ws) against cuBLASLt
           timeout 150 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --engine-gemm $g --out "$OUT"/fp8ab_$g 2>&1 \
@@ -103,7 +108,7 @@ n32w2s6vm --out "$OUT"/kvdecode.json 2>&1 | grep -A12 "^ms per variant" >> "$L" 
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
     *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles t256" \
-         "fastacc fasttiles attnncu kvdecode wcsmall fp8ab fp8prof wcab reserve)" | tee -a "$L"
+         "fastacc fasttiles attnncu kvdecode wcsmall groupm fp8ab fp8prof wcab reserve)" | tee -a "$L"
        exit 2 ;;
   esac
 done
