@@ -5,8 +5,8 @@
 A step log row is (decode only, sequences, tokens, milliseconds, decodes). The milliseconds are the host's
 view: with overlapped steps (the default on CUDA) part of a step's GPU time is booked on the next step (a
 70B FP8 mixed step of ~1,500 tokens logs ~95 ms, the decode-only step after it ~220, against ~88 ms for
-decode-only steps after decode-only ones), so single rows mislead while sums over many steps hold. Steady state: the steps
-whose batch holds at least 95% of the run's largest batch; their decode tokens over their time.
+decode-only steps after decode-only ones), so single rows mislead while sums over many steps hold.
+Steady state: the steps whose batch holds at least 95% of the run's largest batch; their decode tokens over their time.
 Drain: the steps after the last one that prefilled a prompt (no new work left), as a share of the
 run's time. Whole-run rate extrapolated to N samples: the drain (a fixed cost of one batch finishing)
 is spread over N / samples times the steady part.
