@@ -82,19 +82,24 @@ class WsConfig:
 
 
 # Candidates for tools/bench_gemm.py's sweep: shared memory <= 227 KB with a 16-bit output, no spills
-# (tests/test_gemm8_ws.py compiles every one). TMA boxes must be powers of two, so BN is 128 or 256; a 128 x 256
-# tile cannot hold the promoted pipeline's partial sums in registers (256 a thread), hence 128 x 128 there.
+# (tests/test_gemm8_ws.py compiles every one). TMA boxes must be powers of two; a 128 x 256 tile cannot hold the
+# promoted pipeline's partial sums in registers (256 a thread), hence 128 x 128 there.
 # 256 x 128 (two partitions of 128 rows, half-tile pieces one at a time: 192 registers of sums and a piece) reads
 # 25% fewer operand bytes from L2 per output than 128 x 128, but its 64-wide MMAs read 36% more from shared
 # memory per flop and it has 3 stages: measured slower than the default up to M 2,048 and faster from 4,096, but
 # there behind cuBLASLt (H100, a decoder layer's four Linears: 0.51 vs 0.39 ms at M 256, 1.42 vs 1.31 at 1,024,
 # 5.84 vs 6.09 at 4,096 (cuBLASLt 5.45), 11.88 vs 12.80 at 8,192 (11.19); bench_gemm_t256_70b_h100.json).
+# 64 x 64 (8 stages): at M <= 64 the 64 x 128 tile gives o_proj and down_proj (N 8,192) 64 programs and qkv 80,
+# fewer than the 132 SMs; o_proj and qkv then read their weights at 2.3-2.4 TB/s against 2.6-2.7 for down_proj
+# (long K) and gate_up (448 programs) (H100, M 64, bench_gemm_tiles_70b_h100.json). Half-width tiles double the
+# programs streaming weights. Compiled on the CPU (no spills, MMAs asynchronous), not yet measured
+# (verify_head STEPS=smalln).
 CONFIGS = {
     "fp8_promote": [WsConfig(128, 128, 5, 1), WsConfig(128, 128, 6, 1), WsConfig(128, 128, 5, 2),
                     WsConfig(64, 128, 6, 1), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(128, 128, 6, 2, wgs=2),
-                    WsConfig(256, 128, 3, 2, wgs=2)],
+                    WsConfig(256, 128, 3, 2, wgs=2), WsConfig(64, 64, 8, 1)],
     "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1),
-             WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2)],
+             WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(64, 64, 8, 1)],
 }
 # The tile per family and batch size: (largest M, tile), the first that holds M wins. From the H100 sweeps
 # (docs/results/bench_gemm_ws_70b_h100.json, bench_gemm_w2_70b_h100.json, bench_gemm_smallm_70b_h100.json,

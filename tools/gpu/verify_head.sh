@@ -25,6 +25,8 @@
 #                default 128-key one (bench_kv_decode --whole-config; ~30 s)
 #   groupm       GROUP_M (tile rows that sweep the N tiles together) 4 / 16 / 32 against the default 8 at M 1,024-8,192:
 #                per row, the default FP8 tile is ~20% slower on gate_up at M 4,096 than at 1,024 (~40 s)
+#   smalln       the 64 x 64 candidate tile (promoted FP8, unpromoted FP8, int8) against the 64 x 128 default and
+#                cuBLASLt at M 16-128: the Interactive decode step's GEMMs (~30 s; its bits: the gemm step)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
 #   fp8prof      fp8ab's step profiles only (~80 s)
 #   wcab         the whole-config step profile with int8's default gemm8_ws tile and with two partitions (~60 s)
@@ -86,6 +88,9 @@ n32w2s6vm --out "$OUT"/kvdecode.json 2>&1 | grep -A12 "^ms per variant" >> "$L" 
     groupm) timeout 170 python3 tools/bench_gemm.py --m-list 1024,2048,4096,8192 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@128x128s6p1w2g4,ws_fp8@128x128s6p1w2g16,ws_fp8@128x128s6p1w2g32,ws_int8,ws_int8@128x128s6p1g16 \
           --out "$OUT"/groupm 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
+    smalln) timeout 150 python3 tools/bench_gemm.py --m-list 16,32,64,96,128 --kernels scaled_mm_row,ws_fp8,\
+ws_fp8@64x64s8p1,ws_fp8_fast,ws_fp8_fast@64x64s8p1,ws_int8,ws_int8@64x64s8p1 --out "$OUT"/smalln 2>&1 \
+          | grep -A30 "^TOPS" >> "$L" ;;
     fp8ab) for g in auto cublas; do  # FP8 end to end at 20 of 80 layers, auto (gemm8_ws) against cuBLASLt
           timeout 150 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --engine-gemm $g --out "$OUT"/fp8ab_$g 2>&1 \
@@ -108,7 +113,7 @@ ws_fp8@128x128s6p1w2g4,ws_fp8@128x128s6p1w2g16,ws_fp8@128x128s6p1w2g32,ws_int8,w
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
     *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles t256" \
-         "fastacc fasttiles attnncu kvdecode wcsmall groupm fp8ab fp8prof wcab reserve)" | tee -a "$L"
+         "fastacc fasttiles attnncu kvdecode wcsmall groupm smalln fp8ab fp8prof wcab reserve)" | tee -a "$L"
        exit 2 ;;
   esac
 done
