@@ -7,15 +7,14 @@
 #   PART=fp8fast_offline  the same with --fp8-accumulation fast (Hopper's unpromoted accumulation; a named option)
 #   PART=fp8_server       Server, auto QPS points from OFFLINE_JSON (default: docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json),
 #                         each >= 60 s and >= 500 queries (LoadGen's early stopping wants ~460 for VALID)
-#   PART=fp8_interactive  Interactive (450 ms / 40 ms), 64 sequences, 512-token chunks, from OFFLINE_JSON. Why
-#                         64: the FP8 Offline run's decode-only steps took ~29 ms at <= 64 sequences, ~35 at
-#                         64-128 and ~50 at 128-256 (H200, host-observed), and each step also carries its share of
-#                         prefill (~0.13 ms a prompt token): 128 sequences cannot hold a 40 ms TPOT
+#   PART=fp8_interactive  Interactive (450 ms / 40 ms), 128 sequences (the Interactive default), 1,024-token chunks,
+#                         from OFFLINE_JSON. The load sets the concurrency, not the cap: from the FP8 Offline run's
+#                         step log (decode-only ~29 ms a step at <= 64 sequences, ~35 at 64-128) plus each step's
+#                         share of the prompts (~0.13 ms a prompt token), 40 ms holds ~40-64 running sequences
 #   PART=fp8_profile      where an FP8 step's time goes (tools/profile_step.py), 256 decodes
 #   PART=fp8_profile_small  the same at 64 decodes: the Interactive step (weight-read floor 13.5 ms on an H200)
 #   PART=fp8_interactive_grid  Interactive: one automatic point per --seq-caps x --token-budgets setting (45 s each),
-#                         the measurement behind the Interactive defaults (#19 item 4); SEQ_CAPS (48,64,96),
-#                         TOKEN_BUDGETS (256,512)
+#                         the measurement behind the Interactive defaults (#19 item 4); SEQ_CAPS, TOKEN_BUDGETS
 #   PART=wc80_all         #20: the whole LiteML config in int8 mode, all 80 layers, 2,048 samples, 512 sequences
 #   PART=wc80_linear      the same with the Linear rules only (the baseline of the row above, same card)
 #   PART=wc80_server      #20's Server row (>= 0.9 of the whole-config Offline, VALID): auto QPS points from
@@ -48,12 +47,12 @@ case "$PART" in
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 512 --offline-json "$OFFLINE_JSON" \
         --server-auto 2 --server-seconds 60 --server-min-queries 500 --out "$OUT"/fp8_server 2>&1 | filter 24 ;;
   fp8_interactive)
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 64 --max-num-batched-tokens 512 \
+    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
         --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 --server-min-queries 500 \
         --out "$OUT"/fp8_interactive 2>&1 | filter 24 ;;
   fp8_interactive_grid)
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-48,64,96}" \
-        --token-budgets "${TOKEN_BUDGETS:-256,512}" --offline-json "$OFFLINE_JSON" --server-auto 1 \
+    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-96,160}" \
+        --token-budgets "${TOKEN_BUDGETS:-512,2048}" --offline-json "$OFFLINE_JSON" --server-auto 1 \
         --server-seconds 45 --out "$OUT"/fp8_interactive_grid 2>&1 | filter 16 ;;
   fp8_profile)
     timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --out "$OUT"/prof_fp8 2>&1 \
