@@ -177,3 +177,17 @@ def _offline_json(tmp_path) -> str:
     path = tmp_path / "offline.json"
     path.write_text(json.dumps({"rows": [{"backend": "engine", "tokens_per_s": 100.0}]}))
     return str(path)
+
+
+def test_bench_json_records_the_commit_and_every_8bit_linears_gemm(tmp_path):
+    """Kernel defaults change between sessions: bench.json names what ran (the harness commit, each 8-bit
+    Linear's GEMM path; on CUDA also the decode attention variant and gemm8_ws's tile table)."""
+    from mlperf_llama2.report.run_info import git_state
+
+    proc = run_main(["--shape", "tiny", "--layers", 2, "--device", "cpu", "--samples", 4, "--ref-samples", 0,
+                     "--fidelity-prompts", 0, "--output-cap", 4, "--weights", "int8", "--out", tmp_path / "out"],
+                    tmp_path, timeout=300, script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prov = json.loads((tmp_path / "out" / "bench.json").read_text())["provenance"]
+    assert prov["harness_commit"] == git_state().commit  # None outside a git checkout, on both sides
+    assert sum(prov["gemm_paths"].values()) == 4 * 2 + 1  # qkv, o, gate_up, down per layer, and lm_head

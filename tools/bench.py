@@ -127,6 +127,35 @@ def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: fl
     return float(output.sum() / (prefill_s + decode_s))
 
 
+def provenance(model, args, device: torch.device) -> dict:
+    """What produced a run's numbers beyond its arguments: the harness commit (and its modified files) and the
+    kernels the engine picked by default, whose choice changes between sessions (the 8-bit GEMM path of each
+    Linear, gemm8_ws's tile table, the decode attention variants)."""
+    from collections import Counter
+
+    from mlperf_llama2.quant.activation import Quant8Linear
+    from mlperf_llama2.report.run_info import git_state
+
+    git = git_state()
+    out: dict = {"harness_commit": git.commit, "modified_files": list(git.changed),
+                 "gemm_paths": dict(Counter(m.gemm for m in model.modules() if isinstance(m, Quant8Linear)))}
+    if device.type == "cuda":  # the Triton / Gluon modules import triton
+        from mlperf_llama2.engine import paged_decode_triton as pdt
+
+        out["decode_attention"] = pdt.DEFAULT_DECODE_CONFIG_16BIT if args.kv_cache_dtype == "auto" \
+            else pdt.DEFAULT_DECODE_CONFIG_8BIT
+        if args.int8_rules == "all":
+            from mlperf_llama2.engine import whole_config_decode_triton as wcd
+
+            out["whole_config_decode_attention"] = wcd.DEFAULT_WC_DECODE_CONFIG
+        if any(p.startswith("gemm8_ws") for p in out["gemm_paths"]):
+            from mlperf_llama2.quant import gemm8_ws
+
+            out["gemm8_ws_tiles"] = {family: [[largest, str(cfg)] for largest, cfg in tiles]
+                                     for family, tiles in gemm8_ws.TILES.items()}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
@@ -324,6 +353,7 @@ def main(argv=None) -> int:
     if args.growth_reserve is not None:
         engine.scheduler.growth_reserve = args.growth_reserve
     result["growth_reserve"] = engine.scheduler.growth_reserve
+    result["provenance"] = provenance(model, args, device)
     kv = engine.runner.kv_cache
     result["memory"].update(kv_cache_gib=kv.numel() * kv.element_size() / GIB, kv_blocks=engine.runner.num_blocks,
                             kv_tokens=engine.runner.num_blocks * econf.block_size)
