@@ -33,3 +33,23 @@ def test_bench_tp2_then_dp2_against_it(tmp_path):
     expected = dp_json["offline"]["tokens_per_s_per_gpu"] / (tp_json["offline"]["tokens_per_s"] / 2)
     assert dp_json["scaling_efficiency"] == pytest.approx(expected)
     assert "scaling efficiency" in dp.stdout
+
+
+def test_bench_tp2_runs_int8_weights_over_an_int8_kv_cache(tmp_path):
+    """--kv-cache-dtype and --weights reach every rank: rank 0's engine allocated an int8 cache and every
+    sample came back."""
+    proc = run_main([*COMMON, "--weights", "int8", "--ref-samples", 0, "--fidelity-prompts", 0, "--kv-cache-dtype",
+                     "int8", "--tensor-parallel", 2, "--out", tmp_path / "tp2"], tmp_path, timeout=300,
+                    script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "tp2" / "bench.json").read_text())
+    assert result["kv_cache"]["dtype"] == "int8" and result["kv_cache"]["storage"] == ["int8"]
+    assert result["offline"]["samples"] == 8 and result["offline"]["failures"] == 0
+
+
+def test_bench_refuses_the_whole_config_on_several_devices_in_one_line(tmp_path):
+    proc = run_main([*COMMON, "--weights", "int8", "--ref-samples", 0, "--fidelity-prompts", 0, "--kv-cache-dtype",
+                     "int8", "--int8-rules", "all", "--data-parallel", 2, "--out", tmp_path / "dp2"], tmp_path,
+                    timeout=120, script=str(REPO / "tools" / "bench.py"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and "--int8-rules all is not wired" in lines[0], proc.stderr

@@ -36,27 +36,37 @@ from mlperf_llama2.engine.sequence import SamplingParams
 log = logging.getLogger("bench_scaling")
 
 
-def build_engines(args, cfg, econf: EngineConfig, dtype: torch.dtype):
-    """(engines, shutdown callables): one TP engine, or M single-device replicas."""
+def build_engines(args, cfg, econf: EngineConfig, dtype: torch.dtype, kv_scales=None):
+    """(engines, shutdown callables): one TP engine, or M single-device replicas. kv_scales [2, L, KV]: an
+    8-bit KV cache's (the whole model's; a TP rank slices its heads)."""
     if args.tensor_parallel > 1:
         from mlperf_llama2.parallel.tp_group import ShardSpec, start_tp_engine
 
-        quant = {"int8": {"liteml_config": args.liteml_config, "quant_backend": "open", "quant_mode": "int8"},
+        quant = {"int8": {"liteml_config": args.liteml_config, "quant_backend": "open", "quant_mode": "int8",
+                          "int8_rules": args.int8_rules},
                  "fp8": {"quantization": "fp8"}}.get(args.weights)
         spec = ShardSpec(world=args.tensor_parallel, port=0, base_device=args.device,
                          dtype={torch.float16: "float16", torch.float32: "float32"}[dtype],
                          engine=dataclasses.asdict(econf), random_config=cfg.to_dict(), init_std=args.init_std,
                          seed=args.seed, max_model_len=MAX_MODEL_LEN, quant=quant)
+        if kv_scales is not None:
+            spec = dataclasses.replace(spec, kv_scales=kv_scales.tolist())  # each rank slices its KV heads
         engine, group = start_tp_engine(spec)
         return [engine], [group.shutdown]
     engines = []
     for i in range(args.data_parallel):
         device = torch.device(device_for_rank(args.device, i))
         model = bench_model(cfg, args.weights, args.liteml_config, device, dtype, MAX_MODEL_LEN, args.init_std,
-                            args.seed)
-        engines.append(LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype), econf,
-                                 cfg.eos_token_id))
+                            args.seed, args.int8_rules)
+        engines.append(LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype, kv_scales),
+                                 econf, cfg.eos_token_id))
     return engines, []
+
+
+def kv_storage(engine: LLMEngine) -> torch.Tensor:
+    """The KV cache an engine's (rank 0's) runner allocated."""
+    runner = engine.runner
+    return getattr(runner, "local", runner).kv_cache  # TP: lockstep.DriverRunner wraps rank 0's ModelRunner
 
 
 def run_requests(engines, arrivals, prompts, outputs, timeout_s: float) -> dict:
@@ -110,11 +120,18 @@ def run_scaling(args, cfg, prompts, o_len, p_len) -> int:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     gpus = args.tensor_parallel * args.data_parallel
     econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                         num_kv_blocks=None if device.type == "cuda" else 4096)
+                         num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
+                         gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation)
+    kv_scales = None
+    if args.kv_cache_dtype != "auto":  # unit scales: timing only, as tools/bench.py's single-device runs
+        kv_scales = torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)
     t = time.perf_counter()
-    engines, shutdowns = build_engines(args, cfg, econf, dtype)
+    engines, shutdowns = build_engines(args, cfg, econf, dtype, kv_scales)
     result: dict = {"args": vars(args), "gpus": gpus, "tensor_parallel": args.tensor_parallel,
                     "data_parallel": args.data_parallel, "setup_s": time.perf_counter() - t,
+                    "kv_cache": {"dtype": args.kv_cache_dtype, "scales": None if kv_scales is None else
+                                 "unit (1.0 per layer and KV head; timing only)",
+                                 "storage": [str(kv_storage(e).dtype).removeprefix("torch.") for e in engines]},
                     "workload": {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())}}
     try:
         for engine in engines:  # warm-up
