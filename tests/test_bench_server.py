@@ -191,3 +191,14 @@ def test_bench_json_records_the_commit_and_every_8bit_linears_gemm(tmp_path):
     prov = json.loads((tmp_path / "out" / "bench.json").read_text())["provenance"]
     assert prov["harness_commit"] == git_state().commit  # None outside a git checkout, on both sides
     assert sum(prov["gemm_paths"].values()) == 4 * 2 + 1  # qkv, o, gate_up, down per layer, and lm_head
+
+
+@pytest.mark.parametrize("flags", [["--weights", "fp8", "--fp8-accumulation", "fast"],
+                                   ["--weights", "int8", "--engine-gemm", "triton"]])
+def test_bench_refuses_a_cuda_gemm_choice_on_the_cpu_in_one_line(tmp_path, flags):
+    """A CPU run computes every 8-bit GEMM on the exact reference path: a GEMM choice there would be ignored."""
+    proc = run_main(["--shape", "tiny", "--device", "cpu", "--samples", 4, "--ref-samples", 0, "--fidelity-prompts",
+                     0, *flags, "--out", tmp_path / "out"], tmp_path, timeout=120,
+                    script=str(REPO / "tools" / "bench.py"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and "choose among CUDA GEMMs" in lines[0], proc.stderr[-2000:]

@@ -237,6 +237,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"bench: --engine-gemm {args.engine_gemm} picks the 8-bit GEMM: pass --weights int8|fp8")
     if args.fp8_accumulation != "promoted" and args.weights != "fp8":
         raise SystemExit(f"bench: --fp8-accumulation {args.fp8_accumulation} is the FP8 GEMMs': pass --weights fp8")
+    if (args.fp8_accumulation != "promoted" or args.engine_gemm != "auto") and not args.device.startswith("cuda"):
+        raise SystemExit(f"bench: --fp8-accumulation / --engine-gemm choose among CUDA GEMMs; --device {args.device} "
+                         "runs the exact reference GEMM")
     try:
         args.seq_caps = [int(v) for v in args.seq_caps.split(",") if v]
         args.token_budgets = [int(v) for v in args.token_budgets.split(",") if v]
