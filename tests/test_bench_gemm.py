@@ -35,6 +35,7 @@ def test_flags_select_shapes_m_and_kernels():
     (["--kernels", "fp16,cutlass"], "--kernels: unknown cutlass; choose from fp16, int_mm"),
     (["--m-list", "16,x"], "--m-list must be comma-separated integers"),
     (["--m-list", "0"], "--m-list needs at least one M >= 1"),
+    (["--rounds", "0"], "--rounds must be 1-20"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
     assert run_cli(bench_gemm.main, argv + ["--out", "x"]) == 2
@@ -54,6 +55,32 @@ def test_tops_and_peak_fraction():
     ms_at_peak = 2 * m * n * k / (bench_gemm.PEAK_8BIT_TOPS * 1e12) * 1e3
     assert bench_gemm.tops(m, n, k, ms_at_peak) == pytest.approx(bench_gemm.PEAK_8BIT_TOPS)
     assert bench_gemm.tops(m, n, k, 2 * ms_at_peak) == pytest.approx(bench_gemm.PEAK_8BIT_TOPS / 2)
+
+
+def test_rounds_rotate_so_each_kernel_takes_each_position():
+    names = ["a", "b", "c", "d"]
+    orders = [bench_gemm.round_order(names, r) for r in range(len(names))]
+    assert all(sorted(o) == names for o in orders)
+    for pos in range(len(names)):
+        assert sorted(o[pos] for o in orders) == names
+    assert bench_gemm.round_order(names, 5) == orders[1]
+
+
+def test_rounds_merge_to_the_median_and_report_the_spread():
+    base = {"shape": "o", "M": 1024, "N": 8192, "K": 8192, "kernel": "ws_fp8", "rel_err": 2e-4}
+    rows = [dict(base, ms=t) for t in (1.0, 1.2, 0.9)]
+    merged = bench_gemm.merge_rounds(rows)
+    assert merged["ms"] == 1.0 and merged["ms_rounds"] == [1.0, 1.2, 0.9]
+    assert merged["spread"] == pytest.approx(0.3)
+    assert merged["tops"] == pytest.approx(bench_gemm.tops(1024, 8192, 8192, 1.0))
+    assert merged["frac_peak"] == pytest.approx(merged["tops"] / bench_gemm.PEAK_8BIT_TOPS)
+    assert "spread" not in bench_gemm.merge_rounds(rows[:1])
+    failed = bench_gemm.merge_rounds([rows[0], dict(base, error="RuntimeError: boom")])
+    assert failed["error"] == "RuntimeError: boom" and "ms" not in failed and "tops" not in failed
+    other = bench_gemm.merge_rounds([dict(base, kernel="x", shape="qkv", ms=t) for t in (1.0, 1.02)])
+    line = bench_gemm.widest_spread([merged, other])
+    assert "widest 30.0% (ws_fp8 o M=1024)" in line and "rounds: 3" in line
+    assert bench_gemm.widest_spread([bench_gemm.merge_rounds(rows[:1])]) == ""
 
 
 def test_rotation_keeps_operands_out_of_l2():

@@ -140,6 +140,11 @@ def test_default_config_takes_small_tiles_for_small_batches():
     assert [shape(m, "fp8", True) for m in (1, 192, 193, 4096)] == [(64, 1), (64, 1), (128, 2), (128, 2)]
     assert [shape(m, "int8", False) for m in (1, 192, 193, 4096)] == [(64, 1), (64, 1), (128, 1), (128, 1)]
     assert [shape(m, "fp8", False) for m in (1, 128, 129, 4096)] == [(64, 1), (64, 1), (128, 2), (128, 2)]
+    # promoted fp8 above M 2,048 sweeps 4 tile rows at a time instead of 8 (measured, gemm8_ws.TILES)
+    assert [ws.default_config(m, "fp8", True).group_m for m in (193, 2048, 2049, 8192)] == [8, 8, 4, 4]
+    assert ws.default_config(8192, "fp8", True) == ws.BEST["fp8_promote"]
+    assert {ws.default_config(m, k, p).group_m for m in (193, 4096) for k, p in (("int8", False), ("fp8", False))} \
+        == {8}
     assert ws.default_config(4096, "int8", False) == ws.BEST["int8"]
     assert ws.default_config(4096, "fp8", False) == ws.BEST["fp8_fast"]
     wide = ws.default_config(4096, "int8", False, out_bytes=4)  # a float32 model's output tile

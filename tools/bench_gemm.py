@@ -26,6 +26,11 @@ fraction of the 1,979 TOPS dense 8-bit peak of an H100/H200 SXM. Each kernel's o
 (shape, M) against a float64 reference on the same (quantized) operands, on the first 256 rows: relative
 Frobenius error. Prints a table; writes bench_gemm.json and table.txt into --out.
 
+--rounds R times every (shape, M) point R times, the kernels in a rotated order each round (round r starts
+at the r-th kernel), and keeps the median: on an H100 the same tile timed twice in one sweep differed by up
+to 10% (clock and power state drift; bench_gemm_groupm2_70b_h100.json), more than most tile A/Bs decide.
+Each row keeps every round's ms and its spread ((max - min) / median); the table names the widest spread.
+
     python tools/bench_gemm.py --out results/gemm                              # 70B shapes, all M (H200: < 6 min)
     python tools/bench_gemm.py --shapes 7b --m-list 256,4096 --kernels fp16,gemm8_fp8 --out /tmp/g
     python tools/bench_gemm.py --m-list 1024,4096 --kernels gemm8_fp8,ws_fp8@128x128s5p1,ws_fp8@128x128s5p2 --out /tmp/w
@@ -133,8 +138,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shapes", choices=sorted(SHAPES), default="70b")
     ap.add_argument("--m-list", default=",".join(map(str, DEFAULT_M)), help="comma-separated M values")
     ap.add_argument("--kernels", default=",".join(DEFAULT_KERNELS), help="comma-separated, from: " + ", ".join(BY_NAME))
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time each point this many times, kernels in a rotated order each round; the median is kept")
     ap.add_argument("--out", required=True, help="directory for bench_gemm.json and table.txt")
     args = ap.parse_args(argv)
+    if not 1 <= args.rounds <= 20:
+        raise UserError(f"--rounds must be 1-20, got {args.rounds}")
     args.m_values = parse_m_list(args.m_list)
     args.kernel_names = parse_kernels(args.kernels)
     return args
@@ -184,6 +193,41 @@ def format_table(rows: list[dict], kernel_names: list[str]) -> str:
     for r in failed:
         lines.append(f"error: {r['kernel']} {r['shape']} M={r['M']}: {r['error']}")
     return "\n".join(lines)
+
+
+def round_order(names: list[str], r: int) -> list[str]:
+    """Round r's kernel order: the list rotated to start at its r-th kernel, so over len(names) rounds each
+    kernel is timed once at each position (a clock that drifts within a round favours no kernel)."""
+    i = r % len(names)
+    return names[i:] + names[:i]
+
+
+def merge_rounds(rows: list[dict]) -> dict:
+    """One kernel's rows from several rounds -> one row: the median ms (and TOPS from it), every round's ms,
+    the spread (max - min) / median; the first round's error check. A failure in any round fails the cell."""
+    first = dict(rows[0])
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        return {key: v for key, v in first.items() if key not in ("ms", "tops", "frac_peak")} | \
+            {"error": failed[0]["error"]}
+    times = [r["ms"] for r in rows]
+    ms = statistics.median(times)
+    first.update(ms=ms, tops=tops(first["M"], first["N"], first["K"], ms))
+    first["frac_peak"] = first["tops"] / PEAK_8BIT_TOPS
+    if len(times) > 1:
+        first.update(ms_rounds=times, spread=(max(times) - min(times)) / ms)
+    return first
+
+
+def widest_spread(rows: list[dict]) -> str:
+    """The table's line on round-to-round variation ('' for one round)."""
+    spread = [r for r in rows if "spread" in r]
+    if not spread:
+        return ""
+    worst = max(spread, key=lambda r: r["spread"])
+    med = statistics.median(r["spread"] for r in spread)
+    return (f"rounds: {len(worst['ms_rounds'])}, median spread {med:.1%}, widest {worst['spread']:.1%} "
+            f"({worst['kernel']} {worst['shape']} M={worst['M']})")
 
 
 def _shape_order(name: str) -> int:
@@ -301,10 +345,20 @@ def time_graph(fns: list[Callable[[], torch.Tensor]]) -> float:
     return statistics.median(samples)
 
 
-def bench_point(shape: str, m: int, k: int, n: int, kernel_names: list[str], l2_bytes: int) -> list[dict]:
+def bench_point(shape: str, m: int, k: int, n: int, kernel_names: list[str], l2_bytes: int,
+                rounds: int = 1) -> list[dict]:
+    """Every kernel at one (shape, M), `rounds` times in rotated orders, merged (merge_rounds)."""
     g = torch.Generator(device="cuda").manual_seed(m * 7 + n)
     x16 = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=g)
     w16 = (torch.randn(n, k, device="cuda", dtype=torch.float16, generator=g) * 0.02)
+    timed: dict = {name: [] for name in kernel_names}
+    for r in range(rounds):
+        for row in _time_kernels(shape, m, k, n, round_order(kernel_names, r), l2_bytes, x16, w16):
+            timed[row["kernel"]].append(row)
+    return [merge_rounds(timed[name]) for name in kernel_names]
+
+
+def _time_kernels(shape, m, k, n, kernel_names, l2_bytes, x16, w16) -> list[dict]:
     rows = []
     by_kind: dict = {}
     for name in kernel_names:
@@ -353,11 +407,12 @@ def main(argv=None) -> int:
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2 ** 20)
     result = {"device": props.name, "sms": props.multi_processor_count, "l2_bytes": l2_bytes,
               "torch": torch.__version__, "triton": triton.__version__, "peak_8bit_tops": PEAK_8BIT_TOPS,
-              "args": {"shapes": args.shapes, "m_list": args.m_values, "kernels": args.kernel_names}, "rows": []}
+              "args": {"shapes": args.shapes, "m_list": args.m_values, "kernels": args.kernel_names,
+                       "rounds": args.rounds}, "rows": []}
     t0 = time.perf_counter()
     for shape, k, n in SHAPES[args.shapes]:
         for m in args.m_values:
-            rows = bench_point(shape, m, k, n, args.kernel_names, l2_bytes)
+            rows = bench_point(shape, m, k, n, args.kernel_names, l2_bytes, args.rounds)
             result["rows"] += rows
             cells = "  ".join(f"{r['kernel']} {r['tops']:.0f}" if "tops" in r else f"{r['kernel']} err"
                               for r in rows)
@@ -366,6 +421,8 @@ def main(argv=None) -> int:
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["autotune"] = autotune_choices()
     table = format_table(result["rows"], args.kernel_names)
+    if widest_spread(result["rows"]):
+        table += "\n" + widest_spread(result["rows"])
     print("\n" + table)
     with open(os.path.join(args.out, "bench_gemm.json"), "w") as fh:
         json.dump(result, fh, indent=1)

@@ -114,8 +114,16 @@ CONFIGS = {
 # layer's four Linears, docs/results/bench_gemm_fasttiles_70b_h100.json: 0.374 ms at M 256 against 0.462 for the
 # former 128 x 256 default, 1.24 against 1.25 at 1,024, 4.99 against 5.12 at 4,096; the FP8 decode step's GEMMs
 # of 256 sequences, 20 layers, 7.76 ms against 9.42 with 128 x 256 and 8.0-8.2 promoted).
+# GROUP_M (tile rows sweeping the N tiles together), promoted fp8 above M 2,048: 4 instead of 8. Three rounds in
+# rotated order (H100, bench_gemm_groupm3_70b_h100.json; one sweep's same-tile repeats differ by up to 10%):
+# at M 4,096 / 8,192 gate_up 1,356 / 1,341 TOPS against 1,173 / 1,000, down_proj 1,322 / 1,264 against
+# 1,137 / 1,135, lm_head +13% / +27%; at 2,048 +4% over a layer (qkv -6%, gate_up +6%), at 1,024 level; in the
+# 20-layer step profile's mixed step of 1,476 tokens level (45.5-48.3 ms GEMM both, gprof_* files). GROUP_M 1-2
+# lose 10-45% everywhere; 16-32 lose from 2,048. Unpromoted fp8 loses 3-13% with 4, int8 is level: both keep 8.
+# Steps above 2,048 tokens are an Offline run's fill and its largest chunks (~18% of the H200 FP8 run's time).
 TILES = {
-    "fp8_promote": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
+    "fp8_promote": [(192, WsConfig(64, 128, 6, 1)), (2048, WsConfig(128, 128, 6, 1, wgs=2)),
+                    (None, WsConfig(128, 128, 6, 1, wgs=2, group_m=4))],
     "int8": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1))],
     "fp8_fast": [(128, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
 }

@@ -25,6 +25,13 @@
 #                default 128-key one (bench_kv_decode --whole-config; ~30 s)
 #   groupm       GROUP_M (tile rows that sweep the N tiles together) 4 / 16 / 32 against the default 8 at M 1,024-8,192:
 #                per row, the default FP8 tile is ~20% slower on gate_up at M 4,096 than at 1,024 (~40 s)
+#   groupm2      GROUP_M 1 / 2 / 4 / 8 of the large-M tiles (fp8 promoted and fast, int8) at M 512-8,192 (the groupm step's
+#                g4 beat g8 from M 2,048 on gate_up/down, g16/g32 lost), then the FP8 step profile (20 layers) with
+#                the promoted tile at g8 / g4 / g2 (~3 min)
+#   groupm3      GROUP_M 4 against the default 8 (fp8 promoted and fast, int8) at M 1,024-8,192, three rounds in rotated
+#                order (bench_gemm --rounds): groupm2 timed the same tile twice and got up to 10% apart (~2 min)
+#   groupmprof   the engine's A/B of GROUP_M 8 / 4 (fp8 promoted, int8) in the 20-layer step profile with a mixed step of
+#                256 decodes + 1,220 prompt tokens (the Offline run's mean mixed step), fp8 twice (~4 min)
 #   smalln       the 64 x 64 candidate tile (promoted FP8, unpromoted FP8, int8) against the 64 x 128 default and
 #                cuBLASLt at M 16-128: the Interactive decode step's GEMMs (~30 s; its bits: the gemm step)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
@@ -88,6 +95,24 @@ n32w2s6vm --out "$OUT"/kvdecode.json 2>&1 | grep -A12 "^ms per variant" >> "$L" 
     groupm) timeout 170 python3 tools/bench_gemm.py --m-list 1024,2048,4096,8192 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@128x128s6p1w2g4,ws_fp8@128x128s6p1w2g16,ws_fp8@128x128s6p1w2g32,ws_int8,ws_int8@128x128s6p1g16 \
           --out "$OUT"/groupm 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
+    groupm2) timeout 200 python3 tools/bench_gemm.py --m-list 512,1024,1536,2048,4096,8192 --kernels ws_fp8,\
+ws_fp8@128x128s6p1w2g1,ws_fp8@128x128s6p1w2g2,ws_fp8@128x128s6p1w2g4,ws_fp8@128x128s6p1w2g8,ws_int8,\
+ws_int8@128x128s6p1g2,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128x128s6p1w2g4,scaled_mm_row \
+          --out "$OUT"/groupm2 2>&1 | grep -B2 -A40 "^TOPS" >> "$L"
+        for g in 8 4 2; do
+          timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
+            --ws-tile fp8_promote=128x128s6p1w2g$g --reps 10 --out "$OUT"/prof_g$g 2>&1 | grep "^|\|bounds" >> "$L"
+        done ;;
+    groupm3) timeout 300 python3 tools/bench_gemm.py --rounds 3 --m-list 1024,2048,4096,8192 --kernels ws_fp8,\
+ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128x128s6p1w2g4,scaled_mm_row \
+          --out "$OUT"/groupm3 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
+    groupmprof) for v in fp8:8 fp8:4 int8:8 int8:4 fp8:8 fp8:4; do  # engine A/B, mixed step of 256 + 1,220 tokens
+          w=${v%:*}; g=${v#*:}; fam=fp8_promote; tile=128x128s6p1w2g$g; extra=()
+          if [ "$w" = int8 ]; then fam=int8; tile=128x128s6p1g$g; extra=(--kv-cache-dtype int8); else extra=(--kv-cache-dtype fp8); fi
+          echo "--- $w GROUP_M $g" >> "$L"
+          timeout 90 python3 tools/profile_step.py --shape 70b --layers 20 --weights "$w" "${extra[@]}" --prefill 1220 \
+            --ws-tile "$fam=$tile" --reps 10 --out "$OUT/gprof_${w}_g$g" 2>&1 | grep "^| fused ops |" >> "$L"
+        done ;;
     smalln) timeout 150 python3 tools/bench_gemm.py --m-list 16,32,64,96,128 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@64x64s8p1,ws_fp8_fast,ws_fp8_fast@64x64s8p1,ws_int8,ws_int8@64x64s8p1 --out "$OUT"/smalln 2>&1 \
           | grep -A30 "^TOPS" >> "$L" ;;
