@@ -13,6 +13,10 @@ COMPOSITIONS = {
     "roomy": EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, block_size=16, num_kv_blocks=64),
     "chunked_prefill": EngineConfig(max_num_seqs=16, max_num_batched_tokens=7, block_size=4, num_kv_blocks=256),
     "preemption": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=30),
+    # steps of up to 64 tokens with prompt chunks run as rows of the decode path (CUDA: its graphs; the whole
+    # config keeps them eager)
+    "flat_rows": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=256,
+                              graph_mixed_tokens=64),
 }
 
 

@@ -62,6 +62,12 @@ COMPOSITIONS = {
                                     overlap_steps=True),
     "preemption_not_overlapped": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4,
                                               num_kv_blocks=30, overlap_steps=False),
+    # steps with prompt chunks, up to 64 tokens in all, run as rows of the decode path (CUDA: the decode graphs)
+    "flat_rows": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=256,
+                              overlap_steps=True, graph_mixed_tokens=64),
+    # some steps flat (<= 24 tokens), larger ones eager, with preemption and recompute
+    "flat_rows_some_preempted": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4,
+                                             num_kv_blocks=30, overlap_steps=True, graph_mixed_tokens=24),
 }
 
 
@@ -71,8 +77,12 @@ def test_engine_matches_generate_for_every_sample(tiny_model_dir, reference, nam
     engine = LLMEngine.from_pretrained(str(tiny_model_dir), COMPOSITIONS[name], device=device)
     outs = engine.generate(MIXED, SamplingParams(NEW_TOKENS))
     assert outs == reference
-    if name.startswith("preemption"):
+    if "preempt" in name:
         assert engine.scheduler.num_preemptions > 0
+    if name.startswith("flat_rows"):
+        assert engine.runner.flat_steps > 0  # the composition does its job
+    else:
+        assert engine.runner.flat_steps == 0
     assert engine.overlap == COMPOSITIONS[name].overlap_steps
     if name == "chunked_prefill":
         assert engine.num_steps > len(MIXED) + NEW_TOKENS  # prompts took several steps each

@@ -39,6 +39,7 @@ def test_fp8_engine_matches_the_simulate_path_in_every_composition(tiny_model_di
     assert type(model.lm_head) is torch.nn.Linear
     outs = engine.generate(prompts(), SamplingParams(max_new_tokens=NEW_TOKENS))
     assert outs == simulate_tokens
+    assert (engine.runner.flat_steps > 0) == (composition == "flat_rows")
 
 
 def test_fp8_quantization_is_per_channel_and_per_token_with_saturation():

@@ -51,17 +51,21 @@ def test_each_rank_takes_its_rows_or_columns_of_a_part():
     assert torch.equal(_local_slice("embed_tokens", "weight", emb, SHAPE, 0, r1), emb)
 
 
-def test_tp2_tokens_identical_to_tp1(tiny_model_dir):
+@pytest.mark.parametrize("flat", [0, 24], ids=["eager_mixed", "flat_rows"])
+def test_tp2_tokens_identical_to_tp1(tiny_model_dir, flat):
+    """flat_rows: every step with prompt chunks runs as decode rows (--graph-mixed-tokens) on every rank."""
+    config = dataclasses.replace(ENGINE, graph_mixed_tokens=flat)
     params = SamplingParams(max_new_tokens=NEW_TOKENS)
-    single = LLMEngine.from_pretrained(str(tiny_model_dir), ENGINE, "cpu", torch.float32).generate(PROMPTS, params)
+    single = LLMEngine.from_pretrained(str(tiny_model_dir), config, "cpu", torch.float32).generate(PROMPTS, params)
     spec = ShardSpec(world=2, port=0, base_device="cpu", dtype="float32",
-                     engine=dataclasses.asdict(ENGINE), model_path=str(tiny_model_dir))
+                     engine=dataclasses.asdict(config), model_path=str(tiny_model_dir))
     engine, group = start_tp_engine(spec)
     workers = list(group.procs)
     try:
         assert engine.runner.model.shape.num_kv_heads == 1  # rank 0 really holds half the KV heads
         split = engine.generate(PROMPTS, params)
         assert engine.num_steps > len(PROMPTS)  # several lockstep steps ran, prefill chunked
+        assert (group.runner.flat_steps > 0) == bool(flat)
     finally:
         group.shutdown()
     assert [p.returncode for p in workers] == [0]  # the worker stopped cleanly when told to

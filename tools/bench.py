@@ -207,6 +207,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fp8-accumulation", choices=FP8_ACCUMULATIONS, default="promoted",
                     help="--weights fp8: float32 promotion every 128 of K, or Hopper's fast accumulation (main.py's "
                          "--fp8-accumulation)")
+    ap.add_argument("--graph-mixed-tokens", type=int, default=0, metavar="N",
+                    help="main.py's --graph-mixed-tokens: steps with prompt chunks of up to N tokens (decodes "
+                         "included) replay the decode CUDA graphs, every token a decode row (default 0: eager)")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--lengths-from", default=None, metavar="PATH.pkl",
                     help="prompt/output lengths from a processed dataset pickle (tok_input_length, "
@@ -240,6 +243,11 @@ def main(argv=None) -> int:
     if (args.fp8_accumulation != "promoted" or args.engine_gemm != "auto") and not args.device.startswith("cuda"):
         raise SystemExit(f"bench: --fp8-accumulation / --engine-gemm choose among CUDA GEMMs; --device {args.device} "
                          "runs the exact reference GEMM")
+    if args.graph_mixed_tokens < 0:
+        raise SystemExit(f"bench: --graph-mixed-tokens must be >= 0, got {args.graph_mixed_tokens}")
+    if args.graph_mixed_tokens and args.int8_rules == "all":
+        raise SystemExit("bench: --graph-mixed-tokens with --int8-rules all: the whole config's prompt attention "
+                         "runs its own kernels (main.py refuses the pair too)")
     try:
         args.seq_caps = [int(v) for v in args.seq_caps.split(",") if v]
         args.token_budgets = [int(v) for v in args.token_budgets.split(",") if v]
@@ -340,7 +348,8 @@ def main(argv=None) -> int:
 
     econf = EngineConfig(max_num_seqs=args.built_seqs, max_num_batched_tokens=args.built_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
-                         gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation)
+                         gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation,
+                         graph_mixed_tokens=args.graph_mixed_tokens)
     kv_scales = None
     if args.kv_cache_dtype != "auto":
         kv_scales = torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only

@@ -163,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")
     ap.add_argument("--prefill", type=int, default=460, help="prompt tokens added in the mixed step")
+    ap.add_argument("--graph-mixed", action="store_true",
+                    help="also the mixed step through the decode graphs, every token a row (main.py's "
+                         "--graph-mixed-tokens; graphs captured up to --batch + --prefill rows)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -180,13 +183,17 @@ def main(argv=None) -> int:
     cfg = hf_config_for(args.shape, args.layers)
     if args.int8_rules == "all" and (args.weights != "int8" or args.kv_cache_dtype != "int8"):
         raise SystemExit("profile_step: --int8-rules all needs --weights int8 --kv-cache-dtype int8")
+    if args.graph_mixed and args.int8_rules == "all":
+        raise SystemExit("profile_step: --graph-mixed with --int8-rules all: the whole config's prompt attention "
+                         "runs its own kernels (main.py refuses --graph-mixed-tokens with it)")
     if args.fp8_accumulation != "promoted" and args.weights != "fp8":
         raise SystemExit("profile_step: --fp8-accumulation fast needs --weights fp8")
     model = bench_model(cfg, args.weights, DEFAULT_QUANT_CONFIG, device, dtype, MAX_MODEL_LEN, 0.02, 0,
                         args.int8_rules)
     econf = EngineConfig(max_num_seqs=args.batch, max_num_batched_tokens=max(8192, args.batch + args.prefill),
                          kv_cache_dtype=args.kv_cache_dtype, gemm=args.engine_gemm,
-                         fp8_accumulation=args.fp8_accumulation)
+                         fp8_accumulation=args.fp8_accumulation,
+                         graph_mixed_tokens=args.batch + args.prefill if args.graph_mixed else 0)
     kv_scales = None if args.kv_cache_dtype == "auto" else \
         torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only
     engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype, kv_scales), econf,
@@ -214,10 +221,13 @@ def main(argv=None) -> int:
         op_sets = [("whole-config kernels", FusedOps, True)]
     elif any(hasattr(m, "act_kind") for m in model.modules()):  # 8-bit Linears: A/B the quantizing producers
         op_sets.append(("fused ops, Linears quantize", FusedOps, False))
+    flat = runner.graph_mixed_tokens
     for name, ops, fused_quant in op_sets:
         model.ops, model.fused_quant = ops, fused_quant
         runner.graphs.clear()
+        runner.graph_mixed_tokens = flat  # graphs up to this many rows
         runner._capture_graphs()
+        runner.graph_mixed_tokens = 0  # the mixed rows below run eagerly
         graph_ms = time_ms(lambda: runner.run(decode), args.reps)
         graph_gpu = gpu_breakdown(lambda: runner.run(decode))
         rows = {"graph decode": (graph_ms, graph_gpu),
@@ -225,6 +235,12 @@ def main(argv=None) -> int:
                 "eager mixed, overlapped": (overlapped_ms(runner, mixed, args.reps), gpu_breakdown(eager(mixed))),
                 "eager decode": (time_ms(eager(decode), args.reps), gpu_breakdown(eager(decode))),
                 "eager mixed": (time_ms(eager(mixed), args.reps), gpu_breakdown(eager(mixed)))}
+        if flat:
+            runner.graph_mixed_tokens = flat
+            flat_gpu = gpu_breakdown(lambda: runner.run(mixed))
+            rows["graph mixed"] = (time_ms(lambda: runner.run(mixed), args.reps), flat_gpu)
+            rows["graph mixed, overlapped"] = (overlapped_ms(runner, mixed, args.reps), flat_gpu)
+            assert runner.flat_steps > 0, "the mixed step did not take the decode graphs"
         for step, (ms, gpu) in rows.items():
             result["rows"].append({"ops": name, "step": step, "wall_ms": ms, **gpu})
             log.info("%s %s: %.2f ms wall, gpu %s", name, step, ms, gpu)

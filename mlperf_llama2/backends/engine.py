@@ -172,7 +172,9 @@ def create_single_device_backend(config: "RunConfig") -> EngineBackend:
     except ValueError as exc:  # a check the pre-flight could not make (the loader's own are UserErrors)
         raise UserError(f"--model-path {config.model_path}: the engine cannot load it: "
                         f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
-    log.info("engine step limits: --max-num-seqs %d, --max-num-batched-tokens %d (%s)", engine_config.max_num_seqs,
-             engine_config.max_num_batched_tokens,
-             "Interactive" if config.interactive else config.scenario)
+    log.info("engine step limits: --max-num-seqs %d, --max-num-batched-tokens %d (%s); steps with prompt chunks: %s",
+             engine_config.max_num_seqs, engine_config.max_num_batched_tokens,
+             "Interactive" if config.interactive else config.scenario,
+             f"through the decode graphs up to {engine_config.graph_mixed_tokens} tokens"
+             if engine_config.graph_mixed_tokens else "eager")
     return EngineBackend(engine, faults=faults)

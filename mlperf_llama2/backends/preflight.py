@@ -90,10 +90,18 @@ def _fp8_accumulation(config: "RunConfig") -> None:
                         f"(--device {config.device} runs the exact float32 reference GEMM)")
 
 
+def _no_graph_mixed(config: "RunConfig", backend: str) -> None:
+    """--graph-mixed-tokens is how the engine runs its steps; another backend would ignore it."""
+    if config.engine.graph_mixed_tokens:
+        raise UserError(f"--graph-mixed-tokens {config.engine.graph_mixed_tokens} is how the engine runs its steps: "
+                        f"use --backend engine (--backend {backend} has no CUDA graphs of its own)")
+
+
 def check_reference(config: "RunConfig") -> int:
     _no_kv_cache_dtype(config, "reference")
     _no_engine_gemm(config, "reference")
     _no_fp8_accumulation(config, "reference")
+    _no_graph_mixed(config, "reference")
     if config.quant.int8_rules != "all":
         raise UserError(f"--int8-rules {config.quant.int8_rules} is the engine's int8 mode (--backend engine); the "
                         "reference backend applies the config as --quant-mode says")
@@ -120,6 +128,11 @@ def check_engine(config: "RunConfig") -> int:
         if whole and config.engine.kv_cache_dtype == "fp8" and _config_quantizes_kv(rules, num_layers):
             raise UserError("--kv-cache-dtype fp8 with --int8-rules all: the config quantizes K and V to int8 "
                             "itself; use --kv-cache-dtype int8 or auto (the config's own scales)")
+        if whole and config.engine.graph_mixed_tokens:
+            raise UserError(f"--graph-mixed-tokens {config.engine.graph_mixed_tokens} with --int8-rules all: the "
+                            "whole config's prompt attention (the scores' mask quantizer, P over each prompt's "
+                            "keys) runs its own prefill kernels, not the decode graphs; leave it at 0 or use "
+                            "--int8-rules linear")
         if whole and config.tensor_parallel > 1:
             raise UserError(f"--tensor-parallel {config.tensor_parallel} with --int8-rules all: the config's Q and "
                             "P scales span every head, which tensor parallelism splits over ranks; use one GPU "
@@ -175,6 +188,7 @@ def check_api(config: "RunConfig") -> Optional[int]:
     _no_kv_cache_dtype(config, "api")
     _no_engine_gemm(config, "api")
     _no_fp8_accumulation(config, "api")
+    _no_graph_mixed(config, "api")
     _quantization_plan(config)
     return None
 

@@ -50,6 +50,9 @@ class EngineConfig:
     kv_scale_granularity: str = "auto"  # auto | tensor | head: which K/V ranges of --calibration-scales are used
     gemm: str = "auto"  # 8-bit GEMM: auto | cublas | triton | ws (quant_plan.GEMM_PATHS)
     fp8_accumulation: str = "promoted"  # promoted | fast (FP8_ACCUMULATIONS)
+    # steps with prompt chunks of up to this many tokens (decodes included) replay the decode CUDA graphs, one row
+    # a token (model_runner._flat_rows); 0: such steps run eagerly (the host's launches bound small ones)
+    graph_mixed_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -73,6 +76,9 @@ class EngineConfig:
         if self.fp8_accumulation not in FP8_ACCUMULATIONS:
             raise UserError(f"--fp8-accumulation must be one of {', '.join(FP8_ACCUMULATIONS)}, "
                             f"got {self.fp8_accumulation!r}")
+        if self.graph_mixed_tokens < 0:
+            raise UserError(f"--graph-mixed-tokens must be >= 0 (0: mixed steps run eagerly), got "
+                            f"{self.graph_mixed_tokens}")
         if self.kv_scale_granularity not in KV_SCALE_GRANULARITIES:
             raise UserError(f"--kv-scale-granularity must be one of {', '.join(KV_SCALE_GRANULARITIES)}, "
                             f"got {self.kv_scale_granularity!r}")
@@ -94,6 +100,12 @@ class EngineConfig:
                        help="fixed number of KV-cache blocks (overrides the memory fraction; CPU default 512)")
         g.add_argument("--no-cuda-graphs", action="store_true",
                        help="run decode eagerly instead of replaying CUDA graphs")
+        g.add_argument("--graph-mixed-tokens", type=int, default=EngineConfig.graph_mixed_tokens, metavar="N",
+                       help="steps that prefill prompt chunks, up to N tokens with the decodes, replay the decode "
+                            "CUDA graphs too: every token is a row of the paged decode kernel, a prompt token "
+                            "attending to the cache up to itself (eager steps are bound by the host's kernel "
+                            "launches when small: Server, Interactive); 0 = such steps run eagerly "
+                            "(default %(default)s; docs/engine.md)")
         g.add_argument("--no-overlap-steps", action="store_true",
                        help="wait for each step's tokens before scheduling the next (default on CUDA: the next "
                             "step is queued on the GPU while the host reads the last one's tokens)")
@@ -145,4 +157,5 @@ class EngineConfig:
             ops=ns.engine_ops,
             gemm=ns.engine_gemm,
             fp8_accumulation=ns.fp8_accumulation,
+            graph_mixed_tokens=ns.graph_mixed_tokens,
         )

@@ -2,7 +2,8 @@
 
 Owns every tensor of the engine: the model, the paged KV cache `[2, layers, slots, kv_heads,
 head_dim]` (model dtype, or 8 bits with static per-layer, per-KV-head scales: `kv_cache.py`) and,
-on CUDA, one captured graph per bucketed batch size for decode-only steps. Greedy sampling happens
+on CUDA, one captured graph per bucketed batch size for decode-only steps (and, with
+`graph_mixed_tokens`, for steps that prefill prompt chunks too: every token a row, `_flat_rows`). Greedy sampling happens
 on the device; EOS is masked (logit -inf) for sequences still below min_new_tokens, as
 transformers' MinNewTokensLengthLogitsProcessor does. `launch` queues a step
 and returns (inputs up in one copy, tokens back through `step_io`); the only host sync is reading a
@@ -85,6 +86,10 @@ class ModelRunner:
             use_kernels(model, self.kv_scales)
         eager_wc = wc is not None and not wc.fused
         self._host_contexts = device.type != "cuda" or eager_wc
+        # mixed steps as rows of the decode kernel: not for the whole config (its prompt attention has its own
+        # quantizers and kernels; preflight refuses the flag with it)
+        self.graph_mixed_tokens = config.graph_mixed_tokens if wc is None else 0
+        self.flat_steps = 0  # steps with prompt chunks run as decode rows (_launch_flat)
         if device.type == "cuda" and config.cuda_graphs and not eager_wc:
             self._capture_graphs()
 
@@ -138,6 +143,8 @@ class ModelRunner:
         n = len(batch.items)
         if batch.is_decode_only and self.graphs and n <= max(self.graphs):
             tokens = self._launch_graph(batch)
+        elif not batch.is_decode_only and batch.num_tokens <= self.graph_mixed_tokens:
+            tokens = self._launch_flat(batch)
         else:
             input_ids, positions, meta, last_rows, suppress = self._prepare(batch)
             hidden = self.model(input_ids, positions, self.kv_cache, meta, self.kv_scales)
@@ -231,6 +238,72 @@ class ModelRunner:
             meta.context_slots = dev.get("context_slots")
         return dev["ids"], dev["pos"], meta, dev["last_rows"], dev["suppress"].bool()
 
+    def _flat_rows(self, batch: ScheduledBatch, rows: int) -> dict:
+        """The step laid out one row per token, decodes and prompt tokens alike, padded to `rows`.
+
+        A prompt token at position p is a decode row whose context is the cache up to p: rope_store writes
+        every row's K and V before attention reads them, so it attends to its prefix, the chunk's earlier
+        tokens and itself, as causal prefill does. Padded rows write to and read from the scratch block.
+        Returns host arrays: ids, pos, slots, ctx, suppress [rows]; tables [rows, max_blocks];
+        last_rows [items] (the row whose token each item samples); fix_rows / fix_src (in-flight ids)."""
+        bs = self.block_size
+        out = {"ids": np.zeros(rows, np.int64), "pos": np.zeros(rows, np.int64),
+               "slots": np.full(rows, self.scratch_block * bs, np.int64), "ctx": np.ones(rows, np.int64),
+               "suppress": np.zeros(rows, np.int64),
+               "tables": np.full((rows, self.max_blocks_per_seq), self.scratch_block, np.int32)}
+        last_rows, fix_rows, fix_src, r = [], [], [], 0
+        for seq, n in batch.items:
+            start = seq.num_computed_tokens
+            known = min(n, seq.num_known_tokens - start)  # only a decode's input token can be in flight
+            out["ids"][r:r + known] = seq.tokens(start, start + known)
+            if known < n:
+                fix_rows.append(r + known)
+                fix_src.append(seq.inflight_row)
+            out["pos"][r:r + n] = np.arange(start, start + n)
+            out["slots"][r:r + n] = self._slots(seq, start, start + n)
+            out["ctx"][r:r + n] = out["pos"][r:r + n] + 1
+            out["tables"][r:r + n, :len(seq.block_table)] = seq.block_table
+            out["suppress"][r:r + n] = seq.suppress_eos
+            r += n
+            last_rows.append(r - 1)
+        out.update(last_rows=np.asarray(last_rows, np.int64), fix_rows=np.asarray(fix_rows, np.int64),
+                   fix_src=np.asarray(fix_src, np.int64))
+        return out
+
+    def _launch_flat(self, batch: ScheduledBatch) -> torch.Tensor:
+        """A step with prompt chunks through the decode graph of its token count (eagerly without graphs: the
+        same rows and kernels, which the CPU tests compare with the ordinary mixed step)."""
+        t = batch.num_tokens
+        self.flat_steps += 1
+        if self.graphs and t <= max(self.graphs):
+            bs = min(b for b in self.graphs if b >= t)
+            host = self._flat_rows(batch, bs)
+            dev = dict(zip(host, self._staging.put([a.ravel() for a in host.values()])))  # one copy up
+            self.g_input_ids[:bs].copy_(dev["ids"])
+            self._fill_inflight(self.g_input_ids, dev["fix_rows"], dev["fix_src"])
+            self.g_positions[:bs].copy_(dev["pos"])
+            self.g_slots[:bs].copy_(dev["slots"])
+            self.g_context_lens[:bs].copy_(dev["ctx"])
+            self.g_suppress[:bs].copy_(dev["suppress"])
+            self.g_block_tables[:bs].copy_(dev["tables"].view(bs, self.max_blocks_per_seq))
+            self.graphs[bs].replay()
+            return self.g_tokens[bs][dev["last_rows"]]
+        host = self._flat_rows(batch, t)
+        arrays = [host["ids"], host["pos"], host["slots"], host["ctx"], host["tables"].astype(np.int64).ravel(),
+                  host["fix_rows"], host["fix_src"], host["last_rows"], host["suppress"]]
+        ids, pos, slots, ctx, tables, fix_rows, fix_src, last_rows, suppress = self._staging.put(arrays)
+        self._fill_inflight(ids, fix_rows, fix_src)
+        meta = AttentionMetadata(slot_mapping=slots, num_decodes=t, block_size=self.block_size,
+                                 context_lens=ctx.to(torch.int32),
+                                 block_tables=tables.view(t, self.max_blocks_per_seq).to(torch.int32))
+        if self._host_contexts:
+            meta.decode_context_lens = tuple(int(c) for c in host["ctx"])
+            meta.decode_context_slots = torch.as_tensor(np.concatenate(
+                [host["tables"][i][np.arange(c) // self.block_size] * self.block_size + np.arange(c) % self.block_size
+                 for i, c in enumerate(host["ctx"])]), device=self.device)
+        hidden = self.model(ids, pos, self.kv_cache, meta, self.kv_scales)
+        return self._sample(hidden, suppress.bool())[last_rows]
+
     def _block_table_array(self, seqs: list[Sequence], rows: Optional[int] = None) -> np.ndarray:
         table = np.full((rows or len(seqs), self.max_blocks_per_seq), self.scratch_block, dtype=np.int32)
         for i, seq in enumerate(seqs):
@@ -240,7 +313,7 @@ class ModelRunner:
     # ---- CUDA graphs for decode-only steps ----------------------------------------------------
     def _capture_graphs(self) -> None:
         t0 = time.perf_counter()
-        max_bs = self.config.max_num_seqs
+        max_bs = max(self.config.max_num_seqs, self.graph_mixed_tokens)
         dev = self.device
         scratch_slot = self.scratch_block * self.block_size
         self.g_input_ids = torch.zeros(max_bs, dtype=torch.int64, device=dev)

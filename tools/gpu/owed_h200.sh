@@ -11,6 +11,8 @@
 #                         from OFFLINE_JSON. The load sets the concurrency, not the cap: from the FP8 Offline run's
 #                         step log (decode-only ~29 ms a step at <= 64 sequences, ~35 at 64-128) plus each step's
 #                         share of the prompts (~0.13 ms a prompt token), 40 ms holds ~40-64 running sequences
+#   PART=fp8_interactive_flat  fp8_interactive with --graph-mixed-tokens 512 (steps with prompt chunks replay the
+#                         decode graphs): the A/B behind that flag's default (docs/engine.md)
 #   PART=fp8_profile      where an FP8 step's time goes (tools/profile_step.py), 256 decodes
 #   PART=fp8_profile_small  the same at 64 decodes: the Interactive step (weight-read floor 13.5 ms on an H200)
 #   PART=fp8_interactive_grid  Interactive: one automatic point per --seq-caps x --token-budgets setting (45 s each),
@@ -21,10 +23,11 @@
 #                         docs/results/bench_engine_70b_int8_wholeconfig_int8kv_h200_2048.json (WC_OFFLINE_JSON)
 case "$PART" in
   fp8_offline|fp8fast_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
+  fp8_interactive_flat) ;;
   fp8_profile_small) ;;
   wc80_server) ;;
   *) echo "owed_h200.sh: PART must be one of fp8_offline fp8fast_offline fp8_server fp8_interactive fp8_interactive_grid" \
-          "fp8_profile fp8_profile_small wc80_all wc80_linear wc80_server" \
+          "fp8_profile fp8_profile_small fp8_interactive_flat wc80_all wc80_linear wc80_server" \
         "(got '${PART}')"; exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1
@@ -46,10 +49,11 @@ case "$PART" in
   fp8_server)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 512 --offline-json "$OFFLINE_JSON" \
         --server-auto 2 --server-seconds 60 --server-min-queries 500 --out "$OUT"/fp8_server 2>&1 | filter 24 ;;
-  fp8_interactive)
+  fp8_interactive|fp8_interactive_flat)
+    flat=0; [ "$PART" = fp8_interactive_flat ] && flat=512
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
-        --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 --server-min-queries 500 \
-        --out "$OUT"/fp8_interactive 2>&1 | filter 24 ;;
+        --graph-mixed-tokens $flat --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 \
+        --server-min-queries 500 --out "$OUT/$PART" 2>&1 | filter 24 ;;
   fp8_interactive_grid)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-96,160}" \
         --token-budgets "${TOKEN_BUDGETS:-512,2048}" --offline-json "$OFFLINE_JSON" --server-auto 1 \

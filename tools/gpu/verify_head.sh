@@ -32,6 +32,9 @@
 #                order (bench_gemm --rounds): groupm2 timed the same tile twice and got up to 10% apart (~2 min)
 #   groupmprof   the engine's A/B of GROUP_M 8 / 4 (fp8 promoted, int8) in the 20-layer step profile with a mixed step of
 #                256 decodes + 1,220 prompt tokens (the Offline run's mean mixed step), fp8 twice (~4 min)
+#   flatmixed    --graph-mixed-tokens: the GPU tests of steps with prompt chunks replaying the decode graphs (tokens
+#                against generate), then the FP8 step profile (20 layers) of the mixed step eager and through the
+#                graphs at 64 + 128, 64 + 448 and 256 + 460 tokens (~4 min)
 #   smalln       the 64 x 64 candidate tile (promoted FP8, unpromoted FP8, int8) against the 64 x 128 default and
 #                cuBLASLt at M 16-128: the Interactive decode step's GEMMs (~30 s; its bits: the gemm step)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
@@ -112,6 +115,13 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
           echo "--- $w GROUP_M $g" >> "$L"
           timeout 90 python3 tools/profile_step.py --shape 70b --layers 20 --weights "$w" "${extra[@]}" --prefill 1220 \
             --ws-tile "$fam=$tile" --reps 10 --out "$OUT/gprof_${w}_g$g" 2>&1 | grep "^| fused ops |" >> "$L"
+        done ;;
+    flatmixed) timeout 150 "${PYTEST[@]}" -m gpu tests/test_engine_fidelity.py 2>&1 | tail -8 >> "$L"
+        for bp in 64:128 64:448 256:460; do  # the mixed step eager against through the decode graphs (flat rows)
+          echo "--- batch ${bp%:*} + prompt ${bp#*:}" >> "$L"
+          timeout 120 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
+            --batch "${bp%:*}" --context 600 --prefill "${bp#*:}" --graph-mixed --reps 10 \
+            --out "$OUT/flat_${bp%:*}_${bp#*:}" 2>&1 | grep "^| fused ops |" >> "$L"
         done ;;
     smalln) timeout 150 python3 tools/bench_gemm.py --m-list 16,32,64,96,128 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@64x64s8p1,ws_fp8_fast,ws_fp8_fast@64x64s8p1,ws_int8,ws_int8@64x64s8p1 --out "$OUT"/smalln 2>&1 \
