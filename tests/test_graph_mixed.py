@@ -50,8 +50,20 @@ def test_other_backends_refuse_the_flag_in_one_line(backend, check):
         in message and "\n" not in message
 
 
+@pytest.mark.parametrize("device,graphs,message", [
+    ("cpu", True, "--graph-mixed-tokens 64 replays CUDA graphs: --device cpu has none (leave it at 0)"),
+    ("cuda", False, "--graph-mixed-tokens 64 replays the decode CUDA graphs, which --no-cuda-graphs turns off"),
+])
+def test_without_graphs_the_flag_is_one_line(device, graphs, message):
+    cfg = RunConfig(backend="engine", device=device, model_path="m",
+                    engine=EngineConfig(graph_mixed_tokens=64, cuda_graphs=graphs))
+    with pytest.raises(UserError) as info:
+        preflight.check_engine(cfg)
+    assert str(info.value) == message
+
+
 def test_the_whole_config_refuses_the_flag_before_loading(tiny_model_dir):
-    cfg = RunConfig(backend="engine", device="cpu", model_path=str(tiny_model_dir),
+    cfg = RunConfig(backend="engine", device="cuda", model_path=str(tiny_model_dir),
                     engine=EngineConfig(graph_mixed_tokens=64),
                     quant=QuantConfig(liteml_config=NPM, quant_mode="int8", int8_rules="all"))
     with pytest.raises(UserError) as info:

@@ -110,9 +110,20 @@ def check_reference(config: "RunConfig") -> int:
     return vocab_size
 
 
+def _graph_mixed(config: "RunConfig") -> None:
+    """--graph-mixed-tokens replays the decode CUDA graphs: without them it would only run slower rows."""
+    n = config.engine.graph_mixed_tokens
+    if n and not config.device.startswith("cuda"):
+        raise UserError(f"--graph-mixed-tokens {n} replays CUDA graphs: --device {config.device} has none "
+                        "(leave it at 0)")
+    if n and not config.engine.cuda_graphs:
+        raise UserError(f"--graph-mixed-tokens {n} replays the decode CUDA graphs, which --no-cuda-graphs turns off")
+
+
 def check_engine(config: "RunConfig") -> int:
     _engine_gemm(config)
     _fp8_accumulation(config)
+    _graph_mixed(config)
     if config.engine.kv_cache_dtype != "auto" and not config.quant.calibration_scales:
         from mlperf_llama2.engine.config import KV_SCALES_HINT
 

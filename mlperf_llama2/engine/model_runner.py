@@ -3,8 +3,8 @@
 Owns every tensor of the engine: the model, the paged KV cache `[2, layers, slots, kv_heads,
 head_dim]` (model dtype, or 8 bits with static per-layer, per-KV-head scales: `kv_cache.py`) and,
 on CUDA, one captured graph per bucketed batch size for decode-only steps (and, with
-`graph_mixed_tokens`, for steps that prefill prompt chunks too: every token a row, `_flat_rows`). Greedy sampling happens
-on the device; EOS is masked (logit -inf) for sequences still below min_new_tokens, as
+`graph_mixed_tokens`, for steps that prefill prompt chunks too: every token a row, `_flat_rows`).
+Greedy sampling happens on the device; EOS is masked (logit -inf) for sequences still below min_new_tokens, as
 transformers' MinNewTokensLengthLogitsProcessor does. `launch` queues a step
 and returns (inputs up in one copy, tokens back through `step_io`); the only host sync is reading a
 step's tokens, which the engine does after queuing the next. The CPU path has the same structure
