@@ -32,8 +32,10 @@ def test_flag_parses_defaults_off_and_reaches_nodes():
     EngineConfig.add_cli_args(parser)
     assert EngineConfig.from_cli_args(parser.parse_args([])).graph_mixed_tokens == 0
     assert EngineConfig.from_cli_args(parser.parse_args(["--graph-mixed-tokens", "512"])).graph_mixed_tokens == 512
-    with pytest.raises(UserError, match=r"--graph-mixed-tokens must be >= 0 \(0: mixed steps run eagerly\), got -1"):
-        EngineConfig(graph_mixed_tokens=-1)
+    for bad in (-1, 1025):
+        with pytest.raises(UserError, match=rf"--graph-mixed-tokens must be 0-1024 \(0: mixed steps .*got {bad}$"):
+            EngineConfig(graph_mixed_tokens=bad)
+    assert EngineConfig(graph_mixed_tokens=1024).graph_mixed_tokens == 1024
     argv = node_argv(RunConfig(backend="engine", model_path="m", engine=EngineConfig(graph_mixed_tokens=256)),
                      "cuda:0")
     assert argv[argv.index("--graph-mixed-tokens") + 1] == "256"

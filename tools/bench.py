@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2 import constants  # noqa: E402
 from mlperf_llama2.config import KV_CACHE_DTYPES, EngineConfig  # noqa: E402
+from mlperf_llama2.engine.config import MAX_GRAPH_MIXED_TOKENS  # noqa: E402
 from mlperf_llama2.engine.config import ENGINE_GEMMS, FP8_ACCUMULATIONS  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
@@ -243,8 +244,9 @@ def main(argv=None) -> int:
     if (args.fp8_accumulation != "promoted" or args.engine_gemm != "auto") and not args.device.startswith("cuda"):
         raise SystemExit(f"bench: --fp8-accumulation / --engine-gemm choose among CUDA GEMMs; --device {args.device} "
                          "runs the exact reference GEMM")
-    if args.graph_mixed_tokens < 0:
-        raise SystemExit(f"bench: --graph-mixed-tokens must be >= 0, got {args.graph_mixed_tokens}")
+    if not 0 <= args.graph_mixed_tokens <= MAX_GRAPH_MIXED_TOKENS:
+        raise SystemExit(f"bench: --graph-mixed-tokens must be 0-{MAX_GRAPH_MIXED_TOKENS}, got "
+                         f"{args.graph_mixed_tokens}")
     if args.graph_mixed_tokens and args.int8_rules == "all":
         raise SystemExit("bench: --graph-mixed-tokens with --int8-rules all: the whole config's prompt attention "
                          "runs its own kernels (main.py refuses the pair too)")

@@ -30,6 +30,7 @@ KV_SCALE_GRANULARITIES = ("auto", "tensor", "head")
 # decode step (70B int8: 256 sequences ~59 ms a step, 128 gave p99 TPOT 40.2 ms at 3.5 QPS). tools/bench.py
 # --seq-caps measures others.
 SCENARIO_MAX_NUM_SEQS = {"Offline": 512, "Server": 256, "Interactive": 128}
+MAX_GRAPH_MIXED_TOKENS = 1024  # --graph-mixed-tokens: measured up to 512 (docs/engine.md)
 KV_SCALES_HINT = ("needs static K/V scales calibrated on the calibration set: pass --calibration-scales FILE "
                   "(python3 tools/calibrate_kv.py writes one), or use --kv-cache-dtype auto")
 
@@ -76,9 +77,10 @@ class EngineConfig:
         if self.fp8_accumulation not in FP8_ACCUMULATIONS:
             raise UserError(f"--fp8-accumulation must be one of {', '.join(FP8_ACCUMULATIONS)}, "
                             f"got {self.fp8_accumulation!r}")
-        if self.graph_mixed_tokens < 0:
-            raise UserError(f"--graph-mixed-tokens must be >= 0 (0: mixed steps run eagerly), got "
-                            f"{self.graph_mixed_tokens}")
+        if not 0 <= self.graph_mixed_tokens <= MAX_GRAPH_MIXED_TOKENS:
+            raise UserError(f"--graph-mixed-tokens must be 0-{MAX_GRAPH_MIXED_TOKENS} (0: mixed steps run eagerly; "
+                            "a prompt row reads its whole prefix, so the cost grows with the square of the chunk, "
+                            f"and each 16 rows more is one more graph), got {self.graph_mixed_tokens}")
         if self.kv_scale_granularity not in KV_SCALE_GRANULARITIES:
             raise UserError(f"--kv-scale-granularity must be one of {', '.join(KV_SCALE_GRANULARITIES)}, "
                             f"got {self.kv_scale_granularity!r}")
