@@ -106,8 +106,8 @@ class EngineConfig:
                        help="steps that prefill prompt chunks, up to N tokens with the decodes, replay the decode "
                             "CUDA graphs too: every token is a row of the paged decode kernel, a prompt token "
                             "attending to the cache up to itself (eager steps are bound by the host's kernel "
-                            "launches when small: Server, Interactive); 0 = such steps run eagerly "
-                            "(default %(default)s; docs/engine.md)")
+                            "launches when small: Server, Interactive); 0 = such steps run eagerly; at most "
+                            f"{MAX_GRAPH_MIXED_TOKENS} (default %(default)s; docs/engine.md)")
         g.add_argument("--no-overlap-steps", action="store_true",
                        help="wait for each step's tokens before scheduling the next (default on CUDA: the next "
                             "step is queued on the GPU while the host reads the last one's tokens)")
