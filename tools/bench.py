@@ -211,6 +211,9 @@ def main(argv=None) -> int:
     ap.add_argument("--graph-mixed-tokens", type=int, default=0, metavar="N",
                     help="main.py's --graph-mixed-tokens: steps with prompt chunks of up to N tokens (decodes "
                          "included) replay the decode CUDA graphs, every token a decode row (default 0: eager)")
+    ap.add_argument("--pdl", action="store_true",
+                    help="programmatic dependent launch of the engine's kernels on sm_90+ (engine/pdl.py; an "
+                         "experiment, not a main.py flag)")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--lengths-from", default=None, metavar="PATH.pkl",
                     help="prompt/output lengths from a processed dataset pickle (tok_input_length, "
@@ -247,6 +250,8 @@ def main(argv=None) -> int:
     if not 0 <= args.graph_mixed_tokens <= MAX_GRAPH_MIXED_TOKENS:
         raise SystemExit(f"bench: --graph-mixed-tokens must be 0-{MAX_GRAPH_MIXED_TOKENS}, got "
                          f"{args.graph_mixed_tokens}")
+    if args.pdl and (args.tensor_parallel > 1 or args.data_parallel > 1):
+        raise SystemExit("bench: --pdl is not wired into the multi-GPU benchmark")
     if args.graph_mixed_tokens and args.int8_rules == "all":
         raise SystemExit("bench: --graph-mixed-tokens with --int8-rules all: the whole config's prompt attention "
                          "runs its own kernels (main.py refuses the pair too)")
@@ -351,7 +356,7 @@ def main(argv=None) -> int:
     econf = EngineConfig(max_num_seqs=args.built_seqs, max_num_batched_tokens=args.built_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
                          gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation,
-                         graph_mixed_tokens=args.graph_mixed_tokens)
+                         graph_mixed_tokens=args.graph_mixed_tokens, pdl=args.pdl)
     kv_scales = None
     if args.kv_cache_dtype != "auto":
         kv_scales = torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only

@@ -26,6 +26,7 @@ import argparse
 import ast
 import collections
 import importlib
+import inspect
 import json
 import os
 import re
@@ -108,6 +109,9 @@ def report(kernel, consts: dict, ptrs: dict, arch: int, num_warps: int, num_stag
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    defaults = {p.name: p.default for p in kernel.params
+                if p.is_constexpr and p.name not in consts and p.default is not inspect.Parameter.empty}
+    consts = {**defaults, **consts}  # a constexpr with a default (e.g. PDL=False) takes it
     missing = [n for n in constexpr_names(kernel) if n not in consts]
     if missing:
         raise UserError(f"kernel_sass: give every constexpr of {kernel.__name__} with --const: {missing}")

@@ -163,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")
     ap.add_argument("--prefill", type=int, default=460, help="prompt tokens added in the mixed step")
+    ap.add_argument("--pdl", action="store_true",
+                    help="programmatic dependent launch of the engine's kernels (engine/pdl.py; an experiment)")
     ap.add_argument("--graph-mixed", action="store_true",
                     help="also the mixed step through the decode graphs, every token a row (main.py's "
                          "--graph-mixed-tokens; graphs captured up to --batch + --prefill rows)")
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     econf = EngineConfig(max_num_seqs=args.batch, max_num_batched_tokens=max(8192, args.batch + args.prefill),
                          kv_cache_dtype=args.kv_cache_dtype, gemm=args.engine_gemm,
                          fp8_accumulation=args.fp8_accumulation,
-                         graph_mixed_tokens=args.batch + args.prefill if args.graph_mixed else 0)
+                         graph_mixed_tokens=args.batch + args.prefill if args.graph_mixed else 0, pdl=args.pdl)
     kv_scales = None if args.kv_cache_dtype == "auto" else \
         torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only
     engine = LLMEngine(ModelRunner(model, econf, cfg.eos_token_id, MAX_MODEL_LEN, device, dtype, kv_scales), econf,

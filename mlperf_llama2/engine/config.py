@@ -54,6 +54,9 @@ class EngineConfig:
     # steps with prompt chunks of up to this many tokens (decodes included) replay the decode CUDA graphs, one row
     # a token (model_runner._flat_rows); 0: such steps run eagerly (the host's launches bound small ones)
     graph_mixed_tokens: int = 0
+    # programmatic dependent launch of the engine's own kernels on sm_90+ (engine/pdl.py): an experiment for the
+    # benchmark tools (tools/bench.py / profile_step.py --pdl), not a main.py flag until it is measured
+    pdl: bool = False
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

@@ -27,6 +27,8 @@ from triton.language.extra import libdevice
 
 from mlperf_llama2.engine.fused_triton import (  # the producers' own rounding helpers
     _INTERPRET, _add_rms_norm_row, _div_by, _exp, _fq)
+from mlperf_llama2.engine import pdl
+from mlperf_llama2.engine.pdl_triton import pdl_enter
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.int8_linear import quantize_rows_reference
 
@@ -84,7 +86,8 @@ def _quantize(v, scale, IS_FP8: tl.constexpr, INTERPRET: tl.constexpr):
 def _add_rms_norm_quant_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, q_ptr, s_ptr, eps, n_cols,
                                stride_h, stride_d, stride_ho, stride_q,
                                HAS_DELTA: tl.constexpr, IS_FP8: tl.constexpr, BLOCK: tl.constexpr,
-                               INTERPRET: tl.constexpr):
+                               INTERPRET: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_enter(PDL)
     row = tl.program_id(0)
     cols, mask, w, x = _add_rms_norm_row(h_ptr, delta_ptr, w_ptr, h_out_ptr, row, eps, n_cols, stride_h, stride_d,
                                          stride_ho, HAS_DELTA, BLOCK, INTERPRET)
@@ -117,9 +120,11 @@ def _silu_mul_value(gu_ptr, row_off, cols, mask, s_silu, s_m1, s_m2, N_COLS: tl.
 @triton.jit
 def _silu_mul_values_kernel(gu_ptr, silu_s_ptr, mul_s_ptr, v_ptr, amax_ptr, stride_gu, N_COLS: tl.constexpr,
                             SPLITS: tl.constexpr, HAS_SILU_Q: tl.constexpr, HAS_MUL_Q: tl.constexpr,
-                            QMAX: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+                            QMAX: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+                            PDL: tl.constexpr = False):
     """Pass 1, one program per (token, BLOCK columns): the values into v [T, N_COLS] (dt: they are dt values, so
     exact) and the block's absmax into amax [T, SPLITS]."""
+    pdl_enter(PDL)
     row = tl.program_id(0)
     part = tl.program_id(1)
     s_silu = 1.0
@@ -140,8 +145,10 @@ def _silu_mul_values_kernel(gu_ptr, silu_s_ptr, mul_s_ptr, v_ptr, amax_ptr, stri
 
 @triton.jit
 def _quant_values_kernel(v_ptr, amax_ptr, q_ptr, s_ptr, stride_q, N_COLS: tl.constexpr, SPLITS: tl.constexpr,
-                         BLOCK_S: tl.constexpr, IS_FP8: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+                         BLOCK_S: tl.constexpr, IS_FP8: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+                         PDL: tl.constexpr = False):
     """Pass 2, same grid: the row's scale from its SPLITS block maxima, then the block's 8-bit values."""
+    pdl_enter(PDL)
     row = tl.program_id(0)
     part = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -176,7 +183,7 @@ def add_rms_norm_quant(h: torch.Tensor, delta: Optional[torch.Tensor], weight: t
         _add_rms_norm_quant_kernel[(t,)](
             h, d, weight, h_out, q, scale, eps, n, h.stride(0), d.stride(0), h_out.stride(0), q.stride(0),
             HAS_DELTA=delta is not None, IS_FP8=is_fp8, BLOCK=block, INTERPRET=_INTERPRET,
-            num_warps=min(16, max(4, block // 512)), enable_fp_fusion=False,
+            num_warps=min(16, max(4, block // 512)), enable_fp_fusion=False, PDL=pdl.enabled(), **pdl.launch_options(),
         )
     return h_out, q, scale
 
@@ -209,7 +216,7 @@ def silu_mul_split(gate_up: torch.Tensor, kind: str, silu_scale: Optional[torch.
         values = torch.empty(t, n, dtype=gate_up.dtype, device=gate_up.device)  # the 16-bit row, for pass 2
         amax = torch.empty(t, splits, dtype=torch.float32, device=gate_up.device)
         common = dict(N_COLS=n, SPLITS=splits, BLOCK=block, INTERPRET=_INTERPRET, num_warps=4,
-                      enable_fp_fusion=False)
+                      enable_fp_fusion=False, PDL=pdl.enabled(), **pdl.launch_options())
         _silu_mul_values_kernel[(t, splits)](
             gate_up, silu_scale if silu_scale is not None else scale, mul_scales if mul_scales is not None else scale,
             values, amax, gate_up.stride(0), HAS_SILU_Q=silu_scale is not None, HAS_MUL_Q=mul_scales is not None,

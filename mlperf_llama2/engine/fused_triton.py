@@ -22,6 +22,9 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from mlperf_llama2.engine import pdl
+from mlperf_llama2.engine.pdl_triton import pdl_enter
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter (tests) has no libdevice
 
 
@@ -63,7 +66,9 @@ def _add_rms_norm_row(h_ptr, delta_ptr, w_ptr, h_out_ptr, row, eps, n_cols, stri
 @triton.jit
 def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, x_out_ptr, eps, n_cols,
                          stride_h, stride_d, stride_ho, stride_xo,
-                         HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+                         HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+                         PDL: tl.constexpr = False):
+    pdl_enter(PDL)
     row = tl.program_id(0)
     cols, mask, w, x = _add_rms_norm_row(h_ptr, delta_ptr, w_ptr, h_out_ptr, row, eps, n_cols, stride_h, stride_d,
                                          stride_ho, HAS_DELTA, BLOCK, INTERPRET)
@@ -82,7 +87,7 @@ def add_rms_norm(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.T
             h, delta if delta is not None else h, weight, h_out, x, eps, n,
             h.stride(0), (delta if delta is not None else h).stride(0), h_out.stride(0), x.stride(0),
             HAS_DELTA=delta is not None, BLOCK=block, INTERPRET=_INTERPRET, num_warps=min(16, max(4, block // 512)),
-            enable_fp_fusion=False,
+            enable_fp_fusion=False, PDL=pdl.enabled(), **pdl.launch_options(),
         )
     return h_out, x
 
@@ -149,7 +154,9 @@ def _quant_kv(x, scale, QUANT: tl.constexpr, INTERPRET: tl.constexpr):
 def _rope_store_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, v_out_ptr, k_cache_ptr,
                        v_cache_ptr, slot_ptr, scales_ptr, stride_qkv, stride_cs, stride_cache_s, stride_cache_h,
                        NUM_HEADS: tl.constexpr, NUM_KV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                       BLOCK_H: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr):
+                       BLOCK_H: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+                       PDL: tl.constexpr = False):
+    pdl_enter(PDL)
     t = tl.program_id(0)
     head0 = tl.program_id(1) * BLOCK_H
     half: tl.constexpr = HEAD_DIM // 2
@@ -234,13 +241,15 @@ def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, si
             qkv, positions, cos, sin, q, k, v, k_cache, v_cache, slot_mapping,
             kv_scales if quant else k, qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1),
             NUM_HEADS=num_heads, NUM_KV=num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, QUANT=quant,
-            INTERPRET=_INTERPRET, num_warps=4, enable_fp_fusion=False,
+            INTERPRET=_INTERPRET, num_warps=4, enable_fp_fusion=False, PDL=pdl.enabled(), **pdl.launch_options(),
         )
     return q, k, v
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, stride_gu, stride_out, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, stride_gu, stride_out, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+                     PDL: tl.constexpr = False):
+    pdl_enter(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -260,5 +269,6 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
         block = 1024
         _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, out, n, gate_up.stride(0), out.stride(0),
                                                       BLOCK=block, INTERPRET=_INTERPRET, num_warps=4,
-                                                      enable_fp_fusion=False)
+                                                      enable_fp_fusion=False, PDL=pdl.enabled(),
+                                                      **pdl.launch_options())
     return out

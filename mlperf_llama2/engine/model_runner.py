@@ -58,7 +58,14 @@ class ModelRunner:
         self.max_blocks_per_seq = blocks_needed(max_model_len, self.block_size)
         s = model.shape
         if device.type == "cuda":
+            from mlperf_llama2.engine import pdl
             from mlperf_llama2.engine.quant_plan import apply_gemm
+
+            # one switch for the process: the last runner built sets it
+            pdl.set_enabled(config.pdl and torch.cuda.get_device_capability(device)[0] >= 9)
+            if config.pdl:
+                log.info("programmatic dependent launch: %s", "on (experimental)" if pdl.enabled() else
+                         "off: it needs an sm_90+ GPU")
 
             paths = apply_gemm(model, config.gemm, device, config.fp8_accumulation)
             if paths:

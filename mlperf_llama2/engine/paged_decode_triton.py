@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mlperf_llama2.engine import pdl
+from mlperf_llama2.engine.pdl_triton import pdl_enter
 from mlperf_llama2.errors import UserError
 
 
@@ -108,7 +110,9 @@ def _paged_decode_kernel(
     stride_qt, stride_qh, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, QUANT: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     ctx_len = tl.load(context_lens_ptr + seq)
@@ -187,8 +191,9 @@ def _paged_decode_split_kernel(
     stride_qt, stride_qh, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, VEC_TABLE: tl.constexpr, MAGIC: tl.constexpr,
-    IEEE: tl.constexpr, QUANT: tl.constexpr,
+    IEEE: tl.constexpr, QUANT: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -245,8 +250,9 @@ def _paged_decode_split_kernel(
 
 @triton.jit
 def _merge_splits_kernel(part_ptr, ml_ptr, out_ptr, num_heads, stride_ot, stride_oh,
-                         HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+                         HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr = False):
     """out[b, h] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s; an empty split has m = -inf, weight 0."""
+    pdl_enter(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS)
@@ -307,11 +313,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_SIZE=block_size,
         BLOCK_N=cfg.block_n, SPLITS=splits, VEC_TABLE=vec, MAGIC=magic, IEEE=q.dtype == torch.float32,
-        QUANT=kv_scales is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        QUANT=kv_scales is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages, PDL=pdl.enabled(),
+        **pdl.launch_options(),
     )
     if splits > 1:
         _merge_splits_kernel[(b, h)](part, ml, out, h, out.stride(0), out.stride(1), HEAD_DIM=d, SPLITS=splits,
-                                     num_warps=4)
+                                     num_warps=4, PDL=pdl.enabled(), **pdl.launch_options())
     return out
 
 
@@ -329,6 +336,7 @@ def _base_decode(q, k_cache, v_cache, block_tables, context_lens, scale: float, 
         out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d,
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, IEEE=q.dtype == torch.float32,
-        QUANT=kv_scales is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        QUANT=kv_scales is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages, PDL=pdl.enabled(),
+        **pdl.launch_options(),
     )
     return out

@@ -40,6 +40,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
+from mlperf_llama2.engine import pdl
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.gemm8_triton import MAX_PROMOTE, _num_sms, check_args
 
@@ -171,16 +172,41 @@ def _tile_mn(tile, num_m, num_n, GROUP_M):
 
 
 @gluon.jit
+def _gdc(asm: gl.constexpr):
+    """A griddepcontrol instruction (programmatic dependent launch, engine/pdl.py)."""
+    gl.inline_asm_elementwise(asm + " // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def _loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS,
-            BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr):
-    """The TMA warp: fills slot s once the MMA warps have released it (empty[s]), signals ready[s]."""
+            BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+            PDL: gl.constexpr = False):
+    """The TMA warp: fills slot s once the MMA warps have released it (empty[s]), signals ready[s].
+
+    PDL (launched with programmatic dependent launch): the first tile's first STAGES weight chunks are loaded
+    before `griddepcontrol.wait` (no kernel writes the weights), its activation chunks after it; everything the
+    MMA warps read or write (activations, scales, the output) comes after the wait through ready[s]."""
     num_m = gl.cdiv(M, BM)
     num_n = gl.cdiv(N, BN)
     k_steps = gl.cdiv(K, BK)
     it = 0
+    if PDL:
+        _gdc("griddepcontrol.launch_dependents;")
+        first_m, first_n = _tile_mn(gl.program_id(0), num_m, num_n, GROUP_M)
+        pre = gl.where(gl.program_id(0) < num_m * num_n, gl.minimum(k_steps, STAGES), 0)  # chunks requested here
+        for ks in range(pre):  # fresh slots: nothing to wait for
+            mbarrier.expect(ready.index(ks), a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(b_desc, [first_n * BN, ks * BK], ready.index(ks), b_bufs.index(ks))
+        _gdc("griddepcontrol.wait;")
+        for ks in range(pre):
+            tma.async_copy_global_to_shared(a_desc, [first_m * BM, ks * BK], ready.index(ks), a_bufs.index(ks))
     for tile in range(gl.program_id(0), num_m * num_n, NUM_PROGRAMS):
         pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
-        for ks in range(k_steps):
+        ks0 = 0
+        if PDL:
+            ks0 = gl.where(tile == gl.program_id(0), pre, 0)
+            it += ks0
+        for ks in range(ks0, k_steps):
             s = it % STAGES
             mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
             mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes)
@@ -400,7 +426,7 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
 def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                      NUM_PROGRAMS, IS_FP8: gl.constexpr, PROMOTE: gl.constexpr,
                      HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, SPLIT: gl.constexpr,
-                     WGS: gl.constexpr):
+                     WGS: gl.constexpr, PDL: gl.constexpr = False):
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = b_desc.block_type.shape[0]
@@ -417,7 +443,7 @@ def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
             (_mma_partition, (a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                               NUM_PROGRAMS, IS_FP8, PROMOTE, HAS_BIAS, BM, BN, BK, GROUP_M, STAGES, SPLIT, 0, BM)),
             (_loader, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS, BM, BN, BK, GROUP_M,
-                       STAGES)),
+                       STAGES, PDL)),
         ], [1], [LOADER_REGS])
     else:
         # two 4-warp MMA partitions, rows 0-63 and 64-127: each waits for its own MMA groups while the other's
@@ -579,12 +605,20 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
         IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=bias is not None,
         GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, WGS=cfg.wgs, num_warps=cfg.warps,
         maxnreg=cfg.maxnreg(),
-        enable_fp_fusion=False)
+        enable_fp_fusion=False, **_pdl_launch(cfg))
     return out
 
 
+def _pdl_launch(cfg: WsConfig) -> dict:
+    """Programmatic dependent launch (engine/pdl.py) for one-partition tiles; the two-partition kernels keep
+    ordinary stream order (their loader is a worker partition, which Triton 3.6 hands no constexpr)."""
+    if not pdl.enabled() or cfg.wgs != 1:
+        return {}
+    return {"PDL": True, **pdl.launch_options()}
+
+
 def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_dtype: torch.dtype = torch.float16,
-                    has_bias: bool = False, arch: int = 90):
+                    has_bias: bool = False, arch: int = 90, pdl: bool = False):
     """Compile the kernel for `cfg` without a GPU (Triton's bundled ptxas): the CompiledKernel, whose
     asm["cubin"] / asm["ptx"] tests/test_gemm8_ws.py inspects. Same specialisation as a launch (16-byte
     aligned scale pointers, runtime M, N, K, program count)."""
@@ -597,7 +631,7 @@ def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_
     out = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[out_dtype]
     kernel = _gemm8_ws_kernel
     consts = dict(IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=has_bias, GROUP_M=cfg.group_m, STAGES=cfg.stages,
-                  SPLIT=cfg.split, WGS=cfg.wgs)
+                  SPLIT=cfg.split, WGS=cfg.wgs, PDL=pdl)
     sig = {"a_desc": f"tensordesc<{op}{a_block},{a_layout!r}>", "b_desc": f"tensordesc<{op}{b_block},{b_layout!r}>",
            "c_desc": f"tensordesc<{out}{c_block},{c_layout!r}>", "sx_ptr": "*fp32", "sw_ptr": "*fp32",
            "bias_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "NUM_PROGRAMS": "i32"}
@@ -606,4 +640,5 @@ def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if name.endswith("_ptr")}
     src = GluonASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=cfg.warps, maxnreg=cfg.maxnreg(), enable_fp_fusion=False))
+                          options=dict(num_warps=cfg.warps, maxnreg=cfg.maxnreg(), enable_fp_fusion=False,
+                                       launch_pdl=pdl))

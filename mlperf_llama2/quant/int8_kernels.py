@@ -14,13 +14,17 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from mlperf_llama2.engine import pdl
 from mlperf_llama2.engine.fused_triton import _div_by  # x / scale correctly rounded, without a division each
+from mlperf_llama2.engine.pdl_triton import pdl_enter
 
 
 @triton.jit
-def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, stride_x, K: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr):
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, stride_x, K: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr,
+                       PDL: tl.constexpr = False):
     """One row: scale = max(amax / qmax, fp32 tiny); int8: clamp(rint(x / scale)); FP8 (E4M3, qmax 448): x / scale
     clamped, rounded to nearest even by the conversion."""
+    pdl_enter(PDL)
     QMAX: tl.constexpr = 448.0 if FP8 else 127.0
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
@@ -68,7 +72,7 @@ def _quantize_rows(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, t
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     block = min(triton.next_power_of_2(k), 4096)
     _quant_rows_kernel[(m,)](x, q, s, x.stride(0), K=k, BLOCK=block, FP8=dtype == torch.float8_e4m3fn,
-                             num_warps=8 if block >= 2048 else 4)
+                             num_warps=8 if block >= 2048 else 4, PDL=pdl.enabled(), **pdl.launch_options())
     return q, s
 
 

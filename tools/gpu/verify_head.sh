@@ -35,6 +35,8 @@
 #   flatmixed    --graph-mixed-tokens: the GPU tests of steps with prompt chunks replaying the decode graphs (tokens
 #                against generate), then the FP8 step profile (20 layers) of the mixed step eager and through the
 #                graphs at 64 + 128, 64 + 448 and 256 + 460 tokens (~4 min)
+#   pdl          programmatic dependent launch (engine/pdl.py, an experiment): its GPU tests (tokens, graph capture),
+#                then the FP8 step profile (20 layers) at 64 and 256 decodes with and without it (~4 min)
 #   smalln       the 64 x 64 candidate tile (promoted FP8, unpromoted FP8, int8) against the 64 x 128 default and
 #                cuBLASLt at M 16-128: the Interactive decode step's GEMMs (~30 s; its bits: the gemm step)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
@@ -123,6 +125,13 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
             --batch "${bp%:*}" --context 600 --prefill "${bp#*:}" --graph-mixed --reps 10 \
             --out "$OUT/flat_${bp%:*}_${bp#*:}" 2>&1 | grep "^| fused ops |" >> "$L"
         done ;;
+    pdl) timeout 150 "${PYTEST[@]}" -m gpu tests/test_pdl.py tests/test_engine_fidelity.py 2>&1 | tail -8 >> "$L"
+        for b in 64 256; do for p in "" --pdl; do  # the decode step with and without programmatic dependent launch
+          echo "--- batch $b ${p:-no PDL}" >> "$L"
+          timeout 100 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
+            --batch "$b" --context 600 --prefill 128 $p --reps 10 --out "$OUT/pdl_${b}${p:+_pdl}" 2>&1 \
+            | grep "^| fused ops |" >> "$L"
+        done; done ;;
     smalln) timeout 150 python3 tools/bench_gemm.py --m-list 16,32,64,96,128 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@64x64s8p1,ws_fp8_fast,ws_fp8_fast@64x64s8p1,ws_int8,ws_int8@64x64s8p1 --out "$OUT"/smalln 2>&1 \
           | grep -A30 "^TOPS" >> "$L" ;;
