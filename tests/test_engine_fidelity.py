@@ -65,6 +65,9 @@ COMPOSITIONS = {
     # steps with prompt chunks, up to 64 tokens in all, run as rows of the decode path (CUDA: the decode graphs)
     "flat_rows": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=256,
                               overlap_steps=True, graph_mixed_tokens=64),
+    # steps of more than 16 tokens trimmed to a multiple of 16 (the last prompt chunk gives up the rest)
+    "prefill_aligned": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=256,
+                                    overlap_steps=True, prefill_align=16),
     # some steps flat (<= 24 tokens), larger ones eager, with preemption and recompute
     "flat_rows_some_preempted": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4,
                                              num_kv_blocks=30, overlap_steps=True, graph_mixed_tokens=24),
@@ -79,6 +82,7 @@ def test_engine_matches_generate_for_every_sample(tiny_model_dir, reference, nam
     assert outs == reference
     if "preempt" in name:
         assert engine.scheduler.num_preemptions > 0
+    assert (engine.scheduler.num_aligned > 0) == (name == "prefill_aligned")
     if name.startswith("flat_rows"):
         assert engine.runner.flat_steps > 0  # the composition does its job
     else:

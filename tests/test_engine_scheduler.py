@@ -229,3 +229,56 @@ def test_a_sequence_preempted_with_its_last_token_in_flight_finishes_from_the_qu
     assert new.status == Status.FINISHED and not sched.waiting and new.output == [9]
     sched.on_sampled(decode, [8])
     assert old.output == [7, 8] and sched.block_manager.num_free_blocks == 1
+
+
+def test_prefill_align_trims_the_last_prompt_chunk_to_a_multiple():
+    """Three decoding sequences and two new prompts (20 + 30 tokens): 53 tokens -> 48 with align 16, the newest
+    prompt keeps 25 and gets its last 5 the next step; decodes are never trimmed; nothing is lost."""
+    sched = make_sched(256, 4, max_num_seqs=8, max_num_batched_tokens=256, max_model_len=256)
+    sched.prefill_align = 16
+    old = [make_seq(i, 4, max_new=20) for i in range(3)]
+    for seq in old:
+        sched.add(seq)
+    first = run_step(sched)
+    assert first.num_tokens == 12  # <= 16: untouched
+    a, b = make_seq(3, 20), make_seq(4, 30)
+    sched.add(a)
+    sched.add(b)
+    batch = run_step(sched)
+    assert batch.num_tokens == 48 and batch.num_tokens % 16 == 0 and sched.num_aligned == 1
+    assert dict((s.request_id, n) for s, n in batch.items) == {0: 1, 1: 1, 2: 1, 3: 20, 4: 25}
+    assert b.num_computed_tokens == 25 and not b.output  # its prompt is not finished: no token sampled
+    nxt = run_step(sched)
+    assert dict((s.request_id, n) for s, n in nxt.items)[4] == 5  # the rest, in a step of 5 decodes + 5 <= 16
+    assert b.num_computed_tokens == 30 and len(b.output) == 1
+
+
+def test_prefill_align_leaves_steps_without_a_long_enough_chunk():
+    sched = make_sched(256, 4, max_num_seqs=16, max_num_batched_tokens=256, max_model_len=256)
+    sched.prefill_align = 8
+    for i in range(9):
+        sched.add(make_seq(i, 1))  # nine 1-token prompts: 9 tokens, no chunk can give up 1 and keep 1
+    batch = run_step(sched)
+    assert batch.num_tokens == 9
+    sched2 = make_sched(256, 4, max_num_seqs=8, max_num_batched_tokens=256, max_model_len=256)
+    sched2.prefill_align = 8
+    sched2.add(make_seq(0, 16))
+    assert run_step(sched2).num_tokens == 16  # already a multiple
+
+
+def test_prefill_align_flag_parses_is_off_by_default_and_reaches_nodes():
+    import argparse
+
+    from mlperf_llama2.backends.local_nodes import node_argv
+    from mlperf_llama2.config import RunConfig
+    from mlperf_llama2.engine.config import EngineConfig
+    from mlperf_llama2.errors import UserError
+
+    parser = argparse.ArgumentParser()
+    EngineConfig.add_cli_args(parser)
+    assert EngineConfig.from_cli_args(parser.parse_args([])).prefill_align == 0
+    assert EngineConfig.from_cli_args(parser.parse_args(["--prefill-align", "128"])).prefill_align == 128
+    with pytest.raises(UserError, match=r"--prefill-align must be >= 0 \(0: off\), got -8"):
+        EngineConfig(prefill_align=-8)
+    argv = node_argv(RunConfig(backend="engine", model_path="m", engine=EngineConfig(prefill_align=128)), "cuda:0")
+    assert argv[argv.index("--prefill-align") + 1] == "128"

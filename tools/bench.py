@@ -211,6 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--graph-mixed-tokens", type=int, default=0, metavar="N",
                     help="main.py's --graph-mixed-tokens: steps with prompt chunks of up to N tokens (decodes "
                          "included) replay the decode CUDA graphs, every token a decode row (default 0: eager)")
+    ap.add_argument("--prefill-align", type=int, default=0, metavar="N",
+                    help="main.py's --prefill-align: steps trimmed to a multiple of N tokens (default 0: off)")
     ap.add_argument("--pdl", action="store_true",
                     help="programmatic dependent launch of the engine's kernels on sm_90+ (engine/pdl.py; an "
                          "experiment, not a main.py flag)")
@@ -250,6 +252,8 @@ def main(argv=None) -> int:
     if not 0 <= args.graph_mixed_tokens <= MAX_GRAPH_MIXED_TOKENS:
         raise SystemExit(f"bench: --graph-mixed-tokens must be 0-{MAX_GRAPH_MIXED_TOKENS}, got "
                          f"{args.graph_mixed_tokens}")
+    if args.prefill_align < 0:
+        raise SystemExit(f"bench: --prefill-align must be >= 0, got {args.prefill_align}")
     if args.pdl and (args.tensor_parallel > 1 or args.data_parallel > 1):
         raise SystemExit("bench: --pdl is not wired into the multi-GPU benchmark")
     if args.graph_mixed_tokens and args.int8_rules == "all":
@@ -356,7 +360,8 @@ def main(argv=None) -> int:
     econf = EngineConfig(max_num_seqs=args.built_seqs, max_num_batched_tokens=args.built_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
                          gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation,
-                         graph_mixed_tokens=args.graph_mixed_tokens, pdl=args.pdl)
+                         graph_mixed_tokens=args.graph_mixed_tokens, pdl=args.pdl,
+                         prefill_align=args.prefill_align)
     kv_scales = None
     if args.kv_cache_dtype != "auto":
         kv_scales = torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)  # unit scales: timing only

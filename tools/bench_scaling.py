@@ -122,7 +122,7 @@ def run_scaling(args, cfg, prompts, o_len, p_len) -> int:
     econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
                          gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation,
-                         graph_mixed_tokens=args.graph_mixed_tokens)
+                         graph_mixed_tokens=args.graph_mixed_tokens, prefill_align=args.prefill_align)
     kv_scales = None
     if args.kv_cache_dtype != "auto":  # unit scales: timing only, as tools/bench.py's single-device runs
         kv_scales = torch.ones(2, cfg.num_hidden_layers, cfg.num_key_value_heads)

@@ -28,7 +28,8 @@ ENGINE_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--m
                 "block_size": "--block-size", "kv_cache_memory_fraction": "--kv-cache-memory-fraction",
                 "num_kv_blocks": "--num-kv-blocks", "ops": "--engine-ops", "kv_cache_dtype": "--kv-cache-dtype",
                 "kv_scale_granularity": "--kv-scale-granularity", "gemm": "--engine-gemm",
-                "fp8_accumulation": "--fp8-accumulation", "graph_mixed_tokens": "--graph-mixed-tokens"}
+                "fp8_accumulation": "--fp8-accumulation", "graph_mixed_tokens": "--graph-mixed-tokens",
+                "prefill_align": "--prefill-align"}
 ENGINE_SWITCHES = {"cuda_graphs": "--no-cuda-graphs", "overlap_steps": "--no-overlap-steps"}
 QUANT_FLAGS = {"liteml_config": "--liteml-config", "quantization": "--quantization", "quant_backend": "--quant-backend",
                "quant_mode": "--quant-mode", "calibration_path": "--calibration-path",

@@ -57,6 +57,8 @@ class EngineConfig:
     # programmatic dependent launch of the engine's own kernels on sm_90+ (engine/pdl.py): an experiment for the
     # benchmark tools (tools/bench.py / profile_step.py --pdl), not a main.py flag until it is measured
     pdl: bool = False
+    # trim a step's last prompt chunk so the step is a multiple of this many tokens (scheduler.py); 0: off
+    prefill_align: int = 0
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -84,6 +86,8 @@ class EngineConfig:
             raise UserError(f"--graph-mixed-tokens must be 0-{MAX_GRAPH_MIXED_TOKENS} (0: mixed steps run eagerly; "
                             "a prompt row reads its whole prefix, so the cost grows with the square of the chunk, "
                             f"and each 16 rows more is one more graph), got {self.graph_mixed_tokens}")
+        if self.prefill_align < 0:
+            raise UserError(f"--prefill-align must be >= 0 (0: off), got {self.prefill_align}")
         if self.kv_scale_granularity not in KV_SCALE_GRANULARITIES:
             raise UserError(f"--kv-scale-granularity must be one of {', '.join(KV_SCALE_GRANULARITIES)}, "
                             f"got {self.kv_scale_granularity!r}")
@@ -111,6 +115,11 @@ class EngineConfig:
                             "attending to the cache up to itself (eager steps are bound by the host's kernel "
                             "launches when small: Server, Interactive); 0 = such steps run eagerly; at most "
                             f"{MAX_GRAPH_MIXED_TOKENS} (default %(default)s; docs/engine.md)")
+        g.add_argument("--prefill-align", type=int, default=EngineConfig.prefill_align, metavar="N",
+                       help="a step of more than N tokens with a prompt chunk is trimmed to a multiple of N by "
+                            "shortening its last prompt chunk (the rest runs next step): the 8-bit GEMMs compute "
+                            "whole 128-row tiles, so 1,476 tokens cost what 1,536 do; 0 = off (default %(default)s; "
+                            "docs/engine.md)")
         g.add_argument("--no-overlap-steps", action="store_true",
                        help="wait for each step's tokens before scheduling the next (default on CUDA: the next "
                             "step is queued on the GPU while the host reads the last one's tokens)")
@@ -163,4 +172,5 @@ class EngineConfig:
             gemm=ns.engine_gemm,
             fp8_accumulation=ns.fp8_accumulation,
             graph_mixed_tokens=ns.graph_mixed_tokens,
+            prefill_align=ns.prefill_align,
         )

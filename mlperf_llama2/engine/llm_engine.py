@@ -37,7 +37,8 @@ class LLMEngine:
         self.config = config
         self.eos_token_id = eos_token_id
         self.scheduler = Scheduler(BlockManager(runner.num_blocks, config.block_size), config.max_num_seqs,
-                                   config.max_num_batched_tokens, max_model_len, eos_token_id)
+                                   config.max_num_batched_tokens, max_model_len, eos_token_id,
+                                   prefill_align=config.prefill_align)
         self._inbox: list[Sequence] = []
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None

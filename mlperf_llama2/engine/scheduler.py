@@ -8,6 +8,9 @@ sequences are admitted in arrival order while the budget, `max_num_seqs` and fre
 (admission needs blocks for the whole pending prompt, so an admitted prompt is not starved, plus a
 reserve of `growth_reserve` blocks per running sequence, so the running ones have room to grow).
 A running sequence whose last token is in flight (`is_draining`) is not scheduled again.
+With `prefill_align` N, a step of more than N tokens that holds a prompt chunk is trimmed to a multiple of N by
+shortening its last prompt chunk (the rest waits for the next step): the 8-bit GEMMs compute whole 128-row tiles,
+so a step of 1,476 tokens costs what 1,536 do.
 
 The scheduler also owns every change to a sequence after a step: `on_launched(batch)` once the
 step's tokens are in the cache (a sequence whose tokens are all computed now has a sampled token
@@ -71,7 +74,8 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int, eos_token_id: int, growth_reserve: float = GROWTH_RESERVE) -> None:
+                 max_model_len: int, eos_token_id: int, growth_reserve: float = GROWTH_RESERVE,
+                 prefill_align: int = 0) -> None:
         self.block_manager = block_manager
         self.eos_token_id = eos_token_id
         self.max_num_seqs = max_num_seqs
@@ -81,6 +85,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self.growth_reserve = growth_reserve
+        self.prefill_align = prefill_align
+        self.num_aligned = 0  # steps trimmed by prefill_align
 
     def add(self, seq: Sequence) -> None:
         total = len(seq.prompt) + seq.params.max_new_tokens
@@ -125,8 +131,25 @@ class Scheduler:
             self.running.append(seq)
             batch.items.append((seq, n))
             budget -= n
+        if self.prefill_align:
+            self._align(batch)
         batch.items.sort(key=lambda item: item[1] != 1)  # stable: decodes first, then prefill chunks
         return batch
+
+    def _align(self, batch: ScheduledBatch) -> None:
+        """Shorten the last prompt chunk that can give up the step's excess over a multiple of prefill_align (it
+        keeps >= 1 token; its blocks stay allocated for the next step). Steps of at most prefill_align tokens and
+        steps without such a chunk are left as they are."""
+        total = batch.num_tokens
+        excess = total % self.prefill_align
+        if total <= self.prefill_align or not excess:
+            return
+        for i in range(len(batch.items) - 1, -1, -1):
+            seq, n = batch.items[i]
+            if n > excess:  # a prompt chunk (decodes have n == 1 <= excess)
+                batch.items[i] = (seq, n - excess)
+                self.num_aligned += 1
+                return
 
     def _can_admit(self, seq: Sequence) -> bool:
         """Blocks for the whole pending prompt, and `growth_reserve` blocks per running sequence left free after it."""

@@ -37,6 +37,8 @@
 #                graphs at 64 + 128, 64 + 448 and 256 + 460 tokens (~4 min)
 #   pdl          programmatic dependent launch (engine/pdl.py, an experiment): its GPU tests (tokens, graph capture),
 #                then the FP8 step profile (20 layers) at 64 and 256 decodes with and without it (~4 min)
+#   align        --prefill-align 128 against off, FP8 Offline at 20 of 80 layers, 1,024 samples, twice each (~6 min on
+#                an H100): whether whole GEMM row tiles per step show end to end
 #   smalln       the 64 x 64 candidate tile (promoted FP8, unpromoted FP8, int8) against the 64 x 128 default and
 #                cuBLASLt at M 16-128: the Interactive decode step's GEMMs (~30 s; its bits: the gemm step)
 #   fp8ab        FP8 end to end (bench.py + profile_step.py, 20 of 80 layers), --engine-gemm auto and cublas
@@ -132,6 +134,14 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
             --batch "$b" --context 600 --prefill 128 $p --reps 10 --out "$OUT/pdl_${b}${p:+_pdl}" 2>&1 \
             | grep "^| fused ops |" >> "$L"
         done; done ;;
+    align) i=0; for a in 0 128 0 128; do  # Offline at 20 of 80 layers (fits an H100), whole 128-row tiles or not
+          i=$((i + 1))
+          { echo "--- prefill-align $a (run $i)"
+            timeout 130 python3 tools/bench.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 --ref-samples 0 \
+              --fidelity-prompts 0 --samples 1024 --max-num-seqs 512 --prefill-align $a --out "$OUT/align_$i" 2>&1 \
+              | grep "tok/s" | tail -2
+            python3 tools/steady_state.py "$OUT/align_$i/bench.json" 2>&1 | tail -3; } >> "$L"
+        done ;;
     smalln) timeout 150 python3 tools/bench_gemm.py --m-list 16,32,64,96,128 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@64x64s8p1,ws_fp8_fast,ws_fp8_fast@64x64s8p1,ws_int8,ws_int8@64x64s8p1 --out "$OUT"/smalln 2>&1 \
           | grep -A30 "^TOPS" >> "$L" ;;
