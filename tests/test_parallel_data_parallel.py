@@ -60,11 +60,14 @@ def test_node_argv_rebuilds_the_replica_config():
     import dataclasses
 
     from mlperf_llama2.config import EngineConfig, QuantConfig
-    from mlperf_llama2.backends.local_nodes import ENGINE_FLAGS, ENGINE_SWITCHES, QUANT_FLAGS, QUANT_SWITCHES, node_argv
+    from mlperf_llama2.backends.local_nodes import (ENGINE_FLAGS, ENGINE_SWITCHES, ENGINE_TOOL_ONLY, QUANT_FLAGS,
+                                                    QUANT_SWITCHES, node_argv)
     from mlperf_llama2.sut_node import build_node_parser
 
     # a new knob must be passed on to the nodes
-    assert set(ENGINE_FLAGS) | set(ENGINE_SWITCHES) == {f.name for f in dataclasses.fields(EngineConfig)}
+    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    assert set(ENGINE_FLAGS) | set(ENGINE_SWITCHES) | ENGINE_TOOL_ONLY == fields
+    assert not ENGINE_TOOL_ONLY & set(vars(build_node_parser().parse_args(["--model-path", "m"])))  # no flag sets them
     assert set(QUANT_FLAGS) | set(QUANT_SWITCHES) == {f.name for f in dataclasses.fields(QuantConfig)}
     engine = EngineConfig(max_num_seqs=7, max_num_batched_tokens=99, block_size=8, kv_cache_memory_fraction=0.5,
                           num_kv_blocks=33, cuda_graphs=False)

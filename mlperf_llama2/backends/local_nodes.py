@@ -31,6 +31,8 @@ ENGINE_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--m
                 "fp8_accumulation": "--fp8-accumulation", "graph_mixed_tokens": "--graph-mixed-tokens",
                 "prefill_align": "--prefill-align"}
 ENGINE_SWITCHES = {"cuda_graphs": "--no-cuda-graphs", "overlap_steps": "--no-overlap-steps"}
+# fields no main.py flag sets (the benchmark tools' experiments), so a node always runs them at their defaults
+ENGINE_TOOL_ONLY = {"pdl"}
 QUANT_FLAGS = {"liteml_config": "--liteml-config", "quantization": "--quantization", "quant_backend": "--quant-backend",
                "quant_mode": "--quant-mode", "calibration_path": "--calibration-path",
                "calibration_scales": "--calibration-scales",
