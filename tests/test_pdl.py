@@ -80,8 +80,11 @@ def test_triton_kernels_wait_for_the_kernel_before_only_with_pdl(name):
 
 
 @COMPILES
-@pytest.mark.parametrize("kind,promote", [("fp8", True), ("int8", False), ("fp8", False)])
-def test_the_gemm_loads_weights_before_the_wait_and_activations_after(kind, promote):
+@pytest.mark.parametrize("kind,promote,m", [("fp8", True, 64), ("int8", False, 64), ("fp8", False, 64),
+                                            ("fp8", True, 4096), ("int8", False, 4096)])
+def test_the_gemm_loads_weights_before_the_wait_and_activations_after(kind, promote, m):
+    """The decode step's one-partition tile (M 64) and the large-M tiles (FP8: two MMA partitions, the loader a
+    worker that reads PDL from the barrier array's extra slot)."""
     pytest.importorskip("triton.experimental.gluon")
     import re
     import subprocess
@@ -92,7 +95,8 @@ def test_the_gemm_loads_weights_before_the_wait_and_activations_after(kind, prom
     from mlperf_llama2.quant import gemm8_ws as ws
 
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    cfg = ws.default_config(64, kind, promote)  # the decode step's one-partition tile
+    cfg = ws.default_config(m, kind, promote)
+    assert (cfg.wgs == 2) == (kind == "fp8" and m == 4096)
     sass = {}
     for flag in (False, True):
         k = ws.compile_offline(cfg, kind, promote, pdl=flag)
@@ -110,13 +114,13 @@ def test_the_gemm_loads_weights_before_the_wait_and_activations_after(kind, prom
     assert tma and tma[0] < waits[0] and waits[-1] < tma[-1]  # weight tiles before the wait, activations after
 
 
-def test_two_partition_tiles_keep_stream_order(switch):
+def test_every_gemm_tile_takes_the_switch(switch):
     pytest.importorskip("triton.experimental.gluon")
     from mlperf_llama2.quant import gemm8_ws as ws
 
     switch.set_enabled(True)
-    assert ws._pdl_launch(ws.WsConfig(64, 128, 6, 1)) == {"PDL": True, "launch_pdl": True}
-    assert ws._pdl_launch(ws.WsConfig(128, 128, 6, 1, wgs=2)) == {}
+    for cfg in (ws.WsConfig(64, 128, 6, 1), ws.WsConfig(128, 128, 6, 1, wgs=2)):
+        assert ws._pdl_launch(cfg) == {"PDL": True, "launch_pdl": True}
     switch.set_enabled(False)
     assert ws._pdl_launch(ws.WsConfig(64, 128, 6, 1)) == {}
 

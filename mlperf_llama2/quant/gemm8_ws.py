@@ -434,7 +434,8 @@ def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
     b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
     c_bufs = gl.allocate_shared_memory(c_desc.dtype, [SPLIT * WGS] + c_desc.block_type.shape, c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    # with PDL one unused slot more: the two-partition loader (a worker, handed no constexpr) reads PDL from it
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES + (1 if PDL else 0), 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=WGS)  # every MMA partition releases the slot
@@ -498,7 +499,8 @@ def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
 def _loader_worker(a_desc, b_desc, a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                    NUM_PROGRAMS, GROUP_M):
     _loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS, a_desc.block_type.shape[0],
-            b_desc.block_type.shape[0], a_desc.block_type.shape[1], GROUP_M, a_bufs.shape[0])
+            b_desc.block_type.shape[0], a_desc.block_type.shape[1], GROUP_M, a_bufs.shape[0],
+            empty.shape[0] > a_bufs.shape[0])
 
 
 @gluon.jit
@@ -610,9 +612,8 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
 
 
 def _pdl_launch(cfg: WsConfig) -> dict:
-    """Programmatic dependent launch (engine/pdl.py) for one-partition tiles; the two-partition kernels keep
-    ordinary stream order (their loader is a worker partition, which Triton 3.6 hands no constexpr)."""
-    if not pdl.enabled() or cfg.wgs != 1:
+    """Programmatic dependent launch (engine/pdl.py): the kernel's constexpr and the launch attribute."""
+    if not pdl.enabled():
         return {}
     return {"PDL": True, **pdl.launch_options()}
 
