@@ -31,6 +31,7 @@ engine's int8 and FP8 GEMM on sm_90 (`--engine-gemm auto`). No TRITON_INTERPRET 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import torch
@@ -547,8 +548,11 @@ _GL_DTYPE = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8, torch.floa
              torch.bfloat16: gl.bfloat16, torch.float32: gl.float32}
 
 
+@functools.lru_cache(maxsize=64)
 def operand_layouts(cfg: WsConfig, kind: str, out_dtype: torch.dtype):
-    """The NVMMA shared layouts of the A [BM, BK], B [BN, BK] and C [BM, BN / SPLIT] tiles (TMA and wgmma)."""
+    """The NVMMA shared layouts of the A [BM, BK], B [BN, BK] and C [BM, BN / SPLIT] tiles (TMA and wgmma).
+    Cached: building them took ~17 of the ~25 us of host work per GEMM call (measured on the CPU), and an eager
+    80-layer step makes 320 calls (callers must not change the returned lists)."""
     op = gl.float8e4nv if kind == "fp8" else gl.int8
     c_block = [cfg.rows, cfg.bn // cfg.split]
     return ([cfg.bm, cfg.bk], gl.NVMMASharedLayout.get_default_for([cfg.bm, cfg.bk], op)), \
