@@ -548,6 +548,12 @@ _GL_DTYPE = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8, torch.floa
              torch.bfloat16: gl.bfloat16, torch.float32: gl.float32}
 
 
+@functools.lru_cache(maxsize=None)
+def _capability_major(index: int) -> int:
+    """The GPU's compute capability major, asked once per device (gemm8_ws checks it on every call)."""
+    return torch.cuda.get_device_capability(index)[0]
+
+
 @functools.lru_cache(maxsize=64)
 def operand_layouts(cfg: WsConfig, kind: str, out_dtype: torch.dtype):
     """The NVMMA shared layouts of the A [BM, BK], B [BN, BK] and C [BM, BN / SPLIT] tiles (TMA and wgmma).
@@ -589,7 +595,7 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     n = qw.shape[0]
     if k < 16 or k % 16 or n % 8:  # K = 0 would leave the MMA warps waiting for a chunk no one loads
         raise UserError(f"gemm8_ws: K must be a positive multiple of 16 and N of 8 (TMA strides), got K={k}, N={n}")
-    if not qx.is_cuda or torch.cuda.get_device_capability(qx.device)[0] != 9:
+    if not qx.is_cuda or _capability_major(qx.device.index or 0) != 9:
         raise UserError("gemm8_ws: needs an sm_90 GPU (Hopper warpgroup MMA)")
     out = torch.empty((m, n), dtype=out_dtype, device=qx.device)
     if m == 0:
