@@ -286,14 +286,8 @@ class ModelRunner:
             bs = min(b for b in self.graphs if b >= t)
             host = self._flat_rows(batch, bs)
             dev = dict(zip(host, self._staging.put([a.ravel() for a in host.values()])))  # one copy up
-            self.g_input_ids[:bs].copy_(dev["ids"])
-            self._fill_inflight(self.g_input_ids, dev["fix_rows"], dev["fix_src"])
-            self.g_positions[:bs].copy_(dev["pos"])
-            self.g_slots[:bs].copy_(dev["slots"])
-            self.g_context_lens[:bs].copy_(dev["ctx"])
-            self.g_suppress[:bs].copy_(dev["suppress"])
-            self.g_block_tables[:bs].copy_(dev["tables"].view(bs, self.max_blocks_per_seq))
-            self.graphs[bs].replay()
+            self._replay(bs, *(dev[k] for k in ("ids", "pos", "slots", "ctx", "suppress", "tables", "fix_rows",
+                                                "fix_src")))
             return self.g_tokens[bs][dev["last_rows"]]
         host = self._flat_rows(batch, t)
         arrays = [host["ids"], host["pos"], host["slots"], host["ctx"], host["tables"].astype(np.int64).ravel(),
@@ -372,12 +366,16 @@ class ModelRunner:
             host.ravel(), self._block_table_array(seqs, rows=bs).ravel(), np.asarray(fix_rows, dtype=np.int64),
             np.asarray(fix_src, dtype=np.int64)])  # one host-to-device copy
         rows = rows.view(5, bs)
-        self.g_input_ids[:bs].copy_(rows[0])
-        self._fill_inflight(self.g_input_ids, fix_rows, fix_src)
-        self.g_positions[:bs].copy_(rows[1])
-        self.g_slots[:bs].copy_(rows[2])
-        self.g_context_lens[:bs].copy_(rows[3])
-        self.g_suppress[:bs].copy_(rows[4])
-        self.g_block_tables[:bs].copy_(table.view(bs, self.max_blocks_per_seq))
-        self.graphs[bs].replay()
+        self._replay(bs, *rows, table, fix_rows, fix_src)
         return self.g_tokens[bs][:n]
+
+    def _replay(self, bs: int, ids, pos, slots, ctx, suppress, tables, fix_rows, fix_src) -> None:
+        """The graph of `bs` rows on these device rows (int64; tables flat [bs * max_blocks])."""
+        self.g_input_ids[:bs].copy_(ids)
+        self._fill_inflight(self.g_input_ids, fix_rows, fix_src)
+        self.g_positions[:bs].copy_(pos)
+        self.g_slots[:bs].copy_(slots)
+        self.g_context_lens[:bs].copy_(ctx)
+        self.g_suppress[:bs].copy_(suppress)
+        self.g_block_tables[:bs].copy_(tables.view(bs, self.max_blocks_per_seq))
+        self.graphs[bs].replay()
