@@ -77,6 +77,8 @@ def test_triton_kernels_wait_for_the_kernel_before_only_with_pdl(name):
     wait = next(i for i, line in enumerate(lines) if "ACQBULK" in line)
     first_load = next((i for i, line in enumerate(lines) if "LDG" in line), len(lines))
     assert wait < first_load  # nothing is read before the kernel before has finished
+    trigger = next(i for i, line in enumerate(lines) if "PREEXIT" in line)
+    assert wait < trigger  # the next kernel launches only once this one runs: one kernel ahead, not the chain
 
 
 @COMPILES
@@ -112,6 +114,7 @@ def test_the_gemm_loads_weights_before_the_wait_and_activations_after(kind, prom
     tma = [i for i, op in enumerate(ops) if op.startswith("UTMALDG")]
     assert waits and "PREEXIT" in ops
     assert tma and tma[0] < waits[0] and waits[-1] < tma[-1]  # weight tiles before the wait, activations after
+    assert ops.index("PREEXIT") > waits[-1]  # the next kernel launches only once this one is past its wait
 
 
 def test_every_gemm_tile_takes_the_switch(switch):

@@ -215,7 +215,7 @@ def main(argv=None) -> int:
                     help="main.py's --prefill-align: steps trimmed to a multiple of N tokens (default 0: off)")
     ap.add_argument("--pdl", action="store_true",
                     help="programmatic dependent launch of the engine's kernels on sm_90+ (engine/pdl.py; an "
-                         "experiment, not a main.py flag)")
+                         "experiment, not a main.py flag: 2-6%% slower CUDA-graph decode steps on an H100, docs/engine.md)")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--lengths-from", default=None, metavar="PATH.pkl",
                     help="prompt/output lengths from a processed dataset pickle (tok_input_length, "

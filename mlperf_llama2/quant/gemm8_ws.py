@@ -186,13 +186,13 @@ def _loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS,
 
     PDL (launched with programmatic dependent launch): the first tile's first STAGES weight chunks are loaded
     before `griddepcontrol.wait` (no kernel writes the weights), its activation chunks after it; everything the
-    MMA warps read or write (activations, scales, the output) comes after the wait through ready[s]."""
+    MMA warps read or write (activations, scales, the output) comes after the wait through ready[s]. The next
+    kernel may launch once every program's loader has issued its last load (`launch_dependents` at the end)."""
     num_m = gl.cdiv(M, BM)
     num_n = gl.cdiv(N, BN)
     k_steps = gl.cdiv(K, BK)
     it = 0
     if PDL:
-        _gdc("griddepcontrol.launch_dependents;")
         first_m, first_n = _tile_mn(gl.program_id(0), num_m, num_n, GROUP_M)
         pre = gl.where(gl.program_id(0) < num_m * num_n, gl.minimum(k_steps, STAGES), 0)  # chunks requested here
         for ks in range(pre):  # fresh slots: nothing to wait for
@@ -214,6 +214,8 @@ def _loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, NUM_PROGRAMS,
             tma.async_copy_global_to_shared(a_desc, [pid_m * BM, ks * BK], ready.index(s), a_bufs.index(s))
             tma.async_copy_global_to_shared(b_desc, [pid_n * BN, ks * BK], ready.index(s), b_bufs.index(s))
             it += 1
+    if PDL:  # every load issued: the next kernel may launch while the MMA warps finish (one kernel ahead at most)
+        _gdc("griddepcontrol.launch_dependents;")
 
 
 @gluon.jit
