@@ -16,7 +16,8 @@ from typing import Optional
 
 from mlperf_llama2 import constants
 from mlperf_llama2.backends import registry
-from mlperf_llama2.engine.config import KV_CACHE_DTYPES, EngineConfig  # noqa: F401 - the engine's knobs (no cycle)
+from mlperf_llama2.engine.config import (  # noqa: F401 - the engine's knobs (no cycle)
+    KV_CACHE_DTYPES, EngineConfig, mixed_steps_can_use_graphs)
 from mlperf_llama2.quant.config import QUANTIZATIONS, QuantConfig  # noqa: F401 - likewise, with quant
 from mlperf_llama2.errors import UserError
 
@@ -272,6 +273,8 @@ class RunConfig:
         local = backend is None or registry.entry(backend).holds_model  # the default backends hold the model
         device = resolve_device(ns.device) if local else (ns.device or "cpu")
         dtype = ns.dtype or ("float16" if device.startswith("cuda") else "float32")
+        backend = backend or default_backend(device, ns.liteml_config, ns.quant_mode)
+        graphs = mixed_steps_can_use_graphs(backend, device, ns.liteml_config, ns.int8_rules)
         return cls(
             scenario=scenario,
             model_path=ns.model_path,
@@ -287,7 +290,7 @@ class RunConfig:
             enable_log_trace=ns.enable_log_trace,
             num_workers=ns.num_workers,
             lg_model_name=lg_model_name,
-            backend=backend or default_backend(device, ns.liteml_config, ns.quant_mode),
+            backend=backend,
             max_new_tokens=ns.max_new_tokens,
             save_outputs=ns.save_outputs,
             overwrite=ns.overwrite,
@@ -296,7 +299,7 @@ class RunConfig:
             tensor_parallel=ns.tensor_parallel,
             data_parallel=ns.data_parallel,
             engine=EngineConfig.from_cli_args(
-                ns, INTERACTIVE if lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE else scenario),
+                ns, INTERACTIVE if lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE else scenario, graphs),
             quant=QuantConfig.from_cli_args(ns),
             api=api,
             dist=DistConfig.from_cli_args(ns),

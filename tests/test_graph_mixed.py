@@ -25,12 +25,20 @@ from reliability_fixtures import REPO
 NPM = str(REPO / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
 
 
-def test_flag_parses_defaults_off_and_reaches_nodes():
+def test_flag_parses_defaults_by_scenario_and_reaches_nodes():
     from mlperf_llama2.backends.local_nodes import node_argv
 
     parser = argparse.ArgumentParser()
     EngineConfig.add_cli_args(parser)
     assert EngineConfig.from_cli_args(parser.parse_args([])).graph_mixed_tokens == 0
+    for scenario, graphs, argv, want in [
+        ("Offline", True, [], 0), ("Server", True, [], 0), ("Interactive", True, [], 512),
+        ("Interactive", False, [], 0),  # no decode graphs to replay: the default is off, not refused
+        ("Interactive", True, ["--no-cuda-graphs"], 0),
+        ("Interactive", True, ["--graph-mixed-tokens", "0"], 0), ("Offline", True, ["--graph-mixed-tokens", "64"], 64),
+    ]:
+        got = EngineConfig.from_cli_args(parser.parse_args(argv), scenario, graphs).graph_mixed_tokens
+        assert got == want, (scenario, graphs, argv)
     assert EngineConfig.from_cli_args(parser.parse_args(["--graph-mixed-tokens", "512"])).graph_mixed_tokens == 512
     for bad in (-1, 1025):
         with pytest.raises(UserError, match=rf"--graph-mixed-tokens must be 0-1024 \(0: mixed steps .*got {bad}$"):
@@ -39,6 +47,34 @@ def test_flag_parses_defaults_off_and_reaches_nodes():
     argv = node_argv(RunConfig(backend="engine", model_path="m", engine=EngineConfig(graph_mixed_tokens=256)),
                      "cuda:0")
     assert argv[argv.index("--graph-mixed-tokens") + 1] == "256"
+
+
+@pytest.mark.parametrize("backend,device,config,rules,want", [
+    ("engine", "cuda", None, "all", True), ("engine", "cuda:1", None, "all", True),
+    ("engine", "cpu", None, "all", False), ("reference", "cuda", None, "all", False), ("api", "cpu", None, "all", False),
+    ("engine", "cuda", NPM, "all", False),  # the whole config runs its own prompt attention
+    ("engine", "cuda", NPM, "linear", True),
+])
+def test_which_runs_can_replay_mixed_steps(backend, device, config, rules, want):
+    from mlperf_llama2.engine.config import mixed_steps_can_use_graphs
+
+    assert mixed_steps_can_use_graphs(backend, device, config, rules) is want
+
+
+@pytest.mark.parametrize("argv,backend,want", [
+    (["--scenario", "Interactive"], "reference", 0),  # CPU: the reference backend by default, the flag not refused
+    (["--scenario", "Interactive", "--backend", "engine"], "engine", 0),  # an engine on the CPU: no graphs
+    (["--scenario", "Server", "--lg-model-name", "llama2-70b-interactive", "--backend", "engine"], "engine", 0),
+])
+def test_main_py_interactive_on_a_cpu_passes_preflight(argv, backend, want, tiny_model_dir):
+    """The Interactive default is off wherever there are no CUDA graphs, so a CPU run is not refused by it."""
+    from mlperf_llama2.backends import registry
+    from mlperf_llama2.config import build_parser
+
+    ns = build_parser().parse_args(["--model-path", str(tiny_model_dir), "--device", "cpu", *argv])
+    cfg = RunConfig.from_cli_args(ns)
+    assert (cfg.backend, cfg.engine.graph_mixed_tokens) == (backend, want)
+    assert registry.check(cfg) is not None  # the pre-flight checks pass (they would refuse a non-zero value here)
 
 
 @pytest.mark.parametrize("backend,check", [("reference", preflight.check_reference), ("api", preflight.check_api)])

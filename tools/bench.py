@@ -210,7 +210,8 @@ def main(argv=None) -> int:
                          "--fp8-accumulation)")
     ap.add_argument("--graph-mixed-tokens", type=int, default=0, metavar="N",
                     help="main.py's --graph-mixed-tokens: steps with prompt chunks of up to N tokens (decodes "
-                         "included) replay the decode CUDA graphs, every token a decode row (default 0: eager)")
+                         "included) replay the decode CUDA graphs, every token a decode row (default 0: eager, for A/B runs; "
+                         "main.py's Interactive default is 512)")
     ap.add_argument("--prefill-align", type=int, default=0, metavar="N",
                     help="main.py's --prefill-align: steps trimmed to a multiple of N tokens (default 0: off)")
     ap.add_argument("--pdl", action="store_true",

@@ -11,8 +11,9 @@
 #                         from OFFLINE_JSON. The load sets the concurrency, not the cap: from the FP8 Offline run's
 #                         step log (decode-only ~29 ms a step at <= 64 sequences, ~35 at 64-128) plus each step's
 #                         share of the prompts (~0.13 ms a prompt token), 40 ms holds ~40-64 running sequences
-#   PART=fp8_interactive_flat  fp8_interactive with --graph-mixed-tokens 512 (steps with prompt chunks replay the
-#                         decode graphs): the A/B behind that flag's default (docs/engine.md)
+#   PART=fp8_interactive_flat  fp8_interactive with --graph-mixed-tokens 512, main.py's Interactive default (steps
+#                         with prompt chunks replay the decode graphs; fp8_interactive passes 0): the end-to-end A/B
+#                         behind that default (docs/engine.md)
 #   PART=fp8_profile      where an FP8 step's time goes (tools/profile_step.py), 256 decodes
 #   PART=fp8_profile_small  the same at 64 decodes: the Interactive step (weight-read floor 13.5 ms on an H200)
 #   PART=fp8_interactive_grid  Interactive: one automatic point per --seq-caps x --token-budgets setting (45 s each),
