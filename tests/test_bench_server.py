@@ -173,6 +173,33 @@ def test_bench_sweeps_sequence_caps_and_token_budgets_on_one_engine(tmp_path):
     assert "[seqs 4, budget 256]" in table and "--max-num-seqs 1 --max-num-batched-tokens 32:" in table
 
 
+@pytest.mark.slow
+def test_bench_graph_mixed_ab_runs_each_point_eager_then_through_the_rows(tmp_path):
+    proc = run_main(["--shape", "tiny", "--layers", 1, "--device", "cpu", "--samples", 0, "--ref-samples", 0,
+                     "--fidelity-prompts", 0, "--output-cap", 4, "--server-qps", "3,6", "--server-seconds", 1,
+                     "--server-samples", 16, "--offline-json", _offline_json(tmp_path), "--graph-mixed-ab", 512,
+                     "--out", tmp_path / "out"], tmp_path, timeout=400, script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    server = json.loads((tmp_path / "out" / "bench.json").read_text())["server"]
+    points = server["points"]
+    assert [(p["qps"], p["graph_mixed_tokens"]) for p in points] == [(3, 0), (3, 512), (6, 0), (6, 512)]
+    assert all(p["samples"] == p["samples_loaded"] and not p["failures"] for p in points)
+    # a tiny prompt fits one step: every step with a prompt chunk goes through the rows when on, none when off
+    assert [p["flat_steps"] > 0 for p in points] == [False, True, False, True]
+    assert [r.get("graph_mixed_tokens") for r in server["settings"]] == [0, 512]
+    assert "--max-num-batched-tokens 8192 --graph-mixed-tokens 512: " in (tmp_path / "out" / "table.txt").read_text()
+
+
+def test_bench_graph_mixed_ab_is_refused_in_one_line_with_the_flag_itself(tmp_path):
+    proc = run_main(["--shape", "tiny", "--device", "cpu", "--samples", 0, "--ref-samples", 0, "--fidelity-prompts",
+                     0, "--server-qps", 2, "--offline-json", _offline_json(tmp_path), "--graph-mixed-ab", 64,
+                     "--graph-mixed-tokens", 64, "--out", tmp_path / "out"], tmp_path, timeout=120,
+                    script=str(REPO / "tools" / "bench.py"))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "leave --graph-mixed-tokens out" in lines[0], proc.stderr[-2000:]
+
+
 def _offline_json(tmp_path) -> str:
     path = tmp_path / "offline.json"
     path.write_text(json.dumps({"rows": [{"backend": "engine", "tokens_per_s": 100.0}]}))

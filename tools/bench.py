@@ -212,6 +212,10 @@ def main(argv=None) -> int:
                     help="main.py's --graph-mixed-tokens: steps with prompt chunks of up to N tokens (decodes "
                          "included) replay the decode CUDA graphs, every token a decode row (default 0: eager, for A/B runs; "
                          "main.py's Interactive default is 512)")
+    ap.add_argument("--graph-mixed-ab", type=int, default=0, metavar="N",
+                    help="Server/Interactive A/B on one engine: every point runs twice in a row, its steps with "
+                         "prompt chunks eager (--graph-mixed-tokens 0) and then through the decode graphs up to N "
+                         "tokens (graphs captured for N rows); the points and the per-setting bests say which")
     ap.add_argument("--prefill-align", type=int, default=0, metavar="N",
                     help="main.py's --prefill-align: steps trimmed to a multiple of N tokens (default 0: off)")
     ap.add_argument("--pdl", action="store_true",
@@ -253,11 +257,22 @@ def main(argv=None) -> int:
     if not 0 <= args.graph_mixed_tokens <= MAX_GRAPH_MIXED_TOKENS:
         raise SystemExit(f"bench: --graph-mixed-tokens must be 0-{MAX_GRAPH_MIXED_TOKENS}, got "
                          f"{args.graph_mixed_tokens}")
+    if args.graph_mixed_ab:
+        if not 0 < args.graph_mixed_ab <= MAX_GRAPH_MIXED_TOKENS:
+            raise SystemExit(f"bench: --graph-mixed-ab must be 1-{MAX_GRAPH_MIXED_TOKENS}, got {args.graph_mixed_ab}")
+        if args.graph_mixed_tokens:
+            raise SystemExit("bench: --graph-mixed-ab N runs every Server point with --graph-mixed-tokens 0 and N: "
+                             "leave --graph-mixed-tokens out")
+        if not (args.server_qps or args.server_auto):
+            raise SystemExit("bench: --graph-mixed-ab compares Server/Interactive points: give --server-qps or "
+                             "--server-auto")
+        if args.tensor_parallel > 1 or args.data_parallel > 1:
+            raise SystemExit("bench: --graph-mixed-ab is not wired into the multi-GPU benchmark")
     if args.prefill_align < 0:
         raise SystemExit(f"bench: --prefill-align must be >= 0, got {args.prefill_align}")
     if args.pdl and (args.tensor_parallel > 1 or args.data_parallel > 1):
         raise SystemExit("bench: --pdl is not wired into the multi-GPU benchmark")
-    if args.graph_mixed_tokens and args.int8_rules == "all":
+    if (args.graph_mixed_tokens or args.graph_mixed_ab) and args.int8_rules == "all":
         raise SystemExit("bench: --graph-mixed-tokens with --int8-rules all: the whole config's prompt attention "
                          "runs its own kernels (main.py refuses the pair too)")
     try:
@@ -361,7 +376,7 @@ def main(argv=None) -> int:
     econf = EngineConfig(max_num_seqs=args.built_seqs, max_num_batched_tokens=args.built_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
                          gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation,
-                         graph_mixed_tokens=args.graph_mixed_tokens, pdl=args.pdl,
+                         graph_mixed_tokens=args.graph_mixed_tokens or args.graph_mixed_ab, pdl=args.pdl,
                          prefill_align=args.prefill_align)
     kv_scales = None
     if args.kv_cache_dtype != "auto":
@@ -486,12 +501,19 @@ def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> di
     # the per-step limits swept (--seq-caps x --token-budgets); without them the one setting of the run
     settings = [(seqs, tokens) for seqs in args.seq_caps or [args.max_num_seqs]
                 for tokens in args.token_budgets or [args.max_num_batched_tokens]]
+    # --graph-mixed-ab N: each point eager, then through the graphs (the runner's limit is read at every step)
+    flats = [0, args.graph_mixed_ab] if args.graph_mixed_ab else [None]
     for seqs, tokens in settings:
         engine.set_step_limits(seqs, tokens)
 
-        def measure(qps: float) -> dict:
+        def measure(qps: float, flat) -> dict:
+            if flat is not None:
+                engine.runner.graph_mixed_tokens = flat
+            flat_before = engine.runner.flat_steps
             point = runs.measure(qps)
             point.update(max_num_seqs=seqs, max_num_batched_tokens=tokens)  # measure runs within this iteration
+            if flat is not None:  # and how many of the point's steps with prompt chunks replayed the graphs
+                point.update(graph_mixed_tokens=flat, flat_steps=engine.runner.flat_steps - flat_before)
             sweep["points"].append(point)
             log.info("%s", bench_server.point_line(point))
             result["server"] = sweep
@@ -499,10 +521,15 @@ def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> di
             return point
 
         for qps in explicit:
-            measure(qps)
+            for flat in flats:  # A and B back to back at each QPS
+                measure(qps, flat)
         if args.server_auto:
-            bench_server.auto_sweep(sweep["capacity_qps"], measure, args.server_auto, limits.auto_range)
-    if len(settings) > 1:
+            for flat in flats:
+                bench_server.auto_sweep(sweep["capacity_qps"], lambda qps: measure(qps, flat), args.server_auto,
+                                        limits.auto_range)
+    if args.graph_mixed_ab:
+        engine.runner.graph_mixed_tokens = args.graph_mixed_ab
+    if len(settings) > 1 or args.graph_mixed_ab:
         sweep["settings"] = bench_server.setting_bests(sweep["points"])
     best = bench_server.best_point(sweep["points"])
     sweep["best_qps"] = best["qps"] if best else None

@@ -142,15 +142,19 @@ def best_point(points: Sequence[dict]) -> Optional[dict]:
 
 
 def setting_bests(points: Sequence[dict]) -> list[dict]:
-    """Per (max_num_seqs, max_num_batched_tokens) setting of a swept run, in first-measured order: its highest QPS
-    meeting the limits (None if none did), that point's tokens/s and LoadGen verdict."""
+    """Per (max_num_seqs, max_num_batched_tokens[, graph_mixed_tokens]) setting of a swept run, in first-measured
+    order: its highest QPS meeting the limits (None if none did), that point's tokens/s and LoadGen verdict."""
     groups: dict[tuple, list[dict]] = {}
     for p in points:
-        groups.setdefault((p["max_num_seqs"], p["max_num_batched_tokens"]), []).append(p)
+        groups.setdefault((p["max_num_seqs"], p["max_num_batched_tokens"], p.get("graph_mixed_tokens")),
+                          []).append(p)
     rows = []
-    for (seqs, tokens), group in groups.items():
+    for (seqs, tokens, flat), group in groups.items():
         best = best_point(group)
-        rows.append({"max_num_seqs": seqs, "max_num_batched_tokens": tokens, "points": len(group),
+        row = {"max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+        if flat is not None:
+            row["graph_mixed_tokens"] = flat
+        rows.append({**row, "points": len(group),
                      "best_qps": best["qps"] if best else None,
                      "best_tokens_per_s": best["completed_tokens_per_s"] if best else None,
                      "best_valid": best["valid"] if best else None})
@@ -230,7 +234,8 @@ class ServerRuns:
 
 
 def point_line(p: dict) -> str:
-    setting = (f" [seqs {p['max_num_seqs']}, budget {p['max_num_batched_tokens']}]"
+    flat = f", graph-mixed {p['graph_mixed_tokens']}" if "graph_mixed_tokens" in p else ""
+    setting = (f" [seqs {p['max_num_seqs']}, budget {p['max_num_batched_tokens']}{flat}]"
                if "max_num_batched_tokens" in p else "")
     return (f"server {p['limits']:<11} qps {p['qps']:>7.3f}{setting}: "
             f"{p.get('completed_samples_per_s', 0):.2f} samples/s, "
@@ -248,8 +253,9 @@ def sweep_lines(sweep: dict) -> list[str]:
              + (f" = {sweep['capacity_qps']:.2f} QPS at the mean output" if "capacity_qps" in sweep else "")]
     lines += [point_line(p) for p in sweep["points"]]
     for row in sweep.get("settings", []):
+        flat = f" --graph-mixed-tokens {row['graph_mixed_tokens']}" if "graph_mixed_tokens" in row else ""
         lines.append(f"server: --max-num-seqs {row['max_num_seqs']} --max-num-batched-tokens "
-                     f"{row['max_num_batched_tokens']}: " + (
+                     f"{row['max_num_batched_tokens']}{flat}: " + (
                          "no point met the limits" if row["best_qps"] is None else
                          f"highest QPS meeting the limits {row['best_qps']:g} ({row['best_tokens_per_s']:.0f} tok/s, "
                          f"LoadGen {'VALID' if row['best_valid'] else 'INVALID'})"))

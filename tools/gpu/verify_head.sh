@@ -37,6 +37,10 @@
 #                graphs at 64 + 128, 64 + 448 and 256 + 460 tokens (~4 min)
 #   pdl          programmatic dependent launch (engine/pdl.py, an experiment): its GPU tests (tokens, graph capture),
 #                then the FP8 step profile (20 layers) at 64 and 256 decodes with and without it (~4 min)
+#   i80          Interactive (450 / 40 ms) at all 80 layers of the 70B in FP8 + FP8 KV on an H100 (the weights fit
+#                with ~8.7 GiB of KV: --max-num-seqs 64): each QPS point eager and through the decode graphs
+#                (bench.py --graph-mixed-ab 512, main.py's Interactive default), back to back, 60 s each
+#                (I80_QPS, default 2.5,3.5; ~6 min). Not VALID-sized (LoadGen wants ~460 queries): an A/B
 #   align        --prefill-align 128 against off, FP8 Offline at 20 of 80 layers, 1,024 samples, twice each (~6 min on
 #                an H100): whether whole GEMM row tiles per step show end to end
 #   smalln       the 64 x 64 candidate tile (promoted FP8, unpromoted FP8, int8) against the 64 x 128 default and
@@ -134,6 +138,10 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
             --batch "$b" --context 600 --prefill 128 $p --reps 10 --out "$OUT/pdl_${b}${p:+_pdl}" 2>&1 \
             | grep "^| fused ops |" >> "$L"
         done; done ;;
+    i80) timeout 560 python3 tools/bench.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --ref-samples 0 \
+          --fidelity-prompts 0 --samples 0 --interactive --max-num-seqs "${I80_SEQS:-64}" \
+          --max-num-batched-tokens 1024 --graph-mixed-ab 512 --server-qps "${I80_QPS:-2.5,3.5}" --server-seconds 60 \
+          --out "$OUT"/i80 2>&1 | grep "^server\|Error\|error" | tail -14 >> "$L" ;;
     align) i=0; for a in 0 128 0 128; do  # Offline at 20 of 80 layers (fits an H100), whole 128-row tiles or not
           i=$((i + 1))
           { echo "--- prefill-align $a (run $i)"
