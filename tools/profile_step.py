@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import host_profile  # noqa: E402
 from bench import DEFAULT_QUANT_CONFIG, hf_config_for  # noqa: E402
 from bench_paths import bench_model  # noqa: E402
 from mlperf_llama2.config import EngineConfig  # noqa: E402
@@ -168,6 +169,9 @@ def main(argv=None) -> int:
     ap.add_argument("--graph-mixed", action="store_true",
                     help="also the mixed step through the decode graphs, every token a row (main.py's "
                          "--graph-mixed-tokens; graphs captured up to --batch + --prefill rows)")
+    ap.add_argument("--host-profile", action="store_true",
+                    help="also where the host's time goes when the fused-ops step is launched eagerly (mixed and "
+                         "decode-only): launch time without and with cProfile, top functions (tools/host_profile.py)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -243,6 +247,13 @@ def main(argv=None) -> int:
             rows["graph mixed"] = (time_ms(lambda: runner.run(mixed), args.reps), flat_gpu)
             rows["graph mixed, overlapped"] = (overlapped_ms(runner, mixed, args.reps), flat_gpu)
             assert runner.flat_steps > 0, "the mixed step did not take the decode graphs"
+        if args.host_profile and name == "fused ops":
+            saved = runner.graph_mixed_tokens, runner.graphs
+            runner.graph_mixed_tokens, runner.graphs = 0, {}  # both steps eager (a mixed step runs so by default)
+            result["host_profile"] = {
+                step: host_profile.host_profile(lambda b=b: runner.launch(b), args.reps, torch.cuda.synchronize)
+                for step, b in (("eager mixed step", mixed), ("eager decode step", decode))}
+            runner.graph_mixed_tokens, runner.graphs = saved
         for step, (ms, gpu) in rows.items():
             result["rows"].append({"ops": name, "step": step, "wall_ms": ms, **gpu})
             log.info("%s %s: %.2f ms wall, gpu %s", name, step, ms, gpu)
@@ -260,6 +271,8 @@ def main(argv=None) -> int:
     graph = next(r for r in result["rows"] if r["step"] == "graph decode")
     lines.append(f"top kernels of the graph decode step ({graph['ops']}), ms:")
     lines += [f"  {ms:8.3f}  {name}" for name, ms in graph["top_kernels_ms"].items()]
+    for step, prof in result.get("host_profile", {}).items():
+        lines += host_profile.lines(prof, step)
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(args.out, "table.txt"), "w") as fh:

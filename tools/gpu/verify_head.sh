@@ -41,6 +41,8 @@
 #                with ~8.7 GiB of KV: --max-num-seqs 64): each QPS point eager and through the decode graphs
 #                (bench.py --graph-mixed-ab 512, main.py's Interactive default), back to back, 60 s each
 #                (I80_QPS, default 2.5,3.5; ~6 min). Not VALID-sized (LoadGen wants ~460 queries): an A/B
+#   hostprof     where an eager 80-layer step's host time goes (80-180 ms on the H100 machine against ~30-110 ms of
+#                GPU work): profile_step.py --host-profile, 70B FP8 + FP8 KV, 64 decodes + 128 prompt tokens (~90 s)
 #   align        --prefill-align 128 against off, FP8 Offline at 20 of 80 layers, 1,024 samples, twice each (~6 min on
 #                an H100): whether whole GEMM row tiles per step show end to end
 #   smalln       the 64 x 64 candidate tile (promoted FP8, unpromoted FP8, int8) against the 64 x 128 default and
@@ -142,6 +144,9 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
           --fidelity-prompts 0 --samples 0 --interactive --max-num-seqs "${I80_SEQS:-64}" \
           --max-num-batched-tokens 1024 --graph-mixed-ab 512 --server-qps "${I80_QPS:-2.5,3.5}" --server-seconds 60 \
           --out "$OUT"/i80 2>&1 | grep "^server\|Error\|error" | tail -14 >> "$L" ;;
+    hostprof) timeout 200 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --batch 64 \
+          --context 600 --prefill 128 --host-profile --reps 5 --out "$OUT"/hostprof 2>&1 \
+          | sed -n '/^host time/,$p' | head -70 >> "$L" ;;
     align) i=0; for a in 0 128 0 128; do  # Offline at 20 of 80 layers (fits an H100), whole 128-row tiles or not
           i=$((i + 1))
           { echo "--- prefill-align $a (run $i)"
