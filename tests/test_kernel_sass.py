@@ -128,3 +128,19 @@ def test_the_whole_config_attention_launches_of_the_cpu_tests_compile_for_sm90(m
     # decode pass 2 at head_dim 16: no sm_90 int8 dot
     with pytest.raises(CompilationError):
         kernel_sass.report(kernel, {**consts, "HEAD_DIM": 16}, ptrs, 90, warps, stages)
+
+
+@COMPILES
+@pytest.mark.parametrize("cache", ["fp8e4nv", "i8", "fp16"])
+def test_paged_rows_kernel_compiles_for_sm90_without_spills(cache):
+    """The flat steps' attention at Llama-2-70B's shapes (GQA 8, head 128, 8 rows a program: a 64-row MMA tile)."""
+    pytest.importorskip("triton")
+    from mlperf_llama2.engine import paged_decode_triton as pd
+
+    consts = dict(GROUP=8, ROWS=8, BLOCK_G=64, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_N=pd.ROWS_BLOCK_N,
+                  MAGIC=cache == "i8", IEEE=False, QUANT=cache != "fp16")
+    ptrs = {"k_cache_ptr": cache, "v_cache_ptr": cache, "block_tables_ptr": "i32", "groups_ptr": "i32",
+            "scales_ptr": "fp32"}
+    result = kernel_sass.report(pd._paged_rows_kernel, consts, ptrs, 90, pd.ROWS_NUM_WARPS, pd.ROWS_NUM_STAGES)
+    assert result["stack_bytes"] == 0 and result["local_bytes"] == 0 and 0 < result["registers"] <= 255
+    assert result["tensor_core_ops"] > 0  # both dots on the tensor cores

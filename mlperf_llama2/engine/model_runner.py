@@ -3,7 +3,8 @@
 Owns every tensor of the engine: the model, the paged KV cache `[2, layers, slots, kv_heads,
 head_dim]` (model dtype, or 8 bits with static per-layer, per-KV-head scales: `kv_cache.py`) and,
 on CUDA, one captured graph per bucketed batch size for decode-only steps (and, with
-`graph_mixed_tokens`, for steps that prefill prompt chunks too: every token a row, `_flat_rows`).
+`graph_mixed_tokens`, a second set for steps that prefill prompt chunks: every token a row, `_flat_rows`,
+consecutive rows of a sequence attending together, `attention.row_groups`).
 Greedy sampling happens on the device; EOS is masked (logit -inf) for sequences still below min_new_tokens, as
 transformers' MinNewTokensLengthLogitsProcessor does. `launch` queues a step
 and returns (inputs up in one copy, tokens back through `step_io`); the only host sync is reading a
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from mlperf_llama2.engine.config import EngineConfig
-from mlperf_llama2.engine.attention import AttentionMetadata
+from mlperf_llama2.engine.attention import AttentionMetadata, row_groups
 from mlperf_llama2.engine import kv_cache
 from mlperf_llama2.engine.block_manager import blocks_needed
 from mlperf_llama2.engine.llama import LlamaForCausalLM
@@ -81,7 +82,8 @@ class ModelRunner:
         log.info("KV cache: %d blocks of %d tokens (%.2f GiB, %s)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
                  str(self.kv_cache.dtype).removeprefix("torch."))
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # decode-only steps, by rows
+        self.flat_graphs: dict[int, torch.cuda.CUDAGraph] = {}  # steps with prompt chunks (--graph-mixed-tokens)
         self._staging = Staging(device)
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's tokens, on the device
         # the whole config (whole_config.py): its Triton kernels with the fused ops, else its eager path, which
@@ -251,13 +253,15 @@ class ModelRunner:
         A prompt token at position p is a decode row whose context is the cache up to p: rope_store writes
         every row's K and V before attention reads them, so it attends to its prefix, the chunk's earlier
         tokens and itself, as causal prefill does. Padded rows write to and read from the scratch block.
-        Returns host arrays: ids, pos, slots, ctx, suppress [rows]; tables [rows, max_blocks];
+        Returns host arrays: ids, pos, slots, ctx, suppress [rows]; tables [rows, max_blocks]; groups [rows, 3]
+        (consecutive rows of one sequence, which the CUDA kernel reads together: paged_decode_triton.row_groups);
         last_rows [items] (the row whose token each item samples); fix_rows / fix_src (in-flight ids)."""
         bs = self.block_size
         out = {"ids": np.zeros(rows, np.int64), "pos": np.zeros(rows, np.int64),
                "slots": np.full(rows, self.scratch_block * bs, np.int64), "ctx": np.ones(rows, np.int64),
                "suppress": np.zeros(rows, np.int64),
                "tables": np.full((rows, self.max_blocks_per_seq), self.scratch_block, np.int32)}
+        same = np.zeros(rows, bool)  # row i is the token after row i - 1 of the same sequence
         last_rows, fix_rows, fix_src, r = [], [], [], 0
         for seq, n in batch.items:
             start = seq.num_computed_tokens
@@ -271,10 +275,11 @@ class ModelRunner:
             out["ctx"][r:r + n] = out["pos"][r:r + n] + 1
             out["tables"][r:r + n, :len(seq.block_table)] = seq.block_table
             out["suppress"][r:r + n] = seq.suppress_eos
+            same[r + 1:r + n] = True
             r += n
             last_rows.append(r - 1)
-        out.update(last_rows=np.asarray(last_rows, np.int64), fix_rows=np.asarray(fix_rows, np.int64),
-                   fix_src=np.asarray(fix_src, np.int64))
+        out.update(groups=row_groups(out["ctx"], same), last_rows=np.asarray(last_rows, np.int64),
+                   fix_rows=np.asarray(fix_rows, np.int64), fix_src=np.asarray(fix_src, np.int64))
         return out
 
     def _launch_flat(self, batch: ScheduledBatch) -> torch.Tensor:
@@ -282,21 +287,22 @@ class ModelRunner:
         same rows and kernels, which the CPU tests compare with the ordinary mixed step)."""
         t = batch.num_tokens
         self.flat_steps += 1
-        if self.graphs and t <= max(self.graphs):
-            bs = min(b for b in self.graphs if b >= t)
+        if self.flat_graphs and t <= max(self.flat_graphs):
+            bs = min(b for b in self.flat_graphs if b >= t)
             host = self._flat_rows(batch, bs)
             dev = dict(zip(host, self._staging.put([a.ravel() for a in host.values()])))  # one copy up
             self._replay(bs, *(dev[k] for k in ("ids", "pos", "slots", "ctx", "suppress", "tables", "fix_rows",
-                                                "fix_src")))
-            return self.g_tokens[bs][dev["last_rows"]]
+                                                "fix_src")), groups=dev["groups"])
+            return self.g_flat_tokens[bs][dev["last_rows"]]
         host = self._flat_rows(batch, t)
         arrays = [host["ids"], host["pos"], host["slots"], host["ctx"], host["tables"].astype(np.int64).ravel(),
-                  host["fix_rows"], host["fix_src"], host["last_rows"], host["suppress"]]
-        ids, pos, slots, ctx, tables, fix_rows, fix_src, last_rows, suppress = self._staging.put(arrays)
+                  host["fix_rows"], host["fix_src"], host["last_rows"], host["suppress"], host["groups"].ravel()]
+        ids, pos, slots, ctx, tables, fix_rows, fix_src, last_rows, suppress, groups = self._staging.put(arrays)
         self._fill_inflight(ids, fix_rows, fix_src)
         meta = AttentionMetadata(slot_mapping=slots, num_decodes=t, block_size=self.block_size,
                                  context_lens=ctx.to(torch.int32),
-                                 block_tables=tables.view(t, self.max_blocks_per_seq).to(torch.int32))
+                                 block_tables=tables.view(t, self.max_blocks_per_seq).to(torch.int32),
+                                 row_groups=groups.view(t, 3).to(torch.int32) if self.device.type == "cuda" else None)
         if self._host_contexts:
             meta.decode_context_lens = tuple(int(c) for c in host["ctx"])
             meta.decode_context_slots = torch.as_tensor(np.concatenate(
@@ -313,7 +319,11 @@ class ModelRunner:
 
     # ---- CUDA graphs for decode-only steps ----------------------------------------------------
     def _capture_graphs(self) -> None:
+        """Decode graphs for 1 .. max_num_seqs rows; with --graph-mixed-tokens N also flat graphs for 1 .. N rows
+        (the same step, attention through `paged_rows_attention` over the rows' groups), in one memory pool."""
         t0 = time.perf_counter()
+        self.graphs.clear()
+        self.flat_graphs.clear()
         max_bs = max(self.config.max_num_seqs, self.graph_mixed_tokens)
         dev = self.device
         scratch_slot = self.scratch_block * self.block_size
@@ -324,12 +334,18 @@ class ModelRunner:
                                          device=dev)
         self.g_context_lens = torch.ones(max_bs, dtype=torch.int32, device=dev)
         self.g_suppress = torch.zeros(max_bs, dtype=torch.bool, device=dev)
+        self.g_row_groups = torch.zeros(max_bs, 3, dtype=torch.int32, device=dev)  # flat graphs: all empty at capture
         self.g_tokens: dict[int, torch.Tensor] = {}
+        self.g_flat_tokens: dict[int, torch.Tensor] = {}
         pool = None
+        sizes = [(bs, False) for bs in graph_batch_sizes(self.config.max_num_seqs)]
+        if self.graph_mixed_tokens:
+            sizes += [(bs, True) for bs in graph_batch_sizes(self.graph_mixed_tokens)]
         with torch.inference_mode():
-            for bs in reversed(graph_batch_sizes(max_bs)):
+            for bs, flat in sorted(sizes, reverse=True):  # the largest first: the pool fits every later one
                 meta = AttentionMetadata(slot_mapping=self.g_slots[:bs], num_decodes=bs, block_size=self.block_size,
-                                         block_tables=self.g_block_tables[:bs], context_lens=self.g_context_lens[:bs])
+                                         block_tables=self.g_block_tables[:bs], context_lens=self.g_context_lens[:bs],
+                                         row_groups=self.g_row_groups[:bs] if flat else None)
 
                 def step(bs=bs, meta=meta):
                     hidden = self.model(self.g_input_ids[:bs], self.g_positions[:bs], self.kv_cache, meta,
@@ -340,12 +356,14 @@ class ModelRunner:
                 torch.cuda.synchronize(dev)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
-                    self.g_tokens[bs] = step()
+                    tokens = step()
                 pool = graph.pool()
-                self.graphs[bs] = graph
+                (self.g_flat_tokens if flat else self.g_tokens)[bs] = tokens
+                (self.flat_graphs if flat else self.graphs)[bs] = graph
         torch.cuda.synchronize(dev)
-        log.info("captured %d decode graphs (batch 1..%d) in %.1f s", len(self.graphs), max_bs,
-                 time.perf_counter() - t0)
+        log.info("captured %d decode graphs (batch 1..%d)%s in %.1f s", len(self.graphs), self.config.max_num_seqs,
+                 f" and {len(self.flat_graphs)} for steps with prompt chunks (1..{self.graph_mixed_tokens} rows)"
+                 if self.flat_graphs else "", time.perf_counter() - t0)
 
     def _launch_graph(self, batch: ScheduledBatch) -> torch.Tensor:
         n = len(batch.items)
@@ -369,8 +387,9 @@ class ModelRunner:
         self._replay(bs, *rows, table, fix_rows, fix_src)
         return self.g_tokens[bs][:n]
 
-    def _replay(self, bs: int, ids, pos, slots, ctx, suppress, tables, fix_rows, fix_src) -> None:
-        """The graph of `bs` rows on these device rows (int64; tables flat [bs * max_blocks])."""
+    def _replay(self, bs: int, ids, pos, slots, ctx, suppress, tables, fix_rows, fix_src, groups=None) -> None:
+        """The graph of `bs` rows on these device rows (int64; tables flat [bs * max_blocks]); with `groups` (flat
+        [bs * 3]) the flat graph of `bs` rows."""
         self.g_input_ids[:bs].copy_(ids)
         self._fill_inflight(self.g_input_ids, fix_rows, fix_src)
         self.g_positions[:bs].copy_(pos)
@@ -378,4 +397,8 @@ class ModelRunner:
         self.g_context_lens[:bs].copy_(ctx)
         self.g_suppress[:bs].copy_(suppress)
         self.g_block_tables[:bs].copy_(tables.view(bs, self.max_blocks_per_seq))
-        self.graphs[bs].replay()
+        if groups is None:
+            self.graphs[bs].replay()
+        else:
+            self.g_row_groups[:bs].copy_(groups.view(bs, 3))
+            self.flat_graphs[bs].replay()

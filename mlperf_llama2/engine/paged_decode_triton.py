@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine import pdl
+from mlperf_llama2.engine.attention import ROWS_PER_PROGRAM
 from mlperf_llama2.engine.pdl_triton import pdl_enter
 from mlperf_llama2.errors import UserError
 
@@ -265,6 +266,102 @@ def _merge_splits_kernel(part_ptr, ml_ptr, out_ptr, num_heads, stride_ot, stride
     acc = tl.load(part_ptr + row[:, None] * HEAD_DIM + offs_d[None, :])  # [SPLITS, D]
     out = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
     tl.store(out_ptr + seq * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
+
+
+# Steps with prompt chunks through the graphs (--graph-mixed-tokens): consecutive rows of one sequence share a
+# program of `_paged_rows_kernel` (attention.row_groups, ROWS_PER_PROGRAM rows), so each cached key/value row is
+# read once per group of prompt tokens instead of once per token, and the MMA tile holds ROWS x GROUP query rows
+# (64 for Llama-2-70B's GQA 8)
+ROWS_BLOCK_N, ROWS_NUM_WARPS, ROWS_NUM_STAGES = 32, 4, 2
+
+
+@triton.jit
+def _paged_rows_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, groups_ptr, out_ptr, scales_ptr, scale_log2e, num_kv,
+    stride_qt, stride_qh, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MAGIC: tl.constexpr, IEEE: tl.constexpr,
+    QUANT: tl.constexpr,
+):
+    """Program (p, kv head): group p = (first row, rows, context of the first row); row r of the group is the
+    token at context length ctx0 + r of one sequence (consecutive positions, one block table) and attends to
+    keys 0 .. ctx0 + r - 1. A group of 0 rows does nothing (the grid has a program per row, groups fewer)."""
+    grp = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    row0 = tl.load(groups_ptr + grp * 3)
+    count = tl.load(groups_ptr + grp * 3 + 1)
+    ctx0 = tl.load(groups_ptr + grp * 3 + 2)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HEAD_DIM)
+    r = offs_g // GROUP
+    valid = (offs_g < ROWS * GROUP) & (r < count)
+    rows = row0 + r
+    heads = kv_head * GROUP + offs_g % GROUP
+    ctx = ctx0 + r  # [BLOCK_G]: >= 1 for every row, so each row sees key 0 and its softmax stays finite
+    hi = tl.where(count > 0, ctx0 + count - 1, 0)  # the last row's context: the keys the group reads
+    q = tl.load(q_ptr + rows[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=valid[:, None], other=0.0)  # [BLOCK_G, D]
+    qk_scale = scale_log2e
+    if QUANT:
+        qk_scale = scale_log2e * tl.load(scales_ptr + kv_head)
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+    table = block_tables_ptr + row0 * stride_bt
+    for start in range(0, hi, BLOCK_N):
+        slot, n_mask = tile_slots(table, start, hi, BLOCK_SIZE, BLOCK_N, False)
+        kv_off = slot[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
+        k = _load_rows(k_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N], log2 units
+        pos = start + tl.arange(0, BLOCK_N)
+        s = tl.where(n_mask[None, :] & (pos[None, :] < ctx[:, None]), s, float("-inf"))  # causal, per row
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_rows(v_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+        m_i = m_new
+    if QUANT:
+        acc = acc * tl.load(scales_ptr + num_kv + kv_head)
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l_i >= 1 in every row a group holds; 0 only in unused ones
+    tl.store(out_ptr + rows[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=valid[:, None])
+
+
+def paged_rows_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                         groups: torch.Tensor, scale: float, block_size: int,
+                         kv_scales: Optional[torch.Tensor] = None, rows: int = ROWS_PER_PROGRAM) -> torch.Tensor:
+    """Attention of T rows, each one token over its sequence's cache up to itself, in groups of consecutive rows
+    of one sequence (`attention.row_groups`). q: [T, H, D]; caches as `paged_decode_attention`'s; block_tables
+    [T, W] int32 (row i's sequence's table); groups [T, 3] int32. Graph-safe (a fixed grid of T x KV programs).
+    Rows no group covers are left unset."""
+    t, h, d = q.shape
+    kv = k_cache.shape[1]
+    group = h // kv
+    if groups.shape != (t, 3) or groups.dtype != torch.int32:
+        raise UserError(f"paged_rows_attention: groups must be int32 [{t}, 3], got {groups.dtype} "
+                        f"{list(groups.shape)}")
+    out = torch.empty_like(q)
+    if t == 0:
+        return out
+    magic = k_cache.dtype == torch.int8 and q.dtype == torch.float16
+    _paged_rows_kernel[(t, kv)](
+        q, k_cache, v_cache, block_tables, groups, out, q if kv_scales is None else kv_scales,
+        scale * 1.4426950408889634, kv,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        GROUP=group, ROWS=rows, BLOCK_G=max(16, triton.next_power_of_2(rows * group)), HEAD_DIM=d,
+        BLOCK_SIZE=block_size, BLOCK_N=ROWS_BLOCK_N, MAGIC=magic, IEEE=q.dtype == torch.float32,
+        QUANT=kv_scales is not None, num_warps=ROWS_NUM_WARPS, num_stages=ROWS_NUM_STAGES,
+    )
+    return out
 
 
 def decode_config(name: str) -> DecodeKernelConfig:
