@@ -216,6 +216,10 @@ def main(argv=None) -> int:
                     help="Server/Interactive A/B on one engine: every point runs twice in a row, its steps with "
                          "prompt chunks eager (--graph-mixed-tokens 0) and then through the decode graphs up to N "
                          "tokens (graphs captured for N rows); the points and the per-setting bests say which")
+    ap.add_argument("--row-groups", action="store_true",
+                    help="flat steps (--graph-mixed-tokens / --graph-mixed-ab) attend in groups of a sequence's "
+                         "consecutive rows (paged_rows_attention; EngineConfig.flat_row_groups, not yet a main.py "
+                         "flag)")
     ap.add_argument("--prefill-align", type=int, default=0, metavar="N",
                     help="main.py's --prefill-align: steps trimmed to a multiple of N tokens (default 0: off)")
     ap.add_argument("--pdl", action="store_true",
@@ -377,6 +381,7 @@ def main(argv=None) -> int:
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
                          gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation,
                          graph_mixed_tokens=args.graph_mixed_tokens or args.graph_mixed_ab, pdl=args.pdl,
+                         flat_row_groups=args.row_groups,
                          prefill_align=args.prefill_align)
     kv_scales = None
     if args.kv_cache_dtype != "auto":

@@ -167,8 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pdl", action="store_true",
                     help="programmatic dependent launch of the engine's kernels (engine/pdl.py; an experiment)")
     ap.add_argument("--graph-mixed", action="store_true",
-                    help="also the mixed step through the decode graphs, every token a row (main.py's "
-                         "--graph-mixed-tokens; graphs captured up to --batch + --prefill rows)")
+                    help="also the mixed step through the flat graphs, every token a row (main.py's "
+                         "--graph-mixed-tokens; graphs captured up to --batch + --prefill rows), with the rows' "
+                         "attention per row and in groups of a sequence's rows (EngineConfig.flat_row_groups)")
     ap.add_argument("--host-profile", action="store_true",
                     help="also where the host's time goes when the fused-ops step is launched eagerly (mixed and "
                          "decode-only): launch time without and with cProfile, top functions (tools/host_profile.py)")
@@ -243,10 +244,16 @@ def main(argv=None) -> int:
                 "eager mixed": (time_ms(eager(mixed), args.reps), gpu_breakdown(eager(mixed)))}
         if flat:
             runner.graph_mixed_tokens = flat
-            flat_gpu = gpu_breakdown(lambda: runner.run(mixed))
-            rows["graph mixed"] = (time_ms(lambda: runner.run(mixed), args.reps), flat_gpu)
-            rows["graph mixed, overlapped"] = (overlapped_ms(runner, mixed, args.reps), flat_gpu)
-            assert runner.flat_steps > 0, "the mixed step did not take the decode graphs"
+            for grouped in (False, True):  # the rows' attention one program per row, then by groups of rows
+                if grouped:
+                    runner.flat_row_groups = True
+                    runner._capture_graphs()
+                label = "graph mixed" + (", row groups" if grouped else "")
+                flat_gpu = gpu_breakdown(lambda: runner.run(mixed))
+                rows[label] = (time_ms(lambda: runner.run(mixed), args.reps), flat_gpu)
+                rows[label + ", overlapped"] = (overlapped_ms(runner, mixed, args.reps), flat_gpu)
+            runner.flat_row_groups = False
+            assert runner.flat_steps > 0, "the mixed step did not take the flat graphs"
         if args.host_profile and name == "fused ops":
             saved = runner.graph_mixed_tokens, runner.graphs
             runner.graph_mixed_tokens, runner.graphs = 0, {}  # both steps eager (a mixed step runs so by default)

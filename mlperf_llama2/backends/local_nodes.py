@@ -32,7 +32,7 @@ ENGINE_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--m
                 "prefill_align": "--prefill-align"}
 ENGINE_SWITCHES = {"cuda_graphs": "--no-cuda-graphs", "overlap_steps": "--no-overlap-steps"}
 # fields no main.py flag sets (the benchmark tools' experiments), so a node always runs them at their defaults
-ENGINE_TOOL_ONLY = {"pdl"}
+ENGINE_TOOL_ONLY = {"pdl", "flat_row_groups"}
 QUANT_FLAGS = {"liteml_config": "--liteml-config", "quantization": "--quantization", "quant_backend": "--quant-backend",
                "quant_mode": "--quant-mode", "calibration_path": "--calibration-path",
                "calibration_scales": "--calibration-scales",

@@ -63,6 +63,10 @@ class EngineConfig:
     # programmatic dependent launch of the engine's own kernels on sm_90+ (engine/pdl.py): an experiment for the
     # benchmark tools (tools/bench.py / profile_step.py --pdl), not a main.py flag until it is measured
     pdl: bool = False
+    # flat steps' attention in groups of a sequence's consecutive rows (paged_decode_triton.paged_rows_attention)
+    # instead of a decode-kernel program per row: checked in the Triton interpreter, not yet on a GPU, so off and
+    # for the benchmark tools (tools/bench.py --row-groups, profile_step.py --graph-mixed times both) until then
+    flat_row_groups: bool = False
     # trim a step's last prompt chunk so the step is a multiple of this many tokens (scheduler.py); 0: off
     prefill_align: int = 0
 

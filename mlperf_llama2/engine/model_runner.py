@@ -3,8 +3,9 @@
 Owns every tensor of the engine: the model, the paged KV cache `[2, layers, slots, kv_heads,
 head_dim]` (model dtype, or 8 bits with static per-layer, per-KV-head scales: `kv_cache.py`) and,
 on CUDA, one captured graph per bucketed batch size for decode-only steps (and, with
-`graph_mixed_tokens`, a second set for steps that prefill prompt chunks: every token a row, `_flat_rows`,
-consecutive rows of a sequence attending together, `attention.row_groups`).
+`graph_mixed_tokens`, for steps that prefill prompt chunks too: every token a row, `_flat_rows`; with
+`flat_row_groups` a second set for those, consecutive rows of a sequence attending together,
+`attention.row_groups`).
 Greedy sampling happens on the device; EOS is masked (logit -inf) for sequences still below min_new_tokens, as
 transformers' MinNewTokensLengthLogitsProcessor does. `launch` queues a step
 and returns (inputs up in one copy, tokens back through `step_io`); the only host sync is reading a
@@ -99,6 +100,7 @@ class ModelRunner:
         # quantizers and kernels; preflight refuses the flag with it)
         self.graph_mixed_tokens = config.graph_mixed_tokens if wc is None else 0
         self.flat_steps = 0  # steps with prompt chunks run as decode rows (_launch_flat)
+        self.flat_row_groups = config.flat_row_groups  # their attention by groups of rows (CUDA; read at capture)
         if device.type == "cuda" and config.cuda_graphs and not eager_wc:
             self._capture_graphs()
 
@@ -254,7 +256,7 @@ class ModelRunner:
         every row's K and V before attention reads them, so it attends to its prefix, the chunk's earlier
         tokens and itself, as causal prefill does. Padded rows write to and read from the scratch block.
         Returns host arrays: ids, pos, slots, ctx, suppress [rows]; tables [rows, max_blocks]; groups [rows, 3]
-        (consecutive rows of one sequence, which the CUDA kernel reads together: paged_decode_triton.row_groups);
+        (consecutive rows of one sequence, which paged_rows_attention reads together: attention.row_groups);
         last_rows [items] (the row whose token each item samples); fix_rows / fix_src (in-flight ids)."""
         bs = self.block_size
         out = {"ids": np.zeros(rows, np.int64), "pos": np.zeros(rows, np.int64),
@@ -287,13 +289,14 @@ class ModelRunner:
         same rows and kernels, which the CPU tests compare with the ordinary mixed step)."""
         t = batch.num_tokens
         self.flat_steps += 1
-        if self.flat_graphs and t <= max(self.flat_graphs):
-            bs = min(b for b in self.flat_graphs if b >= t)
+        graphs = self.flat_graphs or self.graphs  # flat graphs of their own with row groups, else the decode ones
+        if graphs and t <= max(graphs):
+            bs = min(b for b in graphs if b >= t)
             host = self._flat_rows(batch, bs)
             dev = dict(zip(host, self._staging.put([a.ravel() for a in host.values()])))  # one copy up
             self._replay(bs, *(dev[k] for k in ("ids", "pos", "slots", "ctx", "suppress", "tables", "fix_rows",
-                                                "fix_src")), groups=dev["groups"])
-            return self.g_flat_tokens[bs][dev["last_rows"]]
+                                                "fix_src")), groups=dev["groups"] if self.flat_graphs else None)
+            return (self.g_flat_tokens if self.flat_graphs else self.g_tokens)[bs][dev["last_rows"]]
         host = self._flat_rows(batch, t)
         arrays = [host["ids"], host["pos"], host["slots"], host["ctx"], host["tables"].astype(np.int64).ravel(),
                   host["fix_rows"], host["fix_src"], host["last_rows"], host["suppress"], host["groups"].ravel()]
@@ -302,7 +305,8 @@ class ModelRunner:
         meta = AttentionMetadata(slot_mapping=slots, num_decodes=t, block_size=self.block_size,
                                  context_lens=ctx.to(torch.int32),
                                  block_tables=tables.view(t, self.max_blocks_per_seq).to(torch.int32),
-                                 row_groups=groups.view(t, 3).to(torch.int32) if self.device.type == "cuda" else None)
+                                 row_groups=groups.view(t, 3).to(torch.int32)
+                                 if self.device.type == "cuda" and self.flat_row_groups else None)
         if self._host_contexts:
             meta.decode_context_lens = tuple(int(c) for c in host["ctx"])
             meta.decode_context_slots = torch.as_tensor(np.concatenate(
@@ -319,8 +323,9 @@ class ModelRunner:
 
     # ---- CUDA graphs for decode-only steps ----------------------------------------------------
     def _capture_graphs(self) -> None:
-        """Decode graphs for 1 .. max_num_seqs rows; with --graph-mixed-tokens N also flat graphs for 1 .. N rows
-        (the same step, attention through `paged_rows_attention` over the rows' groups), in one memory pool."""
+        """Decode graphs for 1 .. max(max_num_seqs, --graph-mixed-tokens N) rows, which flat steps replay too; with
+        `flat_row_groups`, decode graphs up to max_num_seqs and flat graphs of their own for 1 .. N rows (attention
+        through `paged_rows_attention` over the rows' groups), in one memory pool."""
         t0 = time.perf_counter()
         self.graphs.clear()
         self.flat_graphs.clear()
@@ -338,8 +343,9 @@ class ModelRunner:
         self.g_tokens: dict[int, torch.Tensor] = {}
         self.g_flat_tokens: dict[int, torch.Tensor] = {}
         pool = None
-        sizes = [(bs, False) for bs in graph_batch_sizes(self.config.max_num_seqs)]
-        if self.graph_mixed_tokens:
+        grouped = bool(self.graph_mixed_tokens and self.flat_row_groups)
+        sizes = [(bs, False) for bs in graph_batch_sizes(self.config.max_num_seqs if grouped else max_bs)]
+        if grouped:
             sizes += [(bs, True) for bs in graph_batch_sizes(self.graph_mixed_tokens)]
         with torch.inference_mode():
             for bs, flat in sorted(sizes, reverse=True):  # the largest first: the pool fits every later one
@@ -361,7 +367,7 @@ class ModelRunner:
                 (self.g_flat_tokens if flat else self.g_tokens)[bs] = tokens
                 (self.flat_graphs if flat else self.graphs)[bs] = graph
         torch.cuda.synchronize(dev)
-        log.info("captured %d decode graphs (batch 1..%d)%s in %.1f s", len(self.graphs), self.config.max_num_seqs,
+        log.info("captured %d decode graphs (batch 1..%d)%s in %.1f s", len(self.graphs), max(self.graphs),
                  f" and {len(self.flat_graphs)} for steps with prompt chunks (1..{self.graph_mixed_tokens} rows)"
                  if self.flat_graphs else "", time.perf_counter() - t0)
 
@@ -388,8 +394,8 @@ class ModelRunner:
         return self.g_tokens[bs][:n]
 
     def _replay(self, bs: int, ids, pos, slots, ctx, suppress, tables, fix_rows, fix_src, groups=None) -> None:
-        """The graph of `bs` rows on these device rows (int64; tables flat [bs * max_blocks]); with `groups` (flat
-        [bs * 3]) the flat graph of `bs` rows."""
+        """The decode graph of `bs` rows on these device rows (int64; tables flat [bs * max_blocks]); with `groups`
+        (flat [bs * 3]) the flat graph of `bs` rows (flat_row_groups)."""
         self.g_input_ids[:bs].copy_(ids)
         self._fill_inflight(self.g_input_ids, fix_rows, fix_src)
         self.g_positions[:bs].copy_(pos)

@@ -41,10 +41,11 @@
 #                with ~8.7 GiB of KV: --max-num-seqs 64): each QPS point eager and through the decode graphs
 #                (bench.py --graph-mixed-ab 512, main.py's Interactive default), back to back, 60 s each
 #                (I80_QPS, default 2.5,3.5; ~6 min). Not VALID-sized (LoadGen wants ~460 queries): an A/B
-#   rows         the flat steps' attention in groups of a sequence's consecutive rows (paged_rows_attention): its
-#                kernel tests and the flat compositions' tokens on CUDA, then the 80-layer FP8 step profile with
-#                --graph-mixed at 64 + 128 and 128 + 448 tokens (per-row attention on 2026-12-06: 45.1 / 112.9 ms
-#                through the graphs, attention 4.83 / 9.95 ms; eager 165.6 / 114.5) (~4 min on an H100)
+#   rows         the flat steps' attention in groups of a sequence's consecutive rows (paged_rows_attention,
+#                EngineConfig.flat_row_groups, off until this passes): its kernel tests and the flat compositions'
+#                tokens on CUDA, then the 80-layer FP8 step profile with --graph-mixed (per row and grouped, one
+#                call) at 64 + 128 and 128 + 448 tokens (per row on 2026-12-06: 45.1 / 112.9 ms through the graphs,
+#                attention 4.83 / 9.95 ms; eager 165.6 / 114.5) (~4 min on an H100)
 #   hostprof     where an eager 80-layer step's host time goes (80-180 ms on the H100 machine against ~30-110 ms of
 #                GPU work): profile_step.py --host-profile, 70B FP8 + FP8 KV, 64 decodes + 128 prompt tokens (~90 s)
 #   align        --prefill-align 128 against off, FP8 Offline at 20 of 80 layers, 1,024 samples, twice each (~6 min on
@@ -154,7 +155,8 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
           IFS=: read -r b c p <<< "$bcp"
           echo "--- 80 layers, $b decodes (context $c) + $p prompt tokens" >> "$L"
           timeout 150 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --batch "$b" \
-            --context "$c" --prefill "$p" --graph-mixed --reps 5 --out "$OUT/rows_$b" 2>&1 | grep "^| fused ops |" >> "$L"
+            --context "$c" --prefill "$p" --graph-mixed --reps 5 --out "$OUT/rows_$b" 2>&1 | grep "^| fused ops |" \
+            >> "$L"
         done ;;
     hostprof) timeout 200 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --batch 64 \
           --context 600 --prefill 128 --host-profile --reps 5 --out "$OUT"/hostprof 2>&1 \
