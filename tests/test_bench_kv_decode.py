@@ -56,3 +56,35 @@ def test_the_default_cuda_device_without_a_gpu_is_one_line(capsys):
     assert run_cli(bench_kv_decode.main, ["--batches", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--device cuda but torch sees no CUDA GPU" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--flat", "3:0:5"], "--flat must be D:C:P[:N]"),
+    (["--flat", "a:b:c"], "--flat must be D:C:P[:N]"),
+    (["--flat", "2:8:4", "--row-configs", "8x32"], "is not ROWSrBLOCK_NnWARPSwSTAGESs"),
+])
+def test_bad_flat_specs_are_one_line(flags, message, capsys, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert run_cli(bench_kv_decode.main, TINY + flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="a CPU run needs TRITON_INTERPRET=1")
+def test_a_tiny_flat_run_checks_grouped_rows_against_the_per_row_kernel(tmp_path):
+    pytest.importorskip("triton")
+    out = tmp_path / "flat.json"
+    assert run_cli(bench_kv_decode.main, TINY + ["--flat", "3:20:11:2", "--row-configs", "8r32n4w2s,2r16n1w8s",
+                                                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["rows"] for r in rows} == {3 + 2 * 11}
+    assert sorted((r["kv_cache_dtype"], r["kernel"]) for r in rows) == sorted(
+        (d, k) for d in ("auto", "fp8", "int8") for k in ("per row (decode kernel)", "rows 8r32n4w2s",
+                                                          "rows 2r16n1w8s"))
+    assert all("error" not in r and r["ms"] > 0 and r["max_abs_diff_vs_per_row"] < 5e-3 for r in rows)
+    # a launch that cannot run is its row's error, not the end of the sweep
+    assert run_cli(bench_kv_decode.main, TINY + ["--flat", "2:8:4", "--row-configs", "8r32n3w2s", "--out",
+                                                 str(out)]) == 0
+    bad = [r for r in json.loads(out.read_text())["rows"] if r["kernel"] == "rows 8r32n3w2s"]
+    assert len(bad) == 3 and all("num_warps must be a power of 2" in r["error"] for r in bad)

@@ -18,6 +18,12 @@ passes, int8 Q, P and K/V, the 16-bit mask and output quantizers) in each of its
 beside the Linear-only mode's int8-cache kernel (`DEFAULT_DECODE_CONFIG_8BIT`) on the same cache: what honouring
 every rule costs in attention. Each variant's largest difference from the `base` variant is reported (0 expected
 at the same tile size).
+
+`--flat D:C:P[:N]` times instead the attention of a flat step (`--graph-mixed-tokens`: every token a row): D
+decode rows at context C, then N prompt chunks of P tokens (each after a C-token prefix), the rows' attention one
+decode-kernel program per row (the engine's flat steps today, `DEFAULT_DECODE_CONFIG_*`) against
+`paged_rows_attention` (consecutive rows of a sequence together, `attention.row_groups`) in each of `--row-configs`
+(ROWSrBLOCK_NnWARPSwSTAGESs, e.g. 8r32n4w2s); every row's largest difference from the per-row kernel is reported.
 """
 
 from __future__ import annotations
@@ -84,6 +90,11 @@ def main(argv=None) -> int:
                          "BLOCK_NxWARPS (the base kernel with that tile); default: every DECODE_CONFIGS name")
     ap.add_argument("--whole-config", action="store_true",
                     help="time the whole-config int8 decode variants (WC_DECODE_CONFIGS) against the int8 cache kernel")
+    ap.add_argument("--flat", default=None, metavar="D:C:P[:N]",
+                    help="time a flat step's attention instead: D decode rows at context C and N (default 1) prompt "
+                         "chunks of P tokens after a C-token prefix, per row against grouped rows")
+    ap.add_argument("--row-configs", default="8r32n4w2s,4r32n4w2s,16r32n4w2s,8r64n4w2s,8r16n4w3s,8r32n8w2s,2r16n1w8s",
+                    help="--flat: paged_rows_attention launches, ROWSrBLOCK_NnWARPSwSTAGESs, comma-separated")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -97,6 +108,14 @@ def main(argv=None) -> int:
 
     if args.whole_config:
         report(whole_config_rows(args, device, pdt), args, device, reference="int8")
+        return 0
+    if args.flat:
+        rows = flat_rows(args, device, pdt)
+        print_flat(rows, args, device)
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                           "args": vars(args), "rows": rows}, fh, indent=1)
         return 0
     names = args.configs.split(",") if args.configs else list(pdt.DECODE_CONFIGS)
     configs = {name: parse_config(name, pdt) for name in names if name}  # a bad name: UserError, exit 2
@@ -131,6 +150,106 @@ def main(argv=None) -> int:
         del caches, q, k, v
     report(rows, args, device)
     return 0
+
+
+def parse_flat(text: str) -> tuple[int, int, int, int]:
+    """D:C:P[:N] -> (decodes, context, prompt tokens a chunk, chunks); a bad spec is one line."""
+    parts = text.split(":")
+    try:
+        values = [int(x) for x in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (3, 4) or min(values) < 0 or values[1] < 1 or (len(values) == 4 and values[3] < 1):
+        raise UserError(f"--flat must be D:C:P[:N] (decode rows, context >= 1, prompt tokens, chunks >= 1), "
+                        f"got {text!r}")
+    return (*values, 1)[:4] if len(values) == 3 else tuple(values)
+
+
+def parse_row_config(text: str) -> dict:
+    """ROWSrBLOCK_NnWARPSwSTAGESs -> paged_rows_attention's launch keywords."""
+    m = re.fullmatch(r"(\d+)r(\d+)n(\d+)w(\d+)s", text)
+    if not m:
+        raise UserError(f"--row-configs: {text!r} is not ROWSrBLOCK_NnWARPSwSTAGESs (e.g. 8r32n4w2s)")
+    return {"rows": int(m[1]), "block_n": int(m[2]), "num_warps": int(m[3]), "num_stages": int(m[4])}
+
+
+def flat_case(decodes: int, context: int, prompt: int, chunks: int, heads: int, kv_heads: int, head_dim: int,
+              block_size: int, device: torch.device, seed: int):
+    """A flat step's rows: (q [T, H, D], fp16 k/v caches [S, KV, D], tables [T, W] int32, ctx [T] int64 on the host,
+    same-as-previous [T] bool). Decode row i is sequence i at context `context`; chunk j's rows are one sequence
+    at contexts context + 1 .. context + prompt. Blocks scattered."""
+    import numpy as np
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    seqs = [(context, 1)] * decodes + [(context + prompt, prompt)] * chunks  # (cached tokens, rows)
+    widths = [-(-n // block_size) for n, _ in seqs]
+    perm = torch.randperm(sum(widths), generator=g, device=device).to(torch.int32)
+    tables, ctx, same, start = [], [], [], 0
+    width = max(widths)
+    for (n, rows), w in zip(seqs, widths):
+        table = torch.zeros(width, dtype=torch.int32, device=device)
+        table[:w] = perm[start:start + w]
+        start += w
+        for r in range(rows):
+            tables.append(table)
+            ctx.append(n - rows + 1 + r)
+            same.append(r > 0)
+    t = len(ctx)
+    k = torch.randn(sum(widths) * block_size, kv_heads, head_dim, generator=g, device=device).half()
+    v = torch.randn(k.shape, generator=g, device=device).half()
+    q = torch.randn(t, heads, head_dim, generator=g, device=device).half()
+    return q, k, v, torch.stack(tables), np.asarray(ctx), np.asarray(same)
+
+
+def flat_rows(args, device: torch.device, pdt) -> list:
+    """Per cache dtype: the per-row decode kernel, then paged_rows_attention in each --row-configs launch."""
+    from mlperf_llama2.engine.attention import row_groups
+
+    decodes, context, prompt, chunks = parse_flat(args.flat)
+    configs = {name: parse_row_config(name) for name in args.row_configs.split(",") if name}
+    q, k, v, table, ctx, same = flat_case(decodes, context, prompt, chunks, args.heads, args.kv_heads,
+                                          args.head_dim, args.block_size, device, seed=0)
+    lens = torch.as_tensor(ctx, dtype=torch.int32, device=device)
+    scale = args.head_dim ** -0.5
+    caches = {"auto": (k, v, None)}
+    for name, (storage, qmax) in STORAGE.items():
+        scales = torch.stack([x.float().abs().amax(dim=(0, 2)) / qmax for x in (k, v)]).contiguous()
+        caches[name] = (quantize(k, scales[0], storage), quantize(v, scales[1], storage), scales)
+    base = {"decodes": decodes, "context": context, "prompt": prompt, "chunks": chunks, "rows": len(ctx)}
+    out = []
+    for name, (kc, vc, scales) in caches.items():
+        per_row = lambda: pdt.paged_decode_attention(q, kc, vc, table, lens, scale,  # noqa: E731
+                                                     args.block_size, kv_scales=scales)
+        want = per_row().float()
+        out.append({**base, "kv_cache_dtype": name, "kernel": "per row (decode kernel)",
+                    "ms": timed_ms(per_row, device, args.iters), "max_abs_diff_vs_per_row": 0.0})
+        for cname, launch in configs.items():
+            groups = torch.as_tensor(row_groups(ctx, same, launch["rows"]), device=device)
+            run = lambda launch=launch, groups=groups: pdt.paged_rows_attention(  # noqa: E731
+                q, kc, vc, table, groups, scale, args.block_size, kv_scales=scales, **launch)
+            row = {**base, "kv_cache_dtype": name, "kernel": f"rows {cname}"}
+            try:
+                err = float((run().float() - want).abs().max())
+                out.append({**row, "ms": timed_ms(run, device, args.iters), "max_abs_diff_vs_per_row": err})
+            except Exception as e:  # a launch that fails to compile here (shared memory, registers): reported
+                out.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+    return out
+
+
+def print_flat(rows: list, args, device: torch.device) -> None:
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
+    r0 = rows[0]
+    print(f"flat step attention, one layer: {r0['decodes']} decode rows at context {r0['context']} + {r0['chunks']} "
+          f"chunk(s) of {r0['prompt']} prompt tokens ({r0['rows']} rows); H {args.heads} KV {args.kv_heads} "
+          f"D {args.head_dim}; {device_name}")
+    print(f"{'kv dtype':<9}{'kernel':<26}{'ms':>9}{'vs per row':>11}{'max diff':>10}")
+    ref = {r["kv_cache_dtype"]: r["ms"] for r in rows if r["kernel"].startswith("per row") and "ms" in r}
+    for r in rows:
+        if "ms" not in r:
+            print(f"{r['kv_cache_dtype']:<9}{r['kernel']:<26}  {r['error']}")
+            continue
+        print(f"{r['kv_cache_dtype']:<9}{r['kernel']:<26}{r['ms']:>9.3f}{ref[r['kv_cache_dtype']] / r['ms']:>10.2f}x"
+              f"{r['max_abs_diff_vs_per_row']:>10.1e}")
 
 
 def whole_config_rows(args, device: torch.device, pdt) -> list:

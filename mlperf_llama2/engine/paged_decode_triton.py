@@ -337,11 +337,15 @@ def _paged_rows_kernel(
 
 def paged_rows_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                          groups: torch.Tensor, scale: float, block_size: int,
-                         kv_scales: Optional[torch.Tensor] = None, rows: int = ROWS_PER_PROGRAM) -> torch.Tensor:
+                         kv_scales: Optional[torch.Tensor] = None, rows: int = ROWS_PER_PROGRAM,
+                         block_n: int = ROWS_BLOCK_N, num_warps: int = ROWS_NUM_WARPS,
+                         num_stages: int = ROWS_NUM_STAGES) -> torch.Tensor:
     """Attention of T rows, each one token over its sequence's cache up to itself, in groups of consecutive rows
     of one sequence (`attention.row_groups`). q: [T, H, D]; caches as `paged_decode_attention`'s; block_tables
     [T, W] int32 (row i's sequence's table); groups [T, 3] int32. Graph-safe (a fixed grid of T x KV programs).
-    Rows no group covers are left unset."""
+    Rows no group covers are left unset. `rows` must be the groups' size bound; block_n / num_warps / num_stages:
+    the launch (tools/bench_kv_decode.py --flat times others)."""
+    check_launch("paged_rows_attention", block_n, num_warps, num_stages)
     t, h, d = q.shape
     kv = k_cache.shape[1]
     group = h // kv
@@ -358,8 +362,8 @@ def paged_rows_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, ROWS=rows, BLOCK_G=max(16, triton.next_power_of_2(rows * group)), HEAD_DIM=d,
-        BLOCK_SIZE=block_size, BLOCK_N=ROWS_BLOCK_N, MAGIC=magic, IEEE=q.dtype == torch.float32,
-        QUANT=kv_scales is not None, num_warps=ROWS_NUM_WARPS, num_stages=ROWS_NUM_STAGES,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, MAGIC=magic, IEEE=q.dtype == torch.float32,
+        QUANT=kv_scales is not None, num_warps=num_warps, num_stages=num_stages,
     )
     return out
 

@@ -43,8 +43,9 @@
 #                (I80_QPS, default 2.5,3.5; ~6 min). Not VALID-sized (LoadGen wants ~460 queries): an A/B
 #   rows         the flat steps' attention in groups of a sequence's consecutive rows (paged_rows_attention,
 #                EngineConfig.flat_row_groups, off until this passes): its kernel tests and the flat compositions'
-#                tokens on CUDA, then the 80-layer FP8 step profile with --graph-mixed (per row and grouped, one
-#                call) at 64 + 128 and 128 + 448 tokens (per row on 2026-12-06: 45.1 / 112.9 ms through the graphs,
+#                tokens on CUDA, the kernel alone against the per-row one (bench_kv_decode --flat, its launch
+#                sweep, one layer), then the 80-layer FP8 step profile with --graph-mixed (per row and grouped,
+#                one call) at 64 + 128 and 128 + 448 tokens (per row on 2026-12-06: 45.1 / 112.9 ms through the graphs,
 #                attention 4.83 / 9.95 ms; eager 165.6 / 114.5) (~4 min on an H100)
 #   hostprof     where an eager 80-layer step's host time goes (80-180 ms on the H100 machine against ~30-110 ms of
 #                GPU work): profile_step.py --host-profile, 70B FP8 + FP8 KV, 64 decodes + 128 prompt tokens (~90 s)
@@ -151,6 +152,10 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
           --out "$OUT"/i80 2>&1 | grep "^server\|Error\|error" | tail -14 >> "$L" ;;
     rows) timeout 200 "${PYTEST[@]}" tests/test_paged_rows.py tests/test_engine_fidelity.py -k "rows or flat" \
           2>&1 | tail -4 >> "$L"
+        for f in 64:600:128 128:400:448 64:600:448 0:0:1024:2; do
+          timeout 60 python3 tools/bench_kv_decode.py --flat "$f" --out "$OUT/rows_kv_${f//:/_}.json" 2>&1 \
+            | tail -26 >> "$L"
+        done
         for bcp in 64:600:128 128:400:448; do
           IFS=: read -r b c p <<< "$bcp"
           echo "--- 80 layers, $b decodes (context $c) + $p prompt tokens" >> "$L"
