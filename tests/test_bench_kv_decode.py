@@ -60,6 +60,7 @@ def test_the_default_cuda_device_without_a_gpu_is_one_line(capsys):
 
 @pytest.mark.parametrize("flags,message", [
     (["--flat", "3:0:5"], "--flat must be D:C:P[:N]"),
+    (["--flat", "0:0:0"], "--flat must be D:C:P[:N]"),
     (["--flat", "a:b:c"], "--flat must be D:C:P[:N]"),
     (["--flat", "2:8:4", "--row-configs", "8x32"], "is not ROWSrBLOCK_NnWARPSwSTAGESs"),
 ])
@@ -79,6 +80,10 @@ def test_a_tiny_flat_run_checks_grouped_rows_against_the_per_row_kernel(tmp_path
                                                  "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {r["rows"] for r in rows} == {3 + 2 * 11}
+    assert run_cli(bench_kv_decode.main, TINY + ["--flat", "0:0:9", "--row-configs", "8r32n4w2s", "--out",
+                                                 str(out)]) == 0  # fresh prompts, no decodes
+    fresh = json.loads(out.read_text())["rows"]
+    assert {r["rows"] for r in fresh} == {9} and all(r["max_abs_diff_vs_per_row"] < 5e-3 for r in fresh)
     assert sorted((r["kv_cache_dtype"], r["kernel"]) for r in rows) == sorted(
         (d, k) for d in ("auto", "fp8", "int8") for k in ("per row (decode kernel)", "rows 8r32n4w2s",
                                                           "rows 2r16n1w8s"))

@@ -159,9 +159,10 @@ def parse_flat(text: str) -> tuple[int, int, int, int]:
         values = [int(x) for x in parts]
     except ValueError:
         values = []
-    if len(values) not in (3, 4) or min(values) < 0 or values[1] < 1 or (len(values) == 4 and values[3] < 1):
-        raise UserError(f"--flat must be D:C:P[:N] (decode rows, context >= 1, prompt tokens, chunks >= 1), "
-                        f"got {text!r}")
+    if (len(values) not in (3, 4) or min(values) < 0 or (values[0] and values[1] < 1)
+            or (len(values) == 4 and values[3] < 1) or values[0] + values[2] < 1):
+        raise UserError(f"--flat must be D:C:P[:N] (decode rows, their context >= 1, prompt tokens a chunk after a "
+                        f"C-token prefix, chunks >= 1; some rows), got {text!r}")
     return (*values, 1)[:4] if len(values) == 3 else tuple(values)
 
 

@@ -152,7 +152,7 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
           --out "$OUT"/i80 2>&1 | grep "^server\|Error\|error" | tail -14 >> "$L" ;;
     rows) timeout 200 "${PYTEST[@]}" tests/test_paged_rows.py tests/test_engine_fidelity.py -k "rows or flat" \
           2>&1 | tail -4 >> "$L"
-        for f in 64:600:128 128:400:448 64:600:448 0:0:1024:2; do
+        for f in 64:600:128 128:400:448 64:600:448 0:0:1024:2; do  # D decodes at context C + N chunks of P
           timeout 60 python3 tools/bench_kv_decode.py --flat "$f" --out "$OUT/rows_kv_${f//:/_}.json" 2>&1 \
             | tail -26 >> "$L"
         done
