@@ -21,7 +21,7 @@ BS = 4  # tokens per cache block
 
 
 def test_row_groups_split_by_sequence_and_size():
-    from mlperf_llama2.engine.attention import row_groups
+    from mlperf_llama2.engine.flat_rows import row_groups
 
     # rows: a decode (ctx 9), a decode (ctx 3), a 5-token prompt chunk (ctx 7..11), a 2-token chunk (1..2), 2 pads
     ctx = np.array([9, 3, 7, 8, 9, 10, 11, 1, 2, 1, 1])
@@ -79,7 +79,7 @@ def _case(cache_dtype: str, q_dtype: torch.dtype, heads: int = 8, kv_heads: int 
                                                      ("int8", torch.float16, 2e-3), ("fp8", torch.float16, 2e-3)])
 @pytest.mark.parametrize("rows_per_program", [1, 2, 8])
 def test_each_row_attends_to_its_sequence_up_to_itself(cache_dtype, q_dtype, tol, rows_per_program):
-    from mlperf_llama2.engine.attention import row_groups
+    from mlperf_llama2.engine.flat_rows import row_groups
     from mlperf_llama2.engine.paged_decode_triton import paged_decode_attention, paged_rows_attention
 
     q, caches, scales, bt, ctx, same, want = _case(cache_dtype, q_dtype)

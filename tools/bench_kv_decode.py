@@ -22,7 +22,7 @@ at the same tile size).
 `--flat D:C:P[:N]` times instead the attention of a flat step (`--graph-mixed-tokens`: every token a row): D
 decode rows at context C, then N prompt chunks of P tokens (each after a C-token prefix), the rows' attention one
 decode-kernel program per row (the engine's flat steps today, `DEFAULT_DECODE_CONFIG_*`) against
-`paged_rows_attention` (consecutive rows of a sequence together, `attention.row_groups`) in each of `--row-configs`
+`paged_rows_attention` (consecutive rows of a sequence together, `flat_rows.row_groups`) in each of `--row-configs`
 (ROWSrBLOCK_NnWARPSwSTAGESs, e.g. 8r32n4w2s); every row's largest difference from the per-row kernel is reported.
 """
 
@@ -204,7 +204,7 @@ def flat_case(decodes: int, context: int, prompt: int, chunks: int, heads: int, 
 
 def flat_rows(args, device: torch.device, pdt) -> list:
     """Per cache dtype: the per-row decode kernel, then paged_rows_attention in each --row-configs launch."""
-    from mlperf_llama2.engine.attention import row_groups
+    from mlperf_llama2.engine.flat_rows import row_groups
 
     decodes, context, prompt, chunks = parse_flat(args.flat)
     configs = {name: parse_row_config(name) for name in args.row_configs.split(",") if name}

@@ -17,7 +17,6 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,28 +30,6 @@ try:
 except ImportError:  # older torch: SDPA per sequence
     _varlen_attn = None
     _VARLEN_GQA = False
-
-
-ROWS_PER_PROGRAM = 8  # rows of one sequence that paged_decode_triton.paged_rows_attention reads together
-
-
-def row_groups(ctx: np.ndarray, same_as_previous: np.ndarray, rows: int = ROWS_PER_PROGRAM) -> np.ndarray:
-    """Host side of `paged_decode_triton.paged_rows_attention`: int32 [len(ctx), 3] groups (first row, rows,
-    context of the first row), padded with empty ones. `ctx[i]`: row i's context length; `same_as_previous[i]`:
-    row i is the next token of row i - 1's sequence (ctx[i] == ctx[i - 1] + 1, the same block table). A group never
-    spans two sequences and holds at most `rows` rows."""
-    n = len(ctx)
-    idx = np.arange(n)
-    same = np.asarray(same_as_previous, bool).copy()
-    if n:
-        same[0] = False
-    run_start = np.maximum.accumulate(np.where(same, 0, idx)) if n else idx
-    starts = idx[(idx - run_start) % rows == 0]
-    out = np.zeros((n, 3), np.int32)
-    out[:len(starts), 0] = starts
-    out[:len(starts), 1] = np.diff(np.append(starts, n))
-    out[:len(starts), 2] = np.asarray(ctx)[starts]
-    return out
 
 
 @dataclass
@@ -76,7 +53,7 @@ class AttentionMetadata:
     decode_context_slots: Optional[torch.Tensor] = None  # [sum ctx] int64, CPU decode path only
     decode_context_lens: tuple[int, ...] = ()
     # a flat step on CUDA (every token a decode row, model_runner._flat_rows): [T, 3] int32 groups of consecutive
-    # rows of one sequence (paged_decode_triton.row_groups), which `paged_rows_attention` reads together
+    # rows of one sequence (flat_rows.row_groups), which `paged_rows_attention` reads together
     row_groups: Optional[torch.Tensor] = None
 
     @classmethod

@@ -5,7 +5,7 @@ head_dim]` (model dtype, or 8 bits with static per-layer, per-KV-head scales: `k
 on CUDA, one captured graph per bucketed batch size for decode-only steps (and, with
 `graph_mixed_tokens`, for steps that prefill prompt chunks too: every token a row, `_flat_rows`; with
 `flat_row_groups` a second set for those, consecutive rows of a sequence attending together,
-`attention.row_groups`).
+`flat_rows.row_groups`).
 Greedy sampling happens on the device; EOS is masked (logit -inf) for sequences still below min_new_tokens, as
 transformers' MinNewTokensLengthLogitsProcessor does. `launch` queues a step
 and returns (inputs up in one copy, tokens back through `step_io`); the only host sync is reading a
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from mlperf_llama2.engine.config import EngineConfig
-from mlperf_llama2.engine.attention import AttentionMetadata, row_groups
+from mlperf_llama2.engine.attention import AttentionMetadata
+from mlperf_llama2.engine.flat_rows import row_groups
 from mlperf_llama2.engine import kv_cache
 from mlperf_llama2.engine.block_manager import blocks_needed
 from mlperf_llama2.engine.llama import LlamaForCausalLM
@@ -256,7 +257,7 @@ class ModelRunner:
         every row's K and V before attention reads them, so it attends to its prefix, the chunk's earlier
         tokens and itself, as causal prefill does. Padded rows write to and read from the scratch block.
         Returns host arrays: ids, pos, slots, ctx, suppress [rows]; tables [rows, max_blocks]; groups [rows, 3]
-        (consecutive rows of one sequence, which paged_rows_attention reads together: attention.row_groups);
+        (consecutive rows of one sequence, which paged_rows_attention reads together: flat_rows.row_groups);
         last_rows [items] (the row whose token each item samples); fix_rows / fix_src (in-flight ids)."""
         bs = self.block_size
         out = {"ids": np.zeros(rows, np.int64), "pos": np.zeros(rows, np.int64),

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine import pdl
-from mlperf_llama2.engine.attention import ROWS_PER_PROGRAM
+from mlperf_llama2.engine.flat_rows import ROWS_PER_PROGRAM
 from mlperf_llama2.engine.pdl_triton import pdl_enter
 from mlperf_llama2.errors import UserError
 
@@ -269,7 +269,7 @@ def _merge_splits_kernel(part_ptr, ml_ptr, out_ptr, num_heads, stride_ot, stride
 
 
 # Steps with prompt chunks through the graphs (--graph-mixed-tokens): consecutive rows of one sequence share a
-# program of `_paged_rows_kernel` (attention.row_groups, ROWS_PER_PROGRAM rows), so each cached key/value row is
+# program of `_paged_rows_kernel` (flat_rows.row_groups, ROWS_PER_PROGRAM rows), so each cached key/value row is
 # read once per group of prompt tokens instead of once per token, and the MMA tile holds ROWS x GROUP query rows
 # (64 for Llama-2-70B's GQA 8)
 ROWS_BLOCK_N, ROWS_NUM_WARPS, ROWS_NUM_STAGES = 32, 4, 2
@@ -341,7 +341,7 @@ def paged_rows_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
                          block_n: int = ROWS_BLOCK_N, num_warps: int = ROWS_NUM_WARPS,
                          num_stages: int = ROWS_NUM_STAGES) -> torch.Tensor:
     """Attention of T rows, each one token over its sequence's cache up to itself, in groups of consecutive rows
-    of one sequence (`attention.row_groups`). q: [T, H, D]; caches as `paged_decode_attention`'s; block_tables
+    of one sequence (`flat_rows.row_groups`). q: [T, H, D]; caches as `paged_decode_attention`'s; block_tables
     [T, W] int32 (row i's sequence's table); groups [T, 3] int32. Graph-safe (a fixed grid of T x KV programs).
     Rows no group covers are left unset. `rows` must be the groups' size bound; block_n / num_warps / num_stages:
     the launch (tools/bench_kv_decode.py --flat times others)."""
