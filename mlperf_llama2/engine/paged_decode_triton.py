@@ -169,6 +169,29 @@ def _load_rows(cache_ptr, kv_off, n_mask, DTYPE: tl.constexpr, MAGIC: tl.constex
 
 
 @triton.jit
+def _online_tile(q, qk_scale, k_cache_ptr, v_cache_ptr, kv_off, n_mask, keep, m_i, l_i, acc, MAGIC: tl.constexpr,
+                 IEEE: tl.constexpr):
+    """One tile of keys into the online softmax: scores q . k (log2 units), those outside `keep` ([BLOCK_G or 1,
+    BLOCK_N]) at -inf, then the running max m_i, sum l_i and output acc updated with p . v."""
+    k = _load_rows(k_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
+    if IEEE:  # fp32 caches (tests): no tf32 rounding
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+    else:
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N]
+    s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load_rows(v_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def tile_slots(table, start, hi, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, VEC_TABLE: tl.constexpr):
     """Cache slots (int64 [BLOCK_N]) of positions start .. start + BLOCK_N through a sequence's block table, and
     the mask of those below hi. VEC_TABLE (BLOCK_N a multiple of BLOCK_SIZE): one table entry per cache block of
@@ -219,22 +242,8 @@ def _paged_decode_split_kernel(
     for start in range(lo, hi, BLOCK_N):
         slot, n_mask = tile_slots(table, start, hi, BLOCK_SIZE, BLOCK_N, VEC_TABLE)
         kv_off = slot[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
-        k = _load_rows(k_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-        else:
-            s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N], log2 units
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_tile(q, qk_scale, k_cache_ptr, v_cache_ptr, kv_off, n_mask, n_mask[None, :], m_i,
+                                     l_i, acc, MAGIC, IEEE)
     if QUANT:
         acc = acc * tl.load(scales_ptr + num_kv + kv_head)
     if SPLITS == 1:
@@ -311,23 +320,9 @@ def _paged_rows_kernel(
     for start in range(0, hi, BLOCK_N):
         slot, n_mask = tile_slots(table, start, hi, BLOCK_SIZE, BLOCK_N, False)
         kv_off = slot[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
-        k = _load_rows(k_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-        else:
-            s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N], log2 units
-        pos = start + tl.arange(0, BLOCK_N)
-        s = tl.where(n_mask[None, :] & (pos[None, :] < ctx[:, None]), s, float("-inf"))  # causal, per row
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_cache_ptr, kv_off, n_mask, q.dtype, MAGIC)  # [BLOCK_N, D]
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
-        m_i = m_new
+        causal = n_mask[None, :] & ((start + tl.arange(0, BLOCK_N))[None, :] < ctx[:, None])  # each row its own
+        m_i, l_i, acc = _online_tile(q, qk_scale, k_cache_ptr, v_cache_ptr, kv_off, n_mask, causal, m_i, l_i, acc,
+                                     MAGIC, IEEE)
     if QUANT:
         acc = acc * tl.load(scales_ptr + num_kv + kv_head)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l_i >= 1 in every row a group holds; 0 only in unused ones
