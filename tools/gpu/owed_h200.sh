@@ -16,6 +16,9 @@
 #                         behind that default (docs/engine.md)
 #   PART=fp8_interactive_ab  both of the above on one engine: every automatic point eager, then through the graphs
 #                         (bench.py --graph-mixed-ab 512), 2 points each (one call instead of two builds)
+#   PART=fp8_server_ab    Server (256 sequences, main.py's default) with every automatic point eager, then with steps of up
+#                         to 1,024 tokens through the graphs (bench.py --graph-mixed-ab 1024): whether Server should
+#                         default to --graph-mixed-tokens too (eager 80-layer steps cost 80-180 ms of host time)
 #   PART=fp8_profile      where an FP8 step's time goes (tools/profile_step.py), 256 decodes
 #   PART=fp8_profile_small  the same at 64 decodes: the Interactive step (weight-read floor 13.5 ms on an H200)
 #   PART=fp8_interactive_grid  Interactive: one automatic point per --seq-caps x --token-budgets setting (45 s each),
@@ -26,11 +29,12 @@
 #                         docs/results/bench_engine_70b_int8_wholeconfig_int8kv_h200_2048.json (WC_OFFLINE_JSON)
 case "$PART" in
   fp8_offline|fp8fast_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
-  fp8_interactive_flat|fp8_interactive_ab) ;;
+  fp8_interactive_flat|fp8_interactive_ab|fp8_server_ab) ;;
   fp8_profile_small) ;;
   wc80_server) ;;
   *) echo "owed_h200.sh: PART must be one of fp8_offline fp8fast_offline fp8_server fp8_interactive fp8_interactive_grid" \
-          "fp8_profile fp8_profile_small fp8_interactive_flat fp8_interactive_ab wc80_all wc80_linear wc80_server" \
+          "fp8_profile fp8_profile_small fp8_interactive_flat fp8_interactive_ab fp8_server_ab wc80_all wc80_linear" \
+          "wc80_server" \
         "(got '${PART}')"; exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1
@@ -57,6 +61,9 @@ case "$PART" in
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
         --graph-mixed-tokens $flat --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 \
         --server-min-queries 500 --out "$OUT/$PART" 2>&1 | filter 24 ;;
+  fp8_server_ab)
+    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 256 --graph-mixed-ab 1024 \
+        --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 --out "$OUT/$PART" 2>&1 | filter 24 ;;
   fp8_interactive_ab)
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
         --graph-mixed-ab 512 --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 \
