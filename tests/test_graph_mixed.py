@@ -165,3 +165,20 @@ def test_a_step_with_a_prompt_runs_flat_only_up_to_the_flag(tiny_model_dir):
     assert outs[0] == outs[1] == outs[2]
     assert counts[0] == 0 < counts[1] < counts[2]
     assert np.all(np.asarray([len(o) for o in outs[0]]) >= 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_main_py_interactive_on_cuda_defaults_to_flat_steps(tiny_model_dir):
+    from mlperf_llama2.config import build_parser
+
+    def engine_of(*argv):
+        ns = build_parser().parse_args(["--model-path", str(tiny_model_dir), "--device", "cuda", *argv])
+        return RunConfig.from_cli_args(ns).engine
+
+    assert engine_of("--scenario", "Interactive").graph_mixed_tokens == 512
+    assert engine_of("--scenario", "Server", "--lg-model-name", "llama2-70b-interactive").graph_mixed_tokens == 512
+    assert engine_of("--scenario", "Server").graph_mixed_tokens == 0
+    assert engine_of("--scenario", "Offline").graph_mixed_tokens == 0
+    assert engine_of("--scenario", "Interactive", "--no-cuda-graphs").graph_mixed_tokens == 0
+    assert engine_of("--scenario", "Interactive", "--graph-mixed-tokens", "128").graph_mixed_tokens == 128
