@@ -190,14 +190,17 @@ def test_bench_graph_mixed_ab_runs_each_point_eager_then_through_the_rows(tmp_pa
     assert "--max-num-batched-tokens 8192 --graph-mixed-tokens 512: " in (tmp_path / "out" / "table.txt").read_text()
 
 
-def test_bench_graph_mixed_ab_is_refused_in_one_line_with_the_flag_itself(tmp_path):
+@pytest.mark.parametrize("flags,message", [
+    (["--graph-mixed-ab", 64, "--graph-mixed-tokens", 64], "leave --graph-mixed-tokens out"),
+    (["--row-groups"], "--row-groups is the attention of flat steps: give --graph-mixed-tokens N or"),
+])
+def test_bench_graph_mixed_ab_and_row_groups_are_refused_in_one_line(tmp_path, flags, message):
     proc = run_main(["--shape", "tiny", "--device", "cpu", "--samples", 0, "--ref-samples", 0, "--fidelity-prompts",
-                     0, "--server-qps", 2, "--offline-json", _offline_json(tmp_path), "--graph-mixed-ab", 64,
-                     "--graph-mixed-tokens", 64, "--out", tmp_path / "out"], tmp_path, timeout=120,
-                    script=str(REPO / "tools" / "bench.py"))
+                     0, "--server-qps", 2, "--offline-json", _offline_json(tmp_path), *flags,
+                     "--out", tmp_path / "out"], tmp_path, timeout=120, script=str(REPO / "tools" / "bench.py"))
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "leave --graph-mixed-tokens out" in lines[0], proc.stderr[-2000:]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
 
 
 def _offline_json(tmp_path) -> str:

@@ -210,8 +210,8 @@ def main(argv=None) -> int:
                          "--fp8-accumulation)")
     ap.add_argument("--graph-mixed-tokens", type=int, default=0, metavar="N",
                     help="main.py's --graph-mixed-tokens: steps with prompt chunks of up to N tokens (decodes "
-                         "included) replay the decode CUDA graphs, every token a decode row (default 0: eager, for A/B runs; "
-                         "main.py's Interactive default is 512)")
+                         "included) replay the decode CUDA graphs, every token a decode row (default 0: eager, "
+                         "for A/B runs; main.py's Interactive default is 512)")
     ap.add_argument("--graph-mixed-ab", type=int, default=0, metavar="N",
                     help="Server/Interactive A/B on one engine: every point runs twice in a row, its steps with "
                          "prompt chunks eager (--graph-mixed-tokens 0) and then through the decode graphs up to N "
@@ -224,7 +224,8 @@ def main(argv=None) -> int:
                     help="main.py's --prefill-align: steps trimmed to a multiple of N tokens (default 0: off)")
     ap.add_argument("--pdl", action="store_true",
                     help="programmatic dependent launch of the engine's kernels on sm_90+ (engine/pdl.py; an "
-                         "experiment, not a main.py flag: 2-6%% slower CUDA-graph decode steps on an H100, docs/engine.md)")
+                         "experiment, not a main.py flag: 2-6%% slower CUDA-graph decode steps on an H100, "
+                         "docs/engine.md)")
     ap.add_argument("--kernel-bench", action="store_true", help="also time the paged decode kernel alone")
     ap.add_argument("--lengths-from", default=None, metavar="PATH.pkl",
                     help="prompt/output lengths from a processed dataset pickle (tok_input_length, "
@@ -277,8 +278,11 @@ def main(argv=None) -> int:
     if args.pdl and (args.tensor_parallel > 1 or args.data_parallel > 1):
         raise SystemExit("bench: --pdl is not wired into the multi-GPU benchmark")
     if (args.graph_mixed_tokens or args.graph_mixed_ab) and args.int8_rules == "all":
-        raise SystemExit("bench: --graph-mixed-tokens with --int8-rules all: the whole config's prompt attention "
-                         "runs its own kernels (main.py refuses the pair too)")
+        raise SystemExit("bench: --graph-mixed-tokens / --graph-mixed-ab with --int8-rules all: the whole config's "
+                         "prompt attention runs its own kernels (main.py refuses the pair too)")
+    if args.row_groups and not (args.graph_mixed_tokens or args.graph_mixed_ab):
+        raise SystemExit("bench: --row-groups is the attention of flat steps: give --graph-mixed-tokens N or "
+                         "--graph-mixed-ab N")
     try:
         args.seq_caps = [int(v) for v in args.seq_caps.split(",") if v]
         args.token_budgets = [int(v) for v in args.token_budgets.split(",") if v]
