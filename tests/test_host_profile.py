@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 import torch
@@ -30,7 +31,10 @@ def test_it_finds_the_function_that_takes_the_time():
         calls.append(1)
         return [slow_part() for _ in range(3)]
 
-    prof = host_profile.host_profile(launch, reps=4, sync=lambda: None, top=5)
+    waits = []
+    prof = host_profile.host_profile(launch, reps=4, sync=lambda: (waits.append(1), time.sleep(0.05)), top=5)
+    assert len(waits) == 1 + 4 + 4
+    assert prof["profiled_ms"] < 50  # the 50 ms waits after each launch are not the launch's host time
     assert len(calls) == 1 + 4 + 4  # warm-up, timed, profiled
     top = prof["functions"][0]
     assert "slow_part" in top["function"] and top["calls_per_step"] == 3
