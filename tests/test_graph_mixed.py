@@ -144,8 +144,12 @@ def test_rows_lay_out_decodes_then_prompt_chunks_with_causal_contexts(tiny_model
         assert rows["slots"][r] == table[p // 4] * 4 + p % 4
     scratch = runner.scratch_block
     assert (rows["tables"][8:] == scratch).all() and (rows["slots"][8:] == scratch * 4).all()  # padded rows
-    # the rows' groups for the CUDA kernel: each decode alone, the chunk's six rows in one group (at most 8), the
-    # four padded rows (context 1 each, unrelated) alone; the rest empty
+    # the rows' groups for the CUDA kernel (flat_row_groups on CUDA only): each decode alone, the chunk's six rows
+    # in one group (at most 8), the four padded rows (context 1 each, unrelated) alone; the rest empty
+    assert "groups" not in rows
+    runner.flat_row_groups, runner.device = True, torch.device("cuda")  # the layout only: nothing runs on it
+    rows = runner._flat_rows(batch, 12)
+    runner.flat_row_groups, runner.device = False, torch.device("cpu")
     assert [tuple(g) for g in rows["groups"][:7]] == [(0, 1, 4), (1, 1, 4), (2, 6, 6), (8, 1, 1), (9, 1, 1),
                                                        (10, 1, 1), (11, 1, 1)]
     assert not rows["groups"][7:].any() and rows["groups"].dtype == np.int32

@@ -256,8 +256,9 @@ class ModelRunner:
         A prompt token at position p is a decode row whose context is the cache up to p: rope_store writes
         every row's K and V before attention reads them, so it attends to its prefix, the chunk's earlier
         tokens and itself, as causal prefill does. Padded rows write to and read from the scratch block.
-        Returns host arrays: ids, pos, slots, ctx, suppress [rows]; tables [rows, max_blocks]; groups [rows, 3]
-        (consecutive rows of one sequence, which paged_rows_attention reads together: flat_rows.row_groups);
+        Returns host arrays: ids, pos, slots, ctx, suppress [rows]; tables [rows, max_blocks]; with
+        `flat_row_groups` on CUDA also groups [rows, 3] (consecutive rows of one sequence, which paged_rows_attention
+        reads together: flat_rows.row_groups);
         last_rows [items] (the row whose token each item samples); fix_rows / fix_src (in-flight ids)."""
         bs = self.block_size
         out = {"ids": np.zeros(rows, np.int64), "pos": np.zeros(rows, np.int64),
@@ -281,8 +282,10 @@ class ModelRunner:
             same[r + 1:r + n] = True
             r += n
             last_rows.append(r - 1)
-        out.update(groups=row_groups(out["ctx"], same), last_rows=np.asarray(last_rows, np.int64),
-                   fix_rows=np.asarray(fix_rows, np.int64), fix_src=np.asarray(fix_src, np.int64))
+        if self.flat_row_groups and self.device.type == "cuda":  # only the grouped-row kernel reads them
+            out["groups"] = row_groups(out["ctx"], same)
+        out.update(last_rows=np.asarray(last_rows, np.int64), fix_rows=np.asarray(fix_rows, np.int64),
+                   fix_src=np.asarray(fix_src, np.int64))
         return out
 
     def _launch_flat(self, batch: ScheduledBatch) -> torch.Tensor:
@@ -296,18 +299,19 @@ class ModelRunner:
             host = self._flat_rows(batch, bs)
             dev = dict(zip(host, self._staging.put([a.ravel() for a in host.values()])))  # one copy up
             self._replay(bs, *(dev[k] for k in ("ids", "pos", "slots", "ctx", "suppress", "tables", "fix_rows",
-                                                "fix_src")), groups=dev["groups"] if self.flat_graphs else None)
+                                                "fix_src")), groups=dev.get("groups") if self.flat_graphs else None)
             return (self.g_flat_tokens if self.flat_graphs else self.g_tokens)[bs][dev["last_rows"]]
         host = self._flat_rows(batch, t)
         arrays = [host["ids"], host["pos"], host["slots"], host["ctx"], host["tables"].astype(np.int64).ravel(),
-                  host["fix_rows"], host["fix_src"], host["last_rows"], host["suppress"], host["groups"].ravel()]
-        ids, pos, slots, ctx, tables, fix_rows, fix_src, last_rows, suppress, groups = self._staging.put(arrays)
+                  host["fix_rows"], host["fix_src"], host["last_rows"], host["suppress"]]
+        if "groups" in host:
+            arrays.append(host["groups"].ravel())
+        ids, pos, slots, ctx, tables, fix_rows, fix_src, last_rows, suppress, *groups = self._staging.put(arrays)
         self._fill_inflight(ids, fix_rows, fix_src)
         meta = AttentionMetadata(slot_mapping=slots, num_decodes=t, block_size=self.block_size,
                                  context_lens=ctx.to(torch.int32),
                                  block_tables=tables.view(t, self.max_blocks_per_seq).to(torch.int32),
-                                 row_groups=groups.view(t, 3).to(torch.int32)
-                                 if self.device.type == "cuda" and self.flat_row_groups else None)
+                                 row_groups=groups[0].view(t, 3).to(torch.int32) if groups else None)
         if self._host_contexts:
             meta.decode_context_lens = tuple(int(c) for c in host["ctx"])
             meta.decode_context_slots = torch.as_tensor(np.concatenate(
