@@ -51,7 +51,8 @@ def test_flag_parses_defaults_by_scenario_and_reaches_nodes():
 
 @pytest.mark.parametrize("backend,device,config,rules,want", [
     ("engine", "cuda", None, "all", True), ("engine", "cuda:1", None, "all", True),
-    ("engine", "cpu", None, "all", False), ("reference", "cuda", None, "all", False), ("api", "cpu", None, "all", False),
+    ("engine", "cpu", None, "all", False), ("reference", "cuda", None, "all", False),
+    ("api", "cpu", None, "all", False),
     ("engine", "cuda", NPM, "all", False),  # the whole config runs its own prompt attention
     ("engine", "cuda", NPM, "linear", True),
 ])
