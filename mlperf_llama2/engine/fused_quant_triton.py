@@ -28,6 +28,7 @@ from triton.language.extra import libdevice
 from mlperf_llama2.engine.fused_triton import (  # the producers' own rounding helpers
     _INTERPRET, _add_rms_norm_row, _div_by, _exp, _fq)
 from mlperf_llama2.engine import pdl
+from mlperf_llama2.engine.launch_cache import launch
 from mlperf_llama2.engine.pdl_triton import pdl_enter
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.int8_linear import quantize_rows_reference
@@ -180,7 +181,7 @@ def add_rms_norm_quant(h: torch.Tensor, delta: Optional[torch.Tensor], weight: t
     if t:
         block = triton.next_power_of_2(n)
         d = delta if delta is not None else h
-        _add_rms_norm_quant_kernel[(t,)](
+        launch(_add_rms_norm_quant_kernel, (t,),
             h, d, weight, h_out, q, scale, eps, n, h.stride(0), d.stride(0), h_out.stride(0), q.stride(0),
             HAS_DELTA=delta is not None, IS_FP8=is_fp8, BLOCK=block, INTERPRET=_INTERPRET,
             num_warps=min(16, max(4, block // 512)), enable_fp_fusion=False, PDL=pdl.enabled(), **pdl.launch_options(),
@@ -217,12 +218,12 @@ def silu_mul_split(gate_up: torch.Tensor, kind: str, silu_scale: Optional[torch.
         amax = torch.empty(t, splits, dtype=torch.float32, device=gate_up.device)
         common = dict(N_COLS=n, SPLITS=splits, BLOCK=block, INTERPRET=_INTERPRET, num_warps=4,
                       enable_fp_fusion=False, PDL=pdl.enabled(), **pdl.launch_options())
-        _silu_mul_values_kernel[(t, splits)](
+        launch(_silu_mul_values_kernel, (t, splits),
             gate_up, silu_scale if silu_scale is not None else scale, mul_scales if mul_scales is not None else scale,
             values, amax, gate_up.stride(0), HAS_SILU_Q=silu_scale is not None, HAS_MUL_Q=mul_scales is not None,
             QMAX=qmax16, **common)
-        _quant_values_kernel[(t, splits)](values, amax, q, scale, q.stride(0), BLOCK_S=triton.next_power_of_2(splits),
-                                          IS_FP8=is_fp8, **common)
+        launch(_quant_values_kernel, (t, splits), values, amax, q, scale, q.stride(0),
+               BLOCK_S=triton.next_power_of_2(splits), IS_FP8=is_fp8, **common)
     return q, scale
 
 

@@ -23,6 +23,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from mlperf_llama2.engine import pdl
+from mlperf_llama2.engine.launch_cache import launch
 from mlperf_llama2.engine.pdl_triton import pdl_enter
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter (tests) has no libdevice
@@ -83,7 +84,7 @@ def add_rms_norm(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.T
     h_out = torch.empty_like(h) if delta is not None else h
     if t:
         block = triton.next_power_of_2(n)
-        _add_rms_norm_kernel[(t,)](
+        launch(_add_rms_norm_kernel, (t,),
             h, delta if delta is not None else h, weight, h_out, x, eps, n,
             h.stride(0), (delta if delta is not None else h).stride(0), h_out.stride(0), x.stride(0),
             HAS_DELTA=delta is not None, BLOCK=block, INTERPRET=_INTERPRET, num_warps=min(16, max(4, block // 512)),
@@ -237,7 +238,7 @@ def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, si
     if t:
         block_h = 16
         grid = (t, triton.cdiv(num_heads + 2 * num_kv_heads, block_h))
-        _rope_store_kernel[grid](
+        launch(_rope_store_kernel, grid,
             qkv, positions, cos, sin, q, k, v, k_cache, v_cache, slot_mapping,
             kv_scales if quant else k, qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1),
             NUM_HEADS=num_heads, NUM_KV=num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, QUANT=quant,
@@ -267,8 +268,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(t, n, dtype=gate_up.dtype, device=gate_up.device)
     if t:
         block = 1024
-        _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, out, n, gate_up.stride(0), out.stride(0),
-                                                      BLOCK=block, INTERPRET=_INTERPRET, num_warps=4,
-                                                      enable_fp_fusion=False, PDL=pdl.enabled(),
-                                                      **pdl.launch_options())
+        launch(_silu_mul_kernel, (t, triton.cdiv(n, block)), gate_up, out, n, gate_up.stride(0), out.stride(0),
+               BLOCK=block, INTERPRET=_INTERPRET, num_warps=4, enable_fp_fusion=False, PDL=pdl.enabled(),
+               **pdl.launch_options())
     return out

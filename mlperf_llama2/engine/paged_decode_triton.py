@@ -26,6 +26,7 @@ import triton.language as tl
 
 from mlperf_llama2.engine import pdl
 from mlperf_llama2.engine.flat_rows import ROWS_PER_PROGRAM
+from mlperf_llama2.engine.launch_cache import launch
 from mlperf_llama2.engine.pdl_triton import pdl_enter
 from mlperf_llama2.errors import UserError
 
@@ -351,7 +352,7 @@ def paged_rows_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     if t == 0:
         return out
     magic = k_cache.dtype == torch.int8 and q.dtype == torch.float16
-    _paged_rows_kernel[(t, kv)](
+    launch(_paged_rows_kernel, (t, kv),
         q, k_cache, v_cache, block_tables, groups, out, q if kv_scales is None else kv_scales,
         scale * 1.4426950408889634, kv,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
@@ -402,7 +403,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if splits > 1:  # graph-safe: the workspace's shape depends on the batch size only
         part = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(2, b, h, splits, dtype=torch.float32, device=q.device)
-    _paged_decode_split_kernel[(b, kv, splits)](
+    launch(_paged_decode_split_kernel, (b, kv, splits),
         q, k_cache, v_cache, block_tables, context_lens, out, part, ml, q if kv_scales is None else kv_scales,
         scale * 1.4426950408889634, kv,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
@@ -413,8 +414,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         **pdl.launch_options(),
     )
     if splits > 1:
-        _merge_splits_kernel[(b, h)](part, ml, out, h, out.stride(0), out.stride(1), HEAD_DIM=d, SPLITS=splits,
-                                     num_warps=4, PDL=pdl.enabled(), **pdl.launch_options())
+        launch(_merge_splits_kernel, (b, h), part, ml, out, h, out.stride(0), out.stride(1), HEAD_DIM=d,
+               SPLITS=splits, num_warps=4, PDL=pdl.enabled(), **pdl.launch_options())
     return out
 
 
@@ -425,7 +426,7 @@ def _base_decode(q, k_cache, v_cache, block_tables, context_lens, scale: float, 
     kv = k_cache.shape[1]
     group = h // kv
     out = torch.empty_like(q)
-    _paged_decode_kernel[(b, kv)](
+    launch(_paged_decode_kernel, (b, kv),
         q, k_cache, v_cache, block_tables, context_lens, out, q if kv_scales is None else kv_scales,
         scale * 1.4426950408889634, kv,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),

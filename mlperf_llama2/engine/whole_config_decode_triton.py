@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _rint
+from mlperf_llama2.engine.launch_cache import launch
 from mlperf_llama2.engine.paged_decode_triton import check_launch, tile_slots
 from mlperf_llama2.engine.whole_config_decode import check_inputs, decode_q8_torch  # noqa: F401 (re-exported)
 from mlperf_llama2.errors import UserError
@@ -231,11 +232,11 @@ def decode_q8(q8: torch.Tensor, qs: torch.Tensor, k_cache: torch.Tensor, v_cache
                   BLOCK_N=cfg.block_n, HAS_MASK_Q=s_mask is not None, DT=_TL_DTYPE[out_dtype], INTERPRET=_INTERPRET,
                   VEC_TABLE=vec_table, SCORES=cfg.scores, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     mask_scale = 1.0 if s_mask is None else float(s_mask)
-    _stats_kernel[(b, kv)](
+    launch(_stats_kernel, (b, kv),
         q8, qs, k_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], s_buf, float(sm_scale), mask_scale,
         h, n_cols, q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
         **common)
-    _pv_kernel[(b, kv)](
+    launch(_pv_kernel, (b, kv),
         q8, qs, k_cache, v_cache, block_tables, context_lens, kv_scales, ml[0], ml[1], s_buf, out, float(sm_scale),
         mask_scale, 1.0 if s_out is None else float(s_out), h, kv, n_cols,
         q8.stride(0), q8.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),

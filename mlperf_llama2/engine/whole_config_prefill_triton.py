@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from mlperf_llama2.engine.fused_triton import _INTERPRET, _div_by, _exp, _rint
+from mlperf_llama2.engine.launch_cache import launch
 from mlperf_llama2.engine.whole_config_prefill import prefill_q8_torch  # noqa: F401  (the reference, re-exported)
 from mlperf_llama2.errors import UserError
 
@@ -227,10 +228,10 @@ def prefill_q8(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, v8: torch.T
     common = dict(GROUP=group, BLOCK_G=block_g, BLOCK_M=block_m, BLOCK_N=max(_MIN_K, block_n), HEAD_DIM=d,
                   BLOCK_D=block_d, INT_DOT=int_dot, HAS_MASK_Q=has_mask_q, DT=_TL_DTYPE[out_dtype],
                   INTERPRET=_INTERPRET, num_warps=num_warps)
-    _pass1_kernel[grid](
+    launch(_pass1_kernel, grid,
         q8, qs, k8, cu_seqlens_q, cu_seqlens_k, kv_scales, m, l, float(sm_scale), float(s_mask or 1.0),
         h, q8.stride(0), q8.stride(1), k8.stride(0), k8.stride(1), **common)
-    _pass2_kernel[grid](
+    launch(_pass2_kernel, grid,
         q8, qs, k8, v8, cu_seqlens_q, cu_seqlens_k, kv_scales, m, l, out, float(sm_scale), float(s_mask or 1.0),
         float(s_out or 1.0), h, kv, q8.stride(0), q8.stride(1), k8.stride(0), k8.stride(1),
         out.stride(0), out.stride(1), BLOCK_H=triton.next_power_of_2(h), HAS_OUT_Q=has_out_q, **common)

@@ -27,6 +27,7 @@ import triton.language as tl
 
 from mlperf_llama2.engine.fused_quant_triton import _FP32_TINY, _quantize, _row_scale, silu_mul_split
 from mlperf_llama2.engine.fused_triton import _INTERPRET, _fq, _quant_kv, _rsqrt
+from mlperf_llama2.engine.launch_cache import launch
 from mlperf_llama2.engine.whole_config_ref import (  # noqa: F401 - the references, importable from here too
     ACT_BITS, add_rms_norm_q8_torch, rope_store_q8_torch, silu_mul_q8_torch)
 
@@ -217,7 +218,7 @@ def add_rms_norm_q8(h: torch.Tensor, delta: Optional[torch.Tensor], weight: torc
     if t:
         block = triton.next_power_of_2(n)
         d = delta if delta is not None else h
-        _add_rms_norm_q8_kernel[(t,)](
+        launch(_add_rms_norm_q8_kernel, (t,),
             h, d, weight, h_out, x8, xs, eps, n, h.stride(0), d.stride(0), h_out.stride(0), x8.stride(0),
             HAS_DELTA=delta is not None, ADD_QMAX=add_qmax, NORM_QMAX=norm_qmax, BLOCK=block,
             INTERPRET=_INTERPRET, num_warps=min(16, max(4, block // 512)), enable_fp_fusion=False,
@@ -261,7 +262,7 @@ def rope_store_q8(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
     k8 = torch.empty(t, num_kv_heads, head_dim, dtype=torch.int8, device=qkv.device)
     v8 = torch.empty_like(k8)
     if t:
-        _rope_store_q8_kernel[(t,)](
+        launch(_rope_store_q8_kernel, (t,),
             qkv, positions, cos, sin, rope_scales, kv_scales, slot_mapping, q8, qs, k8, v8, k_cache, v_cache,
             qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1),
             NUM_HEADS=num_heads, NUM_KV=num_kv_heads, HEAD_DIM=head_dim,

@@ -16,6 +16,7 @@ from triton.language.extra import libdevice
 
 from mlperf_llama2.engine import pdl
 from mlperf_llama2.engine.fused_triton import _div_by  # x / scale correctly rounded, without a division each
+from mlperf_llama2.engine.launch_cache import launch
 from mlperf_llama2.engine.pdl_triton import pdl_enter
 
 
@@ -71,8 +72,8 @@ def _quantize_rows(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, t
     q = torch.empty((m, k), dtype=dtype, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     block = min(triton.next_power_of_2(k), 4096)
-    _quant_rows_kernel[(m,)](x, q, s, x.stride(0), K=k, BLOCK=block, FP8=dtype == torch.float8_e4m3fn,
-                             num_warps=8 if block >= 2048 else 4, PDL=pdl.enabled(), **pdl.launch_options())
+    launch(_quant_rows_kernel, (m,), x, q, s, x.stride(0), K=k, BLOCK=block, FP8=dtype == torch.float8_e4m3fn,
+           num_warps=8 if block >= 2048 else 4, PDL=pdl.enabled(), **pdl.launch_options())
     return q, s
 
 
@@ -94,8 +95,8 @@ def rescale(acc: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optio
     out = torch.empty((m, n), dtype=dtype, device=acc.device)
     bm, bn = 32, 128
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    _rescale_kernel[grid](acc, s_x, s_w, bias if bias is not None else s_w, out, m, n, HAS_BIAS=bias is not None,
-                          BM=bm, BN=bn, num_warps=4, enable_fp_fusion=False)  # rescale_reference's roundings
+    launch(_rescale_kernel, grid, acc, s_x, s_w, bias if bias is not None else s_w, out, m, n,  # rescale_reference's
+           HAS_BIAS=bias is not None, BM=bm, BN=bn, num_warps=4, enable_fp_fusion=False)  # roundings
     return out
 
 
@@ -153,6 +154,6 @@ def fused_int8_matmul(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w
     def grid(meta):
         return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
 
-    _int8_gemm_kernel[grid](qx, qw, s_x, s_w, bias if bias is not None else s_w, out, m, n, bucket, K=k,
-                            HAS_BIAS=bias is not None, enable_fp_fusion=False)  # no fma: rescale_reference's roundings
+    launch(_int8_gemm_kernel, grid, qx, qw, s_x, s_w, bias if bias is not None else s_w, out, m, n, bucket, K=k,
+           HAS_BIAS=bias is not None, enable_fp_fusion=False)  # no fma: rescale_reference's roundings
     return out
