@@ -192,7 +192,8 @@ def test_bench_graph_mixed_ab_runs_each_point_eager_then_through_the_rows(tmp_pa
 
 @pytest.mark.parametrize("flags,message", [
     (["--graph-mixed-ab", 64, "--graph-mixed-tokens", 64], "leave --graph-mixed-tokens out"),
-    (["--row-groups"], "--row-groups is the attention of flat steps: give --graph-mixed-tokens N or"),
+    (["--row-groups"], "--row-groups / --no-row-groups is the attention of flat steps: give --graph-mixed-tokens"),
+    (["--no-row-groups"], "--row-groups / --no-row-groups is the attention of flat steps: give --graph-mixed-tokens"),
 ])
 def test_bench_graph_mixed_ab_and_row_groups_are_refused_in_one_line(tmp_path, flags, message):
     proc = run_main(["--shape", "tiny", "--device", "cpu", "--samples", 0, "--ref-samples", 0, "--fidelity-prompts",

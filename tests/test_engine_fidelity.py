@@ -62,10 +62,11 @@ COMPOSITIONS = {
                                     overlap_steps=True),
     "preemption_not_overlapped": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4,
                                               num_kv_blocks=30, overlap_steps=False),
-    # steps with prompt chunks, up to 64 tokens in all, run as rows of the decode path (CUDA: the flat graphs)
+    # steps with prompt chunks, up to 64 tokens in all, run as rows of the decode path (CUDA: the decode graphs)
     "flat_rows": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=256,
-                              overlap_steps=True, graph_mixed_tokens=64),
-    # the same, the rows' attention in groups of a sequence's consecutive rows (CUDA: paged_rows_attention)
+                              overlap_steps=True, graph_mixed_tokens=64, flat_row_groups=False),
+    # the same, the rows' attention in groups of a sequence's consecutive rows (the default; CUDA: flat graphs
+    # with paged_rows_attention)
     "flat_rows_grouped": EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, block_size=4, num_kv_blocks=256,
                                       overlap_steps=True, graph_mixed_tokens=64, flat_row_groups=True),
     # steps of more than 16 tokens trimmed to a multiple of 16 (the last prompt chunk gives up the rest)

@@ -137,7 +137,8 @@ def test_paged_rows_kernel_compiles_for_sm90_without_spills(cache):
     pytest.importorskip("triton")
     from mlperf_llama2.engine import paged_decode_triton as pd
 
-    consts = dict(GROUP=8, ROWS=8, BLOCK_G=64, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_N=pd.ROWS_BLOCK_N,
+    consts = dict(GROUP=8, ROWS=8, BLOCK_G=64, HEAD_DIM=128, BLOCK_SIZE=16,
+                  BLOCK_N=pd.ROWS_BLOCK_N if cache == "fp16" else pd.ROWS_BLOCK_N_8BIT,
                   MAGIC=cache == "i8", IEEE=False, QUANT=cache != "fp16")
     ptrs = {"k_cache_ptr": cache, "v_cache_ptr": cache, "block_tables_ptr": "i32", "groups_ptr": "i32",
             "scales_ptr": "fp32"}

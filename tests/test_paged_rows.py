@@ -95,6 +95,20 @@ def test_each_row_attends_to_its_sequence_up_to_itself(cache_dtype, q_dtype, tol
 
 
 @needs_triton
+@pytest.mark.parametrize("cache_dtype", ["auto", "fp8"])
+def test_tiles_of_16_keys_loop_over_the_context(cache_dtype):
+    """The default tiles (32 or 64 keys) hold these contexts (up to 17) whole; 16-key tiles take two iterations."""
+    from mlperf_llama2.engine.flat_rows import row_groups
+    from mlperf_llama2.engine.paged_decode_triton import paged_rows_attention
+
+    q, caches, scales, bt, ctx, same, want = _case(cache_dtype, torch.float32)
+    groups = torch.as_tensor(row_groups(ctx, same, 8), device=q.device)
+    got = paged_rows_attention(q, caches[0], caches[1], bt, groups, q.shape[-1] ** -0.5, BS, kv_scales=scales,
+                               block_n=16).cpu()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_triton
 def test_bad_groups_are_one_line():
     from mlperf_llama2.engine.paged_decode_triton import paged_rows_attention
     from mlperf_llama2.errors import UserError

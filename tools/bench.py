@@ -216,10 +216,10 @@ def main(argv=None) -> int:
                     help="Server/Interactive A/B on one engine: every point runs twice in a row, its steps with "
                          "prompt chunks eager (--graph-mixed-tokens 0) and then through the decode graphs up to N "
                          "tokens (graphs captured for N rows); the points and the per-setting bests say which")
-    ap.add_argument("--row-groups", action="store_true",
+    ap.add_argument("--row-groups", action=argparse.BooleanOptionalAction, default=None,
                     help="flat steps (--graph-mixed-tokens / --graph-mixed-ab) attend in groups of a sequence's "
-                         "consecutive rows (paged_rows_attention; EngineConfig.flat_row_groups, not yet a main.py "
-                         "flag)")
+                         "consecutive rows (paged_rows_attention), or per row through the decode graphs with "
+                         "--no-row-groups (EngineConfig.flat_row_groups, default on; not a main.py flag)")
     ap.add_argument("--prefill-align", type=int, default=0, metavar="N",
                     help="main.py's --prefill-align: steps trimmed to a multiple of N tokens (default 0: off)")
     ap.add_argument("--pdl", action="store_true",
@@ -280,9 +280,9 @@ def main(argv=None) -> int:
     if (args.graph_mixed_tokens or args.graph_mixed_ab) and args.int8_rules == "all":
         raise SystemExit("bench: --graph-mixed-tokens / --graph-mixed-ab with --int8-rules all: the whole config's "
                          "prompt attention runs its own kernels (main.py refuses the pair too)")
-    if args.row_groups and not (args.graph_mixed_tokens or args.graph_mixed_ab):
-        raise SystemExit("bench: --row-groups is the attention of flat steps: give --graph-mixed-tokens N or "
-                         "--graph-mixed-ab N")
+    if args.row_groups is not None and not (args.graph_mixed_tokens or args.graph_mixed_ab):
+        raise SystemExit("bench: --row-groups / --no-row-groups is the attention of flat steps: give "
+                         "--graph-mixed-tokens N or --graph-mixed-ab N")
     try:
         args.seq_caps = [int(v) for v in args.seq_caps.split(",") if v]
         args.token_budgets = [int(v) for v in args.token_budgets.split(",") if v]
@@ -385,7 +385,7 @@ def main(argv=None) -> int:
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
                          gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation,
                          graph_mixed_tokens=args.graph_mixed_tokens or args.graph_mixed_ab, pdl=args.pdl,
-                         flat_row_groups=args.row_groups,
+                         **({} if args.row_groups is None else {"flat_row_groups": args.row_groups}),
                          prefill_align=args.prefill_align)
     kv_scales = None
     if args.kv_cache_dtype != "auto":

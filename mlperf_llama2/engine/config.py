@@ -64,9 +64,11 @@ class EngineConfig:
     # benchmark tools (tools/bench.py / profile_step.py --pdl), not a main.py flag until it is measured
     pdl: bool = False
     # flat steps' attention in groups of a sequence's consecutive rows (paged_decode_triton.paged_rows_attention)
-    # instead of a decode-kernel program per row: checked in the Triton interpreter, not yet on a GPU, so off and
-    # for the benchmark tools (tools/bench.py --row-groups, profile_step.py --graph-mixed times both) until then
-    flat_row_groups: bool = False
+    # in flat graphs of their own, instead of a decode-kernel program per row in the decode graphs. On (CUDA, with
+    # --graph-mixed-tokens): tokens equal on an H100, its attention 1.2-3x faster wherever a prompt chunk is in the
+    # step, the 80-layer flat step level at 64 + 128 tokens and 1.1% faster at 128 + 448 (docs/engine.md). Not a
+    # main.py flag: tools/bench.py --no-row-groups and profile_step.py --graph-mixed time the per-row way
+    flat_row_groups: bool = True
     # trim a step's last prompt chunk so the step is a multiple of this many tokens (scheduler.py); 0: off
     prefill_align: int = 0
 

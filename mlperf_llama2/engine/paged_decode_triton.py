@@ -281,8 +281,10 @@ def _merge_splits_kernel(part_ptr, ml_ptr, out_ptr, num_heads, stride_ot, stride
 # Steps with prompt chunks through the graphs (--graph-mixed-tokens): consecutive rows of one sequence share a
 # program of `_paged_rows_kernel` (flat_rows.row_groups, ROWS_PER_PROGRAM rows), so each cached key/value row is
 # read once per group of prompt tokens instead of once per token, and the MMA tile holds ROWS x GROUP query rows
-# (64 for Llama-2-70B's GQA 8)
-ROWS_BLOCK_N, ROWS_NUM_WARPS, ROWS_NUM_STAGES = 32, 4, 2
+# (64 for Llama-2-70B's GQA 8). Keys a loop iteration: 32 over a 16-bit cache, 64 over an 8-bit one (the fastest
+# of bench_kv_decode.py --flat's launch sweep at 70B's shapes on an H100, 64 + 128, 128 + 448, 64 + 448 and 2 x 1024
+# rows: docs/results/verify_head_rows_hostprof_h100.txt)
+ROWS_BLOCK_N, ROWS_BLOCK_N_8BIT, ROWS_NUM_WARPS, ROWS_NUM_STAGES = 32, 64, 4, 2
 
 
 @triton.jit
@@ -334,13 +336,15 @@ def _paged_rows_kernel(
 def paged_rows_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                          groups: torch.Tensor, scale: float, block_size: int,
                          kv_scales: Optional[torch.Tensor] = None, rows: int = ROWS_PER_PROGRAM,
-                         block_n: int = ROWS_BLOCK_N, num_warps: int = ROWS_NUM_WARPS,
+                         block_n: Optional[int] = None, num_warps: int = ROWS_NUM_WARPS,
                          num_stages: int = ROWS_NUM_STAGES) -> torch.Tensor:
     """Attention of T rows, each one token over its sequence's cache up to itself, in groups of consecutive rows
     of one sequence (`flat_rows.row_groups`). q: [T, H, D]; caches as `paged_decode_attention`'s; block_tables
     [T, W] int32 (row i's sequence's table); groups [T, 3] int32. Graph-safe (a fixed grid of T x KV programs).
     Rows no group covers are left unset. `rows` must be the groups' size bound; block_n / num_warps / num_stages:
-    the launch (tools/bench_kv_decode.py --flat times others)."""
+    the launch (tools/bench_kv_decode.py --flat times others; block_n None: by the cache's width)."""
+    if block_n is None:
+        block_n = ROWS_BLOCK_N_8BIT if k_cache.element_size() == 1 else ROWS_BLOCK_N
     check_launch("paged_rows_attention", block_n, num_warps, num_stages)
     t, h, d = q.shape
     kv = k_cache.shape[1]
