@@ -140,6 +140,26 @@ def test_another_specialisation_goes_through_triton(fake, change):
     assert len(fn.calls) == 2 and fn.kernel.runs == []
 
 
+def test_a_constexpr_given_positionally_keys_by_value(fake):
+    fn, _ = fake
+    fn.constexprs = [3]  # BLOCK, as Triton lists constexpr parameters by position
+    x = torch.zeros(32)
+    launch(fn, (4,), x, 128, 1e-5, 64)
+    launch(fn, (4,), x, 128, 1e-5, 128)  # same class of int, another constexpr value: another kernel
+    assert len(fn.calls) == 2 and fn.kernel.runs == []
+    launch(fn, (4,), x, 256, 1e-5, 128)
+    assert len(fn.calls) == 2 and fn.kernel.runs[0][9:] == (x, 256, 1e-5, 128, False, 0)
+
+
+def test_the_kept_signatures_are_bounded(fake, cache, monkeypatch):
+    fn, _ = fake
+    monkeypatch.setattr(cache, "MAX_KEPT", 2)
+    x = torch.zeros(32)
+    for n in (16, 17, 1, 16, 1):  # three classes of n; only the first two are kept
+        launch(fn, (4,), x, n, 1e-5)
+    assert len(fn.calls) == 4 and len(fn.kernel.runs) == 1
+
+
 def test_cases_that_must_not_take_the_short_path(fake, cache):
     fn, rt = fake
     x = torch.zeros(32)

@@ -10,8 +10,8 @@ work waited on the host.
 `launch(fn, grid, *args, **kwargs)` means `fn[grid](*args, **kwargs)`. The first launch of each argument
 signature goes through Triton (which compiles or finds the kernel); its CompiledKernel is kept under a key of our
 own that is at least as fine as Triton's specialisation (`arg_key`: every tensor's dtype and alignment, every
-integer's width, divisibility and "is one", every descriptor's type, dtype, block and layout, plus the device and
-every keyword argument), so a key never maps to a kernel that Triton would not have chosen. Later launches with
+integer's width, divisibility and "is one", every descriptor's type, dtype, block and layout, plus the device,
+the value of every constexpr and every keyword argument), so a key never maps to a kernel that Triton would not have chosen. Later launches with
 that key call the kernel's launcher directly, with the same arguments in the signature's order.
 
 Triton's own path is used instead: under TRITON_INTERPRET (the CPU tests), while a launch hook is set (profilers
@@ -29,6 +29,7 @@ import torch
 
 ENV = "MLPERF_TRITON_FAST_LAUNCH"
 _enabled = os.environ.get(ENV, "1") != "0" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+MAX_KEPT = 256  # signatures kept per kernel
 _kernels: dict[int, dict] = {}  # id(fn) -> {key: (CompiledKernel, values of the parameters after the positional)}
 counts = {"fast": 0, "triton": 0}  # launches each way (tests and tools read them)
 
@@ -115,7 +116,9 @@ def launch(fn, grid, *args, **kwargs):
     drv = rt[1]
     device = drv.get_current_device()
     try:
-        key = (device, tuple(map(arg_key, args)), tuple(kwargs.items()))
+        # a constexpr given positionally is part of the key by value (arg_key would only class it)
+        cx = tuple(args[i] for i in getattr(fn, "constexprs", ()) if i < len(args))
+        key = (device, tuple(map(arg_key, args)), cx, tuple(kwargs.items()))
         kept = _kernels.setdefault(id(fn), {})
         entry = kept.get(key)
     except (_NoKey, TypeError):  # TypeError: a keyword value that cannot be hashed
@@ -126,10 +129,11 @@ def launch(fn, grid, *args, **kwargs):
         kernel = fn[grid](*args, **kwargs)
         if hasattr(kernel, "result"):  # asynchronous compilation
             kernel = kernel.result()
-        try:
-            kept[key] = (kernel, _tail(fn, len(args), kwargs))
-        except _NoKey:
-            pass
+        if len(kept) < MAX_KEPT:  # a bound, should some caller's keys never repeat (a tensor as a keyword)
+            try:
+                kept[key] = (kernel, _tail(fn, len(args), kwargs))
+            except _NoKey:
+                pass
         return kernel
     kernel, tail = entry
     g1 = grid[1] if len(grid) > 1 else 1
