@@ -90,6 +90,11 @@ class FakeFn:
         return go
 
 
+class Chain:  # triton.knobs.HookChain's shape: the hooks in `calls`
+    def __init__(self, calls):
+        self.calls = calls
+
+
 class FakeRuntime:
     launch_enter_hook = launch_exit_hook = None
 
@@ -168,13 +173,15 @@ def test_cases_that_must_not_take_the_short_path(fake, cache):
     launch(fn, (4,), object(), 128, 1e-5)  # an argument the key does not know
     rt.launch_enter_hook = print  # a profiler reads launch metadata
     launch(fn, (4,), x, 128, 1e-5)
-    rt.launch_enter_hook = None
+    rt.launch_enter_hook = Chain([print])  # Triton 3.6: a chain of hooks, here with one
+    launch(fn, (4,), x, 128, 1e-5)
+    rt.launch_enter_hook = Chain([])
     cache.set_enabled(False)
     launch(fn, (4,), x, 128, 1e-5)
-    assert len(fn.calls) == 5 and fn.kernel.runs == []
+    assert len(fn.calls) == 6 and fn.kernel.runs == []
     cache.set_enabled(True)
-    launch(fn, (4,), x, 128, 1e-5)
-    assert len(fn.calls) == 5 and len(fn.kernel.runs) == 1
+    launch(fn, (4,), x, 128, 1e-5)  # an empty chain of hooks is no hook
+    assert len(fn.calls) == 6 and len(fn.kernel.runs) == 1
 
 
 def test_without_an_active_driver_every_launch_goes_through_triton(fake, monkeypatch):

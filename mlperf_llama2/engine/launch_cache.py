@@ -104,13 +104,18 @@ def _runtime():
     return _rt or None
 
 
+def _hooked(hook) -> bool:
+    """A launch hook that would run: Triton 3.6 keeps a chain of hooks, empty unless a profiler added one."""
+    return hook is not None and (not hasattr(hook, "calls") or bool(hook.calls))
+
+
 def launch(fn, grid, *args, **kwargs):
     """`fn[grid](*args, **kwargs)`, through the kept kernel where this argument signature was launched before."""
     if not _enabled or callable(grid):
         counts["triton"] += 1
         return fn[grid](*args, **kwargs)
     rt = _runtime()
-    if rt is None or rt[0].launch_enter_hook is not None or rt[0].launch_exit_hook is not None:
+    if rt is None or _hooked(rt[0].launch_enter_hook) or _hooked(rt[0].launch_exit_hook):
         counts["triton"] += 1
         return fn[grid](*args, **kwargs)
     drv = rt[1]
