@@ -195,7 +195,8 @@ def test_without_an_active_driver_every_launch_goes_through_triton(fake, monkeyp
 def test_off_under_the_interpreter_and_by_environment(monkeypatch):
     import importlib
 
-    for env, want in ((("TRITON_INTERPRET", "1"), False), ((launch_cache.ENV, "0"), False), (("X_UNSET", "1"), True)):
+    for env, want in ((("TRITON_INTERPRET", "1"), False), ((launch_cache.ENV, "0"), False),
+                      ((launch_cache.ENV, "Off"), False), ((launch_cache.ENV, "1"), True), (("X_UNSET", "1"), True)):
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         monkeypatch.delenv(launch_cache.ENV, raising=False)
         monkeypatch.setenv(*env)

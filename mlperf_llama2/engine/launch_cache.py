@@ -3,21 +3,21 @@
 `fn[grid](*args)` (`JITFunction.run`) binds every argument, specialises each one (pointer dtype and 16-byte
 alignment, integer width, divisibility by 16), hashes that with the options into a key, finds the compiled
 kernel, builds launch metadata and only then calls the kernel's launcher. An eager 80-layer step makes ~880
-launches; on the H100 machine one eager step took 76-82 ms of host time and Triton's launch path was most of it
-(docs/results/verify_head_rows_hostprof_h100.txt), while the GPU needed 30-43 ms: a step under ~100 ms of GPU
-work waited on the host.
+launches; on the H100 machine launching one eager FP8 step took 70 ms of host time through Triton's path and 55
+with this one, against 43 ms of GPU work (docs/engine.md, "Host time of an eager step").
 
 `launch(fn, grid, *args, **kwargs)` means `fn[grid](*args, **kwargs)`. The first launch of each argument
 signature goes through Triton (which compiles or finds the kernel); its CompiledKernel is kept under a key of our
 own that is at least as fine as Triton's specialisation (`arg_key`: every tensor's dtype and alignment, every
 integer's width, divisibility and "is one", every descriptor's type, dtype, block and layout, plus the device,
-the value of every constexpr and every keyword argument), so a key never maps to a kernel that Triton would not have chosen. Later launches with
-that key call the kernel's launcher directly, with the same arguments in the signature's order.
+the value of every constexpr and every keyword argument), so a key never maps to a kernel that Triton would not
+have chosen. Later launches with that key call the kernel's launcher directly, with the same arguments in the
+signature's order and no launch hooks.
 
 Triton's own path is used instead: under TRITON_INTERPRET (the CPU tests), while a launch hook is set (profilers
-such as proton read launch metadata), with MLPERF_TRITON_FAST_LAUNCH=0, without an active driver, for a callable grid, and for an argument
-whose type `arg_key` does not know. Tests: tests/test_launch_cache.py (the key on CPU; on a GPU, outputs and
-tokens equal with and without).
+such as proton read launch metadata), with MLPERF_LLAMA2_FAST_LAUNCH=0 (or false / off / no), without an active
+driver, for a callable grid, and for an argument whose type `arg_key` does not know. Tests:
+tests/test_launch_cache.py (the key and the launch logic on the CPU; on a GPU, equal bits and tokens both ways).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import os
 
 import torch
 
-ENV = "MLPERF_TRITON_FAST_LAUNCH"
-_enabled = os.environ.get(ENV, "1") != "0" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+ENV = "MLPERF_LLAMA2_FAST_LAUNCH"
+_OFF = ("0", "false", "off", "no")
+_enabled = (os.environ.get(ENV, "1").strip().lower() not in _OFF
+            and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 MAX_KEPT = 256  # signatures kept per kernel
 _kernels: dict[int, dict] = {}  # id(fn) -> {key: (CompiledKernel, values of the parameters after the positional)}
 counts = {"fast": 0, "triton": 0}  # launches each way (tests and tools read them)

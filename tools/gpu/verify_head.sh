@@ -50,7 +50,7 @@
 #   launch       engine/launch_cache.py (kept Triton kernels relaunched without Triton's binding) and the direct
 #                FlashAttention call: their bit-for-bit GPU tests, the flat steps' (row groups on by default) and the
 #                FP8 / int8 / PDL token tests, the fidelity compositions with flat steps (~3 min)
-#   hostprof2    the eager step's host time with the short launch path off, then on (MLPERF_TRITON_FAST_LAUNCH), then
+#   hostprof2    the eager step's host time with the short launch path off, then on (MLPERF_LLAMA2_FAST_LAUNCH), then
 #                the 80-layer step profile at 64 + 128 tokens with it on (eager overlapped was 101.98 ms without it,
 #                verify_head_rows_hostprof_h100.txt) (~4 min on an H100)
 #   hostprof     where an eager 80-layer step's host time goes (80-180 ms on the H100 machine against ~30-110 ms of
@@ -173,8 +173,8 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
           tests/test_engine_fp8.py tests/test_engine_int8.py tests/test_pdl.py 2>&1 | tail -8 >> "$L"
         timeout 100 "${PYTEST[@]}" tests/test_engine_fidelity.py -k "rows or flat" 2>&1 | tail -3 >> "$L" ;;
     hostprof2) for fast in 0 1; do
-          echo "--- MLPERF_TRITON_FAST_LAUNCH=$fast" >> "$L"
-          MLPERF_TRITON_FAST_LAUNCH=$fast timeout 120 python3 tools/profile_step.py --shape 70b --weights fp8 \
+          echo "--- MLPERF_LLAMA2_FAST_LAUNCH=$fast" >> "$L"
+          MLPERF_LLAMA2_FAST_LAUNCH=$fast timeout 120 python3 tools/profile_step.py --shape 70b --weights fp8 \
             --kv-cache-dtype fp8 --batch 64 --context 600 --prefill 128 --host-profile --reps 5 \
             --out "$OUT/hostprof_$fast" 2>&1 | grep -A12 "^host time" >> "$L"
         done
