@@ -174,6 +174,31 @@ def test_shapes_tma_cannot_serve_are_refused(k, n):
         ws.gemm8_ws(qx, qw, torch.ones(4), torch.ones(n), None, torch.float16, kind="int8")
 
 
+@pytest.mark.parametrize("kind,out_dtype,m", [("fp8", torch.float16, 200), ("int8", torch.float32, 16),
+                                             ("fp8", torch.bfloat16, 1)])
+def test_host_descriptors_equal_the_checked_constructor(kind, out_dtype, m):
+    """host_descriptor skips TensorDescriptor's checks (they hold by construction): its fields must be exactly
+    from_tensor's, for each operand of a launch."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    dt = torch.float8_e4m3fn if kind == "fp8" else torch.int8
+    cfg = ws.default_config(m, kind, kind == "fp8", torch.empty(0, dtype=out_dtype).element_size())
+    blocks = ws.operand_layouts(cfg, kind, out_dtype)
+    for t, (block, layout) in zip((torch.zeros(m, 1024, dtype=dt), torch.zeros(768, 1024, dtype=dt),
+                                   torch.zeros(m, 768, dtype=out_dtype)), blocks):
+        got, want = ws.host_descriptor(t, block, layout), TensorDescriptor.from_tensor(t, block, layout)
+        assert type(got) is TensorDescriptor and got.base is want.base
+        assert [got.shape, got.strides, got.block_shape, got.layout, got.padding] == \
+            [want.shape, want.strides, want.block_shape, want.layout, want.padding]
+
+
+def test_a_misaligned_operand_is_one_line():
+    x = torch.zeros(4 * 1024 + 16, dtype=torch.int8)[1:1 + 4 * 1024].view(4, 1024)  # one byte off
+    _, (block, layout), _ = ws.operand_layouts(ws.default_config(4, "int8", False, 2), "int8", torch.float16)
+    with pytest.raises(UserError, match="16-byte aligned"):
+        ws.host_descriptor(x, block, layout)
+
+
 def test_epilogue_rounds_each_operation_like_the_torch_statement():
     """acc * s_x * s_w + bias as three float32 roundings: no fma contraction (the GPU test compares bit for bit
     with gemm8_reference, whose bias add is a separate torch op)."""

@@ -584,6 +584,24 @@ def check_config(cfg: WsConfig, kind: str, promote: bool, out_bytes: int = 2) ->
                         f"{out_bytes}-byte output (227 KB on sm_90): fewer stages")
 
 
+def host_descriptor(t: torch.Tensor, block: list, layout):
+    """Gluon's host TensorDescriptor of a contiguous 2-D tensor, without its constructor's checks: ~35 us of the
+    eager step's ~107 ms of profiled host time per 3 descriptors (they call Triton's constexpr functions, H100
+    machine, docs/results/profile_step_70b_fp8_hostprof_fastlaunch_h100.json). What they check holds here by
+    construction: contiguous rows whose byte strides are multiples of 16 (K % 16 == 0 for the 8-bit operands,
+    N % 8 == 0 for a 2- or 4-byte output), a positive shape, a power-of-2 block and an NVMMA layout from
+    operand_layouts; the 16-byte base alignment is checked here (a view at an odd offset would fault in TMA).
+    tests/test_gemm8_ws.py compares it field by field with TensorDescriptor.from_tensor."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    if t.data_ptr() % 16:
+        raise UserError(f"gemm8_ws: operands must start 16-byte aligned (TMA), got a {list(t.shape)} view at "
+                        f"address {t.data_ptr():#x}")
+    d = object.__new__(TensorDescriptor)
+    d.base, d.shape, d.strides, d.block_shape, d.layout, d.padding = t, t.shape, t.stride(), block, layout, "zero"
+    return d
+
+
 def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: Optional[torch.Tensor],
              out_dtype: torch.dtype, *, kind: str = "fp8", promote_every: int = MAX_PROMOTE,
              config: Optional[WsConfig] = None, num_programs: Optional[int] = None) -> torch.Tensor:
@@ -606,13 +624,11 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     promote = kind == "fp8" and promote_every > 0
     cfg = config or default_config(m, kind, promote, out.element_size())
     check_config(cfg, kind, promote, out.element_size())
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
     qx, qw = qx.contiguous(), qw.contiguous()
     (a_block, a_layout), (b_block, b_layout), (c_block, c_layout) = operand_layouts(cfg, kind, out_dtype)
-    a = TensorDescriptor.from_tensor(qx, a_block, a_layout)
-    b = TensorDescriptor.from_tensor(qw, b_block, b_layout)
-    c = TensorDescriptor.from_tensor(out, c_block, c_layout)
+    a = host_descriptor(qx, a_block, a_layout)
+    b = host_descriptor(qw, b_block, b_layout)
+    c = host_descriptor(out, c_block, c_layout)
     tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bn)
     programs = min(num_programs or _num_sms(qx.device.index or 0), tiles)
     launch(_gemm8_ws_kernel, (programs,),
