@@ -131,7 +131,7 @@ def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: fl
 def provenance(model, args, device: torch.device) -> dict:
     """What produced a run's numbers beyond its arguments: the harness commit (and its modified files) and the
     kernels the engine picked by default, whose choice changes between sessions (the 8-bit GEMM path of each
-    Linear, gemm8_ws's tile table, the decode attention variants)."""
+    Linear, gemm8_ws's tile table, the decode attention variants, the short launch path)."""
     from collections import Counter
 
     from mlperf_llama2.quant.activation import Quant8Linear
@@ -143,8 +143,12 @@ def provenance(model, args, device: torch.device) -> dict:
     if device.type == "cuda":  # the Triton / Gluon modules import triton
         from mlperf_llama2.engine import paged_decode_triton as pdt
 
+        from mlperf_llama2.engine import launch_cache
+
         out["decode_attention"] = pdt.DEFAULT_DECODE_CONFIG_16BIT if args.kv_cache_dtype == "auto" \
             else pdt.DEFAULT_DECODE_CONFIG_8BIT
+        # host time of eager steps: kept kernels relaunched directly (engine/launch_cache.py) or through Triton
+        out["triton_fast_launch"] = launch_cache.enabled()
         if args.int8_rules == "all":
             from mlperf_llama2.engine import whole_config_decode_triton as wcd
 
