@@ -46,6 +46,21 @@ def test_it_finds_the_function_that_takes_the_time():
         host_profile.host_profile(launch, 0, lambda: None)
 
 
+def test_the_ab_interleaves_the_switch_and_times_each_way():
+    state, order = {"on": None}, []
+
+    def launch():
+        order.append(state["on"])
+        time.sleep(0.002 if state["on"] else 0.012)  # the switch makes the launch faster
+
+    ab = host_profile.launch_ab(launch, reps=3, sync=lambda: None, switch=lambda flag: state.update(on=flag))
+    assert order == [False, True] * 4  # a warm-up each way, then off/on interleaved
+    assert state["on"] is True and ab["reps"] == 3
+    assert 10 <= ab["off_ms"] < 50 and 1.5 <= ab["on_ms"] < ab["off_ms"] - 5
+    with pytest.raises(ValueError, match="reps must be >= 1"):
+        host_profile.launch_ab(launch, 0, lambda: None, lambda flag: None)
+
+
 def test_an_engine_step_names_the_model_forward(tiny_model_dir):
     """On the CPU an engine step runs synchronously, but the profile still says which of our functions the host
     spends a step in: the model's forward and its layers appear with one call per layer."""

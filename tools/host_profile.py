@@ -50,6 +50,27 @@ def host_profile(launch: Callable[[], object], reps: int, sync: Callable[[], Non
             "profiled_own_us_per_step": total_own, "functions": rows[:top]}
 
 
+def launch_ab(launch: Callable[[], object], reps: int, sync: Callable[[], None],
+              switch: Callable[[bool], None]) -> dict:
+    """Launch time with a switch off and on, interleaved (off, on, off, on, ...) in one process, so the two
+    medians share the machine's state: {"off_ms", "on_ms"} (median of `reps` each). `switch(flag)` sets it; the
+    switch is left on. One warm-up launch each way first (the first launch of a way compiles or looks up)."""
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    times: dict = {False: [], True: []}
+    for r in range(reps + 1):
+        for flag in (False, True):
+            switch(flag)
+            t0 = time.perf_counter()
+            launch()
+            if r:
+                times[flag].append(time.perf_counter() - t0)
+            sync()
+    switch(True)
+    med = {flag: sorted(ts)[len(ts) // 2] * 1e3 for flag, ts in times.items()}
+    return {"reps": reps, "off_ms": med[False], "on_ms": med[True]}
+
+
 def _short(filename: str) -> str:
     """The path from the package or the library root on, so the table stays readable."""
     if "mlperf_llama2/" in filename:

@@ -33,6 +33,7 @@ import host_profile  # noqa: E402
 from bench import DEFAULT_QUANT_CONFIG, hf_config_for  # noqa: E402
 from bench_paths import bench_model  # noqa: E402
 from mlperf_llama2.config import EngineConfig  # noqa: E402
+from mlperf_llama2.engine import launch_cache  # noqa: E402
 from mlperf_llama2.engine.config import FP8_ACCUMULATIONS  # noqa: E402
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
@@ -260,6 +261,11 @@ def main(argv=None) -> int:
             result["host_profile"] = {
                 step: host_profile.host_profile(lambda b=b: runner.launch(b), args.reps, torch.cuda.synchronize)
                 for step, b in (("eager mixed step", mixed), ("eager decode step", decode))}
+            if launch_cache.enabled():  # the short launch path against Triton's, interleaved in this process
+                result["launch_ab"] = {
+                    step: host_profile.launch_ab(lambda b=b: runner.launch(b), args.reps, torch.cuda.synchronize,
+                                                 launch_cache.set_enabled)
+                    for step, b in (("eager mixed step", mixed), ("eager decode step", decode))}
             runner.graph_mixed_tokens, runner.graphs = saved
         for step, (ms, gpu) in rows.items():
             result["rows"].append({"ops": name, "step": step, "wall_ms": ms, **gpu})
@@ -280,6 +286,9 @@ def main(argv=None) -> int:
     lines += [f"  {ms:8.3f}  {name}" for name, ms in graph["top_kernels_ms"].items()]
     for step, prof in result.get("host_profile", {}).items():
         lines += host_profile.lines(prof, step)
+    for step, ab in result.get("launch_ab", {}).items():
+        lines.append(f"launch time of one {step}, interleaved (median of {ab['reps']} each): Triton's launch path "
+                     f"{ab['off_ms']:.2f} ms, kept kernels relaunched directly {ab['on_ms']:.2f} ms")
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(args.out, "table.txt"), "w") as fh:

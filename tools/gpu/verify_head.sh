@@ -50,9 +50,9 @@
 #   launch       engine/launch_cache.py (kept Triton kernels relaunched without Triton's binding) and the direct
 #                FlashAttention call: their bit-for-bit GPU tests, the flat steps' (row groups on by default) and the
 #                FP8 / int8 / PDL token tests, the fidelity compositions with flat steps (~3 min)
-#   hostprof2    the eager step's host time with the short launch path off, then on (MLPERF_LLAMA2_FAST_LAUNCH), then
-#                the 80-layer step profile at 64 + 128 tokens with it on (eager overlapped was 101.98 ms without it,
-#                verify_head_rows_hostprof_h100.txt) (~4 min on an H100)
+#   hostprof2    the eager step's host profile and its launch time with Triton's launch path and with the short one
+#                (engine/launch_cache.py), interleaved in one process; then the 80-layer step profile at 64 + 128
+#                tokens (eager overlapped 55.7 ms on an H100 with both host changes, 102.0 before) (~3 min)
 #   hostprof     where an eager 80-layer step's host time goes (80-180 ms on the H100 machine against ~30-110 ms of
 #                GPU work): profile_step.py --host-profile, 70B FP8 + FP8 KV, 64 decodes + 128 prompt tokens (~90 s)
 #   align        --prefill-align 128 against off, FP8 Offline at 20 of 80 layers, 1,024 samples, twice each (~6 min on
@@ -172,12 +172,9 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
     launch) timeout 220 "${PYTEST[@]}" -m gpu tests/test_launch_cache.py tests/test_paged_rows.py tests/test_graph_mixed.py \
           tests/test_engine_fp8.py tests/test_engine_int8.py tests/test_pdl.py 2>&1 | tail -8 >> "$L"
         timeout 100 "${PYTEST[@]}" tests/test_engine_fidelity.py -k "rows or flat" 2>&1 | tail -3 >> "$L" ;;
-    hostprof2) for fast in 0 1; do
-          echo "--- MLPERF_LLAMA2_FAST_LAUNCH=$fast" >> "$L"
-          MLPERF_LLAMA2_FAST_LAUNCH=$fast timeout 120 python3 tools/profile_step.py --shape 70b --weights fp8 \
-            --kv-cache-dtype fp8 --batch 64 --context 600 --prefill 128 --host-profile --reps 5 \
-            --out "$OUT/hostprof_$fast" 2>&1 | grep -A12 "^host time" >> "$L"
-        done
+    hostprof2) timeout 150 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --batch 64 \
+          --context 600 --prefill 128 --host-profile --reps 7 --out "$OUT/hostprof2" 2>&1 \
+          | grep -A8 "^host time\|^launch time" >> "$L"
         echo "--- 80 layers, 64 decodes (context 600) + 128 prompt tokens, short launch path on" >> "$L"
         timeout 150 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --batch 64 \
           --context 600 --prefill 128 --graph-mixed --reps 5 --out "$OUT/lc_64" 2>&1 | grep "^| fused ops |" >> "$L" ;;
