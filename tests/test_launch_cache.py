@@ -294,7 +294,8 @@ def test_direct_flash_call_equals_varlen_attn():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("quantization", [None, "fp8"])
-def test_tokens_are_the_same_without_the_short_path(tiny_model_dir, cache, quantization):
+@pytest.mark.parametrize("graphs", [False, True])
+def test_tokens_are_the_same_without_the_short_path(tiny_model_dir, cache, quantization, graphs):
     from mlperf_llama2.engine.config import EngineConfig
     from mlperf_llama2.engine.llm_engine import LLMEngine
     from mlperf_llama2.engine.sequence import SamplingParams
@@ -307,9 +308,10 @@ def test_tokens_are_the_same_without_the_short_path(tiny_model_dir, cache, quant
     outs = []
     for flag in (False, True):
         cache.set_enabled(flag)
-        # no CUDA graphs: every step launches eagerly, so the short path is what the tokens come from
+        # without CUDA graphs every step launches eagerly, so the short path is what the tokens come from; with
+        # them (and flat steps up to 32 tokens), the graphs are captured through it after the warm-up launch
         config = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, block_size=16, num_kv_blocks=64,
-                              cuda_graphs=False)
+                              cuda_graphs=graphs, graph_mixed_tokens=32 if graphs else 0)
         engine = LLMEngine.from_pretrained(str(tiny_model_dir), config, "cuda", torch.float16, quant)
         before = cache.counts["fast"]
         outs.append(engine.generate(prompts, SamplingParams(12)))
