@@ -312,8 +312,8 @@ def test_tokens_are_the_same_without_the_short_path(tiny_model_dir, cache, quant
         # them (and flat steps up to 32 tokens), the graphs are captured through it after the warm-up launch
         config = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, block_size=16, num_kv_blocks=64,
                               cuda_graphs=graphs, graph_mixed_tokens=32 if graphs else 0)
-        engine = LLMEngine.from_pretrained(str(tiny_model_dir), config, "cuda", torch.float16, quant)
         before = cache.counts["fast"]
+        engine = LLMEngine.from_pretrained(str(tiny_model_dir), config, "cuda", torch.float16, quant)
         outs.append(engine.generate(prompts, SamplingParams(12)))
         assert (cache.counts["fast"] > before) == flag
     assert outs[0] == outs[1]
