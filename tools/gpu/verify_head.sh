@@ -49,7 +49,8 @@
 #                attention 4.83 / 9.95 ms; eager 165.6 / 114.5) (~4 min on an H100)
 #   launch       engine/launch_cache.py (kept Triton kernels relaunched without Triton's binding) and the direct
 #                FlashAttention call: their bit-for-bit GPU tests, the flat steps' (row groups on by default) and the
-#                FP8 / int8 / PDL token tests, the fidelity compositions with flat steps (~3 min)
+#                FP8 / int8 / PDL token tests, gemm8_ws's GPU tests (its host descriptors), the fidelity
+#                compositions with flat steps (~4 min)
 #   hostprof2    the eager step's host profile and its launch time with Triton's launch path and with the short one
 #                (engine/launch_cache.py), interleaved in one process; then the 80-layer step profile at 64 + 128
 #                tokens (eager overlapped 55.7 ms on an H100 with both host changes, 102.0 before) (~3 min)
@@ -169,8 +170,9 @@ ws_fp8@128x128s6p1w2g4,ws_int8,ws_int8@128x128s6p1g4,ws_fp8_fast,ws_fp8_fast@128
             --context "$c" --prefill "$p" --graph-mixed --reps 5 --out "$OUT/rows_$b" 2>&1 | grep "^| fused ops |" \
             >> "$L"
         done ;;
-    launch) timeout 220 "${PYTEST[@]}" -m gpu tests/test_launch_cache.py tests/test_paged_rows.py tests/test_graph_mixed.py \
-          tests/test_engine_fp8.py tests/test_engine_int8.py tests/test_pdl.py 2>&1 | tail -8 >> "$L"
+    launch) timeout 300 "${PYTEST[@]}" -m gpu tests/test_launch_cache.py tests/test_paged_rows.py tests/test_graph_mixed.py \
+          tests/test_engine_fp8.py tests/test_engine_int8.py tests/test_pdl.py tests/test_gemm8_ws_gpu.py 2>&1 \
+          | tail -8 >> "$L"
         timeout 100 "${PYTEST[@]}" tests/test_engine_fidelity.py -k "rows or flat" 2>&1 | tail -3 >> "$L" ;;
     hostprof2) timeout 150 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --batch 64 \
           --context 600 --prefill 128 --host-profile --reps 7 --out "$OUT/hostprof2" 2>&1 \
