@@ -130,4 +130,9 @@ def test_bench_offline_runs_the_dataset_lengths(tmp_path, length_columns):
     assert result["workload"]["output_mean"] == pytest.approx(expected.output.mean())
     row = [r for r in result["rows"] if r["backend"] == "engine"][0]
     assert row["samples"] == 5
-    assert f"dataset {length_columns} lengths" in (tmp_path / "out" / "table.txt").read_text()
+    # the step log (tools/step_timer.py): seven columns a step, launch time within the step's time; every step
+    # but the last launched one (which has no next launch to end its gap) is logged
+    assert row["step_log"] and all(len(r) == 7 and 0 <= r[5] <= r[3] for r in row["step_log"])
+    assert row["host"]["steps"] == len(row["step_log"]) == row["steps"] - 1
+    table = (tmp_path / "out" / "table.txt").read_text()
+    assert f"dataset {length_columns} lengths" in table and "engine steps: " in table

@@ -171,6 +171,9 @@ def test_bench_sweeps_sequence_caps_and_token_budgets_on_one_engine(tmp_path):
     assert [(r["max_num_seqs"], r["max_num_batched_tokens"]) for r in result["server"]["settings"]] == settings
     table = (tmp_path / "out" / "table.txt").read_text()
     assert "[seqs 4, budget 256]" in table and "--max-num-seqs 1 --max-num-batched-tokens 32:" in table
+    # each point's engine steps timed (tools/step_timer.py)
+    assert all(p["host"]["steps"] > 0 and 0 <= p["host"]["wait_share"] <= 1 for p in result["server"]["points"])
+    assert table.count("waiting for the GPU") == 4
 
 
 @pytest.mark.slow

@@ -69,13 +69,14 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def step_profile(step_log) -> dict:
-    """Where Offline time went: decode-only (graph) steps vs mixed prefill+decode (eager) steps."""
+    """Where Offline time went: decode-only (graph) steps vs mixed prefill+decode (eager) steps (step-log rows,
+    ms in column 3)."""
     prof = {}
     for kind, decode_only in (("decode_only", True), ("mixed", False)):
         rows = [r for r in step_log if r[0] == decode_only]
         if rows:
-            prof[kind] = {"steps": len(rows), "seconds": sum(r[3] for r in rows),
-                          "mean_ms": 1e3 * sum(r[3] for r in rows) / len(rows),
+            prof[kind] = {"steps": len(rows), "seconds": sum(r[3] for r in rows) / 1e3,
+                          "mean_ms": sum(r[3] for r in rows) / len(rows),
                           "mean_seqs": sum(r[1] for r in rows) / len(rows),
                           "mean_tokens": sum(r[2] for r in rows) / len(rows)}
     return prof
@@ -175,34 +176,24 @@ def loadgen_offline(backend, prompts, out_dir: str) -> dict:
 
 
 def engine_offline(args, engine, prompts, o_len, roof, result, lg_dir) -> None:
-    """The engine's LoadGen Offline run with a step log; appends its row to result["rows"]."""
-    step_log: list[tuple] = []  # (decode only, sequences, tokens, seconds, decodes)
-    name = "launch" if engine.overlap else "run"  # the runner method the engine's steps call
-    run_step = getattr(engine.runner, name)
-    launched: list = []  # (time, batch) of the step before
+    """The engine's LoadGen Offline run with a step log (tools/step_timer.py: a step's time is the gap between two
+    launches, with the host's launch time and the wait for its tokens); appends its row to result["rows"]."""
+    from step_timer import StepTimer
 
-    def timed_run(batch):
-        # a step's time is the gap between two launches: with overlapped steps the loop runs at the GPU's
-        # pace, and without, run() ends in a host read of the tokens
-        now = time.perf_counter()
-        if launched:
-            t0, prev = launched.pop()
-            step_log.append((prev.is_decode_only, len(prev.items), prev.num_tokens, now - t0, prev.num_decodes))
-        launched.append((now, batch))
-        return run_step(batch)
-
-    setattr(engine.runner, name, timed_run)
     steps0 = engine.num_steps
     backend = ForcedLengthEngine(engine, o_len)
-    run = loadgen_offline(backend, prompts, os.path.join(lg_dir, "engine"))
-    setattr(engine.runner, name, run_step)
+    with StepTimer(engine) as timer:
+        run = loadgen_offline(backend, prompts, os.path.join(lg_dir, "engine"))
+    step_log = [[r[0], r[1], r[2], round(r[3], 3), r[4], round(r[5], 3), round(r[6], 3)] for r in timer.rows]
     tps = float(o_len.sum() / run["wall_s"])
     result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",
                            "tokens_per_s": tps, **run, "eos_ids_replaced": backend.eos_replaced(),
                            "steps": engine.num_steps - steps0,
                            "preemptions": engine.scheduler.num_preemptions, "kv_blocks": engine.runner.num_blocks,
                            "roofline_tokens_per_s": roof, "step_profile": step_profile(step_log),
-                           "step_log": [[int(r[0]), r[1], r[2], round(r[3] * 1e3, 3), r[4]] for r in step_log]})
+                           "host": timer.summary(),
+                           # per step: decode only, sequences, tokens, ms, decodes, launch ms, wait-for-tokens ms
+                           "step_log": step_log})
     if step_log:
         from steady_state import analyse
 

@@ -17,6 +17,7 @@ lengths, EOS ignored, every generated token counted by LoadGen. No torch here (t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -218,8 +219,15 @@ class ServerRuns:
         log.info("server %s: target %g QPS, min duration %.0f s, min queries %d, %d samples loaded, limits %g/%g ms",
                  self.limits.name, qps, self.duration_s, self.min_queries, test.performance_sample_count_override,
                  self.limits.ttft_ms, self.limits.tpot_ms)
-        result = run_test("Server", self.backend, self.dataset, self.settings, audit_conf="no-audit.config",
-                          max_new_tokens=constants.MAX_NEW_TOKENS)
+        engine = getattr(self.backend, "engine", None)  # the engine backend: its steps timed (tools/step_timer.py)
+        timer = None
+        if engine is not None and hasattr(engine, "runner"):
+            from step_timer import StepTimer
+
+            timer = StepTimer(engine)
+        with timer if timer is not None else contextlib.nullcontext():
+            result = run_test("Server", self.backend, self.dataset, self.settings, audit_conf="no-audit.config",
+                              max_new_tokens=constants.MAX_NEW_TOKENS)
         log_dir = self.settings.output_dir
         with open(os.path.join(log_dir, "mlperf_log_summary.txt")) as fh:
             summary_text = fh.read()
@@ -228,6 +236,8 @@ class ServerRuns:
                  "samples_loaded": test.performance_sample_count_override, **parse_summary(summary_text),
                  "loadgen_errors": detail_errors(os.path.join(log_dir, "mlperf_log_detail.txt"))}
         point["meets_limits"] = meets(point, self.limits)
+        if timer is not None:
+            point["host"] = timer.summary()  # whether this point's steps waited on the GPU or on the host
         if hasattr(self.backend, "eos_replaced"):
             point["eos_ids_replaced"] = self.backend.eos_replaced()
         return point
@@ -237,11 +247,14 @@ def point_line(p: dict) -> str:
     flat = f", graph-mixed {p['graph_mixed_tokens']}" if "graph_mixed_tokens" in p else ""
     setting = (f" [seqs {p['max_num_seqs']}, budget {p['max_num_batched_tokens']}{flat}]"
                if "max_num_batched_tokens" in p else "")
+    host = p.get("host") or {}
+    steps = (f"; steps {host['step_ms_mean']:.1f} ms, launch {host['launch_ms_mean']:.1f} ms, waiting for the GPU "
+             f"{host['wait_share']:.0%}" if host.get("steps") else "")
     return (f"server {p['limits']:<11} qps {p['qps']:>7.3f}{setting}: "
             f"{p.get('completed_samples_per_s', 0):.2f} samples/s, "
             f"{p.get('completed_tokens_per_s', 0):.0f} tok/s, p99 TTFT {p.get('ttft_p99_ms', float('nan')):.0f} ms, "
             f"p99 TPOT {p.get('tpot_p99_ms', float('nan')):.1f} ms, p99s {'meet' if p['meets_limits'] else 'miss'} "
-            f"the limits, LoadGen {p['result']}")
+            f"the limits, LoadGen {p['result']}{steps}")
 
 
 def sweep_lines(sweep: dict) -> list[str]:
