@@ -580,10 +580,11 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
                      f"{r['tokens_per_s'] / roof:>10.0%}" + steady)
         host = r.get("host") or {}
         if host.get("steps"):  # tools/step_timer.py
-            lines.append(f"  {r['backend']} steps: {host['steps']}, {host['step_ms_mean']:.1f} ms each, launch "
-                         f"{host['launch_ms_mean']:.1f} ms, the loop waiting for the GPU {host['wait_share']:.0%} of "
-                         f"the time" + (f", {host['host_bound_steps']:.0%} of steps bound by the host"
-                                        if host.get("host_bound_steps") is not None else ""))
+            lines.append(f"  {r['backend']} steps: {host['steps']}, {host['step_ms_mean']:.1f} ms each (busy "
+                         f"{host['busy_ms_mean']:.1f}), launch {host['launch_ms_mean']:.1f} ms, the loop waiting for "
+                         f"the GPU {host['wait_share']:.0%} of the busy time"
+                         + (f", {host['host_bound_steps']:.0%} of steps bound by the host"
+                            if host.get("host_bound_steps") is not None else ""))
     if "server" in result:
         lines.extend(bench_server.sweep_lines(result["server"]))
     for row in result.get("kernels", []):

@@ -248,8 +248,9 @@ def point_line(p: dict) -> str:
     setting = (f" [seqs {p['max_num_seqs']}, budget {p['max_num_batched_tokens']}{flat}]"
                if "max_num_batched_tokens" in p else "")
     host = p.get("host") or {}
-    steps = (f"; steps {host['step_ms_mean']:.1f} ms, launch {host['launch_ms_mean']:.1f} ms, waiting for the GPU "
-             f"{host['wait_share']:.0%}" if host.get("steps") else "")
+    steps = (f"; steps {host['step_ms_mean']:.1f} ms (busy {host['busy_ms_mean']:.1f}), launch "
+             f"{host['launch_ms_mean']:.1f} ms, waiting for the GPU {host['wait_share']:.0%} of the busy time"
+             if host.get("steps") else "")
     return (f"server {p['limits']:<11} qps {p['qps']:>7.3f}{setting}: "
             f"{p.get('completed_samples_per_s', 0):.2f} samples/s, "
             f"{p.get('completed_tokens_per_s', 0):.0f} tok/s, p99 TTFT {p.get('ttft_p99_ms', float('nan')):.0f} ms, "

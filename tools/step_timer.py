@@ -1,15 +1,16 @@
 """Per-step timing of an engine from outside, for tools/bench.py's Offline step log and Server points.
 
-For each step: the gap between its launch and the next one (the step's share of the wall clock), the host time
-inside the runner's launch (queueing the step's kernels or replaying its graph), and, with overlapped steps, the
-time the loop then waited for the step's tokens (`StepOutput.tokens()`). Where the wait is near zero the GPU
-finished before the host asked: that step was bound by the host (launches, scheduling, bookkeeping), and a
-faster GPU would not have shortened it. Without overlapped steps `run` includes the GPU's time and the wait
-is 0.
+For each step: the gap between its launch and the next one (the step's share of the wall clock; in Server it
+also holds any time the loop sat idle waiting for requests), the host time inside the runner's launch (queueing
+the step's kernels or replaying its graph), and, with overlapped steps, the time the loop then waited for the
+step's tokens (`StepOutput.tokens()`). Where the wait is near zero the GPU finished before the host asked: that
+step was bound by the host (launches, scheduling, bookkeeping), and a faster GPU would not have shortened it.
+The engine's `step()` calls are timed too: their sum is the loop's busy time (wall time less idle), which the
+wait's share is taken of. Without overlapped steps `run` includes the GPU's time and the wait is 0.
 
-`StepTimer(engine)` is a context manager that wraps the runner while it is open. `rows`: one list per step,
-[decode only (0/1), sequences, tokens, gap ms, decodes, launch ms, wait ms] (the first five are bench.json's
-step-log columns); `summary()` the totals a run or a Server point reports.
+`StepTimer(engine)` is a context manager that wraps the engine's `step` and the runner's launch while it is open.
+`rows`: one list per step, [decode only (0/1), sequences, tokens, gap ms, decodes, launch ms, wait ms] (the first
+five are bench.json's step-log columns); `summary()` the totals a run or a Server point reports.
 """
 
 from __future__ import annotations
@@ -36,21 +37,35 @@ class StepTimer:
         self.rows: list[list] = []
         self._last = None  # (launch time, row) of the step launched last; its gap ends at the next launch
         self._name = "launch" if engine.overlap else "run"
-        self._inner = None
+        self._inner = self._step = None
+        self.busy_ms = 0.0  # the engine's step() calls, summed
 
     def __enter__(self) -> "StepTimer":
-        runner = self.engine.runner
-        self._own = vars(runner).get(self._name)  # an instance attribute someone set before, else None
-        self._inner = getattr(runner, self._name)
-        setattr(runner, self._name, self._timed)
+        self._patches = [(self.engine.runner, self._name, self._timed), (self.engine, "step", self._timed_step)]
+        self._saved = []
+        for obj, name, wrapper in self._patches:
+            self._saved.append((obj, name, vars(obj).get(name)))  # an instance attribute set before, else None
+            inner = getattr(obj, name)
+            if name == "step":
+                self._step = inner
+            else:
+                self._inner = inner
+            setattr(obj, name, wrapper)
         return self
 
     def __exit__(self, *exc) -> None:
-        runner = self.engine.runner
-        if self._own is None:
-            del runner.__dict__[self._name]  # the class's method again
-        else:
-            setattr(runner, self._name, self._own)
+        for obj, name, own in self._saved:
+            if own is None:
+                del obj.__dict__[name]  # the class's method again
+            else:
+                setattr(obj, name, own)
+
+    def _timed_step(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self._step(*args, **kwargs)
+        finally:
+            self.busy_ms += (time.perf_counter() - t0) * 1e3
 
     def _timed(self, batch):
         now = time.perf_counter()
@@ -65,15 +80,16 @@ class StepTimer:
         return _TimedOutput(output, row) if self._name == "launch" else output
 
     def summary(self) -> dict:
-        """Steps timed (the last launched one has no gap yet and is left out), their wall ms, the share of it the
-        loop spent waiting for tokens, mean launch ms, and the share of steps that did not wait (< 1 ms: bound by
-        the host)."""
+        """Steps timed (the last launched one has no gap yet and is left out): mean gap and busy ms a step (busy:
+        inside step(), so without idle time), mean launch ms, the share of the busy time the loop spent waiting
+        for tokens, and the share of steps that did not wait (< 1 ms: bound by the host; None without overlapped
+        steps)."""
         rows = self.rows
         if not rows:
             return {"steps": 0}
-        gap = sum(r[3] for r in rows)
-        return {"steps": len(rows), "step_ms_mean": round(gap / len(rows), 3),
+        overlapped = self._name == "launch"
+        return {"steps": len(rows), "step_ms_mean": round(sum(r[3] for r in rows) / len(rows), 3),
+                "busy_ms_mean": round(self.busy_ms / len(rows), 3),
                 "launch_ms_mean": round(sum(r[5] for r in rows) / len(rows), 3),
-                "wait_share": round(sum(r[6] for r in rows) / gap, 3) if gap else 0.0,
-                "host_bound_steps": round(sum(r[6] < 1.0 for r in rows) / len(rows), 3) if self._name == "launch"
-                else None}
+                "wait_share": round(min(1.0, sum(r[6] for r in rows) / self.busy_ms), 3) if self.busy_ms else 0.0,
+                "host_bound_steps": round(sum(r[6] < 1.0 for r in rows) / len(rows), 3) if overlapped else None}
