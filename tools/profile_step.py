@@ -173,7 +173,9 @@ def main(argv=None) -> int:
                          "attention per row and in groups of a sequence's rows (EngineConfig.flat_row_groups)")
     ap.add_argument("--host-profile", action="store_true",
                     help="also where the host's time goes when the fused-ops step is launched eagerly (mixed and "
-                         "decode-only): launch time without and with cProfile, top functions (tools/host_profile.py)")
+                         "decode-only): launch time without and with cProfile, top functions (tools/host_profile.py), "
+                         "and the launch time through Triton's launch path against kept kernels relaunched "
+                         "directly (engine/launch_cache.py), interleaved")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)

@@ -38,6 +38,7 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # host descriptors (host_descriptor)
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
@@ -592,8 +593,6 @@ def host_descriptor(t: torch.Tensor, block: list, layout):
     N % 8 == 0 for a 2- or 4-byte output), a positive shape, a power-of-2 block and an NVMMA layout from
     operand_layouts; the 16-byte base alignment is checked here (a view at an odd offset would fault in TMA).
     tests/test_gemm8_ws.py compares it field by field with TensorDescriptor.from_tensor."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
     if t.data_ptr() % 16:
         raise UserError(f"gemm8_ws: operands must start 16-byte aligned (TMA), got a {list(t.shape)} view at "
                         f"address {t.data_ptr():#x}")
