@@ -48,9 +48,9 @@ def kernel_class(name: str) -> str:
     n = name.lower()
     if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "matmul", "nvjet", "wgmma", "gemv")):
         return "gemm"
-    if any(k in n for k in ("paged_decode", "flash", "fmha", "attn", "_stats_kernel", "_pv_kernel", "_pass1_kernel",
-                            "_pass2_kernel", "prefill")):  # the last five: the whole config's attention passes
-        return "attention"
+    if any(k in n for k in ("paged_decode", "paged_rows", "merge_splits", "flash", "fmha", "attn", "_stats_kernel",
+                            "_pv_kernel", "_pass1_kernel", "_pass2_kernel", "prefill")):
+        return "attention"  # (the last five: the whole config's attention passes)
     if any(k in n for k in ("elementwise", "reduce", "norm", "rope", "silu", "index", "cat", "copy", "fill",
                             "scatter", "gather", "_kernel")):
         return "elementwise"
