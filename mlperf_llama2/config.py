@@ -26,6 +26,11 @@ INTERACTIVE = "Interactive"  # --scenario Interactive = Server with the llama2-7
 DTYPES = ("float16", "bfloat16", "float32")
 REFERENCE_MODEL_NAME = "meta-llama/Llama-2-70b-chat-hf"
 
+# LoadGen reads this file from the working directory when it exists (compliance tests copy theirs there)
+DEFAULT_AUDIT_CONF = "audit.config"
+# LoadGen refuses a response of n_tokens <= 1 (its TPOT needs a second token): the SUT fails such a sample
+MIN_RESPONSE_TOKENS = 2
+
 
 @dataclass(frozen=True)
 class ApiConfig:
@@ -146,7 +151,7 @@ class RunConfig:
     accuracy: bool = False
     dtype: str = "float32"
     device: str = "cpu"
-    audit_conf: str = "audit.config"
+    audit_conf: str = DEFAULT_AUDIT_CONF
     user_conf: str = "user.conf"
     total_sample_count: int = constants.TOTAL_SAMPLE_COUNT
     batch_size: int = 1
@@ -181,8 +186,12 @@ class RunConfig:
         for name in ("total_sample_count", "batch_size", "num_workers", "tensor_parallel", "data_parallel"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 1 <= self.max_new_tokens <= constants.MAX_NEW_TOKENS:
-            raise UserError(f"--max-new-tokens must be in 1..{constants.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if not MIN_RESPONSE_TOKENS <= self.max_new_tokens <= constants.MAX_NEW_TOKENS:
+            raise UserError(f"--max-new-tokens must be in {MIN_RESPONSE_TOKENS}..{constants.MAX_NEW_TOKENS} (LoadGen "
+                            f"takes no response of one token), got {self.max_new_tokens}")
+        if self.audit_conf != DEFAULT_AUDIT_CONF and not os.path.isfile(self.audit_conf):
+            raise UserError(f"--audit-conf {self.audit_conf}: no such file (LoadGen would run without it and the "
+                            f"run would not be the audit you asked for)")
         remote_backend = not registry.entry(self.backend).holds_model
         if self.dist.sut_nodes and (remote_backend or self.tensor_parallel > 1 or self.data_parallel > 1):
             raise UserError("--sut-nodes: the SUT nodes generate; give --tensor-parallel/--data-parallel to the nodes "
@@ -220,8 +229,9 @@ class RunConfig:
                        help="cpu, cuda:N (one GPU) or cuda (reference backend: layers spread over every visible GPU, "
                             "like the reference's device_map='auto'; engine: the current GPU) "
                             "(default: cuda:0 when CUDA is available, else cpu)")
-        p.add_argument("--audit-conf", default="audit.config",
-                       help="LoadGen audit config, applied only if the file exists (default %(default)s)")
+        p.add_argument("--audit-conf", default=DEFAULT_AUDIT_CONF,
+                       help="LoadGen audit config: the default is applied only if it exists in the working "
+                            "directory (as LoadGen does); another path must exist (default %(default)s)")
         p.add_argument("--user-conf", default="user.conf", help="LoadGen user config (default %(default)s)")
         p.add_argument("--total-sample-count", type=int, default=constants.TOTAL_SAMPLE_COUNT,
                        help="samples of the dataset to use, capped by its rows (default %(default)s)")

@@ -41,6 +41,11 @@ class Interrupted(KeyboardInterrupt):
         return f"interrupted by {self.signal_name}: run stopped before completion ({self.detail})"
 
 
+def one_line(message: str) -> str:
+    """A message on one line: a library's multi-line text inside a UserError is joined with spaces."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def _raise_interrupted(signum, _frame) -> None:
     raise Interrupted(signum)
 
@@ -61,7 +66,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if _verbose_requested(args):
             traceback.print_exc()
         prog = os.path.basename(sys.argv[0]) or "mlperf_llama2"
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)

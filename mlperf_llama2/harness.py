@@ -43,6 +43,13 @@ def check_inputs(config: RunConfig) -> Dataset:
 
         check_save_outputs(config.save_outputs, config.overwrite)
     dataset = load_dataset(config.dataset_path, config.total_sample_count, vocab_size)
+    if config.accuracy and dataset.targets is None:
+        raise UserError(f"--accuracy: {config.dataset_path} has no reference answers (no 'output' column), so "
+                        "evaluate-accuracy.py could not score the run; use the processorca.py pickle")
+    if registry.selected_name(config) == "engine":
+        from mlperf_llama2.backends.preflight import check_engine_capacity
+
+        check_engine_capacity(config, dataset)
     from mlperf_llama2.loadgen.conf_file import check_conf_files
 
     check_conf_files(config.user_conf, config.audit_conf)  # LoadGen ignores lines it does not know; we refuse them

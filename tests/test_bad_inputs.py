@@ -124,7 +124,18 @@ CASES = [
     Case("save_outputs_unwritable", "main.py", M(save_outputs=lambda w: w / "data.pkl" / "out.json"),
          ("--save-outputs", "is a file, not a directory")),
     Case("total_sample_count_zero", "main.py", M(total_sample_count=0), ("--total-sample-count must be >= 1",)),
-    Case("max_new_tokens_too_large", "main.py", M(max_new_tokens=5000), ("--max-new-tokens must be in 1..1024",)),
+    Case("max_new_tokens_too_large", "main.py", M(max_new_tokens=5000), ("--max-new-tokens must be in 2..1024",)),
+    Case("max_new_tokens_one", "main.py", M(max_new_tokens=1), ("--max-new-tokens must be in 2..1024",
+                                                                 "no response of one token")),
+    Case("audit_conf_given_but_missing", "main.py", M(audit_conf=lambda w: w / "audit.conf"),
+         ("--audit-conf", "audit.conf: no such file")),
+    Case("accuracy_dataset_without_answers", "main.py", lambda w: _main_args(w, **{
+        "--dataset-path": w / "no_output.pkl"}) + ["--accuracy"], ("--accuracy", "no 'output' column")),
+    Case("dataset_is_parquet", "main.py", M(dataset_path=lambda w: w / "orca.parquet"),
+         ("dataset is a parquet file", "processorca.py")),
+    Case("engine_kv_blocks_below_one_sequence", "main.py", lambda w: _main_args(w) + [
+        "--backend", "engine", "--num-kv-blocks", "1", "--block-size", "16"],
+         ("--num-kv-blocks 1", "16 KV slots", "+ --max-new-tokens 4")),
     Case("fault_spec_bad", "main.py", M(), ("MLPERF_LLAMA2_FAULTS", "bad rule"), env={"MLPERF_LLAMA2_FAULTS": "boom"}),
     # run scripts
     Case("script_without_checkpoint_path", "run_server.sh", lambda w: [], ("CHECKPOINT_PATH is not set",),

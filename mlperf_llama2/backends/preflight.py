@@ -172,6 +172,22 @@ def check_engine(config: "RunConfig") -> int:
     return vocab_size
 
 
+def check_engine_capacity(config: "RunConfig", dataset) -> None:
+    """An explicit --num-kv-blocks must hold the longest prompt of the run plus --max-new-tokens: the engine
+    would refuse that sample after the model loads (a cache sized from free memory is checked at build time)."""
+    blocks = config.engine.num_kv_blocks
+    if blocks is None or not dataset.prompts:
+        return
+    from mlperf_llama2.engine.block_manager import blocks_needed
+
+    longest = max(len(p) for p in dataset.prompts)
+    need = longest + config.max_new_tokens
+    if blocks_needed(need, config.engine.block_size) > blocks:
+        raise UserError(f"--num-kv-blocks {blocks} (x --block-size {config.engine.block_size} = "
+                        f"{blocks * config.engine.block_size} KV slots) cannot hold one sequence of this run: the "
+                        f"longest prompt ({longest} tokens) + --max-new-tokens {config.max_new_tokens} = {need}")
+
+
 def _config_quantizes_kv(rules, num_layers: int) -> bool:
     """Whether some layer's K or V (quantizer_in2 of matmul_qkt / matmul_pv) has a rule."""
     return any(rule is not None and rule.quantizer("quantizer_in2") is not None

@@ -53,6 +53,10 @@ def read_frame(path: str):
         raise UserError(f"dataset path is a directory, expected a .pkl file: {path}")
     if os.path.getsize(path) == 0:
         raise UserError(f"dataset file is empty: {path}")
+    with open(path, "rb") as f:
+        if f.read(4) == b"PAR1":
+            raise UserError(f"dataset is a parquet file, expected the processed pickle: {path} (processorca.py "
+                            "turns the OpenOrca parquet into the .pkl that --dataset-path takes)")
     try:
         frame = pd.read_pickle(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same user problem
