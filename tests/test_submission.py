@@ -18,13 +18,14 @@ from mlperf_llama2.submission.__main__ import main
 from mlperf_llama2.submission.checks import check_accuracy, check_performance, check_same_system, check_test06
 from mlperf_llama2.submission.package import measurements, truncated
 from mlperf_llama2.submission.rounds import ROUNDS
+from mlperf_llama2.submission.rules import submittable
 
 FULL = constants.TOTAL_SAMPLE_COUNT
 V61 = ROUNDS["v6.1"]
 SEEDS = {f"effective_{k}": v for k, v in V61.seeds.items()}
 # What a VALID closed Offline run logs beyond mode and scenario.
 GOOD_OFFLINE = dict(effective_performance_sample_count=FULL, effective_samples_per_query=FULL,
-                    requested_performance_sample_count_override=FULL, **SEEDS)
+                    requested_performance_sample_count_override=FULL, qsl_reported_total_count=FULL, **SEEDS)
 
 PASSING = {"rouge1": 44.5, "rouge2": 22.1, "rougeL": 28.7, "rougeLsum": 42.0, "gen_len": 1, "gen_num": FULL,
            "gen_tok_len": 1, "tokens_per_sample": 294.0}
@@ -138,6 +139,23 @@ def test_an_invalid_or_audited_performance_run_is_refused(tmp_path):
     assert any("audit.config" in e for e in errors)
 
 
+def test_a_performance_run_on_part_of_the_dataset_is_refused_in_both_divisions(result, capsys):
+    # --total-sample-count 2: LoadGen still logs mlperf.conf's performance_sample_count 24576, and VALID.
+    detail = dict(effective_test_mode="PerformanceOnly", effective_scenario="Offline", result_validity="VALID",
+                  effective_min_duration_ms=600000, **{**GOOD_OFFLINE, "qsl_reported_total_count": 2})
+    write_detail(result["perf"], **detail)
+    for closed in (True, False):
+        errors = check_performance(str(result["perf"]), "Offline", closed, V61).errors
+        assert [e.split(": ", 1)[1] for e in errors] == [
+            "QSL of 2 samples, not the dataset's 24576 (--total-sample-count or a smaller dataset file)"]
+    info = read_run_info(str(result["perf"]))
+    assert submittable(detail, [], info, None).startswith("submittable for v6.1 closed: no (QSL of 2 samples")
+    assert submittable({**detail, "qsl_reported_total_count": FULL}, [], info, None) == \
+        "submittable for v6.1 closed: yes"
+    assert main(argv(result, "--check-only")) == 2
+    assert "QSL of 2 samples" in capsys.readouterr().err
+
+
 def test_runs_must_be_the_right_mode_and_scenario(result):
     errors = check_performance(str(result["acc"]), "Offline", True, V61).errors
     assert any("test mode AccuracyOnly, expected PerformanceOnly" in e for e in errors)
@@ -148,6 +166,7 @@ def test_runs_must_be_the_right_mode_and_scenario(result):
 def server_run(run, ttft_ms=400, tpot_ms=30, **extra):
     write_detail(run, effective_test_mode="PerformanceOnly", effective_scenario="Server", result_validity="VALID",
                  effective_min_duration_ms=600000, effective_performance_sample_count=FULL, early_stopping_met=True,
+                 qsl_reported_total_count=FULL,
                  requested_use_token_latencies=True, effective_target_latency_percentile=0.99,
                  **{"result_first_token_99.00_percentile_latency_ns": ttft_ms * 1e6,
                     "result_time_per_output_token_99.00_percentile_ns": tpot_ms * 1e6, **SEEDS, **extra})

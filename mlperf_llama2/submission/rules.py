@@ -139,6 +139,12 @@ def performance_rules(detail: dict, loadgen_errors: list, info: RunInfo, rnd: Ro
     out.rule(not loadgen_errors, f"LoadGen logged {len(loadgen_errors)} error(s), first: "
              f"{loadgen_errors[0] if loadgen_errors else ''}")
     out.extend(seeds(detail, rnd))
+    # LoadGen logs mlperf.conf's performance_sample_count 24576 whatever the QSL holds: only
+    # qsl_reported_total_count shows a QSL cut by --total-sample-count or a smaller dataset file.
+    qsl_total = _num(detail.get("qsl_reported_total_count"))
+    out.rule(qsl_total == rounds.DATASET_SIZE,
+             f"QSL of {_int(qsl_total)} samples, not the dataset's {rounds.DATASET_SIZE} "
+             f"(--total-sample-count or a smaller dataset file)")
     count = _num(detail.get("effective_performance_sample_count"))
     out.rule(count is not None and count >= rounds.PERFORMANCE_SAMPLE_COUNT,
              f"performance_sample_count {_int(count)} < {rounds.PERFORMANCE_SAMPLE_COUNT}")
