@@ -14,6 +14,7 @@ import pytest
 from loadgen_fixtures import REPO
 from mlperf_llama2 import constants
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
+from mlperf_llama2.report.summary import parse_detail
 from mlperf_llama2.submission.__main__ import main
 from mlperf_llama2.submission.checks import check_accuracy, check_performance, check_same_system, check_test06
 from mlperf_llama2.submission.package import measurements, truncated
@@ -164,12 +165,15 @@ def test_runs_must_be_the_right_mode_and_scenario(result):
 
 
 def server_run(run, ttft_ms=400, tpot_ms=30, **extra):
-    write_detail(run, effective_test_mode="PerformanceOnly", effective_scenario="Server", result_validity="VALID",
-                 effective_min_duration_ms=600000, effective_performance_sample_count=FULL, early_stopping_met=True,
-                 qsl_reported_total_count=FULL,
-                 requested_use_token_latencies=True, effective_target_latency_percentile=0.99,
-                 **{"result_first_token_99.00_percentile_latency_ns": ttft_ms * 1e6,
-                    "result_time_per_output_token_99.00_percentile_ns": tpot_ms * 1e6, **SEEDS, **extra})
+    """A VALID closed Server run's detail log; an `extra` value of None leaves that key out."""
+    values = dict(effective_test_mode="PerformanceOnly", effective_scenario="Server", result_validity="VALID",
+                  effective_min_duration_ms=600000, effective_performance_sample_count=FULL, early_stopping_met=True,
+                  qsl_reported_total_count=FULL, requested_use_token_latencies=True,
+                  effective_target_latency_percentile=0.99,
+                  **{"result_first_token_99.00_percentile_latency_ns": ttft_ms * 1e6,
+                     "result_time_per_output_token_99.00_percentile_ns": tpot_ms * 1e6, **SEEDS})
+    values.update(extra)
+    write_detail(run, **{k: v for k, v in values.items() if v is not None})
 
 
 def test_interactive_is_told_from_server_by_the_loadgen_model_name(tmp_path):
@@ -196,6 +200,22 @@ def test_latency_limits_are_the_rules_whatever_user_conf_said(tmp_path):
     server_run(run, ttft_ms=2500)  # over the Server limit: the checker errors in both divisions
     assert any("over the Server limits 2000 / 200 ms" in e for e in check_performance(str(run), "Server", False,
                                                                                         V61).errors)
+
+
+@pytest.mark.parametrize("percentile", [1.5, 0.5, 0.999, None])
+def test_the_latency_percentile_must_be_the_rules_99(tmp_path, percentile):
+    run = tmp_path / "p"
+    server_run(run, effective_target_latency_percentile=percentile)  # user.conf 150 logs 1.5
+    write_info(run, lg_model_name="llama2-70b", max_new_tokens=1024)
+    closed = [e.split(": ", 1)[1] for e in check_performance(str(run), "Server", True, V61).errors]
+    assert closed == ["no target_latency_percentile in the detail log" if percentile is None else
+                      f"user.conf set target_latency_percentile {percentile * 100:g} (rule: 99)"]
+    assert submittable(parse_detail(str(run / "mlperf_log_detail.txt"))[0], [], read_run_info(str(run)),
+                       None).startswith("submittable for v6.1 closed: no (")
+    opened = check_performance(str(run), "Server", False, V61)
+    assert opened.errors == [] and len(opened.warnings) == 1
+    server_run(run)
+    assert check_performance(str(run), "Server", True, V61).errors == []
 
 
 def test_test06_rules(tmp_path, result):
