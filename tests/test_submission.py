@@ -250,6 +250,21 @@ def test_accuracy_txt_from_another_run_is_caught(result):
     assert any("hash= 000000000000... is not the hash of" in e and "it scores another log" in e for e in errors)
 
 
+def test_a_model_whose_config_json_cannot_be_read_is_an_error_in_closed(result, model_70b):
+    def findings(closed):
+        return check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=closed)
+
+    assert findings(True).errors == [] and not any("config.json" in w for w in findings(True).warnings)
+    (model_70b / "config.json").unlink()
+    closed, opened = findings(True), findings(False)
+    assert len(closed.errors) == 1 and "cannot read the model's config.json" in closed.errors[0]
+    assert opened.errors == [] and any("cannot read the model's config.json" in w for w in opened.warnings)
+    info = json.loads((result["acc"] / "run_info.json").read_text())
+    write_info(result["acc"], **{**info, "model_path": "m"})  # an older run_info.json: the path as given
+    errors = findings(True).errors
+    assert len(errors) == 1 and "model path m is recorded relative to the run's working directory" in errors[0]
+
+
 def test_performance_and_accuracy_runs_must_match(result):
     perf = read_run_info(str(result["perf"]))
     assert check_same_system(perf, perf).errors == []

@@ -118,12 +118,21 @@ def check_accuracy(run_dir: str, accuracy_txt: Optional[str], scenario: str, ben
     txt = accuracy_txt or os.path.join(run_dir, ACCURACY_RESULT_FILE)
     rouge = _check_score_file(txt, run_dir, samples, out)
     out.extend(accuracy_rules(detail, loadgen_errors, info, scenario, closed, rouge, benchmark), label)
-    model = info.model_path
-    if model and os.path.isfile(os.path.join(model, "config.json")):
-        out.rule(is_llama2_70b(model), f"{label}: model {model} is not Llama-2-70B (config.json shape)", closed)
-    else:
-        out.warnings.append(f"{label}: cannot read the model's config.json ({model}) to confirm it is Llama-2-70B")
+    out.extend(check_model_shape(info.model_path, closed), label)
     out.facts.update(accuracy_info=info, rouge=rouge, accuracy_samples=samples, accuracy_txt=txt)
+    return out
+
+
+def check_model_shape(model: Optional[str], closed: bool) -> Findings:
+    """The run's model is Llama-2-70B by its config.json; closed: one that cannot be read is an error too."""
+    out = Findings()
+    if model and not os.path.isabs(model):  # an older run_info.json: relative to a working directory unknown here
+        out.rule(False, f"model path {model} is recorded relative to the run's working directory: cannot read "
+                        f"its config.json to confirm it is Llama-2-70B", closed)
+    elif model and os.path.isfile(os.path.join(model, "config.json")):
+        out.rule(is_llama2_70b(model), f"model {model} is not Llama-2-70B (config.json shape)", closed)
+    else:
+        out.rule(False, f"cannot read the model's config.json ({model}) to confirm it is Llama-2-70B", closed)
     return out
 
 
