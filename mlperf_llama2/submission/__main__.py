@@ -158,8 +158,10 @@ def add_result(args) -> int:
     runs = [("performance run", perf_info), ("accuracy run", acc_info), ("TEST06 audit run",
                                                                            found.facts.get("test06_info"))]
     runs = [(label, info) for label, info in runs if info is not None]
+    inputs = {"performance run": found.facts.get("performance_inputs"),
+              "accuracy run": found.facts.get("accuracy_inputs"), "TEST06 audit run": found.facts.get("test06_inputs")}
     for label, info in runs[1:]:
-        found.extend(check_same_system(runs[0][1], info, label))
+        found.extend(check_same_system(runs[0][1], info, label, inputs[runs[0][0]], inputs[label]))
     commits = check_sources(runs, args.allow_modified_source, found)
     user_conf = args.user_conf or (perf_info.user_conf if perf_info else None)
     if perf_info is not None:  # else the performance run's own error says what is wrong
