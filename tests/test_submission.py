@@ -330,6 +330,25 @@ def test_runs_without_input_identity_are_packaged_with_a_warning(result, capsys)
     err = capsys.readouterr().err
     assert ("performance run and accuracy run: run_info.json has no input_identity (an older harness): cannot "
             "confirm the performance run and the accuracy run read the same dataset and model files") in err
+    assert f"performance run {result['perf']} recorded no user.conf hash (an older harness)" in err
+
+
+def test_a_user_conf_edited_after_the_run_is_not_packaged(result, tmp_path, capsys):
+    conf = tmp_path / "user.conf"
+    recorded = result["inputs"].user_conf
+    conf.write_text("llama2-70b.Offline.target_qps = 9\n")  # edited after the run
+    for extra in ("--check-only", "--force"):
+        assert main(argv(result, extra)) == 2
+        err = capsys.readouterr().err
+        assert (f"submission: error: user.conf {conf} is not the one performance run {result['perf']} read (34 bytes, "
+                f"sha256 {hashlib.sha256(conf.read_bytes()).hexdigest()[:12]}... now; it ran with "
+                f"{recorded.describe()}): restore it or pass --user-conf") in err.splitlines()
+    assert not result["root"].exists()  # not even --force writes it
+    kept = tmp_path / "kept.conf"
+    kept.write_text("llama2-70b.Offline.target_qps = 1\n")  # the run's file, kept elsewhere
+    assert main(argv(result, "--user-conf", str(kept))) == 0
+    scenario = result["root"] / "closed" / "Acme" / "results" / "h200_x1" / "llama2-70b-99.9" / "Offline"
+    assert (scenario / "user.conf").read_text() == "llama2-70b.Offline.target_qps = 1\n"
 
 
 def test_performance_and_accuracy_runs_must_match(result):
