@@ -249,6 +249,20 @@ def test_test06_rules(tmp_path, result):
     assert any("eos check pass: False" in e for e in check_test06(str(result["t06"]), "Offline", True, V61).errors)
 
 
+def test_a_server_audit_is_not_an_interactive_one(result):
+    t06 = result["t06"] / "TEST06"
+    (t06 / "verify_accuracy.txt").write_text("First token check pass: True\nEOS check pass: True\n"
+                                             "Sample length check pass: True\nTEST06 verification complete\n")
+    write_detail(t06 / "accuracy", audit=True, effective_scenario="Server", **SEEDS)
+    info = json.loads((t06 / "accuracy" / "run_info.json").read_text())
+    assert check_test06(str(result["t06"]), "Server", True, V61).errors == []
+    errors = check_test06(str(result["t06"]), "Interactive", True, V61).errors
+    assert errors == [f"TEST06 {t06}: audits a run under --lg-model-name llama2-70b, not the Interactive scenario"]
+    write_info(t06 / "accuracy", **{**info, "lg_model_name": "llama2-70b-interactive"})
+    assert check_test06(str(result["t06"]), "Interactive", True, V61).errors == []
+    assert len(check_test06(str(result["t06"]), "Server", True, V61).errors) == 1
+
+
 def test_a_test06_of_another_model_or_capped_outputs_is_refused(result, capsys):
     info = json.loads((result["t06"] / "TEST06" / "accuracy" / "run_info.json").read_text())
     write_info(result["t06"] / "TEST06" / "accuracy", **{**info, "max_new_tokens": 128, "dtype": "float32"})

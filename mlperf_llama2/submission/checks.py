@@ -172,6 +172,10 @@ def _check_audit_run(found: str, scenario: str, rnd: Round, out: Findings) -> Op
         out.errors.append(f"TEST06 {found}: no run_info.json beside its logs (verify with this harness's "
                           f"run_verification.py) to show which model and precision it audited")
         return None
+    if detail.get("effective_scenario") == "Server" and loadgen_scenario(scenario) == "Server":
+        interactive = info.lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE
+        out.rule(interactive == (scenario == "Interactive"), f"TEST06 {found}: audits a run under --lg-model-name "
+                                                             f"{info.lg_model_name}, not the {scenario} scenario")
     cap = info.max_new_tokens
     out.rule(cap is None or int(cap) >= constants.MAX_NEW_TOKENS,
              f"TEST06 {found}: the audit run capped outputs at --max-new-tokens {cap}")
