@@ -112,7 +112,7 @@ GOOD = [entry([5, 6, 2], [5]), entry([7, 8], [7], idx=1)]
     ("log_not_a_list", lambda r: audit_logs(r, {"qsl_idx": 0}), "out", "expected a list of entries"),
     ("no_log_dir", lambda r: r / "missing", "out", "not a directory"),
     ("offline_log_as_server", lambda r: audit_logs(r, GOOD, scenario="Offline"), "out",
-     "-s Server, but {c}/mlperf_log_detail.txt logs a Offline run: pass -s Offline"),
+     "-s Server, but {c}/mlperf_log_detail.txt logs the Offline scenario: pass -s Offline"),
     ("interactive_run_as_server", lambda r: audit_logs(r, GOOD, lg_model_name="llama2-70b-interactive"), "out",
      "-s Server, but the audit run ran under --lg-model-name llama2-70b-interactive: pass -s Interactive"),
     ("no_scenario_logged", lambda r: audit_logs(r, GOOD, scenario=None), "out", "no effective_scenario"),
@@ -130,8 +130,8 @@ def test_bad_runs_and_arguments_are_one_line_and_exit_2(tmp_path, name, make, ou
 
 
 @pytest.mark.parametrize("logged, lg_model_name, flag, expected", [
-    ("Server", None, "Offline", "-s Offline, but {c}/mlperf_log_detail.txt logs a Server run: pass -s Server (or "
-                                "-s Interactive for a --lg-model-name llama2-70b-interactive run)"),
+    ("Server", None, "Offline", "-s Offline, but {c}/mlperf_log_detail.txt logs the Server scenario: pass "
+                                "-s Server (or -s Interactive for a --lg-model-name llama2-70b-interactive run)"),
     ("Server", "llama2-70b", "Interactive", "-s Interactive, but the audit run ran under --lg-model-name llama2-70b: "
                                             "pass -s Server"),
     ("Server", "gptj", "Server", "run under --lg-model-name gptj, not a llama2-70b run"),

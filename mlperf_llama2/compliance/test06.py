@@ -206,8 +206,8 @@ def check_scenario(log_dir: str, scenario: str) -> None:
     if logged != wanted:
         other = f"-s {logged}" + (" (or -s Interactive for a --lg-model-name llama2-70b-interactive run)"
                                   if logged == "Server" else "")
-        raise UserError(f"-s {scenario}, but {detail_path} logs a {logged} run: pass {other}, or point -c at the "
-                        f"{scenario} audit run's logs")
+        raise UserError(f"-s {scenario}, but {detail_path} logs the {logged} scenario: pass {other}, or point -c "
+                        f"at the {scenario} audit run's logs")
     info = read_run_info(log_dir)
     if not info.recorded or info.lg_model_name is None:
         if logged == "Server":
