@@ -9,7 +9,10 @@ The logic lives in mlperf_llama2.data.{accuracy_log, scoring, sentences} and mlp
 The PASS/FAIL lines are the run summary's (one check); a checkpoint that is not Llama-2-70B is not judged.
 A stopped run (RUN_STOPPED.txt beside the log) is named in the first line of stdout and of the log.
 Output paths, and the token ids (in the tokenizer's vocabulary, of the --dtype the log was written with),
-are checked before scoring.
+are checked before scoring. With main.py's run_info.json beside the log, --dataset-file must be the
+dataset the run read (by content where the run recorded it): another one is one line and exit 2. The
+reference takes --checkpoint-path only for its tokenizer, so another checkpoint than the run's is a
+warning (the scores hold if it carries the same tokenizer), not an error.
 """
 
 import argparse
@@ -26,7 +29,9 @@ from mlperf_llama2.data import scoring  # noqa: E402
 from mlperf_llama2.data.accuracy_log import DTYPES, check_token_ids, load_predictions  # noqa: E402
 from mlperf_llama2.data.dataset import TARGET_COLUMN, read_frame  # noqa: E402
 from mlperf_llama2.errors import UserError, configure_logging, run_cli  # noqa: E402
+from mlperf_llama2.input_identity import config_sha256, mismatch, read_identity  # noqa: E402
 from mlperf_llama2.loadgen.interrupt import STOP_NOTE  # noqa: E402
+from mlperf_llama2.report.run_info import RUN_INFO_FILE, read_run_info  # noqa: E402
 from mlperf_llama2.report.summary import is_llama2_70b  # noqa: E402
 from mlperf_llama2.tokenization import load_tokenizer  # noqa: E402
 from mlperf_llama2.writable import check_writable_file  # noqa: E402
@@ -60,6 +65,34 @@ def stopped_run_line(accuracy_file: str) -> str | None:
         return None
     return (f"STOPPED RUN: {note} says this run was stopped before completion; its unanswered samples are "
             "empty and these scores are not a result")
+
+
+def check_run_inputs(accuracy_file: str, dataset_file: str, checkpoint_path: str) -> None:
+    """--dataset-file and --checkpoint-path against the run_info.json beside the log, when there is one."""
+    run_dir = os.path.dirname(os.path.abspath(accuracy_file))
+    info = read_run_info(run_dir)
+    if not info.recorded or not os.path.isfile(dataset_file):  # a missing dataset is read_targets' one line
+        return
+    recorded = read_identity(run_dir)
+    where = os.path.join(run_dir, RUN_INFO_FILE)
+    if recorded is not None and recorded.dataset is not None:
+        differs = mismatch(recorded.dataset, dataset_file)
+        if differs is not None:
+            raise UserError(f"--dataset-file {dataset_file} ({differs}) is not the dataset the run read: {where} "
+                            f"records {recorded.dataset.describe()}; score against that file")
+    elif info.dataset_path and (not os.path.isabs(info.dataset_path)  # an older run_info.json: path as given
+                                or os.path.realpath(dataset_file) != os.path.realpath(info.dataset_path)):
+        log.warning("--dataset-file %s: %s records the dataset %s and no content hash: cannot confirm the "
+                    "answers are the run's dataset", dataset_file, where, info.dataset_path)
+    model = recorded.model if recorded is not None else None
+    run_model = model.path if model is not None else info.model_path
+    if not run_model or (model is None and not os.path.isabs(run_model)):
+        return
+    same_path = os.path.realpath(checkpoint_path) == os.path.realpath(run_model)
+    same_config = model is not None and config_sha256(checkpoint_path) == model.config_sha256
+    if not (same_path or same_config):
+        log.warning("--checkpoint-path %s is not the checkpoint the run used (%s): its tokenizer decodes the "
+                    "outputs, so the scores hold only if it is the same tokenizer", checkpoint_path, run_model)
 
 
 def report_targets(result: dict, judged: bool) -> dict:
@@ -96,6 +129,7 @@ def main(argv=None) -> int:
         log.warning("%s", stopped)
     if args.output_json:
         check_writable_file(args.output_json, "--output-json")
+    check_run_inputs(args.mlperf_accuracy_file, args.dataset_file, args.checkpoint_path)
     targets = read_targets(args.dataset_file)
     predictions = load_predictions(args.mlperf_accuracy_file, args.dtype, len(targets))
     tokenizer = load_tokenizer(args.checkpoint_path)

@@ -76,6 +76,10 @@ def with_demo_defaults(config: RunConfig) -> RunConfig:
                           dataset_path=demo.dataset if needs_dataset else config.dataset_path)
 
 
+def _absolute(path: Optional[str]) -> Optional[str]:
+    return None if path is None else os.path.abspath(path)
+
+
 def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResult":
     """Check the inputs, build LoadGen settings and the backend, run LoadGen; observers see each sample.
 
@@ -94,6 +98,7 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
 
 def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunObserver"]) -> "RunResult":
     # LoadGen and the backends are imported only once the inputs are known to be good.
+    from mlperf_llama2 import input_identity
     from mlperf_llama2.loadgen.runner import run_test
     from mlperf_llama2.loadgen.settings import build_settings
     from mlperf_llama2.report.observer import ReportObserver
@@ -108,11 +113,12 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
              dataset.total_sample_count, registry.selected_name(config), config.dtype, config.device)
     backend = registry.create_backend(config)
+    # Absolute paths, so runs made in different directories compare; input_identity says what the files held.
     info = RunInfo(scenario=config.scenario, accuracy=config.accuracy, lg_model_name=config.lg_model_name,
-                   model_path=config.model_path, dataset_path=config.dataset_path,
+                   model_path=_absolute(config.model_path), dataset_path=_absolute(config.dataset_path),
                    max_new_tokens=config.max_new_tokens, backend=config.backend, batch_size=config.batch_size,
                    device=config.device, dtype=config.dtype, user_conf=os.path.abspath(config.user_conf),
-                   liteml_config=config.quant.liteml_config, quantization=config.quant.quantization,
+                   liteml_config=_absolute(config.quant.liteml_config), quantization=config.quant.quantization,
                    quant_backend=config.quant.quant_backend, quant_mode=config.quant.quant_mode,
                    kv_cache_dtype=(getattr(backend, "kv_cache_dtype", None) or config.engine.kv_cache_dtype)
                    if config.backend == "engine" else None,
@@ -120,6 +126,8 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
                    if config.backend == "engine" and config.quant.fp8 else None,
                    command=shlex.join(sys.argv))
     write_run_info(settings.output_dir, with_git_state(info, git_state()))
+    input_identity.record(settings.output_dir, input_identity.collect(config.dataset_path, config.model_path,
+                                                                      config.user_conf, config.audit_conf))
     expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)
     report = ReportObserver(expected, f"{mode} {'accuracy' if config.accuracy else 'performance'}",
                             progress_stream(not config.progress))

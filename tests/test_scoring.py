@@ -318,3 +318,61 @@ def test_log_verdict_and_summary_verdict_agree(result):
     for name in ("99", "99.9"):
         logged = "PASS" if checks[f"llama2-70b-{name}"]["passed"] else "FAIL"
         assert target_verdict(targets, name).split()[0] == logged
+
+
+# --- the run's own dataset and checkpoint (run_info.json beside the log) -------------------------------------
+def accuracy_run(case, tmp_path, dataset, **info):
+    """An accuracy run's directory as main.py leaves it: the log, and run_info.json with the input identity."""
+    from mlperf_llama2 import input_identity
+    from mlperf_llama2.report.run_info import RunInfo, write_run_info
+
+    run_dir = tmp_path / "acc"
+    run_dir.mkdir()
+    log = run_dir / "mlperf_log_accuracy.json"
+    log.write_text(Path(case["log"]).read_text())
+    write_run_info(str(run_dir), RunInfo(accuracy=True, model_path=case["checkpoint"], dataset_path=dataset, **info))
+    model = input_identity.ModelIdentity(case["checkpoint"], "c", "w")
+    input_identity.record(str(run_dir), input_identity.InputIdentity(input_identity.file_identity(dataset), model))
+    return log
+
+
+def score(case, log, dataset, checkpoint=None):
+    return run_script("--checkpoint-path", checkpoint or case["checkpoint"], "--mlperf-accuracy-file", str(log),
+                      "--dataset-file", dataset, "--workers", "1")
+
+
+def test_scoring_against_another_dataset_than_the_runs_is_refused(case, tmp_path):
+    log = accuracy_run(case, tmp_path, case["dataset"])
+    assert score(case, log, case["dataset"]).returncode == 0
+    copy = tmp_path / "copy.pkl"  # the same file elsewhere: the same dataset
+    copy.write_bytes(Path(case["dataset"]).read_bytes())
+    proc = score(case, log, str(copy))
+    assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr
+    other = tmp_path / "other.pkl"  # other answers for the same samples
+    pd.DataFrame({"tok_input": [[1, 5]] * len(TARGETS), "output": PREDICTIONS}).to_pickle(other)
+    proc = score(case, log, str(other))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    recorded = f"{case['dataset']} ({Path(case['dataset']).stat().st_size} bytes, sha256 " \
+               f"{hashlib.sha256(Path(case['dataset']).read_bytes()).hexdigest()[:12]}...)"
+    assert error_lines(proc.stderr) == [
+        f"evaluate-accuracy.py: error: --dataset-file {other} ({other.stat().st_size} bytes) is not the dataset the "
+        f"run read: {log.parent / 'run_info.json'} records {recorded}; score against that file"], proc.stderr
+
+
+def test_an_older_run_info_without_identity_warns_on_another_dataset_path(case, tmp_path):
+    from mlperf_llama2.report.run_info import RunInfo, write_run_info
+
+    log = accuracy_run(case, tmp_path, case["dataset"])
+    write_run_info(str(log.parent), RunInfo(accuracy=True, model_path=case["checkpoint"], dataset_path="data.pkl"))
+    proc = score(case, log, case["dataset"])
+    assert proc.returncode == 0, proc.stderr
+    assert "records the dataset data.pkl and no content hash: cannot confirm" in proc.stderr
+
+
+def test_another_checkpoint_only_warns_since_it_only_decodes(case, tmp_path, tiny_tokenizer_dir):
+    log = accuracy_run(case, tmp_path, case["dataset"])
+    proc = score(case, log, case["dataset"], checkpoint=str(tiny_tokenizer_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert f"--checkpoint-path {tiny_tokenizer_dir} is not the checkpoint the run used ({case['checkpoint']})" \
+        in proc.stderr
+    assert "is not the checkpoint" not in score(case, log, case["dataset"]).stderr

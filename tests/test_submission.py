@@ -12,19 +12,22 @@ from pathlib import Path
 import pytest
 
 from loadgen_fixtures import REPO
-from mlperf_llama2 import constants
+from mlperf_llama2 import constants, input_identity
+from mlperf_llama2.input_identity import InputIdentity
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
+from mlperf_llama2.report.summary import parse_detail
 from mlperf_llama2.submission.__main__ import main
 from mlperf_llama2.submission.checks import check_accuracy, check_performance, check_same_system, check_test06
 from mlperf_llama2.submission.package import measurements, truncated
 from mlperf_llama2.submission.rounds import ROUNDS
+from mlperf_llama2.submission.rules import submittable
 
 FULL = constants.TOTAL_SAMPLE_COUNT
 V61 = ROUNDS["v6.1"]
 SEEDS = {f"effective_{k}": v for k, v in V61.seeds.items()}
 # What a VALID closed Offline run logs beyond mode and scenario.
 GOOD_OFFLINE = dict(effective_performance_sample_count=FULL, effective_samples_per_query=FULL,
-                    requested_performance_sample_count_override=FULL, **SEEDS)
+                    requested_performance_sample_count_override=FULL, qsl_reported_total_count=FULL, **SEEDS)
 
 PASSING = {"rouge1": 44.5, "rouge2": 22.1, "rougeL": 28.7, "rougeLsum": 42.0, "gen_len": 1, "gen_num": FULL,
            "gen_tok_len": 1, "tokens_per_sample": 294.0}
@@ -43,6 +46,11 @@ def write_info(run_dir: Path, **fields) -> None:
     (run_dir / "run_info.json").write_text(json.dumps(fields))
 
 
+def record_inputs(run_dir: Path, inputs: InputIdentity) -> None:
+    """What main.py adds to run_info.json: the content identity of the run's input files."""
+    input_identity.record(str(run_dir), inputs)
+
+
 @pytest.fixture
 def model_70b(tmp_path) -> Path:
     d = tmp_path / "Llama-2-70b-chat-hf"
@@ -59,15 +67,19 @@ def result(tmp_path, model_70b):
                 quant_backend="auto", quant_mode="simulate", max_new_tokens=1024, lg_model_name="llama2-70b",
                 user_conf=str(tmp_path / "user.conf"), command="python3 main.py --scenario Offline")
     (tmp_path / "user.conf").write_text("llama2-70b.Offline.target_qps = 1\n")
+    (tmp_path / "data.pkl").write_bytes(b"the 24576 samples")
+    inputs = input_identity.collect(str(tmp_path / "data.pkl"), str(model_70b), str(tmp_path / "user.conf"), None)
     perf = tmp_path / "perf"
     write_detail(perf, effective_test_mode="PerformanceOnly", effective_scenario="Offline", result_validity="VALID",
                  effective_min_duration_ms=600000, result_tokens_per_second=1886.0, loadgen_version="6.0.17",
                  **GOOD_OFFLINE)
     write_info(perf, **info)
+    record_inputs(perf, inputs)
     acc = tmp_path / "acc"
     write_detail(acc, effective_test_mode="AccuracyOnly", effective_scenario="Offline", effective_min_duration_ms=0,
                  qsl_reported_total_count=FULL, **SEEDS)
     write_info(acc, **{**info, "accuracy": True, "command": "python3 main.py --scenario Offline --accuracy"})
+    record_inputs(acc, inputs)
     (acc / "mlperf_log_accuracy.json").write_text(json.dumps([{"qsl_idx": i, "data": "02000000", "token_count": 1}
                                                               for i in range(FULL)]))
     (acc / "accuracy.txt").write_text("Results\n\n" + repr(PASSING) + "\n")
@@ -77,7 +89,12 @@ def result(tmp_path, model_70b):
                                              "Sample length check pass: True\nTEST06 verification complete\n")
     write_detail(t06 / "accuracy", audit=True, effective_scenario="Offline", **SEEDS)
     write_info(t06 / "accuracy", **{**info, "command": "python3 main.py --scenario Offline  # audit"})
-    return {"perf": perf, "acc": acc, "t06": tmp_path / "t06", "root": tmp_path / "submission"}
+    audit_conf = tmp_path / "audit.config"
+    audit_conf.write_text("*.*.mode = 2\n")
+    audited = dataclasses.replace(inputs, audit_conf=input_identity.file_identity(str(audit_conf)))
+    record_inputs(t06 / "accuracy", audited)
+    return {"perf": perf, "acc": acc, "t06": tmp_path / "t06", "root": tmp_path / "submission", "inputs": inputs,
+            "model": model_70b}
 
 
 SYSTEM = ["--status", "available", "--system-field", "host_memory_configuration=16x 64 GB DDR5", "--system-field",
@@ -138,6 +155,23 @@ def test_an_invalid_or_audited_performance_run_is_refused(tmp_path):
     assert any("audit.config" in e for e in errors)
 
 
+def test_a_performance_run_on_part_of_the_dataset_is_refused_in_both_divisions(result, capsys):
+    # --total-sample-count 2: LoadGen still logs mlperf.conf's performance_sample_count 24576, and VALID.
+    detail = dict(effective_test_mode="PerformanceOnly", effective_scenario="Offline", result_validity="VALID",
+                  effective_min_duration_ms=600000, **{**GOOD_OFFLINE, "qsl_reported_total_count": 2})
+    write_detail(result["perf"], **detail)
+    for closed in (True, False):
+        errors = check_performance(str(result["perf"]), "Offline", closed, V61).errors
+        assert [e.split(": ", 1)[1] for e in errors] == [
+            "QSL of 2 samples, not the dataset's 24576 (--total-sample-count or a smaller dataset file)"]
+    info = read_run_info(str(result["perf"]))
+    assert submittable(detail, [], info, None).startswith("submittable for v6.1 closed: no (QSL of 2 samples")
+    assert submittable({**detail, "qsl_reported_total_count": FULL}, [], info, None) == \
+        "submittable for v6.1 closed: yes"
+    assert main(argv(result, "--check-only")) == 2
+    assert "QSL of 2 samples" in capsys.readouterr().err
+
+
 def test_runs_must_be_the_right_mode_and_scenario(result):
     errors = check_performance(str(result["acc"]), "Offline", True, V61).errors
     assert any("test mode AccuracyOnly, expected PerformanceOnly" in e for e in errors)
@@ -146,18 +180,23 @@ def test_runs_must_be_the_right_mode_and_scenario(result):
 
 
 def server_run(run, ttft_ms=400, tpot_ms=30, **extra):
-    write_detail(run, effective_test_mode="PerformanceOnly", effective_scenario="Server", result_validity="VALID",
-                 effective_min_duration_ms=600000, effective_performance_sample_count=FULL, early_stopping_met=True,
-                 requested_use_token_latencies=True, effective_target_latency_percentile=0.99,
-                 **{"result_first_token_99.00_percentile_latency_ns": ttft_ms * 1e6,
-                    "result_time_per_output_token_99.00_percentile_ns": tpot_ms * 1e6, **SEEDS, **extra})
+    """A VALID closed Server run's detail log; an `extra` value of None leaves that key out."""
+    values = dict(effective_test_mode="PerformanceOnly", effective_scenario="Server", result_validity="VALID",
+                  effective_min_duration_ms=600000, effective_performance_sample_count=FULL, early_stopping_met=True,
+                  qsl_reported_total_count=FULL, requested_use_token_latencies=True,
+                  effective_target_latency_percentile=0.99,
+                  **{"result_first_token_99.00_percentile_latency_ns": ttft_ms * 1e6,
+                     "result_time_per_output_token_99.00_percentile_ns": tpot_ms * 1e6, **SEEDS})
+    values.update(extra)
+    write_detail(run, **{k: v for k, v in values.items() if v is not None})
 
 
 def test_interactive_is_told_from_server_by_the_loadgen_model_name(tmp_path):
     run = tmp_path / "p"
     server_run(run)
     write_info(run, lg_model_name="llama2-70b", max_new_tokens=1024)
-    assert any("not the Interactive scenario" in e for e in check_performance(str(run), "Interactive", True, V61).errors)
+    errors = check_performance(str(run), "Interactive", True, V61).errors
+    assert any("not the Interactive scenario" in e for e in errors)
     assert check_performance(str(run), "Server", True, V61).errors == []
     write_info(run, lg_model_name="llama2-70b-interactive", max_new_tokens=1024)
     assert check_performance(str(run), "Interactive", True, V61).errors == []
@@ -169,7 +208,8 @@ def test_latency_limits_are_the_rules_whatever_user_conf_said(tmp_path):
     server_run(run, ttft_ms=1500, requested_server_ttft_latency=60_000 * 1e6, requested_server_tpot_latency=200e6)
     write_info(run, lg_model_name="llama2-70b", max_new_tokens=1024)
     closed = check_performance(str(run), "Server", True, V61)
-    assert [e.split(": ", 1)[1] for e in closed.errors] == ["user.conf loosened ttft_latency to 60000 ms (limit 2000 ms)"]
+    assert [e.split(": ", 1)[1] for e in closed.errors] == [
+        "user.conf loosened ttft_latency to 60000 ms (limit 2000 ms)"]
     assert check_performance(str(run), "Server", False, V61).errors == []  # open: a warning
     write_info(run, lg_model_name="llama2-70b-interactive", max_new_tokens=1024)
     errors = check_performance(str(run), "Interactive", True, V61).errors
@@ -177,6 +217,22 @@ def test_latency_limits_are_the_rules_whatever_user_conf_said(tmp_path):
     server_run(run, ttft_ms=2500)  # over the Server limit: the checker errors in both divisions
     assert any("over the Server limits 2000 / 200 ms" in e for e in check_performance(str(run), "Server", False,
                                                                                         V61).errors)
+
+
+@pytest.mark.parametrize("percentile", [1.5, 0.5, 0.999, None])
+def test_the_latency_percentile_must_be_the_rules_99(tmp_path, percentile):
+    run = tmp_path / "p"
+    server_run(run, effective_target_latency_percentile=percentile)  # user.conf 150 logs 1.5
+    write_info(run, lg_model_name="llama2-70b", max_new_tokens=1024)
+    closed = [e.split(": ", 1)[1] for e in check_performance(str(run), "Server", True, V61).errors]
+    assert closed == ["no target_latency_percentile in the detail log" if percentile is None else
+                      f"user.conf set target_latency_percentile {percentile * 100:g} (rule: 99)"]
+    assert submittable(parse_detail(str(run / "mlperf_log_detail.txt"))[0], [], read_run_info(str(run)),
+                       None).startswith("submittable for v6.1 closed: no (")
+    opened = check_performance(str(run), "Server", False, V61)
+    assert opened.errors == [] and len(opened.warnings) == 1
+    server_run(run)
+    assert check_performance(str(run), "Server", True, V61).errors == []
 
 
 def test_test06_rules(tmp_path, result):
@@ -191,6 +247,20 @@ def test_test06_rules(tmp_path, result):
         "First token check pass: Skipped\nEOS check pass: False\nSample length check pass: True\n"
         "TEST06 verification complete\n")
     assert any("eos check pass: False" in e for e in check_test06(str(result["t06"]), "Offline", True, V61).errors)
+
+
+def test_a_server_audit_is_not_an_interactive_one(result):
+    t06 = result["t06"] / "TEST06"
+    (t06 / "verify_accuracy.txt").write_text("First token check pass: True\nEOS check pass: True\n"
+                                             "Sample length check pass: True\nTEST06 verification complete\n")
+    write_detail(t06 / "accuracy", audit=True, effective_scenario="Server", **SEEDS)
+    info = json.loads((t06 / "accuracy" / "run_info.json").read_text())
+    assert check_test06(str(result["t06"]), "Server", True, V61).errors == []
+    errors = check_test06(str(result["t06"]), "Interactive", True, V61).errors
+    assert errors == [f"TEST06 {t06}: audits a run under --lg-model-name llama2-70b, not the Interactive scenario"]
+    write_info(t06 / "accuracy", **{**info, "lg_model_name": "llama2-70b-interactive"})
+    assert check_test06(str(result["t06"]), "Interactive", True, V61).errors == []
+    assert len(check_test06(str(result["t06"]), "Server", True, V61).errors) == 1
 
 
 def test_a_test06_of_another_model_or_capped_outputs_is_refused(result, capsys):
@@ -209,6 +279,90 @@ def test_accuracy_txt_from_another_run_is_caught(result):
     (result["acc"] / "accuracy.txt").write_text(repr(PASSING) + "\nhash=" + "0" * 64 + "\n")
     errors = check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=True).errors
     assert any("hash= 000000000000... is not the hash of" in e and "it scores another log" in e for e in errors)
+
+
+def test_a_model_whose_config_json_cannot_be_read_is_an_error_in_closed(result, model_70b):
+    def findings(closed):
+        return check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=closed)
+
+    assert findings(True).errors == [] and not any("config.json" in w for w in findings(True).warnings)
+    (model_70b / "config.json").unlink()
+    closed, opened = findings(True), findings(False)
+    assert len(closed.errors) == 1 and "cannot read the model's config.json" in closed.errors[0]
+    assert opened.errors == [] and any("cannot read the model's config.json" in w for w in opened.warnings)
+    info = json.loads((result["acc"] / "run_info.json").read_text())
+    write_info(result["acc"], **{**info, "model_path": "m"})  # an older run_info.json: the path as given
+    errors = findings(True).errors
+    assert len(errors) == 1 and "model path m is recorded relative to the run's working directory" in errors[0]
+
+
+def test_the_runs_must_have_read_the_same_dataset_whatever_its_path(result, tmp_path, capsys):
+    assert main(argv(result, "--check-only")) == 0
+    other = tmp_path / "elsewhere" / "data.pkl"  # another copy of the same file: the same dataset
+    other.parent.mkdir()
+    other.write_bytes((tmp_path / "data.pkl").read_bytes())
+    moved = dataclasses.replace(result["inputs"], dataset=input_identity.file_identity(str(other)))
+    record_inputs(result["acc"], moved)
+    assert main(argv(result, "--check-only")) == 0
+    other.write_bytes(b"24576 other samples")  # the same name and path, other content
+    record_inputs(result["t06"] / "TEST06" / "accuracy",
+                  dataclasses.replace(result["inputs"], dataset=input_identity.file_identity(str(other))))
+    assert main(argv(result, "--check-only")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert err[0] == (f"submission: error: performance run and TEST06 audit run read different datasets: "
+                      f"{tmp_path / 'data.pkl'} (17 bytes, sha256 {result['inputs'].dataset.sha256[:12]}...) vs "
+                      f"{other} (19 bytes, sha256 {hashlib.sha256(b'24576 other samples').hexdigest()[:12]}...)")
+
+
+def test_the_same_model_path_naming_other_checkpoints_is_refused(result, tmp_path, capsys):
+    # Two runs given the same 'm', each a symlink to another checkpoint: their recorded real paths differ.
+    elsewhere = dataclasses.replace(result["inputs"].model, path=str(tmp_path / "other-checkpoint"))
+    record_inputs(result["acc"], dataclasses.replace(result["inputs"], model=elsewhere))
+    assert main(argv(result, "--check-only")) == 2
+    assert (f"performance run and accuracy run ran different checkpoints: {result['model']} vs "
+            f"{tmp_path / 'other-checkpoint'}") in capsys.readouterr().err
+    retrained = dataclasses.replace(result["inputs"].model, weights_sha256="0" * 64)
+    record_inputs(result["acc"], dataclasses.replace(result["inputs"], model=retrained))
+    assert main(argv(result, "--check-only")) == 2
+    assert "ran different models (config.json or weight names/shapes differ)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_changed_since_the_run_is_refused_in_closed(result, model_70b):
+    config = json.loads((model_70b / "config.json").read_text())
+    (model_70b / "config.json").write_text(json.dumps({**config, "rope_theta": 1}))  # still 70B-shaped
+    closed = check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=True).errors
+    assert len(closed) == 1 and "config.json is not the one the run recorded" in closed[0]
+    assert check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=False).errors == []
+
+
+def test_runs_without_input_identity_are_packaged_with_a_warning(result, capsys):
+    for run in (result["perf"], result["acc"], result["t06"] / "TEST06" / "accuracy"):
+        info = json.loads((run / "run_info.json").read_text())
+        del info["input_identity"]  # written by an older harness
+        write_info(run, **info)
+    assert main(argv(result, "--check-only")) == 0
+    err = capsys.readouterr().err
+    assert ("performance run and accuracy run: run_info.json has no input_identity (an older harness): cannot "
+            "confirm the performance run and the accuracy run read the same dataset and model files") in err
+    assert f"performance run {result['perf']} recorded no user.conf hash (an older harness)" in err
+
+
+def test_a_user_conf_edited_after_the_run_is_not_packaged(result, tmp_path, capsys):
+    conf = tmp_path / "user.conf"
+    recorded = result["inputs"].user_conf
+    conf.write_text("llama2-70b.Offline.target_qps = 9\n")  # edited after the run
+    for extra in ("--check-only", "--force"):
+        assert main(argv(result, extra)) == 2
+        err = capsys.readouterr().err
+        assert (f"submission: error: user.conf {conf} is not the one performance run {result['perf']} read (34 bytes, "
+                f"sha256 {hashlib.sha256(conf.read_bytes()).hexdigest()[:12]}... now; it ran with "
+                f"{recorded.describe()}): restore it or pass --user-conf") in err.splitlines()
+    assert not result["root"].exists()  # not even --force writes it
+    kept = tmp_path / "kept.conf"
+    kept.write_text("llama2-70b.Offline.target_qps = 1\n")  # the run's file, kept elsewhere
+    assert main(argv(result, "--user-conf", str(kept))) == 0
+    scenario = result["root"] / "closed" / "Acme" / "results" / "h200_x1" / "llama2-70b-99.9" / "Offline"
+    assert (scenario / "user.conf").read_text() == "llama2-70b.Offline.target_qps = 1\n"
 
 
 def test_performance_and_accuracy_runs_must_match(result):

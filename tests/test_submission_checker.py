@@ -109,7 +109,8 @@ def test_the_closed_division_refuses_the_tiny_runs_with_every_reason(runs, capsy
     for reason in ("min_duration 0 ms < 600000 ms", "performance_sample_count 6 < 24576",
                    "6 samples per query < 24576", "covers 6 samples, the dataset has 24576",
                    "below the llama2-70b-99.9 target", f"outputs capped at --max-new-tokens {MAX_NEW}",
-                   "user.conf set performance_sample_count_override 6", "no --test06-dir"):
+                   "user.conf set performance_sample_count_override 6", "no --test06-dir",
+                   "QSL of 6 samples, not the dataset's 24576"):
         assert reason in err, reason
     assert not (runs / "sub_closed").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,15 +51,25 @@ def test_an_empty_log_does_not_pass():
     assert not verify([], "Offline", 2).passed
 
 
+def detail_log(scenario: str | None = "Server", audited: bool = True) -> str:
+    """The lines of a LoadGen detail log the verifier reads: the scenario and the audit.config marker."""
+    lines = [':::MLLOG {"key": "loadgen_version", "value": "6.0.17"}']
+    if scenario is not None:
+        lines.append(f':::MLLOG {{"key": "effective_scenario", "value": "{scenario}"}}')
+    if audited:
+        lines.append(':::MLLOG {"key": "generic_message", "value": "Found Audit Config file"}')
+    return "\n".join(lines) + "\n"
+
+
 def test_cli_writes_report_and_copies_the_log(tmp_path, capsys):
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "mlperf_log_accuracy.json").write_text(json.dumps([entry([5, 6, 2, 2], [5])]))
-    (logs / "mlperf_log_detail.txt").write_text("Found Audit Config file\n")
+    (logs / "mlperf_log_detail.txt").write_text(detail_log("Server"))
     assert main(["-c", str(logs), "-o", str(tmp_path / "out"), "-s", "Server", "-e", "2", "-d", "int32"]) == 1
     report = (tmp_path / "out" / "TEST06" / "verify_accuracy.txt").read_text().splitlines()
     assert report == ["First token check pass: True", "EOS check pass: False", "Sample length check pass: True",
-                      "TEST06 verification complete"]
+                      "TEST06 verification failed"]  # the reference's last line when a check fails
     assert (tmp_path / "out" / "TEST06" / "accuracy" / "mlperf_log_accuracy.json").is_file()
     assert "2 EOS tokens at the end" in capsys.readouterr().out
 
@@ -67,12 +78,14 @@ def test_cli_writes_report_and_copies_the_log(tmp_path, capsys):
 SCRIPT = Path(__file__).resolve().parents[1] / "compliance" / "TEST06" / "run_verification.py"
 
 
-def audit_logs(root: Path, entries, audited: bool = True) -> Path:
+def audit_logs(root: Path, entries, audited: bool = True, scenario: str = "Server",
+               lg_model_name: str | None = None) -> Path:
     logs = root / "logs"
     logs.mkdir()
     (logs / "mlperf_log_accuracy.json").write_text(entries if isinstance(entries, str) else json.dumps(entries))
-    (logs / "mlperf_log_detail.txt").write_text(
-        ':::MLLOG {"key": "loadgen_version"}\n' + ("Found Audit Config file\n" if audited else ""))
+    (logs / "mlperf_log_detail.txt").write_text(detail_log(scenario, audited))
+    if lg_model_name is not None:  # main.py's run_info.json beside the logs
+        (logs / "run_info.json").write_text(json.dumps({"scenario": scenario, "lg_model_name": lg_model_name}))
     return logs
 
 
@@ -87,7 +100,8 @@ GOOD = [entry([5, 6, 2], [5]), entry([7, 8], [7], idx=1)]
 
 
 @pytest.mark.parametrize("name, make, out, expected", [
-    ("not_audited", lambda r: audit_logs(r, GOOD, audited=False), "out", "not made with compliance/TEST06/audit.config"),
+    ("not_audited", lambda r: audit_logs(r, GOOD, audited=False), "out",
+     "not made with compliance/TEST06/audit.config"),
     ("o_is_a_file", lambda r: audit_logs(r, GOOD), "afile", "-o {o} is a file, not a directory"),
     ("o_under_a_file", lambda r: audit_logs(r, GOOD), "afile/sub", "cannot create it"),
     ("int64_log_read_as_int32", lambda r: audit_logs(r, [entry([5, 6, 2], [5], dtype=np.int64)]), "out",
@@ -97,6 +111,11 @@ GOOD = [entry([5, 6, 2], [5]), entry([7, 8], [7], idx=1)]
     ("bad_hex", lambda r: audit_logs(r, [dict(GOOD[0], data="zz")]), "out", "'data' is not valid hex"),
     ("log_not_a_list", lambda r: audit_logs(r, {"qsl_idx": 0}), "out", "expected a list of entries"),
     ("no_log_dir", lambda r: r / "missing", "out", "not a directory"),
+    ("offline_log_as_server", lambda r: audit_logs(r, GOOD, scenario="Offline"), "out",
+     "-s Server, but {c}/mlperf_log_detail.txt logs the Offline scenario: pass -s Offline"),
+    ("interactive_run_as_server", lambda r: audit_logs(r, GOOD, lg_model_name="llama2-70b-interactive"), "out",
+     "-s Server, but the audit run ran under --lg-model-name llama2-70b-interactive: pass -s Interactive"),
+    ("no_scenario_logged", lambda r: audit_logs(r, GOOD, scenario=None), "out", "no effective_scenario"),
 ])
 def test_bad_runs_and_arguments_are_one_line_and_exit_2(tmp_path, name, make, out, expected):
     logs = make(tmp_path)
@@ -104,10 +123,58 @@ def test_bad_runs_and_arguments_are_one_line_and_exit_2(tmp_path, name, make, ou
     o = tmp_path / out
     proc, errors = verify_cli("-c", logs, "-o", o, "-s", "Server")
     assert proc.returncode == 2, proc.stderr
-    assert len(errors) == 1 and expected.format(o=o) in errors[0], proc.stderr
+    assert len(errors) == 1 and expected.format(o=o, c=logs) in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not (tmp_path / "out" / "TEST06").exists()  # nothing written for a refused run
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("logged, lg_model_name, flag, expected", [
+    ("Server", None, "Offline", "-s Offline, but {c}/mlperf_log_detail.txt logs the Server scenario: pass "
+                                "-s Server (or -s Interactive for a --lg-model-name llama2-70b-interactive run)"),
+    ("Server", "llama2-70b", "Interactive", "-s Interactive, but the audit run ran under --lg-model-name llama2-70b: "
+                                            "pass -s Server"),
+    ("Server", "gptj", "Server", "run under --lg-model-name gptj, not a llama2-70b run"),
+])
+def test_a_log_checked_as_another_scenario_is_refused(tmp_path, logged, lg_model_name, flag, expected):
+    """A Server audit checked with -s Offline would skip the first-token check and pass: one line, exit 2."""
+    logs = audit_logs(tmp_path, [entry([5, 6, 2], [6])], scenario=logged, lg_model_name=lg_model_name)
+    proc, errors = verify_cli("-c", logs, "-o", tmp_path / "out", "-s", flag)
+    assert proc.returncode == 2 and len(errors) == 1 and expected.format(c=logs) in errors[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("scenario, lg_model_name", [("Offline", "llama2-70b"), ("Server", "llama2-70b"),
+                                                     ("Interactive", "llama2-70b-interactive"), ("Server", None)])
+def test_the_matching_scenario_is_verified(tmp_path, scenario, lg_model_name):
+    logs = audit_logs(tmp_path, GOOD, scenario="Offline" if scenario == "Offline" else "Server",
+                      lg_model_name=lg_model_name)
+    proc, errors = verify_cli("-c", logs, "-o", tmp_path / "out", "-s", scenario)
+    assert proc.returncode == 0 and not errors, proc.stderr
+    assert ("cannot tell an Interactive run from a Server run" in proc.stderr) == (lg_model_name is None)
+
+
+OFFICIAL_DIR = os.environ.get("MLPERF_INFERENCE_DIR")
+
+
+@pytest.mark.skipif(not OFFICIAL_DIR, reason="MLPERF_INFERENCE_DIR is not set (MLCommons' inference repository)")
+@pytest.mark.parametrize("entries, scenario", [
+    (GOOD, "Server"), (GOOD, "Offline"),
+    ([entry([5, 6, 2], [6]), entry([7, 2], [7], idx=1)], "Server"),  # first token differs
+    ([entry([5, 6, 2, 2], [5])], "Server"),  # two EOS at the end
+    ([entry([5, 6, 2], [5], count=4), *GOOD], "Offline"),  # length
+    ([entry([5, 6, 2, 2], [6], count=5), *GOOD], "Interactive"),  # everything wrong
+])
+def test_the_report_is_the_official_verifiers(tmp_path, entries, scenario):
+    logs = audit_logs(tmp_path, entries, scenario="Offline" if scenario == "Offline" else "Server")
+    script = Path(OFFICIAL_DIR) / "compliance" / "TEST06" / "run_verification.py"
+    official = subprocess.run([sys.executable, str(script), "-c", str(logs), "-o", str(tmp_path / "official"),
+                               "-s", scenario], capture_output=True, text=True, timeout=120)
+    assert official.returncode == 0, official.stderr
+    ours, _ = verify_cli("-c", logs, "-o", tmp_path / "ours", "-s", scenario)
+    assert ours.returncode == (0 if "complete" in official.stdout else 1), ours.stderr
+    assert (tmp_path / "ours" / "TEST06" / "verify_accuracy.txt").read_text() == \
+        (tmp_path / "official" / "TEST06" / "verify_accuracy.txt").read_text()
 
 
 def test_int32_log_read_as_int64_is_named(tmp_path):
@@ -127,7 +194,7 @@ def test_read_only_output_dir_is_one_line(tmp_path, monkeypatch, capsys):
 
     from mlperf_llama2.errors import run_cli
 
-    logs = audit_logs(tmp_path, GOOD)
+    logs = audit_logs(tmp_path, GOOD, scenario="Offline")
     (tmp_path / "ro").mkdir()
 
     def refuse(*_a, **_k):

@@ -5,8 +5,11 @@ of `token_data` equal the start of `data`, and a missing `token_data` fails; (2)
 EOS at the end of `data`; (3) length: `len(data) == token_count`. Writes
 OUTPUT_DIR/TEST06/verify_accuracy.txt and copies the run's logs to OUTPUT_DIR/TEST06/accuracy/.
 Refused with one line before any check (exit 2): a run whose detail log lacks AUDIT_MARKER (not made with
-audit.config), an -o that cannot take files, an unreadable or malformed log, and a -d that does not
-match the log (every entry's data is token_count values of another size).
+audit.config), a run of another scenario than -s (the detail log's effective_scenario; Interactive is
+LoadGen's Server under --lg-model-name llama2-70b-interactive, which run_info.json beside the logs
+records), an -o that cannot take files, an unreadable or malformed log, and a -d that does not match the
+log (every entry's data is token_count values of another size). Otherwise as the reference verifier,
+whose last report line says "TEST06 verification complete" only when every check passed ("failed" else).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import numpy as np
 
 from mlperf_llama2 import constants
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.report.run_info import read_run_info
+from mlperf_llama2.report.summary import DETAIL_FILE, parse_detail
 from mlperf_llama2.writable import check_writable_dir
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ class Test06Result:
             f"First token check pass: {first}",
             f"EOS check pass: {self.eos_pass}",
             f"Sample length check pass: {self.length_pass}",
-            "TEST06 verification complete",
+            f"TEST06 verification {'complete' if self.passed else 'failed'}",
         ]
 
 
@@ -177,7 +182,7 @@ def write_outputs(result: Test06Result, log_dir: str, output_dir: str) -> str:
 
 
 def audit_config_was_applied(log_dir: str) -> bool:
-    detail = os.path.join(log_dir, "mlperf_log_detail.txt")
+    detail = os.path.join(log_dir, DETAIL_FILE)
     if not os.path.isfile(detail):
         return False
     try:
@@ -185,6 +190,35 @@ def audit_config_was_applied(log_dir: str) -> bool:
             return AUDIT_MARKER in f.read()
     except OSError as exc:
         raise UserError(f"{detail}: cannot read it ({exc.strerror or exc})") from None
+
+
+def check_scenario(log_dir: str, scenario: str) -> None:
+    """The audit run is of `scenario` (-s): its detail log's effective_scenario and, for LoadGen's Server,
+    the --lg-model-name that run_info.json beside the logs records (Interactive or Server limits)."""
+    detail_path = os.path.join(log_dir, DETAIL_FILE)
+    try:
+        logged = parse_detail(detail_path)[0].get("effective_scenario")
+    except OSError as exc:
+        raise UserError(f"{detail_path}: cannot read it ({exc.strerror or exc})") from None
+    wanted = "Server" if scenario == "Interactive" else scenario
+    if logged is None:
+        raise UserError(f"{detail_path}: no effective_scenario: not a complete LoadGen detail log")
+    if logged != wanted:
+        other = f"-s {logged}" + (" (or -s Interactive for a --lg-model-name llama2-70b-interactive run)"
+                                  if logged == "Server" else "")
+        raise UserError(f"-s {scenario}, but {detail_path} logs the {logged} scenario: pass {other}, or point -c "
+                        f"at the {scenario} audit run's logs")
+    info = read_run_info(log_dir)
+    if not info.recorded or info.lg_model_name is None:
+        if logged == "Server":
+            log.warning("no run_info.json beside the logs: cannot tell an Interactive run from a Server run")
+        return
+    if info.lg_model_name not in constants.LG_MODEL_NAMES:
+        raise UserError(f"-c {log_dir}: run under --lg-model-name {info.lg_model_name}, not a llama2-70b run")
+    interactive = info.lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE
+    if interactive != (scenario == "Interactive"):
+        raise UserError(f"-s {scenario}, but the audit run ran under --lg-model-name {info.lg_model_name}: pass "
+                        f"-s {'Interactive' if interactive else logged}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not os.path.isdir(args.compliance_dir):
-        raise UserError(f"-c {args.compliance_dir}: not a directory (point -c at the audit run's LoadGen log directory)")
+        raise UserError(f"-c {args.compliance_dir}: not a directory (point -c at the audit run's LoadGen log "
+                        "directory)")
     if not audit_config_was_applied(args.compliance_dir):
         raise UserError(f"-c {args.compliance_dir}: mlperf_log_detail.txt has no {AUDIT_MARKER!r}: the run was not "
                         "made with compliance/TEST06/audit.config in its working directory; redo the audit run")
+    check_scenario(args.compliance_dir, args.scenario)
     check_writable_dir(args.output_dir, "-o")
     entries = read_accuracy_log(args.compliance_dir)
     check_dtype(entries, args.dtype, os.path.join(args.compliance_dir, ACCURACY_LOG))

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from mlperf_llama2.input_identity import InputIdentity, mismatch
 from mlperf_llama2.submission import source, sysinfo
 from mlperf_llama2.submission.checks import (check_accuracy, check_performance, check_same_system, check_test06)
 from mlperf_llama2.submission.layout import DIVISIONS, MEASUREMENT_FIELDS, SCENARIOS, SYSTEM_FIELDS, ResultPaths
@@ -115,6 +116,18 @@ def check_sources(infos, allow_modified: bool, found: Findings) -> list[Optional
     return sorted(set(commits), key=str)
 
 
+def check_user_conf(path: str, recorded: Optional[InputIdentity], run_dir: str, found: Findings) -> bool:
+    """The user.conf to copy is the one the performance run read (its sha256 in run_info.json); False if not."""
+    if recorded is None or recorded.user_conf is None:
+        found.warnings.append(f"performance run {run_dir} recorded no user.conf hash (an older harness): cannot "
+                              f"confirm {path} is the file it ran with")
+        return True
+    differs = mismatch(recorded.user_conf, path)
+    found.rule(differs is None, f"user.conf {path} is not the one performance run {run_dir} read ({differs} now; "
+                                f"it ran with {recorded.user_conf.describe()}): restore it or pass --user-conf")
+    return differs is None
+
+
 def system_findings(paths: ResultPaths, args) -> tuple[Findings, Optional[dict]]:
     """(problems, the description to write or None to keep the tree's)."""
     found = Findings()
@@ -158,13 +171,18 @@ def add_result(args) -> int:
     runs = [("performance run", perf_info), ("accuracy run", acc_info), ("TEST06 audit run",
                                                                            found.facts.get("test06_info"))]
     runs = [(label, info) for label, info in runs if info is not None]
+    inputs = {"performance run": found.facts.get("performance_inputs"),
+              "accuracy run": found.facts.get("accuracy_inputs"), "TEST06 audit run": found.facts.get("test06_inputs")}
     for label, info in runs[1:]:
-        found.extend(check_same_system(runs[0][1], info, label))
+        found.extend(check_same_system(runs[0][1], info, label, inputs[runs[0][0]], inputs[label]))
     commits = check_sources(runs, args.allow_modified_source, found)
     user_conf = args.user_conf or (perf_info.user_conf if perf_info else None)
+    user_conf_ok = True
     if perf_info is not None:  # else the performance run's own error says what is wrong
         if not user_conf or not os.path.isfile(user_conf):
             found.errors.append(f"user.conf of the performance run not found ({user_conf}); pass --user-conf")
+        else:
+            user_conf_ok = check_user_conf(user_conf, inputs["performance run"], args.performance_dir, found)
         missing = empty_measurements(perf_info, overrides)
         found.rule(not missing, f"measurements.json would leave {', '.join(missing)} empty; "
                                 f"pass --measurement KEY=VALUE")
@@ -174,7 +192,7 @@ def add_result(args) -> int:
     report(found)
     writable = all(found.facts.get(k) is not None for k in ("performance_info", "accuracy_info", "accuracy_txt_text"))
     if found.errors and not (args.force and writable and not args.check_only and user_conf
-                             and os.path.isfile(user_conf)):
+                             and os.path.isfile(user_conf) and user_conf_ok):
         print(f"submission: {len(found.errors)} error(s); nothing written", file=sys.stderr)
         return 2
     if found.errors:

@@ -4,7 +4,8 @@ the problems found (errors stop packaging; warnings are printed) and the facts t
 The run-level rules (round, seeds, duration, sample counts, latency limits, ROUGE) are `rules.py`'s;
 here they meet the files: the LoadGen logs, run_info.json, accuracy.txt and its `hash=` line (which
 must be the SHA-256 of the accuracy log beside it), the TEST06 output and the audit run it came from.
-Both runs, and the audit, must come from the same model and precision.
+Both runs, and the audit, must come from the same model, precision and dataset: by the files' content where
+run_info.json records it (`input_identity`), else by path with a warning that content cannot be confirmed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Optional
 
 from mlperf_llama2 import constants
 from mlperf_llama2.compliance.test06 import AUDIT_MARKER
+from mlperf_llama2.input_identity import InputIdentity, ModelIdentity, config_sha256, read_identity
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
 from mlperf_llama2.report.summary import (ACCURACY_LOG, ACCURACY_RESULT_FILE, DETAIL_FILE, SUMMARY_FILE,
                                           is_llama2_70b, parse_accuracy_result, parse_detail)
@@ -65,7 +67,7 @@ def check_performance(run_dir: str, scenario: str, closed: bool, rnd: Round) -> 
     out.extend(performance_rules(detail, loadgen_errors, info, rnd, scenario, closed), label)
     out.rule(AUDIT_MARKER not in text, f"{label}: ran with an audit.config (a compliance run, not a result)")
     key = "result_completed_tokens_per_second" if loadgen_scenario(scenario) == "Server" else "result_tokens_per_second"
-    out.facts.update(performance_info=info, tokens_per_s=detail.get(key),
+    out.facts.update(performance_info=info, performance_inputs=read_identity(run_dir), tokens_per_s=detail.get(key),
                      loadgen_version=detail.get("loadgen_version"), verdict=detail.get("result_validity"))
     return out
 
@@ -118,12 +120,28 @@ def check_accuracy(run_dir: str, accuracy_txt: Optional[str], scenario: str, ben
     txt = accuracy_txt or os.path.join(run_dir, ACCURACY_RESULT_FILE)
     rouge = _check_score_file(txt, run_dir, samples, out)
     out.extend(accuracy_rules(detail, loadgen_errors, info, scenario, closed, rouge, benchmark), label)
-    model = info.model_path
-    if model and os.path.isfile(os.path.join(model, "config.json")):
-        out.rule(is_llama2_70b(model), f"{label}: model {model} is not Llama-2-70B (config.json shape)", closed)
+    inputs = read_identity(run_dir)
+    out.extend(check_model_shape(info.model_path, closed, inputs.model if inputs else None), label)
+    out.facts.update(accuracy_info=info, accuracy_inputs=inputs, rouge=rouge, accuracy_samples=samples,
+                     accuracy_txt=txt)
+    return out
+
+
+def check_model_shape(model: Optional[str], closed: bool, recorded: Optional[ModelIdentity] = None) -> Findings:
+    """The run's model is Llama-2-70B by its config.json, which must still be the one the run recorded;
+    closed: one that cannot be read is an error too."""
+    out = Findings()
+    if model and not os.path.isabs(model):  # an older run_info.json: relative to a working directory unknown here
+        out.rule(False, f"model path {model} is recorded relative to the run's working directory: cannot read "
+                        f"its config.json to confirm it is Llama-2-70B", closed)
+    elif model and os.path.isfile(os.path.join(model, "config.json")):
+        now = config_sha256(model)
+        out.rule(recorded is None or now == recorded.config_sha256,
+                 f"model {model}: config.json is not the one the run recorded (sha256 {now[:12]}... now, "
+                 f"{(recorded.config_sha256 if recorded else '')[:12]}... then): the checkpoint changed", closed)
+        out.rule(is_llama2_70b(model), f"model {model} is not Llama-2-70B (config.json shape)", closed)
     else:
-        out.warnings.append(f"{label}: cannot read the model's config.json ({model}) to confirm it is Llama-2-70B")
-    out.facts.update(accuracy_info=info, rouge=rouge, accuracy_samples=samples, accuracy_txt=txt)
+        out.rule(False, f"cannot read the model's config.json ({model}) to confirm it is Llama-2-70B", closed)
     return out
 
 
@@ -154,9 +172,14 @@ def _check_audit_run(found: str, scenario: str, rnd: Round, out: Findings) -> Op
         out.errors.append(f"TEST06 {found}: no run_info.json beside its logs (verify with this harness's "
                           f"run_verification.py) to show which model and precision it audited")
         return None
+    if detail.get("effective_scenario") == "Server" and loadgen_scenario(scenario) == "Server":
+        interactive = info.lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE
+        out.rule(interactive == (scenario == "Interactive"), f"TEST06 {found}: audits a run under --lg-model-name "
+                                                             f"{info.lg_model_name}, not the {scenario} scenario")
     cap = info.max_new_tokens
     out.rule(cap is None or int(cap) >= constants.MAX_NEW_TOKENS,
              f"TEST06 {found}: the audit run capped outputs at --max-new-tokens {cap}")
+    out.facts.update(test06_inputs=read_identity(logs))
     return info
 
 
@@ -183,17 +206,49 @@ def check_test06(path: Optional[str], scenario: str, closed: bool, rnd: Round) -
     return out
 
 
-def check_same_system(perf: RunInfo, other: RunInfo, what: str = "accuracy run") -> Findings:
-    """The performance run and `other` must be the same model, precision and backend."""
+def check_same_system(perf: RunInfo, other: RunInfo, what: str = "accuracy run",
+                      perf_inputs: Optional[InputIdentity] = None,
+                      other_inputs: Optional[InputIdentity] = None) -> Findings:
+    """The performance run and `other` must be the same model, precision, backend and dataset."""
     out = Findings()
     if not perf.recorded or not other.recorded:
         out.warnings.append(f"run_info.json missing: cannot check the performance run and the {what} used the "
                             f"same model and precision")
         return out
+    # With both identities, the checkpoint's path at run time (below) replaces the path as resolved today.
+    by_identity = bool(perf_inputs and other_inputs and perf_inputs.model and other_inputs.model)
     for name in SAME_SYSTEM_FIELDS:
+        if name == "model_path" and by_identity:
+            continue
         a, b = getattr(perf, name), getattr(other, name)
         if name in PATH_FIELDS and a and b:
             a, b = os.path.realpath(a), os.path.realpath(b)
         out.rule(a == b, f"performance run and {what} differ in {name}: {getattr(perf, name)} vs "
                          f"{getattr(other, name)}")
+    out.extend(check_same_inputs(perf_inputs, other_inputs, what))
+    return out
+
+
+def check_same_inputs(perf: Optional[InputIdentity], other: Optional[InputIdentity], what: str) -> Findings:
+    """The dataset and the model the two runs read, by content: what input_identity recorded at run time."""
+    out = Findings()
+    if perf is None or other is None:
+        older = " and ".join(n for n, i in (("performance run", perf), (what, other)) if i is None)
+        out.warnings.append(f"{older}: run_info.json has no input_identity (an older harness): cannot confirm the "
+                            f"performance run and the {what} read the same dataset and model files")
+        return out
+    if perf.dataset is None or other.dataset is None:
+        out.warnings.append(f"performance run and {what}: a dataset identity is missing: cannot confirm they "
+                            f"read the same dataset")
+    else:
+        out.rule(perf.dataset.same_content(other.dataset), f"performance run and {what} read different datasets: "
+                 f"{perf.dataset.describe()} vs {other.dataset.describe()}")
+    if perf.model is not None and other.model is not None:
+        out.rule(perf.model.same_model(other.model), f"performance run and {what} ran different models (config.json "
+                 f"or weight names/shapes differ): {perf.model.path} vs {other.model.path}")
+        out.rule(perf.model.path == other.model.path,
+                 f"performance run and {what} ran different checkpoints: {perf.model.path} vs {other.model.path}")
+    elif (perf.model is None) != (other.model is None):
+        out.warnings.append(f"performance run and {what}: only one recorded a local checkpoint: cannot confirm "
+                            f"they ran the same model")
     return out

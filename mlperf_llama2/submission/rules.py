@@ -122,9 +122,11 @@ def latency_limits(detail: dict, scenario: str, closed: bool) -> Findings:
     out.rule(asked_tpot is None or asked_tpot <= tpot_limit,
              f"user.conf loosened tpot_latency to {(asked_tpot or 0) / 1e6:.0f} ms "
              f"(limit {tpot_limit / 1e6:.0f} ms)", closed)
+    # Exactly the rule's: LoadGen takes any value (a user.conf 150 logs 1.5) and judges the run by it.
     percentile = _num(detail.get("effective_target_latency_percentile"))
-    out.rule(percentile is None or percentile >= rounds.TARGET_LATENCY_PERCENTILE,
-             f"user.conf set target_latency_percentile {(percentile or 0) * 100:g} (rule: "
+    out.rule(percentile is not None and abs(percentile - rounds.TARGET_LATENCY_PERCENTILE) < 1e-9,
+             "no target_latency_percentile in the detail log" if percentile is None else
+             f"user.conf set target_latency_percentile {percentile * 100:g} (rule: "
              f"{rounds.TARGET_LATENCY_PERCENTILE * 100:g})", closed)
     return out
 
@@ -139,6 +141,12 @@ def performance_rules(detail: dict, loadgen_errors: list, info: RunInfo, rnd: Ro
     out.rule(not loadgen_errors, f"LoadGen logged {len(loadgen_errors)} error(s), first: "
              f"{loadgen_errors[0] if loadgen_errors else ''}")
     out.extend(seeds(detail, rnd))
+    # LoadGen logs mlperf.conf's performance_sample_count 24576 whatever the QSL holds: only
+    # qsl_reported_total_count shows a QSL cut by --total-sample-count or a smaller dataset file.
+    qsl_total = _num(detail.get("qsl_reported_total_count"))
+    out.rule(qsl_total == rounds.DATASET_SIZE,
+             f"QSL of {_int(qsl_total)} samples, not the dataset's {rounds.DATASET_SIZE} "
+             f"(--total-sample-count or a smaller dataset file)")
     count = _num(detail.get("effective_performance_sample_count"))
     out.rule(count is not None and count >= rounds.PERFORMANCE_SAMPLE_COUNT,
              f"performance_sample_count {_int(count)} < {rounds.PERFORMANCE_SAMPLE_COUNT}")
