@@ -12,6 +12,7 @@ them and the kind of number each takes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ MLPERF_CONF_ONLY_KEYS = frozenset({
 })
 AUDIT_MODES = frozenset({0, 1, 2, 3})  # SubmissionRun, AccuracyOnly, PerformanceOnly, FindPeakPerformance
 
+UINT64_MAX = 2**64 - 1
 _INT = re.compile(r"[+]?(0[xX][0-9a-fA-F]+|[1-9][0-9]*|0)")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
@@ -86,14 +88,21 @@ def _parse_value(text: str, key: str, spec: ConfKey):
     if spec.kind == "float":
         if not _FLOAT.fullmatch(text) and not _INT.fullmatch(text):
             raise _LineError(f"{key} = {text}: a number is expected")
-        value = float(int(text, 0)) if _INT.fullmatch(text) else float(text)
+        try:
+            value = float(int(text, 0)) if _INT.fullmatch(text) else float(text)
+        except OverflowError:
+            value = math.inf
         if value < 0:
             raise _LineError(f"{key} = {text}: must not be negative")
+        if not math.isfinite(value):
+            raise _LineError(f"{key} = {text}: too large for a number LoadGen reads")
         return value
     if not _INT.fullmatch(text):
         what = "0 or 1" if spec.kind == "bool" else "a whole number >= 0"
         raise _LineError(f"{key} = {text}: {what} is expected")
     value = int(text, 0)
+    if value > UINT64_MAX:
+        raise _LineError(f"{key} = {text}: too large (LoadGen reads a 64-bit count)")
     if spec.kind == "bool" and value not in (0, 1):
         raise _LineError(f"{key} = {text}: 0 or 1 is expected")
     return value
@@ -147,6 +156,11 @@ def parse_line(line: str, *, audit: bool, lg_model_names=constants.LG_MODEL_NAME
         raise _LineError(f"{key} = {value_text}: LoadGen knows modes 0-3")
     if key == "mode" and not audit:
         raise _LineError(f"'{name}': main.py sets the test mode (--accuracy); remove this line")
+    if key == "target_qps" and value == 0:
+        raise _LineError(f"{key} = {value_text}: must be > 0 (LoadGen's Server schedule at 0 queries/s never "
+                         "ends; Offline sizes its query from it)")
+    if key == "target_latency_percentile" and not 0 < value <= 100:
+        raise _LineError(f"{key} = {value_text}: a percentile in (0, 100] is expected (99 means p99)")
     return model, scenario, key, value
 
 
