@@ -2,11 +2,12 @@
 
 Contract: `validate_conf_file(path, flag, ...)` returns the file's settings as
 `{(model, scenario, key): value}` or raises `UserError` naming the file, the line number and what is
-wrong. LoadGen's own parser (`TestSettings::FromConfig`, LoadGen 6.0.17) keeps any `key = number`
-line and then looks up only the keys below, so a typo, an unknown scenario or a key given for a
-scenario that never reads it is silently ignored there; here each is an error. `CONF_KEYS` is the
-one list of the keys LoadGen reads from a user.conf or audit.config, with the scenarios that read
-them and the kind of number each takes.
+wrong; `read_conf_lines` returns the same settings as `ConfLine`s (line number and text kept), for
+the checks of which lines a run reads (`effective.py`). LoadGen's own parser
+(`TestSettings::FromConfig`, LoadGen 6.0.17) keeps any `key = number` line and then looks up only the
+keys below, so a typo, an unknown scenario or a key given for a scenario that never reads it is
+silently ignored there; here each is an error. `CONF_KEYS` is the one list of the keys LoadGen reads
+from a user.conf or audit.config, with the scenarios that read them and the kind of number each takes.
 """
 
 from __future__ import annotations
@@ -164,8 +165,24 @@ def parse_line(line: str, *, audit: bool, lg_model_names=constants.LG_MODEL_NAME
     return model, scenario, key, value
 
 
-def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
-    """Every line of a user.conf (audit=False) or audit.config (audit=True); UserError on the first bad one."""
+@dataclass(frozen=True)
+class ConfLine:
+    """One setting of a conf file: where it is, what it names and the value LoadGen reads."""
+
+    number: int
+    model: str
+    scenario: str
+    key: str
+    value: float
+    text: str  # the line as written, stripped
+
+    def __str__(self) -> str:
+        return f"line {self.number} '{self.text}'"
+
+
+def read_conf_lines(path: str, flag: str, *, audit: bool = False) -> dict:
+    """Every line of a user.conf (audit=False) or audit.config (audit=True) as `{(model, scenario, key):
+    ConfLine}`; UserError on the first bad one."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -174,7 +191,6 @@ def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
     except OSError as exc:
         raise UserError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
     settings: dict = {}
-    first_line: dict = {}
     for number, line in enumerate(lines, start=1):
         try:
             parsed = parse_line(line, audit=audit)
@@ -184,13 +200,18 @@ def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
             continue
         *where, value = parsed
         where = tuple(where)
-        if where in first_line:
+        if where in settings:
             raise UserError(f"{flag} {path}: line {number}: '{'.'.join(where)}' is already set on line "
-                            f"{first_line[where]}; keep one")
-        first_line[where] = number
-        settings[where] = value
+                            f"{settings[where].number}; keep one")
+        settings[where] = ConfLine(number, *where, value, line.strip())
     log.debug("%s %s: %d setting(s) checked", flag, path, len(settings))
     return settings
+
+
+def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
+    """Every line of a user.conf (audit=False) or audit.config (audit=True) as `{(model, scenario, key):
+    value}`; UserError on the first bad one."""
+    return {where: line.value for where, line in read_conf_lines(path, flag, audit=audit).items()}
 
 
 def check_conf_files(user_conf: str, audit_conf: str) -> None:

@@ -1,7 +1,8 @@
 """LoadGen settings from a `RunConfig` (SPEC §1): TestSettings via user.conf, log output, trace.
 
 Built before the model loads, so a bad user.conf fails in the first second. `FromConfig`'s return
-code is checked: 0 is success, a negative errno (missing or unparsable file) is a UserError.
+code is checked: 0 is success, a negative errno (missing or unparsable file) is a UserError. The
+user.conf lines this run does not read although they look as if it should are warned of, one line each.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import mlperf_loadgen as lg
 
 from mlperf_llama2.config import RunConfig
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.loadgen.conf_file import read_conf_lines
+from mlperf_llama2.loadgen.effective import conf_warnings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,9 @@ def build_test_settings(config: RunConfig) -> lg.TestSettings:
         raise UserError(f"--user-conf {config.user_conf}: file not found (copy the repo's user.conf or pass a path)")
     if not os.access(config.user_conf, os.R_OK):
         raise UserError(f"--user-conf {config.user_conf}: file is not readable")
+    lines = read_conf_lines(config.user_conf, "--user-conf")
+    for warning in conf_warnings(lines, config.lg_model_name, config.scenario, f"--user-conf {config.user_conf}"):
+        log.warning("%s", warning)
     settings = lg.TestSettings()
     settings.scenario = SCENARIOS[config.scenario]
     rc = settings.FromConfig(config.user_conf, config.lg_model_name, config.scenario, USER_CONF_TYPE)
