@@ -18,6 +18,7 @@ import mlperf_loadgen as lg
 
 from mlperf_llama2.backends.base import Backend
 from mlperf_llama2.data.dataset import Dataset
+from mlperf_llama2.loadgen.effective import check_run_size
 from mlperf_llama2.loadgen.interrupt import run_interruptibly, write_stop_note
 from mlperf_llama2.loadgen.settings import LoadGenSettings
 from mlperf_llama2.loadgen.sut import RunObserver, SampleFailure, sut_class
@@ -67,6 +68,8 @@ def run_test(
     With `network_name` this is LoadGen's node of a multi-node run: the SUT is constructed as a
     query dispatch library (`ConstructQDL`, LoadGen over the network) whose name callback it is.
     """
+    if settings.effective is not None:  # a Server accuracy run's length depends on the dataset's size
+        check_run_size(settings.effective, samples=dataset.total_sample_count)
     sut = sut_class(scenario)(
         backend, dataset, max_new_tokens=max_new_tokens, observers=observers, keep_outputs=save_outputs is not None
     )
