@@ -272,3 +272,57 @@ def test_main_server_accuracy_run_at_a_tiny_rate_is_refused_before_loadgen_start
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "6 samples at target_qps 1e-09 (line 1)" in lines[0], result.stderr[-2000:]
     assert "starting LoadGen" not in result.stderr and "Traceback" not in result.stderr
+
+
+# --- LoadGen out of memory all the same: one line, exit 2 ---
+
+OUT_OF_MEMORY = """
+import sys
+import mlperf_loadgen as lg
+from mlperf_llama2.backends.base import Backend
+from mlperf_llama2.data.dataset import Dataset
+from mlperf_llama2.loadgen.runner import run_test
+from mlperf_llama2.loadgen.settings import LoadGenSettings
+
+
+class Answers(Backend):
+    name = "answers"
+
+    @property
+    def eos_token_id(self):
+        return 2
+
+    def start(self, sink):
+        self.sink = sink
+
+    def submit(self, requests):
+        for r in requests:
+            self.sink.complete(r.request_id, [5, 2])
+
+    def stop(self):
+        pass
+
+
+test = lg.TestSettings()  # no user.conf and no checks: 1.1e12 samples in the one Offline query
+test.scenario, test.mode = lg.TestScenario.Offline, lg.TestMode.PerformanceOnly
+test.offline_expected_qps, test.min_duration_ms, test.min_query_count = 1e12, 1000, 6
+out = lg.LogOutputSettings()
+out.outdir = sys.argv[1]
+log = lg.LogSettings()
+log.log_output = out
+dataset = Dataset(path="-", prompts=((1, 5, 6),) * 6, targets=None)
+run_test("Offline", Answers(), dataset, LoadGenSettings(test=test, log=log, output_dir=sys.argv[1]), max_new_tokens=4)
+print("run_test returned")
+"""
+
+
+def test_loadgen_out_of_memory_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "oom.py").write_text(OUT_OF_MEMORY)
+    (tmp_path / "logs").mkdir()
+    result = run_main([tmp_path / "logs"], cwd=tmp_path, script=str(tmp_path / "oom.py"), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]  # was a traceback, then SIGSEGV / SIGABRT at exit
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "LoadGen ran out of memory during the test (std::bad_alloc)" in lines[0]
+    assert "lower target_qps, min_duration or min_query_count" in lines[0]
+    assert "Traceback" not in result.stderr and "run_test returned" not in result.stdout
+    assert "out of memory" in (tmp_path / "logs" / "RUN_STOPPED.txt").read_text()
