@@ -62,21 +62,22 @@ def keys_read(scenario: str) -> list[str]:
     return [key for key, spec in CONF_KEYS.items() if scenario in spec.scenarios]
 
 
+def _candidates(lines: Mapping[tuple, ConfLine], model: str, scenario: str, key: str) -> list[ConfLine]:
+    """The lines that set `key` for a run of (model, scenario), in FromConfig's order: the first wins."""
+    return [lines[(m, s, key)] for m, s in lookup_order(model, scenario) if (m, s, key) in lines]
+
+
 def applied_lines(lines: Mapping[tuple, ConfLine], model: str, scenario: str) -> dict[str, ConfLine]:
     """key -> the line FromConfig takes for a run of (model, scenario); keys no line sets are absent."""
-    out = {}
-    for key in keys_read(scenario):
-        found = [lines[(m, s, key)] for m, s in lookup_order(model, scenario) if (m, s, key) in lines]
-        if found:
-            out[key] = found[0]
-    return out
+    found = {key: _candidates(lines, model, scenario, key) for key in keys_read(scenario)}
+    return {key: candidates[0] for key, candidates in found.items() if candidates}
 
 
 def overridden_lines(lines: Mapping[tuple, ConfLine], model: str, scenario: str) -> list[tuple[ConfLine, ConfLine]]:
     """(line, the line that wins over it) for each line the run would read but for a more specific one."""
     out = []
     for key in keys_read(scenario):
-        found = [lines[(m, s, key)] for m, s in lookup_order(model, scenario) if (m, s, key) in lines]
+        found = _candidates(lines, model, scenario, key)
         out += [(loser, found[0]) for loser in found[1:]]
     return sorted(out, key=lambda pair: pair[0].number)
 
