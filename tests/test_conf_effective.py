@@ -48,6 +48,31 @@ def test_lookup_takes_model_scenario_then_star_scenario_then_model_star_then_sta
     assert applied_lines(lines, LI, "Server")["min_duration"].value == 1
 
 
+LOOKUP_PROBE = """
+import sys
+import mlperf_loadgen as lg
+for model in ("llama2-70b", "llama2-70b-interactive"):
+    for scenario in ("Offline", "Server"):
+        s = lg.TestSettings()
+        s.FromConfig(sys.argv[1], model, scenario, 1)
+        print(model, scenario, s.min_duration_ms)
+"""
+
+
+def test_the_lookup_is_loadgens(tmp_path):
+    text = "*.*.min_duration = 1\nllama2-70b.*.min_duration = 2\n*.Offline.min_duration = 3\n"
+    (tmp_path / "probe.py").write_text(LOOKUP_PROBE)
+    (tmp_path / "u.conf").write_text(text)
+    result = run_main([tmp_path / "u.conf"], cwd=tmp_path, script=str(tmp_path / "probe.py"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = _lines(tmp_path, text)
+    ours = [f"{m} {s} {applied_lines(lines, m, s)['min_duration'].value}"
+            for m in (L70, LI) for s in ("Offline", "Server")]
+    assert result.stdout.split("\n")[:4] == ours == [
+        "llama2-70b Offline 3", "llama2-70b Server 2", "llama2-70b-interactive Offline 3",
+        "llama2-70b-interactive Server 1"]
+
+
 @pytest.mark.parametrize("text", [
     "llama2-70b.Offline.min_duration = 0\n*.Offline.min_duration = 600000\n",
     "*.Offline.min_duration = 600000\nllama2-70b.Offline.min_duration = 0\n",
