@@ -14,6 +14,7 @@ from mlperf_llama2.report.plots import write_plots
 from mlperf_llama2.report.summary import (
     accuracy_targets,
     build_summary,
+    loadgen_verdict,
     parse_accuracy_result,
     parse_detail,
     render_table,
@@ -67,6 +68,36 @@ def test_server_performance_summary_has_latencies_and_verdict(runs):
     assert s.verdict == "INVALID" and "Early stopping" in s.reason
     table = render_table(s)
     assert "TTFT p50 / p99 (ms)" in table and "INVALID (Early stopping satisfied: NO)" in table
+
+
+def test_verdict_is_invalid_when_loadgens_two_logs_disagree(runs, tmp_path):
+    """LoadGen 6.0.17 with target_latency_percentile 150: the summary says INVALID, the detail log VALID."""
+    import re
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[("Server", "performance")], run_dir)
+    summary = run_dir / "mlperf_log_summary.txt"
+    assert "Result is : INVALID" in summary.read_text()
+    with open(run_dir / "mlperf_log_detail.txt", "a") as f:  # the last value of a key wins
+        f.write(':::MLLOG {"key": "result_validity", "value": "VALID", "metadata": {"is_error": false}}\n')
+    s = build_summary(str(run_dir))
+    assert s.verdict == "INVALID"
+    assert s.reason.startswith("LoadGen's logs disagree: mlperf_log_summary.txt says INVALID, mlperf_log_detail.txt "
+                               "says result_validity VALID") and "Early stopping satisfied: NO" in s.reason
+    assert re.search(r"^LoadGen verdict +: INVALID \(LoadGen's logs disagree", render_table(s), re.M)
+    summary.write_text(summary.read_text().replace("Result is : INVALID", "Result is : VALID"))
+    (run_dir / "mlperf_log_detail.txt").write_text((run_dir / "mlperf_log_detail.txt").read_text().replace(
+        '"value": "VALID"', '"value": "INVALID"'))
+    assert build_summary(str(run_dir)).verdict == "INVALID"  # the other way round too
+
+
+def test_verdict_of_agreeing_or_single_logs():
+    assert loadgen_verdict({"result_validity": "VALID"}, {"Result is": "VALID"}) == ("VALID", "")
+    assert loadgen_verdict({}, {"Result is": "VALID"}) == ("VALID", "")
+    assert loadgen_verdict({"result_validity": "INVALID"}, {"Min duration satisfied": "NO"}) == (
+        "INVALID", "Min duration satisfied: NO")
+    assert loadgen_verdict({}, {}) == ("?", "")
 
 
 def test_offline_performance_summary_uses_loadgens_token_rate(runs):

@@ -26,6 +26,13 @@ BAD_LINES = [
     ("float_for_a_count", "*.Server.min_query_count = 1.5", ("min_query_count = 1.5", "whole number")),
     ("fraction_for_server_target_latency", "*.Server.target_latency = 2.5", ("target_latency = 2.5", "whole number")),
     ("negative_qps", "*.Server.target_qps = -1", ("must not be negative",)),
+    ("zero_qps", "*.Server.target_qps = 0", ("target_qps = 0: must be > 0",)),
+    ("zero_qps_for_every_scenario", "*.*.target_qps = 0.0", ("target_qps = 0.0: must be > 0",)),
+    ("qps_beyond_a_double", "*.Offline.target_qps = 1e999", ("1e999: too large",)),
+    ("qps_integer_beyond_a_double", "*.Server.target_qps = " + "9" * 400, ("too large",)),
+    ("count_beyond_64_bits", "*.Offline.min_query_count = 18446744073709551616", ("too large", "64-bit")),
+    ("percentile_above_100", "*.Server.target_latency_percentile = 150", ("percentile in (0, 100]",)),
+    ("percentile_zero", "*.Server.target_latency_percentile = 0", ("percentile in (0, 100]",)),
     ("bool_not_0_or_1", "*.*.sample_concatenate_permutation = 2", ("0 or 1 is expected",)),
     ("octal", "*.Offline.min_duration = 0600000", ("leading 0 as octal",)),
     ("no_spaces_around_equals", "*.Offline.min_duration=0", ("spaces around '='", "silently ignores")),
@@ -80,6 +87,12 @@ def test_the_shipped_test06_audit_config_passes_and_audit_lines_must_be_for_mode
     (tmp_path / "audit.config").write_text("llama2-70b.*.accuracy_log_sampling_target = 100\n")
     with pytest.raises(UserError, match=r"line 1: .*audit config for model '\*' only.*\*\.\*\.accuracy_log"):
         validate_conf_file(str(tmp_path / "audit.config"), "--audit-conf", audit=True)
+
+
+def test_boundary_values_pass(tmp_path):
+    (tmp_path / "u.conf").write_text("*.Server.target_latency_percentile = 100\n*.Server.target_qps = 1e-3\n"
+                                     "*.Offline.min_query_count = 18446744073709551615\n")
+    assert validate_conf_file(str(tmp_path / "u.conf"), "--user-conf")[("*", "Server", "target_qps")] == 0.001
 
 
 def test_a_repeated_key_names_both_lines(tmp_path):

@@ -2,16 +2,18 @@
 
 Contract: `validate_conf_file(path, flag, ...)` returns the file's settings as
 `{(model, scenario, key): value}` or raises `UserError` naming the file, the line number and what is
-wrong. LoadGen's own parser (`TestSettings::FromConfig`, LoadGen 6.0.17) keeps any `key = number`
-line and then looks up only the keys below, so a typo, an unknown scenario or a key given for a
-scenario that never reads it is silently ignored there; here each is an error. `CONF_KEYS` is the
-one list of the keys LoadGen reads from a user.conf or audit.config, with the scenarios that read
-them and the kind of number each takes.
+wrong; `read_conf_lines` returns the same settings as `ConfLine`s (line number and text kept), for
+the checks of which lines a run reads (`effective.py`). LoadGen's own parser
+(`TestSettings::FromConfig`, LoadGen 6.0.17) keeps any `key = number` line and then looks up only the
+keys below, so a typo, an unknown scenario or a key given for a scenario that never reads it is
+silently ignored there; here each is an error. `CONF_KEYS` is the one list of the keys LoadGen reads
+from a user.conf or audit.config, with the scenarios that read them and the kind of number each takes.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -71,6 +73,7 @@ MLPERF_CONF_ONLY_KEYS = frozenset({
 })
 AUDIT_MODES = frozenset({0, 1, 2, 3})  # SubmissionRun, AccuracyOnly, PerformanceOnly, FindPeakPerformance
 
+UINT64_MAX = 2**64 - 1
 _INT = re.compile(r"[+]?(0[xX][0-9a-fA-F]+|[1-9][0-9]*|0)")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
@@ -86,14 +89,21 @@ def _parse_value(text: str, key: str, spec: ConfKey):
     if spec.kind == "float":
         if not _FLOAT.fullmatch(text) and not _INT.fullmatch(text):
             raise _LineError(f"{key} = {text}: a number is expected")
-        value = float(int(text, 0)) if _INT.fullmatch(text) else float(text)
+        try:
+            value = float(int(text, 0)) if _INT.fullmatch(text) else float(text)
+        except OverflowError:
+            value = math.inf
         if value < 0:
             raise _LineError(f"{key} = {text}: must not be negative")
+        if not math.isfinite(value):
+            raise _LineError(f"{key} = {text}: too large for a number LoadGen reads")
         return value
     if not _INT.fullmatch(text):
         what = "0 or 1" if spec.kind == "bool" else "a whole number >= 0"
         raise _LineError(f"{key} = {text}: {what} is expected")
     value = int(text, 0)
+    if value > UINT64_MAX:
+        raise _LineError(f"{key} = {text}: too large (LoadGen reads a 64-bit count)")
     if spec.kind == "bool" and value not in (0, 1):
         raise _LineError(f"{key} = {text}: 0 or 1 is expected")
     return value
@@ -147,11 +157,32 @@ def parse_line(line: str, *, audit: bool, lg_model_names=constants.LG_MODEL_NAME
         raise _LineError(f"{key} = {value_text}: LoadGen knows modes 0-3")
     if key == "mode" and not audit:
         raise _LineError(f"'{name}': main.py sets the test mode (--accuracy); remove this line")
+    if key == "target_qps" and value == 0:
+        raise _LineError(f"{key} = {value_text}: must be > 0 (LoadGen's Server schedule at 0 queries/s never "
+                         "ends; Offline sizes its query from it)")
+    if key == "target_latency_percentile" and not 0 < value <= 100:
+        raise _LineError(f"{key} = {value_text}: a percentile in (0, 100] is expected (99 means p99)")
     return model, scenario, key, value
 
 
-def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
-    """Every line of a user.conf (audit=False) or audit.config (audit=True); UserError on the first bad one."""
+@dataclass(frozen=True)
+class ConfLine:
+    """One setting of a conf file: where it is, what it names and the value LoadGen reads."""
+
+    number: int
+    model: str
+    scenario: str
+    key: str
+    value: float
+    text: str  # the line as written, stripped
+
+    def __str__(self) -> str:
+        return f"line {self.number} '{self.text}'"
+
+
+def read_conf_lines(path: str, flag: str, *, audit: bool = False) -> dict:
+    """Every line of a user.conf (audit=False) or audit.config (audit=True) as `{(model, scenario, key):
+    ConfLine}`; UserError on the first bad one."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -160,7 +191,6 @@ def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
     except OSError as exc:
         raise UserError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
     settings: dict = {}
-    first_line: dict = {}
     for number, line in enumerate(lines, start=1):
         try:
             parsed = parse_line(line, audit=audit)
@@ -170,13 +200,18 @@ def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
             continue
         *where, value = parsed
         where = tuple(where)
-        if where in first_line:
+        if where in settings:
             raise UserError(f"{flag} {path}: line {number}: '{'.'.join(where)}' is already set on line "
-                            f"{first_line[where]}; keep one")
-        first_line[where] = number
-        settings[where] = value
+                            f"{settings[where].number}; keep one")
+        settings[where] = ConfLine(number, *where, value, line.strip())
     log.debug("%s %s: %d setting(s) checked", flag, path, len(settings))
     return settings
+
+
+def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
+    """Every line of a user.conf (audit=False) or audit.config (audit=True) as `{(model, scenario, key):
+    value}`; UserError on the first bad one."""
+    return {where: line.value for where, line in read_conf_lines(path, flag, audit=audit).items()}
 
 
 def check_conf_files(user_conf: str, audit_conf: str) -> None:

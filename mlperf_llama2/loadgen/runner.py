@@ -2,7 +2,9 @@
 
 Returns a `RunResult` (log directory, samples, tokens, wall time, failures) that the entry point
 turns into an exit code; observers get per-sample callbacks for progress display. StartTest runs
-so that Ctrl-C / SIGTERM end the run within seconds (`interrupt.run_interruptibly`).
+so that Ctrl-C / SIGTERM end the run within seconds (`interrupt.run_interruptibly`). LoadGen out of
+memory while it generates its queries (`std::bad_alloc`, a MemoryError here) ends the process with
+one line and exit 2: LoadGen's threads are left in a state that crashes Python's normal exit.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -18,7 +21,9 @@ import mlperf_loadgen as lg
 
 from mlperf_llama2.backends.base import Backend
 from mlperf_llama2.data.dataset import Dataset
-from mlperf_llama2.loadgen.interrupt import run_interruptibly, write_stop_note
+from mlperf_llama2.errors import EXIT_USER_ERROR
+from mlperf_llama2.loadgen.effective import check_run_size
+from mlperf_llama2.loadgen.interrupt import run_interruptibly, terminate_children, write_stop_note
 from mlperf_llama2.loadgen.settings import LoadGenSettings
 from mlperf_llama2.loadgen.sut import RunObserver, SampleFailure, sut_class
 
@@ -67,6 +72,8 @@ def run_test(
     With `network_name` this is LoadGen's node of a multi-node run: the SUT is constructed as a
     query dispatch library (`ConstructQDL`, LoadGen over the network) whose name callback it is.
     """
+    if settings.effective is not None:  # a Server accuracy run's length depends on the dataset's size
+        check_run_size(settings.effective, samples=dataset.total_sample_count)
     sut = sut_class(scenario)(
         backend, dataset, max_new_tokens=max_new_tokens, observers=observers, keep_outputs=save_outputs is not None
     )
@@ -77,6 +84,7 @@ def run_test(
         lg_sut = lg.ConstructQDL(sut.issue_queries, sut.flush_queries, network_name)
     lg_qsl = lg.ConstructQSL(dataset.total_sample_count, dataset.perf_sample_count, _noop, _noop)
     start = time.monotonic()
+    out_of_memory = None
     try:
         log.info("starting LoadGen: %s, %s", scenario, "accuracy" if settings.test.mode == lg.TestMode.AccuracyOnly
                  else "performance")
@@ -86,11 +94,15 @@ def run_test(
             stop=sut.stop,
             log_dir=settings.output_dir,
         )
+    except MemoryError as exc:
+        out_of_memory = exc
     finally:
         wall_s = time.monotonic() - start
         sut.stop()
         lg.DestroyQSL(lg_qsl)
         (lg.DestroySUT if network_name is None else lg.DestroyQDL)(lg_sut)
+    if out_of_memory is not None:
+        exit_out_of_memory(out_of_memory, settings.output_dir)
     responder = sut.responder
     if responder.abort_reason is not None:
         write_stop_note(settings.output_dir, responder.abort_reason)
@@ -107,6 +119,22 @@ def run_test(
         failures=tuple(responder.failures),
         skipped=responder.skipped,
     )
+
+
+def exit_out_of_memory(exc: MemoryError, log_dir: str) -> None:
+    """One line and exit 2, past Python's exit: after a std::bad_alloc in StartTest, LoadGen's threads make
+    the interpreter's shutdown abort (SIGABRT, or SIGSEGV in main.py) instead of exiting."""
+    write_stop_note(log_dir, f"LoadGen ran out of memory: {exc}")
+    terminate_children()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    prog = os.path.basename(sys.argv[0]) or "mlperf_llama2"
+    print(f"{prog}: error: LoadGen ran out of memory during the test ({exc or 'MemoryError'}); it generates every "
+          "query up front: lower target_qps, min_duration or min_query_count in the user.conf (logs so far in "
+          f"{log_dir})", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_USER_ERROR)
 
 
 def write_outputs(path: str, scenario: str, outputs: dict[int, list[int]]) -> None:

@@ -1,7 +1,9 @@
 """LoadGen settings from a `RunConfig` (SPEC §1): TestSettings via user.conf, log output, trace.
 
 Built before the model loads, so a bad user.conf fails in the first second. `FromConfig`'s return
-code is checked: 0 is success, a negative errno (missing or unparsable file) is a UserError.
+code is checked: 0 is success, a negative errno (missing or unparsable file) is a UserError. The
+settings FromConfig leaves (and an audit.config's lines over them) are then checked as the run will
+use them (`effective.check_run_size`), and the user.conf lines this run does not read are warned of.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import errno
 import logging
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import mlperf_loadgen as lg
 
 from mlperf_llama2.config import RunConfig
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.loadgen.conf_file import ANY, read_conf_lines
+from mlperf_llama2.loadgen.effective import EffectiveSettings, applied_lines, check_run_size, conf_warnings
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +32,24 @@ class LoadGenSettings:
     test: lg.TestSettings
     log: lg.LogSettings
     output_dir: str
+    effective: Optional[EffectiveSettings] = None  # for the checks that need the dataset's size (runner)
 
 
 def build_test_settings(config: RunConfig) -> lg.TestSettings:
     """Scenario, then FromConfig(user_conf, lg_model_name, scenario), then the mode (as the reference)."""
+    return _test_settings(config)[0]
+
+
+def _test_settings(config: RunConfig) -> tuple[lg.TestSettings, EffectiveSettings]:
     if os.path.isdir(config.user_conf):
         raise UserError(f"--user-conf {config.user_conf}: is a directory; pass the user.conf file inside it")
     if not os.path.isfile(config.user_conf):
         raise UserError(f"--user-conf {config.user_conf}: file not found (copy the repo's user.conf or pass a path)")
     if not os.access(config.user_conf, os.R_OK):
         raise UserError(f"--user-conf {config.user_conf}: file is not readable")
+    lines = read_conf_lines(config.user_conf, "--user-conf")
+    for warning in conf_warnings(lines, config.lg_model_name, config.scenario, f"--user-conf {config.user_conf}"):
+        log.warning("%s", warning)
     settings = lg.TestSettings()
     settings.scenario = SCENARIOS[config.scenario]
     rc = settings.FromConfig(config.user_conf, config.lg_model_name, config.scenario, USER_CONF_TYPE)
@@ -46,7 +59,30 @@ def build_test_settings(config: RunConfig) -> lg.TestSettings:
         raise UserError(f"--user-conf {config.user_conf}: LoadGen rejected it ({reason}: {hint}); "
                         "lines must read `model.scenario.key = value`")
     settings.mode = lg.TestMode.AccuracyOnly if config.accuracy else lg.TestMode.PerformanceOnly
-    return settings
+    audit = read_conf_lines(config.audit_conf, "--audit-conf", audit=True) if os.path.isfile(config.audit_conf) else {}
+    effective = effective_settings(settings, config, lines, audit)
+    check_run_size(effective)
+    return settings, effective
+
+
+def effective_settings(settings: lg.TestSettings, config: RunConfig, lines: dict, audit: dict) -> EffectiveSettings:
+    """The values StartTest will use: FromConfig's, with the audit.config lines LoadGen applies over them."""
+    server = config.scenario == "Server"
+    values = {"min_duration": settings.min_duration_ms, "min_query_count": settings.min_query_count,
+              "target_qps": settings.server_target_qps if server else settings.offline_expected_qps,
+              "performance_issue_unique": int(settings.performance_issue_unique),
+              "mode": 1 if config.accuracy else 2}
+    applied = applied_lines(lines, config.lg_model_name, config.scenario)
+    sources = {key: f"line {line.number}" for key, line in applied.items()}
+    for key, line in applied_lines(audit, ANY, config.scenario).items():  # LoadGen reads it for model * only
+        if key in values:
+            values[key] = line.value
+            sources[key] = f"{config.audit_conf} line {line.number}"
+    return EffectiveSettings(
+        model=config.lg_model_name, scenario=config.scenario, accuracy=values["mode"] == 1,
+        min_duration_ms=int(values["min_duration"]), min_query_count=int(values["min_query_count"]),
+        target_qps=float(values["target_qps"]), issue_unique=bool(values["performance_issue_unique"]),
+        sources=sources, label=f"--user-conf {config.user_conf}")
 
 
 def prepare_output_dir(path: str) -> str:
@@ -62,7 +98,7 @@ def prepare_output_dir(path: str) -> str:
 
 def build_settings(config: RunConfig) -> LoadGenSettings:
     """TestSettings, LogOutputSettings(outdir, copy_summary_to_stdout=True), LogSettings(enable_trace)."""
-    test = build_test_settings(config)
+    test, effective = _test_settings(config)
     output_dir = prepare_output_dir(config.output_log_dir)
     output = lg.LogOutputSettings()
     output.outdir = output_dir
@@ -73,4 +109,4 @@ def build_settings(config: RunConfig) -> LoadGenSettings:
     if os.path.isfile(config.audit_conf):
         log.warning("%s exists in the working directory: LoadGen will apply it (compliance audit run)",
                     config.audit_conf)
-    return LoadGenSettings(test=test, log=log_settings, output_dir=output_dir)
+    return LoadGenSettings(test=test, log=log_settings, output_dir=output_dir, effective=effective)

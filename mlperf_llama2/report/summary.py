@@ -1,7 +1,8 @@
 """The end-of-run summary: one table and `summary.json` beside LoadGen's logs, built from what LoadGen wrote.
 
 Sources, all in the run directory: `mlperf_log_detail.txt` (lines ":::MLLOG {json}", one key each; the
-last value of a key wins), `mlperf_log_summary.txt` (the verdict's reasons), `mlperf_log_accuracy.json`
+last value of a key wins), `mlperf_log_summary.txt` (the verdict's reasons; a verdict that
+disagrees with the detail log's makes the run INVALID), `mlperf_log_accuracy.json`
 (accuracy runs: samples and tokens), `sample_timings.csv` and `run_info.json` (ours), and the ROUGE line
 evaluate-accuracy.py printed (`accuracy.txt`, or given). For the Llama-2-70B reference model the ROUGE
 is checked against the 99% and 99.9% targets of SPEC §8; any other model is a stand-in and is not judged.
@@ -36,6 +37,9 @@ TARGET_FRACTIONS = scoring.TARGET_FRACTIONS
 LLAMA2_70B_SHAPE = {"model_type": "llama", "num_hidden_layers": 80, "hidden_size": 8192,
                     "vocab_size": constants.LLAMA2_VOCAB_SIZE}
 ROUGE_LINE = re.compile(r"\{'rouge1':.*\}")
+# The checks mlperf_log_summary.txt answers Yes / NO for a performance run.
+SUMMARY_CHECKS = ("Performance constraints satisfied", "Min duration satisfied", "Min queries satisfied",
+                  "Early stopping satisfied")
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,22 @@ def _accuracy_log_counts(run_dir: str) -> tuple[Optional[int], int]:
     return (len(lengths) if lengths else None), sum(lengths.values())
 
 
+def loadgen_verdict(detail: dict[str, Any], summary_text: dict[str, str]) -> tuple[str, str]:
+    """LoadGen's verdict of a performance run and why. Both logs state it (the detail log's result_validity,
+    the summary's "Result is"); where they disagree (LoadGen 6.0.17 does, e.g. for a target latency
+    percentile above 100) the run is INVALID and the reason names the disagreement."""
+    in_detail, in_summary = detail.get("result_validity"), summary_text.get("Result is")
+    disagree = bool(in_detail and in_summary and str(in_detail) != in_summary)
+    verdict = "INVALID" if disagree else str(in_detail or in_summary or "?")
+    reasons = [f"LoadGen's logs disagree: {SUMMARY_FILE} says {in_summary}, {DETAIL_FILE} says result_validity "
+               f"{in_detail}"] if disagree else []
+    reasons.append(str(detail.get("result_invalid_reason") or "").strip())
+    if verdict == "INVALID" and not reasons[-1]:
+        reasons[-1] = "; ".join(f"{name}: NO" for name in SUMMARY_CHECKS
+                                if summary_text.get(name, "Yes").lower().startswith("no"))
+    return verdict, "; ".join(r for r in reasons if r)
+
+
 def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSummary:
     """Summarize the run in `run_dir`; `accuracy_text` (evaluate-accuracy's output) overrides accuracy.txt."""
     detail, errors = parse_detail(os.path.join(run_dir, DETAIL_FILE))
@@ -191,13 +211,7 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
                                        else detail.get("generated_samples_per_query"))
         key = "result_completed_tokens_per_second" if scenario == "Server" else "result_tokens_per_second"
         tokens_per_s = _float(detail.get(key))
-        verdict = str(detail.get("result_validity") or summary_text.get("Result is") or "?")
-        reason = str(detail.get("result_invalid_reason") or "").strip()
-        if verdict == "INVALID" and not reason:
-            failed = [name for name in ("Performance constraints satisfied", "Min duration satisfied",
-                                        "Min queries satisfied", "Early stopping satisfied")
-                      if summary_text.get(name, "Yes").lower().startswith("no")]
-            reason = "; ".join(f"{name}: NO" for name in failed)
+        verdict, reason = loadgen_verdict(detail, summary_text)
 
     if accuracy_text is None and os.path.isfile(os.path.join(run_dir, ACCURACY_RESULT_FILE)):
         with open(os.path.join(run_dir, ACCURACY_RESULT_FILE), encoding="utf-8") as f:
