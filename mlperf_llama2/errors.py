@@ -46,8 +46,20 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+_pending: list[int] = []  # signals received by _raise_interrupted, whether or not their exception arrived
+
+
 def _raise_interrupted(signum, _frame) -> None:
+    _pending.append(signum)
     raise Interrupted(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise again the Interrupted of a signal that was received but never arrived: Python drops an exception a
+    signal handler raises while it runs some of its own callbacks (an import's module-lock cleanup prints
+    "Exception ignored ...") and the run would go on. Called at the run's checkpoints and when main returns."""
+    if _pending:
+        raise Interrupted(_pending[0])
 
 
 def _verbose_requested(argv: Sequence[str]) -> bool:
@@ -57,10 +69,15 @@ def _verbose_requested(argv: Sequence[str]) -> bool:
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run an entry point's `main(argv)`; map UserError to one line + exit 2. Returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _pending.clear()
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupted)  # SIGTERM ends a run like Ctrl-C: one line, no traceback
+        # SIGTERM ends a run like Ctrl-C: one line, no traceback; both go through _raise_interrupted, which
+        # remembers them should Python swallow the exception (the handlers before are put back on return)
+        previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = main(args)
+        raise_if_interrupted()
         return 0 if code is None else int(code)
     except UserError as exc:
         if _verbose_requested(args):
@@ -73,6 +90,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         prog = os.path.basename(sys.argv[0]) or "mlperf_llama2"
         print(f"{prog}: error: {interrupted.message()}", file=sys.stderr)
         return interrupted.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def configure_logging(verbose: bool = False) -> None:

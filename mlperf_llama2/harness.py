@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from mlperf_llama2.backends import registry
 from mlperf_llama2.config import RunConfig, build_parser
 from mlperf_llama2.data.dataset import Dataset, load_dataset
-from mlperf_llama2.errors import UserError, configure_logging
+from mlperf_llama2.errors import UserError, configure_logging, raise_if_interrupted
 
 if TYPE_CHECKING:
     from mlperf_llama2.loadgen.runner import RunResult
@@ -88,15 +88,20 @@ def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResul
     (for the summary and plots), and it shows the live progress bar when stderr is a terminal.
     """
     dataset = check_inputs(config)
+    from mlperf_llama2.loadgen.settings import build_test_settings_checked
     from mlperf_llama2.run_dir import claim_output_dir
 
+    # LoadGen's settings as the run will use them, refused here when LoadGen could not run them (no query, a
+    # query past memory, weeks), before --output-log-dir is claimed. Built once: a second FromConfig in a process
+    # would not load LoadGen's built-in mlperf.conf (tests/test_main_cli.py).
+    tested = build_test_settings_checked(config)
     # Locked for the whole run (a second run into it is refused); an earlier run's results are refused or,
     # with --overwrite, moved into previous-<time>/ before anything is written.
     with claim_output_dir(config.output_log_dir, config.overwrite):
-        return _run_claimed(config, dataset, observers)
+        return _run_claimed(config, dataset, observers, tested)
 
 
-def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunObserver"]) -> "RunResult":
+def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunObserver"], tested) -> "RunResult":
     # LoadGen and the backends are imported only once the inputs are known to be good.
     from mlperf_llama2 import input_identity
     from mlperf_llama2.loadgen.runner import run_test
@@ -105,14 +110,16 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
     from mlperf_llama2.report.progress import progress_stream
     from mlperf_llama2.report.run_info import RunInfo, git_state, with_git_state, write_run_info
 
-    settings = build_settings(config)
+    settings = build_settings(config, tested)
     if config.output_cap_applied:
         log.warning("--max-new-tokens %d < 1024: outputs are capped; this is NOT a valid MLPerf run",
                     config.max_new_tokens)
     mode = "Interactive" if config.interactive and config.scenario == "Server" else config.scenario
     log.info("run: %s %s, %d samples, backend %s, %s on %s", mode, "accuracy" if config.accuracy else "performance",
              dataset.total_sample_count, registry.selected_name(config), config.dtype, config.device)
+    raise_if_interrupted()  # a signal whose exception Python swallowed (one raised inside an import's callback)
     backend = registry.create_backend(config)
+    raise_if_interrupted()
     # Absolute paths, so runs made in different directories compare; input_identity says what the files held.
     info = RunInfo(scenario=config.scenario, accuracy=config.accuracy, lg_model_name=config.lg_model_name,
                    model_path=_absolute(config.model_path), dataset_path=_absolute(config.dataset_path),

@@ -351,3 +351,37 @@ def test_loadgen_out_of_memory_is_one_line_and_exit_2(tmp_path):
     assert "lower target_qps, min_duration or min_query_count" in lines[0]
     assert "Traceback" not in result.stderr and "run_test returned" not in result.stdout
     assert "out of memory" in (tmp_path / "logs" / "RUN_STOPPED.txt").read_text()
+
+
+def test_a_run_builds_loadgens_settings_once_so_the_built_in_conf_is_read(tmp_path, tiny_model_dir,
+                                                                          tiny_tokenizer_dir):
+    """main.py checks the effective settings before it claims --output-log-dir and runs with those same
+    TestSettings: a second FromConfig in the process would not read LoadGen's built-in mlperf.conf (its
+    llama2-70b lines, token latencies among them, would be lost)."""
+    from mlperf_llama2.report.summary import parse_detail
+
+    write_dataset(tmp_path / "data.pkl", tiny_tokenizer_dir)
+    (tmp_path / "u.conf").write_text(SMALL_USER_CONF)
+    result = run_main(["--model-path", tiny_model_dir, "--dataset-path", tmp_path / "data.pkl", "--user-conf",
+                       tmp_path / "u.conf", "--device", "cpu", "--no-progress", "--max-new-tokens", "4",
+                       "--output-log-dir", tmp_path / "logs"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    detail, _ = parse_detail(str(tmp_path / "logs" / "mlperf_log_detail.txt"))
+    assert detail["requested_use_token_latencies"] is True  # llama2-70b.*.use_token_latencies = 1 (mlperf.conf)
+    assert detail["effective_qsl_rng_seed"] != 0  # the round's seeds come from mlperf.conf too
+    assert detail["effective_min_duration_ms"] == 0  # and the user.conf's own line
+
+
+def test_refused_settings_leave_an_earlier_runs_logs_in_place_with_overwrite(tmp_path, tiny_model_dir,
+                                                                            tiny_tokenizer_dir):
+    write_dataset(tmp_path / "data.pkl", tiny_tokenizer_dir)
+    (tmp_path / "u.conf").write_text("*.Offline.min_duration = 0\n*.Offline.min_query_count = 0\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "mlperf_log_summary.txt").write_text("an earlier run\n")
+    result = run_main(["--model-path", tiny_model_dir, "--dataset-path", tmp_path / "data.pkl", "--user-conf",
+                       tmp_path / "u.conf", "--device", "cpu", "--no-progress", "--overwrite",
+                       "--output-log-dir", logs], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "would issue no sample" in error_lines(result.stderr)[0]
+    assert sorted(p.name for p in logs.iterdir()) == ["mlperf_log_summary.txt"]  # nothing moved, nothing written

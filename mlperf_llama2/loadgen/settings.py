@@ -40,6 +40,13 @@ def build_test_settings(config: RunConfig) -> lg.TestSettings:
     return _test_settings(config)[0]
 
 
+def build_test_settings_checked(config: RunConfig) -> tuple[lg.TestSettings, EffectiveSettings]:
+    """TestSettings and the effective values they were checked on, for `build_settings(config, tested)`: a
+    run builds them once, before it claims its output directory. FromConfig loads LoadGen's built-in
+    mlperf.conf on a process's first call only, so a process must not build a run's settings twice."""
+    return _test_settings(config)
+
+
 def _test_settings(config: RunConfig) -> tuple[lg.TestSettings, EffectiveSettings]:
     if os.path.isdir(config.user_conf):
         raise UserError(f"--user-conf {config.user_conf}: is a directory; pass the user.conf file inside it")
@@ -96,9 +103,10 @@ def prepare_output_dir(path: str) -> str:
     return path
 
 
-def build_settings(config: RunConfig) -> LoadGenSettings:
-    """TestSettings, LogOutputSettings(outdir, copy_summary_to_stdout=True), LogSettings(enable_trace)."""
-    test, effective = _test_settings(config)
+def build_settings(config: RunConfig, tested: Optional[tuple] = None) -> LoadGenSettings:
+    """TestSettings (`tested`, from build_test_settings_checked, else built here), LogOutputSettings(outdir,
+    copy_summary_to_stdout=True), LogSettings(enable_trace)."""
+    test, effective = tested if tested is not None else _test_settings(config)
     output_dir = prepare_output_dir(config.output_log_dir)
     output = lg.LogOutputSettings()
     output.outdir = output_dir
