@@ -16,7 +16,6 @@ warning (the scores hold if it carries the same tokenizer), not an error.
 """
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from mlperf_llama2.data import scoring  # noqa: E402
 from mlperf_llama2.data.accuracy_log import DTYPES, check_token_ids, load_predictions  # noqa: E402
 from mlperf_llama2.data.dataset import TARGET_COLUMN, read_frame  # noqa: E402
 from mlperf_llama2.errors import UserError, configure_logging, run_cli  # noqa: E402
+from mlperf_llama2.file_hash import sha256_file  # noqa: E402
 from mlperf_llama2.input_identity import config_sha256, mismatch, read_identity  # noqa: E402
 from mlperf_llama2.loadgen.interrupt import STOP_NOTE  # noqa: E402
 from mlperf_llama2.report.run_info import RUN_INFO_FILE, read_run_info  # noqa: E402
@@ -110,13 +110,6 @@ def report_targets(result: dict, judged: bool) -> dict:
     return checks
 
 
-def file_sha256(path: str) -> str:
-    """The hash truncate_accuracy_log.py records: SHA-256 of the whole file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv=None) -> int:
@@ -141,7 +134,7 @@ def main(argv=None) -> int:
     result = scoring.evaluate(texts, wanted, (len(p.tokens) for p in predictions), args.workers)
     # truncate_accuracy_log.py's line (it appends "\\nhash={0}\\n"; any line of accuracy.txt is read), printed
     # first so the result dict stays the last line of stdout, where tools read it.
-    print(f"hash={file_sha256(args.mlperf_accuracy_file)}")
+    print(f"hash={sha256_file(args.mlperf_accuracy_file)}")
     print("\nResults\n")
     print(scoring.format_result_line(result), flush=True)
     checks = report_targets(result, is_llama2_70b(args.checkpoint_path))

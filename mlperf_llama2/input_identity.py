@@ -12,12 +12,12 @@ cannot confirm). No torch here except `collect`'s model hash, which runs inside 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from mlperf_llama2.file_hash import sha256_file
 from mlperf_llama2.report.run_info import RUN_INFO_FILE
 
 KEY = "input_identity"
@@ -54,12 +54,6 @@ class InputIdentity:
     audit_conf: Optional[FileIdentity] = None  # None: no audit.config in the run's working directory
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_identity(path: Optional[str]) -> Optional[FileIdentity]:

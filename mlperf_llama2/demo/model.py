@@ -13,7 +13,6 @@ It is a stand-in for Llama-2-70B, small enough to run the whole pipeline on a la
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -23,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.file_hash import sha256_file
 from mlperf_llama2.hf_compat import dtype_kwargs
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,6 @@ def find_gguf() -> str:
     raise UserError(f"{WHEEL_NAME} is installed but holds no {GGUF_FILE_NAME}; reinstall it: {INSTALL_HINT}")
 
 
-def sha256_file(path: str, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def gguf_license(gguf_path: str) -> str:

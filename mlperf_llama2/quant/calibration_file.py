@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from mlperf_llama2.errors import UserError
+from mlperf_llama2.file_hash import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,6 @@ GRANULARITIES = ("tensor", "head")
 IDENTITY_KEYS = ("config_id", "model_config_sha256", "model_weights_sha256")
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def config_id(liteml_config: Optional[str], name: Optional[str] = None) -> str:

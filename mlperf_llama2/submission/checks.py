@@ -10,7 +10,6 @@ run_info.json records it (`input_identity`), else by path with a warning that co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Optional
 
 from mlperf_llama2 import constants
 from mlperf_llama2.compliance.test06 import AUDIT_MARKER
+from mlperf_llama2.file_hash import sha256_file
 from mlperf_llama2.input_identity import InputIdentity, ModelIdentity, config_sha256, read_identity
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
 from mlperf_llama2.report.summary import (ACCURACY_LOG, ACCURACY_RESULT_FILE, DETAIL_FILE, SUMMARY_FILE,
@@ -33,12 +33,6 @@ PATH_FIELDS = ("model_path", "liteml_config")
 HASH_LINE = re.compile(r"^hash=([\w\d]+)$", re.MULTILINE)
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_run(run_dir: str, flag: str, files: tuple[str, ...], out: Findings) -> Optional[tuple[dict, list, str]]:
@@ -90,7 +84,7 @@ def _check_score_file(txt: str, run_dir: str, samples: Optional[int], out: Findi
         text = f.read()
     rouge = parse_accuracy_result(text)
     out.rule(rouge is not None, f"{txt}: no ROUGE result line ({{'rouge1': ...}}) from evaluate-accuracy.py")
-    log_hash = file_sha256(os.path.join(run_dir, ACCURACY_LOG))
+    log_hash = sha256_file(os.path.join(run_dir, ACCURACY_LOG))
     hashes = HASH_LINE.findall(text)
     if not hashes:
         out.warnings.append(f"{txt}: no hash= line (an older evaluate-accuracy.py): the packager adds the hash "
