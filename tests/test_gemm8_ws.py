@@ -76,8 +76,9 @@ def test_fits_and_mma_stays_asynchronous(built, variant):
 
 
 def _sequential(cfg) -> bool:
-    """A partition of 128 rows on 4 warps (the 256-row tile) takes its half-tile pieces one at a time."""
-    return cfg.wgs == 2 and cfg.bm == 256
+    """A partition whose half-tile piece takes more than 48 registers a thread (the 256 x 128 tile's 128-row
+    partitions, the 128 x 256 tile's 64 x 128 pieces) takes its pieces one at a time (_mma_partition)."""
+    return cfg.wgs == 2 and cfg.split == 2 and (cfg.bm // 2) * (cfg.bn // 2) > 48 * 32 * 4
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] and not _sequential(v[2])], ids=_ids)
@@ -99,15 +100,18 @@ def test_promotion_adds_overlap_the_next_mma(built, variant):
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] and _sequential(v[2])], ids=_ids)
-def test_the_256_row_tile_adds_each_piece_after_its_mma(built, variant):
-    """Two 128-row partitions: per K chunk and partition, two pieces of 2 x 4 m64n64k32 MMAs (the 128 rows
-    repeat the m64 layout), each waited for, then added: 64 float32 adds a thread a piece, none in flight."""
+def test_sequential_pieces_are_each_added_after_their_mma(built, variant):
+    """Two partitions of R rows: per K chunk and partition, two half-tile pieces of (R / 64) x 4 m64nHk32 MMAs
+    (128 rows repeat the m64 layout), each waited for, then added: R x H / 128 float32 adds a thread a piece."""
+    cfg = variant[2]
+    rows, half = cfg.bm // 2, cfg.bn // 2
     ops = _ops(built[_ids(variant)][0])
     mmas = [name + args for name, args in ops if re.match(r"QGMMA\.", name)]
-    assert len(mmas) == 2 * 2 * 2 * 4 and all(m.startswith("QGMMA.64x64x32.F32.E4M3.E4M3") for m in mmas), mmas
+    assert len(mmas) == 2 * 2 * (rows // 64) * 4, mmas
+    assert all(m.startswith(f"QGMMA.64x{half}x32.F32.E4M3.E4M3") for m in mmas), mmas
     names = [name for name, _ in ops]
     assert sum(1 for n in names if n.startswith("WARPGROUP.DEPBAR")) == 2 * 2
-    assert names.count("FADD") >= 2 * 2 * 64
+    assert names.count("FADD") >= 2 * 2 * rows * half // 128
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if not v[1]], ids=_ids)

@@ -101,7 +101,7 @@ class WsConfig:
 CONFIGS = {
     "fp8_promote": [WsConfig(128, 128, 5, 1), WsConfig(128, 128, 6, 1), WsConfig(128, 128, 5, 2),
                     WsConfig(64, 128, 6, 1), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(128, 128, 6, 2, wgs=2),
-                    WsConfig(256, 128, 3, 2, wgs=2), WsConfig(64, 64, 8, 1)],
+                    WsConfig(256, 128, 3, 2, wgs=2), WsConfig(128, 256, 3, 2, wgs=2), WsConfig(64, 64, 8, 1)],
     "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1),
              WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(64, 64, 8, 1)],
 }
@@ -398,7 +398,7 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
                 _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS, layout), c_desc,
                        c_bufs.index(C0), m0, n0)
             else:
-                if ROWS > 16 * WARPS:
+                if ROWS * HALF > 48 * 32 * WARPS:  # a piece above 48 registers a thread: four do not fit, one at a time
                     acc_lo, acc_hi, it = _mma_promote2_seq(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0,
                                                            STAGES)
                 else:

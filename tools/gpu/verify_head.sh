@@ -12,6 +12,9 @@
 #   tiles        gemm8_ws's default tiles (TILES) against the candidates, M 16-2,048, FP8 and int8
 #   t256         the promoted FP8 256 x 128 tile (two 128-row partitions) against the default and cuBLASLt,
 #                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
+#   t128x256     the promoted FP8 128 x 256 tile (two 64-row partitions, 64 x 128 pieces one at a time: 25% fewer
+#                L2 bytes per flop than 128 x 128, 3 stages): its bit-for-bit GPU tests, then against the default,
+#                M 512-4,096, two rounds (~2 min)
 #   fastacc      --fp8-accumulation fast: its GPU error bound, its accuracy cost at the 70B width (4 layers,
 #                bench_fidelity fp8-ws vs fp8-ws-fast) and its FP8 step profile against promoted (~5 min)
 #   fasttiles    unpromoted fp8 (--fp8-accumulation fast): gemm8_ws's candidate tiles against its default, the
@@ -93,6 +96,9 @@ ws_fp8@128x128s6p1w2,ws_fp8@128x128s6p2w2,ws_int8@128x128s6p1,ws_int8@128x256s3p
     tiles) timeout 170 python3 tools/bench_gemm.py --m-list 16,64,128,192,512,1024,2048 --kernels scaled_mm_row,ws_fp8,\
 ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x128s6p1 \
           --out "$OUT"/tiles 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
+    t128x256) timeout 60 "${PYTEST[@]}" -m gpu tests/test_gemm8_ws_gpu.py -k "128x256s3p2w2" 2>&1 | tail -3 >> "$L"
+          timeout 120 python3 tools/bench_gemm.py --m-list 512,1024,2048,4096 --rounds 2 \
+          --kernels ws_fp8,ws_fp8@128x256s3p2w2 --out "$OUT"/t128x256 2>&1 | grep -A30 "^TOPS" >> "$L" ;;
     t256) timeout 150 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 \
           --kernels scaled_mm_row,ws_fp8,ws_fp8@256x128s3p2w2 --out "$OUT"/t256 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
     fastacc) timeout 90 "${PYTEST[@]}" -m gpu tests/test_engine_fp8.py 2>&1 | tail -6 >> "$L"
