@@ -93,6 +93,10 @@ class WsConfig:
 # memory per flop and it has 3 stages: measured slower than the default up to M 2,048 and faster from 4,096, but
 # there behind cuBLASLt (H100, a decoder layer's four Linears: 0.51 vs 0.39 ms at M 256, 1.42 vs 1.31 at 1,024,
 # 5.84 vs 6.09 at 4,096 (cuBLASLt 5.45), 11.88 vs 12.80 at 8,192 (11.19); bench_gemm_t256_70b_h100.json).
+# 128 x 256 (two 64-row partitions, 64 x 128 pieces one at a time, 3 stages) reads 25% fewer L2 bytes per flop than
+# 128 x 128 at the same shared-memory reads per flop: bit-for-bit on an H100 but not faster (five 70B shapes, two
+# rounds, mean TOPS 1,223 / 1,285 / 1,285 / 1,291 at M 512 / 1,024 / 2,048 / 4,096 against the default's 1,274 /
+# 1,365 / 1,299 / 1,336; bench_gemm_t128x256_70b_h100.json): with the 256 x 128 result, L2 is not the limiter.
 # 64 x 64 (8 stages): at M <= 64 the 64 x 128 tile gives o_proj and down_proj (N 8,192) 64 programs and qkv 80,
 # fewer than the 132 SMs; o_proj and qkv then read their weights at 2.3-2.4 TB/s against 2.6-2.7 for down_proj
 # (long K) and gate_up (448 programs) (H100, M 64, bench_gemm_tiles_70b_h100.json). Half-width tiles double the
