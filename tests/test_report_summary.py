@@ -86,6 +86,8 @@ def test_verdict_is_invalid_when_loadgens_two_logs_disagree(runs, tmp_path):
     assert s.reason.startswith("LoadGen's logs disagree: mlperf_log_summary.txt says INVALID, mlperf_log_detail.txt "
                                "says result_validity VALID") and "Early stopping satisfied: NO" in s.reason
     assert re.search(r"^LoadGen verdict +: INVALID \(LoadGen's logs disagree", render_table(s), re.M)
+    assert s.submittable.startswith("submittable for v6.1 closed: no (LoadGen result INVALID (LoadGen's logs "
+                                    "disagree"), s.submittable
     summary.write_text(summary.read_text().replace("Result is : INVALID", "Result is : VALID"))
     (run_dir / "mlperf_log_detail.txt").write_text((run_dir / "mlperf_log_detail.txt").read_text().replace(
         '"value": "VALID"', '"value": "INVALID"'))

@@ -155,6 +155,19 @@ def test_an_invalid_or_audited_performance_run_is_refused(tmp_path):
     assert any("audit.config" in e for e in errors)
 
 
+def test_a_run_whose_two_loadgen_logs_disagree_is_refused(result):
+    """LoadGen 6.0.17 can write VALID in the detail log and INVALID in the summary (a target latency percentile
+    above 100): the packager takes the summary report's verdict, INVALID."""
+    detail = dict(effective_test_mode="PerformanceOnly", effective_scenario="Offline", result_validity="VALID",
+                  effective_min_duration_ms=600000, **GOOD_OFFLINE)
+    write_detail(result["perf"], **detail)
+    assert check_performance(str(result["perf"]), "Offline", True, V61).errors == []
+    (result["perf"] / "mlperf_log_summary.txt").write_text("Result is : INVALID\n")
+    errors = check_performance(str(result["perf"]), "Offline", True, V61).errors
+    assert len(errors) == 1 and "LoadGen result INVALID (LoadGen's logs disagree: mlperf_log_summary.txt says " \
+        "INVALID, mlperf_log_detail.txt says result_validity VALID)" in errors[0], errors
+
+
 def test_a_performance_run_on_part_of_the_dataset_is_refused_in_both_divisions(result, capsys):
     # --total-sample-count 2: LoadGen still logs mlperf.conf's performance_sample_count 24576, and VALID.
     detail = dict(effective_test_mode="PerformanceOnly", effective_scenario="Offline", result_validity="VALID",

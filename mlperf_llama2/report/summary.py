@@ -241,7 +241,10 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         quant_backend=info.quant_backend if info.liteml_config else None,
         kv_cache_dtype=info.kv_cache_dtype,
         fp8_accumulation=info.fp8_accumulation,
-        submittable=submittable(detail, errors, info, rouge),
+        # judged on the verdict above: where LoadGen's two logs disagree, not on the detail log's word alone
+        submittable=submittable(detail if accuracy_mode else
+                                dict(detail, result_validity=verdict, result_invalid_reason=reason),
+                                errors, info, rouge),
     )
 
 

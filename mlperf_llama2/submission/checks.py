@@ -21,7 +21,8 @@ from mlperf_llama2.file_hash import sha256_file
 from mlperf_llama2.input_identity import InputIdentity, ModelIdentity, config_sha256, read_identity
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
 from mlperf_llama2.report.summary import (ACCURACY_LOG, ACCURACY_RESULT_FILE, DETAIL_FILE, SUMMARY_FILE,
-                                          is_llama2_70b, parse_accuracy_result, parse_detail)
+                                          is_llama2_70b, loadgen_verdict, parse_accuracy_result, parse_detail,
+                                          parse_summary_text)
 from mlperf_llama2.submission.layout import TEST06_RESULT
 from mlperf_llama2.submission.rounds import Round
 from mlperf_llama2.submission.rules import Findings, accuracy_rules, loadgen_scenario, performance_rules, seeds
@@ -58,7 +59,10 @@ def check_performance(run_dir: str, scenario: str, closed: bool, rnd: Round) -> 
     detail, loadgen_errors, text = read
     info = read_run_info(run_dir)
     label = f"performance run {run_dir}"
-    out.extend(performance_rules(detail, loadgen_errors, info, rnd, scenario, closed), label)
+    # LoadGen's verdict as the summary report gives it: INVALID where its two logs disagree
+    verdict, reason = loadgen_verdict(detail, parse_summary_text(os.path.join(run_dir, SUMMARY_FILE)))
+    judged = dict(detail, result_validity=verdict, result_invalid_reason=reason)
+    out.extend(performance_rules(judged, loadgen_errors, info, rnd, scenario, closed), label)
     out.rule(AUDIT_MARKER not in text, f"{label}: ran with an audit.config (a compliance run, not a result)")
     key = "result_completed_tokens_per_second" if loadgen_scenario(scenario) == "Server" else "result_tokens_per_second"
     out.facts.update(performance_info=info, performance_inputs=read_identity(run_dir), tokens_per_s=detail.get(key),
