@@ -110,8 +110,6 @@ def report_targets(result: dict, judged: bool) -> dict:
     return checks
 
 
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)

@@ -54,8 +54,6 @@ class InputIdentity:
     audit_conf: Optional[FileIdentity] = None  # None: no audit.config in the run's working directory
 
 
-
-
 def file_identity(path: Optional[str]) -> Optional[FileIdentity]:
     """The file's absolute path, size and sha256; None when `path` is not a file."""
     if not path or not os.path.isfile(path):

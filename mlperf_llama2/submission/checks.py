@@ -34,8 +34,6 @@ PATH_FIELDS = ("model_path", "liteml_config")
 HASH_LINE = re.compile(r"^hash=([\w\d]+)$", re.MULTILINE)
 
 
-
-
 def _read_run(run_dir: str, flag: str, files: tuple[str, ...], out: Findings) -> Optional[tuple[dict, list, str]]:
     """(detail values, LoadGen errors, detail text) of `run_dir`, or None after recording what is missing."""
     if not os.path.isdir(run_dir):
