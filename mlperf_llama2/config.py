@@ -253,7 +253,7 @@ class RunConfig:
                             "fp16 on an H200, docs/engine.md; reference on CPU and for --liteml-config in "
                             "simulate mode)")
         p.add_argument("--max-new-tokens", type=int, default=constants.MAX_NEW_TOKENS,
-                       help="cap on generated tokens; below 1024 the run is NOT a valid MLPerf run and the "
+                       help="cap on generated tokens, 2..1024; below 1024 the run is NOT a valid MLPerf run and the "
                             "summary says so (demo only; default %(default)s)")
         p.add_argument("--save-outputs", default=None, metavar="FILE",
                        help="write every sample's output token ids to one JSON file at the end")
