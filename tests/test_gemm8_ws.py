@@ -10,6 +10,7 @@ CPU venv): skipped; PYTHONPATH=/path/to/triton runs it (the compile needs no GPU
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -35,7 +36,8 @@ VARIANTS = ([("fp8", True, c) for c in ws.CONFIGS["fp8_promote"]]
 
 def _ids(v):
     kind, promote, c = v
-    return f"{kind}{'-promote' if promote else ''}-{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}"
+    return f"{kind}{'-promote' if promote else ''}-{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}" + \
+        (f"d{c.depth}" if c.depth != 1 else "")
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +83,43 @@ def _sequential(cfg) -> bool:
     return cfg.wgs == 2 and cfg.split == 2 and (cfg.bm // 2) * (cfg.bn // 2) > 48 * 32 * 4
 
 
+def _adds_in_flight(ops) -> int:
+    """FADDs met (in program order) while at least one MMA group is pending: each WARPGROUP.ARRIVE opens a group,
+    `WARPGROUP.DEPBAR.LE gsb0, N` leaves at most N pending."""
+    pending, overlapped = 0, 0
+    for name, args in ops:
+        if name == "WARPGROUP.ARRIVE":
+            pending += 1
+        elif name.startswith("WARPGROUP.DEPBAR"):
+            pending = min(pending, int(args.split(",")[-1], 16))
+        elif pending and name == "FADD":
+            overlapped += 1
+    return overlapped
+
+
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] and not _sequential(v[2])], ids=_ids)
 def test_promotion_adds_overlap_the_next_mma(built, variant):
-    """Between issuing an MMA group and waiting for it, float32 adds (the previous partial sum) run."""
-    ops = _ops(built[_ids(variant)][0])
-    in_flight, overlapped = False, 0
-    for name, _ in ops:
-        if re.match(r"QGMMA\.", name):
-            in_flight = True
-        elif name.startswith("WARPGROUP.DEPBAR"):
-            in_flight = False
-        elif in_flight and name == "FADD":
-            overlapped += 1
+    """While an MMA group is in flight, float32 adds (the previous partial sum) run."""
+    overlapped = _adds_in_flight(_ops(built[_ids(variant)][0]))
     cfg = variant[2]
     tile = cfg.bn // 2  # float32 values of its rows' tile a thread holds (m64 rows per warpgroup)
     # the main loop adds a whole tile per chunk, in flight: SPLIT 1 unrolls two chunks, SPLIT 2 one
     assert overlapped >= (2 if cfg.split == 1 else 1) * tile
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[2].depth == 2], ids=_ids)
+def test_depth_two_waits_for_the_older_of_two_groups(built, variant):
+    """Depth 2: the next chunk's MMA is issued before the previous chunk's is waited for, so the main loop's
+    waits leave one group pending (wait_group 1) and the adds run with a group in flight; depth 1 waits for
+    every group (wait_group 0), its adds running under the MMA issued just before them."""
+    ops = _ops(built[_ids(variant)][0])
+    waits = [int(args.split(",")[-1], 16) for name, args in ops if name.startswith("WARPGROUP.DEPBAR")]
+    assert waits.count(1) >= 2, waits
+    depth1 = dataclasses.replace(variant[2], depth=1)
+    if (variant[0], True, depth1) in VARIANTS:
+        assert 1 not in [int(args.split(",")[-1], 16) for name, args in _ops(built[_ids((variant[0], True, depth1))][0])
+                         if name.startswith("WARPGROUP.DEPBAR")]
+    assert _adds_in_flight(ops) >= 2 * variant[2].bn // 2
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] and _sequential(v[2])], ids=_ids)
@@ -122,6 +145,9 @@ def test_unpromoted_chain_keeps_one_group_in_flight(built, variant):
 
 @pytest.mark.parametrize("cfg,kind,promote,message", [
     (ws.WsConfig(96, 128, 4, 1), "fp8", True, "BM must be 64, 128 or 256"),
+    (ws.WsConfig(128, 128, 6, 1, depth=2), "int8", False, "depth 2 .two MMA groups in flight. is for promoted fp8"),
+    (ws.WsConfig(128, 128, 5, 2, depth=2), "fp8", True, "depth 2 .two MMA groups in flight. is for promoted fp8"),
+    (ws.WsConfig(128, 128, 6, 1, depth=3), "fp8", True, "depth 2 .two MMA groups in flight. is for promoted fp8"),
     (ws.WsConfig(256, 128, 3, 2, wgs=2), "int8", False, "a 256-row tile is for promoted fp8"),
     (ws.WsConfig(256, 128, 3, 1, wgs=2), "fp8", True, "a 256-row tile is for promoted fp8"),
     (ws.WsConfig(256, 128, 4, 2, wgs=2), "fp8", True, "shared memory"),

@@ -21,7 +21,7 @@ from mlperf_llama2.quant.gemm8_triton import Gemm8Config, gemm8, gemm8_reference
 
 FP8 = torch.float8_e4m3fn
 TRITON_TILE = Gemm8Config(bm=64, bn=64, bk=128, group_m=4, stages=3, warps=4)  # fixed, no autotune
-SHAPES = [(1, 256, 256), (77, 136, 208), (300, 1024, 1152), (640, 384, 8192)]
+SHAPES = [(1, 256, 256), (77, 136, 208), (300, 1024, 1152), (640, 384, 8192), (5, 264, 96)]  # K 96: one chunk
 
 
 def fp32_out(cfg):
@@ -48,7 +48,10 @@ def operands(kind, m, n, k, seed=0):
     return [t.cuda() for t in (qx, qw, s_x, s_w, bias)]
 
 
-@pytest.mark.parametrize("cfg", ws.CONFIGS["fast"], ids=lambda c: f"{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}")
+def _tile_id(c):
+    return f"{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}" + (f"d{c.depth}" if c.depth != 1 else "")
+
+@pytest.mark.parametrize("cfg", ws.CONFIGS["fast"], ids=_tile_id)
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_int8_is_exact(cfg, m, n, k):
     qx, qw, s_x, s_w, bias = operands("int8", m, n, k)
@@ -58,7 +61,7 @@ def test_int8_is_exact(cfg, m, n, k):
         assert torch.equal(got, gemm8_reference(qx, qw, s_x, s_w, bias, torch.float32))
 
 
-@pytest.mark.parametrize("cfg", ws.CONFIGS["fp8_promote"], ids=lambda c: f"{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}")
+@pytest.mark.parametrize("cfg", ws.CONFIGS["fp8_promote"], ids=_tile_id)
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_promoted_fp8_equals_the_triton_kernel(cfg, m, n, k):
     qx, qw, s_x, s_w, _ = operands("fp8", m, n, k, seed=1)
@@ -79,7 +82,7 @@ def test_bias_and_16_bit_output(out_dtype):
                        gemm8_reference(qx, qw, s_x, s_w, bias, out_dtype))
 
 
-@pytest.mark.parametrize("cfg", ws.CONFIGS["fast"], ids=lambda c: f"{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}")
+@pytest.mark.parametrize("cfg", ws.CONFIGS["fast"], ids=_tile_id)
 def test_unpromoted_fp8_within_the_fast_accumulation_bound(cfg):
     """Hopper's fast fp8 accumulation keeps ~14 bits in its running sum, so each of the K / 32 MMA steps may
     lose ~2^-13 of it: per element within (K / 32) 2^-12 of the sum of |products| (loose: it catches a wrong
