@@ -13,7 +13,7 @@
 #   depth2       promoted FP8 with two MMA groups in flight per partition (WsConfig.depth 2: the next chunk's MMA
 #                issued before the previous one is waited for): its bit-for-bit GPU tests, then against the default
 #                tiles and unpromoted fp8 at M 64-4,096, three rounds, then the 20-layer FP8 step profile with the
-#                large-M tile at depth 1 and 2 (~5 min on an H100)
+#                large-M tile at depth 1, 2, and 2 with the scales prefetched into L1 (d2e) (~7 min on an H100)
 #   t256         the promoted FP8 256 x 128 tile (two 128-row partitions) against the default and cuBLASLt,
 #                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
 #   t128x256     the promoted FP8 128 x 256 tile (two 64-row partitions, 64 x 128 pieces one at a time: 25% fewer
@@ -105,9 +105,9 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
           --kernels ws_fp8,ws_fp8@128x256s3p2w2 --out "$OUT"/t128x256 2>&1 | grep -A30 "^TOPS" >> "$L" ;;
     depth2) timeout 120 "${PYTEST[@]}" -m gpu tests/test_gemm8_ws_gpu.py -k "d2" 2>&1 | tail -3 >> "$L"
           timeout 150 python3 tools/bench_gemm.py --m-list 64,128,256,512,1024,2048,4096 --rounds 3 --kernels ws_fp8,\
-ws_fp8@64x128s6p1d2,ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4d2,ws_fp8_fast \
+ws_fp8@64x128s6p1d2,ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2d2e,ws_fp8@128x128s6p1w2g4d2,ws_fp8_fast \
           --out "$OUT"/depth2 2>&1 | grep -A60 "^TOPS" >> "$L"
-        for t in 128x128s6p1w2 128x128s6p1w2d2; do
+        for t in 128x128s6p1w2 128x128s6p1w2d2 128x128s6p1w2d2e; do
           timeout 110 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
             --ws-tile fp8_promote=$t --reps 10 --out "$OUT"/prof_$t 2>&1 | grep "^|\|bounds" >> "$L"
         done ;;
