@@ -138,14 +138,13 @@ def test_gemm8_ws_kernels_take_a_tile_suffix():
     args = bench_gemm.parse_args(["--kernels", "ws_fp8,ws_fp8@128x128s5p2,ws_int8@64x256s4p1", "--out", "x"])
     assert args.kernel_names == ["ws_fp8", "ws_fp8@128x128s5p2", "ws_int8@64x256s4p1"]
     assert bench_gemm.ws_config("128x128s5p2") == dict(bm=128, bn=128, stages=5, split=2, wgs=1, group_m=8,
-                                                       depth=1, prefetch=False)
+                                                       depth=1)
     assert bench_gemm.ws_config("128x128s6p1w2") == dict(bm=128, bn=128, stages=6, split=1, wgs=2, group_m=8,
-                                                         depth=1, prefetch=False)
+                                                         depth=1)
     assert bench_gemm.ws_config("128x128s6p1w2g16")["group_m"] == 16
     assert bench_gemm.ws_config("128x128s6p1w2d2")["depth"] == 2
     assert bench_gemm.ws_config("128x128s6p1w2g4d2") == dict(bm=128, bn=128, stages=6, split=1, wgs=2, group_m=4,
-                                                             depth=2, prefetch=False)
-    assert bench_gemm.ws_config("128x128s6p1w2d2e")["prefetch"] is True
+                                                             depth=2)
     for bad in ("128x128s6p1g0", "128x128s6p1w2g", "128x128", "128x128s6p1d3", "128x128s6p1d2w2"):
         with pytest.raises(UserError, match="a gemm8_ws tile is BMxBNsSTAGESpSPLIT"):
             bench_gemm.ws_config(bad)
@@ -166,3 +165,24 @@ def test_bad_tile_suffixes_are_one_line_errors(kernels, message, capsys):
     assert run_cli(bench_gemm.main, ["--kernels", kernels, "--out", "x"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_bench_and_profile_step_take_a_depth_two_tile_and_refuse_bad_ones(tmp_path, monkeypatch):
+    """tools/bench.py --ws-tile (the end-to-end A/B of a gemm8_ws tile): parsed by profile_step's parser and set
+    for every M of its family; a bad family or tile is one line before anything is built."""
+    pytest.importorskip("triton.experimental.gluon")
+    import bench
+    import profile_step
+    from mlperf_llama2.quant import gemm8_ws
+
+    tiles = profile_step.parse_ws_tiles(["fp8_promote=128x128s6p1w2d2"], "bench")
+    assert tiles == {"fp8_promote": gemm8_ws.WsConfig(128, 128, 6, 1, wgs=2, depth=2)}
+    monkeypatch.setattr(gemm8_ws, "TILES", dict(gemm8_ws.TILES))
+    profile_step.apply_ws_tiles(tiles)
+    assert gemm8_ws.default_config(16, "fp8", True) == gemm8_ws.default_config(8192, "fp8", True) == \
+        tiles["fp8_promote"]
+    for bad, message in (("fp8=128x128s6p1", "bench: --ws-tile takes FAMILY=TILE"),
+                         ("fp8_promote=128x128s6p1d3", "bench: --ws-tile: a gemm8_ws tile is")):
+        with pytest.raises(SystemExit, match=message):
+            bench.main(["--ws-tile", bad, "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()

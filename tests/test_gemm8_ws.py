@@ -37,7 +37,7 @@ VARIANTS = ([("fp8", True, c) for c in ws.CONFIGS["fp8_promote"]]
 def _ids(v):
     kind, promote, c = v
     return f"{kind}{'-promote' if promote else ''}-{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}" + \
-        (f"d{c.depth}" if c.depth != 1 else "") + ("e" if c.prefetch else "")
+        (f"d{c.depth}" if c.depth != 1 else "")
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +122,6 @@ def test_depth_two_waits_for_the_older_of_two_groups(built, variant):
     assert _adds_in_flight(ops) >= 2 * variant[2].bn // 2
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[2].depth == 2], ids=_ids)
-def test_scale_prefetch_is_an_l1_prefetch_only_when_asked(built, variant):
-    """WsConfig.prefetch: each MMA partition prefetches its tile's s_x and s_w lines into L1 (CCTL.E.PF1, no
-    registers held across the loop); without it the kernel has no prefetch."""
-    prefetches = [name for name, _ in _ops(built[_ids(variant)][0]) if name.startswith("CCTL.E.PF1")]
-    assert bool(prefetches) == variant[2].prefetch
-    if variant[2].prefetch:
-        assert len(prefetches) == 2 * variant[2].wgs  # one for s_x, one for s_w, per MMA partition
-
-
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] and _sequential(v[2])], ids=_ids)
 def test_sequential_pieces_are_each_added_after_their_mma(built, variant):
     """Two partitions of R rows: per K chunk and partition, two half-tile pieces of (R / 64) x 4 m64nHk32 MMAs
@@ -158,7 +148,6 @@ def test_unpromoted_chain_keeps_one_group_in_flight(built, variant):
     (ws.WsConfig(128, 128, 6, 1, depth=2), "int8", False, "depth 2 .two MMA groups in flight. is for promoted fp8"),
     (ws.WsConfig(128, 128, 5, 2, depth=2), "fp8", True, "depth 2 .two MMA groups in flight. is for promoted fp8"),
     (ws.WsConfig(128, 128, 6, 1, depth=3), "fp8", True, "depth 2 .two MMA groups in flight. is for promoted fp8"),
-    (ws.WsConfig(128, 128, 6, 1, prefetch=True), "fp8", True, "scale prefetch is part of the depth-2 loop"),
     (ws.WsConfig(256, 128, 3, 2, wgs=2), "int8", False, "a 256-row tile is for promoted fp8"),
     (ws.WsConfig(256, 128, 3, 1, wgs=2), "fp8", True, "a 256-row tile is for promoted fp8"),
     (ws.WsConfig(256, 128, 4, 2, wgs=2), "fp8", True, "shared memory"),

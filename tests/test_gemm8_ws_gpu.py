@@ -49,8 +49,7 @@ def operands(kind, m, n, k, seed=0):
 
 
 def _tile_id(c):
-    return f"{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}" + (f"d{c.depth}" if c.depth != 1 else "") + \
-        ("e" if c.prefetch else "")
+    return f"{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}" + (f"d{c.depth}" if c.depth != 1 else "")
 
 @pytest.mark.parametrize("cfg", ws.CONFIGS["fast"], ids=_tile_id)
 @pytest.mark.parametrize("m,n,k", SHAPES)

@@ -209,6 +209,10 @@ def main(argv=None) -> int:
                     help="engine KV cache: auto (model dtype), or fp8/int8 with unit scales (timing only)")
     ap.add_argument("--engine-gemm", choices=ENGINE_GEMMS, default="auto",
                     help="GEMM of the 8-bit Linears (main.py's --engine-gemm): auto, cublas, triton, ws")
+    ap.add_argument("--ws-tile", action="append", default=[], metavar="FAMILY=TILE",
+                    help="A/B of the warp-specialised GEMM's tile end to end: FAMILY (int8, fp8_promote, fp8_fast) "
+                         "runs TILE (tools/bench_gemm.py's BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH]) at every M, "
+                         "as tools/profile_step.py --ws-tile (one GPU)")
     ap.add_argument("--fp8-accumulation", choices=FP8_ACCUMULATIONS, default="promoted",
                     help="--weights fp8: float32 promotion every 128 of K, or Hopper's fast accumulation (main.py's "
                          "--fp8-accumulation)")
@@ -245,6 +249,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.ws_tile:
+        if args.tensor_parallel > 1 or args.data_parallel > 1:
+            raise SystemExit("bench: --ws-tile is not wired into the multi-GPU benchmark")
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/: profile_step's parser
+        from profile_step import apply_ws_tiles, parse_ws_tiles
+
+        apply_ws_tiles(parse_ws_tiles(args.ws_tile, "bench"))
     if args.quantization:
         args.weights = args.quantization
     if args.int8_rules == "all" and (args.weights != "int8" or args.kv_cache_dtype != "int8"):

@@ -124,8 +124,9 @@ def gpu_breakdown(fn) -> dict:
     return classes
 
 
-def parse_ws_tiles(items: list) -> dict:
-    """['int8=128x128s6p1w2', ...] -> {family: gemm8_ws.WsConfig}; one line for a bad family or tile."""
+def parse_ws_tiles(items: list, prog: str = "profile_step") -> dict:
+    """['int8=128x128s6p1w2', ...] -> {family: gemm8_ws.WsConfig}; one line for a bad family or tile (also
+    tools/bench.py's --ws-tile)."""
     if not items:
         return {}
     from bench_gemm import ws_config
@@ -136,13 +137,22 @@ def parse_ws_tiles(items: list) -> dict:
     for item in items:
         family, sep, tile = item.partition("=")
         if not sep or family not in TILES:
-            raise SystemExit(f"profile_step: --ws-tile takes FAMILY=TILE with FAMILY one of {', '.join(TILES)}, "
+            raise SystemExit(f"{prog}: --ws-tile takes FAMILY=TILE with FAMILY one of {', '.join(TILES)}, "
                              f"got {item!r}")
         try:
             tiles[family] = WsConfig(**ws_config(tile, "--ws-tile"))
         except UserError as err:
-            raise SystemExit(f"profile_step: {err}") from None
+            raise SystemExit(f"{prog}: {err}") from None
     return tiles
+
+
+def apply_ws_tiles(tiles: dict) -> None:
+    """Each family's tile at every M (gemm8_ws.TILES) for this process."""
+    if tiles:
+        from mlperf_llama2.quant import gemm8_ws
+
+        for family, cfg in tiles.items():
+            gemm8_ws.TILES[family] = [(None, cfg)]
 
 
 def main(argv=None) -> int:
@@ -183,11 +193,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit(f"profile_step: profiles CUDA kernels, but torch sees no CUDA GPU (torch {torch.__version__})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if tiles:
-        from mlperf_llama2.quant import gemm8_ws
-
-        for family, cfg in tiles.items():
-            gemm8_ws.TILES[family] = [(None, cfg)]
+    apply_ws_tiles(tiles)
     os.makedirs(args.out, exist_ok=True)
     device, dtype = torch.device("cuda"), torch.float16
     cfg = hf_config_for(args.shape, args.layers)

@@ -64,20 +64,12 @@ class WsConfig:
     bk: int = 128
     wgs: int = 1  # MMA partitions: 1 (all BM rows, BM / 16 warps) or 2 (two 4-warp partitions of BM / 2 rows)
     depth: int = 1  # promoted fp8, SPLIT 1: MMA groups a partition keeps in flight (1 or 2, _mma_promote1_deep)
-    prefetch: bool = False  # depth 2: the tile's scales prefetched into L1 under its first chunk's MMA
-
-    @property
-    def flags(self) -> int:
-        """depth and prefetch as the number of unused `ready` barriers the kernel allocates beyond STAGES: the
-        MMA partitions (Triton 3.6 hands workers runtime values) read them from that size."""
-        return (self.depth == 2) + 2 * self.prefetch
 
     @property
     def tag(self) -> str:
-        """tools/bench_gemm.py's tile suffix: BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH][e] (defaults left out)."""
+        """tools/bench_gemm.py's tile suffix: BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH] (defaults left out)."""
         return (f"{self.bm}x{self.bn}s{self.stages}p{self.split}" + (f"w{self.wgs}" if self.wgs != 1 else "")
-                + (f"g{self.group_m}" if self.group_m != 8 else "") + (f"d{self.depth}" if self.depth != 1 else "")
-                + ("e" if self.prefetch else ""))
+                + (f"g{self.group_m}" if self.group_m != 8 else "") + (f"d{self.depth}" if self.depth != 1 else ""))
 
     @property
     def warps(self) -> int:
@@ -122,7 +114,7 @@ CONFIGS = {
                     WsConfig(64, 128, 6, 1), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(128, 128, 6, 2, wgs=2),
                     WsConfig(256, 128, 3, 2, wgs=2), WsConfig(128, 256, 3, 2, wgs=2), WsConfig(64, 64, 8, 1),
                     WsConfig(128, 128, 6, 1, wgs=2, depth=2), WsConfig(64, 128, 6, 1, depth=2),
-                    WsConfig(128, 128, 6, 1, depth=2), WsConfig(128, 128, 6, 1, wgs=2, depth=2, prefetch=True)],
+                    WsConfig(128, 128, 6, 1, depth=2)],
     "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1),
              WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(64, 64, 8, 1)],
 }
@@ -146,9 +138,12 @@ CONFIGS = {
 # 20-layer step profile's mixed step of 1,476 tokens level (45.5-48.3 ms GEMM both, gprof_* files). GROUP_M 1-2
 # lose 10-45% everywhere; 16-32 lose from 2,048. Unpromoted fp8 loses 3-13% with 4, int8 is level: both keep 8.
 # Steps above 2,048 tokens are an Offline run's fill and its largest chunks (~18% of the H200 FP8 run's time).
+# Depth 2 (two MMA groups in flight per partition) for the promoted large-M tiles: one decoder layer's four Linears
+# 3.3 / 2.2 / 2.1 / 6.6 / 4.5% faster than depth 1 at M 256 / 512 / 1,024 / 2,048 / 4,096 (H100, three rounds,
+# bench_gemm_depth2_70b_h100.json); at M 64-192 the 64 x 128 tile at depth 2 is level with depth 1 (kept at 1).
 TILES = {
-    "fp8_promote": [(192, WsConfig(64, 128, 6, 1)), (2048, WsConfig(128, 128, 6, 1, wgs=2)),
-                    (None, WsConfig(128, 128, 6, 1, wgs=2, group_m=4))],
+    "fp8_promote": [(192, WsConfig(64, 128, 6, 1)), (2048, WsConfig(128, 128, 6, 1, wgs=2, depth=2)),
+                    (None, WsConfig(128, 128, 6, 1, wgs=2, group_m=4, depth=2))],
     "int8": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1))],
     "fp8_fast": [(128, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
 }
@@ -346,22 +341,18 @@ def _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl.cons
 
 
 @gluon.jit
-def _mma_promote1_deep(a_bufs, b_bufs, ready, empty, it, k_steps, zero, sx_ptr, sw_ptr, m0, n0, M, N,
-                       ROW0: gl.constexpr, STAGES: gl.constexpr, PREFETCH: gl.constexpr):
+def _mma_promote1_deep(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl.constexpr,
+                       STAGES: gl.constexpr):
     """Whole-tile pieces with two MMA groups in flight: chunk c+1's MMA is issued before chunk c's is waited for
     (wait_group 1), so this partition's tensor-core queue holds the next chunk while it adds; the same two
     partial-sum buffers X and Y (the same registers as _mma_promote1) and the same adds in K order. ptxas keeps
     the MMAs asynchronous with a group in flight across the loop edge here (no other instruction reads that
-    group's registers; tests/test_gemm8_ws.py). Scales loaded early to spare the epilogue its global loads
-    spilled (the two partial sums hold 192 registers a thread; tried, not kept). PREFETCH: the tile's scales are
-    prefetched into L1 once chunk 0 is issued (after its ready wait, which orders them after a PDL producer), so
-    the epilogue's loads hit L1, not L2."""
+    group's registers; tests/test_gemm8_ws.py). Tried and not kept: the tile's scales loaded early into registers
+    (34 a thread more than the 192 of the sums: spills) or prefetched into L1 under the first chunk's MMA
+    (compiles clean; 0-6% slower per layer at M 512-4,096 on an H100, bench_gemm_depth2_70b_h100.json)."""
     sx = it % STAGES
     xt = _issue(a_bufs, b_bufs, ready, it, zero, 0, zero.shape[1], ROW0, STAGES)
     it += 1
-    if PREFETCH:
-        _prefetch_l1(sx_ptr, m0, M, zero.shape[0])
-        _prefetch_l1(sw_ptr, n0, N, zero.shape[1])
     acc = zero
     for _ in range((k_steps - 1) // 2):
         sy = it % STAGES
@@ -391,18 +382,6 @@ def _mma_promote1_deep(a_bufs, b_bufs, ready, empty, it, k_steps, zero, sx_ptr, 
         acc = acc + x
         mbarrier.arrive(empty.index(sx), count=1)
     return acc, it
-
-
-@gluon.jit
-def _prefetch_l1(ptr, i0, n, COUNT: gl.constexpr):
-    """prefetch.global.L1 of ptr[i0 : i0 + COUNT] (indices clamped below n), one address a thread per 32 floats
-    (a 128-byte line); no registers held."""
-    LINES: gl.constexpr = (COUNT + 31) // 32
-    WARPS: gl.constexpr = gl.num_warps()
-    lines = gl.arange(0, LINES, layout=gl.BlockedLayout([1], [32], [WARPS], [0]))
-    idx = gl.minimum(i0 + lines * 32, n - 1)
-    gl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptr + idx], dtype=gl.int32,
-                              is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -461,9 +440,7 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
     """One MMA partition: rows [ROW0, ROW0 + ROWS) of every BM x BN tile, its main loop and its epilogue (output
     buffers SPLIT * ROW0 / ROWS onwards: one set per partition)."""
     C0: gl.constexpr = SPLIT * ROW0 // ROWS
-    FLAGS: gl.constexpr = ready.shape[0] - STAGES  # WsConfig.flags
-    DEPTH2: gl.constexpr = FLAGS % 2 == 1
-    PREFETCH: gl.constexpr = FLAGS // 2 == 1
+    DEPTH2: gl.constexpr = ready.shape[0] > STAGES  # WsConfig.depth 2: one unused `ready` barrier more
     WARPS: gl.constexpr = BM // 16 if ROWS == BM else 4  # one partition: all BM rows; two: 4 warps each
     num_m = gl.cdiv(M, BM)
     num_n = gl.cdiv(N, BN)
@@ -478,8 +455,7 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
             m0 = pid_m * BM + ROW0
             n0 = pid_n * BN
             if SPLIT == 1 and DEPTH2:
-                acc, it = _mma_promote1_deep(a_bufs, b_bufs, ready, empty, it, k_steps, zero, sx_ptr, sw_ptr, m0,
-                                             n0, M, N, ROW0, STAGES, PREFETCH)
+                acc, it = _mma_promote1_deep(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0, STAGES)
                 _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, m0, n0, M, N, HAS_BIAS, layout), c_desc,
                        c_bufs.index(C0), m0, n0)
             elif SPLIT == 1:
@@ -520,15 +496,15 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
 def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                      NUM_PROGRAMS, IS_FP8: gl.constexpr, PROMOTE: gl.constexpr,
                      HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, SPLIT: gl.constexpr,
-                     WGS: gl.constexpr, PDL: gl.constexpr = False, FLAGS: gl.constexpr = 0):
+                     WGS: gl.constexpr, PDL: gl.constexpr = False, DEPTH: gl.constexpr = 1):
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = b_desc.block_type.shape[0]
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
     c_bufs = gl.allocate_shared_memory(c_desc.dtype, [SPLIT * WGS] + c_desc.block_type.shape, c_desc.layout)
-    # FLAGS (WsConfig.flags) unused barriers more: the MMA partitions (workers get runtime values) read them
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES + FLAGS, 1], mbarrier.MBarrierLayout())
+    # with DEPTH 2 one unused barrier more: the MMA partitions (workers get runtime values) read DEPTH from the size
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES + DEPTH - 1, 1], mbarrier.MBarrierLayout())
     # with PDL one unused slot more: the two-partition loader (a worker, handed no constexpr) reads PDL from it
     empty = gl.allocate_shared_memory(gl.int64, [STAGES + (1 if PDL else 0), 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
@@ -672,8 +648,6 @@ def check_config(cfg: WsConfig, kind: str, promote: bool, out_bytes: int = 2) ->
         raise UserError(f"gemm8_ws: two MMA partitions (wgs 2) split a 128- or 256-row tile, got {cfg}")
     if cfg.depth not in (1, 2) or (cfg.depth == 2 and not (promote and cfg.split == 1)):
         raise UserError(f"gemm8_ws: depth 2 (two MMA groups in flight) is for promoted fp8 with SPLIT 1, got {cfg}")
-    if cfg.prefetch and cfg.depth != 2:
-        raise UserError(f"gemm8_ws: scale prefetch is part of the depth-2 loop, got {cfg}")
     if cfg.smem_bytes(out_bytes) > 227 * 1024:
         raise UserError(f"gemm8_ws: {cfg} needs {cfg.smem_bytes(out_bytes)} B of shared memory with a "
                         f"{out_bytes}-byte output (227 KB on sm_90): fewer stages")
@@ -727,7 +701,7 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     launch(_gemm8_ws_kernel, (programs,),
         a, b, c, s_x, s_w, bias if bias is not None else s_w, m, n, k, programs,
         IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=bias is not None,
-        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, WGS=cfg.wgs, FLAGS=cfg.flags,
+        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, WGS=cfg.wgs, DEPTH=cfg.depth,
         num_warps=cfg.warps, maxnreg=cfg.maxnreg(),
         enable_fp_fusion=False, **_pdl_launch(cfg))
     return out
@@ -754,7 +728,7 @@ def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_
     out = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[out_dtype]
     kernel = _gemm8_ws_kernel
     consts = dict(IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=has_bias, GROUP_M=cfg.group_m, STAGES=cfg.stages,
-                  SPLIT=cfg.split, WGS=cfg.wgs, PDL=pdl, FLAGS=cfg.flags)
+                  SPLIT=cfg.split, WGS=cfg.wgs, PDL=pdl, DEPTH=cfg.depth)
     sig = {"a_desc": f"tensordesc<{op}{a_block},{a_layout!r}>", "b_desc": f"tensordesc<{op}{b_block},{b_layout!r}>",
            "c_desc": f"tensordesc<{out}{c_block},{c_layout!r}>", "sx_ptr": "*fp32", "sw_ptr": "*fp32",
            "bias_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "NUM_PROGRAMS": "i32"}

@@ -14,6 +14,9 @@
 #                issued before the previous one is waited for): its bit-for-bit GPU tests, then against the default
 #                tiles and unpromoted fp8 at M 64-4,096, three rounds, then the 20-layer FP8 step profile with the
 #                large-M tile at depth 1, 2, and 2 with the scales prefetched into L1 (d2e) (~7 min on an H100)
+#   depth2ab     the depth-2 defaults: GEMM tests and FP8 engine tokens on the GPU, GROUP_M 4 / 8 at depth 2 against
+#                depth 1 at M 2,048-8,192 (three rounds), then FP8 end to end (bench.py, 20 of 80 layers, 512
+#                samples) with the large-M tile at depth 1 and 2 at every M (~7 min on an H100)
 #   t256         the promoted FP8 256 x 128 tile (two 128-row partitions) against the default and cuBLASLt,
 #                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
 #   t128x256     the promoted FP8 128 x 256 tile (two 64-row partitions, 64 x 128 pieces one at a time: 25% fewer
@@ -110,6 +113,14 @@ ws_fp8@64x128s6p1d2,ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2d2e,ws_fp8@128x12
         for t in 128x128s6p1w2 128x128s6p1w2d2 128x128s6p1w2d2e; do
           timeout 110 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
             --ws-tile fp8_promote=$t --reps 10 --out "$OUT"/prof_$t 2>&1 | grep "^|\|bounds" >> "$L"
+        done ;;
+    depth2ab) timeout 150 "${PYTEST[@]}" -m gpu tests/test_gemm8_ws_gpu.py tests/test_engine_fp8.py 2>&1 | tail -3 >> "$L"
+          timeout 100 python3 tools/bench_gemm.py --m-list 2048,4096,8192 --rounds 3 --kernels ws_fp8,\
+ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4 --out "$OUT"/depth2ab 2>&1 | grep -A30 "^TOPS" >> "$L"
+        for t in 128x128s6p1w2 128x128s6p1w2d2; do
+          timeout 140 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
+            --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --ws-tile fp8_promote=$t --out "$OUT"/e2e_$t 2>&1 \
+            | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
     t256) timeout 150 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 \
           --kernels scaled_mm_row,ws_fp8,ws_fp8@256x128s3p2w2 --out "$OUT"/t256 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
