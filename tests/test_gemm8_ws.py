@@ -170,9 +170,11 @@ def test_default_config_takes_small_tiles_for_small_batches():
     assert [shape(m, "fp8", True) for m in (1, 192, 193, 4096)] == [(64, 1), (64, 1), (128, 2), (128, 2)]
     assert [shape(m, "int8", False) for m in (1, 192, 193, 4096)] == [(64, 1), (64, 1), (128, 1), (128, 1)]
     assert [shape(m, "fp8", False) for m in (1, 128, 129, 4096)] == [(64, 1), (64, 1), (128, 2), (128, 2)]
-    # promoted fp8 above M 2,048 sweeps 4 tile rows at a time instead of 8 (measured, gemm8_ws.TILES)
-    assert [ws.default_config(m, "fp8", True).group_m for m in (193, 2048, 2049, 8192)] == [8, 8, 4, 4]
+    # promoted fp8 above M 192: two MMA groups in flight per partition, GROUP_M 8 at every M (measured, TILES)
+    assert [(ws.default_config(m, "fp8", True).depth, ws.default_config(m, "fp8", True).group_m)
+            for m in (192, 193, 2048, 2049, 8192)] == [(1, 8), (2, 8), (2, 8), (2, 8), (2, 8)]
     assert ws.default_config(8192, "fp8", True) == ws.BEST["fp8_promote"]
+    assert {ws.default_config(m, k, p).depth for m in (1, 4096) for k, p in (("int8", False), ("fp8", False))} == {1}
     assert {ws.default_config(m, k, p).group_m for m in (193, 4096) for k, p in (("int8", False), ("fp8", False))} \
         == {8}
     assert ws.default_config(4096, "int8", False) == ws.BEST["int8"]

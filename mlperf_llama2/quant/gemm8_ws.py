@@ -138,12 +138,15 @@ CONFIGS = {
 # 20-layer step profile's mixed step of 1,476 tokens level (45.5-48.3 ms GEMM both, gprof_* files). GROUP_M 1-2
 # lose 10-45% everywhere; 16-32 lose from 2,048. Unpromoted fp8 loses 3-13% with 4, int8 is level: both keep 8.
 # Steps above 2,048 tokens are an Offline run's fill and its largest chunks (~18% of the H200 FP8 run's time).
-# Depth 2 (two MMA groups in flight per partition) for the promoted large-M tiles: one decoder layer's four Linears
-# 3.3 / 2.2 / 2.1 / 6.6 / 4.5% faster than depth 1 at M 256 / 512 / 1,024 / 2,048 / 4,096 (H100, three rounds,
-# bench_gemm_depth2_70b_h100.json); at M 64-192 the 64 x 128 tile at depth 2 is level with depth 1 (kept at 1).
+# Depth 2 (two MMA groups in flight per partition) for the promoted tile above M 192, one decoder layer's four
+# Linears against depth 1 (H100, three rounds each, bench_gemm_depth2_70b_h100.json, bench_gemm_depth2ab_70b_h100.json):
+# 3.3 / 2.2 / 2.1 / 6.6% faster at M 256 / 512 / 1,024 / 2,048; and at depth 2 GROUP_M 8 beats the former 4 above
+# M 2,048 (M 4,096: 5.12 / 5.15 ms against 5.28 / 5.38 in two calls, 5.32 / 5.40 at depth 1; M 8,192: 10.79 against
+# 10.76, depth 1 11.21), so one tile serves every M above 192. End to end (bench.py, 70B FP8 at 20 of 80 layers,
+# 512 samples, same H100 call): 5,673 -> 5,902 tok/s, steady 8,757 -> 9,026. At M 64-192 the 64 x 128 tile at
+# depth 2 is level with depth 1 (kept at 1).
 TILES = {
-    "fp8_promote": [(192, WsConfig(64, 128, 6, 1)), (2048, WsConfig(128, 128, 6, 1, wgs=2, depth=2)),
-                    (None, WsConfig(128, 128, 6, 1, wgs=2, group_m=4, depth=2))],
+    "fp8_promote": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2, depth=2))],
     "int8": [(192, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1))],
     "fp8_fast": [(128, WsConfig(64, 128, 6, 1)), (None, WsConfig(128, 128, 6, 1, wgs=2))],
 }
