@@ -15,7 +15,8 @@ wait for each MMA to finish before issuing the next: `warp_group_dot_wait {pendi
 * the MMA warps (two warpgroups, 128 rows; or one, 64 rows; or two of 128 rows each, a 256-row tile) keep one
   MMA group in flight while the CUDA cores work: for fp8 with promotion the tile's columns are cut into SPLIT
   groups and the float32 add of one group's chunk overlaps the MMA of the next group (SPLIT=1: two whole-tile
-  partial sums alive, SPLIT=2: half-tile ones); a 128-row partition (the 256-row tile) has registers for one
+  partial sums alive, SPLIT=2: half-tile ones; SPLIT=1 at depth 2, the default above M 192, issues the next
+  chunk's MMA before waiting for the previous one, two groups in flight); a 128-row partition (the 256-row tile) has registers for one
   half-tile piece only, so it adds each piece after its MMA and the other partition's MMAs fill the gap; int8
   and unpromoted fp8 chain their MMAs on one accumulator with `wgmma.wait_group 1`, as Triton does for fp32
   accumulators only;
@@ -301,10 +302,12 @@ def _rows(a, ROW0: gl.constexpr, ROWS: gl.constexpr):
     return a
 
 
-# Promoted fp8. ptxas keeps warpgroup MMAs asynchronous only if no other instruction reads an accumulator while
-# an MMA group is in flight across a loop edge (else it serialises every wgmma: "C7514"), so each partial sum is
-# waited for (wait_group 0) before the loop moves on, and the float32 add of the previous piece runs while the
-# next piece's MMA is in flight. Order of the adds = the order of the chunks, as in gemm8_triton's "adds".
+# Promoted fp8. ptxas serialises every wgmma of a kernel ("C7514") when it cannot prove that no other instruction
+# touches an in-flight group's accumulator. The depth-1 loops (_mma_promote1 / 2 / 2_seq) wait for each partial sum
+# (wait_group 0) before the loop turns, the float32 add of the previous piece running while the next piece's MMA is
+# in flight; _mma_promote1_deep keeps the next chunk's group in flight across the loop edge (wait_group 1), which
+# ptxas accepts there (checked on every compile by tests/test_gemm8_ws.py). Order of the adds = the order of the
+# chunks, as in gemm8_triton's "adds".
 
 @gluon.jit
 def _mma_promote1(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl.constexpr, STAGES: gl.constexpr):
