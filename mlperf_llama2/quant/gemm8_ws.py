@@ -16,8 +16,9 @@ wait for each MMA to finish before issuing the next: `warp_group_dot_wait {pendi
   MMA group in flight while the CUDA cores work: for fp8 with promotion the tile's columns are cut into SPLIT
   groups and the float32 add of one group's chunk overlaps the MMA of the next group (SPLIT=1: two whole-tile
   partial sums alive, SPLIT=2: half-tile ones; SPLIT=1 at depth 2, the default above M 192, issues the next
-  chunk's MMA before waiting for the previous one, two groups in flight); a 128-row partition (the 256-row tile) has registers for one
-  half-tile piece only, so it adds each piece after its MMA and the other partition's MMAs fill the gap; int8
+  chunk's MMA before waiting for the previous one, two groups in flight); a 128-row partition (the 256-row
+  tile) has registers for one half-tile piece only, so it adds each piece after its MMA and the other
+  partition's MMAs fill the gap; int8
   and unpromoted fp8 chain their MMAs on one accumulator with `wgmma.wait_group 1`, as Triton does for fp32
   accumulators only;
 * persistent grid (one program per SM), tiles in the grouped order of `gemm8_triton._tile_coords`; the output
