@@ -361,26 +361,11 @@ def _mma_promote1_deep(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl
     xt = _issue(a_bufs, b_bufs, ready, it, zero, 0, zero.shape[1], ROW0, STAGES)
     it += 1
     acc = zero
-    for _ in range((k_steps - 1) // 2):
-        sy = it % STAGES
-        yt = _issue(a_bufs, b_bufs, ready, it, zero, 0, zero.shape[1], ROW0, STAGES)
-        it += 1
-        x = warpgroup_mma_wait(1, deps=(xt,))
-        acc = acc + x
-        mbarrier.arrive(empty.index(sx), count=1)
-        sx = it % STAGES
-        xt = _issue(a_bufs, b_bufs, ready, it, zero, 0, zero.shape[1], ROW0, STAGES)
-        it += 1
-        y = warpgroup_mma_wait(1, deps=(yt,))
-        acc = acc + y
-        mbarrier.arrive(empty.index(sy), count=1)
+    for _ in range((k_steps - 1) // 2):  # two chunks a turn: X and Y keep their registers
+        acc, yt, sy, it = _deep_step(a_bufs, b_bufs, ready, empty, it, acc, xt, sx, zero, ROW0, STAGES)
+        acc, xt, sx, it = _deep_step(a_bufs, b_bufs, ready, empty, it, acc, yt, sy, zero, ROW0, STAGES)
     if (k_steps - 1) % 2 == 1:
-        sy = it % STAGES
-        yt = _issue(a_bufs, b_bufs, ready, it, zero, 0, zero.shape[1], ROW0, STAGES)
-        it += 1
-        x = warpgroup_mma_wait(1, deps=(xt,))
-        acc = acc + x
-        mbarrier.arrive(empty.index(sx), count=1)
+        acc, yt, sy, it = _deep_step(a_bufs, b_bufs, ready, empty, it, acc, xt, sx, zero, ROW0, STAGES)
         y = warpgroup_mma_wait(0, deps=(yt,))
         acc = acc + y
         mbarrier.arrive(empty.index(sy), count=1)
@@ -389,6 +374,19 @@ def _mma_promote1_deep(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl
         acc = acc + x
         mbarrier.arrive(empty.index(sx), count=1)
     return acc, it
+
+
+@gluon.jit
+def _deep_step(a_bufs, b_bufs, ready, empty, it, acc, prev_t, prev_s, zero, ROW0: gl.constexpr,
+               STAGES: gl.constexpr):
+    """Issue chunk `it`'s MMA, then wait for the previous chunk's (the older of the two groups in flight), add it
+    to `acc` and release its slot: (acc, the new chunk's pending result, its slot, it + 1)."""
+    s = it % STAGES
+    t = _issue(a_bufs, b_bufs, ready, it, zero, 0, zero.shape[1], ROW0, STAGES)
+    prev = warpgroup_mma_wait(1, deps=(prev_t,))
+    acc = acc + prev
+    mbarrier.arrive(empty.index(prev_s), count=1)
+    return acc, t, s, it + 1
 
 
 @gluon.jit
