@@ -187,3 +187,15 @@ def test_bench_and_profile_step_take_a_depth_two_tile_and_refuse_bad_ones(tmp_pa
         with pytest.raises(SystemExit, match=message):
             bench.main(["--ws-tile", bad, "--out", str(tmp_path / "b")])
     assert not (tmp_path / "b").exists()
+
+
+def test_every_candidate_tile_round_trips_through_its_suffix():
+    """WsConfig.tag (the test ids, docs) and bench_gemm's suffix parser name the same tiles."""
+    pytest.importorskip("triton.experimental.gluon")
+    from mlperf_llama2.quant import gemm8_ws
+
+    tiles = [c for family in gemm8_ws.CONFIGS.values() for c in family]
+    tiles += [cfg for family in gemm8_ws.TILES.values() for _, cfg in family]
+    for cfg in tiles:
+        assert gemm8_ws.WsConfig(**bench_gemm.ws_config(cfg.tag)) == cfg, cfg.tag
+    assert len({c.tag for c in tiles}) == len(set(tiles))

@@ -49,8 +49,7 @@ def operands(kind, m, n, k, seed=0):
 
 
 def _tile_id(c):
-    return f"{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}" + (f"d{c.depth}" if c.depth != 1 else "") + \
-        ("x" if c.cross_tiles else "")
+    return c.tag
 
 @pytest.mark.parametrize("cfg", ws.CONFIGS["fast"], ids=_tile_id)
 @pytest.mark.parametrize("m,n,k", SHAPES)
