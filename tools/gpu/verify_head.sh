@@ -18,9 +18,9 @@
 #                depth 1 at M 2,048-8,192 (three rounds), then FP8 end to end (bench.py, 20 of 80 layers, 512
 #                samples) with the large-M tile at depth 1 and 2 at every M (~7 min on an H100)
 #   cross        the depth-2 loop carried across tiles (WsConfig.cross_tiles, suffix x: the next tile's chunk 0
-#                issued before this tile's epilogue): its bit-for-bit GPU tests, then against the default at M
-#                256-8,192 (three rounds), then FP8 end to end (bench.py, 20 of 80 layers) with d2 and d2x at every M
-#                (~6 min on an H100)
+#                issued before this tile's epilogue): its bit-for-bit GPU tests, then against the default and the
+#                one-partition depth-2 tile (128x128s6p1d2, never timed) at M 256-8,192 (three rounds), then FP8 end
+#                to end (bench.py, 20 of 80 layers) with d2 and d2x at every M (~6 min on an H100)
 #   t256         the promoted FP8 256 x 128 tile (two 128-row partitions) against the default and cuBLASLt,
 #                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
 #   t128x256     the promoted FP8 128 x 256 tile (two 64-row partitions, 64 x 128 pieces one at a time: 25% fewer
@@ -128,7 +128,7 @@ ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4 --out "$OUT"/depth2ab 2>&1 | grep 
         done ;;
     cross) timeout 120 "${PYTEST[@]}" -m gpu tests/test_gemm8_ws_gpu.py -k "d2x" 2>&1 | tail -3 >> "$L"
           timeout 120 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 --rounds 3 --kernels ws_fp8,\
-ws_fp8@128x128s6p1w2d2x --out "$OUT"/cross 2>&1 | grep -A40 "^TOPS" >> "$L"
+ws_fp8@128x128s6p1w2d2x,ws_fp8@128x128s6p1d2 --out "$OUT"/cross 2>&1 | grep -A40 "^TOPS" >> "$L"
         for t in 128x128s6p1w2d2 128x128s6p1w2d2x; do
           timeout 140 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
             --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --ws-tile fp8_promote=$t --out "$OUT"/e2e_$t 2>&1 \
