@@ -199,3 +199,21 @@ def test_every_candidate_tile_round_trips_through_its_suffix():
     for cfg in tiles:
         assert gemm8_ws.WsConfig(**bench_gemm.ws_config(cfg.tag)) == cfg, cfg.tag
     assert len({c.tag for c in tiles}) == len(set(tiles))
+
+
+def test_every_tile_the_gpu_scripts_name_still_parses():
+    """tools/gpu/*.sh name gemm8_ws tiles (bench_gemm --kernels ws_*@TILE, --ws-tile FAMILY=TILE) for calls that
+    cost device time: each must parse with today's suffix grammar, not fail on the GPU machine."""
+    import glob
+    import re
+
+    gpu_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "gpu")
+    found = []
+    for path in sorted(glob.glob(os.path.join(gpu_dir, "*.sh"))):
+        with open(path) as fh:
+            text = fh.read()
+        found += [(path, m) for m in re.findall(r"ws_(?:fp8_fast|fp8|int8)@([0-9a-z]+)(?![\w$])", text)]
+        found += [(path, m) for m in re.findall(r"(?:fp8_promote|fp8_fast|int8)=([0-9]+x[0-9a-z]+)(?![\w$])", text)]
+    assert len(found) > 10
+    for path, tile in found:
+        bench_gemm.ws_config(tile)  # raises UserError naming the tile

@@ -13,7 +13,8 @@
 #   depth2       promoted FP8 with two MMA groups in flight per partition (WsConfig.depth 2: the next chunk's MMA
 #                issued before the previous one is waited for): its bit-for-bit GPU tests, then against the default
 #                tiles and unpromoted fp8 at M 64-4,096, three rounds, then the 20-layer FP8 step profile with the
-#                large-M tile at depth 1, 2, and 2 with the scales prefetched into L1 (d2e) (~7 min on an H100)
+#                large-M tile at depth 1 and 2 (~5 min on an H100; the 2026-12-06 run also timed d2e, an L1 prefetch
+#                of the scales since removed)
 #   depth2ab     the depth-2 defaults: GEMM tests and FP8 engine tokens on the GPU, GROUP_M 4 / 8 at depth 2 against
 #                depth 1 at M 2,048-8,192 (three rounds), then FP8 end to end (bench.py, 20 of 80 layers, 512
 #                samples) with the large-M tile at depth 1 and 2 at every M (~7 min on an H100)
@@ -87,6 +88,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$L"
 T0=$(date +%s)
 step() { echo "=== $* ($(( $(date +%s) - T0 )) s)" | tee -a "$L"; }
 PYTEST=(python3 -m pytest -q -p no:cacheprovider)
+e2e_tiles() {  # FP8 end to end (bench.py, 20 of 80 layers, 512 samples) with each promoted tile at every M
+  for t in "$@"; do
+    timeout 140 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 --fidelity-prompts 0 \
+      --weights fp8 --kv-cache-dtype fp8 --ws-tile fp8_promote="$t" --out "$OUT/e2e_$t" 2>&1 \
+      | grep -v "WARNING\|Warning" | tail -3 >> "$L"
+  done
+}
 for s in ${STEPS:-gemm w2 elementwise profile engine}; do
   step "$s"
   case $s in
@@ -112,28 +120,20 @@ ws_fp8@64x128s6p1,ws_fp8@128x128s6p1w2,ws_int8,ws_int8@128x128s6p1w2,ws_int8@64x
           --kernels ws_fp8,ws_fp8@128x256s3p2w2 --out "$OUT"/t128x256 2>&1 | grep -A30 "^TOPS" >> "$L" ;;
     depth2) timeout 120 "${PYTEST[@]}" -m gpu tests/test_gemm8_ws_gpu.py -k "d2" 2>&1 | tail -3 >> "$L"
           timeout 150 python3 tools/bench_gemm.py --m-list 64,128,256,512,1024,2048,4096 --rounds 3 --kernels ws_fp8,\
-ws_fp8@64x128s6p1d2,ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2d2e,ws_fp8@128x128s6p1w2g4d2,ws_fp8_fast \
+ws_fp8@64x128s6p1d2,ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4d2,ws_fp8_fast \
           --out "$OUT"/depth2 2>&1 | grep -A60 "^TOPS" >> "$L"
-        for t in 128x128s6p1w2 128x128s6p1w2d2 128x128s6p1w2d2e; do
+        for t in 128x128s6p1w2 128x128s6p1w2d2; do
           timeout 110 python3 tools/profile_step.py --shape 70b --layers 20 --weights fp8 --kv-cache-dtype fp8 \
             --ws-tile fp8_promote=$t --reps 10 --out "$OUT"/prof_$t 2>&1 | grep "^|\|bounds" >> "$L"
         done ;;
     depth2ab) timeout 150 "${PYTEST[@]}" -m gpu tests/test_gemm8_ws_gpu.py tests/test_engine_fp8.py 2>&1 | tail -3 >> "$L"
           timeout 100 python3 tools/bench_gemm.py --m-list 2048,4096,8192 --rounds 3 --kernels ws_fp8,\
 ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4 --out "$OUT"/depth2ab 2>&1 | grep -A30 "^TOPS" >> "$L"
-        for t in 128x128s6p1w2 128x128s6p1w2d2; do
-          timeout 140 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
-            --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --ws-tile fp8_promote=$t --out "$OUT"/e2e_$t 2>&1 \
-            | grep -v "WARNING\|Warning" | tail -3 >> "$L"
-        done ;;
+        e2e_tiles 128x128s6p1w2 128x128s6p1w2d2 ;;
     cross) timeout 120 "${PYTEST[@]}" -m gpu tests/test_gemm8_ws_gpu.py -k "d2x" 2>&1 | tail -3 >> "$L"
           timeout 120 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 --rounds 3 --kernels ws_fp8,\
 ws_fp8@128x128s6p1w2d2x,ws_fp8@128x128s6p1d2 --out "$OUT"/cross 2>&1 | grep -A40 "^TOPS" >> "$L"
-        for t in 128x128s6p1w2d2 128x128s6p1w2d2x; do
-          timeout 140 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 \
-            --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8 --ws-tile fp8_promote=$t --out "$OUT"/e2e_$t 2>&1 \
-            | grep -v "WARNING\|Warning" | tail -3 >> "$L"
-        done ;;
+        e2e_tiles 128x128s6p1w2d2 128x128s6p1w2d2x ;;
     t256) timeout 150 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 \
           --kernels scaled_mm_row,ws_fp8,ws_fp8@256x128s3p2w2 --out "$OUT"/t256 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
     fastacc) timeout 90 "${PYTEST[@]}" -m gpu tests/test_engine_fp8.py 2>&1 | tail -6 >> "$L"
