@@ -163,9 +163,11 @@ def test_a_run_whose_two_loadgen_logs_disagree_is_refused(result):
     write_detail(result["perf"], **detail)
     assert check_performance(str(result["perf"]), "Offline", True, V61).errors == []
     (result["perf"] / "mlperf_log_summary.txt").write_text("Result is : INVALID\n")
-    errors = check_performance(str(result["perf"]), "Offline", True, V61).errors
+    found = check_performance(str(result["perf"]), "Offline", True, V61)
+    errors = found.errors
     assert len(errors) == 1 and "LoadGen result INVALID (LoadGen's logs disagree: mlperf_log_summary.txt says " \
         "INVALID, mlperf_log_detail.txt says result_validity VALID)" in errors[0], errors
+    assert found.facts["verdict"] == "INVALID"  # what a --force package's README states
 
 
 def test_a_performance_run_on_part_of_the_dataset_is_refused_in_both_divisions(result, capsys):

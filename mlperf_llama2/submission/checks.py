@@ -64,7 +64,7 @@ def check_performance(run_dir: str, scenario: str, closed: bool, rnd: Round) -> 
     out.rule(AUDIT_MARKER not in text, f"{label}: ran with an audit.config (a compliance run, not a result)")
     key = "result_completed_tokens_per_second" if loadgen_scenario(scenario) == "Server" else "result_tokens_per_second"
     out.facts.update(performance_info=info, performance_inputs=read_identity(run_dir), tokens_per_s=detail.get(key),
-                     loadgen_version=detail.get("loadgen_version"), verdict=detail.get("result_validity"))
+                     loadgen_version=detail.get("loadgen_version"), verdict=verdict)
     return out
 
 
