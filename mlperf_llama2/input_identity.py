@@ -69,7 +69,7 @@ def config_sha256(model_path: Optional[str]) -> Optional[str]:
 
 def model_identity(model_path: Optional[str]) -> Optional[ModelIdentity]:
     """The checkpoint's identity as calibration scales record it; None without a local config.json."""
-    if config_sha256(model_path) is None:
+    if not model_path or not os.path.isfile(os.path.join(model_path, "config.json")):
         return None
     from mlperf_llama2.quant.calibration_file import model_identity as hashes  # torch: at run time only
 
