@@ -22,6 +22,9 @@
 #                issued before this tile's epilogue): its bit-for-bit GPU tests, then against the default and the
 #                one-partition depth-2 tile (128x128s6p1d2, never timed) at M 256-8,192 (three rounds), then FP8 end
 #                to end (bench.py, 20 of 80 layers) with d2 and d2x at every M (~6 min on an H100)
+#   clocks       sustained GEMM load against the SM clock (tools/gemm_clocks.py: FP8 promoted/fast, cuBLASLt, fp16 at
+#                gate_up M 4,096 and FP8 at 512, 6 s each): the clock the card holds under tensor-core load, its power
+#                and clock-event reasons, each kernel's fraction of the peak at that clock (~1 min)
 #   t256         the promoted FP8 256 x 128 tile (two 128-row partitions) against the default and cuBLASLt,
 #                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
 #   t128x256     the promoted FP8 128 x 256 tile (two 64-row partitions, 64 x 128 pieces one at a time: 25% fewer
@@ -134,6 +137,7 @@ ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4 --out "$OUT"/depth2ab 2>&1 | grep 
           timeout 120 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 --rounds 3 --kernels ws_fp8,\
 ws_fp8@128x128s6p1w2d2x,ws_fp8@128x128s6p1d2 --out "$OUT"/cross 2>&1 | grep -A40 "^TOPS" >> "$L"
         e2e_tiles 128x128s6p1w2d2 128x128s6p1w2d2x ;;
+    clocks) timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained" >> "$L" ;;
     t256) timeout 150 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 \
           --kernels scaled_mm_row,ws_fp8,ws_fp8@256x128s3p2w2 --out "$OUT"/t256 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
     fastacc) timeout 90 "${PYTEST[@]}" -m gpu tests/test_engine_fp8.py 2>&1 | tail -6 >> "$L"

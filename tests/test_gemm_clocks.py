@@ -1,0 +1,81 @@
+"""tools/gemm_clocks.py's CPU side: nvidia-smi sample parsing, the clock-event reasons, the point grammar and
+its errors, and the arithmetic of the two peak fractions. The sustained load itself needs a GPU
+(tools/gpu/verify_head.sh, step clocks)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+
+import gemm_clocks  # noqa: E402
+from mlperf_llama2.errors import UserError  # noqa: E402
+
+
+def test_parse_sample_reads_hex_reasons_and_rejects_non_samples():
+    s = gemm_clocks.parse_sample("1755, 699.12, 61, 0x0000000000000004\n")
+    assert s == {"mhz": 1755.0, "watts": 699.12, "celsius": 61.0, "reasons": 4}
+    assert gemm_clocks.parse_sample("1980, 120.5, 40, 0\n")["reasons"] == 0
+    for line in ("", "\n", "[N/A], 100, 40, 0x0", "Field \"clocks_event_reasons.active\" is not a valid field",
+                 "1980, 120.5, 40"):
+        assert gemm_clocks.parse_sample(line) is None
+
+
+def test_reason_names_decodes_bits_and_keeps_unknown_ones():
+    assert gemm_clocks.reason_names(0) == []
+    assert gemm_clocks.reason_names(0x4) == ["SwPowerCap"]
+    assert gemm_clocks.reason_names(0x4 | 0x20) == ["SwPowerCap", "SwThermalSlowdown"]
+    assert gemm_clocks.reason_names(0x4 | 0x1000) == ["SwPowerCap", "0x1000"]
+
+
+def test_spec_clock_reproduces_the_1979_tops_peak():
+    # the constant the fractions rest on: 132 SMs x 8,192 8-bit ops a clock x SPEC_MHZ = the datasheet's 1,979
+    spec = 132 * gemm_clocks.OPS_PER_CLOCK["8bit"] * gemm_clocks.SPEC_MHZ * 1e6 / 1e12
+    assert spec == pytest.approx(gemm_clocks.bench_gemm.PEAK_8BIT_TOPS, rel=1e-3)
+
+
+def test_summarize_fractions_follow_the_measured_clock():
+    samples = [{"mhz": 1500.0, "watts": 690.0, "celsius": 60.0, "reasons": 0x4},
+               {"mhz": 1600.0, "watts": 700.0, "celsius": 62.0, "reasons": 0x0},
+               {"mhz": 1700.0, "watts": 695.0, "celsius": 61.0, "reasons": 0x4}]
+    ops = 1.2e15  # 1,200 TOPS over one second
+    row = gemm_clocks.summarize(samples, ops, 1.0, sms=132, ops_per_clock=8192)
+    assert row["tops"] == pytest.approx(1200.0)
+    assert row["mhz_median"] == 1600.0 and row["mhz_min"] == 1500.0 and row["mhz_max"] == 1700.0
+    assert row["watts_median"] == 695.0 and row["reasons"] == ["SwPowerCap"]
+    at_clock = 132 * 8192 * 1600e6 / 1e12
+    assert row["peak_at_clock_tops"] == pytest.approx(at_clock)
+    assert row["frac_clock_peak"] == pytest.approx(1200.0 / at_clock)
+    assert row["frac_spec_peak"] == pytest.approx(1200.0 / (132 * 8192 * 1830e6 / 1e12))
+    # below the spec clock the clock fraction is the larger one; without samples only the spec fraction exists
+    assert row["frac_clock_peak"] > row["frac_spec_peak"]
+    bare = gemm_clocks.summarize([], ops, 1.0, sms=132, ops_per_clock=8192)
+    assert "frac_clock_peak" not in bare and bare["samples"] == 0
+
+
+def test_points_parse_and_bad_ones_are_one_line():
+    assert gemm_clocks.parse_points("ws_fp8:gate_up:4096, fp16:o:512") == [("ws_fp8", "gate_up", 4096),
+                                                                         ("fp16", "o", 512)]
+    assert gemm_clocks.parse_points("ws_fp8@128x128s6p1w2d2:down:256")[0][0] == "ws_fp8@128x128s6p1w2d2"
+    for bad in ("ws_fp8:gate_up", "ws_fp8:mlp:4096", "ws_fp8:gate_up:0", "nope:gate_up:64", "fp16@128x128s5p1:o:64",
+                ""):
+        with pytest.raises(UserError):
+            gemm_clocks.parse_points(bad)
+    default = gemm_clocks.parse_points(gemm_clocks.DEFAULT_POINTS)
+    assert len(default) >= 3
+
+
+def test_args_bounds():
+    for argv in (["--seconds", "0.5"], ["--seconds", "500"], ["--interval-ms", "5"]):
+        with pytest.raises(UserError):
+            gemm_clocks.parse_args(argv + ["--out", "x"])
+
+
+def test_format_table_names_the_clock_or_its_absence():
+    row = {"kernel": "ws_fp8", "shape": "gate_up", "M": 4096, **gemm_clocks.summarize(
+        [{"mhz": 1755.0, "watts": 700.0, "celsius": 60.0, "reasons": 4}], 1.4e15, 1.0, 132, 8192)}
+    bare = {"kernel": "fp16", "shape": "o", "M": 64, **gemm_clocks.summarize([], 1e14, 1.0, 132, 4096)}
+    err = {"kernel": "ws_int8", "shape": "o", "M": 64, "error": "RuntimeError: x"}
+    table = gemm_clocks.format_table([row, bare, err])
+    assert "1755" in table and "SwPowerCap" in table and "no nvidia-smi samples" in table and "error: Runtime" in table

@@ -1,0 +1,245 @@
+"""Sustained GEMM load against the SM clock: the fraction of the peak at the clock the card actually ran.
+
+The 1,979 TOPS dense 8-bit peak of an H100/H200 SXM is 132 SMs x 8,192 ops a clock at 1,830 MHz (dense fp16:
+4,096 a clock). Under a sustained tensor-core load the card may run its SMs above that clock (up to its maximum,
+1,980 MHz) or below it (power cap, thermals), so a GEMM's "fraction of 1,979" mixes the kernel's efficiency
+with the clock. This replays one kernel's CUDA graph (tools/bench_gemm.py's operands, rotated through more than
+twice the L2) for --seconds while `nvidia-smi` samples the SM clock, the board power and the active clock-event
+reasons every --interval-ms, and reports per point: TOPS over the whole loaded window, the median and lowest SM
+clock seen under load, the median power, the reasons seen (SwPowerCap = the power limit holds the clock down),
+and TOPS / (SMs x ops a clock x median clock): how close the kernel is to what that clock allows. It never
+changes a clock or a limit (METHOD.md: measure the card as you find it).
+
+    python tools/gemm_clocks.py --out /tmp/clk                                    # default points, ~1 min
+    python tools/gemm_clocks.py --points ws_fp8:gate_up:4096,fp16:gate_up:4096 --seconds 10 --out /tmp/clk
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
+import bench_gemm  # noqa: E402  (tools/, this script's directory, is first on sys.path)
+
+SPEC_MHZ = 1830.0  # the clock behind the 1,979 TOPS dense 8-bit figure (132 SMs x 8,192 x 1.83 GHz)
+OPS_PER_CLOCK = {"8bit": 8192, "fp16": 4096}  # dense tensor-core ops per SM per clock on sm_90
+DEFAULT_POINTS = "ws_fp8:gate_up:4096,scaled_mm_row:gate_up:4096,ws_fp8_fast:gate_up:4096,ws_fp8:gate_up:512," \
+                 "fp16:gate_up:4096"
+# nvidia-smi's clocks_event_reasons bits (nvml.h, nvmlClocksEventReason*)
+REASONS = {0x1: "GpuIdle", 0x2: "ApplicationsClocksSetting", 0x4: "SwPowerCap", 0x8: "HwSlowdown",
+           0x10: "SyncBoost", 0x20: "SwThermalSlowdown", 0x40: "HwThermalSlowdown", 0x80: "HwPowerBrakeSlowdown",
+           0x100: "DisplayClockSetting"}
+QUERY = ("clocks.sm", "power.draw", "temperature.gpu", "clocks_event_reasons.active")
+
+
+def reason_names(mask: int) -> list[str]:
+    """0x4 -> ['SwPowerCap']; bits nvml does not name come back as hex."""
+    names = [name for bit, name in REASONS.items() if mask & bit]
+    rest = mask & ~sum(REASONS)
+    return names + ([hex(rest)] if rest else [])
+
+
+def parse_sample(line: str) -> dict | None:
+    """One `nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
+    --format=csv,noheader,nounits` line -> {'mhz', 'watts', 'celsius', 'reasons'}; None for a line that is not
+    one (a blank line, '[N/A]' fields, an error message)."""
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) != len(QUERY):
+        return None
+    try:
+        return {"mhz": float(parts[0]), "watts": float(parts[1]), "celsius": float(parts[2]),
+                "reasons": int(parts[3], 16) if parts[3].lower().startswith("0x") else int(parts[3])}
+    except ValueError:
+        return None
+
+
+def parse_points(text: str) -> list[tuple[str, str, int]]:
+    """'ws_fp8:gate_up:4096,fp16:o:512' -> [(kernel, shape, M)] (70B shapes; kernels as bench_gemm names them,
+    a ws_* one possibly with its @tile)."""
+    shapes = {name for name, _, _ in bench_gemm.SHAPES["70b"]}
+    points = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        fields = item.split(":")
+        if len(fields) != 3 or fields[1] not in shapes or not fields[2].isdigit() or int(fields[2]) < 1:
+            raise UserError(f"--points: each point is KERNEL:SHAPE:M with SHAPE one of {', '.join(sorted(shapes))} "
+                            f"and M >= 1, got {item!r}")
+        bench_gemm.parse_kernels(fields[0])
+        points.append((fields[0], fields[1], int(fields[2])))
+    if not points:
+        raise UserError("--points: give at least one KERNEL:SHAPE:M")
+    return points
+
+
+def summarize(samples: list[dict], ops: float, seconds: float, sms: int, ops_per_clock: int) -> dict:
+    """One point's figures from its loaded-window samples: TOPS, clocks, power, reasons and the two fractions."""
+    achieved = ops / seconds / 1e12
+    row = {"tops": achieved, "seconds": seconds, "samples": len(samples),
+           "frac_spec_peak": achieved / (sms * ops_per_clock * SPEC_MHZ * 1e6 / 1e12)}
+    if samples:
+        mhz = statistics.median(s["mhz"] for s in samples)
+        mask = 0
+        for s in samples:
+            mask |= s["reasons"]
+        row.update(mhz_median=mhz, mhz_min=min(s["mhz"] for s in samples), mhz_max=max(s["mhz"] for s in samples),
+                   watts_median=statistics.median(s["watts"] for s in samples),
+                   celsius_max=max(s["celsius"] for s in samples), reasons=reason_names(mask),
+                   peak_at_clock_tops=sms * ops_per_clock * mhz * 1e6 / 1e12)
+        row["frac_clock_peak"] = achieved / row["peak_at_clock_tops"]
+    return row
+
+
+class Sampler:
+    """nvidia-smi in a loop (-lms), each line stamped with the host's monotonic clock on arrival."""
+
+    def __init__(self, interval_ms: int, index: int = 0):
+        self.lines: list[tuple[float, str]] = []
+        self.proc = subprocess.Popen(["nvidia-smi", "-i", str(index), "--query-gpu=" + ",".join(QUERY),
+                                      "--format=csv,noheader,nounits", f"-lms={interval_ms}"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line))
+
+    def between(self, t0: float, t1: float) -> list[dict]:
+        return [s for t, line in list(self.lines) if t0 <= t <= t1 and (s := parse_sample(line)) is not None]
+
+    def close(self) -> str:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        bad = [line.strip() for _, line in self.lines if line.strip() and parse_sample(line) is None]
+        return bad[0] if bad else ""
+
+
+def load_point(kernel: str, shape: str, m: int, seconds: float, sampler: Sampler, l2_bytes: int) -> tuple:
+    """Replay the point's graph back to back for `seconds` (after one second of the same load to reach a steady
+    clock); -> (ops done, GPU seconds, samples in the window)."""
+    import torch
+
+    k, n = next((k, n) for name, k, n in bench_gemm.SHAPES["70b"] if name == shape)
+    g = torch.Generator(device="cuda").manual_seed(m * 7 + n)
+    x16 = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=g)
+    w16 = torch.randn(n, k, device="cuda", dtype=torch.float16, generator=g) * 0.02
+    base = bench_gemm.make_operands(bench_gemm.kernel_info(kernel).operands, x16, w16)
+    per_set = sum(t.numel() * t.element_size() for t in base.values()) + m * n * 2
+    sets = [base] + [{key: t.clone() for key, t in base.items()}
+                     for _ in range(bench_gemm.rotation_sets(per_set, l2_bytes) - 1)]
+    fns = [bench_gemm.kernel_call(kernel, ops) for ops in sets]
+    ms = bench_gemm.time_graph(fns)  # warms up (compiles) and gives the per-call time
+    calls = len(fns) * max(1, round(20.0 / ms / len(fns)))  # ~20 ms a replay
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fns[i % len(fns)]()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t_warm = time.monotonic() + 1.0
+    while time.monotonic() < t_warm:
+        graph.replay()
+        torch.cuda.synchronize()
+    t0 = time.monotonic()
+    start.record()
+    replays = 0
+    while time.monotonic() - t0 < seconds:
+        for _ in range(4):  # a few replays queued ahead keep the GPU busy between host checks
+            graph.replay()
+        replays += 4
+        torch.cuda.synchronize()
+    end.record()
+    torch.cuda.synchronize()
+    t1 = time.monotonic()
+    gpu_s = start.elapsed_time(end) / 1e3
+    del graph, fns, sets
+    torch.cuda.empty_cache()
+    return 2.0 * m * n * k * calls * replays, gpu_s, sampler.between(t0 + 0.2, t1)
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'kernel':>28} {'shape':>8} {'M':>6} {'TOPS':>6} {'spec%':>6} {'MHz med':>8} {'min':>5} {'W':>5} "
+            f"{'clk%':>6}  reasons")
+    lines = [f"sustained load: TOPS, % of the spec peak (1,830 MHz), SM clock under load, board power, % of the peak "
+             f"at the median clock", head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['kernel']:>28} {r['shape']:>8} {r['M']:>6} error: {r['error']}")
+            continue
+        clk = (f"{r['mhz_median']:>8.0f} {r['mhz_min']:>5.0f} {r['watts_median']:>5.0f} "
+               f"{100 * r['frac_clock_peak']:>5.1f}%  {','.join(r['reasons']) or '-'}") if r["samples"] else \
+            "no nvidia-smi samples"
+        lines.append(f"{r['kernel']:>28} {r['shape']:>8} {r['M']:>6} {r['tops']:>6.0f} "
+                     f"{100 * r['frac_spec_peak']:>5.1f}% " + clk)
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--points", default=DEFAULT_POINTS, help="KERNEL:SHAPE:M,... (70B shapes; bench_gemm kernels)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="loaded window per point (after 1 s of warm load)")
+    ap.add_argument("--interval-ms", type=int, default=100, help="nvidia-smi sampling interval")
+    ap.add_argument("--out", required=True, help="directory for gemm_clocks.json and table.txt")
+    args = ap.parse_args(argv)
+    if not 1 <= args.seconds <= 120:
+        raise UserError(f"--seconds must be 1-120, got {args.seconds}")
+    if not 20 <= args.interval_ms <= 1000:
+        raise UserError(f"--interval-ms must be 20-1000, got {args.interval_ms}")
+    args.point_list = parse_points(args.points)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("gemm_clocks needs a CUDA GPU (none is visible)")
+    if shutil.which("nvidia-smi") is None:
+        raise UserError("gemm_clocks needs nvidia-smi on PATH (it reads the clocks)")
+    props = torch.cuda.get_device_properties(0)
+    l2_bytes = getattr(props, "L2_cache_size", 50 * 2 ** 20)
+    os.makedirs(args.out, exist_ok=True)
+    sampler = Sampler(args.interval_ms)
+    time.sleep(1.0)
+    idle = sampler.between(0.0, time.monotonic())
+    rows = []
+    for kernel, shape, m in args.point_list:
+        row = {"kernel": kernel, "shape": shape, "M": m}
+        try:
+            ops, gpu_s, samples = load_point(kernel, shape, m, args.seconds, sampler, l2_bytes)
+            family = "fp16" if kernel == "fp16" else "8bit"
+            row.update(summarize(samples, ops, gpu_s, props.multi_processor_count, OPS_PER_CLOCK[family]))
+        except Exception as exc:  # noqa: BLE001 - one point failing is a row, the others still run
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        rows.append(row)
+        print(format_table([row]).splitlines()[-1], flush=True)
+    bad = sampler.close()
+    result = {"device": props.name, "sms": props.multi_processor_count, "spec_mhz": SPEC_MHZ,
+              "idle": {"samples": len(idle), "mhz_median": statistics.median(s["mhz"] for s in idle) if idle else None},
+              "nvidia_smi_unparsed": bad, "args": {"points": args.points, "seconds": args.seconds,
+                                                   "interval_ms": args.interval_ms}, "rows": rows}
+    table = format_table(rows)
+    if bad:
+        table += f"\nnvidia-smi printed lines that are not samples, e.g.: {bad}"
+    print("\n" + table)
+    with open(os.path.join(args.out, "gemm_clocks.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    with open(os.path.join(args.out, "table.txt"), "w") as fh:
+        fh.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
