@@ -236,3 +236,11 @@ def test_bench_refuses_a_cuda_gemm_choice_on_the_cpu_in_one_line(tmp_path, flags
                     script=str(REPO / "tools" / "bench.py"))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and "choose among CUDA GEMMs" in lines[0], proc.stderr[-2000:]
+
+
+def test_point_line_names_the_sm_clock_only_where_it_was_sampled():
+    point = {"limits": "server", "qps": 5.0, "completed_samples_per_s": 4.9, "completed_tokens_per_s": 1450.0,
+             "ttft_p99_ms": 900.0, "tpot_p99_ms": 150.0, "meets_limits": True, "result": "VALID"}
+    assert "SM clock" not in bench_server.point_line(point)
+    clocked = {**point, "gpu_clock": {"mhz_median": 1647.6, "watts_median": 637.0}}
+    assert bench_server.point_line(clocked).endswith("; SM clock median 1,648 MHz, 637 W")

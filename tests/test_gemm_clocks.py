@@ -1,4 +1,4 @@
-"""tools/gemm_clocks.py's CPU side: nvidia-smi sample parsing, the clock-event reasons, the point grammar and
+"""tools/gemm_clocks.py's and tools/gpu_clock.py's CPU side: nvidia-smi sample parsing, the clock-event reasons, the point grammar and
 its errors, and the arithmetic of the two peak fractions. The sustained load itself needs a GPU
 (tools/gpu/verify_head.sh, step clocks)."""
 
@@ -10,23 +10,24 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
 import gemm_clocks  # noqa: E402
+import gpu_clock  # noqa: E402
 from mlperf_llama2.errors import UserError  # noqa: E402
 
 
 def test_parse_sample_reads_hex_reasons_and_rejects_non_samples():
-    s = gemm_clocks.parse_sample("1755, 699.12, 61, 0x0000000000000004\n")
+    s = gpu_clock.parse_sample("1755, 699.12, 61, 0x0000000000000004\n")
     assert s == {"mhz": 1755.0, "watts": 699.12, "celsius": 61.0, "reasons": 4}
-    assert gemm_clocks.parse_sample("1980, 120.5, 40, 0\n")["reasons"] == 0
+    assert gpu_clock.parse_sample("1980, 120.5, 40, 0\n")["reasons"] == 0
     for line in ("", "\n", "[N/A], 100, 40, 0x0", "Field \"clocks_event_reasons.active\" is not a valid field",
                  "1980, 120.5, 40"):
-        assert gemm_clocks.parse_sample(line) is None
+        assert gpu_clock.parse_sample(line) is None
 
 
 def test_reason_names_decodes_bits_and_keeps_unknown_ones():
-    assert gemm_clocks.reason_names(0) == []
-    assert gemm_clocks.reason_names(0x4) == ["SwPowerCap"]
-    assert gemm_clocks.reason_names(0x4 | 0x20) == ["SwPowerCap", "SwThermalSlowdown"]
-    assert gemm_clocks.reason_names(0x4 | 0x1000) == ["SwPowerCap", "0x1000"]
+    assert gpu_clock.reason_names(0) == []
+    assert gpu_clock.reason_names(0x4) == ["SwPowerCap"]
+    assert gpu_clock.reason_names(0x4 | 0x20) == ["SwPowerCap", "SwThermalSlowdown"]
+    assert gpu_clock.reason_names(0x4 | 0x1000) == ["SwPowerCap", "0x1000"]
 
 
 def test_spec_clock_reproduces_the_1979_tops_peak():
@@ -79,3 +80,37 @@ def test_format_table_names_the_clock_or_its_absence():
     err = {"kernel": "ws_int8", "shape": "o", "M": 64, "error": "RuntimeError: x"}
     table = gemm_clocks.format_table([row, bare, err])
     assert "1755" in table and "SwPowerCap" in table and "no nvidia-smi samples" in table and "error: Runtime" in table
+
+
+def test_clock_stats_and_line():
+    assert gpu_clock.clock_stats([]) == {} and gpu_clock.stats_line({}) == ""
+    stats = gpu_clock.clock_stats([{"mhz": 1980.0, "watts": 400.0, "celsius": 50.0, "reasons": 0},
+                                   {"mhz": 1455.0, "watts": 699.0, "celsius": 58.0, "reasons": 0x4},
+                                   {"mhz": 1650.0, "watts": 640.0, "celsius": 55.0, "reasons": 0x4}])
+    assert stats["mhz_median"] == 1650.0 and stats["mhz_min"] == 1455.0 and stats["mhz_max"] == 1980.0
+    assert stats["watts_median"] == 640.0 and stats["celsius_max"] == 58.0 and stats["reasons"] == ["SwPowerCap"]
+    assert gpu_clock.stats_line(stats) == ("SM clock median 1,650 MHz (1,455-1,980), power median 640 W, "
+                                           "SwPowerCap")
+
+
+def test_sampler_start_is_none_without_nvidia_smi(monkeypatch):
+    monkeypatch.setattr(gpu_clock.shutil, "which", lambda name: None)
+    assert gpu_clock.Sampler.start() is None
+
+
+def test_sampler_reads_stamped_lines_from_a_fake_nvidia_smi(tmp_path, monkeypatch):
+    # a stand-in nvidia-smi that prints two samples and one error line: the sampler stamps and parses them
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '1980, 120.0, 40, 0x0'\necho '1230, 699.0, 60, 0x4'\necho 'oops'\nsleep 5\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    import time
+    t0 = time.monotonic()
+    sampler = gpu_clock.Sampler.start(interval_ms=100)
+    assert sampler is not None
+    deadline = time.monotonic() + 5
+    while len(sampler.lines) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    samples = sampler.between(t0, time.monotonic())
+    assert [s["mhz"] for s in samples] == [1980.0, 1230.0]
+    assert sampler.close() == "oops"

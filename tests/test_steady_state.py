@@ -58,6 +58,12 @@ def test_bench_table_prints_the_steady_columns():
     fast = SimpleNamespace(**{**vars(args), "weights": "fp8", "fp8_accumulation": "fast"})
     assert bench.table_lines(fast, cfg, "torch.float16", np.array([10.0]), np.array([5.0]), result, roof=100.0)[0] \
         .startswith("shape 70b layers 80 torch.float16 weights fp8 (fast accumulation);")
+    assert not any("GPU:" in line for line in lines)  # no clock line where nothing was sampled (a CPU run)
+    clock = {"mhz_median": 1647.6, "mhz_min": 1455.0, "mhz_max": 1980.0, "watts_median": 637.0,
+             "reasons": ["SwPowerCap"]}
+    clocked = {"rows": [ref_row, {**engine_row, "gpu_clock": clock}]}
+    lines = bench.table_lines(args, cfg, "torch.float16", np.array([10.0]), np.array([5.0]), clocked, roof=100.0)
+    assert "  engine GPU: SM clock median 1,648 MHz (1,455-1,980), power median 637 W, SwPowerCap" in lines
 
 
 def test_the_command_line_prints_each_engine_row(tmp_path, capsys):

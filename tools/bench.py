@@ -58,6 +58,7 @@ from bench_paths import (  # noqa: E402
     first_divergence, hf_generate, kernel_bench, loadgen_offline,
 )
 import bench_server  # noqa: E402
+from gpu_clock import Sampler, clock_stats, stats_line  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -446,13 +447,20 @@ def main(argv=None) -> int:
     kv_bytes = 1 if args.kv_cache_dtype != "auto" else None
     roof = roofline_tokens_per_s(cfg, w_p, w_o, live, dtype.itemsize, 1 if args.weights in ("int8", "fp8") else None,
                                  kv_bytes)
+    # the SM clock and power beside every figure (an SXM card lowers its clock to stay under its board power)
+    clocks = Sampler.start() if device.type == "cuda" else None
     if args.samples:
         engine.set_step_limits(args.max_num_seqs, args.max_num_batched_tokens)
+        t0 = time.monotonic()
         engine_offline(args, engine, prompts, o_len, roof, result, lg_dir)
+        if clocks is not None:
+            result["rows"][-1]["gpu_clock"] = clock_stats(clocks.between(t0, time.monotonic()))
         save()
     if server_on:
         result["server"] = server_sweep(args, engine, (sp_len, so_len, server_prompts), cfg.vocab_size, result,
-                                        lg_dir, save)
+                                        lg_dir, save, clocks)
+    if clocks is not None:
+        result["nvidia_smi_unparsed"] = clocks.close()
     table = "\n".join(table_lines(args, cfg, dtype, w_p, w_o, result, roof))
     print("\n" + table)
     with open(os.path.join(args.out, "table.txt"), "w") as fh:
@@ -491,8 +499,9 @@ def workload_source(args) -> str:
     return f"dataset {args.lengths_from}" if args.lengths_from else "synthetic (PERF.md)"
 
 
-def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> dict:
-    """LoadGen Server runs at the explicit points, then the automatic ones; the highest QPS meeting the limits."""
+def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save, clocks=None) -> dict:
+    """LoadGen Server runs at the explicit points, then the automatic ones; the highest QPS meeting the limits.
+    `clocks` (a gpu_clock.Sampler) adds each point's SM clock and power to it."""
     from mlperf_llama2.data.dataset import Dataset
 
     p_len, o_len, prompts = workload
@@ -534,7 +543,10 @@ def server_sweep(args, engine, workload, vocab: int, result, lg_dir, save) -> di
             if flat is not None:
                 engine.runner.graph_mixed_tokens = flat
             flat_before = engine.runner.flat_steps
+            t0 = time.monotonic()
             point = runs.measure(qps)
+            if clocks is not None:
+                point["gpu_clock"] = clock_stats(clocks.between(t0, time.monotonic()))
             point.update(max_num_seqs=seqs, max_num_batched_tokens=tokens)  # measure runs within this iteration
             if flat is not None:  # and how many of the point's steps with prompt chunks replayed the graphs
                 point.update(graph_mixed_tokens=flat, flat_steps=engine.runner.flat_steps - flat_before)
@@ -596,6 +608,8 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
                          f"the GPU {host['wait_share']:.0%} of the busy time"
                          + (f", {host['host_bound_steps']:.0%} of steps bound by the host"
                             if host.get("host_bound_steps") is not None else ""))
+        if r.get("gpu_clock"):
+            lines.append(f"  {r['backend']} GPU: {stats_line(r['gpu_clock'])}")
     if "server" in result:
         lines.extend(bench_server.sweep_lines(result["server"]))
     for row in result.get("kernels", []):

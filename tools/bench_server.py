@@ -251,6 +251,8 @@ def point_line(p: dict) -> str:
     steps = (f"; steps {host['step_ms_mean']:.1f} ms (busy {host['busy_ms_mean']:.1f}), launch "
              f"{host['launch_ms_mean']:.1f} ms, waiting for the GPU {host['wait_share']:.0%} of the busy time"
              if host.get("steps") else "")
+    clock = p.get("gpu_clock") or {}  # tools/gpu_clock.py, where bench.py sampled it
+    steps += f"; SM clock median {clock['mhz_median']:,.0f} MHz, {clock['watts_median']:.0f} W" if clock else ""
     return (f"server {p['limits']:<11} qps {p['qps']:>7.3f}{setting}: "
             f"{p.get('completed_samples_per_s', 0):.2f} samples/s, "
             f"{p.get('completed_tokens_per_s', 0):.0f} tok/s, p99 TTFT {p.get('ttft_p99_ms', float('nan')):.0f} ms, "

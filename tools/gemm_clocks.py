@@ -21,48 +21,19 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
 import bench_gemm  # noqa: E402  (tools/, this script's directory, is first on sys.path)
+from gpu_clock import Sampler, clock_stats  # noqa: E402
 
 SPEC_MHZ = 1830.0  # the clock behind the 1,979 TOPS dense 8-bit figure (132 SMs x 8,192 x 1.83 GHz)
 OPS_PER_CLOCK = {"8bit": 8192, "fp16": 4096}  # dense tensor-core ops per SM per clock on sm_90
 DEFAULT_POINTS = "ws_fp8:gate_up:4096,scaled_mm_row:gate_up:4096,ws_fp8_fast:gate_up:4096,ws_fp8:gate_up:512," \
                  "fp16:gate_up:4096"
-# nvidia-smi's clocks_event_reasons bits (nvml.h, nvmlClocksEventReason*)
-REASONS = {0x1: "GpuIdle", 0x2: "ApplicationsClocksSetting", 0x4: "SwPowerCap", 0x8: "HwSlowdown",
-           0x10: "SyncBoost", 0x20: "SwThermalSlowdown", 0x40: "HwThermalSlowdown", 0x80: "HwPowerBrakeSlowdown",
-           0x100: "DisplayClockSetting"}
-QUERY = ("clocks.sm", "power.draw", "temperature.gpu", "clocks_event_reasons.active")
-
-
-def reason_names(mask: int) -> list[str]:
-    """0x4 -> ['SwPowerCap']; bits nvml does not name come back as hex."""
-    names = [name for bit, name in REASONS.items() if mask & bit]
-    rest = mask & ~sum(REASONS)
-    return names + ([hex(rest)] if rest else [])
-
-
-def parse_sample(line: str) -> dict | None:
-    """One `nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
-    --format=csv,noheader,nounits` line -> {'mhz', 'watts', 'celsius', 'reasons'}; None for a line that is not
-    one (a blank line, '[N/A]' fields, an error message)."""
-    parts = [p.strip() for p in line.split(",")]
-    if len(parts) != len(QUERY):
-        return None
-    try:
-        return {"mhz": float(parts[0]), "watts": float(parts[1]), "celsius": float(parts[2]),
-                "reasons": int(parts[3], 16) if parts[3].lower().startswith("0x") else int(parts[3])}
-    except ValueError:
-        return None
-
-
 def parse_points(text: str) -> list[tuple[str, str, int]]:
     """'ws_fp8:gate_up:4096,fp16:o:512' -> [(kernel, shape, M)] (70B shapes; kernels as bench_gemm names them,
     a ws_* one possibly with its @tile)."""
@@ -86,44 +57,10 @@ def summarize(samples: list[dict], ops: float, seconds: float, sms: int, ops_per
     row = {"tops": achieved, "seconds": seconds, "samples": len(samples),
            "frac_spec_peak": achieved / (sms * ops_per_clock * SPEC_MHZ * 1e6 / 1e12)}
     if samples:
-        mhz = statistics.median(s["mhz"] for s in samples)
-        mask = 0
-        for s in samples:
-            mask |= s["reasons"]
-        row.update(mhz_median=mhz, mhz_min=min(s["mhz"] for s in samples), mhz_max=max(s["mhz"] for s in samples),
-                   watts_median=statistics.median(s["watts"] for s in samples),
-                   celsius_max=max(s["celsius"] for s in samples), reasons=reason_names(mask),
-                   peak_at_clock_tops=sms * ops_per_clock * mhz * 1e6 / 1e12)
+        row.update(clock_stats(samples))
+        row["peak_at_clock_tops"] = sms * ops_per_clock * row["mhz_median"] * 1e6 / 1e12
         row["frac_clock_peak"] = achieved / row["peak_at_clock_tops"]
     return row
-
-
-class Sampler:
-    """nvidia-smi in a loop (-lms), each line stamped with the host's monotonic clock on arrival."""
-
-    def __init__(self, interval_ms: int, index: int = 0):
-        self.lines: list[tuple[float, str]] = []
-        self.proc = subprocess.Popen(["nvidia-smi", "-i", str(index), "--query-gpu=" + ",".join(QUERY),
-                                      "--format=csv,noheader,nounits", f"-lms={interval_ms}"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append((time.monotonic(), line))
-
-    def between(self, t0: float, t1: float) -> list[dict]:
-        return [s for t, line in list(self.lines) if t0 <= t <= t1 and (s := parse_sample(line)) is not None]
-
-    def close(self) -> str:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        bad = [line.strip() for _, line in self.lines if line.strip() and parse_sample(line) is None]
-        return bad[0] if bad else ""
 
 
 def load_point(kernel: str, shape: str, m: int, seconds: float, sampler: Sampler, l2_bytes: int) -> tuple:
@@ -171,8 +108,8 @@ def load_point(kernel: str, shape: str, m: int, seconds: float, sampler: Sampler
 def format_table(rows: list[dict]) -> str:
     head = (f"{'kernel':>28} {'shape':>8} {'M':>6} {'TOPS':>6} {'spec%':>6} {'MHz med':>8} {'min':>5} {'W':>5} "
             f"{'clk%':>6}  reasons")
-    lines = [f"sustained load: TOPS, % of the spec peak (1,830 MHz), SM clock under load, board power, % of the peak "
-             f"at the median clock", head, "-" * len(head)]
+    lines = ["sustained load: TOPS, % of the spec peak (1,830 MHz), SM clock under load, board power, % of the peak "
+             "at the median clock", head, "-" * len(head)]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['kernel']:>28} {r['shape']:>8} {r['M']:>6} error: {r['error']}")
