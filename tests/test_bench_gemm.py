@@ -138,15 +138,15 @@ def test_gemm8_ws_kernels_take_a_tile_suffix():
     args = bench_gemm.parse_args(["--kernels", "ws_fp8,ws_fp8@128x128s5p2,ws_int8@64x256s4p1", "--out", "x"])
     assert args.kernel_names == ["ws_fp8", "ws_fp8@128x128s5p2", "ws_int8@64x256s4p1"]
     assert bench_gemm.ws_config("128x128s5p2") == dict(bm=128, bn=128, stages=5, split=2, wgs=1, group_m=8,
-                                                       depth=1, cross_tiles=False)
+                                                       depth=1)
     assert bench_gemm.ws_config("128x128s6p1w2") == dict(bm=128, bn=128, stages=6, split=1, wgs=2, group_m=8,
-                                                         depth=1, cross_tiles=False)
+                                                         depth=1)
     assert bench_gemm.ws_config("128x128s6p1w2g16")["group_m"] == 16
     assert bench_gemm.ws_config("128x128s6p1w2d2")["depth"] == 2
     assert bench_gemm.ws_config("128x128s6p1w2g4d2") == dict(bm=128, bn=128, stages=6, split=1, wgs=2, group_m=4,
-                                                             depth=2, cross_tiles=False)
-    assert bench_gemm.ws_config("128x128s6p1w2d2x")["cross_tiles"] is True
-    for bad in ("128x128s6p1g0", "128x128s6p1w2g", "128x128", "128x128s6p1d3", "128x128s6p1d2w2"):
+                                                             depth=2)
+    for bad in ("128x128s6p1g0", "128x128s6p1w2g", "128x128", "128x128s6p1d3", "128x128s6p1d2w2",
+                "128x128s6p1w2d2x"):
         with pytest.raises(UserError, match="a gemm8_ws tile is BMxBNsSTAGESpSPLIT"):
             bench_gemm.ws_config(bad)
     info = bench_gemm.kernel_info("ws_fp8@128x128s5p2")

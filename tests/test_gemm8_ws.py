@@ -37,7 +37,7 @@ VARIANTS = ([("fp8", True, c) for c in ws.CONFIGS["fp8_promote"]]
 def _ids(v):
     kind, promote, c = v
     return f"{kind}{'-promote' if promote else ''}-{c.bm}x{c.bn}s{c.stages}p{c.split}w{c.wgs}" + \
-        (f"d{c.depth}" if c.depth != 1 else "") + ("x" if c.cross_tiles else "")
+        (f"d{c.depth}" if c.depth != 1 else "")
 
 
 @pytest.fixture(scope="module")
@@ -122,27 +122,6 @@ def test_depth_two_waits_for_the_older_of_two_groups(built, variant):
     assert _adds_in_flight(ops) >= 2 * variant[2].bn // 2
 
 
-def _mma_issued_before_the_epilogue_store(ops) -> bool:
-    """An MMA group issued after a tile's last wait (wait_group 0) and before its output store (STSM), with no
-    wgmma wait between: the next tile's chunk 0 runs under the epilogue."""
-    state = None
-    for name, args in ops:
-        if name.startswith("WARPGROUP.DEPBAR"):
-            state = "drained" if args.strip().endswith("0x0") else None
-        elif name.startswith("QGMMA") and state == "drained":
-            state = "issued"
-        elif name.startswith("STSM") and state == "issued":
-            return True
-    return False
-
-
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[2].depth == 2], ids=_ids)
-def test_cross_tiles_issue_the_next_chunk_under_the_epilogue(built, variant):
-    """WsConfig.cross_tiles: between a tile's last wait and its store the next tile's chunk 0 is issued; the
-    plain depth-2 loop drains the tensor cores before every epilogue."""
-    assert _mma_issued_before_the_epilogue_store(_ops(built[_ids(variant)][0])) == variant[2].cross_tiles
-
-
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] and _sequential(v[2])], ids=_ids)
 def test_sequential_pieces_are_each_added_after_their_mma(built, variant):
     """Two partitions of R rows: per K chunk and partition, two half-tile pieces of (R / 64) x 4 m64nHk32 MMAs
@@ -169,7 +148,6 @@ def test_unpromoted_chain_keeps_one_group_in_flight(built, variant):
     (ws.WsConfig(128, 128, 6, 1, depth=2), "int8", False, "depth 2 .two MMA groups in flight. is for promoted fp8"),
     (ws.WsConfig(128, 128, 5, 2, depth=2), "fp8", True, "depth 2 .two MMA groups in flight. is for promoted fp8"),
     (ws.WsConfig(128, 128, 6, 1, depth=3), "fp8", True, "depth 2 .two MMA groups in flight. is for promoted fp8"),
-    (ws.WsConfig(128, 128, 6, 1, cross_tiles=True), "fp8", True, "cross_tiles carries the depth-2 loop"),
     (ws.WsConfig(256, 128, 3, 2, wgs=2), "int8", False, "a 256-row tile is for promoted fp8"),
     (ws.WsConfig(256, 128, 3, 1, wgs=2), "fp8", True, "a 256-row tile is for promoted fp8"),
     (ws.WsConfig(256, 128, 4, 2, wgs=2), "fp8", True, "shared memory"),

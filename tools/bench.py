@@ -212,7 +212,7 @@ def main(argv=None) -> int:
                     help="GEMM of the 8-bit Linears (main.py's --engine-gemm): auto, cublas, triton, ws")
     ap.add_argument("--ws-tile", action="append", default=[], metavar="FAMILY=TILE",
                     help="A/B of the warp-specialised GEMM's tile end to end: FAMILY (int8, fp8_promote, fp8_fast) "
-                         "runs TILE (tools/bench_gemm.py's BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH][x]) at every M, "
+                         "runs TILE (tools/bench_gemm.py's BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH]) at every M, "
                          "as tools/profile_step.py --ws-tile (one GPU)")
     ap.add_argument("--fp8-accumulation", choices=FP8_ACCUMULATIONS, default="promoted",
                     help="--weights fp8: float32 promotion every 128 of K, or Hopper's fast accumulation (main.py's "

@@ -86,22 +86,21 @@ KERNELS = [
 ]
 BY_NAME = {k.name: k for k in KERNELS}
 DEFAULT_KERNELS = [k.name for k in KERNELS if k.name != "gemm8_fp8_mma"]
-WS_CONFIG = re.compile(r"^(\d+)x(\d+)s(\d+)p(\d+)(?:w(\d))?(?:g(\d+))?(?:d(\d))?(x)?$")
+WS_CONFIG = re.compile(r"^(\d+)x(\d+)s(\d+)p(\d+)(?:w(\d))?(?:g(\d+))?(?:d(\d))?$")
 
 
 def ws_config(suffix: str, flag: str = "--kernels") -> dict:
     """'128x128s5p2' -> the gemm8_ws.WsConfig fields {bm 128, bn 128, stages 5, split 2, wgs 1, group_m 8};
     '...w2': two MMA partitions; '...g16': tile rows grouped 16 at a time in the persistent order (GROUP_M);
-    '...d2': promoted fp8 with two MMA groups in flight per partition (WsConfig.depth); '...d2x': and the next
-    tile's first chunk issued before this tile's epilogue (WsConfig.cross_tiles).
+    '...d2': promoted fp8 with two MMA groups in flight per partition (WsConfig.depth).
     A dict, not the WsConfig itself: gemm8_ws needs triton, which the argument check must not."""
     match = WS_CONFIG.match(suffix)
     if not match or (match.group(6) is not None and int(match.group(6)) < 1) or match.group(7) not in (None, "1", "2"):
-        raise UserError(f"{flag}: a gemm8_ws tile is BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH][x] (e.g. "
+        raise UserError(f"{flag}: a gemm8_ws tile is BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH] (e.g. "
                         f"128x128s5p1, 128x128s6p1w2, 128x128s6p1w2g16, 128x128s6p1w2d2), got {suffix!r}")
-    bm, bn, stages, split, wgs, group_m, depth, cross = match.groups()
+    bm, bn, stages, split, wgs, group_m, depth = match.groups()
     return dict(bm=int(bm), bn=int(bn), stages=int(stages), split=int(split), wgs=int(wgs or 1),
-                group_m=int(group_m or 8), depth=int(depth or 1), cross_tiles=cross == "x")
+                group_m=int(group_m or 8), depth=int(depth or 1))
 
 
 def kernel_info(name: str) -> Kernel:

@@ -170,7 +170,7 @@ def main(argv=None) -> int:
                     help="--weights fp8: main.py's --fp8-accumulation")
     ap.add_argument("--ws-tile", action="append", default=[], metavar="FAMILY=TILE",
                     help="A/B of the warp-specialised GEMM's tile inside the step: FAMILY (int8, fp8_promote, "
-                         "fp8_fast) runs TILE (bench_gemm's BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH][x], e.g. "
+                         "fp8_fast) runs TILE (bench_gemm's BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH], e.g. "
                          "int8=128x128s6p1w2, fp8_promote=128x128s6p1w2d2) at every M")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=740, help="tokens per decoding sequence (steady-state mean)")

@@ -66,20 +66,12 @@ class WsConfig:
     bk: int = 128
     wgs: int = 1  # MMA partitions: 1 (all BM rows, BM / 16 warps) or 2 (two 4-warp partitions of BM / 2 rows)
     depth: int = 1  # promoted fp8, SPLIT 1: MMA groups a partition keeps in flight (1 or 2, _mma_promote1_deep)
-    cross_tiles: bool = False  # depth 2: the next tile's chunk 0 issued before this tile's epilogue
-
-    @property
-    def flags(self) -> int:
-        """depth and cross_tiles as the number of unused `ready` barriers beyond STAGES: the MMA partitions (Triton
-        3.6 hands worker partitions runtime values) read them from that size."""
-        return (self.depth == 2) + 2 * self.cross_tiles
 
     @property
     def tag(self) -> str:
-        """tools/bench_gemm.py's tile suffix: BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH][x] (defaults left out)."""
+        """tools/bench_gemm.py's tile suffix: BMxBNsSTAGESpSPLIT[wWGS][gGROUP_M][dDEPTH] (defaults left out)."""
         return (f"{self.bm}x{self.bn}s{self.stages}p{self.split}" + (f"w{self.wgs}" if self.wgs != 1 else "")
-                + (f"g{self.group_m}" if self.group_m != 8 else "") + (f"d{self.depth}" if self.depth != 1 else "")
-                + ("x" if self.cross_tiles else ""))
+                + (f"g{self.group_m}" if self.group_m != 8 else "") + (f"d{self.depth}" if self.depth != 1 else ""))
 
     @property
     def warps(self) -> int:
@@ -124,8 +116,7 @@ CONFIGS = {
                     WsConfig(64, 128, 6, 1), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(128, 128, 6, 2, wgs=2),
                     WsConfig(256, 128, 3, 2, wgs=2), WsConfig(128, 256, 3, 2, wgs=2), WsConfig(64, 64, 8, 1),
                     WsConfig(128, 128, 6, 1, wgs=2, depth=2), WsConfig(64, 128, 6, 1, depth=2),
-                    WsConfig(128, 128, 6, 1, depth=2), WsConfig(128, 128, 6, 1, wgs=2, depth=2, cross_tiles=True),
-                    WsConfig(64, 128, 6, 1, depth=2, cross_tiles=True)],
+                    WsConfig(128, 128, 6, 1, depth=2)],
     "fast": [WsConfig(128, 256, 3, 1), WsConfig(128, 128, 6, 1), WsConfig(64, 256, 4, 1), WsConfig(64, 128, 6, 1),
              WsConfig(128, 256, 3, 1, wgs=2), WsConfig(128, 128, 6, 1, wgs=2), WsConfig(64, 64, 8, 1)],
 }
@@ -368,13 +359,7 @@ def _mma_promote1_deep(a_bufs, b_bufs, ready, empty, it, k_steps, zero, ROW0: gl
     (compiles clean; 0-6% slower per layer at M 512-4,096 on an H100, bench_gemm_depth2_70b_h100.json)."""
     sx = it % STAGES
     xt = _issue(a_bufs, b_bufs, ready, it, zero, 0, zero.shape[1], ROW0, STAGES)
-    return _deep_rest(a_bufs, b_bufs, ready, empty, it + 1, k_steps, zero, xt, sx, ROW0, STAGES)
-
-
-@gluon.jit
-def _deep_rest(a_bufs, b_bufs, ready, empty, it, k_steps, zero, xt, sx, ROW0: gl.constexpr, STAGES: gl.constexpr):
-    """A tile's depth-2 loop once its chunk 0 is in flight (`xt`, in slot `sx`; `it` is chunk 1's count): every
-    chunk added in K order, every group waited for, every slot released; (sum, it)."""
+    it += 1
     acc = zero
     for _ in range((k_steps - 1) // 2):  # two chunks a turn: X and Y keep their registers
         acc, yt, sy, it = _deep_step(a_bufs, b_bufs, ready, empty, it, acc, xt, sx, zero, ROW0, STAGES)
@@ -389,43 +374,6 @@ def _deep_rest(a_bufs, b_bufs, ready, empty, it, k_steps, zero, xt, sx, ROW0: gl
         acc = acc + x
         mbarrier.arrive(empty.index(sx), count=1)
     return acc, it
-
-
-@gluon.jit
-def _mma_promote1_cross(a_bufs, b_bufs, ready, empty, c_desc, c_buf, sx_ptr, sw_ptr, bias_ptr, M, N, K,
-                        NUM_PROGRAMS, GROUP_M, zero, HAS_BIAS: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-                        BK: gl.constexpr, ROW0: gl.constexpr, STAGES: gl.constexpr, layout: gl.constexpr):
-    """Depth 2 across tiles (WsConfig.cross_tiles): the next tile's chunk 0 is issued before this tile's epilogue,
-    so the tensor cores work while the partition rescales and stores. The program's last tile is peeled off the
-    loop (no next chunk to issue: the MMA issue stays unconditional, which ptxas needs to keep it asynchronous)."""
-    num_m = gl.cdiv(M, BM)
-    num_n = gl.cdiv(N, BN)
-    k_steps = gl.cdiv(K, BK)
-    first = gl.program_id(0)
-    mine = (num_m * num_n - first + NUM_PROGRAMS - 1) // NUM_PROGRAMS  # >= 1: programs <= tiles at launch
-    sx = 0
-    xt = _issue(a_bufs, b_bufs, ready, 0, zero, 0, BN, ROW0, STAGES)
-    it = 1
-    for i in range(mine - 1):
-        acc, it = _deep_rest(a_bufs, b_bufs, ready, empty, it, k_steps, zero, xt, sx, ROW0, STAGES)
-        sx = it % STAGES
-        xt = _issue(a_bufs, b_bufs, ready, it, zero, 0, BN, ROW0, STAGES)  # the next tile's chunk 0
-        it += 1
-        _tile_epilogue(acc, first + i * NUM_PROGRAMS, num_m, num_n, GROUP_M, c_desc, c_buf, sx_ptr, sw_ptr,
-                       bias_ptr, M, N, HAS_BIAS, BM, BN, ROW0, layout)
-    acc, it = _deep_rest(a_bufs, b_bufs, ready, empty, it, k_steps, zero, xt, sx, ROW0, STAGES)
-    _tile_epilogue(acc, first + (mine - 1) * NUM_PROGRAMS, num_m, num_n, GROUP_M, c_desc, c_buf, sx_ptr, sw_ptr,
-                   bias_ptr, M, N, HAS_BIAS, BM, BN, ROW0, layout)
-
-
-@gluon.jit
-def _tile_epilogue(acc, tile, num_m, num_n, GROUP_M, c_desc, c_buf, sx_ptr, sw_ptr, bias_ptr, M, N,
-                   HAS_BIAS: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, ROW0: gl.constexpr,
-                   layout: gl.constexpr):
-    pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
-    m0 = pid_m * BM + ROW0
-    _store(_rescale(acc, sx_ptr, sw_ptr, bias_ptr, m0, pid_n * BN, M, N, HAS_BIAS, layout), c_desc, c_buf, m0,
-           pid_n * BN)
 
 
 @gluon.jit
@@ -497,9 +445,7 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
     """One MMA partition: rows [ROW0, ROW0 + ROWS) of every BM x BN tile, its main loop and its epilogue (output
     buffers SPLIT * ROW0 / ROWS onwards: one set per partition)."""
     C0: gl.constexpr = SPLIT * ROW0 // ROWS
-    FLAGS: gl.constexpr = ready.shape[0] - STAGES  # WsConfig.flags: unused `ready` barriers beyond STAGES
-    DEPTH2: gl.constexpr = FLAGS % 2 == 1
-    CROSS: gl.constexpr = FLAGS // 2 == 1
+    DEPTH2: gl.constexpr = ready.shape[0] > STAGES  # WsConfig.depth 2: one unused `ready` barrier more
     WARPS: gl.constexpr = BM // 16 if ROWS == BM else 4  # one partition: all BM rows; two: 4 warps each
     num_m = gl.cdiv(M, BM)
     num_n = gl.cdiv(N, BN)
@@ -509,10 +455,7 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
         HALF: gl.constexpr = BN // SPLIT
         layout: gl.constexpr = _mma_layout(WARPS, HALF, True)
         zero = gl.zeros([ROWS, HALF], gl.float32, layout)
-        if SPLIT == 1 and CROSS:
-            _mma_promote1_cross(a_bufs, b_bufs, ready, empty, c_desc, c_bufs.index(C0), sx_ptr, sw_ptr, bias_ptr, M,
-                                N, K, NUM_PROGRAMS, GROUP_M, zero, HAS_BIAS, BM, BN, BK, ROW0, STAGES, layout)
-        for tile in range(gl.program_id(0), num_m * num_n if not CROSS else 0, NUM_PROGRAMS):
+        for tile in range(gl.program_id(0), num_m * num_n, NUM_PROGRAMS):
             pid_m, pid_n = _tile_mn(tile, num_m, num_n, GROUP_M)
             m0 = pid_m * BM + ROW0
             n0 = pid_n * BN
@@ -558,15 +501,15 @@ def _mma_partition(a_bufs, b_bufs, ready, empty, c_desc, c_bufs, sx_ptr, sw_ptr,
 def _gemm8_ws_kernel(a_desc, b_desc, c_desc, sx_ptr, sw_ptr, bias_ptr, M, N, K,
                      NUM_PROGRAMS, IS_FP8: gl.constexpr, PROMOTE: gl.constexpr,
                      HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, SPLIT: gl.constexpr,
-                     WGS: gl.constexpr, PDL: gl.constexpr = False, FLAGS: gl.constexpr = 0):
+                     WGS: gl.constexpr, PDL: gl.constexpr = False, DEPTH: gl.constexpr = 1):
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = b_desc.block_type.shape[0]
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
     c_bufs = gl.allocate_shared_memory(c_desc.dtype, [SPLIT * WGS] + c_desc.block_type.shape, c_desc.layout)
-    # FLAGS (WsConfig.flags) unused barriers more: the MMA partitions (workers get runtime values) read them
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES + FLAGS, 1], mbarrier.MBarrierLayout())
+    # with DEPTH 2 one unused barrier more: the MMA partitions (workers get runtime values) read DEPTH from the size
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES + DEPTH - 1, 1], mbarrier.MBarrierLayout())
     # with PDL one unused slot more: the two-partition loader (a worker, handed no constexpr) reads PDL from it
     empty = gl.allocate_shared_memory(gl.int64, [STAGES + (1 if PDL else 0), 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
@@ -710,8 +653,6 @@ def check_config(cfg: WsConfig, kind: str, promote: bool, out_bytes: int = 2) ->
         raise UserError(f"gemm8_ws: two MMA partitions (wgs 2) split a 128- or 256-row tile, got {cfg}")
     if cfg.depth not in (1, 2) or (cfg.depth == 2 and not (promote and cfg.split == 1)):
         raise UserError(f"gemm8_ws: depth 2 (two MMA groups in flight) is for promoted fp8 with SPLIT 1, got {cfg}")
-    if cfg.cross_tiles and cfg.depth != 2:
-        raise UserError(f"gemm8_ws: cross_tiles carries the depth-2 loop over tiles: give depth 2, got {cfg}")
     if cfg.smem_bytes(out_bytes) > 227 * 1024:
         raise UserError(f"gemm8_ws: {cfg} needs {cfg.smem_bytes(out_bytes)} B of shared memory with a "
                         f"{out_bytes}-byte output (227 KB on sm_90): fewer stages")
@@ -765,7 +706,7 @@ def gemm8_ws(qx: torch.Tensor, qw: torch.Tensor, s_x: torch.Tensor, s_w: torch.T
     launch(_gemm8_ws_kernel, (programs,),
         a, b, c, s_x, s_w, bias if bias is not None else s_w, m, n, k, programs,
         IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=bias is not None,
-        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, WGS=cfg.wgs, FLAGS=cfg.flags,
+        GROUP_M=cfg.group_m, STAGES=cfg.stages, SPLIT=cfg.split, WGS=cfg.wgs, DEPTH=cfg.depth,
         num_warps=cfg.warps, maxnreg=cfg.maxnreg(),
         enable_fp_fusion=False, **_pdl_launch(cfg))
     return out
@@ -792,7 +733,7 @@ def compile_offline(cfg: WsConfig, kind: str = "fp8", promote: bool = True, out_
     out = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[out_dtype]
     kernel = _gemm8_ws_kernel
     consts = dict(IS_FP8=kind == "fp8", PROMOTE=promote, HAS_BIAS=has_bias, GROUP_M=cfg.group_m, STAGES=cfg.stages,
-                  SPLIT=cfg.split, WGS=cfg.wgs, PDL=pdl, FLAGS=cfg.flags)
+                  SPLIT=cfg.split, WGS=cfg.wgs, PDL=pdl, DEPTH=cfg.depth)
     sig = {"a_desc": f"tensordesc<{op}{a_block},{a_layout!r}>", "b_desc": f"tensordesc<{op}{b_block},{b_layout!r}>",
            "c_desc": f"tensordesc<{out}{c_block},{c_layout!r}>", "sx_ptr": "*fp32", "sw_ptr": "*fp32",
            "bias_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "NUM_PROGRAMS": "i32"}

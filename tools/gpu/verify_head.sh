@@ -18,10 +18,6 @@
 #   depth2ab     the depth-2 defaults: GEMM tests and FP8 engine tokens on the GPU, GROUP_M 4 / 8 at depth 2 against
 #                depth 1 at M 2,048-8,192 (three rounds), then FP8 end to end (bench.py, 20 of 80 layers, 512
 #                samples) with the large-M tile at depth 1 and 2 at every M (~7 min on an H100)
-#   cross        the depth-2 loop carried across tiles (WsConfig.cross_tiles, suffix x: the next tile's chunk 0
-#                issued before this tile's epilogue): its bit-for-bit GPU tests, then against the default and the
-#                one-partition depth-2 tile (128x128s6p1d2, never timed) at M 256-8,192 (three rounds), then FP8 end
-#                to end (bench.py, 20 of 80 layers) with d2 and d2x at every M (~6 min on an H100)
 #   clocks       sustained GEMM load against the SM clock (tools/gemm_clocks.py: FP8 promoted/fast, cuBLASLt, fp16 at
 #                gate_up M 4,096 and FP8 at 512, 6 s each): the clock the card holds under tensor-core load, its power
 #                and clock-event reasons, each kernel's fraction of the peak at that clock (~1 min)
@@ -133,10 +129,6 @@ ws_fp8@64x128s6p1d2,ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4d2,ws_fp8_fast 
           timeout 100 python3 tools/bench_gemm.py --m-list 2048,4096,8192 --rounds 3 --kernels ws_fp8,\
 ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4 --out "$OUT"/depth2ab 2>&1 | grep -A30 "^TOPS" >> "$L"
         e2e_tiles 128x128s6p1w2 128x128s6p1w2d2 ;;
-    cross) timeout 120 "${PYTEST[@]}" -m gpu tests/test_gemm8_ws_gpu.py -k "d2x" 2>&1 | tail -3 >> "$L"
-          timeout 120 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 --rounds 3 --kernels ws_fp8,\
-ws_fp8@128x128s6p1w2d2x,ws_fp8@128x128s6p1d2 --out "$OUT"/cross 2>&1 | grep -A40 "^TOPS" >> "$L"
-        e2e_tiles 128x128s6p1w2d2 128x128s6p1w2d2x ;;
     clocks) timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained" >> "$L" ;;
     t256) timeout 150 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 \
           --kernels scaled_mm_row,ws_fp8,ws_fp8@256x128s3p2w2 --out "$OUT"/t256 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
