@@ -64,6 +64,24 @@ def test_bench_table_prints_the_steady_columns():
     clocked = {"rows": [ref_row, {**engine_row, "gpu_clock": clock}]}
     lines = bench.table_lines(args, cfg, "torch.float16", np.array([10.0]), np.array([5.0]), clocked, roof=100.0)
     assert "  engine GPU: SM clock median 1,648 MHz (1,455-1,980), power median 637 W, SwPowerCap" in lines
+    roofed = {"rows": [{**engine_row, "gpu_clock": clock, "roofline_at_clock_tokens_per_s": 80.0}]}
+    lines = bench.table_lines(args, cfg, "torch.float16", np.array([10.0]), np.array([5.0]), roofed, roof=100.0)
+    assert any(line.endswith("SwPowerCap; the 8-bit roofline at that clock 80 tok/s, 62% of it") for line in lines)
+
+
+def test_the_8bit_roofline_scales_its_gemm_time_with_the_sm_clock():
+    import bench
+
+    cfg = bench.hf_config_for("70b", 2)
+    prompt, output = np.array([400.0, 500.0]), np.array([300.0, 200.0])
+    spec = bench.roofline_tokens_per_s(cfg, prompt, output, 2, 2, 1, 1)
+    assert bench.roofline_tokens_per_s(cfg, prompt, output, 2, 2, 1, 1, sm_mhz=bench.SPEC_MHZ) == \
+        pytest.approx(spec)
+    half = bench.roofline_tokens_per_s(cfg, prompt, output, 2, 2, 1, 1, sm_mhz=bench.SPEC_MHZ / 2)
+    # tokens / (gemm_s + kv_s): at half the clock the GEMM time doubles and the KV reads' time stays
+    per_layer = 2 * 8192 * 8192 * (1 + 8 / 64) + 3 * 8192 * 28672
+    gemm_s = 2 * (2 * per_layer + 2 * 32000 * 8192) * (900.0 + 500.0) / 1979e12
+    assert 500.0 / half == pytest.approx(500.0 / spec + gemm_s, rel=1e-9)
 
 
 def test_the_command_line_prints_each_engine_row(tmp_path, capsys):

@@ -72,6 +72,7 @@ SHAPES = {  # PERF.md's real shapes; vocab 32000
 }
 HBM_BYTES_PER_S, MATMUL_FLOP_PER_S = 4.3e12, 790e12  # measured on the H200 (PERF.md)
 EIGHT_BIT_OPS_PER_S = 1979e12  # Hopper's dense int8 / FP8 peak (datasheet; the same for both formats)
+SPEC_MHZ = 1830.0  # the SM clock behind that figure (132 SMs x 8,192 ops a clock)
 DEFAULT_QUANT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "liteml_configs",
                                     "w8a8_npm_v1_3_4.yaml")
 GIB = 2**30
@@ -105,13 +106,15 @@ def hf_config_for(shape: str, layers: int | None):
 
 
 def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: float, dtype_bytes: int,
-                          weight_bytes: int | None = None, kv_bytes_per_value: int | None = None) -> float:
+                          weight_bytes: int | None = None, kv_bytes_per_value: int | None = None,
+                          sm_mhz: float | None = None) -> float:
     """Upper bound of the whole run's tokens/s.
 
     16-bit weights: prefill at the fp16 matmul peak, decode at the copy bandwidth (weights once a step + KV).
     8-bit weights (`weight_bytes` 1: int8 or FP8): every GEMM (prefill and decode) at Hopper's dense 8-bit
     peak plus the KV reads at the copy bandwidth (PERF.md's 8-bit roofline). `kv_bytes_per_value`: the KV
-    cache's element size (default `dtype_bytes`; 1 for an 8-bit cache)."""
+    cache's element size (default `dtype_bytes`; 1 for an 8-bit cache). `sm_mhz`: the 8-bit peak scaled to that SM
+    clock instead of the datasheet's 1,830 MHz (a card at its power limit runs below it: tools/gpu_clock.py)."""
     weight_bytes = weight_bytes or dtype_bytes
     kv_value = kv_bytes_per_value or dtype_bytes
     params = 2 * cfg.hidden_size * cfg.hidden_size * (1 + cfg.num_key_value_heads / cfg.num_attention_heads) \
@@ -121,7 +124,8 @@ def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: fl
         * kv_value
     kv_bytes = (prompt * output + output * output / 2).sum() * kv_token
     if weight_bytes == 1:
-        gemm_s = 2 * params * (prompt.sum() + output.sum()) / EIGHT_BIT_OPS_PER_S
+        peak = EIGHT_BIT_OPS_PER_S * (sm_mhz / SPEC_MHZ if sm_mhz else 1.0)
+        gemm_s = 2 * params * (prompt.sum() + output.sum()) / peak
         return float(output.sum() / (gemm_s + kv_bytes / HBM_BYTES_PER_S))
     prefill_s = 2 * params * prompt.sum() / MATMUL_FLOP_PER_S
     steps = output.sum() / batch
@@ -454,7 +458,11 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         engine_offline(args, engine, prompts, o_len, roof, result, lg_dir)
         if clocks is not None:
-            result["rows"][-1]["gpu_clock"] = clock_stats(clocks.between(t0, time.monotonic()))
+            row = result["rows"][-1]
+            row["gpu_clock"] = clock_stats(clocks.between(t0, time.monotonic()))
+            if row["gpu_clock"] and args.weights in ("int8", "fp8"):  # the 8-bit roofline at the clock it ran
+                row["roofline_at_clock_tokens_per_s"] = roofline_tokens_per_s(
+                    cfg, w_p, w_o, live, dtype.itemsize, 1, kv_bytes, sm_mhz=row["gpu_clock"]["mhz_median"])
         save()
     if server_on:
         result["server"] = server_sweep(args, engine, (sp_len, so_len, server_prompts), cfg.vocab_size, result,
@@ -609,7 +617,10 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
                          + (f", {host['host_bound_steps']:.0%} of steps bound by the host"
                             if host.get("host_bound_steps") is not None else ""))
         if r.get("gpu_clock"):
-            lines.append(f"  {r['backend']} GPU: {stats_line(r['gpu_clock'])}")
+            at_clock = r.get("roofline_at_clock_tokens_per_s")
+            lines.append(f"  {r['backend']} GPU: {stats_line(r['gpu_clock'])}"
+                         + (f"; the 8-bit roofline at that clock {at_clock:,.0f} tok/s, "
+                            f"{r['tokens_per_s'] / at_clock:.0%} of it" if at_clock else ""))
     if "server" in result:
         lines.extend(bench_server.sweep_lines(result["server"]))
     for row in result.get("kernels", []):
