@@ -244,3 +244,36 @@ def test_point_line_names_the_sm_clock_only_where_it_was_sampled():
     assert "SM clock" not in bench_server.point_line(point)
     clocked = {**point, "gpu_clock": {"mhz_median": 1647.6, "watts_median": 637.0}}
     assert bench_server.point_line(clocked).endswith("; SM clock median 1,648 MHz, 637 W")
+
+
+def test_bench_records_the_clock_and_the_roofline_at_it_beside_each_figure(tmp_path):
+    """bench.py's clock path end to end on the CPU: a stand-in sampler (the real one needs CUDA and nvidia-smi)
+    answers every window with two samples; the Offline row and each Server point carry their clock, the Offline
+    row the 8-bit roofline at that clock, and the table prints it."""
+    wrapper = tmp_path / "bench_clocked.py"
+    wrapper.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / 'tools')!r})\n"
+        "import bench\n"
+        "class Fake:\n"
+        "    def between(self, t0, t1):\n"
+        "        return [{'mhz': 1200.0, 'watts': 699.0, 'celsius': 60.0, 'reasons': 4},\n"
+        "                {'mhz': 1400.0, 'watts': 690.0, 'celsius': 61.0, 'reasons': 0}]\n"
+        "    def close(self):\n"
+        "        return ''\n"
+        "bench.clock_sampler = lambda device: Fake()\n"
+        "sys.exit(bench.run_cli(bench.main, sys.argv[1:]))\n")
+    proc = run_main(["--shape", "tiny", "--layers", 2, "--device", "cpu", "--samples", 4, "--ref-samples", 0,
+                     "--fidelity-prompts", 0, "--output-cap", 4, "--weights", "int8", "--server-qps", "50",
+                     "--server-seconds", "1", "--server-min-queries", "4", "--out", tmp_path / "out"],
+                    tmp_path, timeout=300, script=str(wrapper))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    row = result["rows"][-1]
+    assert row["gpu_clock"]["mhz_median"] == 1300.0 and row["gpu_clock"]["reasons"] == ["SwPowerCap"]
+    # the roofline at 1,300 MHz is below the datasheet one (1,830 MHz)
+    assert row["roofline_at_clock_tokens_per_s"] < row["roofline_tokens_per_s"]
+    assert all(p["gpu_clock"]["watts_median"] == 694.5 for p in result["server"]["points"])
+    table = (tmp_path / "out" / "table.txt").read_text()
+    assert "engine GPU: SM clock median 1,300 MHz (1,200-1,400), power median 694 W, SwPowerCap; the 8-bit " \
+           "roofline at that clock" in table

@@ -452,7 +452,7 @@ def main(argv=None) -> int:
     roof = roofline_tokens_per_s(cfg, w_p, w_o, live, dtype.itemsize, 1 if args.weights in ("int8", "fp8") else None,
                                  kv_bytes)
     # the SM clock and power beside every figure (an SXM card lowers its clock to stay under its board power)
-    clocks = Sampler.start() if device.type == "cuda" else None
+    clocks = clock_sampler(device)
     if args.samples:
         engine.set_step_limits(args.max_num_seqs, args.max_num_batched_tokens)
         t0 = time.monotonic()
@@ -476,6 +476,12 @@ def main(argv=None) -> int:
     save()
     shutil.rmtree(lg_dir, ignore_errors=True)
     return 0
+
+
+def clock_sampler(device: torch.device) -> Sampler | None:
+    """nvidia-smi sampling the SM clock and power during the runs (tools/gpu_clock.py); None off CUDA or
+    without nvidia-smi."""
+    return Sampler.start() if device.type == "cuda" else None
 
 
 def offline_reference(args, result) -> tuple[float | None, str | None]:
