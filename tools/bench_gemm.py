@@ -30,6 +30,8 @@ Frobenius error. Prints a table; writes bench_gemm.json and table.txt into --out
 at the r-th kernel), and keeps the median: on an H100 the same tile timed twice in one sweep differed by up
 to 10% (clock and power state drift; bench_gemm_groupm2_70b_h100.json), more than most tile A/Bs decide.
 Each row keeps every round's ms and its spread ((max - min) / median); the table names the widest spread.
+The SM clock and power over the sweep (nvidia-smi, tools/gpu_clock.py) close the table: each point runs for
+milliseconds, so these are burst rates at a higher clock than a sustained load holds (tools/gemm_clocks.py).
 
     python tools/bench_gemm.py --out results/gemm                              # 70B shapes, all M (H200: < 6 min)
     python tools/bench_gemm.py --shapes 7b --m-list 256,4096 --kernels fp16,gemm8_fp8 --out /tmp/g
@@ -410,6 +412,9 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "triton": triton.__version__, "peak_8bit_tops": PEAK_8BIT_TOPS,
               "args": {"shapes": args.shapes, "m_list": args.m_values, "kernels": args.kernel_names,
                        "rounds": args.rounds}, "rows": []}
+    from gpu_clock import Sampler, clock_stats, stats_line  # tools/, this script's directory
+
+    clocks, t_mono = Sampler.start(100), time.monotonic()  # the clock over the sweep: these are burst rates
     t0 = time.perf_counter()
     for shape, k, n in SHAPES[args.shapes]:
         for m in args.m_values:
@@ -424,6 +429,12 @@ def main(argv=None) -> int:
     table = format_table(result["rows"], args.kernel_names)
     if widest_spread(result["rows"]):
         table += "\n" + widest_spread(result["rows"])
+    if clocks is not None:
+        result["gpu_clock"] = clock_stats(clocks.between(t_mono, time.monotonic()))
+        clocks.close()
+        if result["gpu_clock"]:
+            table += (f"\nover the sweep: {stats_line(result['gpu_clock'])} (milliseconds a point after idle gaps: "
+                      "burst rates; tools/gemm_clocks.py gives sustained ones)")
     print("\n" + table)
     with open(os.path.join(args.out, "bench_gemm.json"), "w") as fh:
         json.dump(result, fh, indent=1)
