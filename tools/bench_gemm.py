@@ -435,12 +435,17 @@ def main(argv=None) -> int:
         if result["gpu_clock"]:
             table += (f"\nover the sweep: {stats_line(result['gpu_clock'])} (milliseconds a point after idle gaps: "
                       "burst rates; tools/gemm_clocks.py gives sustained ones)")
-    print("\n" + table)
-    with open(os.path.join(args.out, "bench_gemm.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
-    with open(os.path.join(args.out, "table.txt"), "w") as fh:
-        fh.write(table + "\n")
+    write_outputs(args.out, "bench_gemm.json", result, table)
     return 0
+
+
+def write_outputs(out: str, json_name: str, result: dict, table: str) -> None:
+    """Print the table; write the JSON and table.txt into `out`."""
+    print("\n" + table)
+    with open(os.path.join(out, json_name), "w") as fh:
+        json.dump(result, fh, indent=1)
+    with open(os.path.join(out, "table.txt"), "w") as fh:
+        fh.write(table + "\n")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ changes a clock or a limit (METHOD.md: measure the card as you find it).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -170,11 +169,7 @@ def main(argv=None) -> int:
     table = format_table(rows)
     if bad:
         table += f"\nnvidia-smi printed lines that are not samples, e.g.: {bad}"
-    print("\n" + table)
-    with open(os.path.join(args.out, "gemm_clocks.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
-    with open(os.path.join(args.out, "table.txt"), "w") as fh:
-        fh.write(table + "\n")
+    bench_gemm.write_outputs(args.out, "gemm_clocks.json", result, table)
     return 0
 
 
