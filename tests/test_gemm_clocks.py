@@ -114,3 +114,9 @@ def test_sampler_reads_stamped_lines_from_a_fake_nvidia_smi(tmp_path, monkeypatc
     samples = sampler.between(t0, time.monotonic())
     assert [s["mhz"] for s in samples] == [1980.0, 1230.0]
     assert sampler.close() == "oops"
+
+
+def test_nvidia_smi_id_follows_cuda_visible_devices():
+    assert gpu_clock.nvidia_smi_id(0, "") == "0" and gpu_clock.nvidia_smi_id(1, "") == "1"
+    assert gpu_clock.nvidia_smi_id(0, "3,5") == "3" and gpu_clock.nvidia_smi_id(1, "3, 5") == "5"
+    assert gpu_clock.nvidia_smi_id(0, "GPU-1234abcd") == "GPU-1234abcd"

@@ -481,7 +481,7 @@ def main(argv=None) -> int:
 def clock_sampler(device: torch.device) -> Sampler | None:
     """nvidia-smi sampling the SM clock and power during the runs (tools/gpu_clock.py); None off CUDA or
     without nvidia-smi."""
-    return Sampler.start() if device.type == "cuda" else None
+    return Sampler.start(index=device.index or 0) if device.type == "cuda" else None
 
 
 def offline_reference(args, result) -> tuple[float | None, str | None]:

@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     props = torch.cuda.get_device_properties(0)
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2 ** 20)
     os.makedirs(args.out, exist_ok=True)
-    sampler = Sampler(args.interval_ms)
+    sampler = Sampler(args.interval_ms)  # CUDA device 0 as this process sees it
     time.sleep(1.0)
     idle = sampler.between(0.0, time.monotonic())
     rows = []

@@ -9,6 +9,7 @@ clock or a limit (the device README: measure the card as you find it).
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -65,13 +66,24 @@ def stats_line(stats: dict) -> str:
             f"power median {stats['watts_median']:.0f} W, {', '.join(stats['reasons']) or 'no clock-event reason'}")
 
 
+def nvidia_smi_id(cuda_index: int = 0, visible: str | None = None) -> str:
+    """The `nvidia-smi -i` id of CUDA device `cuda_index` as this process numbers it: CUDA_VISIBLE_DEVICES
+    (`visible`; default the environment's) renumbers the GPUs, nvidia-smi does not. Its entry may be an index or a
+    UUID (both accepted by -i)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if not visible or not visible.strip():
+        return str(cuda_index)
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    return entries[cuda_index] if cuda_index < len(entries) else str(cuda_index)
+
+
 class Sampler:
     """nvidia-smi in a loop (-lms), each line stamped with the host's monotonic clock on arrival. `start()` returns
     None where there is no nvidia-smi, so a caller simply records nothing."""
 
     def __init__(self, interval_ms: int = 200, index: int = 0):
         self.lines: list[tuple[float, str]] = []
-        self.proc = subprocess.Popen(["nvidia-smi", "-i", str(index), "--query-gpu=" + ",".join(QUERY),
+        self.proc = subprocess.Popen(["nvidia-smi", "-i", nvidia_smi_id(index), "--query-gpu=" + ",".join(QUERY),
                                       "--format=csv,noheader,nounits", f"-lms={interval_ms}"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -79,6 +91,7 @@ class Sampler:
 
     @classmethod
     def start(cls, interval_ms: int = 200, index: int = 0) -> "Sampler | None":
+        """`index`: the CUDA device as this process numbers it (torch's cuda:N)."""
         if shutil.which("nvidia-smi") is None:
             return None
         try:
