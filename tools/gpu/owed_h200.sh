@@ -25,16 +25,18 @@
 #                         the measurement behind the Interactive defaults (#19 item 4); SEQ_CAPS, TOKEN_BUDGETS
 #   PART=wc80_all         #20: the whole LiteML config in int8 mode, all 80 layers, 2,048 samples, 512 sequences
 #   PART=wc80_linear      the same with the Linear rules only (the baseline of the row above, same card)
+#   PART=clocks           sustained GEMMs against the SM clock the H200 holds at its power limit (tools/gemm_clocks.py,
+#                         ~1 min; the H100 held ~1,230 MHz under FP8: docs/engine.md "The clock under load")
 #   PART=wc80_server      #20's Server row (>= 0.9 of the whole-config Offline, VALID): auto QPS points from
 #                         docs/results/bench_engine_70b_int8_wholeconfig_int8kv_h200_2048.json (WC_OFFLINE_JSON)
 case "$PART" in
   fp8_offline|fp8fast_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
   fp8_interactive_flat|fp8_interactive_ab|fp8_server_ab) ;;
   fp8_profile_small) ;;
-  wc80_server) ;;
+  wc80_server|clocks) ;;
   *) echo "owed_h200.sh: PART must be one of fp8_offline fp8fast_offline fp8_server fp8_interactive fp8_interactive_grid" \
           "fp8_profile fp8_profile_small fp8_interactive_flat fp8_interactive_ab fp8_server_ab wc80_all wc80_linear" \
-          "wc80_server" \
+          "wc80_server clocks" \
         "(got '${PART}')"; exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1
@@ -72,6 +74,8 @@ case "$PART" in
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-96,160}" \
         --token-budgets "${TOKEN_BUDGETS:-512,2048}" --offline-json "$OFFLINE_JSON" --server-auto 1 \
         --server-seconds 45 --out "$OUT"/fp8_interactive_grid 2>&1 | filter 16 ;;
+  clocks)
+    timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained" ;;
   fp8_profile)
     timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --out "$OUT"/prof_fp8 2>&1 \
         | grep -v "WARNING\|Warning\|INFO" | tail -40 ;;
