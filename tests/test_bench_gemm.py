@@ -217,3 +217,12 @@ def test_every_tile_the_gpu_scripts_name_still_parses():
     assert len(found) > 10
     for path, tile in found:
         bench_gemm.ws_config(tile)  # raises UserError naming the tile
+
+
+def test_operand_sets_exceed_twice_l2_with_independent_copies():
+    base = {"x": torch.ones(4, 8, dtype=torch.int8), "w": torch.ones(16, 8, dtype=torch.int8)}
+    per_set = 4 * 8 + 16 * 8 + 4 * 16 * 2  # operands + the 16-bit output
+    sets = bench_gemm.operand_sets(base, 4, 16, l2_bytes=1000)
+    assert len(sets) == bench_gemm.rotation_sets(per_set, 1000) == 7 and sets[0] is base
+    assert len(sets) * per_set > 2 * 1000 and (len(sets) - 1) * per_set <= 2 * 1000
+    assert all(s["w"].data_ptr() != base["w"].data_ptr() and torch.equal(s["w"], base["w"]) for s in sets[1:])

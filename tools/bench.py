@@ -58,7 +58,7 @@ from bench_paths import (  # noqa: E402
     first_divergence, hf_generate, kernel_bench, loadgen_offline,
 )
 import bench_server  # noqa: E402
-from gpu_clock import Sampler, clock_stats, stats_line  # noqa: E402
+from gpu_clock import SPEC_MHZ, Sampler, clock_stats, stats_line  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -72,7 +72,6 @@ SHAPES = {  # PERF.md's real shapes; vocab 32000
 }
 HBM_BYTES_PER_S, MATMUL_FLOP_PER_S = 4.3e12, 790e12  # measured on the H200 (PERF.md)
 EIGHT_BIT_OPS_PER_S = 1979e12  # Hopper's dense int8 / FP8 peak (datasheet; the same for both formats)
-SPEC_MHZ = 1830.0  # the SM clock behind that figure (132 SMs x 8,192 ops a clock)
 DEFAULT_QUANT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "liteml_configs",
                                     "w8a8_npm_v1_3_4.yaml")
 GIB = 2**30

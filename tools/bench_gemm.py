@@ -361,6 +361,12 @@ def bench_point(shape: str, m: int, k: int, n: int, kernel_names: list[str], l2_
     return [merge_rounds(timed[name]) for name in kernel_names]
 
 
+def operand_sets(base: dict, m: int, n: int, l2_bytes: int) -> list[dict]:
+    """`base` and enough copies that cycling through them (with an M x N 16-bit output each) exceeds twice L2."""
+    per_set = sum(t.numel() * t.element_size() for t in base.values()) + m * n * 2
+    return [base] + [{key: t.clone() for key, t in base.items()} for _ in range(rotation_sets(per_set, l2_bytes) - 1)]
+
+
 def _time_kernels(shape, m, k, n, kernel_names, l2_bytes, x16, w16) -> list[dict]:
     rows = []
     by_kind: dict = {}
@@ -372,9 +378,7 @@ def _time_kernels(shape, m, k, n, kernel_names, l2_bytes, x16, w16) -> list[dict
                 by_kind.clear()  # one family's operands in memory at a time
                 by_kind[kind] = make_operands(kind, x16, w16)
             base = by_kind[kind]
-            per_set = sum(t.numel() * t.element_size() for t in base.values()) + m * n * 2
-            sets = [base] + [{key: t.clone() for key, t in base.items()}
-                             for _ in range(rotation_sets(per_set, l2_bytes) - 1)]
+            sets = operand_sets(base, m, n, l2_bytes)
             fns = [kernel_call(name, ops) for ops in sets]
             out = fns[0]()
             row["rel_err"] = rel_error(out, reference(name, base, min(m, CHECK_ROWS)))

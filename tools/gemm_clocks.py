@@ -27,9 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
 import bench_gemm  # noqa: E402  (tools/, this script's directory, is first on sys.path)
-from gpu_clock import Sampler, clock_stats  # noqa: E402
+from gpu_clock import SPEC_MHZ, Sampler, clock_stats  # noqa: E402
 
-SPEC_MHZ = 1830.0  # the clock behind the 1,979 TOPS dense 8-bit figure (132 SMs x 8,192 x 1.83 GHz)
 OPS_PER_CLOCK = {"8bit": 8192, "fp16": 4096}  # dense tensor-core ops per SM per clock on sm_90
 DEFAULT_POINTS = "ws_fp8:gate_up:4096,scaled_mm_row:gate_up:4096,ws_fp8_fast:gate_up:4096,ws_fp8:gate_up:512," \
                  "fp16:gate_up:4096"
@@ -72,9 +71,7 @@ def load_point(kernel: str, shape: str, m: int, seconds: float, sampler: Sampler
     x16 = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=g)
     w16 = torch.randn(n, k, device="cuda", dtype=torch.float16, generator=g) * 0.02
     base = bench_gemm.make_operands(bench_gemm.kernel_info(kernel).operands, x16, w16)
-    per_set = sum(t.numel() * t.element_size() for t in base.values()) + m * n * 2
-    sets = [base] + [{key: t.clone() for key, t in base.items()}
-                     for _ in range(bench_gemm.rotation_sets(per_set, l2_bytes) - 1)]
+    sets = bench_gemm.operand_sets(base, m, n, l2_bytes)
     fns = [bench_gemm.kernel_call(kernel, ops) for ops in sets]
     ms = bench_gemm.time_graph(fns)  # warms up (compiles) and gives the per-call time
     calls = len(fns) * max(1, round(20.0 / ms / len(fns)))  # ~20 ms a replay

@@ -20,6 +20,7 @@ import time
 REASONS = {0x1: "GpuIdle", 0x2: "ApplicationsClocksSetting", 0x4: "SwPowerCap", 0x8: "HwSlowdown",
            0x10: "SyncBoost", 0x20: "SwThermalSlowdown", 0x40: "HwThermalSlowdown", 0x80: "HwPowerBrakeSlowdown",
            0x100: "DisplayClockSetting"}
+SPEC_MHZ = 1830.0  # the SM clock behind the 1,979 TOPS dense 8-bit peak (132 SMs x 8,192 ops a clock)
 QUERY = ("clocks.sm", "power.draw", "temperature.gpu", "clocks_event_reasons.active")
 
 
