@@ -63,6 +63,8 @@ def test_points_parse_and_bad_ones_are_one_line():
                 ""):
         with pytest.raises(UserError):
             gemm_clocks.parse_points(bad)
+    with pytest.raises(UserError, match=r"^--points 'nope:o:4': unknown nope; choose from"):
+        gemm_clocks.parse_points("nope:o:4")
     default = gemm_clocks.parse_points(gemm_clocks.DEFAULT_POINTS)
     assert len(default) >= 3
 

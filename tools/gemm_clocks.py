@@ -42,7 +42,10 @@ def parse_points(text: str) -> list[tuple[str, str, int]]:
         if len(fields) != 3 or fields[1] not in shapes or not fields[2].isdigit() or int(fields[2]) < 1:
             raise UserError(f"--points: each point is KERNEL:SHAPE:M with SHAPE one of {', '.join(sorted(shapes))} "
                             f"and M >= 1, got {item!r}")
-        bench_gemm.parse_kernels(fields[0])
+        try:
+            bench_gemm.parse_kernels(fields[0])
+        except UserError as exc:  # its message names bench_gemm's --kernels flag
+            raise UserError(f"--points {item!r}: {str(exc).removeprefix('--kernels: ')}") from None
         points.append((fields[0], fields[1], int(fields[2])))
     if not points:
         raise UserError("--points: give at least one KERNEL:SHAPE:M")
