@@ -15,11 +15,13 @@ from mlperf_llama2.errors import UserError  # noqa: E402
 
 
 def test_parse_sample_reads_hex_reasons_and_rejects_non_samples():
-    s = gpu_clock.parse_sample("1755, 699.12, 61, 0x0000000000000004\n")
-    assert s == {"mhz": 1755.0, "watts": 699.12, "celsius": 61.0, "reasons": 4}
-    assert gpu_clock.parse_sample("1980, 120.5, 40, 0\n")["reasons"] == 0
-    for line in ("", "\n", "[N/A], 100, 40, 0x0", "Field \"clocks_event_reasons.active\" is not a valid field",
-                 "1980, 120.5, 40"):
+    s = gpu_clock.parse_sample("1755, 699.12, 61, 0x0000000000000004, 700.00\n")
+    assert s == {"mhz": 1755.0, "watts": 699.12, "celsius": 61.0, "reasons": 4, "watts_limit": 700.0}
+    assert gpu_clock.parse_sample("1980, 120.5, 40, 0, 1000.00\n")["reasons"] == 0
+    # a card that does not report its limit still gives a sample, its limit unknown
+    assert gpu_clock.parse_sample("1980, 120.5, 40, 0x0, [N/A]")["watts_limit"] is None
+    for line in ("", "\n", "[N/A], 100, 40, 0x0, 700", "Field \"clocks_event_reasons.active\" is not a valid field",
+                 "1980, 120.5, 40, 0x0", "1980, 120.5, 40"):
         assert gpu_clock.parse_sample(line) is None
 
 
@@ -56,11 +58,12 @@ def test_summarize_fractions_follow_the_measured_clock():
 
 
 def test_points_parse_and_bad_ones_are_one_line():
-    assert gemm_clocks.parse_points("ws_fp8:gate_up:4096, fp16:o:512") == [("ws_fp8", "gate_up", 4096),
-                                                                         ("fp16", "o", 512)]
+    assert gemm_clocks.parse_points("ws_fp8:gate_up:4096, fp16:o:512:outlier") == [
+        ("ws_fp8", "gate_up", 4096, "gauss"), ("fp16", "o", 512, "outlier")]
     assert gemm_clocks.parse_points("ws_fp8@128x128s6p1w2d2:down:256")[0][0] == "ws_fp8@128x128s6p1w2d2"
+    assert gemm_clocks.parse_points("ws_int8:o:64:zeros")[0][3] == "zeros"
     for bad in ("ws_fp8:gate_up", "ws_fp8:mlp:4096", "ws_fp8:gate_up:0", "nope:gate_up:64", "fp16@128x128s5p1:o:64",
-                ""):
+                "ws_fp8:o:64:uniform", "ws_fp8:o:64:gauss:x", ""):
         with pytest.raises(UserError):
             gemm_clocks.parse_points(bad)
     with pytest.raises(UserError, match=r"^--points 'nope:o:4': unknown nope; choose from"):
@@ -82,6 +85,10 @@ def test_format_table_names_the_clock_or_its_absence():
     err = {"kernel": "ws_int8", "shape": "o", "M": 64, "error": "RuntimeError: x"}
     table = gemm_clocks.format_table([row, bare, err])
     assert "1755" in table and "SwPowerCap" in table and "no nvidia-smi samples" in table and "error: Runtime" in table
+    limited = {"kernel": "ws_fp8", "shape": "o", "M": 64, "data": "outlier", **gemm_clocks.summarize(
+        [{"mhz": 1500.0, "watts": 998.0, "celsius": 60.0, "reasons": 4, "watts_limit": 1000.0}], 1e15, 1.0, 132, 8192)}
+    line = gemm_clocks.format_table([limited]).splitlines()[-1]
+    assert " outlier " in line and " 998  1000 " in line
 
 
 def test_clock_stats_and_line():
@@ -91,8 +98,38 @@ def test_clock_stats_and_line():
                                    {"mhz": 1650.0, "watts": 640.0, "celsius": 55.0, "reasons": 0x4}])
     assert stats["mhz_median"] == 1650.0 and stats["mhz_min"] == 1455.0 and stats["mhz_max"] == 1980.0
     assert stats["watts_median"] == 640.0 and stats["celsius_max"] == 58.0 and stats["reasons"] == ["SwPowerCap"]
+    assert stats["watts_limit"] is None  # samples without a limit (older callers' stand-ins) name none
     assert gpu_clock.stats_line(stats) == ("SM clock median 1,650 MHz (1,455-1,980), power median 640 W, "
                                            "SwPowerCap")
+    capped = gpu_clock.clock_stats([
+        {"mhz": 1230.0, "watts": 699.0, "celsius": 60.0, "reasons": 4, "watts_limit": 700.0},
+        {"mhz": 1260.0, "watts": 698.0, "celsius": 61.0, "reasons": 4, "watts_limit": None}])
+    assert capped["watts_limit"] == 700.0
+    assert gpu_clock.stats_line(capped) == ("SM clock median 1,245 MHz (1,230-1,260), power median 698 W of a 700 W "
+                                            "limit, SwPowerCap")
+
+
+def test_point_operands_shape_the_activations_codes():
+    # outlier: the per-token scale follows the few large columns, so the other columns' codes shrink ~50x; zeros:
+    # every code of x is 0 while the weights and scales stay as gauss made them
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x16 = torch.randn(64, 4096, generator=g).half()
+    w16 = (torch.randn(256, 4096, generator=g) * 0.02).half()
+    x_before = x16.clone()
+    for kernel in ("ws_fp8", "ws_int8"):
+        gauss = gemm_clocks.point_operands(kernel, x16, w16, "gauss")
+        outlier = gemm_clocks.point_operands(kernel, x16, w16, "outlier")
+        zeros = gemm_clocks.point_operands(kernel, x16, w16, "zeros")
+        rest = torch.ones(4096, dtype=torch.bool)
+        rest[::gemm_clocks.OUTLIER_EVERY] = False
+        typical = {name: ops["x"].float()[:, rest].abs().mean().item() for name, ops in
+                   (("gauss", gauss), ("outlier", outlier))}
+        assert typical["outlier"] < typical["gauss"] / 20, (kernel, typical)
+        assert torch.equal(x16, x_before)  # the caller's activations are not scaled in place
+        assert zeros["x"].dtype == gauss["x"].dtype and not zeros["x"].float().any()
+        assert torch.equal(zeros["w"].float(), gauss["w"].float()) and torch.equal(zeros["sx"], gauss["sx"])
 
 
 def test_sampler_start_is_none_without_nvidia_smi(monkeypatch):
@@ -103,7 +140,8 @@ def test_sampler_start_is_none_without_nvidia_smi(monkeypatch):
 def test_sampler_reads_stamped_lines_from_a_fake_nvidia_smi(tmp_path, monkeypatch):
     # a stand-in nvidia-smi that prints two samples and one error line: the sampler stamps and parses them
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho '1980, 120.0, 40, 0x0'\necho '1230, 699.0, 60, 0x4'\necho 'oops'\nsleep 5\n")
+    fake.write_text("#!/bin/sh\necho '1980, 120.0, 40, 0x0, 700.00'\necho '1230, 699.0, 60, 0x4, 700.00'\n"
+                    "echo 'oops'\nsleep 5\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     import time
@@ -114,7 +152,7 @@ def test_sampler_reads_stamped_lines_from_a_fake_nvidia_smi(tmp_path, monkeypatc
     while len(sampler.lines) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     samples = sampler.between(t0, time.monotonic())
-    assert [s["mhz"] for s in samples] == [1980.0, 1230.0]
+    assert [s["mhz"] for s in samples] == [1980.0, 1230.0] and {s["watts_limit"] for s in samples} == {700.0}
     assert sampler.close() == "oops"
 
 

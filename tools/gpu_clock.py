@@ -21,7 +21,9 @@ REASONS = {0x1: "GpuIdle", 0x2: "ApplicationsClocksSetting", 0x4: "SwPowerCap", 
            0x10: "SyncBoost", 0x20: "SwThermalSlowdown", 0x40: "HwThermalSlowdown", 0x80: "HwPowerBrakeSlowdown",
            0x100: "DisplayClockSetting"}
 SPEC_MHZ = 1830.0  # the SM clock behind the 1,979 TOPS dense 8-bit peak (132 SMs x 8,192 ops a clock)
-QUERY = ("clocks.sm", "power.draw", "temperature.gpu", "clocks_event_reasons.active")
+# enforced.power.limit: the board power the card is held to (700 W for an H100/H200 SXM as shipped; systems with
+# a custom thermal solution run 1,000 W, e.g. the 1x H200 anchor of PERF.md), so a figure says which card made it
+QUERY = ("clocks.sm", "power.draw", "temperature.gpu", "clocks_event_reasons.active", "enforced.power.limit")
 
 
 def reason_names(mask: int) -> list[str]:
@@ -32,39 +34,50 @@ def reason_names(mask: int) -> list[str]:
 
 
 def parse_sample(line: str) -> dict | None:
-    """One `nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
-    --format=csv,noheader,nounits` line -> {'mhz', 'watts', 'celsius', 'reasons'}; None for a line that is not
-    one (a blank line, '[N/A]' fields, an error message)."""
+    """One `nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active,
+    enforced.power.limit --format=csv,noheader,nounits` line -> {'mhz', 'watts', 'celsius', 'reasons',
+    'watts_limit'}; None for a line that is not one (a blank line, '[N/A]' in the first four fields, an error
+    message). A limit the card does not report ('[N/A]') is None."""
     parts = [p.strip() for p in line.split(",")]
     if len(parts) != len(QUERY):
         return None
     try:
-        return {"mhz": float(parts[0]), "watts": float(parts[1]), "celsius": float(parts[2]),
-                "reasons": int(parts[3], 16) if parts[3].lower().startswith("0x") else int(parts[3])}
+        sample = {"mhz": float(parts[0]), "watts": float(parts[1]), "celsius": float(parts[2]),
+                  "reasons": int(parts[3], 16) if parts[3].lower().startswith("0x") else int(parts[3])}
     except ValueError:
         return None
+    try:
+        sample["watts_limit"] = float(parts[4])
+    except ValueError:
+        sample["watts_limit"] = None
+    return sample
 
 
 def clock_stats(samples: list[dict]) -> dict:
-    """Samples of one window -> median / min / max SM clock, median power, hottest temperature, every reason seen
-    (empty dict without samples)."""
+    """Samples of one window -> median / min / max SM clock, median power, the power limit (the largest reported;
+    None where none was), hottest temperature, every reason seen (empty dict without samples)."""
     if not samples:
         return {}
     mask = 0
     for s in samples:
         mask |= s["reasons"]
+    limits = [s["watts_limit"] for s in samples if s.get("watts_limit") is not None]
     return {"samples": len(samples), "mhz_median": statistics.median(s["mhz"] for s in samples),
             "mhz_min": min(s["mhz"] for s in samples), "mhz_max": max(s["mhz"] for s in samples),
             "watts_median": statistics.median(s["watts"] for s in samples),
+            "watts_limit": max(limits) if limits else None,
             "celsius_max": max(s["celsius"] for s in samples), "reasons": reason_names(mask)}
 
 
 def stats_line(stats: dict) -> str:
-    """One line for a table: 'SM clock median 1,648 MHz (1,455-1,980), 637 W, SwPowerCap' ('' without samples)."""
+    """One line for a table: 'SM clock median 1,648 MHz (1,455-1,980), power median 637 W of a 700 W limit,
+    SwPowerCap' ('' without samples)."""
     if not stats:
         return ""
+    limit = f" of a {stats['watts_limit']:.0f} W limit" if stats.get("watts_limit") is not None else ""
     return (f"SM clock median {stats['mhz_median']:,.0f} MHz ({stats['mhz_min']:,.0f}-{stats['mhz_max']:,.0f}), "
-            f"power median {stats['watts_median']:.0f} W, {', '.join(stats['reasons']) or 'no clock-event reason'}")
+            f"power median {stats['watts_median']:.0f} W{limit}, "
+            f"{', '.join(stats['reasons']) or 'no clock-event reason'}")
 
 
 def nvidia_smi_id(cuda_index: int = 0, visible: str | None = None) -> str:

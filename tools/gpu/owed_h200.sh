@@ -26,7 +26,9 @@
 #   PART=wc80_all         #20: the whole LiteML config in int8 mode, all 80 layers, 2,048 samples, 512 sequences
 #   PART=wc80_linear      the same with the Linear rules only (the baseline of the row above, same card)
 #   PART=clocks           sustained GEMMs against the SM clock the H200 holds at its power limit (tools/gemm_clocks.py,
-#                         ~1 min; the H100 held ~1,230 MHz under FP8: docs/engine.md "The clock under load")
+#                         ~1 min; the H100 held ~1,230 MHz under FP8: docs/engine.md "The clock under load"), the
+#                         card's power limit (700 W as shipped, 1,000 W with a custom thermal solution), then the same
+#                         load with outlier-shaped and zero activations (~1 min)
 #   PART=wc80_server      #20's Server row (>= 0.9 of the whole-config Offline, VALID): auto QPS points from
 #                         docs/results/bench_engine_70b_int8_wholeconfig_int8kv_h200_2048.json (WC_OFFLINE_JSON)
 case "$PART" in
@@ -75,7 +77,10 @@ case "$PART" in
         --token-budgets "${TOKEN_BUDGETS:-512,2048}" --offline-json "$OFFLINE_JSON" --server-auto 1 \
         --server-seconds 45 --out "$OUT"/fp8_interactive_grid 2>&1 | filter 16 ;;
   clocks)
-    timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained" ;;
+    timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained"
+    timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocksdata --points ws_fp8:gate_up:4096:gauss,\
+ws_fp8:gate_up:4096:outlier,ws_fp8:gate_up:4096:zeros,ws_int8:gate_up:4096:gauss,ws_int8:gate_up:4096:outlier 2>&1 \
+      | grep -A12 "^sustained" ;;
   fp8_profile)
     timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --out "$OUT"/prof_fp8 2>&1 \
         | grep -v "WARNING\|Warning\|INFO" | tail -40 ;;

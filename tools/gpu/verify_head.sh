@@ -21,6 +21,9 @@
 #   clocks       sustained GEMM load against the SM clock (tools/gemm_clocks.py: FP8 promoted/fast, cuBLASLt, fp16 at
 #                gate_up M 4,096 and FP8 at 512, 6 s each): the clock the card holds under tensor-core load, its power
 #                and clock-event reasons, each kernel's fraction of the peak at that clock (~1 min)
+#   clocksdata   the same sustained load with other activations (gemm_clocks DATA: gauss, outlier, zeros), FP8 and
+#                int8 at gate_up M 4,096: whether a card at its power limit runs real-looking data at another clock than
+#                the benchmarks' random operands (~1 min)
 #   t256         the promoted FP8 256 x 128 tile (two 128-row partitions) against the default and cuBLASLt,
 #                M 256-8,192 (~60 s; its bit-for-bit test is in the gemm step)
 #   t128x256     the promoted FP8 128 x 256 tile (two 64-row partitions, 64 x 128 pieces one at a time: 25% fewer
@@ -87,6 +90,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$L"
 T0=$(date +%s)
 step() { echo "=== $* ($(( $(date +%s) - T0 )) s)" | tee -a "$L"; }
 PYTEST=(python3 -m pytest -q -p no:cacheprovider)
+CLOCKS_DATA_POINTS=ws_fp8:gate_up:4096:gauss,ws_fp8:gate_up:4096:outlier,ws_fp8:gate_up:4096:zeros,\
+ws_int8:gate_up:4096:gauss,ws_int8:gate_up:4096:outlier,ws_fp8:gate_up:4096:gauss
 e2e_tiles() {  # FP8 end to end (bench.py, 20 of 80 layers, 512 samples) with each promoted tile at every M
   for t in "$@"; do
     timeout 140 python3 tools/bench.py --shape 70b --layers 20 --samples 512 --ref-samples 0 --fidelity-prompts 0 \
@@ -130,6 +135,8 @@ ws_fp8@64x128s6p1d2,ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4d2,ws_fp8_fast 
 ws_fp8@128x128s6p1w2d2,ws_fp8@128x128s6p1w2g4 --out "$OUT"/depth2ab 2>&1 | grep -A30 "^TOPS" >> "$L"
         e2e_tiles 128x128s6p1w2 128x128s6p1w2d2 ;;
     clocks) timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained" >> "$L" ;;
+    clocksdata) timeout 150 python3 tools/gemm_clocks.py --points "$CLOCKS_DATA_POINTS" --out "$OUT"/clocksdata 2>&1 \
+          | grep -A12 "^sustained" >> "$L" ;;
     t256) timeout 150 python3 tools/bench_gemm.py --m-list 256,512,1024,2048,4096,8192 \
           --kernels scaled_mm_row,ws_fp8,ws_fp8@256x128s3p2w2 --out "$OUT"/t256 2>&1 | grep -A40 "^TOPS" >> "$L" ;;
     fastacc) timeout 90 "${PYTEST[@]}" -m gpu tests/test_engine_fp8.py 2>&1 | tail -6 >> "$L"
@@ -253,7 +260,8 @@ ws_fp8@64x64s8p1,ws_fp8_fast,ws_fp8_fast@64x64s8p1,ws_int8,ws_int8@64x64s8p1 --o
             2>&1 | grep -v "WARNING\|Warning" | tail -3 >> "$L"
         done ;;
     *) echo "verify_head.sh: unknown step '$s' (gemm w2 elementwise silu profile engine smallm tiles t256" \
-         "fastacc fasttiles attnncu kvdecode wcsmall groupm smalln fp8ab fp8prof wcab reserve)" | tee -a "$L"
+         "fastacc fasttiles attnncu kvdecode wcsmall groupm smalln fp8ab fp8prof wcab reserve clocks clocksdata)" \
+         | tee -a "$L"
        exit 2 ;;
   esac
 done
