@@ -133,8 +133,9 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
                    if config.backend == "engine" and config.quant.fp8 else None,
                    command=shlex.join(sys.argv))
     write_run_info(settings.output_dir, with_git_state(info, git_state()))
-    input_identity.record(settings.output_dir, input_identity.collect(config.dataset_path, config.model_path,
-                                                                      config.user_conf, config.audit_conf))
+    input_identity.record(settings.output_dir, input_identity.collect(
+        config.dataset_path, config.model_path, config.user_conf, config.audit_conf,
+        config.quant.liteml_config, config.quant.calibration_scales))
     expected = dataset.total_sample_count if config.accuracy else max(settings.test.min_query_count, 1)
     report = ReportObserver(expected, f"{mode} {'accuracy' if config.accuracy else 'performance'}",
                             progress_stream(not config.progress))

@@ -52,6 +52,9 @@ class InputIdentity:
     model: Optional[ModelIdentity] = None  # None: no local checkpoint (an API server or SUT nodes hold it)
     user_conf: Optional[FileIdentity] = None
     audit_conf: Optional[FileIdentity] = None  # None: no audit.config in the run's working directory
+    # The quantization files the numerics depend on (None: not given): a path alone does not say what it held.
+    liteml_config: Optional[FileIdentity] = None
+    calibration_scales: Optional[FileIdentity] = None
 
 
 def file_identity(path: Optional[str]) -> Optional[FileIdentity]:
@@ -78,9 +81,10 @@ def model_identity(model_path: Optional[str]) -> Optional[ModelIdentity]:
 
 
 def collect(dataset_path: Optional[str], model_path: Optional[str], user_conf: Optional[str],
-            audit_conf: Optional[str]) -> InputIdentity:
+            audit_conf: Optional[str], liteml_config: Optional[str] = None,
+            calibration_scales: Optional[str] = None) -> InputIdentity:
     return InputIdentity(file_identity(dataset_path), model_identity(model_path), file_identity(user_conf),
-                         file_identity(audit_conf))
+                         file_identity(audit_conf), file_identity(liteml_config), file_identity(calibration_scales))
 
 
 def record(run_dir: str, identity: InputIdentity) -> str:
@@ -111,7 +115,9 @@ def read_identity(run_dir: str) -> Optional[InputIdentity]:
         if not isinstance(found, dict):
             return None
         return InputIdentity(_part(FileIdentity, found.get("dataset")), _part(ModelIdentity, found.get("model")),
-                             _part(FileIdentity, found.get("user_conf")), _part(FileIdentity, found.get("audit_conf")))
+                             _part(FileIdentity, found.get("user_conf")), _part(FileIdentity, found.get("audit_conf")),
+                             _part(FileIdentity, found.get("liteml_config")),
+                             _part(FileIdentity, found.get("calibration_scales")))
     except (OSError, ValueError, TypeError):
         return None
 

@@ -27,10 +27,11 @@ V61 = ROUNDS["v6.1"]
 SEEDS = {f"effective_{k}": v for k, v in V61.seeds.items()}
 # What a VALID closed Offline run logs beyond mode and scenario.
 GOOD_OFFLINE = dict(effective_performance_sample_count=FULL, effective_samples_per_query=FULL,
-                    requested_performance_sample_count_override=FULL, qsl_reported_total_count=FULL, **SEEDS)
+                    requested_performance_sample_count_override=FULL, qsl_reported_total_count=FULL,
+                    requested_use_token_latencies=True, **SEEDS)
 
 PASSING = {"rouge1": 44.5, "rouge2": 22.1, "rougeL": 28.7, "rougeLsum": 42.0, "gen_len": 1, "gen_num": FULL,
-           "gen_tok_len": 1, "tokens_per_sample": 294.0}
+           "gen_tok_len": FULL, "tokens_per_sample": 294.0}  # the fixture's log: one token a sample
 
 
 def write_detail(run_dir: Path, audit: bool = False, **values) -> None:
@@ -129,6 +130,16 @@ def test_a_passing_closed_result_is_written_in_the_v6_1_layout(result, capsys):
     assert "error" not in captured.err
     assert "needs one of Interactive or Server too" in captured.err  # Offline alone: the tree is incomplete
     assert main(["--root", str(result["root"]), "--check"]) == 2
+
+
+def test_checking_a_root_without_results_does_not_pass(tmp_path, capsys):
+    """`--check` on a mistyped --root, an empty directory or one whose division is misspelt: nothing was checked."""
+    assert main(["--root", str(tmp_path / "no-such-tree"), "--check"]) == 2
+    assert f"--root {tmp_path / 'no-such-tree'}: no such directory" in capsys.readouterr().err
+    (tmp_path / "tree" / "Closed" / "Acme" / "results").mkdir(parents=True)
+    assert main(["--root", str(tmp_path / "tree"), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert f"--root {tmp_path / 'tree'}: holds no result" in err and "passes" not in err
 
 
 def test_the_99_9_benchmark_needs_more_rouge_than_the_99(result, capsys):
@@ -385,6 +396,75 @@ def test_performance_and_accuracy_runs_must_match(result):
     assert check_same_system(perf, perf).errors == []
     errors = check_same_system(perf, dataclasses.replace(perf, dtype="float32")).errors
     assert errors == ["performance run and accuracy run differ in dtype: float16 vs float32"]
+
+
+@pytest.mark.parametrize("field, value", [("quantization", "fp8"), ("kv_cache_dtype", "int8"),
+                                          ("fp8_accumulation", "fast")])
+def test_runs_of_other_numerics_are_refused(result, capsys, field, value):
+    """A fast FP8 (or 8-bit KV cache) performance run beside a 16-bit accuracy run is not one system."""
+    info = json.loads((result["perf"] / "run_info.json").read_text())
+    write_info(result["perf"], **{**info, field: value})
+    assert main(argv(result, "--check-only")) == 2
+    err = capsys.readouterr().err
+    assert f"performance run and accuracy run differ in {field}: {value} vs None" in err
+    assert f"performance run and TEST06 audit run differ in {field}: {value} vs None" in err
+
+
+@pytest.mark.parametrize("name, flag", [("liteml_config", "--liteml-config"),
+                                        ("calibration_scales", "--calibration-scales")])
+def test_quantization_files_edited_between_the_runs_are_refused(result, tmp_path, capsys, name, flag):
+    """The same --liteml-config path (so run_info.json's paths agree) holding another config in the accuracy run."""
+    quant = tmp_path / "w8a8.yaml"
+    quant.write_text("rules: aggressive\n")
+    fast = dataclasses.replace(result["inputs"], **{name: input_identity.file_identity(str(quant))})
+    for run in (result["perf"], result["t06"] / "TEST06" / "accuracy"):
+        record_inputs(run, fast)
+    record_inputs(result["acc"], fast)
+    assert main(argv(result, "--check-only")) == 0
+    quant.write_text("rules: careful\n")  # edited in place before the accuracy run
+    record_inputs(result["acc"], dataclasses.replace(result["inputs"],
+                                                     **{name: input_identity.file_identity(str(quant))}))
+    assert main(argv(result, "--check-only")) == 2
+    assert f"performance run and accuracy run ran with different {flag} files: {quant} (18 bytes" in \
+        capsys.readouterr().err
+    record_inputs(result["acc"], result["inputs"])  # the accuracy run without the file at all
+    assert main(argv(result, "--check-only")) == 2
+    assert f"ran with different {flag} files: {quant} (18 bytes" in capsys.readouterr().err
+
+
+def test_an_accuracy_log_missing_samples_is_refused(result, capsys):
+    """Entries dropped from the log (its worst samples, say) and the rest rescored: the run issued 24,576."""
+    kept = [{"qsl_idx": i, "data": "02000000", "token_count": 1} for i in range(FULL - 100)]
+    (result["acc"] / "mlperf_log_accuracy.json").write_text(json.dumps(kept))
+    (result["acc"] / "accuracy.txt").write_text(repr({**PASSING, "gen_num": FULL - 100, "gen_tok_len": FULL - 100}))
+    assert main(argv(result, "--check-only")) == 2
+    assert (f"accuracy run {result['acc']}: mlperf_log_accuracy.json holds {FULL - 100} samples but the run issued "
+            f"{FULL}") in capsys.readouterr().err
+
+
+def test_accuracy_txt_without_hash_must_count_the_logs_tokens(result, capsys):
+    """No hash= line (an older scorer): the same sample count is not enough, the token count must be the log's."""
+    assert main(argv(result, "--check-only")) == 0
+    (result["acc"] / "accuracy.txt").write_text("Results\n\n" + repr({**PASSING, "gen_tok_len": 7_236_000}) + "\n")
+    assert main(argv(result, "--check-only")) == 2
+    assert f"scores 7236000 tokens but mlperf_log_accuracy.json holds {FULL}: from another run?" in \
+        capsys.readouterr().err
+
+
+def test_offline_without_token_latencies_or_in_an_issue_mode_is_refused(result):
+    base = dict(effective_test_mode="PerformanceOnly", effective_scenario="Offline", result_validity="VALID",
+                effective_min_duration_ms=600000, **GOOD_OFFLINE)
+    write_detail(result["perf"], **{**base, "requested_use_token_latencies": False})
+    for closed in (True, False):  # the checker's llm_check, every scenario
+        errors = check_performance(str(result["perf"]), "Offline", closed, V61).errors
+        assert [e.split(": ", 1)[1] for e in errors] == ["use_token_latencies is off (LLM runs need it)"]
+    for mode in ("performance_issue_same", "performance_issue_unique"):
+        write_detail(result["perf"], **{**base, f"effective_{mode}": True})
+        closed = check_performance(str(result["perf"]), "Offline", True, V61)
+        assert [e.split(": ", 1)[1] for e in closed.errors] == [
+            f"user.conf set {mode} = 1 (a compliance-test setting, not a benchmark run)"]
+        opened = check_performance(str(result["perf"]), "Offline", False, V61)
+        assert opened.errors == [] and len(opened.warnings) == 1
 
 
 def test_modified_harness_files_are_refused_but_user_conf_is_not(result, capsys):

@@ -28,7 +28,8 @@ from mlperf_llama2.submission.rounds import Round
 from mlperf_llama2.submission.rules import Findings, accuracy_rules, loadgen_scenario, performance_rules, seeds
 
 # RunInfo fields that must agree between the performance, accuracy and audit runs.
-SAME_SYSTEM_FIELDS = ("model_path", "dtype", "backend", "liteml_config", "quant_backend", "quant_mode")
+SAME_SYSTEM_FIELDS = ("model_path", "dtype", "backend", "liteml_config", "quant_backend", "quant_mode",
+                      "quantization", "kv_cache_dtype", "fp8_accumulation")
 PATH_FIELDS = ("model_path", "liteml_config")
 # truncate_accuracy_log.py's line in accuracy.txt: the SHA-256 of the full mlperf_log_accuracy.json.
 HASH_LINE = re.compile(r"^hash=([\w\d]+)$", re.MULTILINE)
@@ -68,15 +69,23 @@ def check_performance(run_dir: str, scenario: str, closed: bool, rnd: Round) -> 
     return out
 
 
-def _accuracy_samples(run_dir: str) -> Optional[int]:
+def _accuracy_samples(run_dir: str) -> tuple[Optional[int], Optional[int]]:
+    """(unique samples, their tokens) of the accuracy log, as evaluate-accuracy.py counts them (the first entry of
+    each qsl_idx); tokens None when an entry has no whole token_count; (None, None) when it is no accuracy log."""
     try:
         with open(os.path.join(run_dir, ACCURACY_LOG), encoding="utf-8") as f:
-            return len({entry["qsl_idx"] for entry in json.load(f)})
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+            first = {}
+            for entry in json.load(f):
+                first.setdefault(entry["qsl_idx"], entry.get("token_count"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
+    counts = list(first.values())
+    whole = all(isinstance(n, int) and not isinstance(n, bool) for n in counts)
+    return len(first), sum(counts) if whole else None
 
 
-def _check_score_file(txt: str, run_dir: str, samples: Optional[int], out: Findings) -> Optional[dict]:
+def _check_score_file(txt: str, run_dir: str, samples: Optional[int], out: Findings,
+                      tokens: Optional[int] = None) -> Optional[dict]:
     """The ROUGE line of accuracy.txt, its hash checked against the log beside it; None when unusable."""
     if not os.path.isfile(txt):
         out.errors.append(f"accuracy run {run_dir}: no {ACCURACY_RESULT_FILE}; save evaluate-accuracy.py's output "
@@ -98,6 +107,9 @@ def _check_score_file(txt: str, run_dir: str, samples: Optional[int], out: Findi
         gen_num = rouge.get("gen_num")
         out.rule(gen_num is None or samples is None or int(gen_num) == samples,
                  f"{txt}: scores {gen_num} samples but {ACCURACY_LOG} has {samples}: from another run?")
+        gen_tok_len = rouge.get("gen_tok_len")
+        out.rule(gen_tok_len is None or tokens is None or int(gen_tok_len) == tokens,
+                 f"{txt}: scores {gen_tok_len} tokens but {ACCURACY_LOG} holds {tokens}: from another run?")
     out.facts.update(accuracy_log_sha256=log_hash, accuracy_txt_text=text)
     return rouge
 
@@ -111,10 +123,15 @@ def check_accuracy(run_dir: str, accuracy_txt: Optional[str], scenario: str, ben
     detail, loadgen_errors, _ = read
     info = read_run_info(run_dir)
     label = f"accuracy run {run_dir}"
-    samples = _accuracy_samples(run_dir)
+    samples, tokens = _accuracy_samples(run_dir)
     out.rule(samples is not None, f"{label}: {ACCURACY_LOG} is not a LoadGen accuracy log")
+    # LoadGen logs every sample it issued: a log with fewer (entries removed, or another run's) scores a subset.
+    issued = detail.get("effective_accuracy_sample_count") or detail.get("qsl_reported_total_count")
+    out.rule(samples is None or issued is None or samples == issued,
+             f"{label}: {ACCURACY_LOG} holds {samples} samples but the run issued {issued}: the log is not this "
+             f"run's whole log")
     txt = accuracy_txt or os.path.join(run_dir, ACCURACY_RESULT_FILE)
-    rouge = _check_score_file(txt, run_dir, samples, out)
+    rouge = _check_score_file(txt, run_dir, samples, out, tokens)
     out.extend(accuracy_rules(detail, loadgen_errors, info, scenario, closed, rouge, benchmark), label)
     inputs = read_identity(run_dir)
     out.extend(check_model_shape(info.model_path, closed, inputs.model if inputs else None), label)
@@ -239,6 +256,11 @@ def check_same_inputs(perf: Optional[InputIdentity], other: Optional[InputIdenti
     else:
         out.rule(perf.dataset.same_content(other.dataset), f"performance run and {what} read different datasets: "
                  f"{perf.dataset.describe()} vs {other.dataset.describe()}")
+    for name, flag in (("liteml_config", "--liteml-config"), ("calibration_scales", "--calibration-scales")):
+        a, b = getattr(perf, name), getattr(other, name)
+        out.rule((a is None and b is None) or (a is not None and b is not None and a.same_content(b)),
+                 f"performance run and {what} ran with different {flag} files: "
+                 f"{a.describe() if a else 'none'} vs {b.describe() if b else 'none'}")
     if perf.model is not None and other.model is not None:
         out.rule(perf.model.same_model(other.model), f"performance run and {what} ran different models (config.json "
                  f"or weight names/shapes differ): {perf.model.path} vs {other.model.path}")

@@ -101,7 +101,6 @@ def latency_limits(detail: dict, scenario: str, closed: bool) -> Findings:
     # Interactive's own, tighter limits are ours (closed: error).
     checker_ttft, checker_tpot = rounds.LATENCY_LIMITS_NS["Server"]
     out.rule(bool(detail.get("early_stopping_met")), f"early stopping not met: {detail.get('early_stopping_result')}")
-    out.rule(bool(detail.get("requested_use_token_latencies")), "use_token_latencies is off (LLM runs need it)")
     ttft = _num(detail.get("result_first_token_99.00_percentile_latency_ns"))
     tpot = _num(detail.get("result_time_per_output_token_99.00_percentile_ns"))
     if ttft is None or tpot is None:
@@ -153,6 +152,12 @@ def performance_rules(detail: dict, loadgen_errors: list, info: RunInfo, rnd: Ro
     override = _num(detail.get("requested_performance_sample_count_override"))
     out.rule(override in (None, 0, rounds.PERFORMANCE_SAMPLE_COUNT),
              f"user.conf set performance_sample_count_override {_int(override)}", closed)
+    # The checker's llm_check, every scenario: without token latencies Offline logs no tokens per second.
+    out.rule(bool(detail.get("requested_use_token_latencies")), "use_token_latencies is off (LLM runs need it)")
+    # Compliance-test issue modes: the run measures one sample repeated, or each sample once, not the benchmark.
+    for mode in ("performance_issue_same", "performance_issue_unique"):
+        out.rule(not detail.get(f"effective_{mode}"), f"user.conf set {mode} = 1 (a compliance-test setting, "
+                                                      f"not a benchmark run)", closed)
     min_ms = _num(detail.get("effective_min_duration_ms"))
     out.rule(min_ms is not None and min_ms >= rounds.MIN_DURATION_MS,
              f"min_duration {_int(min_ms)} ms < {rounds.MIN_DURATION_MS} ms")

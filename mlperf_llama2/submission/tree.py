@@ -78,6 +78,10 @@ def check_tree(root: str, rnd: Round) -> tuple[Findings, list[str]]:
     if os.path.exists(root) and not os.path.isdir(root):
         out.errors.append(f"--root {root} is a file, not a directory")
         return out, incomplete
+    if not os.path.isdir(root):
+        out.errors.append(f"--root {root}: no such directory (a typo? nothing to check)")
+        return out, incomplete
+    results = 0
     for division in (d for d in _dirs(root) if d in DIVISIONS):
         closed = division == "closed"
         for submitter in _dirs(os.path.join(root, division)):
@@ -101,10 +105,13 @@ def check_tree(root: str, rnd: Round) -> tuple[Findings, list[str]]:
                     out.rule(not unknown, f"{bench_dir}: unknown scenario(s) {', '.join(unknown)}")
                     for scenario in (s for s in scenarios if s in rnd.scenarios):
                         out.extend(check_result(os.path.join(bench_dir, scenario), closed, rnd))
+                        results += 1
                     if closed:
                         missing = [s for s in rnd.required_scenarios if s not in scenarios]
                         if not any(s in scenarios for s in rnd.optional_scenarios):
                             missing.append(f"one of {' or '.join(rnd.optional_scenarios)}")
                         if missing:
                             incomplete.append(f"{bench_dir}: a closed result needs {', '.join(missing)} too")
+    out.rule(results > 0, f"--root {root}: holds no result ({' or '.join(DIVISIONS)}/SUBMITTER/results/SYSTEM/"
+                          f"BENCHMARK/SCENARIO/); is it the submission's root?")
     return out, incomplete
