@@ -213,3 +213,33 @@ def test_audited_good_run_still_passes_through_the_script(tmp_path):
     assert proc.returncode == 0 and not errors, proc.stderr
     assert (tmp_path / "out" / "TEST06" / "verify_accuracy.txt").read_text().splitlines()[:3] == [
         "First token check pass: True", "EOS check pass: True", "Sample length check pass: True"]
+
+
+def test_the_copied_logs_can_be_verified_again_into_the_same_output(tmp_path):
+    """-c OUT/TEST06/accuracy -o OUT: the copy is the run's logs already; no SameFileError traceback."""
+    logs = audit_logs(tmp_path, GOOD)
+    assert verify_cli("-c", logs, "-o", tmp_path / "out", "-s", "Server")[0].returncode == 0
+    copy = tmp_path / "out" / "TEST06" / "accuracy"
+    proc, errors = verify_cli("-c", copy, "-o", tmp_path / "out", "-s", "Server")
+    assert proc.returncode == 0 and not errors and "Traceback" not in proc.stderr, proc.stderr
+    assert (copy / "mlperf_log_accuracy.json").read_text() == (logs / "mlperf_log_accuracy.json").read_text()
+
+
+def test_a_run_verified_into_an_earlier_output_leaves_none_of_the_earlier_runs_files(tmp_path):
+    """The packager reads TEST06/accuracy/run_info.json as the audited run's: an earlier run's must not stay."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = audit_logs(tmp_path / "a", GOOD, lg_model_name="llama2-70b")
+    (first / "mlperf_log_trace.json").write_text("[]")
+    assert verify_cli("-c", first, "-o", tmp_path / "out", "-s", "Server")[0].returncode == 0
+    second = audit_logs(tmp_path / "b", GOOD)  # no run_info.json, no trace (another harness's run)
+    assert verify_cli("-c", second, "-o", tmp_path / "out", "-s", "Server")[0].returncode == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "TEST06" / "accuracy").iterdir()) == [
+        "mlperf_log_accuracy.json", "mlperf_log_detail.txt"]
+
+
+def test_a_negative_eos_id_is_one_line(tmp_path):
+    logs = audit_logs(tmp_path, GOOD)
+    proc, errors = verify_cli("-c", logs, "-o", tmp_path / "out", "-s", "Server", "-e", "-1")
+    assert proc.returncode == 2 and len(errors) == 1 and "-e -1: an EOS token id is >= 0" in errors[0], proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -176,9 +176,21 @@ def write_outputs(result: Test06Result, log_dir: str, output_dir: str) -> str:
     with open(report, "w", encoding="utf-8") as f:
         f.write("\n".join(result.report_lines()) + "\n")
     # run_info.json too: the submission packager checks the audit ran the same model and precision.
-    for path in glob.glob(os.path.join(log_dir, "mlperf_log_*")) + glob.glob(os.path.join(log_dir, "run_info.json")):
-        shutil.copy(path, accuracy_dir)
+    copied = run_files(log_dir)
+    names = {os.path.basename(path) for path in copied}
+    for stale in run_files(accuracy_dir):  # an earlier verification's run into the same -o: not this run's
+        if os.path.basename(stale) not in names:
+            os.remove(stale)
+    for path in copied:
+        target = os.path.join(accuracy_dir, os.path.basename(path))
+        if not (os.path.exists(target) and os.path.samefile(path, target)):  # -c may be this copy itself
+            shutil.copy(path, target)
     return report
+
+
+def run_files(log_dir: str) -> list[str]:
+    """The files of a run that TEST06/accuracy/ holds: LoadGen's logs and main.py's run_info.json."""
+    return glob.glob(os.path.join(log_dir, "mlperf_log_*")) + glob.glob(os.path.join(log_dir, "run_info.json"))
 
 
 def audit_config_was_applied(log_dir: str) -> bool:
@@ -235,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.eos_token_id < 0:
+        raise UserError(f"-e {args.eos_token_id}: an EOS token id is >= 0 (Llama-2's is {constants.LLAMA2_EOS_TOKEN})")
     if not os.path.isdir(args.compliance_dir):
         raise UserError(f"-c {args.compliance_dir}: not a directory (point -c at the audit run's LoadGen log "
                         "directory)")
