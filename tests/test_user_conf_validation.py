@@ -67,6 +67,16 @@ def test_each_bad_line_is_one_error_naming_file_and_line(tmp_path, name, bad, wo
         assert word in message, message
 
 
+def test_a_byte_order_mark_is_named_not_shown_as_an_unknown_model(tmp_path):
+    """An editor's UTF-8 BOM: LoadGen reads it as part of line 1's name and ignores that line."""
+    path = tmp_path / "user.conf"
+    path.write_bytes(b"\xef\xbb\xbf" + SMALL_USER_CONF.encode())
+    with pytest.raises(UserError) as info:
+        validate_conf_file(str(path), "--user-conf")
+    assert str(info.value).startswith(f"--user-conf {path}: line 1: starts with a UTF-8 byte-order mark"), info.value
+    assert "unknown model" not in str(info.value)
+
+
 def test_good_files_pass_and_give_their_settings(tmp_path):
     for text in (SMALL_USER_CONF, VALID_SERVER_USER_CONF, (REPO / "user.conf").read_text()):
         (tmp_path / "u.conf").write_text(text)

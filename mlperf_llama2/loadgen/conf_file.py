@@ -190,6 +190,9 @@ def read_conf_lines(path: str, flag: str, *, audit: bool = False) -> dict:
         raise UserError(f"{flag} {path}: not a text file") from None
     except OSError as exc:
         raise UserError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+    if lines and lines[0].startswith("\ufeff"):  # LoadGen reads the mark as part of the first line's name
+        raise UserError(f"{flag} {path}: line 1: starts with a UTF-8 byte-order mark, which LoadGen reads as part of "
+                        "the setting's name and so ignores the line; save the file without it")
     settings: dict = {}
     for number, line in enumerate(lines, start=1):
         try:
