@@ -24,6 +24,17 @@ if [ -t 2 ]; then export MLPERF_LLAMA2_PROGRESS_TTY=1; fi
     --output-log-dir "$LOG_DIR" \
     "$@" 2>&1 | tee offline_accuracy_log.log
 
+# Score the run just made: an --output-log-dir, --model-path or --dataset-path among the extra arguments wins in
+# main.py (argparse keeps the last), so read them back with its own parser; else an earlier run's log in
+# $LOG_DIR would be scored as this run's.
+RAN="$(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON3" -c '
+import sys
+from mlperf_llama2.config import build_parser
+ran = build_parser().parse_args(sys.argv[1:])
+print(ran.output_log_dir, ran.model_path, ran.dataset_path, sep="\n")
+' --output-log-dir "$LOG_DIR" --model-path "${CHECKPOINT_PATH}" --dataset-path "${DATASET_PATH}" "$@")"
+{ read -r LOG_DIR; read -r CHECKPOINT_PATH; read -r DATASET_PATH; } <<< "$RAN"
+
 "$PYTHON3" "$HERE/evaluate-accuracy.py" --checkpoint-path "${CHECKPOINT_PATH}" \
     --mlperf-accuracy-file "$LOG_DIR/mlperf_log_accuracy.json" \
     --dataset-file "${DATASET_PATH}" \

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,25 @@ def test_run_scripts_use_the_project_venv_unless_an_environment_is_active(tmp_pa
     active = subprocess.run(["bash", str(root / name)], cwd=tmp_path, env=dict(env, VIRTUAL_ENV="/opt/venv"),
                             capture_output=True, text=True, timeout=60)
     assert active.returncode == 0 and "VENV_PYTHON" not in active.stdout and "MAIN" in active.stdout
+
+
+def test_run_accuracy_scores_the_run_its_extra_arguments_made(tmp_path):
+    """`run_accuracy.sh --output-log-dir mine --model-path /other`: main.py writes into mine/, so the scorer reads
+    mine/'s log with /other's tokenizer, not an earlier run's log left in offline_accuracy_loadgen_logs/."""
+    root = _script_copy(tmp_path, "run_accuracy.sh", venv=False)
+    (root / "evaluate-accuracy.py").write_text("import sys\nprint('SCORED', ' '.join(sys.argv[1:]))\n")
+    stale = tmp_path / "offline_accuracy_loadgen_logs"
+    stale.mkdir()
+    (stale / "mlperf_log_accuracy.json").write_text("[]")  # an earlier run's log
+    (tmp_path / "mine").mkdir()
+    bin_dir = Path(sys.executable).parent  # the project's environment: the script's parser needs the package
+    env = dict(os.environ, VIRTUAL_ENV=str(bin_dir.parent), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               CHECKPOINT_PATH="/m", DATASET_PATH="/d.pkl")
+    for extra in (["--output-log-dir", "mine", "--model-path", "/other"],
+                  ["--output-log-dir=mine", "--model-path=/other"]):
+        proc = subprocess.run(["bash", str(root / "run_accuracy.sh"), *extra], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        scored = [line for line in proc.stdout.splitlines() if line.startswith("SCORED")]
+        assert len(scored) == 1, proc.stdout + proc.stderr  # (the report step after it fails on the fake logs)
+        assert "--checkpoint-path /other --mlperf-accuracy-file mine/mlperf_log_accuracy.json --dataset-file " \
+               "/d.pkl" in scored[0]
