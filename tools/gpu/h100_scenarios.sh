@@ -1,0 +1,30 @@
+#!/bin/bash
+# The whole 70B (all 80 layers) in FP8 + FP8 KV on ONE H100, through LoadGen, for when no H200 comes (device kind
+# nvidia-h100-x1, carry [".whl"]): 64.8 GiB of FP8 weights leave ~9 GiB of KV cache, about 40 live sequences of
+# PERF.md's workload, so these are latency-scenario figures of a KV-capped card, not #19's H200 rows. One part
+# per call (each under the 10-minute limit):
+#   PART=server       Offline (256 samples: the capacity the automatic point is taken from), then one automatic
+#                     Server point (0.9 of that capacity) of >= 500 queries, 2 s / 200 ms, main.py's Server defaults
+#   PART=interactive  one automatic Interactive point (450 / 40 ms; 0.5 of the Offline capacity in OFFLINE_JSON,
+#                     default the server part's bench.json copied to docs/results), >= 500 queries, main.py's
+#                     Interactive defaults (--graph-mixed-tokens 512)
+# Copy $OUT into docs/results/ (bench.json as bench_engine_70b_fp8_fp8kv_h100_scenarios_<part>.json).
+case "$PART" in server|interactive) ;; *) echo "h100_scenarios.sh: PART must be server or interactive (got '${PART}')"
+  exit 2 ;; esac
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee "$OUT"/gpu.txt
+BENCH=(python3 tools/bench.py --shape 70b --ref-samples 0 --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8
+       --server-auto 1 --server-seconds 60 --server-min-queries 500)
+filter() { grep -v "^WARNING\|Warning" | tail -"${1:-24}"; }
+case "$PART" in
+  server)
+    timeout 560 "${BENCH[@]}" --samples 256 --max-num-seqs 64 --out "$OUT"/server 2>&1 | filter 30
+    python3 tools/steady_state.py "$OUT"/server/bench.json ;;
+  interactive)
+    OFFLINE_JSON=${OFFLINE_JSON:-docs/results/bench_engine_70b_fp8_fp8kv_h100_scenarios_server.json}
+    timeout 560 "${BENCH[@]}" --samples 0 --interactive --max-num-seqs 64 --max-num-batched-tokens 1024 \
+        --graph-mixed-tokens 512 --offline-json "$OFFLINE_JSON" \
+        --out "$OUT"/interactive 2>&1 | filter 30 ;;
+esac
