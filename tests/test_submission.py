@@ -13,6 +13,7 @@ import pytest
 
 from loadgen_fixtures import REPO
 from mlperf_llama2 import constants, input_identity
+from mlperf_llama2.compliance import test06
 from mlperf_llama2.input_identity import InputIdentity
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
 from mlperf_llama2.report.summary import parse_detail
@@ -52,6 +53,23 @@ def record_inputs(run_dir: Path, inputs: InputIdentity) -> None:
     input_identity.record(str(run_dir), inputs)
 
 
+def audit_entry(idx: int, data: list[int], first: list[int] | None = None, count: int | None = None) -> dict:
+    """An accuracy-log entry of an audit run: int32 tokens as hex, token_data the first token (Server)."""
+    e = {"seq_id": idx, "qsl_idx": idx, "data": b"".join(t.to_bytes(4, "little") for t in data).hex().upper(),
+         "token_count": len(data) if count is None else count}
+    if first is not None:
+        e["token_data"] = b"".join(t.to_bytes(4, "little") for t in first).hex().upper()
+    return e
+
+
+# An audit run's samples that pass every TEST06 check in every scenario (one EOS at most, at the end).
+AUDITED = [audit_entry(0, [5, 6, constants.LLAMA2_EOS_TOKEN], [5]), audit_entry(1, [7, 8], [7])]
+
+
+def write_audit_log(logs: Path, entries: list[dict]) -> None:
+    (logs / "mlperf_log_accuracy.json").write_text(json.dumps(entries))
+
+
 @pytest.fixture
 def model_70b(tmp_path) -> Path:
     d = tmp_path / "Llama-2-70b-chat-hf"
@@ -89,6 +107,7 @@ def result(tmp_path, model_70b):
     (t06 / "verify_accuracy.txt").write_text("First token check pass: Skipped\nEOS check pass: True\n"
                                              "Sample length check pass: True\nTEST06 verification complete\n")
     write_detail(t06 / "accuracy", audit=True, effective_scenario="Offline", **SEEDS)
+    write_audit_log(t06 / "accuracy", AUDITED)
     write_info(t06 / "accuracy", **{**info, "command": "python3 main.py --scenario Offline  # audit"})
     audit_conf = tmp_path / "audit.config"
     audit_conf.write_text("*.*.mode = 2\n")
@@ -289,6 +308,93 @@ def test_a_server_audit_is_not_an_interactive_one(result):
     assert len(check_test06(str(result["t06"]), "Server", True, V61).errors) == 1
 
 
+def test_a_test06_verified_with_a_wrong_eos_id_is_refused_in_both_divisions(result, capsys):
+    """run_verification.py -e 5 on Llama-2 outputs (EOS 2): no token is 5, so the EOS check passes whatever
+    the outputs end with. The packager re-runs the checks on the audit's log with EOS 2 and refuses it."""
+    t06 = result["t06"] / "TEST06"
+    assert check_test06(str(result["t06"]), "Offline", True, V61).errors == []  # the fixture's good audit
+    eos = constants.LLAMA2_EOS_TOKEN
+    write_audit_log(t06 / "accuracy", [*AUDITED, audit_entry(7, [5, 6, eos, eos], [5])])  # padding after EOS
+    assert test06.main(["-c", str(t06 / "accuracy"), "-o", str(result["t06"]), "-s", "Offline", "-e", "5"]) == 0
+    assert (t06 / "verify_accuracy.txt").read_text().splitlines()[1] == "EOS check pass: True"
+    expected = (f"TEST06 {t06}: the EOS check fails on accuracy/mlperf_log_accuracy.json re-run with Llama-2's EOS "
+                f"id {eos} (Offline): qsl_idx 7: 2 EOS tokens at the end of data; verify_accuracy.txt says True: "
+                f"it was verified with another -e or -s, or it is stale or edited")
+    for closed in (True, False):
+        assert check_test06(str(result["t06"]), "Offline", closed, V61).errors == [expected]
+    assert main(argv(result, "--check-only")) == 2
+    assert f"submission: error: {expected}" in capsys.readouterr().err.splitlines()
+    assert main(argv(result, "--check-only", division="open")) == 2
+    assert test06.main(["-c", str(t06 / "accuracy"), "-o", str(result["t06"]), "-s", "Offline"]) == 1  # -e 2
+    errors = check_test06(str(result["t06"]), "Offline", True, V61).errors
+    assert f"TEST06 {t06}: eos check pass: False" in errors
+    assert (f"TEST06 {t06}: the EOS check fails on accuracy/mlperf_log_accuracy.json re-run with Llama-2's EOS id "
+            f"{eos} (Offline): qsl_idx 7: 2 EOS tokens at the end of data") in errors
+
+
+def test_a_verify_accuracy_txt_that_its_logs_contradict_is_refused(result):
+    """A stale or hand-edited report next to the real logs: its lines must be what the logs give."""
+    t06 = result["t06"] / "TEST06"
+    write_audit_log(t06 / "accuracy", [*AUDITED, audit_entry(3, [5, 6], [5], count=9)])  # the fixture's report: pass
+    errors = check_test06(str(result["t06"]), "Offline", False, V61).errors
+    assert errors == [f"TEST06 {t06}: the sample length check fails on accuracy/mlperf_log_accuracy.json re-run "
+                      f"with Llama-2's EOS id 2 (Offline): qsl_idx 3: len(data) 2 != token_count 9; "
+                      f"verify_accuracy.txt says True: it was verified with another -e or -s, or it is stale or edited"]
+    write_audit_log(t06 / "accuracy", AUDITED)
+    (t06 / "verify_accuracy.txt").write_text("First token check pass: Skipped\nEOS check pass: False\n"
+                                             "Sample length check pass: True\nTEST06 verification complete\n")
+    errors = check_test06(str(result["t06"]), "Offline", True, V61).errors
+    assert errors == [f"TEST06 {t06}: eos check pass: False",
+                      f"TEST06 {t06}: verify_accuracy.txt says EOS check pass: False, but its "
+                      f"accuracy/mlperf_log_accuracy.json gives True (re-run with Llama-2's EOS id 2, Offline): "
+                      f"it is stale or edited"]
+
+
+def test_a_server_audit_without_first_tokens_is_refused_whatever_its_report_says(result):
+    t06 = result["t06"] / "TEST06"
+    write_detail(t06 / "accuracy", audit=True, effective_scenario="Server", **SEEDS)
+    (t06 / "verify_accuracy.txt").write_text("First token check pass: True\nEOS check pass: True\n"
+                                             "Sample length check pass: True\nTEST06 verification complete\n")
+    assert check_test06(str(result["t06"]), "Server", True, V61).errors == []
+    write_audit_log(t06 / "accuracy", [*AUDITED, audit_entry(4, [9, 2])])  # never called FirstTokenComplete
+    errors = check_test06(str(result["t06"]), "Server", True, V61).errors
+    assert errors == [f"TEST06 {t06}: the first token check fails on accuracy/mlperf_log_accuracy.json re-run with "
+                      f"Llama-2's EOS id 2 (Server): qsl_idx 4: no token_data (FirstTokenComplete never called); "
+                      f"verify_accuracy.txt says True: it was verified with another -e or -s, or it is stale or edited"]
+
+
+def test_the_tree_check_re_verifies_each_test06_too(result, server, capsys):
+    """A verify_accuracy.txt edited in the tree after packaging: `--check` re-runs the checks on the log beside it."""
+    assert main(argv(result)) == 0 and main(argv(server, scenario="Server")) == 0
+    assert main(["--root", str(result["root"]), "--check"]) == 0
+    t06 = benchmark_dir(result) / "Server" / "TEST06"
+    write_audit_log(t06 / "accuracy", [*AUDITED, audit_entry(5, [5, 6], [6])])  # the first token is not data's
+    capsys.readouterr()
+    assert main(["--root", str(result["root"]), "--check"]) == 2
+    assert (f"submission: error: tree: TEST06 {t06}: the first token check fails on accuracy/mlperf_log_accuracy.json "
+            f"re-run with Llama-2's EOS id 2 (Server): qsl_idx 5: token_data [6] is not the start of data; "
+            f"verify_accuracy.txt says True: it was verified with another -e or -s, or it is stale or edited") in \
+        capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize("log, expected", [
+    (None, "no accuracy/mlperf_log_accuracy.json beside the audit run's logs: cannot re-run the TEST06 checks"),
+    ("[]", "the accuracy log is empty"),
+    ('[{"qsl_idx": 0, "data": "05', "not valid JSON"),
+    (json.dumps([{"qsl_idx": 0, "data": "0500000000000000", "token_count": 1}]), "8 bytes a token (int64), not 4"),
+])
+def test_a_test06_whose_log_cannot_be_re_verified_is_refused(result, log, expected):
+    path = result["t06"] / "TEST06" / "accuracy" / "mlperf_log_accuracy.json"
+    if log is None:
+        path.unlink()
+    else:
+        path.write_text(log)
+    for closed in (True, False):
+        errors = check_test06(str(result["t06"]), "Offline", closed, V61).errors
+        assert errors and all(e.startswith(f"TEST06 {result['t06'] / 'TEST06'}: ") for e in errors), errors
+        assert any(expected in e for e in errors), errors
+
+
 def test_a_test06_of_another_model_or_capped_outputs_is_refused(result, capsys):
     info = json.loads((result["t06"] / "TEST06" / "accuracy" / "run_info.json").read_text())
     write_info(result["t06"] / "TEST06" / "accuracy", **{**info, "max_new_tokens": 128, "dtype": "float32"})
@@ -359,6 +465,122 @@ def test_a_checkpoint_changed_since_the_run_is_refused_in_closed(result, model_7
     closed = check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=True).errors
     assert len(closed) == 1 and "config.json is not the one the run recorded" in closed[0]
     assert check_accuracy(str(result["acc"]), None, "Offline", "llama2-70b-99.9", closed=False).errors == []
+
+
+@pytest.fixture
+def server(result, tmp_path):
+    """A Server result of the same system as `result` (same model, precision, dataset): its own runs, user.conf
+    and batch size, as a Server result legitimately has."""
+    info = {**json.loads((result["perf"] / "run_info.json").read_text()), "batch_size": 64, "scenario": "Server",
+            "user_conf": str(tmp_path / "server.conf")}
+    del info["input_identity"]
+    (tmp_path / "server.conf").write_text("llama2-70b.Server.target_qps = 5\n")
+    conf = input_identity.file_identity(str(tmp_path / "server.conf"))
+    inputs = dataclasses.replace(result["inputs"], user_conf=conf)
+    perf, acc, t06 = tmp_path / "server_perf", tmp_path / "server_acc", tmp_path / "server_t06" / "TEST06"
+    server_run(perf)
+    write_detail(acc, effective_test_mode="AccuracyOnly", effective_scenario="Server", qsl_reported_total_count=FULL,
+                 **SEEDS)
+    for name in ("mlperf_log_accuracy.json", "accuracy.txt"):
+        (acc / name).write_bytes((result["acc"] / name).read_bytes())
+    write_detail(t06 / "accuracy", audit=True, effective_scenario="Server", **SEEDS)
+    write_audit_log(t06 / "accuracy", AUDITED)
+    (t06 / "verify_accuracy.txt").write_text("First token check pass: True\nEOS check pass: True\n"
+                                             "Sample length check pass: True\nTEST06 verification complete\n")
+    for run, extra in ((perf, {}), (acc, {"accuracy": True}), (t06 / "accuracy", {})):
+        write_info(run, **info, **extra)
+        record_inputs(run, inputs)
+    return {**result, "perf": perf, "acc": acc, "t06": t06.parent, "inputs": inputs}
+
+
+def benchmark_dir(r, division="closed") -> Path:
+    return r["root"] / division / "Acme" / "results" / "h200_x1" / "llama2-70b-99.9"
+
+
+def rewrite_run(run: Path, inputs: InputIdentity | None = None, **fields) -> None:
+    """Change what run_info.json records: its fields, and (given) its input_identity."""
+    info = json.loads((run / "run_info.json").read_text())
+    write_info(run, **{**info, **fields})
+    if inputs is not None:
+        record_inputs(run, inputs)
+
+
+def test_offline_and_server_of_one_system_and_model_make_a_complete_tree(result, server, capsys):
+    """Batch size, user.conf and the LoadGen model name differ between scenarios: that is not another system."""
+    assert main(argv(result)) == 0 and main(argv(server, scenario="Server")) == 0
+    assert main(["--root", str(result["root"]), "--check"]) == 0
+    assert "differ" not in capsys.readouterr().err
+    kept = benchmark_dir(result) / "Server" / "performance" / "run_info.json"
+    assert json.loads(kept.read_text())["batch_size"] == 64  # the performance run's, kept for this check
+
+
+@pytest.mark.parametrize("field, value", [("dtype", "bfloat16"), ("quantization", "fp8"), ("kv_cache_dtype", "fp8"),
+                                          ("fp8_accumulation", "fast"), ("backend", "reference")])
+@pytest.mark.parametrize("division", ["closed", "open"])
+def test_a_scenario_of_other_numerics_is_not_added_beside_the_others(result, server, capsys, field, value, division):
+    """A Server result whose three runs agree with each other, but not with the tree's Offline result."""
+    assert main(argv(result, division=division)) == 0
+    for run in (server["perf"], server["acc"], server["t06"] / "TEST06" / "accuracy"):
+        rewrite_run(run, **{field: value})
+    assert main(argv(server, scenario="Server", division=division)) == 2
+    err = capsys.readouterr().err
+    assert (f"submission: error: {benchmark_dir(result, division)}: Server performance run and Offline performance run "
+            f"differ in {field}: {value} vs {getattr(read_run_info(str(result['perf'])), field)}") in err.splitlines()
+    assert not (benchmark_dir(result, division) / "Server").exists()  # refused before anything is written
+
+
+def other_model(r, tmp_path):
+    return dataclasses.replace(r["inputs"], model=dataclasses.replace(r["inputs"].model, weights_sha256="0" * 64))
+
+
+def other_dataset(r, tmp_path):
+    (tmp_path / "other.pkl").write_bytes(b"24576 other samples")
+    return dataclasses.replace(r["inputs"], dataset=input_identity.file_identity(str(tmp_path / "other.pkl")))
+
+
+def other_scales(r, tmp_path):
+    (tmp_path / "scales.pt").write_bytes(b"per-channel scales")
+    return dataclasses.replace(r["inputs"], calibration_scales=input_identity.file_identity(str(tmp_path /
+                                                                                                "scales.pt")))
+
+
+@pytest.mark.parametrize("change, expected", [
+    (other_model, "Offline performance run and Server performance run ran different models (config.json or weight "
+                  "names/shapes differ)"),
+    (other_dataset, "Offline performance run and Server performance run read different datasets: "),
+    (other_scales, "Offline performance run and Server performance run ran with different --calibration-scales "
+                   "files: none vs "),
+])
+def test_a_tree_whose_scenarios_ran_other_models_or_data_fails_the_check(result, server, tmp_path, capsys, change,
+                                                                         expected):
+    """Both results packaged, then one's recorded identity differs (a tree assembled by hand, or a result
+    replaced from another machine): `--check` compares every scenario's performance run."""
+    assert main(argv(result)) == 0 and main(argv(server, scenario="Server")) == 0
+    assert main(["--root", str(result["root"]), "--check"]) == 0
+    rewrite_run(benchmark_dir(result) / "Server" / "performance", change(server, tmp_path))
+    capsys.readouterr()
+    assert main(["--root", str(result["root"]), "--check"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error: " in line]
+    assert any(line.startswith(f"submission: error: tree: {benchmark_dir(result)}: {expected}") for line in errors), \
+        errors
+
+
+def test_scenarios_without_a_recorded_identity_are_a_warning(result, server, capsys):
+    """An older run (no input_identity) and an older tree (no performance/run_info.json): cannot be confirmed."""
+    assert main(argv(result)) == 0
+    perf = benchmark_dir(result) / "Offline" / "performance" / "run_info.json"
+    info = json.loads(perf.read_text())
+    del info["input_identity"]
+    perf.write_text(json.dumps(info))
+    assert main(argv(server, "--check-only", scenario="Server")) == 0
+    assert (f"{benchmark_dir(result)}: Offline performance run: run_info.json has no input_identity (an older "
+            f"harness): cannot confirm the Server performance run and the Offline performance run read the same "
+            f"dataset and model files") in capsys.readouterr().err
+    perf.unlink()  # packaged before the packager kept the performance run's run_info.json
+    assert main(argv(server, scenario="Server")) == 0
+    assert (f"{benchmark_dir(result)}/Offline: no run_info.json of its performance run (an older harness, or a "
+            f"result packaged before the packager kept performance/run_info.json): cannot confirm it used the same "
+            f"model, precision and dataset as the other scenarios'") in capsys.readouterr().err
 
 
 def test_runs_without_input_identity_are_packaged_with_a_warning(result, capsys):

@@ -41,6 +41,28 @@ def test_each_defect_fails_its_check(bad, which):
     assert flags.pop(which) is False and all(flags.values()) and not result.passed
 
 
+def test_one_pass_decodes_each_sample_once_and_keeps_each_checks_problems(monkeypatch):
+    """The packager re-runs verify on audit logs of up to 24,576 samples: data decoded once a sample (plus
+    token_data where the first-token check runs), and each failing check's samples kept apart to be named."""
+    from mlperf_llama2.compliance import test06
+
+    decoded = []
+    real = test06._tokens
+    monkeypatch.setattr(test06, "_tokens", lambda e, key, dtype: decoded.append(key) or real(e, key, dtype))
+    entries = [entry([5, 6, 2, 2], [5]), entry([7, 8], [8], idx=1), entry([1], [1], count=3, idx=2)]
+    offline = verify(entries, "Offline", 2)
+    assert decoded == ["data"] * 3
+    assert offline.failures == {"EOS check pass": ["qsl_idx 0: 2 EOS tokens at the end of data"],
+                                "Sample length check pass": ["qsl_idx 2: len(data) 1 != token_count 3"]}
+    decoded.clear()
+    server = verify(entries, "Server", 2)
+    assert sorted(decoded) == ["data"] * 3 + ["token_data"] * 3
+    assert server.failures["First token check pass"] == ["qsl_idx 1: token_data [8] is not the start of data"]
+    assert server.verdicts() == {"First token check pass": "False", "EOS check pass": "False",
+                                 "Sample length check pass": "False"}
+    assert verify(GOOD, "Server", 2).failures == {}
+
+
 def test_int64_data_read_as_int32_fails_length():
     result = verify([entry([5, 6, 2], [5], dtype=np.int64)], "Server", 2, "int32")
     assert not result.length_pass

@@ -39,6 +39,11 @@ ACCURACY_LOG = "mlperf_log_accuracy.json"
 AUDIT_MARKER = "Found Audit Config file"
 
 
+# The report's line of each check, as the reference verifier writes it (the packager reads them back).
+FIRST_TOKEN_LINE, EOS_LINE, LENGTH_LINE = "First token check pass", "EOS check pass", "Sample length check pass"
+CHECK_LINES = (FIRST_TOKEN_LINE, EOS_LINE, LENGTH_LINE)
+
+
 @dataclass
 class Test06Result:
     first_token_pass: Optional[bool]  # None: skipped (Offline)
@@ -46,58 +51,48 @@ class Test06Result:
     length_pass: bool
     samples: int
     problems: list[str] = field(default_factory=list)
+    failures: dict[str, list[str]] = field(default_factory=dict)  # CHECK_LINES name -> its samples' problems
 
     @property
     def passed(self) -> bool:
         return self.first_token_pass is not False and self.eos_pass and self.length_pass
 
-    def report_lines(self) -> list[str]:
+    def verdicts(self) -> dict[str, str]:
+        """Each check's value as the report writes it: True, False or Skipped."""
         first = "Skipped" if self.first_token_pass is None else str(self.first_token_pass)
-        return [
-            f"First token check pass: {first}",
-            f"EOS check pass: {self.eos_pass}",
-            f"Sample length check pass: {self.length_pass}",
-            f"TEST06 verification {'complete' if self.passed else 'failed'}",
-        ]
+        return {FIRST_TOKEN_LINE: first, EOS_LINE: str(self.eos_pass), LENGTH_LINE: str(self.length_pass)}
+
+    def report_lines(self) -> list[str]:
+        return [f"{name}: {value}" for name, value in self.verdicts().items()] + [
+            f"TEST06 verification {'complete' if self.passed else 'failed'}"]
 
 
 def _tokens(entry: dict, key: str, dtype) -> np.ndarray:
     return np.frombuffer(bytes.fromhex(entry[key]), dtype)
 
 
-def first_token_problems(entries: Sequence[dict], dtype) -> list[str]:
-    problems = []
-    for entry in entries:
-        if "token_data" not in entry:
-            problems.append(f"qsl_idx {entry.get('qsl_idx')}: no token_data (FirstTokenComplete never called)")
-            continue
-        data, first = _tokens(entry, "data", dtype), _tokens(entry, "token_data", dtype)
-        if len(first) == 0 or len(first) > len(data) or not np.array_equal(first, data[: len(first)]):
-            problems.append(f"qsl_idx {entry.get('qsl_idx')}: token_data {first.tolist()} is not the start of data")
-    return problems
+def _first_token_problem(entry: dict, data: np.ndarray, dtype) -> Optional[str]:
+    if "token_data" not in entry:
+        return f"qsl_idx {entry.get('qsl_idx')}: no token_data (FirstTokenComplete never called)"
+    first = _tokens(entry, "token_data", dtype)
+    if len(first) == 0 or len(first) > len(data) or not np.array_equal(first, data[: len(first)]):
+        return f"qsl_idx {entry.get('qsl_idx')}: token_data {first.tolist()} is not the start of data"
+    return None
 
 
-def eos_problems(entries: Sequence[dict], dtype, eos_token_id: int) -> list[str]:
-    problems = []
-    for entry in entries:
-        data = _tokens(entry, "data", dtype)
-        trailing = 0
-        for token in data[::-1]:
-            if token != eos_token_id:
-                break
-            trailing += 1
-        if trailing > 1:
-            problems.append(f"qsl_idx {entry.get('qsl_idx')}: {trailing} EOS tokens at the end of data")
-    return problems
+def _eos_problem(entry: dict, data: np.ndarray, eos_token_id: int) -> Optional[str]:
+    trailing = 0
+    for token in data[::-1]:
+        if token != eos_token_id:
+            break
+        trailing += 1
+    return f"qsl_idx {entry.get('qsl_idx')}: {trailing} EOS tokens at the end of data" if trailing > 1 else None
 
 
-def length_problems(entries: Sequence[dict], dtype) -> list[str]:
-    problems = []
-    for entry in entries:
-        n = len(_tokens(entry, "data", dtype))
-        if n != entry.get("token_count"):
-            problems.append(f"qsl_idx {entry.get('qsl_idx')}: len(data) {n} != token_count {entry.get('token_count')}")
-    return problems
+def _length_problem(entry: dict, data: np.ndarray) -> Optional[str]:
+    if len(data) != entry.get("token_count"):
+        return f"qsl_idx {entry.get('qsl_idx')}: len(data) {len(data)} != token_count {entry.get('token_count')}"
+    return None
 
 
 def read_accuracy_log(log_dir: str) -> list[dict]:
@@ -150,20 +145,28 @@ def check_dtype(entries: Sequence[dict], dtype_name: str, path: str) -> None:
 
 
 def verify(entries: Sequence[dict], scenario: str, eos_token_id: int, dtype_name: str = "int32") -> Test06Result:
-    """Run the three checks on the accuracy-log entries. Pure: no files."""
+    """Run the three checks on the accuracy-log entries, in one pass (each entry's data decoded once: an audit
+    log can hold all 24,576 samples, and the packager re-runs this on every TEST06 it packages). Pure: no files."""
     dtype = DTYPES[dtype_name]
-    first = first_token_problems(entries, dtype) if scenario != "Offline" else None
-    eos = eos_problems(entries, dtype, eos_token_id)
-    length = length_problems(entries, dtype)
-    problems = (first or []) + eos + length
+    check_first = scenario != "Offline"
+    found: dict[str, list[str]] = {name: [] for name in CHECK_LINES}
+    for entry in entries:
+        data = _tokens(entry, "data", dtype)
+        for name, problem in ((FIRST_TOKEN_LINE, _first_token_problem(entry, data, dtype) if check_first else None),
+                              (EOS_LINE, _eos_problem(entry, data, eos_token_id)),
+                              (LENGTH_LINE, _length_problem(entry, data))):
+            if problem:
+                found[name].append(problem)
+    problems = [p for name in CHECK_LINES for p in found[name]]
     if not entries:
         problems.append("the accuracy log is empty: was the audit run made with audit.config in its working directory?")
     return Test06Result(
-        first_token_pass=None if first is None else not first and bool(entries),
-        eos_pass=not eos and bool(entries),
-        length_pass=not length and bool(entries),
+        first_token_pass=not found[FIRST_TOKEN_LINE] and bool(entries) if check_first else None,
+        eos_pass=not found[EOS_LINE] and bool(entries),
+        length_pass=not found[LENGTH_LINE] and bool(entries),
         samples=len(entries),
         problems=problems,
+        failures={name: found[name] for name in CHECK_LINES if found[name]},
     )
 
 

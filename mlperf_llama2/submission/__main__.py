@@ -25,7 +25,7 @@ from mlperf_llama2.submission.layout import DIVISIONS, MEASUREMENT_FIELDS, SCENA
 from mlperf_llama2.submission.package import Inputs, empty_measurements, write_result, write_system
 from mlperf_llama2.submission.rounds import DEFAULT_ROUND, ROUNDS, STATUSES, SYSTEM_TYPES
 from mlperf_llama2.submission.rules import Findings
-from mlperf_llama2.submission.tree import check_tree
+from mlperf_llama2.submission.tree import check_same_model, check_tree, recorded_run
 
 PROG = "python3 -m mlperf_llama2.submission"
 ALL_BENCHMARKS = sorted({b for r in ROUNDS.values() for b in r.benchmarks})
@@ -186,6 +186,11 @@ def add_result(args) -> int:
         missing = empty_measurements(perf_info, overrides)
         found.rule(not missing, f"measurements.json would leave {', '.join(missing)} empty; "
                                 f"pass --measurement KEY=VALUE")
+        # The tree's other scenarios of this system and benchmark: the same model, precision and dataset.
+        bench_dir = os.path.dirname(paths.scenario_dir)
+        others = [recorded_run(bench_dir, s) for s in SCENARIOS
+                  if s != args.scenario and os.path.isdir(os.path.join(bench_dir, s))]
+        found.extend(check_same_model(bench_dir, [(args.scenario, perf_info, inputs["performance run"]), *others]))
     system_found, system = system_findings(paths, args)
     found.extend(system_found)
 

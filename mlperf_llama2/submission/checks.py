@@ -3,7 +3,8 @@ the problems found (errors stop packaging; warnings are printed) and the facts t
 
 The run-level rules (round, seeds, duration, sample counts, latency limits, ROUGE) are `rules.py`'s;
 here they meet the files: the LoadGen logs, run_info.json, accuracy.txt and its `hash=` line (which
-must be the SHA-256 of the accuracy log beside it), the TEST06 output and the audit run it came from.
+must be the SHA-256 of the accuracy log beside it), the TEST06 output (its checks re-run on the audit's log)
+and the audit run it came from.
 Both runs, and the audit, must come from the same model, precision and dataset: by the files' content where
 run_info.json records it (`input_identity`), else by path with a warning that content cannot be confirmed.
 """
@@ -16,7 +17,9 @@ import re
 from typing import Optional
 
 from mlperf_llama2 import constants
+from mlperf_llama2.compliance import test06
 from mlperf_llama2.compliance.test06 import AUDIT_MARKER
+from mlperf_llama2.errors import UserError
 from mlperf_llama2.file_hash import sha256_file
 from mlperf_llama2.input_identity import InputIdentity, ModelIdentity, config_sha256, read_identity
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
@@ -31,6 +34,9 @@ from mlperf_llama2.submission.rules import Findings, accuracy_rules, loadgen_sce
 SAME_SYSTEM_FIELDS = ("model_path", "dtype", "backend", "liteml_config", "quant_backend", "quant_mode",
                       "quantization", "kv_cache_dtype", "fp8_accumulation")
 PATH_FIELDS = ("model_path", "liteml_config")
+# verify_accuracy.txt's line of each TEST06 check -> its name in a message.
+TEST06_CHECKS = {test06.FIRST_TOKEN_LINE: "first token check", test06.EOS_LINE: "EOS check",
+                 test06.LENGTH_LINE: "sample length check"}
 # truncate_accuracy_log.py's line in accuracy.txt: the SHA-256 of the full mlperf_log_accuracy.json.
 HASH_LINE = re.compile(r"^hash=([\w\d]+)$", re.MULTILINE)
 
@@ -196,6 +202,50 @@ def _check_audit_run(found: str, scenario: str, rnd: Round, out: Findings) -> Op
     return info
 
 
+def read_test06_report(found: str) -> dict[str, str]:
+    """verify_accuracy.txt's `name: value` lines (a line without a colon maps to '')."""
+    with open(os.path.join(found, TEST06_RESULT), encoding="utf-8", errors="replace") as f:
+        return {name.strip(): value.strip() for name, _, value in (line.partition(":") for line in f)}
+
+
+def reverify_test06(found: str, scenario: str, reported: dict[str, str]) -> Findings:
+    """TEST06's checks (compliance/test06.py's, one pass) re-run on the audit's accuracy log, copied beside its
+    detail log, with Llama-2's EOS id and this result's scenario: each must pass, and verify_accuracy.txt must
+    say what they give (a report verified with another -e or -s, stale, or edited is refused, both divisions)."""
+    out = Findings()
+    where, log = f"TEST06 {found}", os.path.join("accuracy", test06.ACCURACY_LOG)
+    path = os.path.join(found, log)
+    if not os.path.isfile(path):
+        out.errors.append(f"{where}: no {log} beside the audit run's logs: cannot re-run the TEST06 checks "
+                          f"(run_verification.py copies it there)")
+        return out
+    try:
+        entries = test06.read_accuracy_log(os.path.dirname(path))
+        test06.check_dtype(entries, constants.OUTPUT_DTYPE, path)  # the harness logs int32 tokens
+    except UserError as exc:
+        out.errors.append(f"{where}: cannot re-run the TEST06 checks (on {constants.OUTPUT_DTYPE} tokens, as this "
+                          f"harness logs them): {exc}")
+        return out
+    eos = constants.LLAMA2_EOS_TOKEN
+    result = test06.verify(entries, scenario, eos, constants.OUTPUT_DTYPE)
+    if not entries:
+        out.errors.append(f"{where}: {log}: {result.problems[-1]}")
+        return out
+    for name, ours in result.verdicts().items():
+        theirs, check = reported.get(name), TEST06_CHECKS[name]
+        if ours == "False":
+            problems = result.failures[name]
+            more = f" (+{len(problems) - 1} more samples)" if len(problems) > 1 else ""
+            out.errors.append(f"{where}: the {check} fails on {log} re-run with Llama-2's EOS id {eos} ({scenario}): "
+                              f"{problems[0]}{more}" + ("" if theirs == "False" else
+                                                        f"; {TEST06_RESULT} says {theirs}: it was verified with "
+                                                        f"another -e or -s, or it is stale or edited"))
+        elif theirs != ours and not (ours == "Skipped" and theirs == "True"):  # Offline: either is a pass
+            out.errors.append(f"{where}: {TEST06_RESULT} says {name}: {theirs}, but its {log} gives {ours} (re-run "
+                              f"with Llama-2's EOS id {eos}, {scenario}): it is stale or edited")
+    return out
+
+
 def check_test06(path: Optional[str], scenario: str, closed: bool, rnd: Round) -> Findings:
     out = Findings()
     if path is None:
@@ -206,8 +256,7 @@ def check_test06(path: Optional[str], scenario: str, closed: bool, rnd: Round) -
     if found is None:
         out.errors.append(f"--test06-dir {path}: no {TEST06_RESULT} in it or in its TEST06/")
         return out
-    with open(os.path.join(found, TEST06_RESULT), encoding="utf-8", errors="replace") as f:
-        lines = {name.strip(): value.strip() for name, _, value in (line.partition(":") for line in f)}
+    lines = read_test06_report(found)
     first = lines.get("First token check pass")
     wanted_first = ("True", "Skipped") if scenario == "Offline" else ("True",)
     out.rule(first in wanted_first, f"TEST06 {found}: first token check {first}, needs {' or '.join(wanted_first)} "
@@ -215,17 +264,19 @@ def check_test06(path: Optional[str], scenario: str, closed: bool, rnd: Round) -
     for name in ("EOS check pass", "Sample length check pass"):
         out.rule(lines.get(name) == "True", f"TEST06 {found}: {name.lower()}: {lines.get(name)}")
     out.rule("TEST06 verification complete" in lines, f"TEST06 {found}: verification did not complete")
+    out.extend(reverify_test06(found, scenario, lines))
     out.facts.update(test06_dir=found, test06_info=_check_audit_run(found, scenario, rnd, out))
     return out
 
 
 def check_same_system(perf: RunInfo, other: RunInfo, what: str = "accuracy run",
                       perf_inputs: Optional[InputIdentity] = None,
-                      other_inputs: Optional[InputIdentity] = None) -> Findings:
-    """The performance run and `other` must be the same model, precision, backend and dataset."""
+                      other_inputs: Optional[InputIdentity] = None, first: str = "performance run") -> Findings:
+    """The performance run (`first` names it) and `other` must be the same model, precision, backend and dataset.
+    Only these: runtime settings (batch size, user.conf, LoadGen model name) may differ."""
     out = Findings()
     if not perf.recorded or not other.recorded:
-        out.warnings.append(f"run_info.json missing: cannot check the performance run and the {what} used the "
+        out.warnings.append(f"run_info.json missing: cannot check the {first} and the {what} used the "
                             f"same model and precision")
         return out
     # With both identities, the checkpoint's path at run time (below) replaces the path as resolved today.
@@ -236,37 +287,38 @@ def check_same_system(perf: RunInfo, other: RunInfo, what: str = "accuracy run",
         a, b = getattr(perf, name), getattr(other, name)
         if name in PATH_FIELDS and a and b:
             a, b = os.path.realpath(a), os.path.realpath(b)
-        out.rule(a == b, f"performance run and {what} differ in {name}: {getattr(perf, name)} vs "
+        out.rule(a == b, f"{first} and {what} differ in {name}: {getattr(perf, name)} vs "
                          f"{getattr(other, name)}")
-    out.extend(check_same_inputs(perf_inputs, other_inputs, what))
+    out.extend(check_same_inputs(perf_inputs, other_inputs, what, first))
     return out
 
 
-def check_same_inputs(perf: Optional[InputIdentity], other: Optional[InputIdentity], what: str) -> Findings:
+def check_same_inputs(perf: Optional[InputIdentity], other: Optional[InputIdentity], what: str,
+                      first: str = "performance run") -> Findings:
     """The dataset and the model the two runs read, by content: what input_identity recorded at run time."""
     out = Findings()
     if perf is None or other is None:
-        older = " and ".join(n for n, i in (("performance run", perf), (what, other)) if i is None)
+        older = " and ".join(n for n, i in ((first, perf), (what, other)) if i is None)
         out.warnings.append(f"{older}: run_info.json has no input_identity (an older harness): cannot confirm the "
-                            f"performance run and the {what} read the same dataset and model files")
+                            f"{first} and the {what} read the same dataset and model files")
         return out
     if perf.dataset is None or other.dataset is None:
-        out.warnings.append(f"performance run and {what}: a dataset identity is missing: cannot confirm they "
+        out.warnings.append(f"{first} and {what}: a dataset identity is missing: cannot confirm they "
                             f"read the same dataset")
     else:
-        out.rule(perf.dataset.same_content(other.dataset), f"performance run and {what} read different datasets: "
+        out.rule(perf.dataset.same_content(other.dataset), f"{first} and {what} read different datasets: "
                  f"{perf.dataset.describe()} vs {other.dataset.describe()}")
     for name, flag in (("liteml_config", "--liteml-config"), ("calibration_scales", "--calibration-scales")):
         a, b = getattr(perf, name), getattr(other, name)
         out.rule((a is None and b is None) or (a is not None and b is not None and a.same_content(b)),
-                 f"performance run and {what} ran with different {flag} files: "
+                 f"{first} and {what} ran with different {flag} files: "
                  f"{a.describe() if a else 'none'} vs {b.describe() if b else 'none'}")
     if perf.model is not None and other.model is not None:
-        out.rule(perf.model.same_model(other.model), f"performance run and {what} ran different models (config.json "
+        out.rule(perf.model.same_model(other.model), f"{first} and {what} ran different models (config.json "
                  f"or weight names/shapes differ): {perf.model.path} vs {other.model.path}")
         out.rule(perf.model.path == other.model.path,
-                 f"performance run and {what} ran different checkpoints: {perf.model.path} vs {other.model.path}")
+                 f"{first} and {what} ran different checkpoints: {perf.model.path} vs {other.model.path}")
     elif (perf.model is None) != (other.model is None):
-        out.warnings.append(f"performance run and {what}: only one recorded a local checkpoint: cannot confirm "
+        out.warnings.append(f"{first} and {what}: only one recorded a local checkpoint: cannot confirm "
                             f"they ran the same model")
     return out

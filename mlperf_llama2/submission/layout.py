@@ -21,6 +21,9 @@ TEST06_RESULT = "verify_accuracy.txt"
 MEASUREMENTS = "measurements.json"
 USER_CONF = "user.conf"
 README = "README.md"
+# The performance run's run_info.json, beside (not in) performance/run_1/, whose files the checker lists: the tree
+# check compares the scenarios of one system and benchmark by it (same model, precision and dataset).
+PERFORMANCE_RUN_INFO = os.path.join("performance", "run_info.json")
 
 # measurements.json: the submission checker wants each of these present and non-empty.
 MEASUREMENT_FIELDS = ("input_data_types", "retraining", "starting_weights_filename", "weight_data_types",
@@ -71,6 +74,10 @@ class ResultPaths:
     @property
     def performance_dir(self) -> str:
         return os.path.join(self.scenario_dir, "performance", "run_1")
+
+    @property
+    def performance_run_info(self) -> str:
+        return os.path.join(self.scenario_dir, PERFORMANCE_RUN_INFO)
 
     @property
     def accuracy_dir(self) -> str:

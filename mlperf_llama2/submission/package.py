@@ -1,7 +1,8 @@
 """Writes one checked result into a submission tree: the runs' LoadGen logs, accuracy.txt with its `hash=`
 line and the accuracy log truncated as MLCommons' truncate_accuracy_log.py does (the full log stays in
-the accuracy run's directory), the TEST06 output, user.conf, measurements.json and a README with the
-commands. Checking happens first (`checks.py`); nothing is written when it finds errors.
+the accuracy run's directory), the performance run's run_info.json (in performance/), the TEST06 output,
+user.conf, measurements.json and a README with the commands. Checking happens first (`checks.py`); nothing
+is written when it finds errors.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from mlperf_llama2.report.run_info import RunInfo
+from mlperf_llama2.report.run_info import RUN_INFO_FILE, RunInfo
 from mlperf_llama2.submission.layout import (ACCURACY_FILES, ACCURACY_LOG, ACCURACY_RESULT, MEASUREMENT_FIELDS,
                                              MEASUREMENTS, PERFORMANCE_FILES, README, USER_CONF, ResultPaths)
 # truncate_accuracy_log.py: logs of at least VIEWABLE_SIZE bytes keep their first and last VIEWABLE_SIZE
@@ -120,6 +121,9 @@ def write_result(paths: ResultPaths, inputs: Inputs, facts: dict, overrides: dic
     if os.path.isdir(paths.scenario_dir):
         shutil.rmtree(paths.scenario_dir)
     written = _copy_files(inputs.performance_dir, PERFORMANCE_FILES, paths.performance_dir)
+    run_info = os.path.join(inputs.performance_dir, RUN_INFO_FILE)
+    if os.path.isfile(run_info):  # for the tree's check that every scenario ran the same model and precision
+        written.append(shutil.copy2(run_info, paths.performance_run_info))
     written += _copy_files(inputs.accuracy_dir, ACCURACY_FILES, paths.accuracy_dir)
     with open(os.path.join(inputs.accuracy_dir, ACCURACY_LOG), "rb") as f:
         full_log = f.read()
