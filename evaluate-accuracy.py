@@ -29,7 +29,7 @@ from mlperf_llama2.data.accuracy_log import DTYPES, check_token_ids, load_predic
 from mlperf_llama2.data.dataset import TARGET_COLUMN, read_frame  # noqa: E402
 from mlperf_llama2.errors import UserError, configure_logging, run_cli  # noqa: E402
 from mlperf_llama2.file_hash import sha256_file  # noqa: E402
-from mlperf_llama2.input_identity import config_sha256, mismatch, read_identity  # noqa: E402
+from mlperf_llama2.input_identity import config_sha256, mismatch, read_identity, tokenizer_sha256  # noqa: E402
 from mlperf_llama2.loadgen.interrupt import STOP_NOTE  # noqa: E402
 from mlperf_llama2.report.run_info import RUN_INFO_FILE, read_run_info  # noqa: E402
 from mlperf_llama2.report.summary import is_llama2_70b  # noqa: E402
@@ -85,6 +85,12 @@ def check_run_inputs(accuracy_file: str, dataset_file: str, checkpoint_path: str
         log.warning("--dataset-file %s: %s records the dataset %s and no content hash: cannot confirm the "
                     "answers are the run's dataset", dataset_file, where, info.dataset_path)
     model = recorded.model if recorded is not None else None
+    if model is not None and model.tokenizer_sha256 is not None:  # the tokenizer itself, wherever it is now
+        if tokenizer_sha256(checkpoint_path) != model.tokenizer_sha256:
+            raise UserError(f"--checkpoint-path {checkpoint_path}: its tokenizer files are not those of the "
+                            f"checkpoint the run used ({model.path}, recorded in {where}): decoding the outputs "
+                            f"with another tokenizer gives wrong scores; pass that checkpoint's directory")
+        return
     run_model = model.path if model is not None else info.model_path
     if not run_model or (model is None and not os.path.isabs(run_model)):
         return

@@ -12,6 +12,7 @@ cannot confirm). No torch here except `collect`'s model hash, which runs inside 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -41,6 +42,8 @@ class ModelIdentity:
     path: str  # realpath of the checkpoint directory at run time
     config_sha256: str
     weights_sha256: str  # of the sorted "name shape" lines of the weights (not their values)
+    # of the tokenizer files the scorer decodes with (TOKENIZER_FILES; None: recorded before it existed)
+    tokenizer_sha256: Optional[str] = None
 
     def same_model(self, other: "ModelIdentity") -> bool:
         return (self.config_sha256, self.weights_sha256) == (other.config_sha256, other.weights_sha256)
@@ -70,6 +73,25 @@ def config_sha256(model_path: Optional[str]) -> Optional[str]:
     return sha256_file(path) if path and os.path.isfile(path) else None
 
 
+# The files a checkpoint's tokenizer is built from (tokenization.load_tokenizer reads these and no others).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def tokenizer_sha256(model_path: Optional[str]) -> Optional[str]:
+    """sha256 over the names and contents of the checkpoint's TOKENIZER_FILES that exist (None: none does), so
+    the same tokenizer at another path has the same hash and any edited or other one another."""
+    if not model_path or not os.path.isdir(model_path):
+        return None
+    digest, found = hashlib.sha256(), False
+    for name in TOKENIZER_FILES:
+        path = os.path.join(model_path, name)
+        if os.path.isfile(path):
+            digest.update(f"{name} {sha256_file(path)}\n".encode())
+            found = True
+    return digest.hexdigest() if found else None
+
+
 def model_identity(model_path: Optional[str]) -> Optional[ModelIdentity]:
     """The checkpoint's identity as calibration scales record it; None without a local config.json."""
     if not model_path or not os.path.isfile(os.path.join(model_path, "config.json")):
@@ -77,7 +99,8 @@ def model_identity(model_path: Optional[str]) -> Optional[ModelIdentity]:
     from mlperf_llama2.quant.calibration_file import model_identity as hashes  # torch: at run time only
 
     found = hashes(model_path)
-    return ModelIdentity(os.path.realpath(model_path), found["model_config_sha256"], found["model_weights_sha256"])
+    return ModelIdentity(os.path.realpath(model_path), found["model_config_sha256"], found["model_weights_sha256"],
+                         tokenizer_sha256(model_path))
 
 
 def collect(dataset_path: Optional[str], model_path: Optional[str], user_conf: Optional[str],

@@ -54,6 +54,9 @@ def test_run_info_records_absolute_paths_and_what_the_files_held(two_runs, tiny_
     hashes = model_identity(str(tiny_model_dir))
     assert (found.model.config_sha256, found.model.weights_sha256) == \
         (hashes["model_config_sha256"], hashes["model_weights_sha256"])
+    # the tokenizer the scorer will decode with, by content (evaluate-accuracy.py refuses another one)
+    from mlperf_llama2.input_identity import tokenizer_sha256
+    assert found.model.tokenizer_sha256 == tokenizer_sha256(str(tiny_model_dir)) is not None
     audited = read_identity(str(two_runs["b"] / "logs"))
     assert audited.audit_conf.sha256 == sha256(two_runs["b"] / "audit.config")
 

@@ -321,8 +321,9 @@ def test_log_verdict_and_summary_verdict_agree(result):
 
 
 # --- the run's own dataset and checkpoint (run_info.json beside the log) -------------------------------------
-def accuracy_run(case, tmp_path, dataset, **info):
-    """An accuracy run's directory as main.py leaves it: the log, and run_info.json with the input identity."""
+def accuracy_run(case, tmp_path, dataset, tokenizer_sha256=None, **info):
+    """An accuracy run's directory as main.py leaves it: the log, and run_info.json with the input identity
+    (without the tokenizer's hash unless given: a run recorded before it existed)."""
     from mlperf_llama2 import input_identity
     from mlperf_llama2.report.run_info import RunInfo, write_run_info
 
@@ -331,7 +332,7 @@ def accuracy_run(case, tmp_path, dataset, **info):
     log = run_dir / "mlperf_log_accuracy.json"
     log.write_text(Path(case["log"]).read_text())
     write_run_info(str(run_dir), RunInfo(accuracy=True, model_path=case["checkpoint"], dataset_path=dataset, **info))
-    model = input_identity.ModelIdentity(case["checkpoint"], "c", "w")
+    model = input_identity.ModelIdentity(case["checkpoint"], "c", "w", tokenizer_sha256)
     input_identity.record(str(run_dir), input_identity.InputIdentity(input_identity.file_identity(dataset), model))
     return log
 
@@ -376,3 +377,34 @@ def test_another_checkpoint_only_warns_since_it_only_decodes(case, tmp_path, tin
     assert f"--checkpoint-path {tiny_tokenizer_dir} is not the checkpoint the run used ({case['checkpoint']})" \
         in proc.stderr
     assert "is not the checkpoint" not in score(case, log, case["dataset"]).stderr
+
+
+def test_another_tokenizer_than_the_runs_is_refused_and_the_same_one_elsewhere_is_not(case, tmp_path,
+                                                                                      tiny_tokenizer_dir):
+    # main.py records the hash of the checkpoint's tokenizer files: a checkpoint whose tokenizer differs would
+    # decode the outputs into other text (scores that look valid), one holding the same files anywhere is fine
+    import shutil
+
+    from mlperf_llama2.input_identity import TOKENIZER_FILES, tokenizer_sha256
+
+    recorded = tokenizer_sha256(case["checkpoint"])
+    assert recorded is not None and recorded != tokenizer_sha256(str(tiny_tokenizer_dir))
+    log = accuracy_run(case, tmp_path, case["dataset"], tokenizer_sha256=recorded)
+    proc = score(case, log, case["dataset"], checkpoint=str(tiny_tokenizer_dir))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert error_lines(proc.stderr) == [
+        f"evaluate-accuracy.py: error: --checkpoint-path {tiny_tokenizer_dir}: its tokenizer files are not those of "
+        f"the checkpoint the run used ({case['checkpoint']}, recorded in {log.parent / 'run_info.json'}): decoding "
+        f"the outputs with another tokenizer gives wrong scores; pass that checkpoint's directory"], proc.stderr
+    copy = tmp_path / "tokenizer_copy"
+    copy.mkdir()
+    for name in TOKENIZER_FILES:
+        if (Path(case["checkpoint"]) / name).is_file():
+            shutil.copy(Path(case["checkpoint"]) / name, copy / name)
+    proc = score(case, log, case["dataset"], checkpoint=str(copy))
+    assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr
+    # one edited tokenizer file is another tokenizer
+    edited = next(copy / n for n in TOKENIZER_FILES if (copy / n).is_file() and n.endswith(".json"))
+    edited.write_text(edited.read_text() + " ")
+    assert tokenizer_sha256(str(copy)) != recorded
+    assert score(case, log, case["dataset"], checkpoint=str(copy)).returncode == 2
