@@ -107,3 +107,33 @@ def test_bad_input_is_one_line(tmp_path, capsys, content, args, message):
     assert run_cli(steady_state.main, [str(path)] + args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_server_is_also_compared_with_the_offline_extrapolated_to_a_submissions_size(tmp_path):
+    # a short Offline's whole-run rate is mostly ramp and drain: the Server summary also divides by the rate
+    # steady_state.py extrapolates to 24,576 samples, read from this run or from --offline-json
+    import json
+
+    import bench
+    import bench_server
+
+    engine_row = {**ROW, "steady": steady_state.analyse(ROW)}
+    extrapolated = engine_row["steady"]["extrapolated_24576"]
+    assert extrapolated > ROW["tokens_per_s"]
+    args = SimpleNamespace(offline_json=None)
+    assert bench.offline_reference(args, {"rows": [engine_row]}) == (ROW["tokens_per_s"], "this run", extrapolated)
+    earlier = tmp_path / "offline.json"
+    earlier.write_text(json.dumps({"rows": [engine_row]}))
+    args = SimpleNamespace(offline_json=str(earlier))
+    assert bench.offline_reference(args, {"rows": []}) == (ROW["tokens_per_s"], str(earlier), extrapolated)
+    earlier.write_text(json.dumps({"rows": [ROW]}))  # an Offline row recorded without its steady state
+    assert bench.offline_reference(args, {"rows": []})[2] is None
+    sweep = {"limits": {"lg_model_name": "llama2-70b", "ttft_ms": 2000, "tpot_ms": 200}, "min_duration_s": 60,
+             "offline_tokens_per_s": 100.0, "offline_extrapolated_24576": 160.0, "offline_source": "this run",
+             "points": [], "best_qps": 2.0, "best_valid": True, "best_tokens_per_s": 90.0,
+             "ratio_to_offline": 0.9, "ratio_to_offline_24576": 90.0 / 160.0}
+    last = bench_server.sweep_lines(sweep)[-1]
+    assert last.endswith("90 tok/s = 0.90 of Offline (target >= 0.90), 0.56 of that Offline extrapolated to 24,576 "
+                         "samples (160 tok/s: what a submission's Offline would show)"), last
+    older = {k: v for k, v in sweep.items() if k != "ratio_to_offline_24576"}
+    assert bench_server.sweep_lines(older)[-1].endswith("= 0.90 of Offline (target >= 0.90)")

@@ -278,8 +278,11 @@ def sweep_lines(sweep: dict) -> list[str]:
     if sweep.get("best_qps") is None:
         lines.append("server: no QPS point met the limits")
     else:
-        ratio = sweep.get("ratio_to_offline")
+        ratio, ratio_24576 = sweep.get("ratio_to_offline"), sweep.get("ratio_to_offline_24576")
         lines.append(f"server: highest QPS meeting the limits {sweep['best_qps']:g} (LoadGen "
                      f"{'VALID' if sweep['best_valid'] else 'INVALID'}): {sweep['best_tokens_per_s']:.0f} tok/s"
-                     + (f" = {ratio:.2f} of Offline (target >= 0.90)" if ratio is not None else ""))
+                     + (f" = {ratio:.2f} of Offline (target >= 0.90)" if ratio is not None else "")
+                     + (f", {ratio_24576:.2f} of that Offline extrapolated to 24,576 samples "
+                        f"({sweep['offline_extrapolated_24576']:,.0f} tok/s: what a submission's Offline would show)"
+                        if ratio_24576 is not None else ""))
     return lines
