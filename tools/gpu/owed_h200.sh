@@ -3,6 +3,9 @@
 # Device tool: run "PART=<part> bash tools/gpu/owed_h200.sh" with carry [".whl"] and needs_h200 true (the whole
 # 70B: 65 GiB of 8-bit weights plus a KV cache worth measuring do not fit an 80 GB H100). Copy each part's $OUT
 # into docs/results/ (the Server/Interactive parts read the Offline JSON from there: OFFLINE_JSON).
+#   PART=first            the most an H200 gives in one call when it may be the only one (~8 min): PART=clocks's
+#                         default points (its clock and power limit under FP8/int8/fp16 load), then a 2,048-sample
+#                         FP8 + FP8 KV Offline (512 sequences) with its steady state
 #   PART=fp8_offline      70B FP8 + FP8 KV, 4,096 samples, 512 sequences (#19's Offline row), + steady state
 #   PART=fp8fast_offline  the same with --fp8-accumulation fast (Hopper's unpromoted accumulation; a named option)
 #   PART=fp8_server       Server, auto QPS points from OFFLINE_JSON (default: docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json),
@@ -35,10 +38,10 @@ case "$PART" in
   fp8_offline|fp8fast_offline|fp8_server|fp8_interactive|fp8_interactive_grid|fp8_profile|wc80_all|wc80_linear) ;;
   fp8_interactive_flat|fp8_interactive_ab|fp8_server_ab) ;;
   fp8_profile_small) ;;
-  wc80_server|clocks) ;;
+  wc80_server|clocks|first) ;;
   *) echo "owed_h200.sh: PART must be one of fp8_offline fp8fast_offline fp8_server fp8_interactive fp8_interactive_grid" \
           "fp8_profile fp8_profile_small fp8_interactive_flat fp8_interactive_ab fp8_server_ab wc80_all wc80_linear" \
-          "wc80_server clocks" \
+          "wc80_server clocks first" \
         "(got '${PART}')"; exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1
@@ -76,6 +79,11 @@ case "$PART" in
     timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-96,160}" \
         --token-budgets "${TOKEN_BUDGETS:-512,2048}" --offline-json "$OFFLINE_JSON" --server-auto 1 \
         --server-seconds 45 --out "$OUT"/fp8_interactive_grid 2>&1 | filter 16 ;;
+  first)
+    nvidia-smi --query-gpu=name,enforced.power.limit,power.max_limit,clocks.max.sm --format=csv | tee -a "$OUT"/gpu.txt
+    timeout 120 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained"
+    timeout 400 "${BENCH[@]}" "${FP8[@]}" --samples 2048 --max-num-seqs 512 --out "$OUT"/fp8_2048 2>&1 | filter 12
+    python3 tools/steady_state.py "$OUT"/fp8_2048/bench.json ;;
   clocks)
     timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained"
     timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocksdata --points ws_fp8:gate_up:4096:gauss,\
