@@ -82,6 +82,8 @@ def check_checkpoint(model_dir: str) -> CheckpointInfo:
     expected = expected_shapes(dims)
     tensors, shapes_checked = read_weight_headers(model_dir)
     problems = [] if tensors is None else compare(tensors, expected, dims)
+    if not problems and tensors is not None and dims.tie_word_embeddings:
+        problems = _tied_lm_head_problems(tensors)
     if problems:
         file, message = problems[0]
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
@@ -199,6 +201,48 @@ def compare(tensors: list[TensorEntry], expected: Mapping[str, tuple[int, ...]],
         if name not in seen and not (name == "lm_head.weight" and dims.tie_word_embeddings):
             problems.append((where, f"tensor {name} is missing"))
     return problems
+
+
+def _tied_lm_head_problems(tensors: list[TensorEntry]) -> list[tuple[str, str]]:
+    """config.json ties lm_head to the embedding, yet the weights carry an lm_head.weight: transformers then keeps
+    the stored lm_head when its values differ, while the engine ties (uses the embedding), so the two backends
+    would run different models. A stored copy equal to the embedding, byte for byte, is benign (safetensors;
+    a .bin copy cannot be compared without loading it and is only logged)."""
+    found = {t.name: t for t in tensors}
+    head, embed = found.get("lm_head.weight"), found.get("model.embed_tokens.weight")
+    if head is None or embed is None:
+        return []
+    if not (head.file.endswith(".safetensors") and embed.file.endswith(".safetensors")):
+        log.warning("%s: tie_word_embeddings is set and lm_head.weight is stored too; not compared with the "
+                    "embedding (.bin): the engine uses the embedding", head.file)
+        return []
+    if head.dtype == embed.dtype and _same_safetensors_data(head, embed):
+        return []
+    return [(head.file, "config.json sets tie_word_embeddings, but lm_head.weight is stored and differs from "
+                        "model.embed_tokens.weight (transformers would keep it, the engine would use the embedding)")]
+
+
+def _data_span(t: TensorEntry) -> tuple[int, int]:
+    """(file offset, byte count) of one tensor's data in its safetensors file."""
+    with open(t.file, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        start, end = json.loads(f.read(length))[t.name]["data_offsets"]
+    return 8 + length + start, end - start
+
+
+def _same_safetensors_data(a: TensorEntry, b: TensorEntry, chunk: int = 64 * 2**20) -> bool:
+    """Whether two safetensors tensors hold the same bytes (read in chunks: a 70B embedding is 0.5 GB)."""
+    (start_a, size_a), (start_b, size_b) = _data_span(a), _data_span(b)
+    if size_a != size_b:
+        return False
+    with open(a.file, "rb") as fa, open(b.file, "rb") as fb:
+        fa.seek(start_a)
+        fb.seek(start_b)
+        for done in range(0, size_a, chunk):
+            n = min(chunk, size_a - done)
+            if fa.read(n) != fb.read(n):
+                return False
+    return True
 
 
 def read_weight_headers(model_dir: str) -> tuple[Optional[list[TensorEntry]], bool]:

@@ -192,6 +192,12 @@ class RunConfig:
         if self.audit_conf != DEFAULT_AUDIT_CONF and not os.path.isfile(self.audit_conf):
             raise UserError(f"--audit-conf {self.audit_conf}: no such file (LoadGen would run without it and the "
                             f"run would not be the audit you asked for)")
+        if not self.quant.enabled and (self.quant.quant_mode != "simulate" or self.quant.quant_backend != "auto"):
+            flag = (f"--quant-mode {self.quant.quant_mode}" if self.quant.quant_mode != "simulate"
+                    else f"--quant-backend {self.quant.quant_backend}")
+            raise UserError(f"{flag} says how a --liteml-config is applied; without one nothing would be quantized "
+                            "(and run_info.json would still record it): add --liteml-config"
+                            + (", or drop it: --quantization fp8 has its own numerics" if self.quant.fp8 else ""))
         remote_backend = not registry.entry(self.backend).holds_model
         if self.dist.sut_nodes and (remote_backend or self.tensor_parallel > 1 or self.data_parallel > 1):
             raise UserError("--sut-nodes: the SUT nodes generate; give --tensor-parallel/--data-parallel to the nodes "

@@ -80,6 +80,42 @@ def _absolute(path: Optional[str]) -> Optional[str]:
     return None if path is None else os.path.abspath(path)
 
 
+def _applied_quant_backend(config: RunConfig, backend) -> str:
+    """The quantization backend that ran (--quant-backend auto resolved): the engine and a reference run with an
+    open-backend report used ours; a reference run of a config without one used LiteML."""
+    if not config.quant.enabled or config.quant.quant_backend != "auto":
+        return config.quant.quant_backend
+    if config.backend == "engine" or getattr(backend, "quant_report", None) is not None:
+        return "open"
+    return "liteml"
+
+
+def _applied_quant_mode(config: RunConfig) -> str:
+    """--quant-mode as applied: the engine's int8 mode with --int8-rules linear computes only the config's Linear
+    rules, which the record must not pass off as the whole config's int8 mode."""
+    quant = config.quant
+    if not (quant.enabled and config.backend == "engine" and quant.quant_mode == "int8"):
+        return quant.quant_mode
+    mode = "int8-linear-rules-only" if quant.int8_rules == "linear" else "int8"
+    dropped = _linear_rules_in_float(config)
+    return f"{mode} (Linear rule(s) {', '.join(map(str, dropped))} not W8A8, kept in float)" if dropped else mode
+
+
+def _linear_rules_in_float(config: RunConfig) -> list[int]:
+    """Indices of the config's Linear rules that the engine's int8 mode does not compute (not W8A8 int8 as
+    open_backend.int8_capable defines it, e.g. 4- or 16-bit): the Linears they name run in float."""
+    from mlperf_llama2.checkpoint import check_checkpoint
+    from mlperf_llama2.quant.llama_slots import slot_names
+    from mlperf_llama2.quant.open_backend import int8_capable
+    from mlperf_llama2.quant.yaml_config import load_rules
+
+    rules = load_rules(config.quant.liteml_config)
+    num_layers = check_checkpoint(config.model_path).dims.num_layers
+    found = {rule.index for kind, name in slot_names(num_layers) if kind == "Linear"
+             for rule in [rules.match(kind, name)] if rule is not None and rule.quantizers and not int8_capable(rule)}
+    return sorted(found)
+
+
 def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResult":
     """Check the inputs, build LoadGen settings and the backend, run LoadGen; observers see each sample.
 
@@ -126,7 +162,7 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
                    max_new_tokens=config.max_new_tokens, backend=config.backend, batch_size=config.batch_size,
                    device=config.device, dtype=config.dtype, user_conf=os.path.abspath(config.user_conf),
                    liteml_config=_absolute(config.quant.liteml_config), quantization=config.quant.quantization,
-                   quant_backend=config.quant.quant_backend, quant_mode=config.quant.quant_mode,
+                   quant_backend=_applied_quant_backend(config, backend), quant_mode=_applied_quant_mode(config),
                    kv_cache_dtype=(getattr(backend, "kv_cache_dtype", None) or config.engine.kv_cache_dtype)
                    if config.backend == "engine" else None,
                    fp8_accumulation=config.engine.fp8_accumulation

@@ -26,15 +26,30 @@ def _local_checkpoint(config: "RunConfig") -> tuple[int, int]:
     return vocab_size, check_checkpoint(config.model_path).dims.num_layers
 
 
-def _quantization_plan(config: "RunConfig", num_layers: Optional[int] = None) -> None:
+def _calibration_data(path: str, vocab_size: Optional[int]) -> None:
+    """The calibration pickle a run will calibrate on, checked as the dataset is (readable, tok_input, token ids
+    inside the model's vocabulary) before the model loads, not after."""
+    from mlperf_llama2.data.dataset import load_dataset
+
+    try:
+        load_dataset(path, total_sample_count=10**9, vocab_size=vocab_size)
+    except UserError as exc:
+        raise UserError(f"calibration data (--calibration-path, or the calibration_*.pkl beside the dataset): "
+                        f"{exc}") from None
+
+
+def _quantization_plan(config: "RunConfig", num_layers: Optional[int] = None,
+                       vocab_size: Optional[int] = None) -> None:
     """--liteml-config as the reference backend applies it: YAML, quantization backend, calibration pickle,
     --calibration-scales against config and model, and (with the checkpoint here) the rules against the
     model's module names."""
     if config.quant.enabled:
         from mlperf_llama2.quant.setup import plan_quantization
 
-        plan_quantization(config.quant, config.dataset_path, config.device, num_layers,
-                          model_path=config.model_path if num_layers is not None else None)
+        plan = plan_quantization(config.quant, config.dataset_path, config.device, num_layers,
+                                 model_path=config.model_path if num_layers is not None else None)
+        if plan is not None and plan.static and plan.scales_path is None and plan.calibration_path is not None:
+            _calibration_data(plan.calibration_path, vocab_size)
     elif config.quant.calibration_scales:
         raise UserError("--calibration-scales holds a quantization config's static scales: give its --liteml-config")
 
@@ -44,6 +59,15 @@ def _no_kv_cache_dtype(config: "RunConfig", backend: str) -> None:
     if config.engine.kv_cache_dtype != "auto":
         raise UserError(f"--kv-cache-dtype {config.engine.kv_cache_dtype} is the engine's 8-bit KV cache: "
                         f"use --backend engine (--backend {backend} keeps K and V in the model dtype)")
+    _kv_granularity_needs_8bit_cache(config)
+
+
+def _kv_granularity_needs_8bit_cache(config: "RunConfig") -> None:
+    """--kv-scale-granularity picks the scales of --kv-cache-dtype fp8|int8; without one it would be ignored (the
+    engine's int8 mode with --kv-cache-dtype auto uses the config's own per-tensor scales whatever it says)."""
+    if config.engine.kv_scale_granularity != "auto" and config.engine.kv_cache_dtype == "auto":
+        raise UserError(f"--kv-scale-granularity {config.engine.kv_scale_granularity} picks the K/V scales of an "
+                        "8-bit KV cache: add --kv-cache-dtype fp8|int8 (with --kv-cache-dtype auto it is ignored)")
 
 
 def _no_engine_gemm(config: "RunConfig", backend: str) -> None:
@@ -106,7 +130,7 @@ def check_reference(config: "RunConfig") -> int:
         raise UserError(f"--int8-rules {config.quant.int8_rules} is the engine's int8 mode (--backend engine); the "
                         "reference backend applies the config as --quant-mode says")
     vocab_size, num_layers = _local_checkpoint(config)
-    _quantization_plan(config, num_layers)
+    _quantization_plan(config, num_layers, vocab_size)
     return vocab_size
 
 
@@ -121,6 +145,7 @@ def _graph_mixed(config: "RunConfig") -> None:
 
 
 def check_engine(config: "RunConfig") -> int:
+    _kv_granularity_needs_8bit_cache(config)
     _engine_gemm(config)
     _fp8_accumulation(config)
     _graph_mixed(config)
@@ -159,10 +184,12 @@ def check_engine(config: "RunConfig") -> int:
         elif whole and rules.needs_calibration:
             from mlperf_llama2.backends.engine import quant_for_engine
 
-            if quant_for_engine(config).calibration_path is None:
+            calibration_path = quant_for_engine(config).calibration_path
+            if calibration_path is None:
                 raise UserError(f"{config.quant.liteml_config} has static quantizers and needs calibration data: "
                                 "pass --calibration-scales FILE or --calibration-path (the processorca "
                                 "calibration_*.pkl)")
+            _calibration_data(calibration_path, vocab_size)
     elif config.quant.calibration_scales:
         _kv_only_scales(config)
     if config.engine.kv_cache_dtype != "auto":
@@ -209,17 +236,37 @@ def _kv_only_scales(config: "RunConfig") -> None:
     check_scales_file(path, config_id, config.model_path)
 
 
+def _no_local_quantization(config: "RunConfig", where: str, fix: str) -> None:
+    """Quantization flags act on a model this process loads; with the model elsewhere they would only label the
+    run (run_info.json and the summary would name a quantization nobody applied)."""
+    qc = config.quant
+    given = [flag for flag, on in (("--quantization", qc.quantization is not None),
+                                   ("--liteml-config", qc.liteml_config is not None),
+                                   ("--calibration-scales", qc.calibration_scales is not None),
+                                   ("--quant-mode", qc.quant_mode != "simulate")) if on]
+    if given:
+        raise UserError(f"{given[0]}: {where} generates, so this process would not apply it and the run would "
+                        f"only be labelled quantized; {fix}")
+
+
 def check_api(config: "RunConfig") -> Optional[int]:
     if not config.api.api_servers:
         raise UserError("--vllm/--backend api needs --api-server URL")
+    _no_local_quantization(config, "the API server", "quantize the model the server serves and drop the flag")
     _no_kv_cache_dtype(config, "api")
     _no_engine_gemm(config, "api")
     _no_fp8_accumulation(config, "api")
     _no_graph_mixed(config, "api")
-    _quantization_plan(config)
     return None
 
 
 def check_sut_nodes(config: "RunConfig") -> Optional[int]:
-    _quantization_plan(config)
+    _no_local_quantization(config, "each SUT node", "give it to the nodes (python -m mlperf_llama2.sut_node)")
+    engine = config.engine
+    for flag, value, default in (("--kv-cache-dtype", engine.kv_cache_dtype, "auto"),
+                                 ("--fp8-accumulation", engine.fp8_accumulation, "promoted"),
+                                 ("--engine-gemm", engine.gemm, "auto")):
+        if value != default:  # run_info.json and the summary would record this process's value, not the nodes'
+            raise UserError(f"{flag} {value}: each SUT node builds its own engine, so this process would only record "
+                            "it; give it to the nodes (python -m mlperf_llama2.sut_node)")
     return None

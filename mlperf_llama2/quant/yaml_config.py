@@ -160,6 +160,13 @@ def load_rules(path: str) -> QuantRules:
         if block.get("custom_bits"):
             raise UserError(f"{where}: QAT.{section}.custom_bits is not supported by the open backend; "
                             "set per-op bits in custom_quantization instead")
+        # the open backend applies every rule's quantizers and freezes weights at load: a global switch that says
+        # otherwise would be ignored, and the run would be quantized while the file says it is not
+        for key in ("status", "quant_and_freeze"):
+            if block.get(key, True) is not True:
+                raise UserError(f"{where}: QAT.{section}.{key}: {block[key]!r} is not honoured by the open backend "
+                                "(it applies every rule's quantizers, weights frozen at load); turn quantizers off "
+                                "per rule (status: Off in a rule's params) or use --quant-backend liteml")
     mode = data_q.get("quantization_mode", "static")
     if mode not in ("static", "dynamic"):
         raise UserError(f"{where}: QAT.data_quantization.quantization_mode must be static or dynamic, got {mode!r}")
