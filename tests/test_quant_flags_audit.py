@@ -5,7 +5,11 @@ states exactly which rules it applies"):
 - --quantization / --liteml-config / --calibration-scales with a backend whose model lives elsewhere (an API
   server, SUT nodes) are refused in the pre-flight check: this process cannot apply them, and run_info.json
   and the summary would name a quantization nobody applied;
-- --quant-mode int8 or --quant-backend without --liteml-config is refused (nothing would be quantized);
+- --quant-mode int8 or --quant-backend without --liteml-config is refused (nothing would be quantized), and so
+  are the flags that tune how a config is applied (--calibration-path, --quant-momentum, --quant-rounding,
+  --quant-full-range, --quant-per-sample-scale): without a config they change nothing but run_info.json;
+- a config's global switches the open backend does not honour (status Off, quant_and_freeze Off,
+  fully_quantized Off) are refused when the file is read;
 - the calibration pickle is checked against the model's vocabulary before the model loads (both backends);
 - the engine's int8 mode with --int8-rules linear is recorded as such in run_info.json and the summary, and the
   quantization backend that ran (auto resolved) is recorded;
@@ -60,8 +64,8 @@ def _refused(argv: list[str]) -> str:
                                     ["--sut-nodes", "http://127.0.0.1:9"]], ids=["api", "sut-nodes"])
 @pytest.mark.parametrize("quant", [["--quantization", "fp8"], ["--liteml-config", NPM]], ids=["fp8", "liteml"])
 def test_quantization_flags_are_refused_where_another_process_holds_the_model(work, tiny_model_dir, remote, quant):
-    message = _refused(_argv(work, tiny_model_dir, *remote, *quant,
-                             "--calibration-path", work / "calibration_6.pkl"))
+    calibration = ["--calibration-path", work / "calibration_6.pkl"] if quant[0] == "--liteml-config" else []
+    message = _refused(_argv(work, tiny_model_dir, *remote, *quant, *calibration))
     assert message.startswith(quant[0]) and "would only be labelled quantized" in message, message
 
 
@@ -71,6 +75,20 @@ def test_liteml_mode_flags_without_a_config_are_refused(work, tiny_model_dir, fl
     with pytest.raises(UserError, match="add --liteml-config") as info:
         parse_config(_argv(work, tiny_model_dir, "--backend", "engine", *flags))
     assert flags[-2] in str(info.value)
+
+
+@pytest.mark.parametrize("flags", [["--calibration-path", "CAL"], ["--quant-momentum", "0.5"],
+                                   ["--quant-rounding", "half_away"], ["--quant-full-range"],
+                                   ["--quant-per-sample-scale"]], ids=lambda f: f[0])
+@pytest.mark.parametrize("numerics", [[], ["--quantization", "fp8"]], ids=["float", "fp8"])
+def test_liteml_tuning_flags_without_a_config_are_refused(work, tiny_model_dir, flags, numerics):
+    flags = [str(work / "calibration_6.pkl") if f == "CAL" else f for f in flags]
+    with pytest.raises(UserError, match="add --liteml-config") as info:
+        parse_config(_argv(work, tiny_model_dir, "--backend", "engine", *numerics, *flags))
+    assert str(info.value).startswith(flags[0] + " tunes how a --liteml-config is applied"), str(info.value)
+    # with the config they are taken
+    config = parse_config(_argv(work, tiny_model_dir, "--backend", "engine", "--liteml-config", NPM, *flags))
+    assert config.quant.liteml_config == NPM
 
 
 @pytest.mark.parametrize("backend", [["--backend", "reference"],
@@ -127,8 +145,8 @@ def test_tied_config_with_a_different_lm_head_stops_main_with_one_line(work, tin
                                      ["--backend", "engine", "--liteml-config", NPM, "--quant-mode", "int8"]],
                          ids=["engine", "reference", "engine-int8"])
 def test_kv_scale_granularity_without_an_8bit_kv_cache_is_refused(work, tiny_model_dir, backend):
-    message = _refused(_argv(work, tiny_model_dir, *backend, "--kv-scale-granularity", "head",
-                             "--calibration-path", work / "calibration_6.pkl"))
+    calibration = ["--calibration-path", work / "calibration_6.pkl"] if "--liteml-config" in backend else []
+    message = _refused(_argv(work, tiny_model_dir, *backend, "--kv-scale-granularity", "head", *calibration))
     assert "--kv-scale-granularity head" in message and "--kv-cache-dtype fp8|int8" in message, message
 
 
@@ -151,18 +169,19 @@ def test_int8_mode_records_a_linear_rule_it_leaves_in_float(work, tiny_model_dir
 
 
 @pytest.mark.parametrize("section, key", [("data_quantization", "status"), ("weights_quantization", "status"),
-                                          ("weights_quantization", "quant_and_freeze")])
+                                          ("weights_quantization", "quant_and_freeze"), ("", "fully_quantized")])
 def test_global_switches_the_open_backend_would_ignore_are_refused(tmp_path, section, key):
     from mlperf_llama2.quant.yaml_config import load_rules
 
     lines = Path(NPM).read_text().splitlines()
-    start = lines.index(f"  {section}:")
+    start = lines.index(f"  {section}:" if section else "QAT:")
     at = next(i for i in range(start + 1, len(lines)) if lines[i].strip().startswith(f"{key}:"))
     assert lines[at].strip() == f"{key}: On"
     lines[at] = lines[at].replace("On", "Off")
     path = tmp_path / "off.yaml"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match=f"QAT.{section}.{key}: False is not honoured") as info:
+    where = f"QAT.{section}.{key}" if section else f"QAT.{key}"
+    with pytest.raises(UserError, match=f"{where}: False is not honoured") as info:
         load_rules(str(path))
     assert "\n" not in str(info.value)
     load_rules(NPM)  # the shipped file (every switch On) loads

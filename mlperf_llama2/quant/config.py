@@ -50,6 +50,17 @@ class QuantConfig:
         if self.int8_rules != "all" and (self.liteml_config is None or self.quant_mode != "int8"):
             raise UserError(f"--int8-rules {self.int8_rules} chooses what the engine's int8 mode computes: it needs "
                             "--liteml-config and --quant-mode int8")
+        if self.liteml_config is None:
+            tuned = [flag for flag, on in (("--calibration-path", self.calibration_path is not None),
+                                           ("--quant-momentum", self.momentum != QuantConfig.momentum),
+                                           ("--quant-rounding", self.rounding != QuantConfig.rounding),
+                                           ("--quant-full-range", not self.narrow_range),
+                                           ("--quant-per-sample-scale", not self.batch_shared_scale)) if on]
+            if tuned:  # the run would be unchanged and run_info.json would still record the setting
+                raise UserError(f"{tuned[0]} tunes how a --liteml-config is applied (its calibration and the open "
+                                "backend's numerics); without one it changes nothing: add --liteml-config or drop "
+                                "it (an 8-bit KV cache takes its scales from --calibration-scales, written by "
+                                "tools/calibrate_kv.py)")
         if self.quantization is not None and self.liteml_config is not None:
             raise UserError(f"--quantization {self.quantization} and --liteml-config are exclusive: a LiteML "
                             "config names its own numerics; pass one of them")

@@ -167,6 +167,13 @@ def load_rules(path: str) -> QuantRules:
                 raise UserError(f"{where}: QAT.{section}.{key}: {block[key]!r} is not honoured by the open backend "
                                 "(it applies every rule's quantizers, weights frozen at load); turn quantizers off "
                                 "per rule (status: Off in a rule's params) or use --quant-backend liteml")
+    if qat.get("fully_quantized", True) is not True:
+        # the open backend quantizes exactly the modules a rule names whatever this says; a file saying Off would
+        # get the same numerics as one saying On, labelled with a setting nobody applied
+        raise UserError(f"{where}: QAT.fully_quantized: {qat['fully_quantized']!r} is not honoured by the open "
+                        "backend (it quantizes exactly the modules custom_quantization names, whatever this "
+                        "switch says); set it On and name the modules to quantize in the rules, or use "
+                        "--quant-backend liteml")
     mode = data_q.get("quantization_mode", "static")
     if mode not in ("static", "dynamic"):
         raise UserError(f"{where}: QAT.data_quantization.quantization_mode must be static or dynamic, got {mode!r}")

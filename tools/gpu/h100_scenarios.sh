@@ -8,20 +8,26 @@
 #   PART=interactive  one automatic Interactive point (450 / 40 ms; 0.5 of the Offline capacity in OFFLINE_JSON,
 #                     default the server part's bench.json copied to docs/results), >= 500 queries, main.py's
 #                     Interactive defaults (--graph-mixed-tokens 512)
+#   PART=wc_server    #20 on the same card: the whole LiteML config in int8 mode (--int8-rules all, int8 KV with the
+#                     config's scales; int8 weights are as large as FP8's), Offline 256 samples, then one automatic
+#                     Server point (0.9 of that capacity, >= 500 queries): the whole-config Server-to-Offline ratio
+#                     #20 asks for (>= 0.9), never measured before, on a KV-capped card
 # Copy $OUT into docs/results/ (bench.json as bench_engine_70b_fp8_fp8kv_h100_scenarios_<part>.json).
-case "$PART" in server|interactive) ;; *) echo "h100_scenarios.sh: PART must be server or interactive (got '${PART}')"
+case "$PART" in server|interactive|wc_server) ;; *) echo "h100_scenarios.sh: PART must be server, interactive or wc_server (got '${PART}')"
   exit 2 ;; esac
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee "$OUT"/gpu.txt
-BENCH=(python3 tools/bench.py --shape 70b --ref-samples 0 --fidelity-prompts 0 --weights fp8 --kv-cache-dtype fp8
+if [ "$PART" = wc_server ]; then NUMERICS=(--weights int8 --kv-cache-dtype int8 --int8-rules all)
+else NUMERICS=(--weights fp8 --kv-cache-dtype fp8); fi
+BENCH=(python3 tools/bench.py --shape 70b --ref-samples 0 --fidelity-prompts 0 "${NUMERICS[@]}"
        --server-auto 1 --server-seconds 60 --server-min-queries 500)
 filter() { grep -v "^WARNING\|Warning" | tail -"${1:-24}"; }
 case "$PART" in
-  server)
-    timeout 560 "${BENCH[@]}" --samples 256 --max-num-seqs 64 --out "$OUT"/server 2>&1 | filter 30
-    python3 tools/steady_state.py "$OUT"/server/bench.json ;;
+  server|wc_server)
+    timeout 560 "${BENCH[@]}" --samples 256 --max-num-seqs 64 --out "$OUT"/"$PART" 2>&1 | filter 30
+    python3 tools/steady_state.py "$OUT"/"$PART"/bench.json ;;
   interactive)
     OFFLINE_JSON=${OFFLINE_JSON:-docs/results/bench_engine_70b_fp8_fp8kv_h100_scenarios_server.json}
     timeout 560 "${BENCH[@]}" --samples 0 --interactive --max-num-seqs 64 --max-num-batched-tokens 1024 \
