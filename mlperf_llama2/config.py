@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -32,6 +33,11 @@ DEFAULT_AUDIT_CONF = "audit.config"
 MIN_RESPONSE_TOKENS = 2
 
 
+API_FLAGS = {"api_servers": "--api-server", "api_model_name": "--api-model-name", "api_text_mode": "--api-text-mode",
+             "api_concurrency": "--api-concurrency", "api_timeout_s": "--api-timeout", "api_retries": "--api-retries",
+             "api_batch_size": "--api-batch-size", "api_backoff_s": "--api-backoff"}
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     """The reference's OpenAI-API client path (`--vllm` / `--backend api`)."""
@@ -46,19 +52,25 @@ class ApiConfig:
     api_backoff_s: float = 0.5
 
     def __post_init__(self) -> None:
+        from mlperf_llama2.backends.api_client import Server
+
         for url in self.api_servers:
-            if not url.startswith(("http://", "https://")):
-                raise UserError(f"--api-server {url!r}: expected a base URL like http://127.0.0.1:8000")
+            Server.from_url(url)  # a UserError naming the URL when it is not http(s)://HOST[:PORT][/PATH]
         if self.api_concurrency < 1:
             raise UserError(f"--api-concurrency must be >= 1, got {self.api_concurrency}")
         if self.api_batch_size < 1:
             raise UserError(f"--api-batch-size must be >= 1, got {self.api_batch_size}")
-        if not self.api_timeout_s > 0:
-            raise UserError(f"--api-timeout must be > 0 seconds, got {self.api_timeout_s}")
+        if not (self.api_timeout_s > 0 and math.isfinite(self.api_timeout_s)):
+            raise UserError(f"--api-timeout must be a finite number of seconds > 0, got {self.api_timeout_s}")
         if self.api_retries < 0:
             raise UserError(f"--api-retries must be >= 0, got {self.api_retries}")
-        if self.api_backoff_s < 0:
-            raise UserError(f"--api-backoff must be >= 0 seconds, got {self.api_backoff_s}")
+        if not (self.api_backoff_s >= 0 and math.isfinite(self.api_backoff_s)):
+            raise UserError(f"--api-backoff must be a finite number of seconds >= 0, got {self.api_backoff_s}")
+
+    def given_flags(self) -> list[str]:
+        """The --api-* flags whose values differ from their defaults (each acts only with --vllm/--backend api)."""
+        default = ApiConfig()
+        return [flag for name, flag in API_FLAGS.items() if getattr(self, name) != getattr(default, name)]
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +92,7 @@ class ApiConfig:
                        help="seconds a request may wait for the server (each read of a stream) before it "
                             "is retried (default %(default)s)")
         g.add_argument("--api-retries", type=int, default=ApiConfig.api_retries,
-                       help="retries with backoff on 5xx, timeouts and connection errors before the request "
+                       help="retries with backoff on 5xx, 408, 429, timeouts and connection errors before the request "
                             "fails (default %(default)s)")
         g.add_argument("--api-batch-size", type=int, default=ApiConfig.api_batch_size,
                        help="Offline, token-id mode: prompts per request (default %(default)s)")
@@ -114,10 +126,16 @@ class DistConfig:
     node_wait_s: float = 60.0
 
     def __post_init__(self) -> None:
+        from mlperf_llama2.backends.nodes import NodeAddress
+
+        for url in self.sut_nodes:
+            NodeAddress.parse(url)  # a UserError naming the URL when it is not http://HOST:PORT
         if self.node_concurrency < 1:
             raise UserError(f"--node-concurrency must be >= 1, got {self.node_concurrency}")
-        if self.node_timeout_s <= 0 or self.node_wait_s < 0:
-            raise UserError("--node-timeout must be > 0 and --node-wait >= 0")
+        if not (self.node_timeout_s > 0 and math.isfinite(self.node_timeout_s)):
+            raise UserError(f"--node-timeout must be a finite number of seconds > 0, got {self.node_timeout_s}")
+        if not (self.node_wait_s >= 0 and math.isfinite(self.node_wait_s)):
+            raise UserError(f"--node-wait must be a finite number of seconds >= 0, got {self.node_wait_s}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -285,6 +303,11 @@ class RunConfig:
             if backend not in (None, "api"):
                 raise UserError(f"--vllm conflicts with --backend {backend}")
             backend = "api"
+        if backend != "api" and api.given_flags():
+            # Without --vllm no server is used and the flag would be ignored: a valid-looking run of another system.
+            flag = api.given_flags()[0]
+            raise UserError(f"{flag} acts only with --vllm (or --backend api); without it no API server generates "
+                            f"and {flag} would be ignored: add --vllm, or drop the flag")
         scenario, lg_model_name = scenario_and_model_name(ns.scenario, ns.lg_model_name)
         local = backend is None or registry.entry(backend).holds_model  # the default backends hold the model
         device = resolve_device(ns.device) if local else (ns.device or "cpu")

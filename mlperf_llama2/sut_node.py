@@ -15,6 +15,7 @@ import argparse
 import itertools
 import json
 import logging
+import math
 import queue
 import signal
 import sys
@@ -174,7 +175,13 @@ def _handler_for(node: SutNode):
         def do_POST(self):
             if self.path != wire.COMPLETIONS_PATH:
                 return self._error(404, f"no such path {self.path}")
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                return self._error(400, f"bad Content-Length {self.headers.get('Content-Length')!r}")
+            raw = self.rfile.read(length)
             try:
                 prompts, max_tokens, stream = wire.parse_request(raw, node.backend.vocab_size)
             except wire.BadRequest as exc:
@@ -224,6 +231,8 @@ def build_node_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ns = build_node_parser().parse_args(argv)
+    if not (ns.request_timeout > 0 and math.isfinite(ns.request_timeout)):
+        raise UserError(f"--request-timeout must be a finite number of seconds > 0, got {ns.request_timeout}")
     config = RunConfig.from_cli_args(ns)
     configure_logging(config.verbose)
     apply_dist_env()

@@ -3,9 +3,11 @@
 Offline: prompts go as token-id lists in batched `/v1/completions` requests (`--api-batch-size`
 prompts each), at most `--api-concurrency` in flight per server. Server: one streaming request per
 query; the first streamed token goes to `sink.first_token` at once, and the final response starts
-with it. Requests are retried with exponential backoff on 5xx, timeouts and connection errors;
-after the last retry every request of the failed call goes to `sink.fail` (never dropped).
-Output ids come from the server (see `api_protocol` for the carriers and the EOS rule).
+with it. Requests are retried with exponential backoff on 5xx, 408/429, timeouts and connection
+errors; after the last retry every request of the failed call goes to `sink.fail` (never dropped).
+Output ids come from the server (see `api_protocol` for the carriers and the EOS rule) and must be
+ids of the model's vocabulary, at most max_tokens of them (token-id mode), for the prompt sent
+(when the server echoes `prompt_token_ids`); any other answer fails its sample.
 
 `--api-text-mode` is for servers that take only text: the prompt is decoded with the checkpoint's
 tokenizer, the output text is re-tokenized without BOS. That is lossy; docs/api.md says how.
@@ -86,7 +88,8 @@ class ApiBackend(Backend):
         body = proto.completion_body(self._config.api_model_name, [self._eos], PROBE_MAX_TOKENS, token_ids=True)
         try:
             raw = post_json(server, COMPLETIONS_PATH, body, self._config.api_timeout_s)
-            proto.parse_completion(raw, 1, token_ids=True)
+            [result] = proto.parse_completion(raw, 1, token_ids=True)
+            proto.check_output(result.token_ids, max_tokens=PROBE_MAX_TOKENS, vocab_size=self._vocab_size)
         except (RequestError, proto.ProtocolError) as exc:
             raise UserError(
                 f"--api-server {server.base_url} cannot serve token-id mode: {exc}; use a vLLM server, "
@@ -165,11 +168,16 @@ class ApiBackend(Backend):
         with self._tokenizer_lock:
             return self._tokenizer.encode(text, add_special_tokens=False)
 
-    def _finish(self, result: proto.ChoiceResult) -> list[int]:
+    def _finish(self, request: GenerationRequest, result: proto.ChoiceResult) -> list[int]:
+        proto.check_finish(result, max_tokens=None if self._text else request.max_new_tokens)
         ids = result.token_ids if not self._text else self._retokenize(result.text)
         tokens = proto.apply_eos_rule(ids, result.finish_reason, self._eos)
         if not tokens:
             raise proto.ProtocolError("the server returned no output tokens")
+        # Text mode: the re-tokenized count is not the server's, and the server saw decoded text, not ids.
+        proto.check_output(tokens, vocab_size=self._vocab_size,
+                           max_tokens=None if self._text else request.max_new_tokens,
+                           prompt=None if self._text else list(request.prompt), echoed_prompt=result.prompt_token_ids)
         return tokens
 
     def _run_batch(self, batch: Sequence[GenerationRequest]) -> None:
@@ -189,7 +197,7 @@ class ApiBackend(Backend):
 
         results = with_retries(attempt, retries=self._config.api_retries, backoff_s=self._config.api_backoff_s,
                                what=f"completion of {len(batch)} prompt(s)", stop_event=self._stop_event)
-        outputs = [self._finish(result) for result in results]
+        outputs = [self._finish(request, result) for request, result in zip(batch, results)]
         for request, tokens in zip(batch, outputs):
             self._sink.complete(request.request_id, tokens)
 
@@ -213,6 +221,9 @@ class ApiBackend(Backend):
                     try:
                         for chunk in proto.sse_payloads(lines):
                             acc.add(chunk)
+                            if len(acc.result.token_ids) > request.max_new_tokens:  # never read an endless stream
+                                proto.check_output(acc.result.token_ids, max_tokens=request.max_new_tokens,
+                                                   vocab_size=None)
                             first = self._first_token_so_far(acc.result)
                             if first is not None:
                                 report_first(first)
@@ -226,7 +237,7 @@ class ApiBackend(Backend):
         result = with_retries(attempt, retries=self._config.api_retries, backoff_s=self._config.api_backoff_s,
                               what=f"streamed completion of request {request.request_id}",
                               stop_event=self._stop_event)
-        tokens = self._finish(result)
+        tokens = self._finish(request, result)
         if not sent:
             report_first(tokens[0])
         elif tokens[0] != sent[0]:

@@ -3,8 +3,8 @@
 `ServerPool` holds the servers of `--api-server`; `acquire()` picks the one with the fewest
 outstanding tokens (prompt + max new tokens of its in-flight requests; ties: fewest requests),
 never more than `concurrency` requests per server. `with_retries` runs one request function with
-exponential backoff on retryable failures (5xx, timeouts, connection errors); a 4xx or a bad body
-fails at once. Every loop here is bounded by the retry count, every wait by a timeout.
+exponential backoff on retryable failures (5xx, 408, 429, timeouts, connection errors); another 4xx
+or a bad body fails at once. Every loop here is bounded by the retry count, every wait by a timeout.
 """
 
 from __future__ import annotations
@@ -51,13 +51,17 @@ class Server:
 
     @classmethod
     def from_url(cls, url: str) -> "Server":
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port  # ValueError for a port that is not a number in 0..65535
+        except ValueError as exc:
+            raise UserError(f"--api-server {url!r}: {exc}; expected a base URL like http://127.0.0.1:8000") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
             raise UserError(f"--api-server {url!r}: expected a base URL like http://127.0.0.1:8000")
         prefix = parts.path.rstrip("/")
         if prefix.endswith("/v1"):
             prefix = prefix[: -len("/v1")]
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = port or (443 if parts.scheme == "https" else 80)
         return cls(base_url=url, scheme=parts.scheme, host=parts.hostname, port=port, prefix=prefix)
 
     def connect(self, timeout_s: float) -> http.client.HTTPConnection:
@@ -75,11 +79,15 @@ def _classify(exc: BaseException, what: str) -> RequestError:
     return RequestError(f"{what}: {type(exc).__name__}: {exc}", retryable=False)
 
 
+RETRYABLE_4XX = (408, 429)  # request timeout, too many requests: the server asks to come back later
+
+
 def _check_status(response: http.client.HTTPResponse, what: str) -> None:
     if 200 <= response.status < 300:
         return
     detail = response.read(2000).decode("utf-8", "replace").strip().replace("\n", " ")
-    raise RequestError(f"{what}: HTTP {response.status}: {detail}", retryable=response.status >= 500)
+    raise RequestError(f"{what}: HTTP {response.status}: {detail}",
+                       retryable=response.status >= 500 or response.status in RETRYABLE_4XX)
 
 
 def post_json(server: Server, path: str, body: dict[str, Any], timeout_s: float) -> bytes:
@@ -100,7 +108,8 @@ def post_json(server: Server, path: str, body: dict[str, Any], timeout_s: float)
 
 @contextmanager
 def post_stream(server: Server, path: str, body: dict[str, Any], timeout_s: float) -> Iterator[Iterator[bytes]]:
-    """POST `body` and yield an iterator over the response lines (SSE). `timeout_s` bounds each read."""
+    """POST `body` and yield an iterator over the response lines (SSE). `timeout_s` bounds each read and the
+    wait for each `data:` line: keep-alive comments alone do not keep a silent stream open."""
     what = f"POST {server.base_url}{path} (stream)"
     conn = server.connect(timeout_s)
     try:
@@ -113,6 +122,7 @@ def post_stream(server: Server, path: str, body: dict[str, Any], timeout_s: floa
             raise _classify(exc, what) from None
 
         def lines() -> Iterator[bytes]:
+            last_data = time.monotonic()
             while True:
                 try:
                     line = response.readline()
@@ -120,6 +130,11 @@ def post_stream(server: Server, path: str, body: dict[str, Any], timeout_s: floa
                     raise _classify(exc, what) from None
                 if not line:
                     return
+                if line.startswith(b"data:"):
+                    last_data = time.monotonic()
+                elif time.monotonic() - last_data > timeout_s:
+                    raise RequestError(f"{what}: timed out (no data for {timeout_s:g} s, only keep-alives)",
+                                       retryable=True)
                 yield line
 
         yield lines()
@@ -151,7 +166,8 @@ def check_model(server: Server, model_name: str) -> None:
         raise UserError(
             f"--api-server {server.base_url}: cannot list models ({exc}); start the server or fix the URL"
         ) from None
-    ids = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
+    data = listing.get("data") if isinstance(listing, dict) else None
+    ids = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
     if model_name not in ids:
         raise UserError(
             f"--api-model-name {model_name!r} is not served by {server.base_url} (it serves: "

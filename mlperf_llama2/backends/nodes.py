@@ -37,10 +37,14 @@ class NodeAddress:
 
     @classmethod
     def parse(cls, url: str) -> "NodeAddress":
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname or not parts.port:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port  # ValueError for a port that is not a number in 0..65535
+        except ValueError as exc:
+            raise UserError(f"--sut-nodes {url!r}: {exc}; expected http://HOST:PORT") from None
+        if parts.scheme != "http" or not parts.hostname or not port:
             raise UserError(f"--sut-nodes {url!r}: expected http://HOST:PORT")
-        return cls(url.rstrip("/"), parts.hostname, parts.port)
+        return cls(url.rstrip("/"), parts.hostname, port)
 
     def request(self, method: str, path: str, body: Optional[dict], timeout_s: float):
         """(connection, response) of one request; the caller reads and closes."""
@@ -51,25 +55,51 @@ class NodeAddress:
         if response.status != 200:
             detail = response.read(2000).decode("utf-8", "replace")
             conn.close()
-            raise RuntimeError(f"{method} {self.url}{path}: HTTP {response.status}: {detail}")
+            raise NodeHTTPError(f"{method} {self.url}{path}: HTTP {response.status}: {detail}", response.status)
         return conn, response
 
 
+class NodeHTTPError(RuntimeError):
+    """A node answered with another status than 200."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 def fetch_info(node: NodeAddress, wait_s: float) -> dict:
-    """The node's /node/info, retried until `wait_s` has passed (nodes may still be loading a model)."""
+    """The node's /node/info, retried until `wait_s` has passed (nodes may still be loading a model).
+
+    A 4xx (a server that is no SUT node, e.g. vLLM) or an answer without an integer EOS id is a UserError at once.
+    """
     deadline = time.monotonic() + wait_s
     while True:
         try:
             conn, response = node.request("GET", wire.INFO_PATH, None, timeout_s=10.0)
             try:
-                return json.loads(response.read())
+                info = json.loads(response.read())
             finally:
                 conn.close()
+            break
+        except NodeHTTPError as exc:
+            if 400 <= exc.status < 500 or time.monotonic() >= deadline:
+                raise UserError(f"SUT node {node.url} did not answer {wire.INFO_PATH} ({exc}); is it a SUT node "
+                                "(python -m mlperf_llama2.sut_node)?") from None
+            time.sleep(INFO_POLL_S)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if time.monotonic() >= deadline:
                 raise UserError(f"SUT node {node.url} is not answering ({exc}); start it with "
                                 f"python -m mlperf_llama2.sut_node, or raise --node-wait") from None
             time.sleep(INFO_POLL_S)
+    eos, vocab = (info.get("eos_token_id"), info.get("vocab_size")) if isinstance(info, dict) else (None, None)
+    if not _is_int(eos) or not (vocab is None or _is_int(vocab)):
+        raise UserError(f"SUT node {node.url}: {wire.INFO_PATH} has no integer eos_token_id/vocab_size "
+                        f"({str(info)[:120]}); is it a SUT node (python -m mlperf_llama2.sut_node)?")
+    return info
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class NodeBackend(Backend):
@@ -85,6 +115,10 @@ class NodeBackend(Backend):
         if len(eos) != 1:
             raise UserError(f"SUT nodes disagree on the EOS id ({sorted(eos)}): they must serve the same model")
         self._eos = eos.pop()
+        vocab = {info.get("vocab_size") for info in self.infos}
+        if len(vocab) != 1:
+            raise UserError(f"SUT nodes disagree on the vocabulary size ({sorted(vocab, key=str)}): they must serve "
+                            "the same model")
         self.streams_first_token = stream
         self.timeout_s = timeout_s
         self.concurrency = concurrency

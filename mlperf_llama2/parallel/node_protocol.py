@@ -32,8 +32,13 @@ def request_body(model: str, prompt: Sequence[int], max_tokens: int, stream: boo
             "min_tokens": constants.MIN_NEW_TOKENS, "return_token_ids": True, "stream": bool(stream)}
 
 
+def _is_int(value) -> bool:
+    """A JSON integer; JSON true/false are not token ids or counts."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_prompt(prompt, vocab_size: Optional[int]) -> list[int]:
-    if not isinstance(prompt, list) or not prompt or not all(isinstance(t, int) for t in prompt):
+    if not isinstance(prompt, list) or not prompt or not all(_is_int(t) for t in prompt):
         raise BadRequest("prompt must be a non-empty list of token ids, or a list of them "
                          "(this node takes token ids, not text)")
     if len(prompt) >= constants.INPUT_TOKEN_LIMIT:
@@ -57,11 +62,14 @@ def parse_request(raw: bytes, vocab_size: Optional[int]) -> tuple[list[list[int]
     prompt = body.get("prompt")
     batched = isinstance(prompt, list) and bool(prompt) and all(isinstance(p, list) for p in prompt)
     prompts = [_check_prompt(p, vocab_size) for p in prompt] if batched else [_check_prompt(prompt, vocab_size)]
-    stream = bool(body.get("stream", False))
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise BadRequest("stream must be true or false")
+    stream = bool(stream)
     if stream and len(prompts) > 1:
         raise BadRequest("a streamed request carries one prompt")
     max_tokens = body.get("max_tokens", constants.MAX_NEW_TOKENS)
-    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= constants.MAX_NEW_TOKENS:
+    if not _is_int(max_tokens) or not 1 <= max_tokens <= constants.MAX_NEW_TOKENS:
         raise BadRequest(f"max_tokens must be an integer in 1..{constants.MAX_NEW_TOKENS}")
     if body.get("temperature", 0) not in (0, 0.0, None):
         raise BadRequest("only greedy decoding is served: temperature must be 0")
