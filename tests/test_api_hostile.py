@@ -344,6 +344,29 @@ def test_stream_that_only_sends_keep_alives_times_out_instead_of_hanging():
     failed_with(sink, 7, "timed out")
 
 
+def test_stream_of_empty_data_chunks_times_out_instead_of_hanging():
+    """data: lines that carry no token (an empty choice every 0.1 s) reset no clock but the output's."""
+    empty = {"choices": [{"index": 0, "text": "", "token_ids": [], "finish_reason": None}]}
+    with ScriptedServer(lambda body: [*sse(empty, done=False), 0.1] * 400) as server:
+        start = time.monotonic()
+        sink = run_one(backend_for(server.url, streaming=True, api_timeout_s=0.5, api_retries=0), timeout=20)
+    assert time.monotonic() - start < 10
+    failed_with(sink, 7, "no output")
+
+
+def test_stream_whose_server_keeps_it_open_after_the_finish_reason_is_kept():
+    """The whole answer arrived (finish_reason set); a server that then neither sends [DONE] nor closes must not
+    turn it into a timeout and a regeneration."""
+    last = {"choices": [good_choice(ids=[6, EOS], finish="stop")]}
+    first = {"choices": [good_choice(ids=[5], finish=None)]}
+    with ScriptedServer(lambda body: [*sse(first, last, done=False), 30.0]) as server:
+        start = time.monotonic()
+        sink = run_one(backend_for(server.url, streaming=True, api_timeout_s=5.0, api_retries=0), timeout=20)
+    assert time.monotonic() - start < 4
+    assert sink.done[7] == ("complete", [5, 6, EOS])
+    assert len(server.bodies) == 1
+
+
 # ----- SUT-node protocol -----
 
 def test_sut_nodes_url_of_a_plain_vllm_server_is_one_user_error():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from mlperf_llama2.backends import api_protocol as proto
@@ -218,15 +219,23 @@ class ApiBackend(Backend):
             acc = proto.StreamAccumulator(token_ids=not self._text)
             with self._pool.acquire(load, self._config.api_timeout_s) as server:
                 with post_stream(server, COMPLETIONS_PATH, body, self._config.api_timeout_s) as lines:
+                    progress = time.monotonic()  # when a chunk last carried output
                     try:
                         for chunk in proto.sse_payloads(lines):
-                            acc.add(chunk)
+                            if acc.add(chunk):
+                                progress = time.monotonic()
+                            elif time.monotonic() - progress > self._config.api_timeout_s:
+                                # data lines without output (empty chunks) must not keep a stream open forever
+                                raise RequestError(f"stream sent no output for {self._config.api_timeout_s:g} s",
+                                                   retryable=True)
                             if len(acc.result.token_ids) > request.max_new_tokens:  # never read an endless stream
                                 proto.check_output(acc.result.token_ids, max_tokens=request.max_new_tokens,
                                                    vocab_size=None)
                             first = self._first_token_so_far(acc.result)
                             if first is not None:
                                 report_first(first)
+                            if acc.result.finish_reason is not None:
+                                break  # the answer is whole; a server that keeps the stream open is not waited for
                     except proto.ProtocolError as exc:
                         raise RequestError(str(exc), retryable=False) from None
             if acc.result.finish_reason is None:
