@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from mlperf_llama2.data import scoring  # noqa: E402
 from mlperf_llama2.data.accuracy_log import DTYPES, check_token_ids, load_predictions  # noqa: E402
-from mlperf_llama2.data.dataset import TARGET_COLUMN, read_frame  # noqa: E402
+from mlperf_llama2.data.dataset import TARGET_COLUMN, check_target, read_frame  # noqa: E402
 from mlperf_llama2.errors import UserError, configure_logging, run_cli  # noqa: E402
 from mlperf_llama2.file_hash import sha256_file  # noqa: E402
 from mlperf_llama2.input_identity import config_sha256, mismatch, read_identity, tokenizer_sha256  # noqa: E402
@@ -129,12 +129,12 @@ def main(argv=None) -> int:
     check_run_inputs(args.mlperf_accuracy_file, args.dataset_file, args.checkpoint_path)
     targets = read_targets(args.dataset_file)
     predictions = load_predictions(args.mlperf_accuracy_file, args.dtype, len(targets))
+    wanted = [check_target(targets[p.qsl_idx], f"{args.dataset_file}: qsl_idx {p.qsl_idx}") for p in predictions]
     tokenizer = load_tokenizer(args.checkpoint_path)
     check_token_ids(predictions, tokenizer.vocab_size, args.dtype, args.mlperf_accuracy_file)
     if stopped:
         print(stopped, flush=True)
     texts = tokenizer.batch_decode([p.tokens for p in predictions], skip_special_tokens=True)
-    wanted = ["" if not isinstance(targets[p.qsl_idx], str) else targets[p.qsl_idx] for p in predictions]
     result = scoring.evaluate(texts, wanted, (len(p.tokens) for p in predictions), args.workers)
     # truncate_accuracy_log.py's line (it appends "\\nhash={0}\\n"; any line of accuracy.txt is read), printed
     # first so the result dict stays the last line of stdout, where tools read it.

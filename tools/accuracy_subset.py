@@ -14,20 +14,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mlperf_llama2.data.accuracy_log import read_log_entries  # noqa: E402
+from mlperf_llama2.data.dataset import read_frame  # noqa: E402
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
+
+
+def check_every(every: int) -> None:
+    if every < 1:  # 0 has no rows to stride over; a negative stride reverses the rows and negates qsl_idx
+        raise UserError(f"--every must be >= 1, got {every}")
 
 
 def subset_dataset(src: str, dst: str, every: int) -> int:
-    import pandas as pd
-
-    frame = pd.read_pickle(src).iloc[::every].reset_index(drop=True)
+    check_every(every)
+    frame = read_frame(src).iloc[::every].reset_index(drop=True)
     frame.to_pickle(dst)
     return len(frame)
 
 
 def subset_log(src: str, dst: str, every: int) -> int:
-    with open(src) as f:
-        entries = json.load(f)
+    check_every(every)
+    entries = read_log_entries(src)
+    for position, e in enumerate(entries):
+        if not isinstance(e, dict) or isinstance(e.get("qsl_idx"), bool) or not isinstance(e.get("qsl_idx"), int):
+            raise UserError(f"{src}: entry {position}: expected an object with an integer 'qsl_idx'")
     kept = [dict(e, qsl_idx=e["qsl_idx"] // every) for e in entries if e["qsl_idx"] % every == 0]
     with open(dst, "w") as f:
         json.dump(kept, f, indent=0)
@@ -47,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -134,9 +134,10 @@ def check_dtype(entries: Sequence[dict], dtype_name: str, path: str) -> None:
                  else None for e in entries}
     if len(per_token) == 1 and None not in per_token and per_token != {size}:
         (actual,) = per_token
-        names = [name for name, dt in DTYPES.items() if np.dtype(dt).itemsize == actual] or [f"{actual:g}-byte"]
-        raise UserError(f"{path}: every entry's data is {actual:g} bytes a token ({'/'.join(names)}), not "
-                        f"{size} ({dtype_name}): pass -d {names[0]}")
+        names = [name for name, dt in DTYPES.items() if np.dtype(dt).itemsize == actual]
+        if names:  # a size no -d has (corrupt data) is named by the per-entry check below instead
+            raise UserError(f"{path}: every entry's data is {actual:g} bytes a token ({'/'.join(names)}), not "
+                            f"{size} ({dtype_name}): pass -d {names[0]}")
     for position, entry in enumerate(entries):
         for key in ("data", "token_data"):
             if len(entry.get(key, "")) // 2 % size:

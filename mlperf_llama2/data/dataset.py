@@ -7,9 +7,12 @@ Token ids stay host-side Python lists: nothing is moved to a device per sample. 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
+
+import numpy as np
 
 from mlperf_llama2 import constants
 from mlperf_llama2.errors import UserError
@@ -17,6 +20,7 @@ from mlperf_llama2.errors import UserError
 log = logging.getLogger(__name__)
 
 INPUT_COLUMN = "tok_input"
+LENGTH_COLUMN = "tok_input_length"
 TARGET_COLUMN = "output"
 
 
@@ -68,7 +72,7 @@ def read_frame(path: str):
 
 def validate_prompt(index: int, ids: object, vocab_size: Optional[int], path: str) -> tuple[int, ...]:
     """One prompt: a non-empty list of ints in [0, vocab_size) shorter than INPUT_TOKEN_LIMIT."""
-    if ids is None or isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+    if not isinstance(ids, (list, tuple, np.ndarray)) or getattr(ids, "ndim", 1) != 1:
         raise UserError(f"{path}: row {index}: {INPUT_COLUMN} must be a list of token ids, got {type(ids).__name__}")
     if len(ids) == 0:
         raise UserError(f"{path}: row {index}: empty prompt ({INPUT_COLUMN} has no tokens)")
@@ -77,6 +81,10 @@ def validate_prompt(index: int, ids: object, vocab_size: Optional[int], path: st
             f"{path}: row {index}: prompt has {len(ids)} tokens; prompts must be shorter than "
             f"{constants.INPUT_TOKEN_LIMIT} (reprocess with processorca.py --seqlen_limit)"
         )
+    # numbers only: digit strings and bools would convert to ids without a word (checked per type, for speed)
+    if not all(issubclass(k, (numbers.Real, np.number)) and not issubclass(k, (bool, np.bool_))
+               for k in {type(t) for t in ids}):
+        raise UserError(f"{path}: row {index}: {INPUT_COLUMN} holds non-integer token ids")
     try:
         prompt = tuple(int(t) for t in ids)
     except (TypeError, ValueError):
@@ -93,6 +101,14 @@ def validate_prompt(index: int, ids: object, vocab_size: Optional[int], path: st
     return prompt
 
 
+def check_target(target: object, where: str) -> str:
+    """A reference answer is text: anything else (NaN, None) would be scored as "" and lower ROUGE unseen."""
+    if not isinstance(target, str):
+        raise UserError(f"{where}: its reference answer in '{TARGET_COLUMN}' is not text but {target!r}; the "
+                        "dataset is damaged (processorca.py writes text answers)")
+    return target
+
+
 def load_dataset(
     path: str,
     total_sample_count: int = constants.TOTAL_SAMPLE_COUNT,
@@ -100,6 +116,8 @@ def load_dataset(
     require_targets: bool = False,
 ) -> Dataset:
     """Load and validate the first min(rows, total_sample_count) rows of a processed pickle."""
+    if total_sample_count < 1:  # a negative count would slice rows off the end ([:-1])
+        raise UserError(f"total sample count must be >= 1, got {total_sample_count}")
     frame = read_frame(path)
     if INPUT_COLUMN not in frame.columns:
         raise UserError(
@@ -113,8 +131,15 @@ def load_dataset(
     count = min(len(frame), total_sample_count)
     column: Sequence = frame[INPUT_COLUMN].tolist()[:count]
     prompts = tuple(validate_prompt(i, ids, vocab_size, path) for i, ids in enumerate(column))
+    if LENGTH_COLUMN in frame.columns:  # processorca's record of each prompt: a prompt edited since disagrees
+        for i, (prompt, length) in enumerate(zip(prompts, frame[LENGTH_COLUMN].tolist()[:count])):
+            if len(prompt) != length:
+                raise UserError(f"{path}: row {i}: {INPUT_COLUMN} has {len(prompt)} tokens but {LENGTH_COLUMN} says "
+                                f"{length}; the prompts were changed after processorca.py wrote them")
     targets = None
     if TARGET_COLUMN in frame.columns:
-        targets = tuple("" if not isinstance(t, str) else t for t in frame[TARGET_COLUMN].tolist()[:count])
+        targets = tuple(frame[TARGET_COLUMN].tolist()[:count])
+        for i, t in enumerate(targets):
+            check_target(t, f"{path}: row {i}")
     log.info("dataset %s: %d of %d rows used", path, count, len(frame))
     return Dataset(path=path, prompts=prompts, targets=targets)

@@ -65,12 +65,47 @@ def load_parquet(path: str):
     missing = [c for c in PARQUET_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(map(str, frame.columns))})")
+    if "output" in frame.columns:  # the rename would make two 'output' columns
+        raise UserError(f"{path}: has both 'response' and 'output' columns; the OpenOrca parquet has only 'response'")
+    check_parquet_rows(frame, path)
     return frame.rename(columns={"response": "output"})
+
+
+def check_parquet_rows(frame, path: str) -> None:
+    """Every id and question is text, a system prompt is text or missing, ids are unique: else one line.
+
+    A null question would become the prompt "<s>[INST] nan [/INST]" and a null id the origin "nan" (a fifth
+    origin in the sampling). A non-text `response` is the reference's "[]" (dropped by the short-output rule).
+    """
+    for column, allow_missing in (("id", False), ("question", False), ("system_prompt", True)):
+        bad = [i for i, v in enumerate(frame[column].tolist())
+               if not isinstance(v, str) and not (allow_missing and _missing(v))]
+        if bad:
+            raise UserError(f"{path}: {len(bad)} row(s) with no text in '{column}' (first: row {bad[0]}, id "
+                            f"{frame['id'].iloc[bad[0]]}, value {frame[column].iloc[bad[0]]!r}); is this the "
+                            "OpenOrca GPT-4 parquet, undamaged?")
+    duplicated = frame["id"][frame["id"].duplicated()]
+    if len(duplicated):
+        raise UserError(f"{path}: {len(duplicated)} duplicate id(s): {', '.join(map(str, duplicated.iloc[:3]))}"
+                        f"{' ...' if len(duplicated) > 3 else ''}; each OpenOrca id is unique (a file joined twice?)")
+
+
+def _missing(value) -> bool:
+    """A parquet null as pandas reads it: None, NaN (pandas >= 3 reads a null string as NaN) or pd.NA."""
+    import pandas as pd
+
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def has_system_prompt(system_prompt) -> bool:
+    """A non-empty system prompt. A missing one is empty: NaN is truthy, and would put "nan" in the prompt
+    (pandas < 3, which the reference ran, read a null as the falsy None)."""
+    return not _missing(system_prompt) and bool(system_prompt)
 
 
 def llama2_prompt(system_prompt, question) -> str:
     """Step 2: the reference's Llama-2 chat template (system block only for a non-empty system prompt)."""
-    if system_prompt:
+    if has_system_prompt(system_prompt):
         return PROMPT_WITH_SYSTEM.format(system=system_prompt, question=question)
     return PROMPT_NO_SYSTEM.format(question=question)
 
@@ -81,7 +116,7 @@ def chat_template_prompt(tokenizer) -> Callable:
         raise UserError("--use_chat_template: the tokenizer in --model_dir has no chat template")
 
     def prompt(system_prompt, question) -> str:
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        messages = ([{"role": "system", "content": system_prompt}] if has_system_prompt(system_prompt) else []) + [
             {"role": "user", "content": question}
         ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -281,9 +316,19 @@ def build_full_frame(config: ProcessConfig):
 
 
 def build_args(config: ProcessConfig) -> dict:
-    """The arguments the cached full and per-origin pickles depend on, as recorded beside them."""
+    """The arguments (and input contents) the cached full and per-origin pickles depend on, as recorded beside
+    them: a parquet or tokenizer replaced at the same path is not served from the cache."""
+    from mlperf_llama2.file_hash import sha256_file
+    from mlperf_llama2.input_identity import tokenizer_sha256
+
     return {"dataset_pq_path": os.path.abspath(config.dataset_pq_path), "model_dir": os.path.abspath(config.model_dir),
-            "seqlen_limit": config.seqlen_limit, "use_chat_template": config.use_chat_template}
+            "seqlen_limit": config.seqlen_limit, "use_chat_template": config.use_chat_template,
+            "dataset_pq_sha256": sha256_file(config.dataset_pq_path),
+            "tokenizer_sha256": tokenizer_sha256(config.model_dir)}
+
+
+RECORD_LABELS = {"dataset_pq_sha256": "the content of --dataset_pq_path",
+                 "tokenizer_sha256": "the tokenizer files in --model_dir"}
 
 
 def args_record_path(export_dir: str) -> str:
@@ -305,7 +350,8 @@ def cache_matches(export_dir: str, wanted: dict) -> bool:
         return False
     if not isinstance(recorded, dict):
         recorded = {}
-    differ = [f"--{k} {recorded.get(k)!r} -> {v!r}" for k, v in wanted.items() if recorded.get(k) != v]
+    differ = [f"{RECORD_LABELS.get(k, '--' + k)} {recorded.get(k)!r} -> {v!r}" for k, v in wanted.items()
+              if recorded.get(k) != v]
     if differ:
         log.warning("the cached pickles in %s were built with other arguments (%s): rebuilding them", export_dir,
                     "; ".join(differ))
@@ -325,8 +371,12 @@ def _read_or_build(path: str, build: Callable, reuse: bool):
     import pandas as pd
 
     if reuse and os.path.exists(path):
-        log.info("reusing existing %s (built with the same arguments)", path)
-        return pd.read_pickle(path)
+        try:
+            frame = pd.read_pickle(path)
+            log.info("reusing existing %s (built with the same arguments)", path)
+            return frame
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not ours: rebuild it
+            log.warning("cannot read the cached %s (%s: %s): rebuilding it", path, type(exc).__name__, exc)
     frame = build()
     frame.to_pickle(path)
     log.info("wrote %s (%d rows)", path, len(frame))
@@ -350,6 +400,10 @@ def generate(config: ProcessConfig) -> dict:
         raise UserError(f"cannot create --export_dir {config.export_dir}: {exc.strerror}") from None
     wanted = build_args(config)
     reuse = cache_matches(config.export_dir, wanted)
+    if not reuse and os.path.exists(args_record_path(config.export_dir)):
+        # the old record must not outlive the pickles it vouched for: a rebuild stopped midway would leave
+        # pickles of these arguments beside a record of the old ones, reused as theirs on the next run
+        os.remove(args_record_path(config.export_dir))
     paths = {"full": output_path(config.export_dir, "full")}
     full = _read_or_build(paths["full"], lambda: build_full_frame(config), reuse)
     by_origin = {}
