@@ -5,8 +5,9 @@ non-blocking `flock` on the directory itself (no lock file is left behind; the k
 lock when the process ends, however it ends) and returns an `OutputDirClaim` to `release()` (or use
 as a context manager). A directory another process holds is refused with one line (a filesystem that
 cannot lock a directory, such as some NFS mounts, gets a warning and an unlocked run). A directory
-holding results of an earlier run (`RESULT_FILES`) is refused with one line unless `overwrite`,
-which moves exactly those files into `previous-<YYYYmmdd-HHMMSS>/` inside the directory first.
+holding results of an earlier run (`RESULT_FILES`, the report's plots/ directory among them) is
+refused with one line unless `overwrite`, which moves exactly those files into
+`previous-<YYYYmmdd-HHMMSS>/` inside the directory first.
 Files that are not a run's results are never moved, overwritten or deleted.
 
 `check_save_outputs(path, overwrite)`: the `--save-outputs` file must be creatable and must not be a
@@ -32,6 +33,7 @@ RESULT_FILES = (
     "mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "mlperf_log_trace.json",
     "RUN_STOPPED.txt", "summary.json", "run_info.json", "sample_timings.csv", "accuracy.txt",
     "ttft.png", "tpot.png", "throughput.png", "output_lengths.png",
+    "plots",  # the directory `python -m mlperf_llama2.report` writes its plots into (report/plots.py PLOTS_DIR)
 )
 
 

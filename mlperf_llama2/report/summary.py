@@ -6,6 +6,10 @@ disagrees with the detail log's makes the run INVALID), `mlperf_log_accuracy.jso
 (accuracy runs: samples and tokens), `sample_timings.csv` and `run_info.json` (ours), and the ROUGE line
 evaluate-accuracy.py printed (`accuracy.txt`, or given). For the Llama-2-70B reference model the ROUGE
 is checked against the 99% and 99.9% targets of SPEC §8; any other model is a stand-in and is not judged.
+Never better than the run: a check LoadGen logged as failed is named (and never VALID), a run stopped early
+(`RUN_STOPPED.txt`) is INVALID whatever LoadGen's logs say, an audit.config run is named a compliance run,
+a ROUGE whose gen_num is not this run's accuracy log's is not judged, and a latency is never rounded onto or
+across a TTFT/TPOT limit.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Optional
 
 from mlperf_llama2 import constants
 from mlperf_llama2.data import scoring
+from mlperf_llama2.loadgen.interrupt import STOP_NOTE
 from mlperf_llama2.report.run_info import read_run_info
 from mlperf_llama2.report.timings import read_timings
 from mlperf_llama2.submission.rules import submittable
@@ -40,6 +45,14 @@ ROUGE_LINE = re.compile(r"\{'rouge1':.*\}")
 # The checks mlperf_log_summary.txt answers Yes / NO for a performance run.
 SUMMARY_CHECKS = ("Performance constraints satisfied", "Min duration satisfied", "Min queries satisfied",
                   "Early stopping satisfied")
+# The same checks in the detail log (true / false).
+DETAIL_CHECKS = {"result_perf_constraints_met": "Performance constraints satisfied",
+                 "result_min_duration_met": "Min duration satisfied", "result_min_queries_met": "Min queries satisfied",
+                 "early_stopping_met": "Early stopping satisfied"}
+# LoadGen's message when it applied an audit.config (a compliance test's settings) to the run.
+AUDIT_MESSAGE = "Found Audit Config file"
+# p99 TTFT / TPOT limits (ms) a printed latency must never be rounded across: Server's and Interactive's.
+OFFICIAL_LATENCY_LIMITS_MS = ((2000.0, 200.0), (450.0, 40.0))
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,12 @@ class RunSummary:
     kv_cache_dtype: Optional[str] = None  # the engine's --kv-cache-dtype; None: not recorded (not the engine)
     fp8_accumulation: Optional[str] = None  # promoted | fast (engine, --quantization fp8); None: not recorded
     submittable: str = ""  # "submittable for v6.1 closed: yes" or ": no (why)" (submission/rules.py)
+    stopped: Optional[str] = None  # RUN_STOPPED.txt's first line: the run was stopped, LoadGen's logs are no result
+    audit_config: bool = False  # LoadGen applied an audit.config: a compliance run, not a performance result
+    interactive: bool = False  # a Server run under --lg-model-name llama2-70b-interactive (the Interactive scenario)
+    rouge_mismatch: Optional[str] = None  # why the ROUGE read is not this run's (another log's score), else None
+    ttft_limit_ms: Optional[float] = None  # the p99 limits LoadGen judged this Server run by (its settings)
+    tpot_limit_ms: Optional[float] = None
 
     @property
     def output_capped(self) -> bool:
@@ -183,16 +202,51 @@ def loadgen_verdict(detail: dict[str, Any], summary_text: dict[str, str]) -> tup
     verdict = "INVALID" if disagree else str(in_detail or in_summary or "?")
     reasons = [f"LoadGen's logs disagree: {SUMMARY_FILE} says {in_summary}, {DETAIL_FILE} says result_validity "
                f"{in_detail}"] if disagree else []
+    # The checks that failed, by either log: LoadGen's result_invalid_reason is often only a recommendation
+    # ("Increase expected QPS ..." for a run too short), so the failed check is named first.
+    failed = [name for name in SUMMARY_CHECKS if summary_text.get(name, "Yes").lower().startswith("no")]
+    failed += [name for key, name in DETAIL_CHECKS.items() if detail.get(key) is False and name not in failed]
+    if failed and verdict == "VALID":
+        verdict = "INVALID"
+        reasons.append("LoadGen says VALID, but a check it logged failed")
+    reasons += [f"{name}: NO" for name in failed]
     reasons.append(str(detail.get("result_invalid_reason") or "").strip())
-    if verdict == "INVALID" and not reasons[-1]:
-        reasons[-1] = "; ".join(f"{name}: NO" for name in SUMMARY_CHECKS
-                                if summary_text.get(name, "Yes").lower().startswith("no"))
     return verdict, "; ".join(r for r in reasons if r)
+
+
+def stop_note(run_dir: str) -> Optional[str]:
+    """The first line of RUN_STOPPED.txt (the run was stopped: samples answered empty), else None."""
+    path = os.path.join(run_dir, STOP_NOTE)
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            line = f.readline().strip()
+    except OSError:
+        line = ""
+    return line or f"{STOP_NOTE} is present"
+
+
+def ran_with_audit_config(detail_path: str) -> bool:
+    """Whether LoadGen applied an audit.config to the run (its detail log says so)."""
+    with open(detail_path, encoding="utf-8", errors="replace") as f:
+        return any(AUDIT_MESSAGE in line for line in f)
+
+
+def _not_submittable(line: str, reasons: list[str]) -> str:
+    """`submittable`'s line with `reasons` first: "... closed: no (reasons; earlier reasons)"."""
+    if not reasons:
+        return line
+    head, _, rest = line.partition(": ")
+    earlier = rest[len("no ("):-1] if rest.startswith("no (") and rest.endswith(")") else ""
+    return f"{head}: no ({'; '.join(reasons + ([earlier] if earlier else []))})"
 
 
 def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSummary:
     """Summarize the run in `run_dir`; `accuracy_text` (evaluate-accuracy's output) overrides accuracy.txt."""
     detail, errors = parse_detail(os.path.join(run_dir, DETAIL_FILE))
+    audited = ran_with_audit_config(os.path.join(run_dir, DETAIL_FILE))
+    stopped = stop_note(run_dir)
     summary_path = os.path.join(run_dir, SUMMARY_FILE)
     summary_text = parse_summary_text(summary_path) if os.path.isfile(summary_path) else {}
     info = read_run_info(run_dir)
@@ -212,14 +266,25 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         key = "result_completed_tokens_per_second" if scenario == "Server" else "result_tokens_per_second"
         tokens_per_s = _float(detail.get(key))
         verdict, reason = loadgen_verdict(detail, summary_text)
+        if verdict == "?":
+            verdict, reason = "INVALID", "no verdict: LoadGen wrote no result (the run did not finish)"
+        if stopped:
+            # LoadGen counted the empty answers of the stopped run: its verdict and numbers are not a result
+            reason = "; ".join(r for r in (f"run stopped: {stopped}", f"LoadGen's logs say {verdict}"
+                                           + (f" ({reason})" if reason else "")) if r)
+            verdict = "INVALID"
 
     if accuracy_text is None and os.path.isfile(os.path.join(run_dir, ACCURACY_RESULT_FILE)):
         with open(os.path.join(run_dir, ACCURACY_RESULT_FILE), encoding="utf-8") as f:
             accuracy_text = f.read()
     rouge = parse_accuracy_result(accuracy_text) if accuracy_text else None
+    rouge_mismatch = _rouge_mismatch(rouge, samples if accuracy_mode else _accuracy_log_counts(run_dir)[0])
     model = info.model_path
-    targets = accuracy_targets(rouge) if rouge is not None and is_llama2_70b(model) else None
+    targets = accuracy_targets(rouge) if rouge is not None and is_llama2_70b(model) and not rouge_mismatch else None
     server = scenario == "Server"
+    extra = ([f"run stopped ({STOP_NOTE}): not a result"] if stopped and accuracy_mode else []) + \
+        (["ran with an audit.config (a compliance run, not a result)"] if audited else []) + \
+        ([f"ROUGE {rouge_mismatch}"] if rouge_mismatch else [])
     return RunSummary(
         scenario=scenario,
         mode=mode,
@@ -242,10 +307,28 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
         kv_cache_dtype=info.kv_cache_dtype,
         fp8_accumulation=info.fp8_accumulation,
         # judged on the verdict above: where LoadGen's two logs disagree, not on the detail log's word alone
-        submittable=submittable(detail if accuracy_mode else
-                                dict(detail, result_validity=verdict, result_invalid_reason=reason),
-                                errors, info, rouge),
+        submittable=_not_submittable(submittable(detail if accuracy_mode else
+                                                 dict(detail, result_validity=verdict, result_invalid_reason=reason),
+                                                 errors, info, rouge), extra),
+        stopped=stopped,
+        audit_config=audited,
+        rouge_mismatch=rouge_mismatch,
+        interactive=server and info.lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE,
+        ttft_limit_ms=_ms(detail.get("requested_server_ttft_latency")) if server else None,
+        tpot_limit_ms=_ms(detail.get("requested_server_tpot_latency")) if server else None,
     )
+
+
+def _rouge_mismatch(rouge: Optional[dict], log_samples: Optional[int]) -> Optional[str]:
+    """Why the ROUGE read (accuracy.txt, --accuracy-file) cannot be this run's: evaluate-accuracy.py's gen_num
+    counts the samples of the log it scored, which must be this run's accuracy log."""
+    if rouge is None:
+        return None
+    gen_num = rouge.get("gen_num")
+    if isinstance(gen_num, (int, float)) and gen_num == (log_samples or 0):
+        return None
+    return (f"is not this run's: it scored {gen_num if gen_num is not None else 'an unknown number of'} samples, "
+            f"this run's {ACCURACY_LOG} holds {log_samples or 0}")
 
 
 def _int(value: Any) -> Optional[int]:
@@ -260,18 +343,37 @@ def _fmt(value: Optional[float], digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _fmt_vs_limits(value: Optional[float], limits: list[float], digits: int = 1) -> str:
+    """`value` with as many decimals as it takes to stay on its side of every limit (and off it): 39.97 ms is
+    never printed as 40.0 against a 40 ms limit, nor 40.04 ms."""
+    if value is None:
+        return "-"
+    text = _fmt(value, digits)
+    while digits < 6 and any(value != limit and ((float(text) < limit) != (value < limit) or float(text) == limit)
+                             for limit in limits):
+        digits += 1
+        text = _fmt(value, digits)
+    return text
+
+
 def render_table(s: RunSummary) -> str:
     """The summary as a small aligned table (plain text, fits 100 columns)."""
     rows = [
-        ("scenario", s.scenario),
+        ("scenario", f"Interactive (LoadGen's {s.scenario} scenario, {constants.LG_MODEL_NAME_INTERACTIVE} limits)"
+                     if s.interactive else s.scenario),
         ("mode", s.mode),
         ("samples", "-" if s.samples is None else str(s.samples)),
-        ("tokens/s", _fmt(s.tokens_per_s)),
+        ("tokens/s", _fmt(s.tokens_per_s) + (" (measured by us in an accuracy run: not a performance result)"
+                                              if s.mode == "AccuracyOnly" and s.tokens_per_s is not None else "")),
     ]
     if s.scenario == "Server":
+        ttft_limits = [lim[0] for lim in OFFICIAL_LATENCY_LIMITS_MS] + [x for x in [s.ttft_limit_ms] if x]
+        tpot_limits = [lim[1] for lim in OFFICIAL_LATENCY_LIMITS_MS] + [x for x in [s.tpot_limit_ms] if x]
         rows += [
-            ("TTFT p50 / p99 (ms)", f"{_fmt(s.ttft_p50_ms)} / {_fmt(s.ttft_p99_ms)}"),
-            ("TPOT p50 / p99 (ms)", f"{_fmt(s.tpot_p50_ms)} / {_fmt(s.tpot_p99_ms)}"),
+            ("TTFT p50 / p99 (ms)", f"{_fmt_vs_limits(s.ttft_p50_ms, ttft_limits)} / "
+                                    f"{_fmt_vs_limits(s.ttft_p99_ms, ttft_limits)}"),
+            ("TPOT p50 / p99 (ms)", f"{_fmt_vs_limits(s.tpot_p50_ms, tpot_limits)} / "
+                                    f"{_fmt_vs_limits(s.tpot_p99_ms, tpot_limits)}"),
         ]
     if s.quantization == "fp8":
         accumulation = {"promoted": "float32 accumulation", "fast": "Hopper's fast accumulation, not promoted"}
@@ -286,6 +388,10 @@ def render_table(s: RunSummary) -> str:
     if s.kv_cache_dtype:
         rows.append(("KV cache", "model dtype" if s.kv_cache_dtype == "auto" else s.kv_cache_dtype))
     rows.append(("LoadGen verdict", s.verdict + (f" ({s.reason})" if s.reason else "")))
+    if s.stopped:
+        rows.append(("run stopped", f"{s.stopped} ({STOP_NOTE}): not a result"))
+    if s.audit_config:
+        rows.append(("audit.config", "applied by LoadGen: a compliance (audit) run, not a performance result"))
     if s.loadgen_errors:
         rows.append(("LoadGen errors", f"{s.loadgen_errors} (see {DETAIL_FILE})"))
     if s.output_capped:
@@ -297,6 +403,8 @@ def render_table(s: RunSummary) -> str:
             rows.append(("llama2-70b-99", target_verdict(s.targets, "99")))
             rows.append(("llama2-70b-99.9", target_verdict(s.targets, "99.9")))
             rows.append(("tokens/sample 90-110%", "yes" if s.targets["tokens_per_sample"] else "NO"))
+        elif s.rouge_mismatch:
+            rows.append(("targets", f"not judged: this ROUGE {s.rouge_mismatch}"))
         else:
             rows.append(("targets", "not judged: the model is not Llama-2-70B (stand-in)"))
     rows.append(("MLPerf", s.submittable))
