@@ -264,6 +264,27 @@ def test_latency_limits_are_the_rules_whatever_user_conf_said(tmp_path):
                                                                                         V61).errors)
 
 
+def test_a_latency_over_its_limit_is_never_printed_as_the_limit(tmp_path):
+    run = tmp_path / "p"
+    server_run(run, ttft_ms=450.3, tpot_ms=40.04)
+    write_info(run, lg_model_name="llama2-70b-interactive", max_new_tokens=1024)
+    [error] = check_performance(str(run), "Interactive", True, V61).errors
+    assert "p99 TTFT 450.3 ms / TPOT 40.04 ms over the Interactive limits 450 / 40 ms" in error, error
+
+
+@pytest.mark.parametrize("which", ["perf", "acc", "t06"])
+def test_a_stopped_run_is_refused_whatever_loadgen_said(result, capsys, which):
+    """A run stopped midway (RUN_STOPPED.txt: a failed sample or a signal) answered its remaining samples empty;
+    LoadGen's logs can still say VALID, and the accuracy log still scores."""
+    assert main(argv(result, "--check-only")) == 0
+    capsys.readouterr()
+    logs = result["t06"] / "TEST06" / "accuracy" if which == "t06" else result[which]
+    (logs / "RUN_STOPPED.txt").write_text("run stopped: sample 17 failed: CUDA out of memory\n")
+    assert main(argv(result, "--check-only")) == 2
+    err = capsys.readouterr().err
+    assert "the run was stopped (run stopped: sample 17 failed: CUDA out of memory)" in err, err
+
+
 @pytest.mark.parametrize("percentile", [1.5, 0.5, 0.999, None])
 def test_the_latency_percentile_must_be_the_rules_99(tmp_path, percentile):
     run = tmp_path / "p"

@@ -25,6 +25,8 @@ from typing import Any, Optional
 from mlperf_llama2 import constants
 from mlperf_llama2.data import scoring
 from mlperf_llama2.loadgen.interrupt import STOP_NOTE
+from mlperf_llama2.report.numbers import fmt as _fmt
+from mlperf_llama2.report.numbers import fmt_vs_limits as _fmt_vs_limits
 from mlperf_llama2.report.run_info import read_run_info
 from mlperf_llama2.report.timings import read_timings
 from mlperf_llama2.submission.rules import submittable
@@ -337,23 +339,6 @@ def _int(value: Any) -> Optional[int]:
 
 def _float(value: Any) -> Optional[float]:
     return None if value is None else float(value)
-
-
-def _fmt(value: Optional[float], digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _fmt_vs_limits(value: Optional[float], limits: list[float], digits: int = 1) -> str:
-    """`value` with as many decimals as it takes to stay on its side of every limit (and off it): 39.97 ms is
-    never printed as 40.0 against a 40 ms limit, nor 40.04 ms."""
-    if value is None:
-        return "-"
-    text = _fmt(value, digits)
-    while digits < 6 and any(value != limit and ((float(text) < limit) != (value < limit) or float(text) == limit)
-                             for limit in limits):
-        digits += 1
-        text = _fmt(value, digits)
-    return text
 
 
 def render_table(s: RunSummary) -> str:

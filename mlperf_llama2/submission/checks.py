@@ -25,7 +25,7 @@ from mlperf_llama2.input_identity import InputIdentity, ModelIdentity, config_sh
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
 from mlperf_llama2.report.summary import (ACCURACY_LOG, ACCURACY_RESULT_FILE, DETAIL_FILE, SUMMARY_FILE,
                                           is_llama2_70b, loadgen_verdict, parse_accuracy_result, parse_detail,
-                                          parse_summary_text)
+                                          parse_summary_text, stop_note)
 from mlperf_llama2.submission.layout import TEST06_RESULT
 from mlperf_llama2.submission.rounds import Round
 from mlperf_llama2.submission.rules import Findings, accuracy_rules, loadgen_scenario, performance_rules, seeds
@@ -69,10 +69,19 @@ def check_performance(run_dir: str, scenario: str, closed: bool, rnd: Round) -> 
     judged = dict(detail, result_validity=verdict, result_invalid_reason=reason)
     out.extend(performance_rules(judged, loadgen_errors, info, rnd, scenario, closed), label)
     out.rule(AUDIT_MARKER not in text, f"{label}: ran with an audit.config (a compliance run, not a result)")
+    _not_stopped(run_dir, label, out)
     key = "result_completed_tokens_per_second" if loadgen_scenario(scenario) == "Server" else "result_tokens_per_second"
     out.facts.update(performance_info=info, performance_inputs=read_identity(run_dir), tokens_per_s=detail.get(key),
                      loadgen_version=detail.get("loadgen_version"), verdict=verdict)
     return out
+
+
+def _not_stopped(run_dir: str, label: str, out: Findings) -> None:
+    """A run stopped midway (a failed sample, a signal) answered its remaining samples empty; LoadGen's logs may
+    still say VALID, so its RUN_STOPPED.txt decides."""
+    note = stop_note(run_dir)
+    out.rule(note is None, f"{label}: the run was stopped ({note}): its remaining samples were answered empty, "
+             "so it is not a result")
 
 
 def _accuracy_samples(run_dir: str) -> tuple[Optional[int], Optional[int]]:
@@ -136,6 +145,7 @@ def check_accuracy(run_dir: str, accuracy_txt: Optional[str], scenario: str, ben
     out.rule(samples is None or issued is None or samples == issued,
              f"{label}: {ACCURACY_LOG} holds {samples} samples but the run issued {issued}: the log is not this "
              f"run's whole log")
+    _not_stopped(run_dir, label, out)
     txt = accuracy_txt or os.path.join(run_dir, ACCURACY_RESULT_FILE)
     rouge = _check_score_file(txt, run_dir, samples, out, tokens)
     out.extend(accuracy_rules(detail, loadgen_errors, info, scenario, closed, rouge, benchmark), label)
@@ -186,6 +196,7 @@ def _check_audit_run(found: str, scenario: str, rnd: Round, out: Findings) -> Op
     out.rule(detail.get("effective_scenario") == loadgen_scenario(scenario),
              f"TEST06 {found}: audits a {detail.get('effective_scenario')} run, not {scenario}")
     out.extend(seeds(detail, rnd), f"TEST06 {found}")
+    _not_stopped(logs, f"TEST06 {found}", out)
     info = read_run_info(logs)
     if not info.recorded:
         out.errors.append(f"TEST06 {found}: no run_info.json beside its logs (verify with this harness's "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from mlperf_llama2 import constants
+from mlperf_llama2.report.numbers import fmt_vs_limits
 from mlperf_llama2.report.run_info import RunInfo
 from mlperf_llama2.submission import rounds
 from mlperf_llama2.submission.rounds import Round
@@ -106,12 +107,16 @@ def latency_limits(detail: dict, scenario: str, closed: bool) -> Findings:
     if ttft is None or tpot is None:
         out.errors.append("no p99 TTFT/TPOT in the detail log")
         return out
+    def p99(limit_ttft: float, limit_tpot: float) -> str:  # never rounded onto the limit it is over
+        return (f"p99 TTFT {fmt_vs_limits(ttft / 1e6, [limit_ttft / 1e6], 0)} ms / TPOT "
+                f"{fmt_vs_limits(tpot / 1e6, [limit_tpot / 1e6])} ms")
+
     out.rule(ttft < checker_ttft and tpot < checker_tpot,
-             f"p99 TTFT {ttft / 1e6:.0f} ms / TPOT {tpot / 1e6:.1f} ms over the Server limits "
+             f"{p99(checker_ttft, checker_tpot)} over the Server limits "
              f"{checker_ttft / 1e6:.0f} / {checker_tpot / 1e6:.0f} ms")
     if scenario == "Interactive":
         out.rule(ttft < ttft_limit and tpot < tpot_limit,
-                 f"p99 TTFT {ttft / 1e6:.0f} ms / TPOT {tpot / 1e6:.1f} ms over the Interactive limits "
+                 f"{p99(ttft_limit, tpot_limit)} over the Interactive limits "
                  f"{ttft_limit / 1e6:.0f} / {tpot_limit / 1e6:.0f} ms", closed)
     asked_ttft = _num(detail.get("requested_server_ttft_latency"))
     asked_tpot = _num(detail.get("requested_server_tpot_latency"))
