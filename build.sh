@@ -132,6 +132,8 @@ plan_liteml() {
     local wheels want
     WHEEL=""
     CREATE=()
+    [[ -d "$LITEML_WHEEL_DIR" ]] \
+        || die "LITEML_WHEEL_DIR=$LITEML_WHEEL_DIR is not a folder: set it to the folder holding the liteml-*.whl (unset: this repository)"
     shopt -s nullglob
     wheels=("$LITEML_WHEEL_DIR"/liteml-*.whl)
     shopt -u nullglob

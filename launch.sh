@@ -19,7 +19,11 @@ MOUNTS=(
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-IMAGE="${IMAGE:-mlperf-llama2:$(id -un)}"
+# The default tag is the user name as docker accepts it in a tag (a directory's jdoe@corp.example.com is not).
+USER_TAG="$(id -un)"
+USER_TAG="${USER_TAG//[^A-Za-z0-9_.-]/-}"
+[[ "$USER_TAG" =~ ^[A-Za-z0-9_] ]] || USER_TAG="_${USER_TAG}"
+IMAGE="${IMAGE:-mlperf-llama2:${USER_TAG:0:128}}"
 DRY_RUN=0
 BUILD=1
 COMMAND=(bash)
@@ -54,13 +58,39 @@ run() {
     fi
 }
 
-MOUNT_FLAGS=(--mount "type=bind,source=${REPO_DIR},target=${REPO_DIR}")
+# A field of a --mount value, which docker reads as one CSV record: quoted where the path holds a comma or a quote.
+mount_field() {
+    if [[ "$1" == *[,\"]* ]]; then printf '"%s"' "${1//\"/\"\"}"; else printf '%s' "$1"; fi
+}
+
+# Each target once: docker refuses two mounts at one target ("Duplicate mount point"), as when the dataset lies
+# in the repository or in the model folder; the same folder listed twice is mounted once.
+MOUNT_FLAGS=()
+declare -A MOUNTED=()
+add_mount() {
+    local source_path="$1" target_path="$2"
+    while [[ "$source_path" == ?*/ ]]; do source_path="${source_path%/}"; done
+    while [[ "$target_path" == ?*/ ]]; do target_path="${target_path%/}"; done
+    if [[ -n "${MOUNTED[$target_path]+set}" ]]; then
+        [[ "${MOUNTED[$target_path]}" == "$source_path" ]] && return 0
+        die "two folders mounted at $target_path: ${MOUNTED[$target_path]} and $source_path: drop one from MOUNTS at the top of launch.sh"
+    fi
+    MOUNTED[$target_path]="$source_path"
+    MOUNT_FLAGS+=(--mount "type=bind,$(mount_field "source=${source_path}"),$(mount_field "target=${target_path}")")
+}
+
+add_mount "$REPO_DIR" "$REPO_DIR"
 for mount in "${MOUNTS[@]}"; do
-    source_path="${mount%%:*}"
-    target_path="${mount#*:}"
+    # "HOST_PATH:CONTAINER_PATH", unless the whole entry is a path that exists (a folder whose name holds a colon).
+    source_path="$mount"
+    target_path="$mount"
+    if [[ "$mount" == *:* && ! -e "$mount" ]]; then
+        source_path="${mount%%:*}"
+        target_path="${mount#*:}"
+    fi
     [[ "$source_path" == /* && "$target_path" == /* ]] || die "mount '$mount' is not an absolute path: docker needs absolute paths"
     [[ -e "$source_path" ]] || die "mount source '$source_path' does not exist: set CHECKPOINT_PATH / DATASET_PATH or edit MOUNTS at the top of launch.sh"
-    MOUNT_FLAGS+=(--mount "type=bind,source=${source_path},target=${target_path}")
+    add_mount "$source_path" "$target_path"
 done
 
 # The image's user is the host user, so files written to the mounts belong to whoever launched it.

@@ -109,6 +109,85 @@ def test_launch_rejects_an_unknown_flag(data_dirs):
     assert result.returncode == 2 and "unknown argument '--gpus'" in result.stderr
 
 
+def _launch_copy(tmp_path: Path, *extra_mounts: str) -> Path:
+    """launch.sh in a repository of its own (its folder is the repository it mounts), MOUNTS extended if asked."""
+    repo = tmp_path / "repo"
+    repo.mkdir(exist_ok=True)
+    text = (REPO / "launch.sh").read_text()
+    lines = "".join(f'    "{m}"\n' for m in extra_mounts)
+    (repo / "launch.sh").write_text(text.replace("\nMOUNTS=(\n", f"\nMOUNTS=(\n{lines}", 1))
+    return repo
+
+
+def _mount_fields(mount: str) -> dict:
+    """A --mount value as docker reads it: one CSV record of key=value fields."""
+    import csv
+
+    (record,) = list(csv.reader([mount]))
+    return dict(field.split("=", 1) for field in record)
+
+
+@pytest.mark.parametrize("layout", ["dataset_in_the_repository", "dataset_in_the_model_folder",
+                                    "trailing_slash", "listed_twice"])
+def test_launch_mounts_each_folder_once(tmp_path, layout):
+    """docker run refuses two mounts at one target ("Duplicate mount point"), after the whole image build."""
+    repo = _launch_copy(tmp_path, *([str(tmp_path / "model")] if layout == "listed_twice" else []))
+    model = tmp_path / "model"
+    model.mkdir()
+    dataset = {"dataset_in_the_repository": repo / "data.pkl"}.get(layout, model / "data.pkl")
+    checkpoint = f"{model}/" if layout == "trailing_slash" else str(model)
+    result = _bash(repo / "launch.sh", "--dry-run", env={"CHECKPOINT_PATH": checkpoint, "DATASET_PATH": str(dataset)})
+    assert result.returncode == 0, result.stderr
+    _, run = _commands(result.stdout)
+    targets = [_mount_fields(m)["target"] for m in _mounts(run)]
+    assert len(targets) == len(set(targets)), targets
+    assert set(targets) == {str(repo), str(model)}
+
+
+def test_launch_refuses_two_folders_at_one_target(tmp_path, data_dirs):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    repo = _launch_copy(tmp_path, f"{one}:/raid/data", f"{two}:/raid/data")
+    result = _bash(repo / "launch.sh", "--dry-run", env=data_dirs)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "/raid/data" in lines[0] and str(one) in lines[0] and str(two) in lines[0], lines
+
+
+def test_launch_mounts_paths_with_commas_colons_and_spaces_as_docker_reads_them(tmp_path):
+    model = tmp_path / "llama2:70b, chat [hf]"
+    dataset = tmp_path / 'open orca, "v2"' / "data.pkl"
+    model.mkdir()
+    dataset.parent.mkdir()
+    repo = _launch_copy(tmp_path)
+    result = _bash(repo / "launch.sh", "--dry-run", "--no-build",
+                   env={"CHECKPOINT_PATH": str(model), "DATASET_PATH": str(dataset)})
+    assert result.returncode == 0, result.stderr
+    (run,) = _commands(result.stdout)
+    mounts = [_mount_fields(m) for m in _mounts(run)]
+    assert [(m["type"], m["source"], m["target"]) for m in mounts] == [
+        ("bind", str(p), str(p)) for p in (repo, model, dataset.parent)]
+
+
+def test_launch_default_image_tag_is_a_valid_docker_tag_for_any_user_name(tmp_path, data_dirs):
+    """Directory-service users are often `jdoe@corp.example.com`: `-t mlperf-llama2:jdoe@corp...` is rejected."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    real_id = shutil.which("id")
+    (fake_bin / "id").write_text(f'#!/bin/sh\n[ "$1" = -un ] && {{ echo "JDoe@corp.example.com"; exit 0; }}\n'
+                                 f'exec {real_id} "$@"\n')
+    (fake_bin / "id").chmod(0o755)
+    env = {**data_dirs, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    result = _bash(REPO / "launch.sh", "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    build, run = _commands(result.stdout)
+    image = build[build.index("-t") + 1]
+    name, tag = image.split(":")
+    assert name == "mlperf-llama2" and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag), image
+    assert run[-2] == image
+
+
 # ---------------------------------------------------------------- build.sh
 
 
@@ -177,6 +256,15 @@ def test_build_refuses_two_wheels(tmp_path):
         (tmp_path / f"liteml-{version}-cp310-cp310-linux_x86_64.whl").touch()
     result = _bash(REPO / "build.sh", "--dry-run", env={"PYTHON": sys.executable, "LITEML_WHEEL_DIR": str(tmp_path)})
     assert result.returncode == 2 and "keep one" in result.stderr
+
+
+def test_build_refuses_a_wheel_folder_that_does_not_exist(tmp_path):
+    """LITEML_WHEEL_DIR with a typo: the user asked for LiteML; "no wheel there, not built" and exit 0 hides it."""
+    missing = tmp_path / "wheelz"
+    result = _bash(REPO / "build.sh", "--dry-run", env={"PYTHON": sys.executable, "LITEML_WHEEL_DIR": str(missing)})
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "LITEML_WHEEL_DIR" in lines[0] and str(missing) in lines[0], lines
 
 
 def test_build_names_a_missing_interpreter():

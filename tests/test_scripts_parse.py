@@ -50,9 +50,19 @@ def _known_values(text: str) -> dict[str, str]:
     return values
 
 
-def _substitute(line: str, values: dict[str, str]) -> str:
-    """Shell variables -> the script's own value or `:-default`, else a placeholder parsing as path or int."""
+def _arrays(text: str) -> dict[str, str]:
+    """The items the script gives its arrays, in order: `NAME=(...)` then every `NAME+=(...)`, as shell text."""
+    arrays: dict[str, str] = {}
+    for name, plus, items in re.findall(r"\b(\w+)(\+?)=\(([^)]*)\)", text):
+        arrays[name] = f"{arrays.get(name, '')} {items}" if plus else items
+    return arrays
+
+
+def _substitute(line: str, values: dict[str, str], arrays: dict[str, str] | None = None) -> str:
+    """Shell variables -> the script's own value or `:-default`, else a placeholder parsing as path or int;
+    `"${NAME[@]}"` -> the script's items of that array."""
     line = line.replace('"$@"', "").replace("$@", "")
+    line = re.sub(r'"?\$\{(\w+)\[@\]\}"?', lambda m: (arrays or {}).get(m.group(1), m.group(0)), line)
     line = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: values.get(m.group(1), m.group(2)), line)
     return re.sub(r"\$\{(\w+)(?::[?=+][^}]*)?\}|\$(\w+)",
                   lambda m: values.get(m.group(1) or m.group(2)) or "1", line)
@@ -71,13 +81,13 @@ def invocations() -> list[tuple[str, str, list[str]]]:
     found = []
     for label, text in _shell_sources():
         joined = re.sub(r"\\\n", " ", text)
-        values = _known_values(joined)
+        values, arrays = _known_values(joined), _arrays(joined)
         for line in joined.splitlines():
             line = line.strip()
             if line.startswith("#") or not any(s in line for s in SCRIPTS):
                 continue
             try:
-                words = shlex.split(_unwrap_synopsis(_substitute(line, values)), comments=True)
+                words = shlex.split(_unwrap_synopsis(_substitute(line, values, arrays)), comments=True)
             except ValueError:
                 continue
             for i, word in enumerate(words):
