@@ -222,8 +222,10 @@ def _simulate_like(root) -> str:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from mlperf_llama2.quant.calibration_file import tensors_digest
+
     out = root / "npm_per_tensor.safetensors"
     with safe_open(str(root / "npm.safetensors"), "pt") as f:
-        save_file({k: f.get_tensor(k) for k in f.keys() if not k.startswith("kv_heads.")}, str(out),
-                  metadata=f.metadata())
+        kept = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("kv_heads.")}
+        save_file(kept, str(out), metadata={**f.metadata(), "tensors_sha256": tensors_digest(kept)})
     return str(out)

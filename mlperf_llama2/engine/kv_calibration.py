@@ -146,7 +146,7 @@ def write_kv_calibration(path: str, ranges: KVRanges, config: str, model_path: s
     metadata = {
         "config_id": cf.config_id(config if is_yaml else None, None if is_yaml else config),
         "config_name": os.path.basename(config), **cf.model_identity(model_path),
-        **cf.calibration_metadata(calibration_path, ranges.samples),
+        **cf.calibration_metadata(calibration_path, ranges.samples), **cf.numerics_metadata(momentum),
         "observer": f"{observer} momentum={momentum}, one update per sample (1, len)", "writer": "engine",
     }
     return cf.write_scales(path, ranges.slot_ranges(), metadata)

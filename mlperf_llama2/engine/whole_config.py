@@ -295,6 +295,7 @@ def write_scales(wc: WholeConfig, quant_config, model_path: str, rows: int, path
     metadata = {
         "config_id": cf.config_id(qc.liteml_config), "config_name": os.path.basename(qc.liteml_config),
         **cf.model_identity(model_path), **cf.calibration_metadata(qc.calibration_path, rows),
+        **cf.numerics_metadata(qc.momentum, qc.rounding, qc.narrow_range),
         "observer": f"{'+'.join(observers)} momentum={qc.momentum}, one update per sample (1, len)",
         "quant_mode": "int8", "writer": "engine-whole-config",
     }

@@ -8,8 +8,10 @@ max(|min|, |max|) / qmax). The engine's K/V calibration also writes `kv_heads.mi
 belong to: the config (`config_id`: sha256 of the YAML bytes, or a name such as "fp8-kv" for an
 engine-only KV calibration), the model (sha256 of config.json and of the sorted weight names and
 shapes from the safetensors headers), the calibration set (path, sha256, rows), the observer
-settings and the harness version. `check_scales_file` compares them with a run's config and model
-before the model loads; any mismatch or unreadable file is one `UserError` line.
+settings and the harness version, and `tensors_sha256`, a digest of every tensor (name, dtype, shape, bytes), so a
+file edited after writing or given another file's metadata is told apart. `check_scales_file` compares them with a
+run's config, numerics, calibration set and model, and checks every range (float32, min and max of one shape,
+finite, min <= max, not zero), before the model loads; any mismatch or unreadable file is one `UserError` line.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ K_SLOT = "model.layers.{layer}.self_attn.matmul_qkt.quantizer_in2"  # K's static
 V_SLOT = "model.layers.{layer}.self_attn.matmul_pv.quantizer_in2"  # V's
 GRANULARITIES = ("tensor", "head")
 IDENTITY_KEYS = ("config_id", "model_config_sha256", "model_weights_sha256")
+DIGEST_KEY = "tensors_sha256"  # absent in files of harnesses before it (their tensors are still range-checked)
 
 
 def config_id(liteml_config: Optional[str], name: Optional[str] = None) -> str:
@@ -69,8 +72,19 @@ def _safetensors_header(path: str, flag: str) -> dict:
         raise UserError(f"{flag} {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
     if not isinstance(header, dict):
         raise UserError(f"{flag} {path}: not a safetensors file (header is not a mapping)")
-    ends = [info.get("data_offsets", [0, 0])[1] for name, info in header.items()
-            if name != "__metadata__" and isinstance(info, dict)]
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise UserError(f"{flag} {path}: not a safetensors file (__metadata__ is not a mapping of strings)")
+    ends = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and isinstance(info.get("shape"), list) and all(type(d) is int for d in info["shape"])):
+            raise UserError(f"{flag} {path}: not a safetensors file (tensor {name!r} has no valid shape and "
+                            "data_offsets)")
+        ends.append(offsets[1])
     if max(ends, default=0) != os.path.getsize(path) - 8 - size:
         raise UserError(f"{flag} {path}: truncated or corrupt (tensor data does not match the header); copy it again")
     return header
@@ -99,6 +113,50 @@ def calibration_metadata(path: Optional[str], rows: int) -> dict[str, str]:
         return {"calibration_path": "", "calibration_sha256": "", "calibration_rows": str(rows)}
     return {"calibration_path": os.path.abspath(path), "calibration_sha256": sha256_file(path),
             "calibration_rows": str(rows)}
+
+
+def numerics_metadata(momentum: float, rounding: Optional[str] = None,
+                      narrow_range: Optional[bool] = None) -> dict[str, str]:
+    """The open-backend numerics a calibration ran with (the observed ranges depend on them), for the reuse check."""
+    out = {"momentum": repr(float(momentum))}
+    if rounding is not None:
+        out["rounding"] = rounding
+    if narrow_range is not None:
+        out["narrow_range"] = str(bool(narrow_range))
+    return out
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def check_ranges(where: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Every `<slot>.min` / `<slot>.max` pair: float32, one shape, finite, min <= max, |range| > 0 (a zero range
+    would make every value of that tensor quantize to ~0; a NaN one to garbage), else one UserError naming it."""
+    slots = sorted({name[:-4] for name in tensors if name.endswith((".min", ".max"))})
+    for slot in slots:
+        lo, hi = tensors.get(f"{slot}.min"), tensors.get(f"{slot}.max")
+        if lo is None or hi is None:
+            problem = f"has only {'max' if lo is None else 'min'}"
+        elif lo.dtype != torch.float32 or hi.dtype != torch.float32:
+            problem = f"is {lo.dtype}/{hi.dtype}, not float32"
+        elif lo.shape != hi.shape:
+            problem = f"has min of shape {tuple(lo.shape)} and max of shape {tuple(hi.shape)}"
+        elif not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            problem = "not finite (NaN or inf)"
+        elif (lo > hi).any():
+            problem = "inverted (min > max)"
+        elif (torch.maximum(lo.abs(), hi.abs()) == 0).any():
+            problem = "zero (every value would quantize to 0)"
+        else:
+            continue
+        raise UserError(f"{where}: range of {slot} {problem}; recalibrate")
 
 
 def harness_version() -> str:
@@ -139,7 +197,9 @@ def write_scales(path: str, ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]
     for slot, (lo, hi) in ranges.items():
         tensors[f"{slot}.min"] = lo.detach().float().cpu().contiguous()
         tensors[f"{slot}.max"] = hi.detach().float().cpu().contiguous()
-    meta = {"format": FORMAT, "harness_version": harness_version(), **{k: str(v) for k, v in metadata.items()}}
+    check_ranges(f"calibration scales {path}: not written", tensors)
+    meta = {"format": FORMAT, "harness_version": harness_version(), **{k: str(v) for k, v in metadata.items()},
+            DIGEST_KEY: tensors_digest(tensors)}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(tensors, path, metadata=meta)
     return path
@@ -165,11 +225,18 @@ def read_scales(path: str) -> ScalesFile:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"--calibration-scales {path}: unreadable ({str(exc).splitlines()[0]})") from None
+    if DIGEST_KEY in meta and meta[DIGEST_KEY] != tensors_digest(tensors):
+        raise UserError(f"--calibration-scales {path}: its tensors were changed after it was written, or its "
+                        "metadata comes from another file (tensors_sha256 differs); recalibrate")
+    check_ranges(f"--calibration-scales {path}", tensors)
     return ScalesFile(path, meta, tensors)
 
 
-def check_scales_file(path: str, expected_config_id: str, model_path: Optional[str]) -> dict[str, str]:
-    """Before the model loads: the file was made for this config and this model. Returns its metadata."""
+def check_scales_file(path: str, expected_config_id: str, model_path: Optional[str],
+                      quant_config=None) -> dict[str, str]:
+    """Before the model loads: the file was made for this config and this model, its tensors are those written and
+    every range is usable, and (with the run's `quant_config`) it was calibrated with the run's numerics and, if
+    --calibration-path is given, on that set. Returns its metadata."""
     meta = read_metadata(path)
     if meta.get("config_id") != expected_config_id:
         raise UserError(f"--calibration-scales {path}: calibrated for config {meta.get('config_name') or '?'} "
@@ -181,7 +248,38 @@ def check_scales_file(path: str, expected_config_id: str, model_path: Optional[s
             if meta.get(key) != ours[key]:
                 raise UserError(f"--calibration-scales {path}: calibrated for another model ({what} differs from "
                                 f"{model_path}); recalibrate")
+    read_scales(path)  # digest and ranges (the file is small: two floats per static quantizer)
+    if quant_config is not None:
+        _check_calibrated_like(path, meta, quant_config)
     return meta
+
+
+def _check_calibrated_like(path: str, meta: dict[str, str], qc) -> None:
+    """The run's numerics flags and --calibration-path must be what the file was calibrated with: with
+    --calibration-scales no calibration runs, so a different value would change nothing while the command line
+    recorded it."""
+    import re
+
+    head = f"--calibration-scales {path}: calibrated with"
+    observer = meta.get("observer", "")
+    momentum = meta.get("momentum")
+    if momentum is None:  # files written before the key: the observer line says it
+        found = re.search(r"momentum=([0-9.eE+-]+)", observer)
+        momentum = found.group(1) if found else None
+    if "MovingAverage" in observer and momentum is not None and float(momentum) != qc.momentum:
+        raise UserError(f"{head} --quant-momentum {momentum}, this run has {qc.momentum}; pass the file's value "
+                        "or recalibrate")
+    if "rounding" in meta and meta["rounding"] != qc.rounding:
+        raise UserError(f"{head} --quant-rounding {meta['rounding']}, this run has {qc.rounding}; pass the file's "
+                        "value or recalibrate")
+    if "narrow_range" in meta and meta["narrow_range"] != str(bool(qc.narrow_range)):
+        said = "without" if meta["narrow_range"] == "True" else "with"
+        raise UserError(f"{head} {said} --quant-full-range, this run {'with' if said == 'without' else 'without'} "
+                        "it; match the file or recalibrate")
+    if qc.calibration_path is not None and meta.get("calibration_sha256") != sha256_file(qc.calibration_path):
+        raise UserError(f"--calibration-scales {path}: calibrated on {meta.get('calibration_path') or 'another set'}"
+                        f", not --calibration-path {qc.calibration_path}; drop --calibration-path (no calibration "
+                        "runs with --calibration-scales) or recalibrate")
 
 
 def _short(identity: Optional[str]) -> str:

@@ -135,7 +135,7 @@ def plan_quantization(quant_config, dataset_path: Optional[str], device: str, nu
         if backend != "open":
             raise UserError("--calibration-scales is read by the open backend; LiteML calibrates by itself "
                             "(use --quant-backend open)")
-        check_scales_file(scales_path, config_id(qc.liteml_config), model_path)
+        check_scales_file(scales_path, config_id(qc.liteml_config), model_path, qc)
         if rules is not None:
             check_scales_cover(scales_path, rules, num_layers or 1)
     calibration_path = None if scales_path else qc.calibration_path or default_calibration_path(dataset_path)
@@ -148,29 +148,50 @@ def plan_quantization(quant_config, dataset_path: Optional[str], device: str, nu
                      scales_path, model_path, output_dir)
 
 
-def static_slots(rules: QuantRules, num_layers: int) -> list[str]:
-    """Every static quantizer's slot name (`model.layers.3.mlp.mul.quantizer_in1`) in a `num_layers` Llama."""
+def _static_quantizers(rules: QuantRules, num_layers: int) -> list[tuple[str, str, str, object]]:
+    """(slot, module kind, module name, spec) of every static quantizer but Linears' in a `num_layers` Llama."""
     from mlperf_llama2.quant.llama_slots import slot_names
 
-    names = []
+    found = []
     for kind, name in slot_names(num_layers):
         rule = rules.match(kind, name)
         if rule is not None and kind != "Linear":
-            names += [f"{name}.{role}" for role, spec in rule.quantizers
+            found += [(f"{name}.{role}", kind, name, spec) for role, spec in rule.quantizers
                       if not spec.dynamic and role != "weights_quantizer"]
-    return names
+    return found
+
+
+def static_slots(rules: QuantRules, num_layers: int) -> list[str]:
+    """Every static quantizer's slot name (`model.layers.3.mlp.mul.quantizer_in1`) in a `num_layers` Llama."""
+    return [slot for slot, _, _, _ in _static_quantizers(rules, num_layers)]
 
 
 def check_scales_cover(scales_path: str, rules: QuantRules, num_layers: int) -> None:
-    """One line when the file lacks a static quantizer the config needs (e.g. a K/V-only engine calibration)."""
-    from mlperf_llama2.quant.calibration_file import slot_names_in
+    """One line when the file lacks a static quantizer the config needs (e.g. a K/V-only engine calibration), or
+    holds one in another shape than that quantizer keeps (header only): the observer's range has the rank of the
+    tensor it sees, 1 on every axis its dims reduce and on the batch axis (calibration runs one prompt at a time),
+    so per-head ranges under a per-tensor rule are refused instead of broadcast."""
+    from mlperf_llama2.quant.calibration_file import _safetensors_header, slot_names_in
+    from mlperf_llama2.quant.fake_quant import reduce_axes
+    from mlperf_llama2.quant.llama_slots import input_rank
 
     held = slot_names_in(scales_path)
-    missing = [name for name in static_slots(rules, num_layers) if name not in held]
+    wanted = _static_quantizers(rules, num_layers)
+    missing = [slot for slot, _, _, _ in wanted if slot not in held]
     if missing:
         raise UserError(f"--calibration-scales {scales_path}: holds no range for {len(missing)} static quantizer(s) "
                         f"of {os.path.basename(rules.path)}, e.g. {missing[0]}; calibrate with the whole config "
                         "(a run without --calibration-scales writes one)")
+    header = _safetensors_header(scales_path, "--calibration-scales")
+    for slot, kind, name, spec in wanted:
+        rank = input_rank(kind, name, slot.rsplit(".", 1)[-1])
+        ones = set(reduce_axes(rank, spec.dims, True)) | {0}
+        for end in ("min", "max"):
+            shape = tuple(header[f"{slot}.{end}"]["shape"])
+            if len(shape) != rank or any(shape[a] != 1 for a in ones):
+                want = tuple(1 if a in ones else "N" for a in range(rank))
+                raise UserError(f"--calibration-scales {scales_path}: range of {slot} has shape {shape}, its rule "
+                                f"(dims {list(spec.dims)}) keeps {want}; calibrated for another config; recalibrate")
 
 
 def apply_quantization(model: torch.nn.Module, plan: QuantPlan, device: str):
@@ -203,6 +224,7 @@ def write_calibration(model: torch.nn.Module, plan: QuantPlan, rows: int) -> str
         **(cf.model_identity(plan.model_path) if plan.model_path else
            {"model_config_sha256": "", "model_weights_sha256": ""}),
         **cf.calibration_metadata(plan.calibration_path, rows),
+        **cf.numerics_metadata(plan.numerics.momentum, plan.numerics.rounding, plan.numerics.narrow_range),
         "observer": f"{'+'.join(observers)} momentum={plan.numerics.momentum}, one update per sample (1, len)",
         "quant_mode": plan.mode, "writer": "reference",
     }
