@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A seconds-long real LoadGen run against a fake SUT, for tests that need genuine LoadGen logs.
 
-Usage: python fake_loadgen_run.py OUTDIR SCENARIO MODE [--samples N] [--tokens T] [--delay-ms D]
+Usage: python fake_loadgen_run.py OUTDIR SCENARIO MODE [--samples N] [--tokens T] [--delay-ms D] [--min-duration-ms M]
 SCENARIO is Offline or Server, MODE is accuracy or performance. The fake SUT answers every sample with
 T int32 tokens (the last one EOS = 2) after D milliseconds, sending the first token first in Server.
 It records sample_timings.csv and run_info.json the way main.py does.
@@ -28,6 +28,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--tokens", type=int, default=5)
     p.add_argument("--delay-ms", type=float, default=2.0)
+    p.add_argument("--min-duration-ms", type=int, default=200,
+                   help="LoadGen's min_duration; one far beyond the run's length makes it INVALID whatever the "
+                        "machine's speed (Offline then expects just --samples over that time)")
     p.add_argument("--trace", action="store_true")
     p.add_argument("--dataset", default=None, help="recorded in run_info.json (reference lengths for plots)")
     a = p.parse_args()
@@ -36,12 +39,12 @@ def main() -> None:
     settings.scenario = lg.TestScenario.Server if a.scenario == "Server" else lg.TestScenario.Offline
     settings.mode = lg.TestMode.AccuracyOnly if a.mode == "accuracy" else lg.TestMode.PerformanceOnly
     settings.use_token_latencies = True
-    settings.min_duration_ms = 200
+    settings.min_duration_ms = a.min_duration_ms
     settings.min_query_count = a.samples
     settings.server_target_qps = 50
     settings.ttft_latency = 2_000_000_000
     settings.tpot_latency = 200_000_000
-    settings.offline_expected_qps = 100
+    settings.offline_expected_qps = min(100.0, a.samples * 1000.0 / a.min_duration_ms)
 
     recorder = TimingRecorder()
     write_run_info(a.outdir, RunInfo(scenario=a.scenario, accuracy=a.mode == "accuracy", max_new_tokens=a.tokens,

@@ -19,10 +19,10 @@ HERE = Path(__file__).resolve().parent
 TEST06_AUDIT = "*.*.mode = 2\n*.*.accuracy_log_sampling_target = 100\n*.*.accuracy_log_rng_seed = 720381539243781796\n"
 
 
-def _fake_run(out: Path, scenario: str, mode: str, cwd: Path) -> subprocess.Popen:
+def _fake_run(out: Path, scenario: str, mode: str, cwd: Path, *extra: str) -> subprocess.Popen:
     out.mkdir(parents=True)
     return subprocess.Popen([sys.executable, str(HERE / "fake_loadgen_run.py"), str(out), scenario, mode,
-                             "--samples", "24", "--tokens", "6"], cwd=cwd,
+                             "--samples", "24", "--tokens", "6", *extra], cwd=cwd,
                             env=dict(os.environ, PYTHONPATH=str(HERE.parent)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -35,7 +35,8 @@ def runs(tmp_path_factory):
     # fake_loadgen_run.py names its audit file "no-audit.config": here it exists, so LoadGen applies it
     (audit_cwd / "no-audit.config").write_text(TEST06_AUDIT)
     procs = {
-        "offline": _fake_run(root / "offline", "Offline", "performance", root),
+        # a 10-minute min_duration: INVALID by "Min duration satisfied : NO" however slow the machine is
+        "offline": _fake_run(root / "offline", "Offline", "performance", root, "--min-duration-ms", "600000"),
         "server": _fake_run(root / "server", "Server", "performance", root),
         "audit": _fake_run(audit_cwd / "logs", "Offline", "performance", audit_cwd),
     }
