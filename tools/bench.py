@@ -132,6 +132,18 @@ def roofline_tokens_per_s(cfg, prompt: np.ndarray, output: np.ndarray, batch: fl
     return float(output.sum() / (prefill_s + decode_s))
 
 
+def weights_label(weights: str, dtype) -> str:
+    """The Linear weights' format that ran: --weights fp16 is the model dtype (float32 off CUDA)."""
+    if weights != "fp16":
+        return weights
+    return {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}.get(str(dtype), str(dtype))
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU that ran (the roofline's figures are the H200's whatever it is), or cpu."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def provenance(model, args, device: torch.device) -> dict:
     """What produced a run's numbers beyond its arguments: the harness commit (and its modified files) and the
     kernels the engine picked by default, whose choice changes between sessions (the 8-bit GEMM path of each
@@ -294,6 +306,27 @@ def main(argv=None) -> int:
             raise SystemExit("bench: --graph-mixed-ab is not wired into the multi-GPU benchmark")
     if args.prefill_align < 0:
         raise SystemExit(f"bench: --prefill-align must be >= 0, got {args.prefill_align}")
+    # sizes a model or a run would take as something else (0 layers: the whole shape) or fail on after the build
+    for flag, value, least in (("--layers", args.layers, 1), ("--output-cap", args.output_cap, 1),
+                               ("--samples", args.samples, 0), ("--ref-samples", args.ref_samples, 0),
+                               ("--fidelity-prompts", args.fidelity_prompts, 0),
+                               ("--fidelity-tokens", args.fidelity_tokens, 1), ("--max-num-seqs", args.max_num_seqs, 1),
+                               ("--max-num-batched-tokens", args.max_num_batched_tokens, 1),
+                               ("--server-samples", args.server_samples, 1), ("--server-auto", args.server_auto, 0)):
+        if value is not None and value < least:
+            raise SystemExit(f"bench: {flag} must be >= {least}, got {value}")
+    if not args.server_seconds > 0:
+        raise SystemExit(f"bench: --server-seconds must be > 0, got {args.server_seconds}")
+    try:
+        ref_batches = [int(b) for b in args.ref_batch_sizes.split(",") if b]
+        qps_points = [float(q) for q in args.server_qps.split(",") if q]
+    except ValueError:
+        raise SystemExit("bench: --ref-batch-sizes takes comma-separated integers and --server-qps numbers, got "
+                         f"{args.ref_batch_sizes!r} and {args.server_qps!r}") from None
+    if min(ref_batches, default=1) < 1:
+        raise SystemExit(f"bench: --ref-batch-sizes values must be >= 1, got {args.ref_batch_sizes}")
+    if not all(q > 0 and math.isfinite(q) for q in qps_points):
+        raise SystemExit(f"bench: --server-qps values must be > 0, got {args.server_qps}")
     if args.pdl and (args.tensor_parallel > 1 or args.data_parallel > 1):
         raise SystemExit("bench: --pdl is not wired into the multi-GPU benchmark")
     if (args.graph_mixed_tokens or args.graph_mixed_ab) and args.int8_rules == "all":
@@ -318,6 +351,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"bench: --server-min-queries must be >= 1, got {args.server_min_queries}")
     if min(args.seq_caps + args.token_budgets, default=1) < 1:
         raise SystemExit("bench: --seq-caps and --token-budgets values must be >= 1")
+    if args.prefill_align and args.prefill_align >= min(args.token_budgets + [args.max_num_batched_tokens]):
+        raise SystemExit(f"bench: --prefill-align {args.prefill_align} trims only steps of more tokens than that: "
+                         "every token budget (--max-num-batched-tokens, --token-budgets) must be above it")
     if (args.seq_caps or args.token_budgets) and not (args.server_qps or args.server_auto):
         raise SystemExit("bench: --seq-caps/--token-budgets sweep the Server points: give --server-qps or "
                          "--server-auto")
@@ -343,7 +379,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     cfg = hf_config_for(args.shape, args.layers)
-    result: dict = {"args": vars(args), "rows": []}
+    result: dict = {"args": vars(args), "rows": [], "device_name": device_name(device),
+                    "weights": weights_label(args.weights, dtype)}
 
     def save() -> None:  # after every section, so a run cut short keeps what it measured
         with open(os.path.join(args.out, "bench.json"), "w") as fh:
@@ -600,7 +637,8 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
     lines: list[str] = []
     best_ref = max((r["tokens_per_s"] for r in result["rows"] if r["backend"] == "reference"), default=None)
     mem = result.get("memory", {})
-    weights = args.weights + (" (fast accumulation)" if getattr(args, "fp8_accumulation", "promoted") == "fast" else "")
+    weights = weights_label(args.weights, dtype) + (" (fast accumulation)"
+                                                    if getattr(args, "fp8_accumulation", "promoted") == "fast" else "")
     lines.append(f"shape {args.shape} layers {cfg.num_hidden_layers} {dtype} weights {weights}; prompts mean "
                  f"{p_len.mean():.0f}, outputs mean {o_len.mean():.0f} ({workload_source(args)} lengths); "
                  f"{'LoadGen Offline PerformanceOnly' if args.samples else 'no Offline (--samples 0): the Server set'}")
@@ -608,6 +646,9 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
                  f"{mem.get('gpu_free_before_engine_gib', float('nan')):.1f} GiB; KV cache "
                  f"{mem.get('kv_cache_gib', 0):.1f} GiB = {mem.get('kv_blocks', 0)} blocks "
                  f"({mem.get('kv_tokens', 0)} tokens); engine setup {result.get('engine_setup_s', 0):.0f} s")
+    lines.append(f"device {result.get('device_name', 'not recorded')}; roofline from the H200's figures "
+                 f"({HBM_BYTES_PER_S / 1e12:g} TB/s, {MATMUL_FLOP_PER_S / 1e12:g} TFLOP/s 16-bit, "
+                 f"{EIGHT_BIT_OPS_PER_S / 1e12:g} TOPS 8-bit) whatever the device")
     kv = result.get("kv_cache", {})
     lines.append(f"KV cache dtype {kv.get('dtype', 'auto')}" + (f", scales {kv['scales']}" if kv.get("scales") else ""))
     if result["rows"]:

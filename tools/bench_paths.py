@@ -184,6 +184,9 @@ def engine_offline(args, engine, prompts, o_len, roof, result, lg_dir) -> None:
     backend = ForcedLengthEngine(engine, o_len)
     with StepTimer(engine) as timer:
         run = loadgen_offline(backend, prompts, os.path.join(lg_dir, "engine"))
+    if run["failures"]:  # the rate below counts every forced length as generated: not with failed samples
+        raise SystemExit(f"bench: engine Offline: {run['failures']} of {len(prompts)} samples failed (see the log "
+                         "above); no tokens/s recorded")
     step_log = [[r[0], r[1], r[2], round(r[3], 3), r[4], round(r[5], 3), round(r[6], 3)] for r in timer.rows]
     tps = float(o_len.sum() / run["wall_s"])
     result["rows"].append({"backend": "engine", "batch": args.max_num_seqs, "samples": args.samples, "path": "loadgen",

@@ -121,11 +121,39 @@ def _no_graph_mixed(config: "RunConfig", backend: str) -> None:
                         f"use --backend engine (--backend {backend} has no CUDA graphs of its own)")
 
 
+def _no_engine_flags(config: "RunConfig", backend: str, why: Optional[str] = None) -> None:
+    """The engine's batching, cache and step flags (those not checked on their own above): another backend has no
+    engine, so a value other than the default would be accepted and silently ignored. `why`: the message's reason
+    and fix, by default that --backend `backend` has no engine."""
+    from mlperf_llama2.engine.config import SCENARIO_MAX_NUM_SEQS, EngineConfig
+
+    engine, default = config.engine, EngineConfig()
+    scenario = "Interactive" if config.interactive and config.scenario == "Server" else config.scenario
+    # a RunConfig built in code holds the dataclass's 256 rather than the scenario's: either default is not given
+    given = [(f"--max-num-seqs {engine.max_num_seqs}",
+              engine.max_num_seqs not in (SCENARIO_MAX_NUM_SEQS[scenario], default.max_num_seqs)),
+             (f"--max-num-batched-tokens {engine.max_num_batched_tokens}",
+              engine.max_num_batched_tokens != default.max_num_batched_tokens),
+             (f"--block-size {engine.block_size}", engine.block_size != default.block_size),
+             (f"--num-kv-blocks {engine.num_kv_blocks}", engine.num_kv_blocks != default.num_kv_blocks),
+             (f"--kv-cache-memory-fraction {engine.kv_cache_memory_fraction}",
+              engine.kv_cache_memory_fraction != default.kv_cache_memory_fraction),
+             (f"--engine-ops {engine.ops}", engine.ops != default.ops),
+             (f"--prefill-align {engine.prefill_align}", engine.prefill_align != default.prefill_align),
+             ("--no-cuda-graphs", engine.cuda_graphs != default.cuda_graphs),
+             ("--no-overlap-steps", engine.overlap_steps != default.overlap_steps)]
+    for flag, on in given:
+        if on:
+            raise UserError(f"{flag} is a flag of the engine (--backend engine): " + (
+                why or f"--backend {backend} has no engine and would ignore it; drop it or use --backend engine"))
+
+
 def check_reference(config: "RunConfig") -> int:
     _no_kv_cache_dtype(config, "reference")
     _no_engine_gemm(config, "reference")
     _no_fp8_accumulation(config, "reference")
     _no_graph_mixed(config, "reference")
+    _no_engine_flags(config, "reference")
     if config.quant.int8_rules != "all":
         raise UserError(f"--int8-rules {config.quant.int8_rules} is the engine's int8 mode (--backend engine); the "
                         "reference backend applies the config as --quant-mode says")
@@ -144,7 +172,33 @@ def _graph_mixed(config: "RunConfig") -> None:
         raise UserError(f"--graph-mixed-tokens {n} replays the decode CUDA graphs, which --no-cuda-graphs turns off")
 
 
+def _engine_ops(config: "RunConfig") -> None:
+    """--engine-ops fused is Triton kernels: off CUDA the first step would fail after the model loaded."""
+    if config.engine.ops == "fused" and not config.device.startswith("cuda"):
+        raise UserError(f"--engine-ops fused runs Triton kernels on a CUDA GPU: --device {config.device} has none "
+                        "(use --engine-ops auto or eager)")
+
+
+def _kv_cache_memory_fraction(config: "RunConfig") -> None:
+    """The fraction sizes the KV cache from free GPU memory; a fixed --num-kv-blocks, or a CPU's fixed default,
+    would leave it ignored."""
+    from mlperf_llama2.engine.config import CPU_DEFAULT_KV_BLOCKS, EngineConfig
+
+    engine = config.engine
+    fraction = engine.kv_cache_memory_fraction
+    if fraction == EngineConfig.kv_cache_memory_fraction:
+        return
+    if engine.num_kv_blocks is not None:
+        raise UserError(f"--kv-cache-memory-fraction {fraction} sizes the KV cache from free GPU memory, which "
+                        f"--num-kv-blocks {engine.num_kv_blocks} fixes instead: give one of them")
+    if not config.device.startswith("cuda"):
+        raise UserError(f"--kv-cache-memory-fraction {fraction} is a fraction of free GPU memory: --device "
+                        f"{config.device} has a fixed {CPU_DEFAULT_KV_BLOCKS} KV blocks (set --num-kv-blocks)")
+
+
 def check_engine(config: "RunConfig") -> int:
+    _engine_ops(config)
+    _kv_cache_memory_fraction(config)
     _kv_granularity_needs_8bit_cache(config)
     _engine_gemm(config)
     _fp8_accumulation(config)
@@ -178,7 +232,7 @@ def check_engine(config: "RunConfig") -> int:
             from mlperf_llama2.quant.setup import check_scales_cover
 
             check_scales_file(config.quant.calibration_scales, config_id(config.quant.liteml_config),
-                              config.model_path)
+                              config.model_path, config.quant)
             if whole:
                 check_scales_cover(config.quant.calibration_scales, rules, num_layers)
         elif whole and rules.needs_calibration:
@@ -200,9 +254,15 @@ def check_engine(config: "RunConfig") -> int:
 
 
 def check_engine_capacity(config: "RunConfig", dataset) -> None:
-    """An explicit --num-kv-blocks must hold the longest prompt of the run plus --max-new-tokens: the engine
-    would refuse that sample after the model loads (a cache sized from free memory is checked at build time)."""
+    """An explicit --num-kv-blocks, or the fixed cache of an engine off CUDA, must hold the longest prompt of the
+    run plus --max-new-tokens: the engine would refuse that sample after the model loads (a cache sized from free
+    GPU memory is checked at build time)."""
+    from mlperf_llama2.engine.config import CPU_DEFAULT_KV_BLOCKS
+
     blocks = config.engine.num_kv_blocks
+    given = blocks is not None
+    if not given and not config.device.startswith("cuda"):
+        blocks = CPU_DEFAULT_KV_BLOCKS  # fixed off CUDA: known now, not only once the model is loaded
     if blocks is None or not dataset.prompts:
         return
     from mlperf_llama2.engine.block_manager import blocks_needed
@@ -210,7 +270,9 @@ def check_engine_capacity(config: "RunConfig", dataset) -> None:
     longest = max(len(p) for p in dataset.prompts)
     need = longest + config.max_new_tokens
     if blocks_needed(need, config.engine.block_size) > blocks:
-        raise UserError(f"--num-kv-blocks {blocks} (x --block-size {config.engine.block_size} = "
+        flag = f"--num-kv-blocks {blocks}" if given else \
+            f"the {blocks} KV blocks of --device {config.device} (no --num-kv-blocks)"
+        raise UserError(f"{flag} (x --block-size {config.engine.block_size} = "
                         f"{blocks * config.engine.block_size} KV slots) cannot hold one sequence of this run: the "
                         f"longest prompt ({longest} tokens) + --max-new-tokens {config.max_new_tokens} = {need}")
 
@@ -257,11 +319,14 @@ def check_api(config: "RunConfig") -> Optional[int]:
     _no_engine_gemm(config, "api")
     _no_fp8_accumulation(config, "api")
     _no_graph_mixed(config, "api")
+    _no_engine_flags(config, "api")
     return None
 
 
 def check_sut_nodes(config: "RunConfig") -> Optional[int]:
     _no_local_quantization(config, "each SUT node", "give it to the nodes (python -m mlperf_llama2.sut_node)")
+    _no_engine_flags(config, "nodes", "each SUT node builds its own engine, so this process would ignore it; give it "
+                     "to the nodes (python -m mlperf_llama2.sut_node)")
     engine = config.engine
     for flag, value, default in (("--kv-cache-dtype", engine.kv_cache_dtype, "auto"),
                                  ("--fp8-accumulation", engine.fp8_accumulation, "promoted"),

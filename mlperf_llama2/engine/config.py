@@ -30,6 +30,8 @@ KV_SCALE_GRANULARITIES = ("auto", "tensor", "head")
 # decode step (70B int8: 256 sequences ~59 ms a step, 128 gave p99 TPOT 40.2 ms at 3.5 QPS). tools/bench.py
 # --seq-caps measures others.
 SCENARIO_MAX_NUM_SEQS = {"Offline": 512, "Server": 256, "Interactive": 128}
+# KV-cache blocks of an engine off CUDA without --num-kv-blocks (no free-memory sizing there; model_runner.py)
+CPU_DEFAULT_KV_BLOCKS = 512
 MAX_GRAPH_MIXED_TOKENS = 1024  # --graph-mixed-tokens: measured up to 512 (docs/engine.md)
 # --graph-mixed-tokens when not given, by scenario, where the engine replays CUDA graphs (a CUDA device, graphs on,
 # not the whole-config int8 mode): Interactive's small steps with a prompt chunk are bound by the host's launches
@@ -100,6 +102,10 @@ class EngineConfig:
                             f"and each 16 rows more is one more graph), got {self.graph_mixed_tokens}")
         if self.prefill_align < 0:
             raise UserError(f"--prefill-align must be >= 0 (0: off), got {self.prefill_align}")
+        if self.prefill_align and self.prefill_align >= self.max_num_batched_tokens:
+            raise UserError(f"--prefill-align {self.prefill_align} trims only steps of more than that many tokens, "
+                            f"and --max-num-batched-tokens {self.max_num_batched_tokens} allows none: it would do "
+                            "nothing; give an alignment below the token budget, or 0 (off)")
         if self.kv_scale_granularity not in KV_SCALE_GRANULARITIES:
             raise UserError(f"--kv-scale-granularity must be one of {', '.join(KV_SCALE_GRANULARITIES)}, "
                             f"got {self.kv_scale_granularity!r}")
@@ -118,7 +124,8 @@ class EngineConfig:
                        help="fraction of free GPU memory after loading the model given to the KV cache "
                             "(default %(default)s)")
         g.add_argument("--num-kv-blocks", type=int, default=None,
-                       help="fixed number of KV-cache blocks (overrides the memory fraction; CPU default 512)")
+                       help="fixed number of KV-cache blocks (instead of the memory fraction; CPU default "
+                            f"{CPU_DEFAULT_KV_BLOCKS})")
         g.add_argument("--no-cuda-graphs", action="store_true",
                        help="run decode eagerly instead of replaying CUDA graphs")
         g.add_argument("--graph-mixed-tokens", type=int, default=None, metavar="N",

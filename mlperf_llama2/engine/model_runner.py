@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mlperf_llama2.engine.config import EngineConfig
+from mlperf_llama2.engine.config import CPU_DEFAULT_KV_BLOCKS, EngineConfig
 from mlperf_llama2.engine.attention import AttentionMetadata
 from mlperf_llama2.engine.flat_rows import row_groups
 from mlperf_llama2.engine import kv_cache
@@ -34,8 +34,6 @@ from mlperf_llama2.engine.sequence import Sequence
 from mlperf_llama2.engine.step_io import Staging, StepOutput
 
 log = logging.getLogger(__name__)
-
-CPU_DEFAULT_KV_BLOCKS = 512
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
