@@ -91,6 +91,15 @@ def test_liteml_tuning_flags_without_a_config_are_refused(work, tiny_model_dir, 
     assert config.quant.liteml_config == NPM
 
 
+@pytest.mark.parametrize("flag", ["--liteml-config", "--calibration-path", "--calibration-scales"])
+def test_a_directory_given_as_a_quantization_file_is_named_as_such(work, tiny_model_dir, flag):
+    config = [] if flag == "--liteml-config" else ["--liteml-config", NPM]
+    with pytest.raises(UserError, match=f"^{flag}: is a directory, not a file: "):
+        parse_config(_argv(work, tiny_model_dir, *config, flag, work))
+    with pytest.raises(UserError, match=f"^{flag}: file not found: "):
+        parse_config(_argv(work, tiny_model_dir, *config, flag, work / "nope"))
+
+
 @pytest.mark.parametrize("backend", [["--backend", "reference"],
                                      ["--backend", "engine", "--quant-mode", "int8"]], ids=["reference", "engine"])
 def test_calibration_pickle_outside_the_vocabulary_is_refused_before_the_model_loads(work, tiny_model_dir, backend):

@@ -37,12 +37,11 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.momentum <= 1.0:
             raise UserError(f"--quant-momentum must be in (0, 1], got {self.momentum}")
-        if self.liteml_config is not None and not os.path.isfile(self.liteml_config):
-            raise UserError(f"--liteml-config: file not found: {self.liteml_config}")
-        if self.calibration_path is not None and not os.path.isfile(self.calibration_path):
-            raise UserError(f"--calibration-path: file not found: {self.calibration_path}")
-        if self.calibration_scales is not None and not os.path.isfile(self.calibration_scales):
-            raise UserError(f"--calibration-scales: file not found: {self.calibration_scales}")
+        for flag, path in (("--liteml-config", self.liteml_config), ("--calibration-path", self.calibration_path),
+                           ("--calibration-scales", self.calibration_scales)):
+            if path is not None and not os.path.isfile(path):
+                raise UserError(f"{flag}: {'is a directory, not a file' if os.path.isdir(path) else 'file not found'}"
+                                f": {path}")
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.int8_rules not in INT8_RULES:
