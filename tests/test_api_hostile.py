@@ -22,7 +22,7 @@ from mlperf_llama2.backends.api import ApiBackend
 from mlperf_llama2.backends.base import GenerationRequest
 from mlperf_llama2.config import ApiConfig, RunConfig, build_parser
 from mlperf_llama2.errors import UserError
-from test_api_backend import Sink
+from test_api_backend import Sink, run
 
 EOS = 2
 VOCAB = 32000
@@ -127,15 +127,7 @@ def one_request(max_new: int = 16, request_id: int = 7) -> list[GenerationReques
 
 
 def run_one(backend: ApiBackend, reqs=None, timeout: float = 30.0) -> Sink:
-    reqs = reqs or one_request()
-    sink = Sink()
-    backend.start(sink)
-    try:
-        backend.submit(reqs)
-        sink.wait(len(reqs), timeout)
-    finally:
-        backend.stop()
-    return sink
+    return run(backend, reqs or one_request(), timeout)
 
 
 def failed_with(sink: Sink, request_id: int, pattern: str) -> None:
