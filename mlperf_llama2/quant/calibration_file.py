@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -258,8 +259,6 @@ def _check_calibrated_like(path: str, meta: dict[str, str], qc) -> None:
     """The run's numerics flags and --calibration-path must be what the file was calibrated with: with
     --calibration-scales no calibration runs, so a different value would change nothing while the command line
     recorded it."""
-    import re
-
     head = f"--calibration-scales {path}: calibrated with"
     observer = meta.get("observer", "")
     momentum = meta.get("momentum")
@@ -287,10 +286,16 @@ def _short(identity: Optional[str]) -> str:
     return identity[:19] if identity and identity.startswith("sha256:") else str(identity)
 
 
+def slot_shapes(path: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """slot -> (shape of its min, shape of its max) for every slot a scales file holds a range for (header only)."""
+    header = _safetensors_header(path, "--calibration-scales")
+    return {name[:-4]: (tuple(info["shape"]), tuple(header[f"{name[:-4]}.max"]["shape"]))
+            for name, info in header.items() if name.endswith(".min") and f"{name[:-4]}.max" in header}
+
+
 def slot_names_in(path: str) -> set[str]:
     """The slots a scales file holds a range for (header only)."""
-    header = _safetensors_header(path, "--calibration-scales")
-    return {name[:-4] for name in header if name.endswith(".min") and f"{name[:-4]}.max" in header}
+    return set(slot_shapes(path))
 
 
 def kv_granularity(path: str, requested: str, with_config: bool) -> str:

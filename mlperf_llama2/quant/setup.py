@@ -171,23 +171,21 @@ def check_scales_cover(scales_path: str, rules: QuantRules, num_layers: int) -> 
     holds one in another shape than that quantizer keeps (header only): the observer's range has the rank of the
     tensor it sees, 1 on every axis its dims reduce and on the batch axis (calibration runs one prompt at a time),
     so per-head ranges under a per-tensor rule are refused instead of broadcast."""
-    from mlperf_llama2.quant.calibration_file import _safetensors_header, slot_names_in
+    from mlperf_llama2.quant.calibration_file import slot_shapes
     from mlperf_llama2.quant.fake_quant import reduce_axes
     from mlperf_llama2.quant.llama_slots import input_rank
 
-    held = slot_names_in(scales_path)
+    held = slot_shapes(scales_path)
     wanted = _static_quantizers(rules, num_layers)
     missing = [slot for slot, _, _, _ in wanted if slot not in held]
     if missing:
         raise UserError(f"--calibration-scales {scales_path}: holds no range for {len(missing)} static quantizer(s) "
                         f"of {os.path.basename(rules.path)}, e.g. {missing[0]}; calibrate with the whole config "
                         "(a run without --calibration-scales writes one)")
-    header = _safetensors_header(scales_path, "--calibration-scales")
     for slot, kind, name, spec in wanted:
         rank = input_rank(kind, name, slot.rsplit(".", 1)[-1])
         ones = set(reduce_axes(rank, spec.dims, True)) | {0}
-        for end in ("min", "max"):
-            shape = tuple(header[f"{slot}.{end}"]["shape"])
+        for shape in held[slot]:
             if len(shape) != rank or any(shape[a] != 1 for a in ones):
                 want = tuple(1 if a in ones else "N" for a in range(rank))
                 raise UserError(f"--calibration-scales {scales_path}: range of {slot} has shape {shape}, its rule "
