@@ -18,6 +18,7 @@ import time
 
 from mlperf_llama2.parallel.env import child_env, device_for_rank
 from mlperf_llama2.backends.nodes import NodeBackend
+from mlperf_llama2.errors import EXIT_USER_ERROR, UserError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ def node_argv(cfg, device: str) -> list[str]:
     return argv
 
 
-def _wait_ready(proc: subprocess.Popen, timeout_s: float) -> str:
-    """The URL a node prints once its model is loaded; RuntimeError if it exits or takes too long."""
+def _wait_ready(proc: subprocess.Popen, timeout_s: float, name: str = "local SUT node") -> str:
+    """The URL a node prints once its model is loaded. A node that exits 2 refused its flags (its one-line error is
+    above): UserError naming it; another exit, or no answer within `timeout_s`: RuntimeError."""
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     deadline = time.monotonic() + timeout_s
@@ -65,12 +67,14 @@ def _wait_ready(proc: subprocess.Popen, timeout_s: float) -> str:
             line = lines.get(timeout=1.0)
         except queue.Empty:
             if proc.poll() is not None:
-                raise RuntimeError(f"local SUT node pid {proc.pid} exited with code {proc.returncode} "
-                                   f"before it was ready (see its log above)") from None
+                what = f"{name} (pid {proc.pid}) exited with code {proc.returncode} before it was ready"
+                if proc.returncode == EXIT_USER_ERROR:
+                    raise UserError(f"{what}: it refused this run's flags (its error is the line above)") from None
+                raise RuntimeError(f"{what} (see its log above)") from None
             continue
         if line.startswith("SUT node ready on "):
             return line.split()[-1]
-    raise RuntimeError(f"local SUT node pid {proc.pid} not ready after {timeout_s:.0f} s")
+    raise RuntimeError(f"{name} (pid {proc.pid}) not ready after {timeout_s:.0f} s")
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = NODE_STOP_TIMEOUT_S) -> int:
@@ -101,13 +105,15 @@ class LocalNodesBackend(NodeBackend):
 def start_local_nodes(cfg) -> LocalNodesBackend:
     """Start `cfg.data_parallel` nodes of `cfg.tensor_parallel` devices each and connect to them."""
     procs: list[subprocess.Popen] = []
+    names: list[str] = []
     try:
         for i in range(cfg.data_parallel):
             device = device_for_rank(cfg.device, i * cfg.tensor_parallel)
             argv = [sys.executable, "-m", "mlperf_llama2.sut_node", "--host", "127.0.0.1", "--port", "0",
                     "--node-name", f"replica{i}", *node_argv(cfg, device)]
             procs.append(subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, text=True))
-        urls = [_wait_ready(p, NODE_START_TIMEOUT_S) for p in procs]
+            names.append(f"local SUT node replica{i} (--tensor-parallel {cfg.tensor_parallel} from {device})")
+        urls = [_wait_ready(p, NODE_START_TIMEOUT_S, name) for p, name in zip(procs, names)]
         log.info("data parallel: %d local nodes of tensor parallel %d: %s", len(urls), cfg.tensor_parallel,
                  ", ".join(urls))
         return LocalNodesBackend(procs, urls, stream=cfg.scenario == "Server")

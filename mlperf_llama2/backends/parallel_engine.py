@@ -46,6 +46,18 @@ def check_devices(base_device: str, count: int, flag: str) -> None:
                         f"GPU(s) are visible")
 
 
+def check_split(model_path: str, tp: int) -> None:
+    """The checkpoint's heads, KV heads and MLP columns must split `tp` ways: checked on its config.json before
+    any worker or node process starts (one line, not a node's exit code after it)."""
+    if tp == 1:
+        return
+    from mlperf_llama2.engine.llama import LlamaShape
+    from mlperf_llama2.engine.loader import read_config
+    from mlperf_llama2.parallel.tensor_parallel import check_divisible
+
+    check_divisible(LlamaShape.from_hf_config(read_config(model_path)), tp)
+
+
 def create_engine_backend(cfg):
     """Registry factory for `--backend engine` (RunConfig in, Backend out)."""
     from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN
@@ -53,6 +65,7 @@ def create_engine_backend(cfg):
     tp, dp = cfg.tensor_parallel, cfg.data_parallel
     if cfg.model_path is None:
         raise UserError("the engine backend needs --model-path")
+    check_split(cfg.model_path, tp)
     if tp > 1 and dp > 1:
         from mlperf_llama2.backends.local_nodes import start_local_nodes
 

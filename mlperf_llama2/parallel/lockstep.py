@@ -14,8 +14,9 @@ runs the real runner through it, so a new one shows up there first.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch.distributed as dist
 
@@ -73,22 +74,37 @@ class DriverRunner:
 
     Quacks like ModelRunner for the engine (`run`, `num_blocks`, `model`, ...): everything but `run`
     and `num_blocks` is the local runner's. `num_blocks` is the smallest KV-cache size of all ranks.
+    `step_started` is when the running step began (None between steps: a watchdog reads it); a step
+    that fails is re-raised with `diagnose()`'s account of the workers (which rank died or hung) first.
     """
 
     overlap_capable = False  # every rank must see each step's tokens before the next is broadcast
 
-    def __init__(self, local, ctrl_group, num_blocks: int) -> None:
+    def __init__(self, local, ctrl_group, num_blocks: int,
+                 diagnose: Optional[Callable[[], Optional[str]]] = None) -> None:
         self.local = local
         self.ctrl_group = ctrl_group
         self.num_blocks = num_blocks
+        self.diagnose = diagnose
+        self.step_started: Optional[float] = None
         self._stopped = False
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["local"], name)
 
     def run(self, batch: ScheduledBatch) -> list[int]:
-        _broadcast((STEP, encode_batch(batch)), self.ctrl_group)
-        return self.local.run(batch)
+        self.step_started = time.monotonic()
+        try:
+            _broadcast((STEP, encode_batch(batch)), self.ctrl_group)
+            return self.local.run(batch)
+        except Exception as exc:
+            why = self.diagnose() if self.diagnose is not None else None
+            if why is None:
+                raise
+            detail = " ".join(str(exc).split())[:200]
+            raise RuntimeError(f"{why} (rank 0 saw: {type(exc).__name__}: {detail})") from exc
+        finally:
+            self.step_started = None
 
     def stop_workers(self) -> None:
         if not self._stopped:

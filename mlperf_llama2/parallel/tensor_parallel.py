@@ -29,11 +29,14 @@ log = logging.getLogger(__name__)
 
 def check_divisible(shape: LlamaShape, world: int) -> None:
     """One clear line when the model cannot be split `world` ways."""
-    for what, n in (("attention heads", shape.num_heads), ("key/value heads", shape.num_kv_heads),
-                    ("MLP columns (intermediate_size)", shape.intermediate_size)):
+    counts = (("attention heads", shape.num_heads), ("key/value heads", shape.num_kv_heads),
+              ("MLP columns (intermediate_size)", shape.intermediate_size))
+    for what, n in counts:
         if n % world:
+            sizes = [k for k in range(1, shape.num_kv_heads + 1) if not any(m % k for _, m in counts)]
             raise UserError(f"--tensor-parallel {world}: the model has {n} {what}, not divisible by {world}; "
-                            f"use a tensor-parallel size that divides the KV-head count ({shape.num_kv_heads})")
+                            f"use a tensor-parallel size that divides heads, KV heads and MLP columns: "
+                            f"{', '.join(map(str, sizes))}")
 
 
 def shard_shape(shape: LlamaShape, world: int) -> LlamaShape:

@@ -3,7 +3,9 @@
 `start_tp_engine(spec)` starts ranks 1..N-1 (`python -m mlperf_llama2.parallel.tp_worker`), joins them
 in a process group over 127.0.0.1 (NCCL on CUDA, gloo on CPU, plus a gloo control group), loads
 rank 0's shard and returns an `LLMEngine` whose runner drives the workers in lockstep
-(`lockstep.DriverRunner`). `TPGroup.shutdown()` stops the workers and waits for them (bounded).
+(`lockstep.DriverRunner`). `TPGroup.shutdown()` stops the workers and waits for them (bounded). While the engine runs, a watchdog
+thread (`TPGroup.watch`) names a worker that exits, and kills the workers when a step outlasts
+`STEP_TIMEOUT_S` (a hung rank), so rank 0's step fails with that line instead of waiting on a collective.
 Rank r runs on device base+r (`cuda:K` -> `cuda:K+r`); every process gets NVLink multicast off.
 """
 
@@ -14,6 +16,8 @@ import json
 import logging
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
@@ -22,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from mlperf_llama2.engine.config import EngineConfig
+from mlperf_llama2.errors import UserError
 from mlperf_llama2.parallel.env import apply_dist_env, child_env, device_for_rank
 from mlperf_llama2.parallel.lockstep import DriverRunner
 
@@ -35,6 +40,12 @@ RENDEZVOUS_TIMEOUT = timedelta(minutes=3)
 # Collectives of the default group: the first one waits for the slowest rank to load its shard.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 WORKER_EXIT_TIMEOUT_S = 60.0
+# A lockstep step takes well under a second; one still running after this means a rank hangs (a first step's
+# Triton compilation takes seconds to a minute). Far shorter than the collectives' own timeouts above.
+STEP_TIMEOUT_S = 600.0
+WATCH_INTERVAL_S = 1.0
+# After a failed step, how long to look for the worker whose exit broke the connection
+EXIT_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -120,9 +131,49 @@ class TPGroup:
     def __init__(self, procs: list[subprocess.Popen], runner: Optional[DriverRunner] = None) -> None:
         self.procs = procs
         self.runner = runner
+        self.failure: Optional[str] = None  # the watchdog's account of a dead or hung rank
+        self._closing = threading.Event()
+
+    def _dead_worker(self) -> Optional[str]:
+        for rank, proc in enumerate(self.procs, start=1):
+            if proc.poll() is not None:
+                return f"tensor-parallel rank {rank} (pid {proc.pid}) exited with code {proc.returncode}"
+        return None
+
+    def diagnose(self) -> Optional[str]:
+        """Why a step failed, as far as the workers tell: the watchdog's finding, or a worker that exited."""
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while self.failure is None and not self._closing.is_set():
+            dead = self._dead_worker()
+            if dead is not None or time.monotonic() >= deadline:
+                return dead
+            time.sleep(0.1)
+        return self.failure
+
+    def watch(self, step_timeout_s: Optional[float] = None) -> None:
+        """Start the watchdog (daemon thread) until `shutdown`; a step may run `step_timeout_s` (STEP_TIMEOUT_S)."""
+        timeout = STEP_TIMEOUT_S if step_timeout_s is None else step_timeout_s
+        threading.Thread(target=self._watch, args=(timeout,), name="tp-watchdog", daemon=True).start()
+
+    def _watch(self, step_timeout_s: float) -> None:
+        while not self._closing.wait(WATCH_INTERVAL_S):
+            why = self._dead_worker()
+            started = None if self.runner is None else self.runner.step_started
+            if why is None and started is not None and time.monotonic() - started > step_timeout_s:
+                ranks = ", ".join(f"rank {r} pid {p.pid}" for r, p in enumerate(self.procs, start=1))
+                why = (f"tensor-parallel step did not finish within {step_timeout_s:.0f} s: a rank hangs "
+                       f"(workers: {ranks}); the workers were killed")
+            if why is not None and not self._closing.is_set():
+                self.failure = why
+                log.error("%s", why)
+                for proc in self.procs:  # a survivor would wait in a collective: free rank 0 from it
+                    if proc.poll() is None:
+                        proc.kill()
+                return
 
     def shutdown(self) -> None:
         """Stop the workers (after the engine loop has stopped), wait for them, leave the group."""
+        self._closing.set()
         if self.runner is not None:
             try:
                 self.runner.stop_workers()
@@ -159,14 +210,20 @@ def start_tp_engine(spec: ShardSpec):
     try:
         ctrl = init_group(spec, store)
         local, eos, blocks = build_runner(spec, ctrl)
-        group.runner = DriverRunner(local, ctrl, blocks)
+        group.runner = DriverRunner(local, ctrl, blocks, diagnose=group.diagnose)
+        group.watch()
         log.info("tensor parallel: %d ranks from %s, %d KV blocks each", spec.world, spec.base_device, blocks)
         engine = LLMEngine(group.runner, EngineConfig(**spec.engine), eos, spec.max_model_len)
-    except BaseException:
+    except BaseException as exc:
+        # a worker that died while loading (out of memory, a bad shard) breaks rank 0's first collective
+        dead = group.diagnose() if isinstance(exc, Exception) and not isinstance(exc, UserError) else None
         group.runner = None
         for proc in group.procs:
             proc.kill()
         group.shutdown()
+        if dead is not None:
+            raise UserError(f"{dead} while the tensor-parallel group started ({spec.world} ranks from "
+                            f"{spec.base_device}); its own error, if it could log one, is above") from exc
         raise
     return engine, group
 
