@@ -167,3 +167,29 @@ def test_bench_engine_offline_with_failed_samples_prints_no_tokens_per_s(tmp_pat
     with pytest.raises(SystemExit, match="1 of 2 samples failed"):
         bench_paths.engine_offline(args, engine, [[1, 5, 6], [1, 7]], np.array([3, 4]), 100.0, result, str(tmp_path))
     assert result["rows"] == []
+
+
+@pytest.mark.parametrize("flag", ["--tensor-parallel", "--data-parallel"])
+def test_parallel_flags_given_to_a_backend_without_an_engine_are_one_line(flag, tiny_model_dir):
+    """Only the engine splits over GPUs: `--backend reference --tensor-parallel 2` ran on one device, exit 0, and an
+    API backend ignored it too, so the run looked like the parallel layout it never had."""
+    with pytest.raises(UserError, match=f"{flag} 2 .*--backend reference would ignore it"):
+        preflight.check_reference(config_of("--backend", "reference", "--device", "cpu", flag, 2,
+                                            "--model-path", tiny_model_dir))
+    with pytest.raises(UserError, match=f"{flag} 2 .*--backend api would ignore it"):
+        preflight.check_api(config_of("--backend", "api", "--api-server", "http://x:1", flag, 2))
+    preflight.check_reference(config_of("--backend", "reference", "--device", "cpu", flag, 1,
+                                        "--model-path", tiny_model_dir))
+
+
+def test_a_sut_node_runs_its_backends_preflight(tiny_model_dir, capsys):
+    """`python -m mlperf_llama2.sut_node` checked only the checkpoint: a node started with `--backend reference
+    --tensor-parallel 2` (or an engine-only flag) served on one device and main.py's run looked parallel."""
+    from mlperf_llama2 import sut_node
+
+    with pytest.raises(UserError, match="--tensor-parallel 2 .*--backend reference would ignore it"):
+        sut_node.main(["--backend", "reference", "--device", "cpu", "--model-path", str(tiny_model_dir),
+                       "--tensor-parallel", "2", "--port", "0"])
+    with pytest.raises(UserError, match="--kv-cache-dtype fp8 .*--backend reference"):
+        sut_node.main(["--backend", "reference", "--device", "cpu", "--model-path", str(tiny_model_dir),
+                       "--kv-cache-dtype", "fp8", "--port", "0"])

@@ -148,7 +148,17 @@ def _no_engine_flags(config: "RunConfig", backend: str, why: Optional[str] = Non
                 why or f"--backend {backend} has no engine and would ignore it; drop it or use --backend engine"))
 
 
+def _no_parallel(config: "RunConfig", backend: str) -> None:
+    """--tensor-parallel / --data-parallel split the engine over GPUs; another backend would run on one device (or
+    the server's own) and record a result that looks like the parallel run asked for."""
+    for flag, n in (("--tensor-parallel", config.tensor_parallel), ("--data-parallel", config.data_parallel)):
+        if n != 1:
+            raise UserError(f"{flag} {n} splits the engine over GPUs (--backend engine): --backend {backend} would "
+                            "ignore it and run as one; drop it or use --backend engine")
+
+
 def check_reference(config: "RunConfig") -> int:
+    _no_parallel(config, "reference")
     _no_kv_cache_dtype(config, "reference")
     _no_engine_gemm(config, "reference")
     _no_fp8_accumulation(config, "reference")
@@ -315,6 +325,7 @@ def check_api(config: "RunConfig") -> Optional[int]:
     if not config.api.api_servers:
         raise UserError("--vllm/--backend api needs --api-server URL")
     _no_local_quantization(config, "the API server", "quantize the model the server serves and drop the flag")
+    _no_parallel(config, "api")
     _no_kv_cache_dtype(config, "api")
     _no_engine_gemm(config, "api")
     _no_fp8_accumulation(config, "api")
