@@ -201,6 +201,12 @@ class RunConfig:
             raise UserError(
                 f"--lg-model-name must be one of {', '.join(constants.LG_MODEL_NAMES)}, got {self.lg_model_name!r}"
             )
+        if self.interactive and self.scenario != "Server":
+            # LoadGen would run Offline under the Interactive model name (its min_query_count 100, not 24576)
+            # and the engine would take its Interactive tuning: a run that is neither Offline nor Interactive
+            raise UserError(f"--lg-model-name {self.lg_model_name} names the Interactive scenario, a Server setting; "
+                            f"it does not combine with --scenario {self.scenario}: use --scenario Interactive, or "
+                            f"drop --lg-model-name for {self.scenario}")
         for name in ("total_sample_count", "batch_size", "num_workers", "tensor_parallel", "data_parallel"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

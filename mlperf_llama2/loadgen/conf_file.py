@@ -71,6 +71,16 @@ MLPERF_CONF_ONLY_KEYS = frozenset({
     "qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed", "accuracy_log_probability",
     "test05", "test05_qsl_rng_seed", "test05_sample_index_rng_seed", "test05_schedule_rng_seed",
 })
+# user.conf values LoadGen takes that change what a llama2-70b run measures, whatever the rest of the file says:
+# mlperf.conf fixes them (a compliance audit.config may set them; TEST06's sets sample_concatenate_permutation 0).
+NOT_COMPARABLE = {
+    ("use_token_latencies", 0): "the run would record no TTFT/TPOT and no tokens per second (LoadGen may still "
+                                "print VALID; the submission checker refuses it)",
+    ("infer_token_latencies", 1): "LoadGen would report tokens per second inferred as samples/s x "
+                                  "token_latency_scaling_factor, not the tokens the SUT returned",
+    ("sample_concatenate_permutation", 0): "llama2-70b runs issue samples in equal-issue mode (mlperf.conf's 1); "
+                                           "without it the sample mix, and so the result, is not comparable",
+}
 AUDIT_MODES = frozenset({0, 1, 2, 3})  # SubmissionRun, AccuracyOnly, PerformanceOnly, FindPeakPerformance
 
 UINT64_MAX = 2**64 - 1
@@ -150,13 +160,17 @@ def parse_line(line: str, *, audit: bool, lg_model_names=constants.LG_MODEL_NAME
     if scenario != ANY and scenario not in spec.scenarios:
         raise _LineError(f"'{name}': {key} applies to {', '.join(sorted(spec.scenarios))} only; "
                          f"LoadGen ignores it for {scenario}")
-    if key == "target_latency" and scenario == "Server":
-        spec = ConfKey(spec.scenarios, "int")  # LoadGen reads Server's target_latency as a whole number of ms
+    if key == "target_latency" and scenario in ("Server", ANY):
+        # LoadGen reads Server's target_latency as a whole number of ms (2.5 -> 2), a * line's too
+        spec = ConfKey(spec.scenarios, "int")
     value = _parse_value(value_text, key, spec)
     if key == "mode" and value not in AUDIT_MODES:
         raise _LineError(f"{key} = {value_text}: LoadGen knows modes 0-3")
     if key == "mode" and not audit:
         raise _LineError(f"'{name}': main.py sets the test mode (--accuracy); remove this line")
+    if not audit and (key, value) in NOT_COMPARABLE:
+        raise _LineError(f"{key} = {value_text}: {NOT_COMPARABLE[key, value]}; remove the line (mlperf.conf's "
+                         "value applies)")
     if key == "target_qps" and value == 0:
         raise _LineError(f"{key} = {value_text}: must be > 0 (LoadGen's Server schedule at 0 queries/s never "
                          "ends; Offline sizes its query from it)")
@@ -217,12 +231,21 @@ def validate_conf_file(path: str, flag: str, *, audit: bool = False) -> dict:
     return {where: line.value for where, line in read_conf_lines(path, flag, audit=audit).items()}
 
 
-def check_conf_files(user_conf: str, audit_conf: str) -> None:
-    """main.py's pre-flight: user.conf must exist and be valid; audit.config is checked when it exists."""
+def check_conf_path(user_conf: str) -> None:
+    """UserError unless `user_conf` is a regular file: LoadGen reads nothing from a directory, and a pipe
+    (`<(...)`, /dev/stdin) would be used up by the checks before LoadGen reads it."""
     if os.path.isdir(user_conf):
         raise UserError(f"--user-conf {user_conf}: is a directory; pass the user.conf file inside it")
+    if os.path.exists(user_conf) and not os.path.isfile(user_conf):
+        raise UserError(f"--user-conf {user_conf}: not a regular file (a pipe or device is read once, and LoadGen "
+                        "reads the file after these checks); write the settings to a file and pass its path")
     if not os.path.isfile(user_conf):
         raise UserError(f"--user-conf {user_conf}: file not found (copy the repo's user.conf or pass a path)")
+
+
+def check_conf_files(user_conf: str, audit_conf: str) -> None:
+    """main.py's pre-flight: user.conf must exist and be valid; audit.config is checked when it exists."""
+    check_conf_path(user_conf)
     validate_conf_file(user_conf, "--user-conf")
     if os.path.isfile(audit_conf):
         validate_conf_file(audit_conf, "--audit-conf", audit=True)

@@ -7,8 +7,9 @@ each, the lines such a run does not read although they look as if it should: a l
 more specific one, and lines for the other model name or another scenario whose keys the run then
 takes from LoadGen's defaults. `check_run_size(EffectiveSettings)` refuses, in one line, effective
 settings for which LoadGen would issue no query (it crashes), generate more queries than memory holds,
-or run for longer than `MAX_RUN_DAYS`. No LoadGen import: settings.py reads the effective values
-from the `TestSettings` that `FromConfig` filled.
+or run for longer than `MAX_RUN_DAYS`; `check_accuracy_count` an accuracy run whose
+accuracy_sample_count_override exceeds the QSL (LoadGen would log a count it never issued). No LoadGen
+import: settings.py reads the effective values from the `TestSettings` that `FromConfig` filled.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class EffectiveSettings:
     min_query_count: int
     target_qps: float
     issue_unique: bool = False  # performance_issue_unique: Offline issues the performance sample set once
+    accuracy_count: int = 0  # accuracy_sample_count_override; 0: every sample of the QSL
     sources: Mapping[str, str] = field(default_factory=dict)  # key -> where it was set ("line 3"); else default
     label: str = "--user-conf"  # how messages name the settings' file ("--user-conf PATH")
 
@@ -131,6 +133,15 @@ def _days(seconds: float) -> str:
     return f"{days:,.{0 if days >= 100 else 1}f} days" if days >= 1 else f"{seconds / 3600:.1f} hours"
 
 
+def check_accuracy_count(s: EffectiveSettings, samples: int) -> None:
+    """UserError when an accuracy run's accuracy_sample_count_override exceeds the `samples` the QSL holds at
+    most: LoadGen then issues each sample once but logs the override as the run's accuracy sample count."""
+    if s.accuracy and s.accuracy_count > samples:
+        raise UserError(f"{s.label}: {s.show('accuracy_sample_count_override', s.accuracy_count)} exceeds the "
+                        f"{samples} samples of this {s.run}: LoadGen would answer {samples} yet log "
+                        f"{s.accuracy_count} as the samples it covered; remove the line (every sample is the default)")
+
+
 def check_run_size(s: EffectiveSettings, samples: Optional[int] = None) -> None:
     """UserError when LoadGen would issue no query, generate more than MAX_GENERATED_SAMPLES or run longer
     than MAX_RUN_DAYS. `samples` (the dataset's count) enables the Server accuracy check."""
@@ -140,6 +151,8 @@ def check_run_size(s: EffectiveSettings, samples: Optional[int] = None) -> None:
     if s.target_qps <= 0:
         raise UserError(f"{label}: {qps} in this {s.run}: it must be > 0")
     if s.accuracy:
+        if samples is not None:
+            check_accuracy_count(s, samples)
         if s.scenario == "Server" and samples is not None and samples / s.target_qps > MAX_RUN_S:
             raise UserError(f"{label}: this {s.run} would last {_days(samples / s.target_qps)} ({samples} samples at "
                             f"{qps}), beyond the {MAX_RUN_DAYS}-day bound; raise target_qps")

@@ -18,8 +18,9 @@ import mlperf_loadgen as lg
 
 from mlperf_llama2.config import RunConfig
 from mlperf_llama2.errors import UserError
-from mlperf_llama2.loadgen.conf_file import ANY, read_conf_lines
-from mlperf_llama2.loadgen.effective import EffectiveSettings, applied_lines, check_run_size, conf_warnings
+from mlperf_llama2.loadgen.conf_file import ANY, check_conf_path, read_conf_lines
+from mlperf_llama2.loadgen.effective import (EffectiveSettings, applied_lines, check_accuracy_count,
+                                             check_run_size, conf_warnings)
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,7 @@ def build_test_settings_checked(config: RunConfig) -> tuple[lg.TestSettings, Eff
 
 
 def _test_settings(config: RunConfig) -> tuple[lg.TestSettings, EffectiveSettings]:
-    if os.path.isdir(config.user_conf):
-        raise UserError(f"--user-conf {config.user_conf}: is a directory; pass the user.conf file inside it")
-    if not os.path.isfile(config.user_conf):
-        raise UserError(f"--user-conf {config.user_conf}: file not found (copy the repo's user.conf or pass a path)")
+    check_conf_path(config.user_conf)
     if not os.access(config.user_conf, os.R_OK):
         raise UserError(f"--user-conf {config.user_conf}: file is not readable")
     lines = read_conf_lines(config.user_conf, "--user-conf")
@@ -69,6 +67,7 @@ def _test_settings(config: RunConfig) -> tuple[lg.TestSettings, EffectiveSetting
     audit = read_conf_lines(config.audit_conf, "--audit-conf", audit=True) if os.path.isfile(config.audit_conf) else {}
     effective = effective_settings(settings, config, lines, audit)
     check_run_size(effective)
+    check_accuracy_count(effective, config.total_sample_count)  # the dataset may hold fewer: run_test checks again
     return settings, effective
 
 
@@ -78,6 +77,7 @@ def effective_settings(settings: lg.TestSettings, config: RunConfig, lines: dict
     values = {"min_duration": settings.min_duration_ms, "min_query_count": settings.min_query_count,
               "target_qps": settings.server_target_qps if server else settings.offline_expected_qps,
               "performance_issue_unique": int(settings.performance_issue_unique),
+              "accuracy_sample_count_override": settings.accuracy_sample_count_override,
               "mode": 1 if config.accuracy else 2}
     applied = applied_lines(lines, config.lg_model_name, config.scenario)
     sources = {key: f"line {line.number}" for key, line in applied.items()}
@@ -89,6 +89,7 @@ def effective_settings(settings: lg.TestSettings, config: RunConfig, lines: dict
         model=config.lg_model_name, scenario=config.scenario, accuracy=values["mode"] == 1,
         min_duration_ms=int(values["min_duration"]), min_query_count=int(values["min_query_count"]),
         target_qps=float(values["target_qps"]), issue_unique=bool(values["performance_issue_unique"]),
+        accuracy_count=int(values["accuracy_sample_count_override"]),
         sources=sources, label=f"--user-conf {config.user_conf}")
 
 
