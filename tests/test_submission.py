@@ -217,6 +217,20 @@ def test_a_performance_run_on_part_of_the_dataset_is_refused_in_both_divisions(r
     assert "QSL of 2 samples" in capsys.readouterr().err
 
 
+def test_an_accuracy_override_above_the_qsl_does_not_count_as_the_whole_dataset(result):
+    """accuracy_sample_count_override 24576 on a 100-sample QSL: LoadGen answers 100 but logs 24576 as
+    effective_accuracy_sample_count, which the accuracy rules took for the samples covered ("submittable: yes")."""
+    detail = dict(effective_test_mode="AccuracyOnly", effective_scenario="Offline", qsl_reported_total_count=100,
+                  effective_accuracy_sample_count=FULL)
+    info = read_run_info(str(result["perf"]))
+    assert "covers 100 samples, the dataset has 24576" in submittable(detail, [], info, None)
+    assert submittable({**detail, "qsl_reported_total_count": FULL}, [], info, None) == \
+        "submittable for v6.1 closed: yes (once its ROUGE meets the target)"
+    # an override below the QSL is what LoadGen issues
+    assert "covers 10 samples" in submittable({**detail, "qsl_reported_total_count": FULL,
+                                               "effective_accuracy_sample_count": 10}, [], info, None)
+
+
 def test_runs_must_be_the_right_mode_and_scenario(result):
     errors = check_performance(str(result["acc"]), "Offline", True, V61).errors
     assert any("test mode AccuracyOnly, expected PerformanceOnly" in e for e in errors)

@@ -28,7 +28,8 @@ from mlperf_llama2.report.summary import (ACCURACY_LOG, ACCURACY_RESULT_FILE, DE
                                           parse_summary_text, stop_note)
 from mlperf_llama2.submission.layout import TEST06_RESULT
 from mlperf_llama2.submission.rounds import Round
-from mlperf_llama2.submission.rules import Findings, accuracy_rules, loadgen_scenario, performance_rules, seeds
+from mlperf_llama2.submission.rules import (Findings, accuracy_rules, accuracy_samples_issued, loadgen_scenario,
+                                            performance_rules, seeds)
 
 # RunInfo fields that must agree between the performance, accuracy and audit runs.
 SAME_SYSTEM_FIELDS = ("model_path", "dtype", "backend", "liteml_config", "quant_backend", "quant_mode",
@@ -141,9 +142,9 @@ def check_accuracy(run_dir: str, accuracy_txt: Optional[str], scenario: str, ben
     samples, tokens = _accuracy_samples(run_dir)
     out.rule(samples is not None, f"{label}: {ACCURACY_LOG} is not a LoadGen accuracy log")
     # LoadGen logs every sample it issued: a log with fewer (entries removed, or another run's) scores a subset.
-    issued = detail.get("effective_accuracy_sample_count") or detail.get("qsl_reported_total_count")
+    issued = accuracy_samples_issued(detail)
     out.rule(samples is None or issued is None or samples == issued,
-             f"{label}: {ACCURACY_LOG} holds {samples} samples but the run issued {issued}: the log is not this "
+             f"{label}: {ACCURACY_LOG} holds {samples} samples but the run issued {issued:.0f}: the log is not this "
              f"run's whole log")
     _not_stopped(run_dir, label, out)
     txt = accuracy_txt or os.path.join(run_dir, ACCURACY_RESULT_FILE)

@@ -54,6 +54,17 @@ def _int(value: Optional[float]) -> Optional[int]:
     return None if value is None else int(value)
 
 
+def accuracy_samples_issued(detail: dict) -> Optional[float]:
+    """How many samples an accuracy run issued: every sample of its QSL unless accuracy_sample_count_override is
+    smaller. LoadGen logs the override as effective_accuracy_sample_count even when it exceeds the QSL (then it
+    issues the QSL's samples only), so the override alone cannot be taken for the count."""
+    override = _num(detail.get("effective_accuracy_sample_count"))
+    total = _num(detail.get("qsl_reported_total_count"))
+    if override and total is not None:
+        return min(override, total)
+    return override or total
+
+
 def mode_and_scenario(detail: dict, info: RunInfo, mode: str, scenario: str) -> Findings:
     out = Findings()
     got_mode = detail.get("effective_test_mode")
@@ -195,7 +206,7 @@ def accuracy_rules(detail: dict, loadgen_errors: list, info: RunInfo, scenario: 
     """Everything an accuracy run must satisfy; `rouge` None when it is not scored yet."""
     out = mode_and_scenario(detail, info, "AccuracyOnly", scenario)
     out.rule(not loadgen_errors, f"LoadGen logged {len(loadgen_errors)} error(s)")
-    total = _num(detail.get("effective_accuracy_sample_count") or detail.get("qsl_reported_total_count"))
+    total = accuracy_samples_issued(detail)
     out.rule(total == rounds.DATASET_SIZE,
              f"covers {_int(total)} samples, the dataset has {rounds.DATASET_SIZE}")
     out.extend(output_cap(info, closed))
