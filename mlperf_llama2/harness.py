@@ -116,6 +116,27 @@ def _linear_rules_in_float(config: RunConfig) -> list[int]:
     return sorted(found)
 
 
+def _layout(config: RunConfig) -> dict:
+    """run_info's tensor_parallel / data_parallel / devices: where this process's model runs (none recorded when
+    --sut-nodes or an API server generates). Only the engine splits; other backends refuse the flags."""
+    if config.dist.sut_nodes or config.backend == "api":
+        return {}
+    from mlperf_llama2.parallel.env import device_for_rank
+
+    tp, dp = config.tensor_parallel, config.data_parallel
+    return {"tensor_parallel": tp, "data_parallel": dp,
+            "devices": tuple(device_for_rank(config.device, i) for i in range(tp * dp))}
+
+
+def _loadgen_settings(effective) -> Optional[dict]:
+    """The effective LoadGen values this run's checks were made on, and which line of which file set each."""
+    if effective is None:
+        return None
+    return {"min_duration_ms": effective.min_duration_ms, "min_query_count": effective.min_query_count,
+            "target_qps": effective.target_qps, "performance_issue_unique": effective.issue_unique,
+            "accuracy_sample_count_override": effective.accuracy_count, "sources": dict(effective.sources)}
+
+
 def run(config: RunConfig, observers: Sequence["RunObserver"] = ()) -> "RunResult":
     """Check the inputs, build LoadGen settings and the backend, run LoadGen; observers see each sample.
 
@@ -167,6 +188,7 @@ def _run_claimed(config: RunConfig, dataset: Dataset, observers: Sequence["RunOb
                    if config.backend == "engine" else None,
                    fp8_accumulation=config.engine.fp8_accumulation
                    if config.backend == "engine" and config.quant.fp8 else None,
+                   **_layout(config), loadgen_settings=_loadgen_settings(settings.effective),
                    command=shlex.join(sys.argv))
     write_run_info(settings.output_dir, with_git_state(info, git_state()))
     input_identity.record(settings.output_dir, input_identity.collect(

@@ -61,6 +61,16 @@ def test_run_info_records_absolute_paths_and_what_the_files_held(two_runs, tiny_
     assert audited.audit_conf.sha256 == sha256(two_runs["b"] / "audit.config")
 
 
+def test_run_info_records_the_loadgen_settings_and_where_each_came_from(two_runs):
+    """run_info.json named the user.conf, not what LoadGen took from it, nor that an audit.config overrode it."""
+    plain = json.loads((two_runs["a"] / "logs" / "run_info.json").read_text())["loadgen_settings"]
+    assert (plain["min_duration_ms"], plain["min_query_count"], plain["performance_issue_unique"]) == (0, 6, False)
+    assert plain["sources"]["min_query_count"] == "line 2"  # SMALL_USER_CONF's *.Offline.min_query_count
+    assert "target_qps" not in plain["sources"]  # Offline's expected qps is LoadGen's (mlperf.conf's) value
+    audited = json.loads((two_runs["b"] / "logs" / "run_info.json").read_text())["loadgen_settings"]
+    assert audited["sources"]["min_query_count"].startswith("audit.config")
+
+
 def test_the_same_relative_path_to_different_checkpoints_is_told_apart(two_runs):
     a, b = (read_identity(str(two_runs[n] / "logs")) for n in ("a", "b"))
     assert a.dataset.same_content(b.dataset)  # the same dataset written in both directories

@@ -16,6 +16,7 @@ from parallel_fixtures import SMALL_ENGINE_FLAGS, start_node, stop_node
 from loadgen_fixtures import (REPO, SMALL_USER_CONF, finish, read_accuracy_log, run_main, start_main, tokens,
                               write_dataset)
 from test_loadgen_runs import assert_well_formed
+from mlperf_llama2.report.run_info import read_run_info
 
 MAX_NEW = 8
 pytestmark = pytest.mark.slow  # a dozen CPU processes, 4-5 minutes on 2 shared cores
@@ -84,6 +85,19 @@ def test_data_parallel_over_tensor_parallel_replicas_matches_single_engine(runs,
     assert _outputs(runs, workdir, "dp2_tp2") == _outputs(runs, workdir, "single")
     assert "data parallel: 2 local nodes of tensor parallel 2" in runs["dp2_tp2"].stderr
     assert "local SUT nodes stopped (exit codes [0, 0])" in runs["dp2_tp2"].stderr
+
+
+@pytest.mark.parametrize("name, layout", [("single", (1, 1, 1)), ("dp2", (1, 2, 2)), ("tp2_server", (2, 1, 2)),
+                                          ("dp2_tp2", (2, 2, 4)), ("nodes_offline", None)])
+def test_run_info_records_the_parallel_layout_that_ran(runs, workdir, name, layout):
+    """run_info.json recorded only the base --device: a run over 4 processes read like one on a single device."""
+    assert runs[name].returncode == 0, runs[name].stderr[-3000:]
+    info = read_run_info(str(workdir / name))
+    if layout is None:  # the nodes generate: this process knows no layout
+        assert (info.tensor_parallel, info.data_parallel, info.devices) == (None, None, ())
+    else:
+        assert (info.tensor_parallel, info.data_parallel, len(info.devices)) == layout
+        assert set(info.devices) == {"cpu"}
 
 
 @pytest.mark.parametrize("name, server", [("nodes_offline", False), ("nodes_server", True)])

@@ -53,6 +53,13 @@ class RunInfo:
     quant_mode: Optional[str] = None
     kv_cache_dtype: Optional[str] = None  # engine --kv-cache-dtype (auto | fp8 | int8); None: not the engine
     fp8_accumulation: Optional[str] = None  # engine --fp8-accumulation with --quantization fp8; None: not that
+    tensor_parallel: Optional[int] = None  # GPUs per engine replica; None: not recorded, or the model runs elsewhere
+    data_parallel: Optional[int] = None  # engine replicas
+    devices: tuple[str, ...] = ()  # every device the run's model ran on (replica by replica, rank by rank)
+    # What LoadGen was given (user.conf over its built-in mlperf.conf, audit.config over both): min_duration_ms,
+    # min_query_count, target_qps, performance_issue_unique, accuracy_sample_count_override, and `sources`
+    # (key -> "line N" of the file that set it; absent: LoadGen's default)
+    loadgen_settings: Optional[dict] = None
     command: Optional[str] = None
     harness_commit: Optional[str] = None  # commit, "-dirty" appended when tracked files were modified
     harness_changes: tuple[str, ...] = ()  # `git status --porcelain --untracked-files=no` lines at run time
@@ -115,4 +122,5 @@ def read_run_info(run_dir: str) -> RunInfo:
     known = {f.name for f in dataclasses.fields(RunInfo)} - {"recorded"}
     values = {k: v for k, v in raw.items() if k in known}
     values["harness_changes"] = tuple(values.get("harness_changes") or ())
+    values["devices"] = tuple(values.get("devices") or ())
     return RunInfo(**values)
