@@ -182,10 +182,13 @@ def calibrate_engine(model_path: str, calibration_path: str, out_path: str, conf
     from mlperf_llama2.quant.yaml_config import load_rules
 
     rules = load_rules(config) if os.path.isfile(config) else None
-    if rules is not None:
+    if rules is not None:  # every static quantizer of the config is calibrated, each with its rule's observer
+        if not rules.needs_calibration:
+            raise UserError(f"{config}: no rule has a static quantizer; nothing to calibrate")
         from_config = config_kv_observer(rules)
-        if from_config is None:
-            raise UserError(f"{config}: K and V have no static quantizers; nothing to calibrate")
+        if observer is not None and from_config is None:
+            raise UserError(f"observer {observer} given, but {config} has no static K or V quantizer: each static "
+                            "quantizer uses its own rule's observer; drop --observer")
         if observer not in (None, from_config):
             raise UserError(f"observer {observer} given, but {config} says {from_config} for K and V")
         observer = from_config

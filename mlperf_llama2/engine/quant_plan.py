@@ -153,6 +153,10 @@ def weight_plan(quant_config, shape: LlamaShape, engine_config=None) -> dict[str
     rules = engine_rules(quant_config)
     if rules is None:
         return {}
+    if quant_config.rounding != "half_even":  # Int8Linear's weights and per-token activations: torch.round / rint
+        raise UserError(f"--quant-rounding {quant_config.rounding} with --quant-mode int8: the engine's int8 Linears "
+                        "round half to even, so only the other rules would follow the flag; drop it, or run "
+                        "--quant-mode simulate (--backend reference)")
     plan = int8_plan(shape, rules)
     log_plan(rules, plan, kv_cache_honours(rules, shape.num_layers, quant_config, engine_config),
              getattr(quant_config, "int8_rules", "all") == "all")

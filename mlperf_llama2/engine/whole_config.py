@@ -9,10 +9,11 @@ Q·Kᵀ with its Q and K quantizers, the mask add, softmax, P·V with its P, V a
 adds `add_1` / `add_2`, SiLU and `mul`, and `model.norm` before lm_head. A slot no rule names computes in float.
 
 Layout. The engine flattens a step's tokens ([T, ...]); each module sees a tensor of simulate's rank with a
-batch of one (`[1, T, N]` for norms, adds and the MLP; `[1, T, heads, D]` for RoPE; per sequence `[1, H, Lq, D]`
-/ `[1, H, Lq, Lk]` in attention), so a static observer's range has simulate's shape (the calibration file is
-shared) and a per-token scale is per sequence and position. A scale whose dims span the batch (axis 0, as the
-Q and P rules' `[0, -1, -3]`) is therefore per sequence here: simulate's `--quant-per-sample-scale`.
+batch of one (`[1, T, N]` for norms, adds and the MLP; `[1, heads, T, D]` for RoPE; per sequence `[1, H, Lq, D]`
+/ `[1, H, Lq, Lk]` in attention: simulate's axes, so a rule's dims name the same ones), so a static observer's range
+has simulate's shape (the calibration file is shared) and a per-token scale is per sequence and position. A scale
+whose dims span the batch (axis 0, as the Q and P rules' `[0, -1, -3]`) is therefore per sequence here: simulate's
+`--quant-per-sample-scale`.
 
 K and V. An int8 KV cache with the config's own per-tensor scales stores what the K and V quantizers compute;
 attention reads it dequantized and the quantizers then reproduce those values exactly (a fake-quantized value
@@ -104,8 +105,8 @@ class LayerSlots(nn.Module):
         x = self.input_layernorm(h[None])  # [1, T, hidden]
         q, k, v = layer.qkv_proj(x[0]).split(
             [s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim], dim=-1)
-        q = self._rope(q.view(1, t, s.num_heads, s.head_dim), cos, sin, "q")[0]  # [T, H, D]
-        k = self._rope(k.view(1, t, s.num_kv_heads, s.head_dim), cos, sin, "k")[0]  # [T, KV, D]
+        q = self._rope(q.view(t, s.num_heads, s.head_dim), cos, sin, "q")  # [T, H, D]
+        k = self._rope(k.view(t, s.num_kv_heads, s.head_dim), cos, sin, "k")  # [T, KV, D]
         v = v.view(t, s.num_kv_heads, s.head_dim)
         k, v = _store(k, v, k_cache, v_cache, meta.slot_mapping, kv_scales)
         o = self._attention(q, k, v, k_cache, v_cache, meta, layer.scale, kv_scales)  # [T, H, D]
@@ -116,10 +117,14 @@ class LayerSlots(nn.Module):
         return self.add_2(h, layer.down_proj(m)[None])[0]
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, which: str) -> torch.Tensor:
-        """x [1, T, heads, D] -> x*cos + rotate_half(x)*sin through the rotary slots (cos, sin [T, D])."""
+        """x [T, heads, D] -> x*cos + rotate_half(x)*sin through the rotary slots (cos, sin [T, D]). The slots see
+        simulate's layout, [1, heads, T, D] and [1, 1, T, D], so a quantizer's dims name the same axes as there."""
         a = self.attn
-        c, sn = cos[None, :, None, :], sin[None, :, None, :]
-        return a[f"rotary_add_{which}"](a[f"rotary_mul_{which}_cos"](x, c), a[f"rotary_mul_{which}_sin"](rotate_half(x), sn))
+        x4 = x.transpose(0, 1)[None]  # [1, heads, T, D]
+        c, sn = cos[None, None], sin[None, None]  # [1, 1, T, D]
+        out = a[f"rotary_add_{which}"](a[f"rotary_mul_{which}_cos"](x4, c),
+                                       a[f"rotary_mul_{which}_sin"](rotate_half(x4), sn))
+        return out[0].transpose(0, 1)  # [T, heads, D]
 
     def _attention(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float,
                    kv_scales: Optional[torch.Tensor]) -> torch.Tensor:
@@ -403,12 +408,12 @@ def layer_kernel_args(slots: LayerSlots, kv_scales: Optional[torch.Tensor], devi
               _dims_per_token_all_heads(q.spec), f"{prefix}{name}: int8 per token over all heads, dynamic")
     _need(kv_scales is not None, prefix + "an int8 KV cache with the config's K and V scales (--kv-cache-dtype int8)")
     for q, which, name in ((k_in, 0, "K"), (v_in, 1, "V")):
-        _need(q is not None and not q.spec.dynamic and q.spec.bits == 8 and q.running_min.numel() == 1,
-              f"{prefix}{name}: int8 static per tensor")
+        _need(q is not None and not q.spec.dynamic and q.spec.bits == 8 and q.spec.symmetric and
+              q.running_min.numel() == 1, f"{prefix}{name}: int8 symmetric static per tensor")
         _need(torch.allclose(kv_scales[which].float().cpu(), torch.tensor(_static_scale(q)), rtol=1e-6, atol=0),
               f"{prefix}the KV cache's {name} scale is the config's")
-    mask_in, _, mask_out = _binary(a["add_mask"], "add_mask")
-    _need(mask_out is None, prefix + "add_mask without an output quantizer")
+    mask_in, mask_q, mask_out = _binary(a["add_mask"], "add_mask")
+    _need(mask_out is None and mask_q is None, prefix + "add_mask without a mask or output quantizer")
     silu = slots.act_fn
     if isinstance(silu, nn.SiLU):
         s_silu = None

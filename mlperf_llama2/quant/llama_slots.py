@@ -156,6 +156,23 @@ def input_rank(kind: str, qualified_name: str, role: str) -> int:
     return 3
 
 
+def sequence_axes(kind: str, qualified_name: str, role: str) -> tuple[int, ...]:
+    """Axes of the tensor a quantizer `role` of that module sees whose size is a sequence length (positions,
+    queries or keys): [B, S, H] -> (1,); Q, V, RoPE halves, P.V's output [B, H, S, D] -> (2,); K^T [B, H, D, Lk]
+    -> (3,); scores, mask, P [B, H, Lq, Lk] -> (2, 3); weights -> (). A static scale must reduce them."""
+    if role == "weights_quantizer":
+        return ()
+    if input_rank(kind, qualified_name, role) == 3:
+        return (1,)
+    slot = qualified_name.rsplit(".", 1)[-1]
+    if slot == "add_mask" or (slot == "matmul_qkt" and role == "quantizer_out") or \
+            (slot == "matmul_pv" and role == "quantizer_in1"):
+        return (2, 3)
+    if slot == "matmul_qkt" and role == "quantizer_in2":
+        return (3,)
+    return (2,)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)

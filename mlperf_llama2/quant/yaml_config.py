@@ -55,6 +55,12 @@ QAT_KEYS = {"fully_quantized", "device", "data_quantization", "weights_quantizat
 DATA_KEYS = {"status", "bits", "custom_bits", "symmetric", "per_channel", "quantization_mode", "observer"}
 WEIGHT_KEYS = {"status", "bits", "custom_bits", "symmetric", "per_channel", "quant_and_freeze"}
 RULE_KEYS = {"source_module", "source_name", "destination_module", "params"}
+# roles a destination reads as one quantizer (destinations.py takes the first it finds)
+ALIASED_ROLES = {"QuantAddSoftmaxMask": {"quantizer_in1", "quantizer"},
+                 "SingleInputQuantActivation": {"quantizer", "act_quantizer"}}
+# a quantizer's settings and their unprefixed synonyms; a weights_quantizer reads the weight_ spellings, every
+# other role the act_ ones
+SYNONYMS = ("bits", "symmetric", "per_channel", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,10 @@ def load_rules(path: str) -> QuantRules:
     observer = data_q.get("observer", "MovingAverage" if mode == "static" else "MinMax")
     if observer not in OBSERVERS:
         raise UserError(f"{where}: QAT.data_quantization.observer {observer!r} unsupported; use one of {OBSERVERS}")
+    for section, block in (("data_quantization", data_q), ("weights_quantization", weight_q)):
+        for key in ("symmetric", "per_channel"):
+            if not isinstance(block.get(key, False), bool):  # bool("Off") would be True
+                raise UserError(f"{where}: QAT.{section}.{key} must be On or Off, got {block[key]!r}")
     defaults = {
         "act_bits": _bits(data_q.get("bits", 8), where, "QAT.data_quantization.bits"),
         "act_symmetric": bool(data_q.get("symmetric", True)),
@@ -197,7 +207,38 @@ def load_rules(path: str) -> QuantRules:
         raise UserError(f"{where}: QAT.custom_quantization is empty, so nothing would be quantized; add the "
                         "rules (see liteml_configs/) or drop --liteml-config for a float run")
     rules = tuple(_parse_rule(i, raw, defaults, where) for i, raw in enumerate(raw_rules))
+    for rule in rules:
+        _check_static_dims(rule, where)
     return QuantRules(path=path, rules=rules, quantization_mode=mode, fully_quantized=bool(qat.get("fully_quantized")))
+
+
+def _check_static_dims(rule: Rule, where: str) -> None:
+    """A static quantizer keeps one calibrated range: its dims must reduce every sequence axis of the tensors it
+    sees (positions, queries, keys), or the range would have the calibration prompt's length (a run of another
+    length fails; one-token prompts give every position the first one's range). Checked on the slots of one layer."""
+    import re
+
+    from mlperf_llama2.quant.llama_slots import input_rank, sequence_axes, slot_names
+
+    static = [(role, spec) for role, spec in rule.quantizers if not spec.dynamic]
+    if not static:
+        return
+    name = rule.source_name and re.sub(r"(^|\.)layers\.\d+\.", r"\1layers.0.", rule.source_name)
+    probe = Rule(rule.index, rule.source_kind, rule.source_module, name, rule.destination, rule.quantizers)
+    for kind, slot in slot_names(1):
+        if not probe.matches(kind, slot):
+            continue
+        for role, spec in static:
+            rank = input_rank(kind, slot, role)
+            if not all(-rank <= d < rank for d in spec.dims):
+                continue  # quant.setup.check_rules_for_model names the axis outside the tensor
+            reduced = {d % rank for d in spec.dims} if spec.dims else set(range(rank))
+            kept = [a for a in sequence_axes(kind, slot, role) if a not in reduced]
+            if kept:
+                raise UserError(f"{where}: {rule.label}: {role} is static with dims {list(spec.dims)}, which keep "
+                                f"sequence axis {kept[0]} of the rank-{rank} tensor at {slot}: a calibrated scale "
+                                "cannot follow the sequence length; reduce that axis too, or make it dynamic "
+                                "(act_dynamic: On)")
 
 
 def _check_keys(block: Any, allowed: set, where: str, what: str) -> None:
@@ -233,6 +274,9 @@ def _parse_rule(index: int, raw: Any, defaults: dict, where: str) -> Rule:
     source, dest = raw.get("source_module"), raw.get("destination_module")
     name = raw.get("source_name")
     head = f"{head} ({source}{f', source_name={name}' if name else ''} -> {dest})"
+    if name is not None and (not isinstance(name, str) or not name):
+        raise UserError(f"{head}: source_name must be one module name (a string such as q_proj or "
+                        f"model.layers.0.mlp.mul), got {name!r}; write one rule per name")
     if source not in SOURCE_MODULES:
         raise UserError(f"{head}: unknown source_module {source!r}; supported: {sorted(set(SOURCE_MODULES))}")
     if _unsupported_format(dest):
@@ -253,9 +297,18 @@ def _parse_rule(index: int, raw: Any, defaults: dict, where: str) -> Rule:
     missing = sorted(required - set(params))
     if missing:
         raise UserError(f"{head}: {dest} needs parameter(s) {missing}")
+    aliases = sorted(set(params) & ALIASED_ROLES.get(dest, set()))
+    if len(aliases) > 1:  # the destination reads one of them: the other would be dropped without a word
+        raise UserError(f"{head}: {' and '.join(aliases)} name the same quantizer of {dest}; give one of them")
     quantizers = []
     for role, block in params.items():
-        if block is None or (isinstance(block, dict) and block.get("status") is False):
+        status = block.get("status", True) if isinstance(block, dict) else True
+        if not isinstance(status, bool):
+            raise UserError(f"{head}: {role}: status must be On or Off, got {status!r}")
+        if block is None or not status:
+            if role in required:
+                raise UserError(f"{head}: {role} is {'empty' if block is None else 'status: Off'}, but {dest} "
+                                "needs it; remove the rule to leave the module in float")
             continue
         spec = _parse_quantizer(block, role, defaults, f"{head}: {role}")
         quantizers.append((role, spec))
@@ -276,13 +329,33 @@ def _parse_quantizer(block: Any, role: str, defaults: dict, head: str) -> Quanti
                             "use --quant-backend liteml")
     is_weight = role == "weights_quantizer"
     prefix = "weight" if is_weight else "act"
+    other = "act" if is_weight else "weight"
+    foreign = sorted(k for k in block if k.startswith(other + "_"))
+    if foreign:  # read by the other kind of quantizer only: here it would change nothing
+        mine = [prefix + k[len(other):] for k in foreign]
+        fix = f"use {', '.join(mine)}" if all(k in QUANTIZER_KEYS for k in mine) else "drop it"
+        raise UserError(f"{head}: {', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not read by "
+                        f"{'a weights quantizer' if is_weight else 'an activation quantizer'}; {fix}")
+    for key in SYNONYMS:
+        if key in block and f"{prefix}_{key}" in block and block[key] != block[f"{prefix}_{key}"]:
+            raise UserError(f"{head}: {key}: {block[key]!r} and {prefix}_{key}: {block[f'{prefix}_{key}']!r} "
+                            "disagree; give one of them")
     bits = block.get(f"{prefix}_bits", block.get("bits", defaults[f"{prefix}_bits"]))
     symmetric = block.get(f"{prefix}_symmetric", block.get("symmetric", defaults[f"{prefix}_symmetric"]))
     per_channel = block.get(f"{prefix}_per_channel", block.get("per_channel", defaults[f"{prefix}_per_channel"]))
+    if is_weight and block.get("dynamic", True) is not True:
+        raise UserError(f"{head}: dynamic: {block['dynamic']!r}; weights are quantized once at load from the weight "
+                        "itself (quant_and_freeze), so a weights quantizer has no static scale; drop the key")
     dynamic = True if is_weight else block.get("act_dynamic", block.get("dynamic", defaults["dynamic"]))
     observer = block.get("observer", "MinMax" if dynamic else defaults["observer"])
     if observer not in OBSERVERS:
         raise UserError(f"{head}: observer {observer!r} unsupported; use one of {OBSERVERS}")
+    if dynamic is True and observer != "MinMax":  # a dynamic scale is each tensor's own range: nothing averages
+        raise UserError(f"{head}: observer {observer} on a {'weights' if is_weight else 'dynamic'} quantizer, whose "
+                        "scale is each tensor's own min/max; use observer: MinMax, or act_dynamic: Off for a "
+                        "static scale")
+    if not isinstance(per_channel, bool):
+        raise UserError(f"{head}: per_channel must be a boolean (On/Off/true/false), got {per_channel!r}")
     raw_dims = block.get("dims", block.get("dim"))
     if raw_dims is None:
         # per_channel: activations per token (reduce the feature axis); weights per output row.
@@ -295,6 +368,9 @@ def _parse_quantizer(block: Any, role: str, defaults: dict, head: str) -> Quanti
         ):
             raise UserError(f"{head}: dims must be a list of axis integers, got {raw_dims!r}")
         dims = tuple(raw_dims)
+        if per_channel and not dims:
+            raise UserError(f"{head}: {prefix}_per_channel: On, but dims [] is one scale for the whole tensor; "
+                            "give the axes a scale reduces (e.g. dims [-1]) or per_channel: Off")
     if not isinstance(symmetric, bool) or not isinstance(dynamic, bool):
         raise UserError(f"{head}: symmetric and dynamic must be booleans (On/Off/true/false)")
     return QuantizerSpec(bits=_bits(bits, head, "bits"), symmetric=symmetric, dynamic=dynamic, dims=dims,
