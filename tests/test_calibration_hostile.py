@@ -161,10 +161,15 @@ def test_numerics_and_calibration_set_must_be_the_files(work, tiny_model_dir):
     meta = cf.read_metadata(str(npm))
     assert (meta["momentum"], meta["rounding"], meta["narrow_range"]) == ("0.01", "half_even", "True")
     for flags, named in ((("--quant-momentum", "0.5"), "--quant-momentum"),
-                         (("--quant-rounding", "half_away"), "--quant-rounding"),
                          (("--quant-full-range",), "--quant-full-range")):
         message = _refused(work, tiny_model_dir, *NPM_INT8, *flags, "--calibration-scales", npm)
         assert named in message and "calibrated with" in message, message
+    # int8 mode refuses half_away outright (its Linears round half to even); simulate checks it against the file
+    message = _refused(work, tiny_model_dir, *NPM_INT8, "--quant-rounding", "half_away", "--calibration-scales", npm)
+    assert "--quant-rounding half_away with --quant-mode int8" in message, message
+    message = _refused(work, tiny_model_dir, "--backend", "reference", "--liteml-config", NPM, "--quant-backend",
+                       "open", "--quant-rounding", "half_away", "--calibration-scales", npm)
+    assert "--quant-rounding" in message and "calibrated with" in message, message
     message = _refused(work, tiny_model_dir, *NPM_INT8, "--calibration-path", work / "cal2.pkl",
                        "--calibration-scales", npm)
     assert "--calibration-path" in message and "cal.pkl" in message, message

@@ -193,3 +193,15 @@ def test_a_sut_node_runs_its_backends_preflight(tiny_model_dir, capsys):
     with pytest.raises(UserError, match="--kv-cache-dtype fp8 .*--backend reference"):
         sut_node.main(["--backend", "reference", "--device", "cpu", "--model-path", str(tiny_model_dir),
                        "--kv-cache-dtype", "fp8", "--port", "0"])
+
+
+@pytest.mark.parametrize("backend", ["engine", "reference"])
+def test_half_away_rounding_in_int8_mode_is_refused_before_the_model_loads(backend, tiny_model_dir):
+    """int8 mode's Linears round half to even: --quant-rounding half_away reached only the other rules (the engine
+    refused it once the weights were being quantized; the reference backend ran it and recorded half_away)."""
+    npm = str(REPO / "liteml_configs" / "w8a8_npm_v1_3_4.yaml")
+    config = config_of("--backend", backend, "--device", "cpu", "--model-path", tiny_model_dir, "--liteml-config",
+                       npm, "--quant-backend", "open", "--quant-mode", "int8", "--quant-rounding", "half_away")
+    check = preflight.check_engine if backend == "engine" else preflight.check_reference
+    with pytest.raises(UserError, match="--quant-rounding half_away with --quant-mode int8"):
+        check(config)

@@ -157,8 +157,19 @@ def _no_parallel(config: "RunConfig", backend: str) -> None:
                             "ignore it and run as one; drop it or use --backend engine")
 
 
+def _int8_rounding(config: "RunConfig") -> None:
+    """int8 mode's Linears (quant/int8_linear.py) round half to even: with --quant-rounding half_away only the other
+    rules would follow the flag, and run_info.json would record half_away for all of them."""
+    qc = config.quant
+    if qc.enabled and qc.quant_mode == "int8" and qc.rounding != "half_even":
+        raise UserError(f"--quant-rounding {qc.rounding} with --quant-mode int8: the int8 Linears round half to "
+                        "even, so only the other rules would follow the flag; drop it, or use --quant-mode simulate "
+                        "(--backend reference)")
+
+
 def check_reference(config: "RunConfig") -> int:
     _no_parallel(config, "reference")
+    _int8_rounding(config)
     _no_kv_cache_dtype(config, "reference")
     _no_engine_gemm(config, "reference")
     _no_fp8_accumulation(config, "reference")
@@ -207,6 +218,7 @@ def _kv_cache_memory_fraction(config: "RunConfig") -> None:
 
 
 def check_engine(config: "RunConfig") -> int:
+    _int8_rounding(config)
     _engine_ops(config)
     _kv_cache_memory_fraction(config)
     _kv_granularity_needs_8bit_cache(config)
