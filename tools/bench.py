@@ -370,6 +370,18 @@ def main(argv=None) -> int:
     if args.server_auto and not args.samples and not args.offline_json:
         raise SystemExit("bench: --server-auto starts from the Offline tokens/s: keep --samples > 0 or pass "
                          "--offline-json of an earlier run")
+    if args.tensor_parallel < 1 or args.data_parallel < 1:
+        raise SystemExit(f"bench: --tensor-parallel and --data-parallel must be >= 1, got {args.tensor_parallel} "
+                         f"and {args.data_parallel}")
+    if args.tensor_parallel > 1 or args.data_parallel > 1:
+        from bench_scaling import check_args, read_baseline  # tools/ is this script's directory, first on sys.path
+
+        check_args(args)
+        if args.baseline_json:
+            read_baseline(args.baseline_json, args)  # before any model is built, not after the run
+    elif args.baseline_json:
+        raise SystemExit("bench: --baseline-json gives the scaling efficiency of a multi-GPU run: add "
+                         "--tensor-parallel N or --data-parallel M (a one-device run would ignore it)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"bench: --device {args.device} but torch sees no CUDA GPU (torch {torch.__version__}); "
                          "pass --device cpu for a (slow) CPU run")
@@ -642,8 +654,9 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
     lines.append(f"shape {args.shape} layers {cfg.num_hidden_layers} {dtype} weights {weights}; prompts mean "
                  f"{p_len.mean():.0f}, outputs mean {o_len.mean():.0f} ({workload_source(args)} lengths); "
                  f"{'LoadGen Offline PerformanceOnly' if args.samples else 'no Offline (--samples 0): the Server set'}")
+    free = mem.get("gpu_free_before_engine_gib")  # recorded on CUDA only
     lines.append(f"weights {mem.get('weights_gib', 0):.1f} GiB; GPU free before the engine "
-                 f"{mem.get('gpu_free_before_engine_gib', float('nan')):.1f} GiB; KV cache "
+                 f"{'n/a (no GPU)' if free is None else f'{free:.1f} GiB'}; KV cache "
                  f"{mem.get('kv_cache_gib', 0):.1f} GiB = {mem.get('kv_blocks', 0)} blocks "
                  f"({mem.get('kv_tokens', 0)} tokens); engine setup {result.get('engine_setup_s', 0):.0f} s")
     lines.append(f"device {result.get('device_name', 'not recorded')}; roofline from the H200's figures "
@@ -656,9 +669,11 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
                      f"{'steady':>9}{'drain':>7}{'->24,576':>10}")
     for r in result["rows"]:
         ratio = f"{r['tokens_per_s'] / best_ref:.2f}x" if best_ref else "-"
-        st = r.get("steady")  # tools/steady_state.py on the engine's step log
-        steady = (f"{st['steady_tokens_per_s']:>9.0f}{st['drain_share']:>7.0%}{st['extrapolated_24576']:>10.0f}"
-                  if st else f"{'-':>9}{'-':>7}{'-':>10}")
+        # tools/steady_state.py on the engine's step log; a figure it cannot give is None (its note says why): '-'
+        st = r.get("steady") or {}
+        steady = "".join(f"{'-' if st.get(key) is None else format(st[key], spec):>{width}}"
+                         for key, spec, width in (("steady_tokens_per_s", ".0f", 9), ("drain_share", ".0%", 7),
+                                                  ("extrapolated_24576", ".0f", 10)))
         lines.append(f"{r['backend']:<10}{r['batch']:>6}{r['samples']:>8}{r['tokens_per_s']:>10.0f}{ratio:>8}"
                      f"{r['tokens_per_s'] / roof:>10.0%}" + steady)
         host = r.get("host") or {}
@@ -668,6 +683,8 @@ def table_lines(args, cfg, dtype, p_len, o_len, result, roof) -> list[str]:
                          f"the GPU {host['wait_share']:.0%} of the busy time"
                          + (f", {host['host_bound_steps']:.0%} of steps bound by the host"
                             if host.get("host_bound_steps") is not None else ""))
+        if (r.get("steady") or {}).get("note"):
+            lines.append(f"  {r['backend']} steady state: {r['steady']['note']}")
         if r.get("gpu_clock"):
             at_clock = r.get("roofline_at_clock_tokens_per_s")
             lines.append(f"  {r['backend']} GPU: {stats_line(r['gpu_clock'])}"

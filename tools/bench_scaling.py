@@ -22,8 +22,9 @@ import time
 import numpy as np
 import torch
 
+import bench_server
 from bench_paths import bench_model, loadgen_offline
-from mlperf_llama2 import constants
+from gpu_clock import Sampler, clock_stats, stats_line
 from mlperf_llama2.backends.engine import EngineBackend
 from mlperf_llama2.config import EngineConfig
 from mlperf_llama2.backends.data_parallel import DataParallelBackend
@@ -69,11 +70,65 @@ def kv_storage(engine: LLMEngine) -> torch.Tensor:
     return getattr(runner, "local", runner).kv_cache  # TP: lockstep.DriverRunner wraps rank 0's ModelRunner
 
 
+def check_args(args) -> None:
+    """tools/bench.py's flags this benchmark does not act on, refused in one line before anything is built (they
+    would be accepted and the run recorded as if they had applied)."""
+    ignored = [("--samples 0", args.samples == 0), ("--server-auto", bool(args.server_auto)),
+               ("--offline-json", args.offline_json is not None),
+               ("--server-min-queries", args.server_min_queries != 1),
+               ("--server-samples", args.server_samples != 2048),
+               ("--row-groups/--no-row-groups", args.row_groups is not None)]
+    for flag, given in ignored:
+        if given:
+            raise SystemExit(f"bench: {flag} is not wired into the multi-GPU benchmark (--tensor-parallel/"
+                             "--data-parallel: Offline through LoadGen, then --server-qps points straight into the "
+                             "engines); drop it")
+
+
+def read_baseline(path: str, args) -> dict:
+    """The --baseline-json run, checked before anything is built: -> {"path", "gpus", "tokens_per_s_per_gpu"}. A
+    baseline of another shape, layer count, weights or KV cache would make the efficiency a ratio of two workloads."""
+    try:
+        with open(path) as fh:
+            base = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"bench: --baseline-json {path}: cannot read it as a bench.json ({exc})") from None
+    if not isinstance(base, dict):
+        raise SystemExit(f"bench: --baseline-json {path}: not a bench.json (no JSON object)")
+    theirs = base.get("args") or {}
+    for key in ("shape", "layers", "weights", "kv_cache_dtype"):
+        if key in theirs and theirs[key] != getattr(args, key):
+            raise SystemExit(f"bench: --baseline-json {path} ran --{key.replace('_', '-')} {theirs[key]}, this run "
+                             f"{getattr(args, key)}: a scaling efficiency needs the same model on fewer GPUs")
+    if isinstance(base.get("offline"), dict) and base["offline"].get("tokens_per_s") and base.get("gpus"):
+        return {"path": path, "gpus": base["gpus"],
+                "tokens_per_s_per_gpu": base["offline"]["tokens_per_s"] / base["gpus"]}
+    rows = [r for r in base.get("rows") or [] if isinstance(r, dict) and r.get("backend") == "engine"
+            and r.get("tokens_per_s")]
+    if not rows:  # a single-device tools/bench.py run: its engine row
+        raise SystemExit(f"bench: --baseline-json {path} has no Offline engine tokens/s (neither a multi-GPU "
+                         "'offline' section nor a single-device engine row)")
+    return {"path": path, "gpus": 1, "tokens_per_s_per_gpu": rows[-1]["tokens_per_s"]}
+
+
+def device_names(args) -> list[str]:
+    """The device each rank / replica ran on, by name (torch's CUDA name, or cpu)."""
+    devices = [device_for_rank(args.device, i) for i in range(args.tensor_parallel * args.data_parallel)]
+    return [torch.cuda.get_device_name(torch.device(d)) if d.startswith("cuda") else d for d in devices]
+
+
+def devices_label(names: list[str]) -> str:
+    """['NVIDIA H100', 'NVIDIA H100'] -> '2x NVIDIA H100'; mixed devices are listed one by one."""
+    if names and len(set(names)) == 1:
+        return f"{len(names)}x {names[0]}"
+    return ", ".join(names)
+
+
 def run_requests(engines, arrivals, prompts, outputs, timeout_s: float) -> dict:
     """Feed (time offset, prompt index) arrivals to the engines' loops; per-request TTFT/TPOT and tokens/s."""
     router = LeastLoadedRouter(len(engines))
     lock, finished = threading.Lock(), threading.Event()
-    arrive, first, done = {}, {}, {}
+    arrive, first, done, errors = {}, {}, {}, []
 
     def on_first(seq, _tok):
         with lock:
@@ -86,8 +141,12 @@ def run_requests(engines, arrivals, prompts, outputs, timeout_s: float) -> dict:
             if len(done) == len(arrivals):
                 finished.set()
 
+    def on_error(exc):
+        errors.append(f"{type(exc).__name__}: {exc}")
+        finished.set()
+
     for engine in engines:
-        engine.start_loop(on_first, on_done, lambda exc: finished.set())
+        engine.start_loop(on_first, on_done, on_error)
     t0 = time.perf_counter()
     try:
         for rid, (offset, k) in enumerate(arrivals):
@@ -109,16 +168,38 @@ def run_requests(engines, arrivals, prompts, outputs, timeout_s: float) -> dict:
     return {"issued": len(arrivals), "completed": len(done), "tokens": tokens, "seconds": span,
             "tokens_per_s": tokens / span if span > 0 else 0.0,
             "ttft_p99_ms": float(np.percentile(ttft, 99)) if len(ttft) else None,
-            "tpot_p99_ms": float(np.percentile(tpot, 99)) if len(tpot) else None}
+            "tpot_p99_ms": float(np.percentile(tpot, 99)) if len(tpot) else None,
+            **({"error": errors[0]} if errors else {})}
+
+
+def meets_limits(row: dict, limits) -> bool:
+    """A point meets the latency limits only with every issued request completed (a lost request has no
+    latency to miss them by) and both p99s within them."""
+    return (row["completed"] == row["issued"] and "error" not in row and row["ttft_p99_ms"] is not None
+            and row["tpot_p99_ms"] is not None and row["ttft_p99_ms"] <= limits.ttft_ms
+            and row["tpot_p99_ms"] <= limits.tpot_ms)
+
+
+def clock_samplers(args) -> list:
+    """One nvidia-smi sampler per CUDA device the run uses (tools/gpu_clock.py); none off CUDA or without it."""
+    if not args.device.startswith("cuda"):
+        return []
+    base = int(args.device.split(":", 1)[1]) if ":" in args.device else 0
+    samplers = [Sampler.start(index=base + i) for i in range(args.tensor_parallel * args.data_parallel)]
+    return [s for s in samplers if s is not None]
 
 
 def run_scaling(args, cfg, prompts, o_len, p_len) -> int:
     """The multi-device benchmark; `args` are tools/bench.py's parsed flags."""
+    check_args(args)
+    baseline = read_baseline(args.baseline_json, args) if args.baseline_json else None
     apply_dist_env()
     os.makedirs(args.out, exist_ok=True)
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     gpus = args.tensor_parallel * args.data_parallel
+    limits = bench_server.INTERACTIVE if args.interactive else bench_server.SERVER
+    names = device_names(args)
     econf = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                          num_kv_blocks=None if device.type == "cuda" else 4096, kv_cache_dtype=args.kv_cache_dtype,
                          gemm=args.engine_gemm, fp8_accumulation=args.fp8_accumulation,
@@ -129,21 +210,30 @@ def run_scaling(args, cfg, prompts, o_len, p_len) -> int:
     t = time.perf_counter()
     engines, shutdowns = build_engines(args, cfg, econf, dtype, kv_scales)
     result: dict = {"args": vars(args), "gpus": gpus, "tensor_parallel": args.tensor_parallel,
-                    "data_parallel": args.data_parallel, "setup_s": time.perf_counter() - t,
+                    "data_parallel": args.data_parallel, "device_name": devices_label(names), "devices": names,
+                    "setup_s": time.perf_counter() - t,
                     "kv_cache": {"dtype": args.kv_cache_dtype, "scales": None if kv_scales is None else
                                  "unit (1.0 per layer and KV head; timing only)",
                                  "storage": [str(kv_storage(e).dtype).removeprefix("torch.") for e in engines]},
-                    "workload": {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())}}
+                    "workload": {"prompt_mean": float(p_len.mean()), "output_mean": float(o_len.mean())},
+                    "server_limits": {"name": limits.name, "ttft_ms": limits.ttft_ms, "tpot_ms": limits.tpot_ms}}
+    clocks = clock_samplers(args)
     try:
         for engine in engines:  # warm-up
             engine.generate(prompts[:8], SamplingParams(4, ignore_eos=True))
         forced = {i: int(n) for i, n in enumerate(o_len)}
         replicas = [EngineBackend(engine, forced_output_lengths=forced) for engine in engines]
         backend = replicas[0] if len(replicas) == 1 else DataParallelBackend(replicas)
+        t0 = time.monotonic()
         run = loadgen_offline(backend, prompts, os.path.join(args.out, "loadgen-offline"))
+        if run["failures"]:  # the rate counts every forced length as generated: not with failed samples
+            raise SystemExit(f"bench: multi-GPU Offline: {run['failures']} of {len(prompts)} samples failed (see the "
+                             "log above); no tokens/s recorded")
         tokens = int(o_len.sum())
         offline = {**run, "tokens": tokens, "tokens_per_s": tokens / run["wall_s"],
                    "tokens_per_s_per_gpu": tokens / run["wall_s"] / gpus}
+        if clocks:
+            offline["gpu_clock"] = [clock_stats(c.between(t0, time.monotonic())) for c in clocks]
         if len(replicas) > 1:
             offline["requests_per_replica"] = backend.submitted
         result["offline"] = offline
@@ -155,28 +245,51 @@ def run_scaling(args, cfg, prompts, o_len, p_len) -> int:
             arrivals = [(float(off), i % len(prompts)) for i, off in enumerate(np.cumsum(gaps) - gaps[0])]
             row = run_requests(engines, arrivals, prompts, o_len, timeout_s=args.server_seconds + 600)
             row["qps"] = qps
-            row["meets_server"] = (row["ttft_p99_ms"] or 1e18) <= constants.SERVER_TTFT_MS and \
-                (row["tpot_p99_ms"] or 1e18) <= constants.SERVER_TPOT_MS
+            row["meets_server"] = meets_limits(row, limits)
             result.setdefault("server", []).append(row)
             log.info("server %s", row)
     finally:
         for shutdown in shutdowns:
             shutdown()
-    if args.baseline_json:
-        with open(args.baseline_json) as fh:
-            base = json.load(fh)
-        if "offline" in base:
-            per_gpu = base["offline"]["tokens_per_s"] / base["gpus"]
-        else:  # a single-device tools/bench.py run: its engine row
-            per_gpu = next(r["tokens_per_s"] for r in base["rows"] if r["backend"] == "engine")
-        result["scaling_efficiency"] = result["offline"]["tokens_per_s_per_gpu"] / per_gpu
+        for sampler in clocks:
+            sampler.close()
+    if baseline:
+        result["baseline"] = baseline
+        result["scaling_efficiency"] = result["offline"]["tokens_per_s_per_gpu"] / baseline["tokens_per_s_per_gpu"]
     with open(os.path.join(args.out, "bench.json"), "w") as fh:
         json.dump(result, fh, indent=1, default=float)
-    eff = f", scaling efficiency {result['scaling_efficiency']:.0%}" if "scaling_efficiency" in result else ""
-    print(f"\nshape {args.shape} layers {cfg.num_hidden_layers} {dtype}, TP {args.tensor_parallel} x DP "
-          f"{args.data_parallel} = {gpus} device(s): Offline {result['offline']['tokens_per_s']:.0f} tok/s "
-          f"({result['offline']['tokens_per_s_per_gpu']:.0f} per GPU){eff}")
-    for row in result.get("server", []):
-        print(f"server qps {row['qps']:.2f}: {row['tokens_per_s']:.0f} tok/s, p99 TTFT {row['ttft_p99_ms']:.0f} ms, "
-              f"p99 TPOT {row['tpot_p99_ms']:.1f} ms, server {'ok' if row['meets_server'] else 'no'}")
+    table = "\n".join(table_lines(args, cfg, dtype, result))
+    print("\n" + table)
+    with open(os.path.join(args.out, "table.txt"), "w") as fh:
+        fh.write(table + "\n")
     return 0
+
+
+def table_lines(args, cfg, dtype, result: dict) -> list[str]:
+    """The printed summary, from bench.json's fields only (so the table and the JSON cannot disagree)."""
+    offline, gpus = result["offline"], result["gpus"]
+    eff = ""
+    if "scaling_efficiency" in result:
+        base = result["baseline"]
+        eff = (f", scaling efficiency {result['scaling_efficiency']:.0%} against {base['path']} "
+               f"({base['tokens_per_s_per_gpu']:.0f} tok/s per GPU on {base['gpus']})")
+    lines = [f"shape {args.shape} layers {cfg.num_hidden_layers} {dtype}, TP {args.tensor_parallel} x DP "
+             f"{args.data_parallel} = {gpus} device(s): Offline {offline['tokens_per_s']:.0f} tok/s "
+             f"({offline['tokens_per_s_per_gpu']:.0f} per GPU){eff}",
+             f"device {result.get('device_name', 'not recorded')}"]
+    for i, stats in enumerate(offline.get("gpu_clock") or []):
+        if stats:
+            lines.append(f"  Offline GPU {i}: {stats_line(stats)}")
+    limits = result.get("server_limits", {"name": "server"})
+    for row in result.get("server", []):
+        if not row["completed"]:
+            lines.append(f"{limits['name']} qps {row['qps']:.2f}: none of {row['issued']} requests completed"
+                         + (f" ({row['error']})" if row.get("error") else "") + f", {limits['name']} no")
+            continue
+        lost = f", {row['issued'] - row['completed']} of {row['issued']} requests lost" \
+            if row["completed"] < row["issued"] else ""
+        lines.append(f"{limits['name']} qps {row['qps']:.2f}: {row['tokens_per_s']:.0f} tok/s, p99 TTFT "
+                     f"{row['ttft_p99_ms']:.0f} ms, p99 TPOT {row['tpot_p99_ms']:.1f} ms{lost}"
+                     + (f" ({row['error']})" if row.get("error") else "")
+                     + f", {limits['name']} {'ok' if row['meets_server'] else 'no'}")
+    return lines

@@ -51,12 +51,36 @@ def fit_step_model(step_log: list) -> tuple[float, float, float]:
     return float(coef[0]), float(coef[1]), float(coef[2])
 
 
+def step_ms(model: tuple[float, float, float], tokens: int, seqs: int) -> float:
+    """One step's modelled time; a model that gives a step no time (negative or zero coefficients) would print
+    rates from nothing, so it is refused in one line."""
+    ms = model[0] + model[1] * tokens + model[2] * seqs
+    if not ms > 0:
+        raise UserError(f"the step-time model gives a step of {tokens} tokens and {seqs} sequences {ms:.3g} ms "
+                        f"(c0 {model[0]:.3g}, c1 {model[1]:.3g}, c2 {model[2]:.3g}): every step must take some time; "
+                        "give --c0-ms > 0 (or a bench.json whose step log fits one)")
+    return ms
+
+
+def new_scheduler(blocks: int, block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
+                  reserve: float) -> Scheduler:
+    return Scheduler(BlockManager(blocks, block_size), max_num_seqs, max_num_batched_tokens, MAX_MODEL_LEN,
+                     eos_token_id=-1, growth_reserve=reserve)
+
+
+def add_sample(sched: Scheduler, i: int, prompt: int, output: int, blocks: int, block_size: int) -> None:
+    try:
+        sched.add(Sequence.create(i, [5] * prompt, SamplingParams(output, ignore_eos=True)))
+    except ValueError as exc:  # the scheduler refuses a sequence the whole cache cannot hold
+        raise UserError(f"--blocks {blocks} x --block-size {block_size}: sample {i} ({prompt} prompt + {output} "
+                        f"output tokens) does not fit the KV cache ({exc}); give more --blocks") from None
+
+
 def replay(prompts: np.ndarray, outputs: np.ndarray, blocks: int, block_size: int, max_num_seqs: int,
            max_num_batched_tokens: int, reserve: float, model: tuple[float, float, float]) -> dict:
-    sched = Scheduler(BlockManager(blocks, block_size), max_num_seqs, max_num_batched_tokens, MAX_MODEL_LEN,
-                      eos_token_id=-1, growth_reserve=reserve)
+    sched = new_scheduler(blocks, block_size, max_num_seqs, max_num_batched_tokens, reserve)
     for i, (p, o) in enumerate(zip(prompts, outputs)):
-        sched.add(Sequence.create(i, [5] * int(p), SamplingParams(int(o), ignore_eos=True)))
+        add_sample(sched, i, int(p), int(o), blocks, block_size)
     steps = tokens = seqs = 0
     ms = 0.0
     while sched.has_work():
@@ -66,7 +90,7 @@ def replay(prompts: np.ndarray, outputs: np.ndarray, blocks: int, block_size: in
         steps += 1
         tokens += batch.num_tokens
         seqs += len(batch.items)
-        ms += model[0] + model[1] * batch.num_tokens + model[2] * len(batch.items)
+        ms += step_ms(model, batch.num_tokens, len(batch.items))
     useful = int(prompts.sum() + outputs.sum()) - len(prompts)  # a sequence's last token is sampled, never fed
     return {"reserve": reserve, "steps": steps, "preemptions": sched.num_preemptions,
             "recomputed_share": (tokens - useful) / tokens, "mean_batch": seqs / steps,
@@ -79,19 +103,17 @@ def serve(prompts: np.ndarray, outputs: np.ndarray, qps: float, blocks: int, blo
     query's first token is out when the step that finishes its prompt ends. TTFT and TPOT as LoadGen computes them
     ((completion - first token) / (tokens - 1)), their p99s, and output tokens over the span of the run."""
     arrivals = np.cumsum(np.random.default_rng(seed + 7).exponential(1.0 / qps, len(prompts)))
-    sched = Scheduler(BlockManager(blocks, block_size), max_num_seqs, max_num_batched_tokens, MAX_MODEL_LEN,
-                      eos_token_id=-1, growth_reserve=reserve)
+    sched = new_scheduler(blocks, block_size, max_num_seqs, max_num_batched_tokens, reserve)
     first, done = np.zeros(len(prompts)), np.zeros(len(prompts))
     t, nxt = 0.0, 0
     while nxt < len(prompts) or sched.has_work():
         if not sched.has_work() and arrivals[nxt] > t:
             t = arrivals[nxt]
         while nxt < len(prompts) and arrivals[nxt] <= t:
-            sched.add(Sequence.create(nxt, [5] * int(prompts[nxt]), SamplingParams(int(outputs[nxt]),
-                                                                                   ignore_eos=True)))
+            add_sample(sched, nxt, int(prompts[nxt]), int(outputs[nxt]), blocks, block_size)
             nxt += 1
         batch = sched.schedule()
-        t += (model[0] + model[1] * batch.num_tokens + model[2] * len(batch.items)) / 1e3
+        t += step_ms(model, batch.num_tokens, len(batch.items)) / 1e3
         sched.on_launched(batch)
         for event in sched.on_sampled(batch, [7] * len(batch.items)):
             if event.first_token is not None:
@@ -141,10 +163,24 @@ def main(argv=None) -> int:
             raise UserError(f"--from-bench {args.from_bench}: not a bench.json with an engine step log "
                             f"({type(exc).__name__}: {exc})")
         lengths_from = run.get("lengths_from")
-    blocks = args.blocks or (measured or {}).get("kv_blocks")
-    seqs = args.max_num_seqs or run.get("max_num_seqs")
-    budget = args.max_num_batched_tokens or run.get("max_num_batched_tokens") or 8192
-    samples = args.samples or run.get("samples")
+    # a size given as 0 or less is refused, never replaced by the bench run's (`or` took 0 for "not given")
+    for flag, value in (("--blocks", args.blocks), ("--block-size", args.block_size),
+                        ("--max-num-seqs", args.max_num_seqs),
+                        ("--max-num-batched-tokens", args.max_num_batched_tokens),
+                        ("--samples", args.samples)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--c0-ms", args.c0_ms), ("--c1-ms", args.c1_ms), ("--c2-ms", args.c2_ms)):
+        if value is not None and not (value >= 0 and np.isfinite(value)):
+            raise UserError(f"{flag} must be a finite number of ms >= 0, got {value}")
+
+    def given(value, key, source):
+        return value if value is not None else source.get(key)
+
+    blocks = given(args.blocks, "kv_blocks", measured or {})
+    seqs = given(args.max_num_seqs, "max_num_seqs", run)
+    budget = given(args.max_num_batched_tokens, "max_num_batched_tokens", run) or 8192
+    samples = given(args.samples, "samples", run)
     seed = args.seed if args.seed is not None else run.get("seed", 0)
     if not (blocks and seqs and samples):
         raise UserError("give --from-bench, or --blocks, --max-num-seqs and --samples")
@@ -196,8 +232,8 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def serve_table(args, workload, blocks: int, seqs: int, budget: int, model, seed: int) -> int:
-    if args.server_qps <= 0:
-        raise UserError(f"--server-qps must be > 0, got {args.server_qps}")
+    if not (args.server_qps > 0 and np.isfinite(args.server_qps)):
+        raise UserError(f"--server-qps must be a finite number > 0, got {args.server_qps}")
     rows = [serve(workload.prompt, workload.output, args.server_qps, blocks, args.block_size, cap, tokens,
                   GROWTH_RESERVE, model, seed)
             for cap in _ints(args.seq_caps, "--seq-caps") or [seqs]

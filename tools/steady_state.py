@@ -24,21 +24,43 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
 
 
+# fewer full-batch steps than this are no steady state: one step's host time misleads (see above)
+MIN_STEADY_STEPS = 2
+
+
 def analyse(row: dict, extrapolate_to: int = 24576) -> dict:
+    """The steady rate, drain share and extrapolated whole-run rate of one engine row. A figure the log cannot
+    give (a steady window of fewer than MIN_STEADY_STEPS steps or no time, a log of no time) is None, and
+    `note` says why, rather than a division by zero or a rate from one step."""
     log = row["step_log"]
-    largest = max(r[1] for r in log)
-    full = [r for r in log if r[1] >= 0.95 * largest]
-    steady = sum(r[4] for r in full) / (sum(r[3] for r in full) / 1e3) if full else 0.0
+    largest = max((r[1] for r in log), default=0)
+    full = [r for r in log if r[1] >= 0.95 * largest] if log else []
+    full_ms = sum(r[3] for r in full)
+    notes = []
+    steady = None
+    if len(full) < MIN_STEADY_STEPS or full_ms <= 0:
+        notes.append(f"steady window too short: {len(full)} full-batch step(s) of {full_ms:g} ms (needs at least "
+                     f"{MIN_STEADY_STEPS} steps and some time)")
+    else:
+        steady = round(sum(r[4] for r in full) / (full_ms / 1e3))
     last_prefill = max((i for i, r in enumerate(log) if r[2] > r[4]), default=len(log) - 1)
     total_ms = sum(r[3] for r in log)
     drain_ms = sum(r[3] for r in log[last_prefill + 1:])
     tokens = row["tokens_per_s"] * row["wall_s"]
     busy_s, drain_s = (row["wall_s"] - drain_ms / 1e3), drain_ms / 1e3
     scale = extrapolate_to / row["samples"]
-    return {"samples": row["samples"], "tokens_per_s": round(row["tokens_per_s"]), "steady_tokens_per_s":
-            round(steady), "largest_batch": largest, "full_batch_steps": len(full), "steps": len(log),
-            "drain_share": round(drain_ms / total_ms, 3),
-            f"extrapolated_{extrapolate_to}": round(tokens * scale / (busy_s * scale + drain_s))}
+    extrapolated = None
+    if total_ms <= 0:
+        notes.append("the step log holds no time: no drain share or extrapolation")
+    elif busy_s * scale + drain_s > 0:
+        extrapolated = round(tokens * scale / (busy_s * scale + drain_s))
+    out = {"samples": row["samples"], "tokens_per_s": round(row["tokens_per_s"]), "steady_tokens_per_s": steady,
+           "largest_batch": largest, "full_batch_steps": len(full), "steps": len(log),
+           "drain_share": round(drain_ms / total_ms, 3) if total_ms > 0 else None,
+           f"extrapolated_{extrapolate_to}": extrapolated}
+    if notes:
+        out["note"] = "; ".join(notes)
+    return out
 
 
 def main(argv=None) -> int:
