@@ -319,6 +319,12 @@ class RunConfig:
         device = resolve_device(ns.device) if local else (ns.device or "cpu")
         dtype = ns.dtype or ("float16" if device.startswith("cuda") else "float32")
         backend = backend or default_backend(device, ns.liteml_config, ns.quant_mode)
+        if ns.max_num_seqs is not None and (backend != "engine" or ns.sut_nodes):
+            # preflight sees only the value, and 256/512/128 are also defaults: the flag itself was given here
+            where = "each SUT node builds its own engine, so this process would ignore it; give it to the nodes " \
+                "(python -m mlperf_llama2.sut_node)" if ns.sut_nodes else \
+                f"--backend {backend} has no engine and would ignore it; drop it or use --backend engine"
+            raise UserError(f"--max-num-seqs {ns.max_num_seqs} is a flag of the engine (--backend engine): {where}")
         graphs = mixed_steps_can_use_graphs(backend, device, ns.liteml_config, ns.int8_rules)
         return cls(
             scenario=scenario,

@@ -63,6 +63,15 @@ def with_demo_defaults(config: RunConfig) -> RunConfig:
     needs_dataset = config.dataset_path is None
     if not (needs_model or needs_dataset):
         return config
+    # Half a setting: the demo's other half is tokenized for (or by) another model, so the run would score a
+    # model on prompts its tokenizer never made and print a ROUGE line that looks like a result.
+    if needs_dataset and config.model_path is not None:
+        raise UserError(f"--model-path {config.model_path} without --dataset-path: the demo dataset is tokenized for "
+                        "the demo model; pass your model's processed dataset (processorca.py), or neither for the demo")
+    if needs_model and not needs_dataset:
+        raise UserError(f"--dataset-path {config.dataset_path} without --model-path: the demo model would run prompts "
+                        "tokenized for another model; pass the checkpoint the dataset was made with, or neither "
+                        "for the demo")
     from mlperf_llama2.demo.prepare import prepared_demo
 
     demo = prepared_demo(needs_model, needs_dataset)
@@ -70,8 +79,6 @@ def with_demo_defaults(config: RunConfig) -> RunConfig:
         log.info("no --model-path: using the demo model %s", demo.model_dir)
     if needs_dataset:
         log.info("no --dataset-path: using the demo dataset %s", demo.dataset)
-        if not needs_model and config.model_path is not None:
-            log.warning("the demo dataset is tokenized for the demo model, not for %s", config.model_path)
     return config.replace(model_path=demo.model_dir if needs_model else config.model_path,
                           dataset_path=demo.dataset if needs_dataset else config.dataset_path)
 

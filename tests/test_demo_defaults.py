@@ -65,3 +65,14 @@ def test_run_leaves_timings_and_summary_and_prints_the_table(demo_run):
     assert (summary["mode"], summary["samples"], summary["max_new_tokens"]) == ("AccuracyOnly", 6, 4)
     assert "output cap      : 4 new tokens" in out.stdout
     assert "\r" not in out.stderr  # stderr is a pipe here: no progress bar
+
+
+@pytest.mark.parametrize("given", ["--model-path", "--dataset-path"])
+def test_half_a_setting_is_refused_not_completed_with_the_demos_other_half(tmp_path, tiny_model_dir, given):
+    """--model-path without --dataset-path ran your model on the demo's SmolLM2-tokenized prompts (a warning in the
+    log, a ROUGE line at the end); --dataset-path alone ran the demo model on your prompts without a word."""
+    path = tiny_model_dir if given == "--model-path" else tmp_path / "data.pkl"
+    (tmp_path / "data.pkl").write_bytes(b"")
+    out = run([given, path, "--accuracy"], tmp_path, tmp_path / "nothing-here")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and "without --" in out.stderr and "or neither for the demo" in out.stderr

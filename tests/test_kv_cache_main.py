@@ -116,6 +116,11 @@ def _args(root, model, out, *extra):
             "--accuracy", "--device", "cpu", *ENGINE_FLAGS, *extra]
 
 
+def _without_engine_flags(args: list) -> list:
+    at = next(i for i in range(len(args)) if args[i:i + len(ENGINE_FLAGS)] == ENGINE_FLAGS)
+    return args[:at] + args[at + len(ENGINE_FLAGS):]
+
+
 @pytest.fixture(scope="module")
 def runs(root, tiny_model_dir):
     kv, npm = root / "kv.safetensors", root / "npm.safetensors"
@@ -200,8 +205,9 @@ def test_misuse_is_one_line_and_exit_2_before_the_model_loads(root, tiny_model_d
         "LiteML file without its config": (_args(root, tiny_model_dir, "bad3", "--kv-cache-dtype", "int8",
                                                  "--calibration-scales", root / "npm.safetensors"),
                                            "made for a LiteML config; give that --liteml-config too"),
-        "reference backend": (_args(root, tiny_model_dir, "bad4", "--kv-cache-dtype", "int8", "--calibration-scales",
-                                    kv, "--backend", "reference"),
+        # without the engine's flags, which the reference backend refuses first
+        "reference backend": (_without_engine_flags(_args(root, tiny_model_dir, "bad4", "--kv-cache-dtype", "int8",
+                                                          "--calibration-scales", kv, "--backend", "reference")),
                               "is the engine's 8-bit KV cache: use --backend engine"),
         "per head from a per-tensor file": (_args(root, tiny_model_dir, "bad5", "--liteml-config", NPM, "--quant-mode",
                                                   "int8", "--kv-cache-dtype", "int8", "--kv-scale-granularity",

@@ -116,7 +116,7 @@ def test_sut_nodes_are_a_registry_entry_chosen_by_their_flag_not_by_backend():
 def test_max_num_seqs_defaults_by_scenario_and_an_explicit_value_wins(argv, seqs):
     from mlperf_llama2.engine.config import SCENARIO_MAX_NUM_SEQS
 
-    assert harness.parse_config(["--device", "cpu"] + argv).engine.max_num_seqs == seqs
+    assert harness.parse_config(["--device", "cpu", "--backend", "engine"] + argv).engine.max_num_seqs == seqs
     assert set(SCENARIO_MAX_NUM_SEQS) == {"Offline", "Server", "Interactive"}
 
 
