@@ -50,10 +50,14 @@ def test_defaults_follow_spec_on_cpu():
 def test_missing_model_or_dataset_is_one_line(inputs, tmp_path, monkeypatch):
     # Without the flags main.py uses the prepared demo (docs/demo.md); here none is prepared.
     monkeypatch.setenv("MLPERF_LLAMA2_DEMO_DIR", str(tmp_path / "no-demo"))
-    with pytest.raises(UserError, match="no --model-path given .*python -m mlperf_llama2.demo prepare"):
+    # half a setting is refused (the demo's other half belongs to another model); neither: how to prepare the demo
+    with pytest.raises(UserError, match="--dataset-path .* without --model-path: .*or neither for the demo"):
         harness.main(inputs[2:])
-    with pytest.raises(UserError, match="no --dataset-path given .*python -m mlperf_llama2.demo prepare"):
+    with pytest.raises(UserError, match="--model-path .* without --dataset-path: .*or neither for the demo"):
         harness.main(inputs[:2] + inputs[4:])
+    with pytest.raises(UserError, match="no --model-path / --dataset-path given .*python -m mlperf_llama2.demo "
+                                        "prepare"):
+        harness.main(inputs[4:])
 
 
 def test_missing_and_malformed_user_conf(inputs, tmp_path):
