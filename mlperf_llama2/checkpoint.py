@@ -5,7 +5,9 @@ the 8-byte length + JSON header of each shard; `pytorch_model*.bin`: the zip dir
 pickled state dict's names and shapes, never the tensor data), and raises one `UserError` naming the
 file and the first problem, plus how many more there are. The rules: config.json describes a Llama
 the backends can build; every tensor that config implies is present with its exact shape, in a
-floating-point dtype; nothing else is there; each shard holds all the bytes its header promises.
+floating-point dtype; nothing else is there; each shard holds all the bytes its header promises. The
+files read are those transformers loads (`safetensors_files`: model.safetensors before an index, only the
+index's shards), and the engine loads the same ones.
 Benign differences pass: `*.rotary_emb.inv_freq` buffers (old Llama-2 exports) and an absent
 `lm_head.weight` when `tie_word_embeddings` is set. `expected_shapes(config)` is the name -> shape
 map a loader can reuse. This module imports no torch.
@@ -30,6 +32,7 @@ from mlperf_llama2.errors import UserError
 
 log = logging.getLogger(__name__)
 
+SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_INDEX = "pytorch_model.bin.index.json"
 BENIGN_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers transformers recomputes; old Llama-2 exports carry them
@@ -248,28 +251,25 @@ def _same_safetensors_data(a: TensorEntry, b: TensorEntry, chunk: int = 64 * 2**
 def read_weight_headers(model_dir: str) -> tuple[Optional[list[TensorEntry]], bool]:
     """Tensor names, shapes and dtypes of the weights transformers would load from `model_dir`.
 
-    Returns (tensors, shapes_checked); safetensors wins over .bin, as in transformers. A .bin whose
-    pickle holds more than plain tensors gives its names from the index only (shape None), or no
-    tensors at all without an index (then only config.json and the zip are checked)."""
-    index = os.path.join(model_dir, SAFETENSORS_INDEX)
-    if os.path.isfile(index):
-        return _indexed(model_dir, index, read_safetensors_header), True
-    shards = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
-    if shards:
-        if len(shards) > 1:
-            raise UserError(f"{model_dir}: {len(shards)} *.safetensors files but no {SAFETENSORS_INDEX}; "
-                            "copy the index that came with the shards")
-        return read_safetensors_header(shards[0]), True
+    Returns (tensors, shapes_checked); the files are those transformers picks (the first of model.safetensors,
+    its index, pytorch_model.bin, its index). A .bin whose pickle holds more than plain tensors gives its
+    names from the index only (shape None), or no tensors at all without an index (then only config.json
+    and the zip are checked)."""
+    files = safetensors_files(model_dir)
+    if files:
+        if len(files) == 1 and os.path.basename(files[0]) == SAFETENSORS_SINGLE:
+            return read_safetensors_header(files[0]), True
+        return _indexed(model_dir, os.path.join(model_dir, SAFETENSORS_INDEX), read_safetensors_header), True
     index = os.path.join(model_dir, PYTORCH_INDEX)
     single = os.path.join(model_dir, "pytorch_model.bin")
-    if os.path.isfile(index):
-        tensors = _indexed(model_dir, index, read_bin_header)
-    elif os.path.isfile(single):
+    if os.path.isfile(single):  # transformers' order: pytorch_model.bin, then its index
         tensors = read_bin_header(single)
         if tensors is None:
             log.info("%s: its pickle holds more than plain tensors; config.json and the zip checked, tensor "
                      "names and shapes not (convert to safetensors for the full check)", single)
             return None, False
+    elif os.path.isfile(index):
+        tensors = _indexed(model_dir, index, read_bin_header)
     else:
         raise UserError(f"{model_dir}: no model.safetensors, {SAFETENSORS_INDEX}, pytorch_model.bin or "
                         f"{PYTORCH_INDEX}")
@@ -278,6 +278,36 @@ def read_weight_headers(model_dir: str) -> tuple[Optional[list[TensorEntry]], bo
         log.info("%s: pytorch_model*.bin shapes cannot be read without loading; names and file integrity "
                  "checked (convert to safetensors for the full check)", model_dir)
     return tensors, shapes_checked
+
+
+def safetensors_files(model_dir: str) -> list[str]:
+    """The safetensors files transformers' `from_pretrained` loads, in its order of preference: model.safetensors,
+    else the shards model.safetensors.index.json names (each checked to exist); [] when there is neither. The
+    engine loads exactly these files, so a stale shard left beside them (another copy's) is read by nobody."""
+    single = os.path.join(model_dir, SAFETENSORS_SINGLE)
+    index = os.path.join(model_dir, SAFETENSORS_INDEX)
+    if os.path.isfile(single):
+        if os.path.isfile(index):
+            log.warning("%s: both %s and %s; loading %s (as transformers does), the index and its shards are "
+                        "ignored", model_dir, SAFETENSORS_SINGLE, SAFETENSORS_INDEX, SAFETENSORS_SINGLE)
+        return [single]
+    if os.path.isfile(index):
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise UserError(f"{index}: no weight_map (a truncated or corrupt index? copy it again)")
+        shards = [os.path.join(model_dir, shard) for shard in sorted(set(map(str, weight_map.values())))]
+        for path in shards:
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: shard listed in {SAFETENSORS_INDEX} is missing")
+        return shards
+    found = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    if len(found) > 1:
+        raise UserError(f"{model_dir}: {len(found)} *.safetensors files but no {SAFETENSORS_INDEX}; "
+                        "copy the index that came with the shards")
+    if found:
+        raise UserError(f"{found[0]}: transformers loads a single safetensors file only as {SAFETENSORS_SINGLE} "
+                        f"(or shards through {SAFETENSORS_INDEX}); rename it {SAFETENSORS_SINGLE}")
+    return []
 
 
 def _indexed(model_dir: str, index_path: str, read_header) -> list[TensorEntry]:

@@ -230,6 +230,9 @@ def check_engine(config: "RunConfig") -> int:
 
         raise UserError(f"--kv-cache-dtype {config.engine.kv_cache_dtype} {KV_SCALES_HINT}")
     vocab_size, num_layers = _local_checkpoint(config)
+    from mlperf_llama2.engine.loader import read_config
+
+    read_config(config.model_path)  # what the engine cannot build as transformers would (RoPE type, .bin, EOS ids)
     if config.quant.enabled:
         from mlperf_llama2.engine.quant_plan import engine_rules
         from mlperf_llama2.quant.setup import check_rules_for_model

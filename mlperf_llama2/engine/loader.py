@@ -18,9 +18,7 @@ their own for what reaches them anyway (a tensor stream that is not a checkpoint
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
@@ -41,6 +39,10 @@ PROJECTIONS = {
 ENGINE_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 COLUMN_PARALLEL = ("qkv_proj", "gate_up_proj")  # output rows split over ranks
 ROW_PARALLEL = ("o_proj", "down_proj")  # input columns split, outputs all-reduced
+
+# RoPE types whose cos/sin tables do not depend on the sequence length (`rope_cos_sin` builds them once, with
+# transformers' own initialisation); "dynamic" and "longrope" change with it in transformers
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 FORMATS = ("float", "int8", "int8_channel", "fp8")  # int8 = one weight scale per projection (tensor)
 
@@ -258,9 +260,12 @@ def checkpoint_tensors(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of every tensor of a safetensors checkpoint, one at a time, on the CPU."""
     from safetensors import safe_open
 
-    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    from mlperf_llama2.checkpoint import safetensors_files
+
+    files = safetensors_files(model_path)  # what transformers loads: never a stale shard beside them
     if not files:
-        raise UserError(f"{model_path}: no *.safetensors files; the engine loads safetensors checkpoints only")
+        raise UserError(f"{model_path}: no model.safetensors or model.safetensors.index.json; the engine loads "
+                        "safetensors checkpoints only (convert the pytorch_model*.bin weights to safetensors)")
     for path in files:
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():
@@ -346,6 +351,19 @@ def read_config(model_path: str):
         raise UserError(f"{model_path}: cannot read config.json ({exc})") from None
     if hf_config.model_type != "llama":
         raise UserError(f"{model_path}: model_type {hf_config.model_type!r}; the engine runs Llama checkpoints only")
+    rope = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in STATIC_ROPE_TYPES:
+        raise UserError(f"{model_path}/config.json: rope_scaling type {rope_type!r}; the engine's RoPE tables are "
+                        f"fixed at load ({', '.join(STATIC_ROPE_TYPES)}), while transformers changes a "
+                        f"{rope_type!r} RoPE with the sequence length; use --backend reference")
+    from mlperf_llama2.backends.hf_loading import check_generation_config
+    from mlperf_llama2.checkpoint import safetensors_files
+
+    check_generation_config(model_path)  # EOS ids and decoding settings transformers' generate would apply
+    if not safetensors_files(model_path):  # before any tensor is allocated
+        raise UserError(f"{model_path}: no model.safetensors or model.safetensors.index.json; the engine loads "
+                        "safetensors checkpoints only (convert the pytorch_model*.bin weights to safetensors)")
     return hf_config
 
 

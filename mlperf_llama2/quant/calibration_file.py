@@ -98,7 +98,9 @@ def model_identity(model_path: str) -> dict[str, str]:
         config_sha = sha256_file(os.path.join(model_path, "config.json"))
     except OSError as exc:
         raise UserError(f"--model-path {model_path}: cannot read config.json: {exc.strerror}") from None
-    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    from mlperf_llama2.checkpoint import safetensors_files
+
+    files = safetensors_files(model_path)  # the files that load: a stale shard beside them is no part of the model
     if files:
         lines = sorted(f"{name} {list(info['shape'])}" for path in files
                        for name, info in _safetensors_header(path, "--model-path").items() if name != "__metadata__")
