@@ -8,8 +8,15 @@ Refused with one line before any check (exit 2): a run whose detail log lacks AU
 audit.config), a run of another scenario than -s (the detail log's effective_scenario; Interactive is
 LoadGen's Server under --lg-model-name llama2-70b-interactive, which run_info.json beside the logs
 records), an -o that cannot take files, an unreadable or malformed log, and a -d that does not match the
-log (every entry's data is token_count values of another size). Otherwise as the reference verifier,
-whose last report line says "TEST06 verification complete" only when every check passed ("failed" else).
+log (every entry's data is token_count values of another size; -d float32 on a log of integer ids, which
+turns every id into a tiny non-integer that never equals the EOS id, so the EOS check could not fail).
+Otherwise as the reference verifier, whose last report line says "TEST06 verification complete" only when
+every check passed ("failed" else). Where the reference's code is laxer than its checks' own statement
+(SPEC §7), ours holds the statement, so it never passes a log the reference fails, and fails these that
+the reference passes: an empty log; two EOS tokens as the whole data (the reference never looks at
+data[0]); an empty token_data, or one longer than data or given for an empty data (the reference compares
+only the shorter of the two); a token_count that is not an integer (the reference takes int("3") and
+int(3.7)). A missing token_count fails the length check (the reference stops with a KeyError).
 """
 
 from __future__ import annotations
@@ -75,7 +82,9 @@ def _first_token_problem(entry: dict, data: np.ndarray, dtype) -> Optional[str]:
     if "token_data" not in entry:
         return f"qsl_idx {entry.get('qsl_idx')}: no token_data (FirstTokenComplete never called)"
     first = _tokens(entry, "token_data", dtype)
-    if len(first) == 0 or len(first) > len(data) or not np.array_equal(first, data[: len(first)]):
+    if len(first) == 0:
+        return f"qsl_idx {entry.get('qsl_idx')}: token_data is empty (FirstTokenComplete sent no token)"
+    if len(first) > len(data) or not np.array_equal(first, data[: len(first)]):
         return f"qsl_idx {entry.get('qsl_idx')}: token_data {first.tolist()} is not the start of data"
     return None
 
@@ -90,8 +99,13 @@ def _eos_problem(entry: dict, data: np.ndarray, eos_token_id: int) -> Optional[s
 
 
 def _length_problem(entry: dict, data: np.ndarray) -> Optional[str]:
-    if len(data) != entry.get("token_count"):
-        return f"qsl_idx {entry.get('qsl_idx')}: len(data) {len(data)} != token_count {entry.get('token_count')}"
+    count = entry.get("token_count")
+    if "token_count" not in entry:
+        return f"qsl_idx {entry.get('qsl_idx')}: no token_count (LoadGen logs the n_tokens of every response)"
+    if isinstance(count, bool) or not isinstance(count, int):  # "3" or 3.7 would read as 3 tokens
+        return f"qsl_idx {entry.get('qsl_idx')}: token_count {count!r} is not an integer (LoadGen logs n_tokens as one)"
+    if len(data) != count:
+        return f"qsl_idx {entry.get('qsl_idx')}: len(data) {len(data)} != token_count {count}"
     return None
 
 
@@ -128,21 +142,31 @@ def check_entries(entries: object, path: str) -> None:
 
 def check_dtype(entries: Sequence[dict], dtype_name: str, path: str) -> None:
     """-d matches the log: not every entry holding token_count values of another size (the length check
-    would then fail every sample for the wrong reason), and whole values in every entry."""
+    would then fail every sample for the wrong reason), whole values in every entry, and with -d float32 token
+    ids (whole numbers >= 0): int32 ids read as float32 are tiny non-integers, so no EOS would ever be seen."""
     size = np.dtype(DTYPES[dtype_name]).itemsize
-    per_token = {len(e["data"]) / 2 / e["token_count"] if isinstance(e.get("token_count"), int) and e["token_count"] > 0
-                 else None for e in entries}
+    # Byte lengths of the decoded hex: bytes.fromhex (the reference's reader) skips whitespace between bytes.
+    nbytes = [{key: len(bytes.fromhex(e[key])) for key in ("data", "token_data") if key in e} for e in entries]
+    per_token = {n["data"] / e["token_count"] if isinstance(e.get("token_count"), int) and e["token_count"] > 0
+                 else None for e, n in zip(entries, nbytes)}
     if len(per_token) == 1 and None not in per_token and per_token != {size}:
         (actual,) = per_token
         names = [name for name, dt in DTYPES.items() if np.dtype(dt).itemsize == actual]
         if names:  # a size no -d has (corrupt data) is named by the per-entry check below instead
             raise UserError(f"{path}: every entry's data is {actual:g} bytes a token ({'/'.join(names)}), not "
                             f"{size} ({dtype_name}): pass -d {names[0]}")
-    for position, entry in enumerate(entries):
-        for key in ("data", "token_data"):
-            if len(entry.get(key, "")) // 2 % size:
-                raise UserError(f"{path}: entry {position}: {key} is {len(entry[key]) // 2} bytes, not whole "
+    for position, (entry, sizes) in enumerate(zip(entries, nbytes)):
+        for key, length in sizes.items():
+            if length % size:
+                raise UserError(f"{path}: entry {position}: {key} is {length} bytes, not whole "
                                 f"{dtype_name} values; was the log written with another -d?")
+            if dtype_name == "float32":
+                values = _tokens(entry, key, np.float32)
+                bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
+                if bad.any():
+                    raise UserError(f"{path}: entry {position}: {key} read as float32 holds {float(values[bad][0])!r}, "
+                                    "not a token id: the log holds integer ids (this harness writes int32), and "
+                                    "the EOS check could never match; pass -d int32")
 
 
 def verify(entries: Sequence[dict], scenario: str, eos_token_id: int, dtype_name: str = "int32") -> Test06Result:

@@ -2,7 +2,7 @@
 
 Entries are `{seq_id, qsl_idx, data (hex), token_count[, token_data]}`; in file order only the first
 entry of each `qsl_idx` is kept, and `data` is read with `np.frombuffer(bytes.fromhex(data), dtype)`.
-Any malformed input (missing file, truncated or corrupt JSON, bad hex, a byte length that is not a
+Any malformed input (missing or unreadable file, truncated or corrupt JSON, bad hex, a byte length that is not a
 multiple of the dtype size, a qsl_idx outside the dataset) is one `UserError` naming the entry.
 `check_token_ids` then holds the ids against the tokenizer's vocabulary; a log read with the wrong
 --dtype is named as such: int64 data read as int32 has every second value 0 (the high words), int32
@@ -46,6 +46,8 @@ def read_log_entries(path: str) -> list:
         raise UserError(f"accuracy log is not valid JSON (truncated or corrupt?): {path}: {exc}") from None
     except UnicodeDecodeError:
         raise UserError(f"accuracy log is not UTF-8 text: {path}") from None
+    except OSError as exc:  # no permission, an I/O error on the disk: one line, not a traceback
+        raise UserError(f"accuracy log {path}: cannot read it ({exc.strerror or exc})") from None
     if not isinstance(entries, list):
         raise UserError(f"accuracy log {path} holds a JSON {type(entries).__name__}, expected a list of entries")
     return entries
