@@ -26,6 +26,7 @@ from mlperf_llama2.loadgen.effective import check_run_size
 from mlperf_llama2.loadgen.interrupt import run_interruptibly, terminate_children, write_stop_note
 from mlperf_llama2.loadgen.settings import LoadGenSettings
 from mlperf_llama2.loadgen.sut import RunObserver, SampleFailure, sut_class
+from mlperf_llama2.report.timings import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def run_test(
     lg_qsl = lg.ConstructQSL(dataset.total_sample_count, dataset.perf_sample_count, _noop, _noop)
     start = time.monotonic()
     out_of_memory = None
+    interrupted: Optional[KeyboardInterrupt] = None
     try:
         log.info("starting LoadGen: %s, %s", scenario, "accuracy" if settings.test.mode == lg.TestMode.AccuracyOnly
                  else "performance")
@@ -96,6 +98,8 @@ def run_test(
         )
     except MemoryError as exc:
         out_of_memory = exc
+    except KeyboardInterrupt as exc:  # Interrupted: a signal stopped the run; re-raised after the teardown
+        interrupted = exc
     finally:
         wall_s = time.monotonic() - start
         sut.stop()
@@ -104,12 +108,19 @@ def run_test(
     if out_of_memory is not None:
         exit_out_of_memory(out_of_memory, settings.output_dir)
     responder = sut.responder
+    if interrupted is not None:
+        if save_outputs is not None:  # else an earlier run's file (--overwrite) would pass for this run's
+            write_outputs(save_outputs, scenario, responder.outputs, stopped=responder.abort_reason or "interrupted")
+        raise interrupted
     if responder.abort_reason is not None:
         write_stop_note(settings.output_dir, responder.abort_reason)
     if responder.in_flight:
         log.error("%d sample(s) were never answered", responder.in_flight)
+    if responder.first_token_mismatches:
+        log.warning("%d response(s) did not begin with the first token reported to LoadGen: their TTFT and TPOT "
+                    "in LoadGen's logs do not time these outputs", responder.first_token_mismatches)
     if save_outputs is not None:
-        write_outputs(save_outputs, scenario, responder.outputs)
+        write_outputs(save_outputs, scenario, responder.outputs, stopped=responder.abort_reason)
     return RunResult(
         log_dir=settings.output_dir,
         scenario=scenario,
@@ -137,10 +148,15 @@ def exit_out_of_memory(exc: MemoryError, log_dir: str) -> None:
     os._exit(EXIT_USER_ERROR)
 
 
-def write_outputs(path: str, scenario: str, outputs: dict[int, list[int]]) -> None:
-    """All outputs in one JSON file: {"scenario", "outputs": {qsl_index: [token ids]}} (first response per index)."""
+def write_outputs(path: str, scenario: str, outputs: dict[int, list[int]], stopped: Optional[str] = None) -> None:
+    """All outputs in one JSON file: {"scenario", "outputs": {qsl_index: [token ids]}} (first response per index);
+    a stopped run's file also has "run_stopped": why (its outputs are those generated before the stop)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"scenario": scenario, "outputs": {str(k): v for k, v in sorted(outputs.items())}}, f)
+    payload = {"scenario": scenario, "outputs": {str(k): v for k, v in sorted(dict(outputs).items())}}
+    if stopped is not None:
+        payload["run_stopped"] = stopped
+        log.warning("--save-outputs %s: the run was stopped (%s); only the %d outputs generated before are in it",
+                    path, stopped, len(outputs))
+    write_atomically(path, lambda f: json.dump(payload, f))  # a stopped write leaves no half file
     log.info("wrote %d outputs to %s", len(outputs), path)

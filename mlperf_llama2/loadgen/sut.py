@@ -68,7 +68,8 @@ class Responder:
         self._keep_outputs = keep_outputs
         self._lock = threading.Lock()
         self._in_flight: dict[int, int] = {}  # LoadGen response id -> QSL index
-        self._first_sent: set[int] = set()
+        self._first_sent: dict[int, int] = {}  # request id -> the first token LoadGen got for it
+        self.first_token_mismatches = 0  # responses whose first token is not the one LoadGen timed
         self.samples_done = 0
         self.tokens_done = 0
         self.failures: list[SampleFailure] = []
@@ -120,15 +121,18 @@ class Responder:
             # LoadGen rejects n_tokens <= 1; with min_new_tokens=1 this means the backend is broken.
             self.fail(request_id, RuntimeError(f"backend returned {len(data)} token(s); at least 2 are needed"))
             return
-        self._respond(request_id, data)
-        for observer in self._observers:
-            observer.sample_done(request_id, len(data))
+        if self._respond(request_id, data):  # not for a repeated or unknown id, nor one the stop answered empty
+            for observer in self._observers:
+                observer.sample_done(request_id, len(data))
 
     def fail(self, request_id: int, error: BaseException) -> None:
         with self._lock:
             sample_index = self._in_flight.get(request_id, -1)
-            if sample_index == -1 and self.abort_reason is not None:
-                return  # answered already when the run was stopped
+            if sample_index == -1:
+                if self.abort_reason is None:  # else: answered already when the run was stopped
+                    log.error("failure for unknown or already answered request %d ignored (%s: %s)", request_id,
+                              type(error).__name__, error)
+                return
         log.error("sample %d failed: %s: %s", sample_index, type(error).__name__, error)
         # Answer LoadGen anyway (an empty response) so the run finishes; the run is then reported failed.
         if self._respond(request_id, np.zeros(0, dtype=np.int32), failure=f"{type(error).__name__}: {error}"):
@@ -138,7 +142,7 @@ class Responder:
     def _send_first_token_locked(self, request_id: int, token: int) -> None:
         first = np.array([token], dtype=np.int32)
         lg.FirstTokenComplete([lg.QuerySampleResponse(request_id, first.ctypes.data, first.nbytes, 1)])
-        self._first_sent.add(request_id)
+        self._first_sent[request_id] = int(token)
         for observer in self._observers:
             observer.first_token(request_id)
 
@@ -154,7 +158,14 @@ class Responder:
             if self._report_first_tokens and request_id not in self._first_sent:
                 # A backend that does not stream: the first token still goes first, and is data[0].
                 self._send_first_token_locked(request_id, int(data[0]) if len(data) else self._eos)
-            self._first_sent.discard(request_id)
+            first = self._first_sent.pop(request_id, None)
+            if first is not None and failure is None and not skipped and len(data) and int(data[0]) != first:
+                # LoadGen's TTFT timed a token the response does not start with: the latency is not this output's
+                self.first_token_mismatches += 1
+                if self.first_token_mismatches == 1:
+                    log.warning("sample %d: the first token reported to LoadGen (%d) is not the response's first "
+                                "token (%d); its TTFT does not time this output (a backend bug)",
+                                sample_index, first, int(data[0]))
             if skipped:
                 self.skipped += 1
             elif failure is None:

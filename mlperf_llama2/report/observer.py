@@ -20,10 +20,14 @@ class ReportObserver:
     def __init__(self, total: int, label: str, stream: Optional[TextIO]) -> None:
         self.progress = ProgressBar(total, label=label, stream=stream, enabled=stream is not None)
         self.timings = TimingRecorder()
+        self.issued = 0
 
     def samples_issued(self, requests: Sequence) -> None:
         for request in requests:
             self.timings.issued(request.request_id, request.sample_index)
+        # the bar's total is a guess (min_query_count); an Offline query of more samples is its true size
+        self.issued += len(requests)
+        self.progress.expect_at_least(self.issued)
 
     def first_token(self, request_id: int) -> None:
         self.timings.first_token(request_id)

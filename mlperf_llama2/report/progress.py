@@ -130,6 +130,11 @@ class ProgressBar:
             if self._last_draw is None or now - self._last_draw >= self.min_interval_s or self.done >= self.total:
                 self._draw(now)
 
+    def expect_at_least(self, total: int) -> None:
+        """Raise the total to `total` (LoadGen issued more samples than first expected); never lowers it."""
+        with self._lock:
+            self.total = max(self.total, total)
+
     def clear(self) -> None:
         """Wipe the bar's line (before someone else writes to the stream)."""
         if self._shown and not self._closed:

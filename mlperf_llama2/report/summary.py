@@ -28,7 +28,7 @@ from mlperf_llama2.loadgen.interrupt import STOP_NOTE
 from mlperf_llama2.report.numbers import fmt as _fmt
 from mlperf_llama2.report.numbers import fmt_vs_limits as _fmt_vs_limits
 from mlperf_llama2.report.run_info import read_run_info
-from mlperf_llama2.report.timings import read_timings
+from mlperf_llama2.report.timings import TIMINGS_FILE, read_timings, write_atomically
 from mlperf_llama2.submission.rules import submittable
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class RunSummary:
     rouge_mismatch: Optional[str] = None  # why the ROUGE read is not this run's (another log's score), else None
     ttft_limit_ms: Optional[float] = None  # the p99 limits LoadGen judged this Server run by (its settings)
     tpot_limit_ms: Optional[float] = None
+    samples_counted_by_us: bool = False  # LoadGen logged no result count: `samples` is sample_timings.csv's rows
 
     @property
     def output_capped(self) -> bool:
@@ -257,14 +258,18 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
     mode = str(detail.get("effective_test_mode") or "?")
     accuracy_mode = mode == "AccuracyOnly"
 
+    samples_counted_by_us = False
     if accuracy_mode:
         samples, tokens = _accuracy_log_counts(run_dir)
         span = max((t.completed_s for t in timings), default=0.0) - min((t.issued_s for t in timings), default=0.0)
         tokens_per_s = tokens / span if timings and span > 0 else None
         verdict, reason = "n/a", "AccuracyOnly run: LoadGen judges only performance runs; see ROUGE"
     else:
-        samples = len(timings) or _int(detail.get("result_query_count") if scenario == "Server"
-                                       else detail.get("generated_samples_per_query"))
+        # LoadGen's count when it logged a result (queries x samples per query); else the samples we saw answered
+        samples = _loadgen_sample_count(detail)
+        samples_counted_by_us = samples is None and bool(timings)
+        if samples_counted_by_us:
+            samples = len(timings)
         key = "result_completed_tokens_per_second" if scenario == "Server" else "result_tokens_per_second"
         tokens_per_s = _float(detail.get(key))
         verdict, reason = loadgen_verdict(detail, summary_text)
@@ -314,6 +319,7 @@ def build_summary(run_dir: str, accuracy_text: Optional[str] = None) -> RunSumma
                                                  errors, info, rouge), extra),
         stopped=stopped,
         audit_config=audited,
+        samples_counted_by_us=samples_counted_by_us,
         rouge_mismatch=rouge_mismatch,
         interactive=server and info.lg_model_name == constants.LG_MODEL_NAME_INTERACTIVE,
         ttft_limit_ms=_ms(detail.get("requested_server_ttft_latency")) if server else None,
@@ -333,6 +339,16 @@ def _rouge_mismatch(rouge: Optional[dict], log_samples: Optional[int]) -> Option
             f"this run's {ACCURACY_LOG} holds {log_samples or 0}")
 
 
+def _loadgen_sample_count(detail: dict[str, Any]) -> Optional[int]:
+    """The samples LoadGen's result counts: result_query_count x the samples of each query (Offline: one query of
+    generated_samples_per_query; Server: one sample a query); None when LoadGen logged no result."""
+    queries = detail.get("result_query_count")
+    if not isinstance(queries, (int, float)) or isinstance(queries, bool):
+        return None
+    per_query = detail.get("generated_samples_per_query")
+    return int(queries) * (int(per_query) if isinstance(per_query, (int, float)) and per_query > 0 else 1)
+
+
 def _int(value: Any) -> Optional[int]:
     return None if value is None else int(value)
 
@@ -347,7 +363,9 @@ def render_table(s: RunSummary) -> str:
         ("scenario", f"Interactive (LoadGen's {s.scenario} scenario, {constants.LG_MODEL_NAME_INTERACTIVE} limits)"
                      if s.interactive else s.scenario),
         ("mode", s.mode),
-        ("samples", "-" if s.samples is None else str(s.samples)),
+        ("samples", "-" if s.samples is None else str(s.samples)
+         + (f" (counted by us from {TIMINGS_FILE}: LoadGen logged no result count)" if s.samples_counted_by_us
+            else "")),
         ("tokens/s", _fmt(s.tokens_per_s) + (" (measured by us in an accuracy run: not a performance result)"
                                               if s.mode == "AccuracyOnly" and s.tokens_per_s is not None else "")),
     ]
@@ -402,6 +420,5 @@ def write_summary(run_dir: str, s: RunSummary) -> str:
     path = os.path.join(run_dir, SUMMARY_JSON)
     payload = asdict(s)
     payload["output_capped"] = s.output_capped
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+    write_atomically(path, lambda f: json.dump(payload, f, indent=2))  # never half a summary.json
     return path

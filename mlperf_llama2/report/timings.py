@@ -8,13 +8,14 @@ not stream). The plots read it: TTFT = first_token - issued, TPOT = (completed -
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,30 @@ class TimingRecorder:
         path = os.path.join(run_dir, TIMINGS_FILE)
         with self._lock:
             rows = sorted(self.samples, key=lambda s: s.completed_s)
-        with open(path, "w", newline="", encoding="utf-8") as f:
+
+        def write_rows(f: TextIO) -> None:
             writer = csv.writer(f)
             writer.writerow(FIELDS)
             for s in rows:
                 first = "" if s.first_token_s is None else f"{s.first_token_s:.6f}"
                 writer.writerow((s.sample_index, f"{s.issued_s:.6f}", first, f"{s.completed_s:.6f}", s.n_tokens))
+
+        write_atomically(path, write_rows, newline="")
         return path
+
+
+def write_atomically(path: str, write: Callable[[TextIO], None], newline: Optional[str] = None) -> None:
+    """Write `path` through a temporary file beside it, renamed over it once whole: a run stopped while it is
+    written (Ctrl-C, SIGTERM) leaves no file, never a truncated one that reads as complete."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", newline=newline, encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_timings(run_dir: str) -> list[SampleTiming]:
