@@ -117,6 +117,23 @@ def claim_output_dir(path: str, overwrite: bool = False, flag: str = "--output-l
     return OutputDirClaim(path, fd, moved_to)
 
 
+def run_in_progress(path: str) -> bool:
+    """Whether a run holds `path`'s claim now (claim_output_dir's flock); False where it cannot be told."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # drops the shared lock taken here, if any
+    return False
+
+
 def check_save_outputs(path: str, overwrite: bool = False) -> None:
     """--save-outputs: a file path whose directory exists or can be made, not a directory, not taken."""
     if os.path.isdir(path):

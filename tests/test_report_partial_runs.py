@@ -76,3 +76,33 @@ def test_read_only_run_directory_is_one_line_before_anything_is_written(runs, tm
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "cannot write in" in err[0] and "Permission denied" in err[0]
     assert captured.out == "" and sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_a_directory_a_run_is_still_writing_is_not_summarized(runs, tmp_path):
+    """A run holds its --output-log-dir's claim while it writes: the report built a summary from its partial logs
+    and wrote summary.json and plots/ into the live run's directory."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[("Server", "performance")], run_dir)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    with _held(run_dir):
+        out = report(run_dir, "--no-plots")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "a run is writing into this directory" in out.stderr
+    assert not (run_dir / "summary.json").exists()
+    assert report(run_dir, "--no-plots").returncode == 0  # once the run has ended
+
+
+class _held:
+    """The flock claim_output_dir takes, held on a directory that already holds results."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)

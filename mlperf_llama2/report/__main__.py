@@ -13,6 +13,7 @@ import sys
 from mlperf_llama2.errors import UserError, configure_logging, run_cli
 from mlperf_llama2.report.plots import PLOTS_DIR, write_plots
 from mlperf_llama2.report.summary import DETAIL_FILE, SUMMARY_JSON, build_summary, render_table, write_summary
+from mlperf_llama2.run_dir import run_in_progress
 from mlperf_llama2.writable import check_writable_dir, check_writable_file
 
 
@@ -26,6 +27,9 @@ def main(argv=None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    if run_in_progress(args.run_dir):  # its logs are partial, and the run writes summary.json and plots/ itself
+        raise UserError(f"{args.run_dir}: a run is writing into this directory now; summarize it once the run ends "
+                        "(the run prints its own summary table)")
     detail = os.path.join(args.run_dir, DETAIL_FILE)
     if not os.path.isfile(detail):
         raise UserError(f"{args.run_dir}: no {DETAIL_FILE}; pass a LoadGen output directory (--output-log-dir)")
