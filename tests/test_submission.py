@@ -653,6 +653,13 @@ def test_performance_and_accuracy_runs_must_match(result):
     assert check_same_system(perf, perf).errors == []
     errors = check_same_system(perf, dataclasses.replace(perf, dtype="float32")).errors
     assert errors == ["performance run and accuracy run differ in dtype: float16 vs float32"]
+    # tensor parallelism changes the all-reduce's summation order, so the numbers: one system is one layout
+    tp8, tp4 = (dataclasses.replace(perf, tensor_parallel=n) for n in (8, 4))
+    assert check_same_system(tp8, tp4).errors == ["performance run and accuracy run differ in tensor_parallel: 8 "
+                                                  "vs 4"]
+    assert check_same_system(tp8, perf).errors == []  # a run_info.json of before the field: not comparable
+    from mlperf_llama2.submission.checks import SAME_MODEL_FIELDS
+    assert check_same_system(tp8, tp4, fields=SAME_MODEL_FIELDS).errors == []  # scenarios may differ in layout
 
 
 @pytest.mark.parametrize("field, value", [("quantization", "fp8"), ("kv_cache_dtype", "int8"),

@@ -33,7 +33,11 @@ from mlperf_llama2.submission.rules import (Findings, accuracy_rules, accuracy_s
 
 # RunInfo fields that must agree between the performance, accuracy and audit runs.
 SAME_SYSTEM_FIELDS = ("model_path", "dtype", "backend", "liteml_config", "quant_backend", "quant_mode",
-                      "quantization", "kv_cache_dtype", "fp8_accumulation")
+                      "quantization", "kv_cache_dtype", "fp8_accumulation", "tensor_parallel")
+# fields an older run_info.json lacks (None): compared only when both runs recorded them
+RECORDED_SINCE_LATER = ("tensor_parallel",)
+# one benchmark's scenarios: the same model and precision, each with the parallel layout that suits it
+SAME_MODEL_FIELDS = tuple(f for f in SAME_SYSTEM_FIELDS if f != "tensor_parallel")
 PATH_FIELDS = ("model_path", "liteml_config")
 # verify_accuracy.txt's line of each TEST06 check -> its name in a message.
 TEST06_CHECKS = {test06.FIRST_TOKEN_LINE: "first token check", test06.EOS_LINE: "EOS check",
@@ -283,9 +287,10 @@ def check_test06(path: Optional[str], scenario: str, closed: bool, rnd: Round) -
 
 def check_same_system(perf: RunInfo, other: RunInfo, what: str = "accuracy run",
                       perf_inputs: Optional[InputIdentity] = None,
-                      other_inputs: Optional[InputIdentity] = None, first: str = "performance run") -> Findings:
-    """The performance run (`first` names it) and `other` must be the same model, precision, backend and dataset.
-    Only these: runtime settings (batch size, user.conf, LoadGen model name) may differ."""
+                      other_inputs: Optional[InputIdentity] = None, first: str = "performance run",
+                      fields: tuple[str, ...] = SAME_SYSTEM_FIELDS) -> Findings:
+    """The performance run (`first` names it) and `other` must be the same model, precision, backend and dataset
+    (`fields`). Only these: runtime settings (batch size, user.conf, LoadGen model name) may differ."""
     out = Findings()
     if not perf.recorded or not other.recorded:
         out.warnings.append(f"run_info.json missing: cannot check the {first} and the {what} used the "
@@ -293,10 +298,12 @@ def check_same_system(perf: RunInfo, other: RunInfo, what: str = "accuracy run",
         return out
     # With both identities, the checkpoint's path at run time (below) replaces the path as resolved today.
     by_identity = bool(perf_inputs and other_inputs and perf_inputs.model and other_inputs.model)
-    for name in SAME_SYSTEM_FIELDS:
+    for name in fields:
         if name == "model_path" and by_identity:
             continue
         a, b = getattr(perf, name), getattr(other, name)
+        if name in RECORDED_SINCE_LATER and (a is None or b is None):
+            continue
         if name in PATH_FIELDS and a and b:
             a, b = os.path.realpath(a), os.path.realpath(b)
         out.rule(a == b, f"{first} and {what} differ in {name}: {getattr(perf, name)} vs "

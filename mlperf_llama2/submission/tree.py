@@ -18,7 +18,7 @@ from typing import Optional
 from mlperf_llama2.input_identity import InputIdentity, read_identity
 from mlperf_llama2.report.run_info import RunInfo, read_run_info
 from mlperf_llama2.report.summary import parse_detail
-from mlperf_llama2.submission.checks import check_same_system, read_test06_report, reverify_test06
+from mlperf_llama2.submission.checks import SAME_MODEL_FIELDS, check_same_system, read_test06_report, reverify_test06
 from mlperf_llama2.submission.layout import (ACCURACY_LOG, ACCURACY_RESULT, DIVISIONS, MEASUREMENTS,
                                              PERFORMANCE_RUN_INFO, README, TEST06_RESULT, USER_CONF)
 from mlperf_llama2.submission.rounds import MIN_DURATION_MS, STATUSES, SYSTEM_TYPES, Round
@@ -81,7 +81,7 @@ def check_same_model(bench_dir: str, runs: list[ScenarioRun]) -> Findings:
     for scenario, info, inputs in recorded[1:]:
         base, base_info, base_inputs = recorded[0]
         out.extend(check_same_system(base_info, info, f"{scenario} performance run", base_inputs, inputs,
-                                     first=f"{base} performance run"), bench_dir)
+                                     first=f"{base} performance run", fields=SAME_MODEL_FIELDS), bench_dir)
     return out
 
 
