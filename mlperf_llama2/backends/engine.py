@@ -78,15 +78,32 @@ class EngineBackend(Backend):
         self._started = True
 
     def submit(self, requests: Seq[GenerationRequest]) -> None:
-        if self._error is not None:  # the loop is gone: fail at once rather than leave LoadGen waiting
+        """Queue each request, or fail it at once (never raise, never leave one unanswered): every request while
+        the loop is gone (an engine error) or not running (stopped, never started), a request whose id is still
+        in flight, and one the engine refuses (an empty prompt, a token id outside the vocabulary, longer than the
+        context or the KV cache)."""
+        refused: list[tuple[int, BaseException]] = []
+        with self._lock:  # _on_error and stop() take it too: a request is either outstanding for them, or refused
+            down = self._error
+            if down is None and not self._started:
+                down = RuntimeError("the engine backend is not running (stopped, or never started): request refused")
             for req in requests:
-                self._sink.fail(req.request_id, self._error)
-            return
-        with self._lock:
-            for req in requests:
+                if down is not None:
+                    refused.append((req.request_id, down))
+                    continue
+                if req.request_id in self._outstanding:
+                    refused.append((req.request_id, ValueError(
+                        f"request id {req.request_id} (sample {req.sample_index}) is already in flight: "
+                        f"a second request with that id refused")))
+                    continue
+                try:
+                    self.engine.add_request(req.request_id, req.prompt, self._params(req))
+                except (ValueError, KeyError) as exc:  # KeyError: a sample without a forced output length
+                    refused.append((req.request_id, exc))
+                    continue
                 self._outstanding[req.request_id] = req
-        for req in requests:
-            self.engine.add_request(req.request_id, req.prompt, self._params(req))
+        for request_id, exc in refused:
+            self._sink.fail(request_id, exc)
 
     def _params(self, req: GenerationRequest) -> SamplingParams:
         if self.forced_output_lengths is not None:
@@ -103,16 +120,27 @@ class EngineBackend(Backend):
         self._sink.complete(seq.request_id, list(seq.output))
 
     def _on_error(self, exc: BaseException) -> None:
-        self._error = exc
         with self._lock:
+            self._error = exc
             failed, self._outstanding = list(self._outstanding), {}
         for request_id in failed:
             self._sink.fail(request_id, exc)
 
     def stop(self) -> None:
-        if self._started:
-            self.engine.stop_loop()
-            self._started = False
+        """Stop the loop after its current step; a request still outstanding then fails (it is never answered
+        otherwise) and the engine drops its work, so a later start() begins empty."""
+        with self._lock:
+            if not self._started:
+                return
+            self._started = False  # submit() refuses from now on
+        self.engine.stop_loop()
+        with self._lock:
+            abandoned, self._outstanding = list(self._outstanding), {}
+        self.engine.abandon()
+        if abandoned:
+            log.warning("engine backend stopped with %d request(s) outstanding: failing them", len(abandoned))
+        for request_id in abandoned:
+            self._sink.fail(request_id, RuntimeError("the engine backend was stopped before this request finished"))
 
     def _check_faults(self, batch) -> None:
         with self._lock:

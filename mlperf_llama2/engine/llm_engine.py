@@ -23,7 +23,7 @@ from mlperf_llama2.engine.config import EngineConfig
 from mlperf_llama2.engine.block_manager import BlockManager
 from mlperf_llama2.engine.model_runner import ModelRunner
 from mlperf_llama2.engine.scheduler import ScheduledBatch, Scheduler, StepEvent
-from mlperf_llama2.engine.sequence import SamplingParams, Sequence
+from mlperf_llama2.engine.sequence import SamplingParams, Sequence, Status
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ class LLMEngine:
         self.scheduler = Scheduler(BlockManager(runner.num_blocks, config.block_size), config.max_num_seqs,
                                    config.max_num_batched_tokens, max_model_len, eos_token_id,
                                    prefill_align=config.prefill_align)
+        # prompts are checked against it before they are queued (None: a runner without a model here, not checked)
+        self.vocab_size: Optional[int] = getattr(getattr(getattr(runner, "model", None), "shape", None),
+                                                 "vocab_size", None)
         self._inbox: list[Sequence] = []
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
@@ -102,11 +105,23 @@ class LLMEngine:
 
     # ---- requests -----------------------------------------------------------------------------
     def add_request(self, request_id: int, prompt: Seq[int], params: SamplingParams) -> Sequence:
-        """Thread-safe: the sequence joins the scheduler at the start of the next step."""
+        """Thread-safe: the sequence joins the scheduler at the start of the next step. A request that could never
+        run (an empty prompt, a token id outside the vocabulary, longer than the context or the KV cache) raises
+        ValueError here, in the caller's thread, and is not queued: inside a step it would stop the loop and fail
+        every other request (on CUDA, an id outside the embedding is a device assert that ends the process's
+        CUDA context)."""
+        seq = self._checked(request_id, prompt, params)
         with self._cond:
-            seq = Sequence.create(request_id, prompt, params)
             self._inbox.append(seq)
             self._cond.notify()
+        return seq
+
+    def _checked(self, request_id: int, prompt: Seq[int], params: SamplingParams) -> Sequence:
+        seq = Sequence.create(request_id, prompt, params)
+        if self.vocab_size is not None and not 0 <= min(seq.prompt) <= max(seq.prompt) < self.vocab_size:
+            raise ValueError(f"request {request_id}: prompt has token ids outside the model's vocabulary "
+                             f"(0..{self.vocab_size - 1}): {min(seq.prompt)}..{max(seq.prompt)}")
+        self.scheduler.check(seq)
         return seq
 
     def _admit_inbox(self) -> None:
@@ -143,6 +158,10 @@ class LLMEngine:
     def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams]) -> list[list[int]]:
         """Run the given prompts to completion on the calling thread; outputs in prompt order."""
         plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        if len(plist) != len(prompts):
+            raise ValueError(f"generate: {len(prompts)} prompts but {len(plist)} SamplingParams")
+        for i, (p, sp) in enumerate(zip(prompts, plist)):  # every prompt checked before any is queued
+            self._checked(i, p, sp)
         seqs = [self.add_request(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, plist))]
         while self.has_work():
             self.step()
@@ -182,6 +201,27 @@ class LLMEngine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def abandon(self) -> list[Sequence]:
+        """Drop every request not yet finished (queued, waiting, running, or in a launched step not read back) and
+        free its KV blocks; returns them. Only with the loop stopped: a later start_loop then begins empty instead
+        of finishing requests their owner has already given up on."""
+        with self._cond:
+            dropped, self._inbox = self._inbox, []
+        sched = self.scheduler
+        dropped += list(sched.waiting) + sched.running
+        for seq in sched.waiting:
+            sched.block_manager.free(seq)
+        for seq in sched.running:
+            sched.block_manager.free(seq)
+        sched.waiting.clear()
+        sched.running.clear()
+        self._pending = None
+        for seq in dropped:
+            seq.status = Status.FINISHED
+            seq.num_inflight = 0
+            seq.finish_reason = seq.finish_reason or "abandoned"
+        return dropped
 
 
 class _Ready:

@@ -88,13 +88,18 @@ class Scheduler:
         self.prefill_align = prefill_align
         self.num_aligned = 0  # steps trimmed by prefill_align
 
-    def add(self, seq: Sequence) -> None:
+    def check(self, seq: Sequence) -> None:
+        """Raise ValueError if `seq` could never run: longer than the model's context or than the whole KV cache.
+        Reads only limits fixed at construction, so any thread may call it (the engine does, before queuing)."""
         total = len(seq.prompt) + seq.params.max_new_tokens
         if total > self.max_model_len:
             raise ValueError(f"request {seq.request_id}: prompt + max_new_tokens = {total} > {self.max_model_len}")
         capacity = self.block_manager.num_blocks * self.block_manager.block_size
         if blocks_needed(total, self.block_manager.block_size) > self.block_manager.num_blocks:
             raise ValueError(f"request {seq.request_id}: needs {total} KV slots, the cache has {capacity}")
+
+    def add(self, seq: Sequence) -> None:
+        self.check(seq)
         seq.status = Status.WAITING
         self.waiting.append(seq)
 

@@ -47,7 +47,7 @@ class Sequence:
     num_computed_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
-    finish_reason: Optional[str] = None  # "eos" | "length"
+    finish_reason: Optional[str] = None  # "eos" | "length" | "abandoned" (LLMEngine.abandon)
     num_inflight: int = 0  # sampled on the device, not yet appended to output
     inflight_row: int = -1  # that token's row in the step output that holds it
 
