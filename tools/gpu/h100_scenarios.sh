@@ -13,12 +13,21 @@
 #                     Server point (0.9 of that capacity, >= 500 queries): the whole-config Server-to-Offline ratio
 #                     #20 asks for (>= 0.9), never measured before, on a KV-capped card
 # Copy $OUT into docs/results/ (bench.json as bench_engine_70b_fp8_fp8kv_h100_scenarios_<part>.json).
-case "$PART" in server|interactive|wc_server) ;; *) echo "h100_scenarios.sh: PART must be server, interactive or wc_server (got '${PART}')"
-  exit 2 ;; esac
+# Before anything is built it checks OUT, the card (an H100: ANY_GPU=1 runs on another), LoadGen's import and the
+# interactive part's OFFLINE_JSON (same build); DRY_RUN=1 prints each command instead (tools/gpu/common.sh).
+case "$PART" in server|interactive|wc_server) ;; *)
+  echo "h100_scenarios.sh: PART must be server, interactive or wc_server (got '${PART}')" >&2; exit 2 ;; esac
+# shellcheck source=tools/gpu/common.sh
+source "$(dirname "$0")"/common.sh
+require_out h100_scenarios.sh
+OFFLINE_JSON=${OFFLINE_JSON:-docs/results/bench_engine_70b_fp8_fp8kv_h100_scenarios_server.json}
+[ "$PART" = interactive ] && check_offline_json h100_scenarios.sh OFFLINE_JSON "$OFFLINE_JSON" fp8 fp8 linear
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+run python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee "$OUT"/gpu.txt
+run nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee "$OUT"/gpu.txt
+require_gpus h100_scenarios.sh H100 1
+require_loadgen h100_scenarios.sh
 if [ "$PART" = wc_server ]; then NUMERICS=(--weights int8 --kv-cache-dtype int8 --int8-rules all)
 else NUMERICS=(--weights fp8 --kv-cache-dtype fp8); fi
 BENCH=(python3 tools/bench.py --shape 70b --ref-samples 0 --fidelity-prompts 0 "${NUMERICS[@]}"
@@ -26,11 +35,11 @@ BENCH=(python3 tools/bench.py --shape 70b --ref-samples 0 --fidelity-prompts 0 "
 filter() { grep -v "^WARNING\|Warning" | tail -"${1:-24}"; }
 case "$PART" in
   server|wc_server)
-    timeout 560 "${BENCH[@]}" --samples 256 --max-num-seqs 64 --out "$OUT"/"$PART" 2>&1 | filter 30
-    python3 tools/steady_state.py "$OUT"/"$PART"/bench.json ;;
+    run timeout 560 "${BENCH[@]}" --samples 256 --max-num-seqs 64 --out "$OUT"/"$PART" 2>&1 | filter 30
+    run python3 tools/steady_state.py "$OUT"/"$PART"/bench.json ;;
   interactive)
-    OFFLINE_JSON=${OFFLINE_JSON:-docs/results/bench_engine_70b_fp8_fp8kv_h100_scenarios_server.json}
-    timeout 560 "${BENCH[@]}" --samples 0 --interactive --max-num-seqs 64 --max-num-batched-tokens 1024 \
+    run timeout 560 "${BENCH[@]}" --samples 0 --interactive --max-num-seqs 64 --max-num-batched-tokens 1024 \
         --graph-mixed-tokens 512 --offline-json "$OFFLINE_JSON" \
         --out "$OUT"/interactive 2>&1 | filter 30 ;;
 esac
+finish

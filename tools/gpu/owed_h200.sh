@@ -3,6 +3,8 @@
 # Device tool: run "PART=<part> bash tools/gpu/owed_h200.sh" with carry [".whl"] and needs_h200 true (the whole
 # 70B: 65 GiB of 8-bit weights plus a KV cache worth measuring do not fit an 80 GB H100). Copy each part's $OUT
 # into docs/results/ (the Server/Interactive parts read the Offline JSON from there: OFFLINE_JSON).
+# Before anything is built it checks OUT, the card (an H200: ANY_GPU=1 runs on another), LoadGen's import and the
+# Offline JSON a part reads (same build); DRY_RUN=1 prints each command instead (tools/gpu/common.sh).
 #   PART=first            the most an H200 gives in one call when it may be the only one (~8 min): PART=clocks's
 #                         default points (its clock and power limit under FP8/int8/fp16 load), then a 2,048-sample
 #                         FP8 + FP8 KV Offline (512 sequences) with its steady state
@@ -42,65 +44,77 @@ case "$PART" in
   *) echo "owed_h200.sh: PART must be one of fp8_offline fp8fast_offline fp8_server fp8_interactive fp8_interactive_grid" \
           "fp8_profile fp8_profile_small fp8_interactive_flat fp8_interactive_ab fp8_server_ab wc80_all wc80_linear" \
           "wc80_server clocks first" \
-        "(got '${PART}')"; exit 2 ;;
+        "(got '${PART}')" >&2; exit 2 ;;
+esac
+# shellcheck source=tools/gpu/common.sh
+source "$(dirname "$0")"/common.sh
+require_out owed_h200.sh
+OFFLINE_JSON=${OFFLINE_JSON:-docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json}
+WC_OFFLINE_JSON=${WC_OFFLINE_JSON:-docs/results/bench_engine_70b_int8_wholeconfig_int8kv_h200_2048.json}
+case "$PART" in  # what the part reads, before anything is built
+  fp8_server|fp8_interactive|fp8_interactive_flat|fp8_server_ab|fp8_interactive_ab|fp8_interactive_grid)
+    check_offline_json owed_h200.sh OFFLINE_JSON "$OFFLINE_JSON" fp8 fp8 linear ;;
+  wc80_server) check_offline_json owed_h200.sh WC_OFFLINE_JSON "$WC_OFFLINE_JSON" int8 int8 all ;;
 esac
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+run python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT"/gpu.txt
-OFFLINE_JSON=${OFFLINE_JSON:-docs/results/bench_engine_70b_fp8_fp8kv_h200_4096.json}
+run nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT"/gpu.txt
+require_gpus owed_h200.sh H200 1
+case "$PART" in clocks|fp8_profile|fp8_profile_small) ;; *) require_loadgen owed_h200.sh ;; esac
 BENCH=(python3 tools/bench.py --shape 70b --ref-samples 0 --fidelity-prompts 0)
 FP8=(--weights fp8 --kv-cache-dtype fp8)
 filter() { grep -v "^WARNING\|Warning" | tail -"${1:-20}"; }
 case "$PART" in
   fp8_offline)
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 4096 --max-num-seqs 512 --out "$OUT"/fp8 2>&1 | filter 24
-    python3 tools/steady_state.py "$OUT"/fp8/bench.json ;;
+    run timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 4096 --max-num-seqs 512 --out "$OUT"/fp8 2>&1 | filter 24
+    run python3 tools/steady_state.py "$OUT"/fp8/bench.json ;;
   fp8fast_offline)
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --fp8-accumulation fast --samples 4096 --max-num-seqs 512 \
+    run timeout 560 "${BENCH[@]}" "${FP8[@]}" --fp8-accumulation fast --samples 4096 --max-num-seqs 512 \
         --out "$OUT"/fp8fast 2>&1 | filter 24
-    python3 tools/steady_state.py "$OUT"/fp8fast/bench.json ;;
+    run python3 tools/steady_state.py "$OUT"/fp8fast/bench.json ;;
   fp8_server)
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 512 --offline-json "$OFFLINE_JSON" \
+    run timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 512 --offline-json "$OFFLINE_JSON" \
         --server-auto 2 --server-seconds 60 --server-min-queries 500 --out "$OUT"/fp8_server 2>&1 | filter 24 ;;
   fp8_interactive|fp8_interactive_flat)
     flat=0; [ "$PART" = fp8_interactive_flat ] && flat=512
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
+    run timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
         --graph-mixed-tokens $flat --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 \
         --server-min-queries 500 --out "$OUT/$PART" 2>&1 | filter 24 ;;
   fp8_server_ab)
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 256 --graph-mixed-ab 1024 \
+    run timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --max-num-seqs 256 --graph-mixed-ab 1024 \
         --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 --out "$OUT/$PART" 2>&1 | filter 24 ;;
   fp8_interactive_ab)
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
+    run timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --max-num-seqs 128 --max-num-batched-tokens 1024 \
         --graph-mixed-ab 512 --offline-json "$OFFLINE_JSON" --server-auto 2 --server-seconds 60 \
         --out "$OUT/$PART" 2>&1 | filter 24 ;;
   fp8_interactive_grid)
-    timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-96,160}" \
+    run timeout 560 "${BENCH[@]}" "${FP8[@]}" --samples 0 --interactive --seq-caps "${SEQ_CAPS:-96,160}" \
         --token-budgets "${TOKEN_BUDGETS:-512,2048}" --offline-json "$OFFLINE_JSON" --server-auto 1 \
         --server-seconds 45 --out "$OUT"/fp8_interactive_grid 2>&1 | filter 16 ;;
   first)
-    nvidia-smi --query-gpu=name,enforced.power.limit,power.max_limit,clocks.max.sm --format=csv | tee -a "$OUT"/gpu.txt
-    timeout 120 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained"
-    timeout 400 "${BENCH[@]}" "${FP8[@]}" --samples 2048 --max-num-seqs 512 --out "$OUT"/fp8_2048 2>&1 | filter 12
-    python3 tools/steady_state.py "$OUT"/fp8_2048/bench.json ;;
+    run nvidia-smi --query-gpu=name,enforced.power.limit,power.max_limit,clocks.max.sm --format=csv | tee -a "$OUT"/gpu.txt
+    run timeout 120 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained"
+    run timeout 400 "${BENCH[@]}" "${FP8[@]}" --samples 2048 --max-num-seqs 512 --out "$OUT"/fp8_2048 2>&1 | filter 12
+    run python3 tools/steady_state.py "$OUT"/fp8_2048/bench.json ;;
   clocks)
-    timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained"
-    timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocksdata --points ws_fp8:gate_up:4096:gauss,\
+    run timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocks 2>&1 | grep -A12 "^sustained"
+    run timeout 150 python3 tools/gemm_clocks.py --out "$OUT"/clocksdata --points ws_fp8:gate_up:4096:gauss,\
 ws_fp8:gate_up:4096:outlier,ws_fp8:gate_up:4096:zeros,ws_int8:gate_up:4096:gauss,ws_int8:gate_up:4096:outlier 2>&1 \
       | grep -A12 "^sustained" ;;
   fp8_profile)
-    timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --out "$OUT"/prof_fp8 2>&1 \
+    run timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --out "$OUT"/prof_fp8 2>&1 \
         | grep -v "WARNING\|Warning\|INFO" | tail -40 ;;
   fp8_profile_small)
-    timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --batch 64 --context 600 \
+    run timeout 500 python3 tools/profile_step.py --shape 70b --weights fp8 --kv-cache-dtype fp8 --batch 64 --context 600 \
         --out "$OUT"/prof_fp8_64 2>&1 | grep -v "WARNING\|Warning\|INFO" | tail -40 ;;
   wc80_all|wc80_linear)
-    timeout 560 "${BENCH[@]}" --weights int8 --kv-cache-dtype int8 --int8-rules "${PART#wc80_}" --samples 2048 \
+    run timeout 560 "${BENCH[@]}" --weights int8 --kv-cache-dtype int8 --int8-rules "${PART#wc80_}" --samples 2048 \
         --max-num-seqs 512 --out "$OUT"/int8_"${PART#wc80_}" 2>&1 | filter 12
-    python3 tools/steady_state.py "$OUT"/int8_"${PART#wc80_}"/bench.json ;;
+    run python3 tools/steady_state.py "$OUT"/int8_"${PART#wc80_}"/bench.json ;;
   wc80_server)
-    timeout 560 "${BENCH[@]}" --weights int8 --kv-cache-dtype int8 --int8-rules all --samples 0 --max-num-seqs 512 \
-        --offline-json "${WC_OFFLINE_JSON:-docs/results/bench_engine_70b_int8_wholeconfig_int8kv_h200_2048.json}" \
+    run timeout 560 "${BENCH[@]}" --weights int8 --kv-cache-dtype int8 --int8-rules all --samples 0 --max-num-seqs 512 \
+        --offline-json "$WC_OFFLINE_JSON" \
         --server-auto 2 --server-seconds 60 --server-min-queries 500 --out "$OUT"/wc_server 2>&1 | filter 24 ;;
 esac
+finish
