@@ -51,7 +51,10 @@ def qrange(bits: int, symmetric: bool, narrow_range: bool) -> tuple[int, int]:
 def round_ints(x: torch.Tensor, rounding: str) -> torch.Tensor:
     if rounding == "half_even":
         return torch.round(x)
-    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+    # half away from zero from the exact fraction x - trunc(x): floor(|x| + 0.5) would round 0.49999997
+    # (the float32 just below 0.5) to 1, because |x| + 0.5 itself rounds up to 1.0
+    whole = torch.trunc(x)
+    return torch.where((x - whole).abs() >= 0.5, whole + torch.sign(x), whole)
 
 
 def reduce_axes(ndim: int, dims: tuple[int, ...], batch_shared_scale: bool) -> tuple[int, ...]:
@@ -83,7 +86,10 @@ def fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, s
         q = round_ints(xf / scale, numerics.rounding).clamp(qmin, qmax)
         return (q * scale).to(x.dtype)
     lo, hi = lo.float().clamp(max=0.0), hi.float().clamp(min=0.0)  # zero stays exactly representable
-    scale = true_div(hi - lo, qmax - qmin).clamp_min(torch.finfo(torch.float32).tiny)
+    span = hi - lo  # inf when the range is wider than float32's largest value: divide each end instead
+    span_scale = torch.where(torch.isinf(span), true_div(hi, qmax - qmin) - true_div(lo, qmax - qmin),
+                             true_div(span, qmax - qmin))
+    scale = span_scale.clamp_min(torch.finfo(torch.float32).tiny)
     zero_point = (qmin - round_ints(lo / scale, numerics.rounding)).clamp(qmin, qmax)
     q = (round_ints(xf / scale, numerics.rounding) + zero_point).clamp(qmin, qmax)
     return ((q - zero_point) * scale).to(x.dtype)

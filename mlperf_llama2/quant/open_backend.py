@@ -21,7 +21,7 @@ from torch import nn
 
 from mlperf_llama2.errors import UserError
 from mlperf_llama2.quant.destinations import DESTINATION_CLASSES
-from mlperf_llama2.quant.fake_quant import Numerics, set_calibrating
+from mlperf_llama2.quant.fake_quant import FakeQuantizer, Numerics, set_calibrating
 from mlperf_llama2.quant.int8_linear import Int8Linear
 from mlperf_llama2.quant.llama_slots import AddSlot, MatmulSlot, MulSlot, install_slots
 from mlperf_llama2.quant.yaml_config import QuantRules, Rule
@@ -150,5 +150,24 @@ def calibrate(model: nn.Module, samples: Optional[Iterable[torch.Tensor]], devic
         set_calibrating(model, False)
     if n == 0:
         raise UserError("calibration data is empty; static quantizers cannot be calibrated")
+    check_calibrated_ranges(model, n)
     logger.info("calibrated %d static quantizers on %d samples", count, n)
     return n
+
+
+def check_calibrated_ranges(model: nn.Module, samples: int) -> None:
+    """A range calibration produced must be finite and not zero (what a --calibration-scales file is held to):
+    a NaN or inf range (inf/NaN activations in a calibration prompt) would turn that slot's every output into NaN,
+    a zero one would quantize it to ~0, and the run would still finish and record a result."""
+    for module in model.modules():
+        if not isinstance(module, FakeQuantizer) or module.spec.dynamic or not module.calibrated:
+            continue
+        lo, hi = module.running_min, module.running_max
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            problem = "is not finite (NaN or inf activations on the calibration data; fp16 overflow?)"
+        elif (torch.maximum(lo.abs(), hi.abs()) == 0).any():
+            problem = "is zero (the tensor was 0 on every calibration sample; every value would quantize to 0)"
+        else:
+            continue
+        raise UserError(f"{module.rule_label}: calibration on {samples} samples: the range of static quantizer "
+                        f"{module.name} {problem}; check the model and --calibration-path, or make the rule dynamic")
