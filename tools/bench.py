@@ -50,7 +50,7 @@ from mlperf_llama2.engine.config import ENGINE_GEMMS, FP8_ACCUMULATIONS  # noqa:
 from mlperf_llama2.engine.llm_engine import MAX_MODEL_LEN, LLMEngine  # noqa: E402
 from mlperf_llama2.engine.model_runner import ModelRunner  # noqa: E402
 from mlperf_llama2.engine.sequence import SamplingParams  # noqa: E402
-from mlperf_llama2.errors import run_cli  # noqa: E402
+from mlperf_llama2.errors import UserError, run_cli  # noqa: E402
 
 from bench_lengths import workload_lengths  # noqa: E402
 from bench_paths import (  # noqa: E402
@@ -382,9 +382,34 @@ def main(argv=None) -> int:
     elif args.baseline_json:
         raise SystemExit("bench: --baseline-json gives the scaling efficiency of a multi-GPU run: add "
                          "--tensor-parallel N or --data-parallel M (a one-device run would ignore it)")
+    if args.liteml_config != DEFAULT_QUANT_CONFIG and args.weights != "int8":
+        raise SystemExit(f"bench: --liteml-config {args.liteml_config} gives the rules of --weights int8; --weights "
+                         f"{args.weights} would ignore it: drop it or pass --weights int8")
+    if args.offline_json is not None:
+        if args.samples:
+            raise SystemExit(f"bench: --offline-json {args.offline_json} stands in for this run's Offline: with "
+                             f"--samples {args.samples} the run's own Offline is used and the file ignored; pass "
+                             "--samples 0 or drop --offline-json")
+        if args.tensor_parallel == 1 and args.data_parallel == 1:  # the multi-GPU benchmark refuses it below
+            read_offline_json(args.offline_json, args)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"bench: --device {args.device} but torch sees no CUDA GPU (torch {torch.__version__}); "
                          "pass --device cpu for a (slow) CPU run")
+    check_loadgen()
+    if args.tensor_parallel > 1 or args.data_parallel > 1:
+        from bench_scaling import check_devices  # torch's device count: after the CUDA check above
+
+        check_devices(args)
+    elif args.device != "cpu":
+        try:
+            index = torch.device(args.device).index or 0
+        except RuntimeError:
+            index = None
+        if index is None or not args.device.startswith("cuda"):
+            raise SystemExit(f"bench: --device {args.device}: give cpu or cuda[:K]")
+        if index >= torch.cuda.device_count():
+            raise SystemExit(f"bench: --device {args.device} but torch sees {torch.cuda.device_count()} GPU(s): give "
+                             "a visible one (cuda:0 ..)")
     workload = workload_lengths(args.samples, args.seed, args.lengths_from, synthetic_lengths)
     os.makedirs(args.out, exist_ok=True)
     lg_dir = tempfile.mkdtemp(prefix="bench-loadgen-")
@@ -532,6 +557,44 @@ def clock_sampler(device: torch.device) -> Sampler | None:
     return Sampler.start(index=device.index or 0) if device.type == "cuda" else None
 
 
+def check_loadgen() -> None:
+    """Every run measures through LoadGen (Offline, reference, Server; --samples 0 needs Server points), imported
+    only after the model is built: its absence is refused here, before."""
+    try:
+        import mlperf_loadgen  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"cannot import mlperf_loadgen ({exc}): bench.py measures through LoadGen; install the "
+                        "mlcommons_loadgen wheel that lives in .whl/ (pip install .whl/mlcommons_loadgen-*.whl; "
+                        "on the device machine, carry .whl)") from None
+
+
+# the --offline-json rules of tools/gpu/common.sh's check_offline_json: an engine Offline row with tokens/s, run by
+# the same build (a key the file does not record is taken as matching, as there)
+OFFLINE_JSON_BUILD = ("shape", "layers", "weights", "kv_cache_dtype", "int8_rules")
+
+
+def read_offline_json(path: str, args) -> list[dict]:
+    """--offline-json's engine Offline rows, checked before any model is built: readable, holding an engine row with
+    tokens/s, and a run of this build (its automatic QPS points and Offline ratio would otherwise be another's)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        ran = data.get("args") or {}
+        rows = [r for r in data.get("rows") or [] if r.get("backend") == "engine" and r.get("tokens_per_s")]
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"--offline-json {path}: cannot read it as a tools/bench.py bench.json ({exc})") from None
+    if not rows:
+        raise UserError(f"--offline-json {path} has no engine Offline row with tokens/s: give the bench.json of an "
+                        "Offline run")
+    for key in OFFLINE_JSON_BUILD:
+        ours = getattr(args, key)
+        if ran.get(key, ours) != ours:
+            raise UserError(f"--offline-json {path} ran --{key.replace('_', '-')} {ran.get(key)}, this run "
+                            f"{'all' if ours is None else ours}: its automatic QPS points and Offline ratio would "
+                            "come from another build; give a bench.json of this build")
+    return rows
+
+
 def offline_reference(args, result) -> tuple[float | None, str | None, float | None]:
     """Offline engine tokens/s to compare Server with: this run's, else --offline-json's; where it came from; and
     that run's whole-run rate extrapolated to 24,576 samples (tools/steady_state.py; None where not recorded): a
@@ -539,11 +602,7 @@ def offline_reference(args, result) -> tuple[float | None, str | None, float | N
     rows = [r for r in result["rows"] if r["backend"] == "engine"]
     source = "this run"
     if not rows and args.offline_json:
-        with open(args.offline_json) as fh:
-            earlier = json.load(fh)
-        rows = [r for r in earlier.get("rows", []) if r["backend"] == "engine"]
-        if not rows:
-            raise SystemExit(f"bench: --offline-json {args.offline_json} has no engine Offline row")
+        rows = read_offline_json(args.offline_json, args)  # checked in main's pre-flight already
         source = args.offline_json
     if not rows:
         return None, None, None

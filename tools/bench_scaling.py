@@ -83,6 +83,31 @@ def check_args(args) -> None:
             raise SystemExit(f"bench: {flag} is not wired into the multi-GPU benchmark (--tensor-parallel/"
                              "--data-parallel: Offline through LoadGen, then --server-qps points straight into the "
                              "engines); drop it")
+    if args.tensor_parallel > 1 and args.data_parallel > 1:  # build_engines starts one TP engine, no replicas of it
+        raise SystemExit(f"bench: --tensor-parallel {args.tensor_parallel} with --data-parallel {args.data_parallel}: "
+                         "the multi-GPU benchmark runs one or the other (it would run one TP engine and record "
+                         f"{args.tensor_parallel * args.data_parallel} GPUs); give only one of them")
+
+
+def check_devices(args) -> None:
+    """Every rank / replica needs its own device: cuda:K .. cuda:K+N-1 must exist (torch would fail with a traceback
+    once the first model is built). Call it once CUDA is known to be there."""
+    if args.device == "cpu":
+        return
+    needed = args.tensor_parallel * args.data_parallel
+    try:
+        first = int(args.device.split(":", 1)[1]) if ":" in args.device else 0
+    except ValueError:
+        first = -1
+    if not args.device.startswith("cuda") or first < 0:
+        raise SystemExit(f"bench: --device {args.device}: the multi-GPU benchmark runs on cpu or cuda[:K] (ranks and "
+                         "replicas on cuda:K, cuda:K+1, ...)")
+    seen = torch.cuda.device_count()
+    if first + needed > seen:
+        raise SystemExit(f"bench: --tensor-parallel {args.tensor_parallel} x --data-parallel {args.data_parallel} "
+                         f"from --device {args.device} needs cuda:{first}..cuda:{first + needed - 1}, torch sees "
+                         f"{seen} GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                         "ask for a machine with enough GPUs or lower the counts")
 
 
 def read_baseline(path: str, args) -> dict:
