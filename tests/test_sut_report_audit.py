@@ -7,7 +7,6 @@ tests read genuine LoadGen logs of a fake SUT (tests/fake_loadgen_run.py), edite
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -21,32 +20,16 @@ import pytest
 
 from mlperf_llama2.backends.base import GenerationRequest
 from mlperf_llama2.loadgen import runner
-from mlperf_llama2.loadgen import sut as sut_module
 from mlperf_llama2.loadgen.sut import Responder
 from mlperf_llama2.report import plots, summary as summary_module
 from mlperf_llama2.report.observer import ReportObserver
 from mlperf_llama2.report.summary import build_summary, parse_detail, render_table, write_summary
 from mlperf_llama2.report.timings import TIMINGS_FILE, TimingRecorder, read_timings
+from test_loadgen_sut import calls  # noqa: F401 - the fixture recording LoadGen's completion calls
 
 HERE = Path(__file__).resolve().parent
 EOS = 2
 SAMPLES, TOKENS = 24, 6
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    recorded = []
-
-    def recorder(kind):
-        def call(responses):
-            for r in responses:
-                payload = (ctypes.c_int32 * (r.size // 4)).from_address(r.data) if r.size else []
-                recorded.append((kind, r.id, list(payload), r.n_tokens))
-        return call
-
-    monkeypatch.setattr(sut_module.lg, "FirstTokenComplete", recorder("first"))
-    monkeypatch.setattr(sut_module.lg, "QuerySamplesComplete", recorder("complete"))
-    return recorded
 
 
 def _tracked(server: bool) -> tuple[Responder, ReportObserver]:
