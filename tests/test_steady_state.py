@@ -124,7 +124,8 @@ def test_server_is_also_compared_with_the_offline_extrapolated_to_a_submissions_
     assert bench.offline_reference(args, {"rows": [engine_row]}) == (ROW["tokens_per_s"], "this run", extrapolated)
     earlier = tmp_path / "offline.json"
     earlier.write_text(json.dumps({"rows": [engine_row]}))
-    args = SimpleNamespace(offline_json=str(earlier))
+    build = dict(shape="70b", layers=None, weights="fp8", kv_cache_dtype="fp8", int8_rules="linear")  # any build:
+    args = SimpleNamespace(offline_json=str(earlier), **build)  # the file records none, so it matches each
     assert bench.offline_reference(args, {"rows": []}) == (ROW["tokens_per_s"], str(earlier), extrapolated)
     earlier.write_text(json.dumps({"rows": [ROW]}))  # an Offline row recorded without its steady state
     assert bench.offline_reference(args, {"rows": []})[2] is None
