@@ -238,13 +238,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     apply_dist_env()
     if config.model_path is None:
         raise UserError("no model given: pass --model-path DIR (a local Hugging Face checkpoint directory)")
-    from mlperf_llama2.backends.hf_loading import check_model_dir
     from mlperf_llama2.backends.registry import check, create_backend
-    from mlperf_llama2.checkpoint import check_checkpoint
 
-    check_model_dir(config.model_path)
-    check_checkpoint(config.model_path)
-    check(config)  # the backend's pre-flight, as main.py runs it: a flag the backend would ignore is one line
+    # the backend's pre-flight, as main.py runs it: the checkpoint (a local backend's) and every flag it would ignore
+    check(config)
     backend = create_backend(config)
     node = SutNode(backend, ns.node_name or f"node@{ns.host}:{ns.port}", ns.host, ns.port, ns.request_timeout)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=node.httpd.shutdown, daemon=True).start())

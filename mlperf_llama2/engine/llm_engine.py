@@ -160,9 +160,9 @@ class LLMEngine:
         plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(plist) != len(prompts):
             raise ValueError(f"generate: {len(prompts)} prompts but {len(plist)} SamplingParams")
-        for i, (p, sp) in enumerate(zip(prompts, plist)):  # every prompt checked before any is queued
-            self._checked(i, p, sp)
-        seqs = [self.add_request(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, plist))]
+        seqs = [self._checked(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, plist))]  # all before any is queued
+        with self._cond:
+            self._inbox.extend(seqs)
         while self.has_work():
             self.step()
         return [seq.output for seq in seqs]
